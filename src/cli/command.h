@@ -1,0 +1,30 @@
+// Subcommands register themselves here; main() builds the CLI11 app from the
+// list. Each command lives in its own cmd_*.cc file.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace pensieve::cli {
+
+struct Command {
+  std::string name;
+  // Adds the subcommand and its options to `app`; returns the action to run.
+  std::function<std::function<int()>(CLI::App& app)> setup;
+};
+
+std::vector<Command>& commands();
+
+struct RegisterCommand {
+  RegisterCommand(std::string name, std::function<std::function<int()>(CLI::App&)> setup) {
+    commands().push_back({std::move(name), std::move(setup)});
+  }
+};
+
+// Parses "5,17,42" into ids; throws Error naming the option on bad input.
+std::vector<int> parse_int_list(const std::string& text, const std::string& option);
+
+}  // namespace pensieve::cli

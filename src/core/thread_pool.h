@@ -1,0 +1,45 @@
+// A fixed pool of worker threads for data-parallel kernels. The caller thread
+// takes part, so a pool of n threads runs n-way parallel with n-1 workers.
+// Workers spin briefly between jobs (decode issues hundreds of small parallel
+// regions per token) and then sleep on a futex-backed atomic wait.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <thread>
+#include <vector>
+
+namespace pensieve {
+
+class ThreadPool {
+ public:
+  // n_threads <= 0 means "one per available core".
+  explicit ThreadPool(int n_threads = 0);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+
+  // Calls fn(thread_index, n_threads) once on every thread and waits for all.
+  void run(const std::function<void(int, int)>& fn);
+
+  // Splits [0, n) into contiguous chunks aligned to `grain` and calls
+  // fn(begin, end) for each non-empty chunk.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+  static int default_threads();
+
+ private:
+  void worker_main(int index);
+
+  int n_threads_ = 1;
+  std::vector<std::thread> workers_;
+  const std::function<void(int, int)>* job_ = nullptr;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> n_pending_{0};
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace pensieve

@@ -1,0 +1,64 @@
+// Safetensors: one file or shards listed by model.safetensors.index.json.
+// Files are memory-mapped; tensors are views into the maps. The header is
+// validated completely at open (dtype, shape, offsets inside the data area,
+// no overlaps) so later code can trust every view.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/mmap_file.h"
+
+namespace pensieve {
+
+enum class DType { F32, F16, BF16, U32, I32, U8, I8, F64, I64, U16, I16, BOOL, U64 };
+
+const char* dtype_name(DType d);
+size_t dtype_size(DType d);
+
+struct TensorView {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;
+  size_t n_bytes = 0;
+  const std::string* file = nullptr;  // for error messages
+
+  int64_t n_elements() const;
+  int64_t dim(int i) const { return shape.at(static_cast<size_t>(i)); }
+};
+
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  const std::string& path() const { return map_->path(); }
+  size_t file_size() const { return map_->size(); }
+
+ private:
+  std::unique_ptr<MmapFile> map_;
+  std::map<std::string, TensorView> tensors_;
+};
+
+// All tensors of a model directory (single file or sharded).
+class TensorStore {
+ public:
+  static TensorStore open_dir(const std::string& dir);
+
+  bool has(const std::string& name) const { return index_.count(name) != 0; }
+  const TensorView& get(const std::string& name) const;  // throws not_found naming the tensor
+  const TensorView* find(const std::string& name) const;
+  std::vector<std::string> names() const;
+  size_t total_file_bytes() const;
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> index_;
+};
+
+}  // namespace pensieve

@@ -1,0 +1,38 @@
+// Helpers shared by the test suites: locating test data, running the
+// pensieve binary, temporary directories.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace pensieve::test {
+
+// tests/data/<relative>
+std::string data_path(const std::string& relative);
+nlohmann::json read_json(const std::string& path);
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+// Runs the built `pensieve` binary with the given arguments (shell-quoted here).
+RunResult run_pensieve(const std::string& args);
+
+// A fresh directory under $TMPDIR, removed in the destructor.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+void write_file(const std::string& path, const std::string& contents);
+std::string read_file(const std::string& path);
+
+}  // namespace pensieve::test
