@@ -1,0 +1,52 @@
+// Causal attention over a paged KV cache.
+//
+// The cache is a pool of blocks of kKvBlockTokens positions. Per layer, a
+// block stores K transposed ([kv_head][head_dim][16]) so 16 scores come from
+// head_dim broadcast-FMAs, and V as rows ([kv_head][16][head_dim]). A
+// sequence reads its blocks through a block table. Softmax is computed online
+// block by block (flash style): no score matrix is ever materialised, so long
+// prompts cost O(n) memory.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "core/thread_pool.h"
+
+namespace pensieve::kernels {
+
+constexpr int64_t kKvBlockTokens = 16;
+
+struct KvLayerView {
+  float* k = nullptr;  // [n_blocks][n_kv_heads][head_dim][16]
+  float* v = nullptr;  // [n_blocks][n_kv_heads][16][head_dim]
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t block_floats() const { return n_kv_heads * head_dim * kKvBlockTokens; }
+};
+
+struct AttentionSeq {
+  const int32_t* block_table = nullptr;
+  int64_t n_ctx = 0;    // positions 0..n_ctx-1 are in the cache (this step's included)
+  int64_t q_row = 0;    // first row of this sequence's queries in q/out
+  int64_t n_q = 0;      // its queries sit at positions n_ctx-n_q .. n_ctx-1
+};
+
+// Stores k/v ([n_kv_heads*head_dim] each) for `pos` of a sequence.
+void kv_write(const KvLayerView& kv, const int32_t* block_table, int64_t pos, const float* k,
+              const float* v);
+
+// q, out: [rows][n_heads*head_dim]. sliding_window 0 = unlimited.
+void attention(const float* q, const KvLayerView& kv, std::span<const AttentionSeq> seqs,
+               int64_t n_heads, float scale, int64_t sliding_window, float* out, ThreadPool& pool);
+
+// Scalar reference with the same contract (single-threaded, two-pass softmax in double).
+void attention_ref(const float* q, const KvLayerView& kv, std::span<const AttentionSeq> seqs,
+                   int64_t n_heads, float scale, int64_t sliding_window, float* out);
+
+namespace avx512 {
+void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
+                   int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out);
+}
+
+}  // namespace pensieve::kernels

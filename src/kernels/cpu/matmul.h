@@ -1,0 +1,40 @@
+// y = x · Wᵀ for every weight format: y[t][r] = Σ_c W[r][c] · x[t][c].
+//
+// Two strategies, both accumulating in f32:
+//  - few tokens (decode): stream the stored weight bytes once per call and
+//    dot them with every token ("gemv"), memory-bound by design;
+//  - many tokens (prefill): dequantize a panel of rows to f32 once, then run
+//    a register-tiled kernel over all tokens ("gemm"), compute-bound.
+// Several weights that read the same input (q/k/v, gate/up) can run as one
+// call with their outputs side by side, so one parallel region covers them.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "core/thread_pool.h"
+#include "quant/weight_matrix.h"
+
+namespace pensieve::kernels {
+
+// Writes y[t*ldy + offset_p + r] where offset_p is the sum of rows of parts before p.
+// Every part must have the same cols (the width of x).
+void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t ldx,
+            int64_t n_tokens, float* y, int64_t ldy, ThreadPool& pool);
+
+void matmul(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+            int64_t ldy, ThreadPool& pool);
+
+// Scalar reference (single-threaded): dequantize_row_ref and a plain f32 dot.
+void matmul_ref(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+                int64_t ldy);
+
+// The strategy switch point, exposed for tests: calls with at most this many
+// tokens take the gemv path.
+constexpr int64_t kGemvMaxTokens = 4;
+
+// Forces one path regardless of n_tokens (tests compare both to the reference).
+enum class MatmulPath { automatic, gemv, gemm };
+void set_matmul_path_for_tests(MatmulPath path);
+
+}  // namespace pensieve::kernels

@@ -1,0 +1,27 @@
+// Per-ISA entry points behind matmul(). Internal to kernels/cpu.
+#pragma once
+
+#include <cstdint>
+
+#include "quant/weight_matrix.h"
+
+namespace pensieve::kernels {
+
+// x order: 4-bit weights are unpacked as [even | odd] halves of each
+// 32-value chunk, so x is permuted the same way once per call instead of
+// interleaving nibbles for every weight.
+bool uses_permuted_x(const WeightMatrix& w);
+void permute_x_for_q4(const float* x, int64_t cols, float* out);
+
+namespace avx512 {
+// Rows [r0, r1) for n_tokens <= kGemvMaxTokens tokens.
+void gemv_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,
+               int64_t n_tokens, float* y, int64_t ldy);
+// Dequantizes rows [r0, r0+n) into out[n][cols] (permuted order for 4-bit).
+void dequant_rows(const WeightMatrix& w, int64_t r0, int64_t n, float* out);
+// y[t][r] = Σ_c wbuf[r][c] x[t][c] for r < n_rows, t < n_tokens.
+void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* x, int64_t ldx,
+              int64_t n_tokens, float* y, int64_t ldy);
+}  // namespace avx512
+
+}  // namespace pensieve::kernels

@@ -1,0 +1,45 @@
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/error.h"
+#include "models/model.h"
+
+namespace pensieve {
+
+int64_t KvStorage::bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim) {
+  return 2 * n_layers * n_kv_heads * head_dim * kernels::kKvBlockTokens *
+         static_cast<int64_t>(sizeof(float));
+}
+
+KvStorage::KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t n_blocks)
+    : n_layers_(n_layers), n_kv_heads_(n_kv_heads), head_dim_(head_dim), n_blocks_(n_blocks) {
+  bytes_ = static_cast<size_t>(bytes_per_block(n_layers, n_kv_heads, head_dim) * n_blocks);
+  if (bytes_ == 0) return;
+  // Anonymous memory: pages are committed when first written, so an unused
+  // part of the pool costs nothing resident.
+  void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+  if (p == MAP_FAILED) {
+    fail(ErrorKind::resource, "cannot reserve {} bytes for the KV cache: {}", bytes_,
+         std::strerror(errno));
+  }
+  base_ = static_cast<float*>(p);
+}
+
+KvStorage::~KvStorage() {
+  if (base_ != nullptr) ::munmap(base_, bytes_);
+}
+
+kernels::KvLayerView KvStorage::layer(int64_t i) const {
+  kernels::KvLayerView v;
+  v.n_kv_heads = n_kv_heads_;
+  v.head_dim = head_dim_;
+  const int64_t per_layer = v.block_floats() * n_blocks_;
+  v.k = base_ + 2 * i * per_layer;
+  v.v = v.k + per_layer;
+  return v;
+}
+
+}  // namespace pensieve

@@ -1,0 +1,81 @@
+// A loaded model: weights (mapped, in their stored format), KV storage and a
+// batched forward pass. The engine and the inspection commands use only this.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "format/hf_config.h"
+#include "kernels/cpu/attention.h"
+
+namespace pensieve {
+
+// Paged KV storage: n_blocks blocks of kKvBlockTokens positions for every
+// layer. Memory is reserved up front but only committed as blocks are written.
+class KvStorage {
+ public:
+  KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t n_blocks);
+  ~KvStorage();
+  KvStorage(const KvStorage&) = delete;
+  KvStorage& operator=(const KvStorage&) = delete;
+
+  kernels::KvLayerView layer(int64_t i) const;
+  int64_t n_blocks() const { return n_blocks_; }
+  static int64_t bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim);
+
+ private:
+  int64_t n_layers_, n_kv_heads_, head_dim_, n_blocks_;
+  float* base_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// One sequence's part of a forward batch.
+struct ForwardSeq {
+  std::span<const int32_t> tokens;  // new tokens, at positions n_past .. n_past+size-1
+  const int32_t* block_table = nullptr;  // must cover n_past + tokens.size() positions
+  int64_t n_past = 0;
+  bool all_logits = false;  // logits for every new token, else only for the last
+};
+
+struct ModelInfo {
+  int64_t n_params = 0;
+  int64_t weight_bytes = 0;
+  std::string weight_format;  // e.g. "mlx-affine-4bit (group 64)"
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  const ModelConfig& config() const { return config_; }
+  virtual ModelInfo info() const = 0;
+
+  // Reserves KV storage for n_blocks blocks (replacing any earlier storage).
+  virtual void allocate_kv(int64_t n_blocks) = 0;
+  virtual int64_t kv_bytes_per_block() const = 0;
+  virtual int64_t kv_blocks() const = 0;
+
+  // Runs the batch; appends vocab-sized logit rows to `logits` for the
+  // requested positions, sequence by sequence, in order.
+  virtual void forward(std::span<const ForwardSeq> seqs, std::vector<float>* logits) = 0;
+
+  ThreadPool& pool() { return *pool_; }
+
+ protected:
+  Model(ModelConfig config, std::shared_ptr<ThreadPool> pool)
+      : config_(std::move(config)), pool_(std::move(pool)) {}
+  ModelConfig config_;
+  std::shared_ptr<ThreadPool> pool_;
+};
+
+struct LoadOptions {
+  int n_threads = 0;  // 0 = all cores
+};
+
+// Reads config.json, picks the architecture from the registry and maps the weights.
+std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& options = {});
+
+}  // namespace pensieve

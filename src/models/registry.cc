@@ -1,0 +1,45 @@
+#include "models/registry.h"
+
+#include <map>
+
+#include "core/error.h"
+
+namespace pensieve {
+namespace {
+
+const std::map<std::string, ArchitectureLoader>& table() {
+  static const std::map<std::string, ArchitectureLoader> t = {
+      {"LlamaForCausalLM", &load_llama},   {"MistralForCausalLM", &load_mistral},
+      {"Phi3ForCausalLM", &load_phi3},     {"Qwen2ForCausalLM", &load_qwen2},
+      {"Qwen3ForCausalLM", &load_qwen3},
+  };
+  return t;
+}
+
+}  // namespace
+
+ArchitectureLoader find_architecture(const std::string& name) {
+  auto it = table().find(name);
+  return it == table().end() ? nullptr : it->second;
+}
+
+std::vector<std::string> architecture_names() {
+  std::vector<std::string> out;
+  for (const auto& [name, loader] : table()) out.push_back(name);
+  return out;
+}
+
+std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& options) {
+  ModelConfig config = load_model_config(dir);
+  ArchitectureLoader loader = find_architecture(config.architecture);
+  if (loader == nullptr) {
+    std::string known;
+    for (const auto& n : architecture_names()) known += (known.empty() ? "" : ", ") + n;
+    fail(ErrorKind::unsupported, "{}/config.json: architecture '{}' is not supported (known: {})",
+         dir, config.architecture, known);
+  }
+  auto store = std::make_shared<TensorStore>(TensorStore::open_dir(dir));
+  return loader(std::move(config), std::move(store), options);
+}
+
+}  // namespace pensieve

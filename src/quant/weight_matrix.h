@@ -1,0 +1,43 @@
+// A 2-D weight (out_features x in_features, row-major) in the format it was
+// stored in. Nothing is converted at load: kernels read the mapped bytes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace pensieve {
+
+enum class WeightFormat { f32, f16, bf16, affine4, affine8 };  // affine = MLX affine quantization
+
+enum class ScaleType { f32, f16, bf16 };  // dtype of MLX scales/biases
+
+const char* weight_format_name(WeightFormat f);
+
+struct WeightMatrix {
+  WeightFormat format = WeightFormat::f32;
+  int64_t rows = 0;  // out_features
+  int64_t cols = 0;  // in_features
+  const uint8_t* data = nullptr;
+  // MLX affine: w[r][c] = scales[r][c/group] * q[r][c] + biases[r][c/group]
+  const void* scales = nullptr;
+  const void* biases = nullptr;
+  ScaleType scale_type = ScaleType::bf16;
+  int group_size = 0;
+  std::string name;  // for error messages
+
+  bool quantized() const { return format == WeightFormat::affine4 || format == WeightFormat::affine8; }
+  int bits() const { return format == WeightFormat::affine4 ? 4 : 8; }
+  int64_t n_groups() const { return group_size > 0 ? cols / group_size : 0; }
+  // Bytes of one row of `data`.
+  int64_t row_bytes() const;
+  // Bytes the weight occupies (data + scales + biases).
+  int64_t total_bytes() const;
+  // Scale/bias of group g of row r as float.
+  float scale(int64_t r, int64_t g) const;
+  float bias(int64_t r, int64_t g) const;
+};
+
+// Scalar reference: dequantizes/converts row r into out[cols].
+void dequantize_row_ref(const WeightMatrix& w, int64_t r, float* out);
+
+}  // namespace pensieve
