@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -58,11 +59,11 @@ int main(int argc, char** argv) {
     for (auto& [sub, action] : actions) {
       if (sub->parsed()) return action();
     }
-  } catch (const Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    // One line, always: scripts read the first line of stderr.
+    std::string msg = e.what();
+    std::replace(msg.begin(), msg.end(), '\n', ' ');
+    std::fprintf(stderr, "error: %s\n", msg.c_str());
     return 1;
   }
   return 1;

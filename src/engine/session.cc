@@ -34,6 +34,7 @@ std::vector<float> Session::append(std::span<const int32_t> tokens, bool all_log
     fs.block_table = seq_.blocks.data();
     fs.n_past = seq_.n_tokens;
     fs.all_logits = all_logits;
+    fs.n_planned = seq_.n_tokens - b + n;
     const bool want = all_logits || e == n;
     if (want) {
       model_.forward(std::span<const ForwardSeq>(&fs, 1), &logits);

@@ -201,7 +201,8 @@ void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>*
   pool.parallel_for(T, grain, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const ForwardSeq& s = seqs[row_seq[r]];
-      const int64_t seq_len = s.n_past + static_cast<int64_t>(s.tokens.size());
+      const int64_t seq_len =
+          std::max(s.n_planned, s.n_past + static_cast<int64_t>(s.tokens.size()));
       rope_.cos_sin(row_pos[r], seq_len, &cos_[r * half_rot], &sin_[r * half_rot]);
       dequantize_row_ref(embed_, s.tokens[row_pos[r] - s.n_past], &x_[r * H]);
     }

@@ -39,6 +39,11 @@ struct ForwardSeq {
   const int32_t* block_table = nullptr;  // must cover n_past + tokens.size() positions
   int64_t n_past = 0;
   bool all_logits = false;  // logits for every new token, else only for the last
+  // Length the whole sequence will have once this prompt is in (a chunked
+  // prompt passes its full length): Phi-3's longrope picks short or long
+  // factors from it, as transformers does for one forward over the prompt.
+  // 0 = n_past + tokens.size().
+  int64_t n_planned = 0;
 };
 
 struct ModelInfo {

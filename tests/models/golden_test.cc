@@ -1,0 +1,185 @@
+// Every fixture model against transformers' logits and greedy tokens, on
+// every kernel path (scalar reference and SIMD), plus stories260K's 200
+// reference tokens and the properties the engine relies on (incremental
+// decoding == full forward, batched == unbatched).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "engine/session.h"
+#include "kernels/cpu/cpu_features.h"
+#include "models/model.h"
+#include "support/test_support.h"
+
+namespace pensieve {
+namespace {
+
+using nlohmann::json;
+
+const char* kModels[] = {"phi3-tiny",           "phi3-tiny-mlx-4bit",  "phi3-fullvocab-mlx-4bit",
+                         "llama3-tiny",         "llama3-tiny-mlx-4bit", "qwen2-tiny",
+                         "qwen2-tiny-mlx-4bit", "qwen3-tiny",           "qwen3-tiny-mlx-4bit"};
+
+// max |a - b| relative to the range of the reference row.
+double relative_max_diff(const std::vector<double>& ref, const float* got) {
+  const auto [lo, hi] = std::minmax_element(ref.begin(), ref.end());
+  double d = 0;
+  for (size_t i = 0; i < ref.size(); ++i) d = std::max(d, std::abs(ref[i] - got[i]));
+  return d / (*hi - *lo);
+}
+
+std::vector<int32_t> ids_of(const json& j) { return j.get<std::vector<int32_t>>(); }
+
+struct GoldenParam {
+  std::string model;
+  kernels::Isa isa;
+};
+
+class Golden : public ::testing::TestWithParam<GoldenParam> {
+ protected:
+  void SetUp() override {
+    if (static_cast<int>(GetParam().isa) > static_cast<int>(kernels::best_isa())) {
+      GTEST_SKIP() << "CPU lacks " << kernels::isa_name(GetParam().isa);
+    }
+    kernels::set_active_isa(GetParam().isa);
+  }
+  void TearDown() override { kernels::set_active_isa(kernels::best_isa()); }
+};
+
+TEST_P(Golden, LogitsAndGreedyTokensMatchTransformers) {
+  const std::string name = GetParam().model;
+  const json ref = test::read_json(test::data_path("reference/" + name + ".json"));
+  auto model = load_model(test::data_path("models/" + name), {2});
+  const int64_t vocab = model->config().vocab_size;
+  const auto input = ids_of(ref["input_ids"]);
+
+  Session session(*model, static_cast<int64_t>(input.size()) + 32);
+  const std::vector<float> logits = session.append(input, true);
+  ASSERT_EQ(logits.size(), input.size() * vocab);
+  for (const auto& [pos, row] : ref["last_logits"].items()) {
+    const auto expected = row.get<std::vector<double>>();
+    ASSERT_EQ(static_cast<int64_t>(expected.size()), vocab);
+    const double d = relative_max_diff(expected, logits.data() + std::stoi(pos) * vocab);
+    EXPECT_LT(d, 1e-3) << name << " position " << pos;
+  }
+
+  Session gen_session(*model, static_cast<int64_t>(input.size()) + 32);
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  const auto result = generate(gen_session, input, 24, {}, greedy);
+  EXPECT_EQ(result.tokens, ids_of(ref["greedy_continuation"])) << name;
+}
+
+std::vector<GoldenParam> all_params() {
+  std::vector<GoldenParam> out;
+  for (const char* m : kModels) {
+    out.push_back({m, kernels::Isa::scalar});
+    out.push_back({m, kernels::Isa::avx512});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(all_params()),
+                         [](const auto& info) {
+                           std::string n = info.param.model + "_" + kernels::isa_name(info.param.isa);
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+// Phi-3 past original_max_position_embeddings: the long rope factors apply.
+TEST(GoldenLong, Phi3LongContextUsesLongFactors) {
+  for (const char* name : {"phi3-tiny", "phi3-tiny-mlx-4bit"}) {
+    const json ref = test::read_json(test::data_path(std::string("reference/") + name + ".json"));
+    ASSERT_TRUE(ref.contains("long"));
+    const auto input = ids_of(ref["long"]["input_ids"]);
+    auto model = load_model(test::data_path(std::string("models/") + name), {2});
+    Session session(*model, static_cast<int64_t>(input.size()));
+    const auto logits = session.append(input, false);
+    const auto expected = ref["long"]["last_logits"].get<std::vector<double>>();
+    EXPECT_LT(relative_max_diff(expected, logits.data()), 1e-3) << name;
+  }
+}
+
+TEST(GoldenStories, GeneratesTheReference200TokensFromBos) {
+  const std::string dir = std::string(PENSIEVE_TEST_DATA) + "/../../models/stories260K";
+  const json ref = test::read_json(dir + "/greedy-reference.json");
+  auto model = load_model(dir, {2});
+  Session session(*model, 512);
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  const auto result = generate(session, ids_of(ref["prompt_ids"]), 200,
+                               model->config().eos_token_ids, greedy);
+  EXPECT_EQ(result.tokens, ids_of(ref["greedy_ids"]));
+}
+
+// Decoding token by token through the KV cache gives the full forward's logits.
+TEST(Incremental, DecodeMatchesFullForward) {
+  for (const char* name : {"qwen3-tiny-mlx-4bit", "phi3-tiny", "llama3-tiny-mlx-4bit"}) {
+    auto model = load_model(test::data_path(std::string("models/") + name), {2});
+    const int64_t vocab = model->config().vocab_size;
+    std::vector<int32_t> tokens;
+    for (int i = 0; i < 37; ++i) tokens.push_back((i * 7919 + 13) % static_cast<int>(vocab));
+    Session full(*model, 64);
+    const auto all = full.append(tokens, true);
+    Session inc(*model, 64);
+    // A prompt chunk, then one token at a time.
+    auto first = inc.append(std::span<const int32_t>(tokens).first(5), true);
+    std::vector<float> got(first.begin(), first.end());
+    for (size_t i = 5; i < tokens.size(); ++i) {
+      const auto row = inc.append(std::span<const int32_t>(&tokens[i], 1), false);
+      got.insert(got.end(), row.begin(), row.end());
+    }
+    ASSERT_EQ(got.size(), all.size());
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      std::vector<double> ref(all.begin() + t * vocab, all.begin() + (t + 1) * vocab);
+      EXPECT_LT(relative_max_diff(ref, got.data() + t * vocab), 1e-4) << name << " token " << t;
+    }
+  }
+}
+
+// Several sequences of different lengths in one forward call give each one's own results.
+TEST(Batched, BatchEqualsOneByOne) {
+  auto model = load_model(test::data_path("models/qwen2-tiny-mlx-4bit"), {2});
+  const int64_t vocab = model->config().vocab_size;
+  model->allocate_kv(64);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int s = 0; s < 4; ++s) {
+    std::vector<int32_t> p;
+    for (int i = 0; i < 3 + 9 * s; ++i) p.push_back((s * 131 + i * 17) % static_cast<int>(vocab));
+    prompts.push_back(p);
+  }
+  // Alone: each sequence in its own blocks.
+  std::vector<std::vector<float>> alone;
+  std::vector<std::vector<int32_t>> tables;
+  int32_t next_block = 0;
+  for (const auto& p : prompts) {
+    std::vector<int32_t> table;
+    for (size_t i = 0; i < (p.size() + 15) / 16; ++i) table.push_back(next_block++);
+    tables.push_back(table);
+    ForwardSeq fs{p, tables.back().data(), 0, false};
+    std::vector<float> out;
+    model->forward(std::span<const ForwardSeq>(&fs, 1), &out);
+    alone.push_back(out);
+  }
+  // Together, in fresh blocks.
+  std::vector<ForwardSeq> batch;
+  std::vector<std::vector<int32_t>> tables2;
+  for (const auto& p : prompts) {
+    std::vector<int32_t> table;
+    for (size_t i = 0; i < (p.size() + 15) / 16; ++i) table.push_back(next_block++);
+    tables2.push_back(table);
+  }
+  for (size_t s = 0; s < prompts.size(); ++s) batch.push_back({prompts[s], tables2[s].data(), 0, false});
+  std::vector<float> together;
+  model->forward(batch, &together);
+  ASSERT_EQ(together.size(), prompts.size() * vocab);
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    std::vector<double> ref(alone[s].begin(), alone[s].end());
+    EXPECT_LT(relative_max_diff(ref, together.data() + s * vocab), 1e-5) << "sequence " << s;
+  }
+}
+
+}  // namespace
+}  // namespace pensieve
