@@ -67,6 +67,13 @@ int64_t TensorView::n_elements() const {
   return n;
 }
 
+void SafetensorsFile::prefault() const {
+  map_->advise_willneed(0, map_->size());
+  volatile uint8_t sink = 0;
+  for (size_t off = 0; off < map_->size(); off += 4096) sink = sink + map_->data()[off];
+  (void)sink;
+}
+
 SafetensorsFile::SafetensorsFile(const std::string& path) : map_(std::make_unique<MmapFile>(path)) {
   const size_t size = map_->size();
   if (size < 8) fail("{}: truncated safetensors file ({} bytes, no header length)", path, size);
@@ -202,6 +209,10 @@ std::vector<std::string> TensorStore::names() const {
   std::vector<std::string> out;
   for (const auto& [n, v] : index_) out.push_back(n);
   return out;
+}
+
+void TensorStore::prefault() const {
+  for (const auto& f : files_) f->prefault();
 }
 
 size_t TensorStore::total_file_bytes() const {

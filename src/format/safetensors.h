@@ -37,6 +37,7 @@ class SafetensorsFile {
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::string& path() const { return map_->path(); }
   size_t file_size() const { return map_->size(); }
+  void prefault() const;
 
  private:
   std::unique_ptr<MmapFile> map_;
@@ -53,6 +54,9 @@ class TensorStore {
   const TensorView* find(const std::string& name) const;
   std::vector<std::string> names() const;
   size_t total_file_bytes() const;
+  // Pulls every mapped page into memory (sequential read-ahead), so the first
+  // forward pass does not stall on page faults.
+  void prefault() const;
   const std::string& dir() const { return dir_; }
 
  private:

@@ -77,7 +77,8 @@ class Model {
 };
 
 struct LoadOptions {
-  int n_threads = 0;  // 0 = all cores
+  int n_threads = 0;      // 0 = all cores
+  bool prefault = false;  // read every weight page now instead of on first use
 };
 
 // Reads config.json, picks the architecture from the registry and maps the weights.

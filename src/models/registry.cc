@@ -39,6 +39,7 @@ std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& opt
          dir, config.architecture, known);
   }
   auto store = std::make_shared<TensorStore>(TensorStore::open_dir(dir));
+  if (options.prefault) store->prefault();
   return loader(std::move(config), std::move(store), options);
 }
 

@@ -69,6 +69,10 @@ WeightMatrix load_linear(const TensorStore& store, const ModelConfig& config,
     fail("{}: tensor '{}': input width {} is not a multiple of group_size {}", *t.file, t.name,
          cols, group);
   }
+  if (cols / group > 8192) {
+    fail(ErrorKind::unsupported, "{}: tensor '{}': {} groups per row is more than supported (8192)",
+         *t.file, t.name, cols / group);
+  }
   w.format = bits == 4 ? WeightFormat::affine4 : WeightFormat::affine8;
   w.group_size = group;
   expect_shape(store, t, {rows, cols * bits / 32});

@@ -13,7 +13,7 @@ namespace {
 
 std::atomic<int> g_path{static_cast<int>(MatmulPath::automatic)};
 
-constexpr int64_t kRowsPerTask = 16;
+constexpr int64_t kRowsPerTask = 24;
 
 struct Task {
   const WeightMatrix* w;
@@ -91,6 +91,10 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
     return;
   }
 
+  const auto path = static_cast<MatmulPath>(g_path.load());
+  const bool use_gemv =
+      path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
+
   // The permuted copy of x for 4-bit weights (packed, ld = cols).
   std::vector<float> x_perm;
   if (any_permuted) {
@@ -99,32 +103,63 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
       permute_x_for_q4(x + t * ldx, cols, x_perm.data() + t * cols);
     }
   }
-  const auto path = static_cast<MatmulPath>(g_path.load());
-  const bool use_gemv =
-      path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
+
+  if (use_gemv) {
+    pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const Task& task = tasks[i];
+        const bool perm = uses_permuted_x(*task.w);
+        const float* xs = perm ? x_perm.data() : x;
+        const int64_t ldxs = perm ? cols : ldx;
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens) {
+          avx512::gemv_rows(*task.w, task.r0, task.r1, xs + t0 * ldxs, ldxs,
+                            std::min(kGemvMaxTokens, n_tokens - t0), y + task.y_offset + t0 * ldy,
+                            ldy);
+        }
+      }
+    });
+    return;
+  }
+
+  // Activations transposed into 16-token tiles, once per call for all rows.
+  const int64_t n_tiles = (n_tokens + 15) / 16;
+  std::vector<float> xt_natural, xt_perm;
+  auto transpose_all = [&](const float* src, int64_t ld, std::vector<float>& dst) {
+    dst.resize(static_cast<size_t>(n_tiles * cols * 16));
+    pool.parallel_for(n_tiles, 1, [&](int64_t b, int64_t e) {
+      transpose_tokens(src, ld, n_tokens, cols, dst.data(), b, e);
+    });
+  };
+  if (any_natural) transpose_all(x, ldx, xt_natural);
+  if (any_permuted) transpose_all(x_perm.data(), cols, xt_perm);
 
   pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> wbuf;
     for (int64_t i = b; i < e; ++i) {
       const Task& task = tasks[i];
-      const bool perm = uses_permuted_x(*task.w);
-      const float* xs = perm ? x_perm.data() : x;
-      const int64_t ldxs = perm ? cols : ldx;
-      float* yt = y + task.y_offset;
-      if (use_gemv) {
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens) {
-          avx512::gemv_rows(*task.w, task.r0, task.r1, xs + t0 * ldxs, ldxs,
-                            std::min(kGemvMaxTokens, n_tokens - t0), yt + t0 * ldy, ldy);
-        }
-      } else {
-        const int64_t n = task.r1 - task.r0;
-        wbuf.resize(static_cast<size_t>(n * cols));
-        avx512::dequant_rows(*task.w, task.r0, n, wbuf.data());
-        avx512::gemm_f32(wbuf.data(), n, cols, xs, ldxs, n_tokens, yt + task.r0, ldy);
-      }
+      const float* xt = uses_permuted_x(*task.w) ? xt_perm.data() : xt_natural.data();
+      const int64_t n = task.r1 - task.r0;
+      wbuf.resize(static_cast<size_t>(n * cols));
+      avx512::dequant_rows(*task.w, task.r0, n, wbuf.data());
+      avx512::gemm_f32(wbuf.data(), n, cols, xt, n_tokens, y + task.y_offset + task.r0, ldy);
     }
   });
-  (void)any_natural;
+}
+
+void transpose_tokens(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols, float* xt,
+                      int64_t tile0, int64_t tile1) {
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    float* dst = xt + tile * cols * 16;
+    for (int64_t i = 0; i < 16; ++i) {
+      const int64_t t = tile * 16 + i;
+      if (t < n_tokens) {
+        const float* src = x + t * ldx;
+        for (int64_t c = 0; c < cols; ++c) dst[c * 16 + i] = src[c];
+      } else {
+        for (int64_t c = 0; c < cols; ++c) dst[c * 16 + i] = 0.f;
+      }
+    }
+  }
 }
 
 }  // namespace pensieve::kernels

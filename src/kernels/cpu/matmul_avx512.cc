@@ -2,6 +2,7 @@
 // -mavx512dq -mfma -mf16c; called only when cpu_features() says so.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/cpu/matmul.h"
@@ -10,27 +11,37 @@
 namespace pensieve::kernels::avx512 {
 namespace {
 
-inline __m512 load_scale16(const WeightMatrix& w, int64_t r, int64_t g, const void* base) {
-  const int64_t i = r * w.n_groups() + g;
-  float s;
-  switch (w.scale_type) {
-    case ScaleType::f32: std::memcpy(&s, static_cast<const uint8_t*>(base) + 4 * i, 4); break;
-    case ScaleType::bf16: {
-      uint16_t h;
-      std::memcpy(&h, static_cast<const uint8_t*>(base) + 2 * i, 2);
-      const uint32_t bits = static_cast<uint32_t>(h) << 16;
-      std::memcpy(&s, &bits, 4);
-      break;
-    }
-    case ScaleType::f16: {
-      uint16_t h;
-      std::memcpy(&h, static_cast<const uint8_t*>(base) + 2 * i, 2);
-      s = _cvtsh_ss(h);
-      break;
+// Converts row r's group scales and biases to f32 (one pass per row keeps the
+// dtype switch and the index arithmetic out of the inner loops).
+inline void row_scales(const WeightMatrix& w, int64_t r, float* scales, float* biases) {
+  const int64_t n = w.n_groups();
+  const int64_t base = r * n;
+  for (int which = 0; which < 2; ++which) {
+    const uint8_t* src = static_cast<const uint8_t*>(which == 0 ? w.scales : w.biases);
+    float* dst = which == 0 ? scales : biases;
+    switch (w.scale_type) {
+      case ScaleType::f32:
+        std::memcpy(dst, src + 4 * base, 4 * n);
+        break;
+      case ScaleType::bf16:
+        for (int64_t g = 0; g < n; g += 16) {
+          const __mmask16 m = n - g >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - g)) - 1);
+          const __m256i h = _mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(src) + base + g);
+          _mm512_mask_storeu_ps(dst + g, m, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+        }
+        break;
+      case ScaleType::f16:
+        for (int64_t g = 0; g < n; g += 16) {
+          const __mmask16 m = n - g >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - g)) - 1);
+          const __m256i h = _mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(src) + base + g);
+          _mm512_mask_storeu_ps(dst + g, m, _mm512_cvtph_ps(h));
+        }
+        break;
     }
   }
-  return _mm512_set1_ps(s);
 }
+
+constexpr int64_t kMaxGroups = 8192;  // cols / group_size; 262144 columns at group 32
 
 inline __m512 iota16() {
   return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -91,16 +102,17 @@ void gemv_plain(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, i
 template <int T>
 void gemv_q4(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,
              float* y, int64_t ldy) {
-  const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
+  const int64_t group = w.group_size, n_groups = w.n_groups(), row_bytes = w.row_bytes();
   const __m512 iota = iota16();
+  alignas(64) float sc[kMaxGroups], bi[kMaxGroups];
   for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.row_bytes();
+    const uint8_t* row = w.data + r * row_bytes;
+    row_scales(w, r, sc, bi);
     __m512 acc[T][4];
     for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm512_setzero_ps();
     int64_t c = 0;
     for (int64_t g = 0; g < n_groups; ++g) {
-      const __m512 table =
-          _mm512_fmadd_ps(iota, load_scale16(w, r, g, w.scales), load_scale16(w, r, g, w.biases));
+      const __m512 table = _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[g]), _mm512_set1_ps(bi[g]));
       for (int64_t end = c + group; c < end; c += 64) {
         // Two 32-value chunks per step (group sizes are multiples of 32; a
         // 32-group takes the second chunk from the next group's table).
@@ -122,7 +134,6 @@ void gemv_q4(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int6
       }
       if (group == 32) c += 32;
     }
-    (void)cols;
     for (int t = 0; t < T; ++t) {
       const __m512 s = _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]),
                                      _mm512_add_ps(acc[t][2], acc[t][3]));
@@ -134,15 +145,17 @@ void gemv_q4(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int6
 template <int T>
 void gemv_q8(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,
              float* y, int64_t ldy) {
-  const int64_t group = w.group_size, n_groups = w.n_groups();
+  const int64_t group = w.group_size, n_groups = w.n_groups(), row_bytes = w.row_bytes();
+  alignas(64) float sc[kMaxGroups], bi[kMaxGroups];
   for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.row_bytes();
+    const uint8_t* row = w.data + r * row_bytes;
+    row_scales(w, r, sc, bi);
     __m512 acc[T][2];
     for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     int64_t c = 0;
     for (int64_t g = 0; g < n_groups; ++g) {
-      const __m512 s = load_scale16(w, r, g, w.scales);
-      const __m512 b = load_scale16(w, r, g, w.biases);
+      const __m512 s = _mm512_set1_ps(sc[g]);
+      const __m512 b = _mm512_set1_ps(bi[g]);
       for (int64_t end = c + group; c < end; c += 32) {
         const __m512 q0 = _mm512_cvtepi32_ps(
             _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c))));
@@ -174,45 +187,55 @@ void gemv_dispatch(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x
   }
 }
 
-// Register tile: MR tokens x NR rows of 16-wide partial sums, reduced once at the end.
-template <int MR, int NR>
-void gemm_tile(const float* wbuf, int64_t cols, const float* x, int64_t ldx, float* y,
+// Register tile: NR weight rows x (16*MT) tokens. Weights come one scalar at
+// a time (broadcast) from NR row-major f32 rows; tokens come 16 at a time from
+// the transposed activations, so each loaded vector feeds NR FMAs.
+template <int NR, int MT>
+void gemm_tile(const float* w, int64_t cols, const float* xt, int64_t n_valid, float* y,
                int64_t ldy) {
-  __m512 acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-  int64_t c = 0;
-  for (; c + 16 <= cols; c += 16) {
-    __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = _mm512_loadu_ps(wbuf + j * cols + c);
-    for (int i = 0; i < MR; ++i) {
-      const __m512 xv = _mm512_loadu_ps(x + i * ldx + c);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+  __m512 acc[NR][MT];
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MT; ++m) acc[r][m] = _mm512_setzero_ps();
+  const float* xt1 = xt + cols * 16;
+  for (int64_t k = 0; k < cols; ++k) {
+    __m512 xv[MT];
+    xv[0] = _mm512_loadu_ps(xt + k * 16);
+    if constexpr (MT == 2) xv[1] = _mm512_loadu_ps(xt1 + k * 16);
+    for (int r = 0; r < NR; ++r) {
+      const __m512 wb = _mm512_set1_ps(w[r * cols + k]);
+      for (int m = 0; m < MT; ++m) acc[r][m] = _mm512_fmadd_ps(wb, xv[m], acc[r][m]);
     }
   }
-  if (c < cols) {
-    const __mmask16 m = tail_mask(cols - c);
-    __m512 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = _mm512_maskz_loadu_ps(m, wbuf + j * cols + c);
-    for (int i = 0; i < MR; ++i) {
-      const __m512 xv = _mm512_maskz_loadu_ps(m, x + i * ldx + c);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+  alignas(64) float tmp[16];
+  for (int r = 0; r < NR; ++r) {
+    for (int m = 0; m < MT; ++m) {
+      _mm512_store_ps(tmp, acc[r][m]);
+      const int64_t n = std::min<int64_t>(16, n_valid - 16 * m);
+      for (int64_t t = 0; t < n; ++t) y[(16 * m + t) * ldy + r] = tmp[t];
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) y[i * ldy + j] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
-template <int MR>
-void gemm_rows(const float* wbuf, int64_t n_rows, int64_t cols, const float* x, int64_t ldx,
+template <int MT>
+void gemm_rows(const float* wbuf, int64_t n_rows, int64_t cols, const float* xt, int64_t n_valid,
                float* y, int64_t ldy) {
+  constexpr int NR = 12;
   int64_t r = 0;
-  for (; r + 4 <= n_rows; r += 4) gemm_tile<MR, 4>(wbuf + r * cols, cols, x, ldx, y + r, ldy);
+  for (; r + NR <= n_rows; r += NR) gemm_tile<NR, MT>(wbuf + r * cols, cols, xt, n_valid, y + r, ldy);
+  const float* w = wbuf + r * cols;
   switch (n_rows - r) {
-    case 3: gemm_tile<MR, 3>(wbuf + r * cols, cols, x, ldx, y + r, ldy); break;
-    case 2: gemm_tile<MR, 2>(wbuf + r * cols, cols, x, ldx, y + r, ldy); break;
-    case 1: gemm_tile<MR, 1>(wbuf + r * cols, cols, x, ldx, y + r, ldy); break;
-    default: break;
+    case 11: return gemm_tile<11, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 10: return gemm_tile<10, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 9: return gemm_tile<9, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 8: return gemm_tile<8, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 7: return gemm_tile<7, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 6: return gemm_tile<6, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 5: return gemm_tile<5, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 4: return gemm_tile<4, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 3: return gemm_tile<3, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 2: return gemm_tile<2, MT>(w, cols, xt, n_valid, y + r, ldy);
+    case 1: return gemm_tile<1, MT>(w, cols, xt, n_valid, y + r, ldy);
+    default: return;
   }
 }
 
@@ -230,10 +253,13 @@ void gemv_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, in
 
 void dequant_rows(const WeightMatrix& w, int64_t r0, int64_t n, float* out) {
   const int64_t cols = w.cols;
+  alignas(64) float sc[kMaxGroups], bi[kMaxGroups];
   for (int64_t i = 0; i < n; ++i) {
     const int64_t r = r0 + i;
     const uint8_t* row = w.data + r * w.row_bytes();
     float* o = out + i * cols;
+    const int group_shift = w.quantized() ? __builtin_ctz(static_cast<unsigned>(w.group_size)) : 0;
+    if (w.quantized()) row_scales(w, r, sc, bi);
     switch (w.format) {
       case WeightFormat::f32:
         std::memcpy(o, row, cols * 4);
@@ -253,9 +279,8 @@ void dequant_rows(const WeightMatrix& w, int64_t r0, int64_t n, float* out) {
       case WeightFormat::affine4: {
         const __m512 iota = iota16();
         for (int64_t c = 0; c < cols; c += 32) {
-          const int64_t g = c / w.group_size;
-          const __m512 table = _mm512_fmadd_ps(iota, load_scale16(w, r, g, w.scales),
-                                               load_scale16(w, r, g, w.biases));
+          const int64_t g = c >> group_shift;
+          const __m512 table = _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[g]), _mm512_set1_ps(bi[g]));
           const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
           _mm512_storeu_ps(o + c, _mm512_permutexvar_ps(d, table));
           _mm512_storeu_ps(o + c + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), table));
@@ -264,31 +289,25 @@ void dequant_rows(const WeightMatrix& w, int64_t r0, int64_t n, float* out) {
       }
       case WeightFormat::affine8:
         for (int64_t c = 0; c < cols; c += 16) {
-          const int64_t g = c / w.group_size;
+          const int64_t g = c >> group_shift;
           const __m512 q = _mm512_cvtepi32_ps(
               _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c))));
-          _mm512_storeu_ps(o + c, _mm512_fmadd_ps(q, load_scale16(w, r, g, w.scales),
-                                                  load_scale16(w, r, g, w.biases)));
+          _mm512_storeu_ps(o + c, _mm512_fmadd_ps(q, _mm512_set1_ps(sc[g]), _mm512_set1_ps(bi[g])));
         }
         break;
     }
   }
 }
 
-void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* x, int64_t ldx,
+void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* xt,
               int64_t n_tokens, float* y, int64_t ldy) {
-  constexpr int MR = 6;
   int64_t t = 0;
-  for (; t + MR <= n_tokens; t += MR) {
-    gemm_rows<MR>(wbuf, n_rows, cols, x + t * ldx, ldx, y + t * ldy, ldy);
+  for (; t + 32 <= n_tokens; t += 32) {
+    gemm_rows<2>(wbuf, n_rows, cols, xt + t * cols, 32, y + t * ldy, ldy);
   }
-  switch (n_tokens - t) {
-    case 5: gemm_rows<5>(wbuf, n_rows, cols, x + t * ldx, ldx, y + t * ldy, ldy); break;
-    case 4: gemm_rows<4>(wbuf, n_rows, cols, x + t * ldx, ldx, y + t * ldy, ldy); break;
-    case 3: gemm_rows<3>(wbuf, n_rows, cols, x + t * ldx, ldx, y + t * ldy, ldy); break;
-    case 2: gemm_rows<2>(wbuf, n_rows, cols, x + t * ldx, ldx, y + t * ldy, ldy); break;
-    case 1: gemm_rows<1>(wbuf, n_rows, cols, x + t * ldx, ldx, y + t * ldy, ldy); break;
-    default: break;
+  for (; t < n_tokens; t += 16) {
+    gemm_rows<1>(wbuf, n_rows, cols, xt + t * cols, std::min<int64_t>(16, n_tokens - t),
+                 y + t * ldy, ldy);
   }
 }
 

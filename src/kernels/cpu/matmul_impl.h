@@ -13,14 +13,20 @@ namespace pensieve::kernels {
 bool uses_permuted_x(const WeightMatrix& w);
 void permute_x_for_q4(const float* x, int64_t cols, float* out);
 
+// xt[tile][c][i] = x[16*tile + i][c], zero for tokens past n_tokens.
+// Tiles [tile0, tile1) only, so threads can share the work.
+void transpose_tokens(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols, float* xt,
+                      int64_t tile0, int64_t tile1);
+
 namespace avx512 {
 // Rows [r0, r1) for n_tokens <= kGemvMaxTokens tokens.
 void gemv_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,
                int64_t n_tokens, float* y, int64_t ldy);
 // Dequantizes rows [r0, r0+n) into out[n][cols] (permuted order for 4-bit).
 void dequant_rows(const WeightMatrix& w, int64_t r0, int64_t n, float* out);
-// y[t][r] = Σ_c wbuf[r][c] x[t][c] for r < n_rows, t < n_tokens.
-void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* x, int64_t ldx,
+// y[t][r] = Σ_c wbuf[r][c] x[t][c] for r < n_rows, t < n_tokens, with x
+// given transposed in tiles of 16 tokens: xt[t/16][c][t%16] (see transpose_tokens).
+void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* xt,
               int64_t n_tokens, float* y, int64_t ldy);
 }  // namespace avx512
 

@@ -1,0 +1,107 @@
+// pensieve bench: load time, prompt and decode speed, peak memory.
+#include <fmt/format.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "cli/command.h"
+#include "core/error.h"
+#include "engine/session.h"
+#include "kernels/cpu/cpu_features.h"
+#include "models/model.h"
+
+namespace pensieve::cli {
+namespace {
+
+struct Opts {
+  std::string model;
+  int threads = 0;
+  int64_t prompt_tokens = 512, gen_tokens = 128;
+  bool json = false;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int64_t peak_rss_bytes() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
+}
+
+int64_t dir_safetensors_bytes(const std::string& dir) {
+  int64_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() == ".safetensors") n += static_cast<int64_t>(e.file_size());
+  }
+  return n;
+}
+
+RegisterCommand reg("bench", [](CLI::App& app) {
+  app.description("Measure load time, prefill and decode tokens/s and peak memory");
+  auto o = std::make_shared<Opts>();
+  app.add_option("--model", o->model, "model directory")->required();
+  app.add_option("--threads", o->threads, "worker threads (default: all cores)");
+  app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length")->check(CLI::PositiveNumber);
+  app.add_option("--gen-tokens", o->gen_tokens, "tokens to decode")->check(CLI::PositiveNumber);
+  app.add_flag("--json", o->json, "print one JSON object");
+  return std::function<int()>([o] {
+    auto t0 = std::chrono::steady_clock::now();
+    LoadOptions lo;
+    lo.n_threads = o->threads;
+    lo.prefault = true;
+    auto model = load_model(o->model, lo);
+    const double load_s = seconds_since(t0);
+    const ModelConfig& c = model->config();
+    const int64_t ctx = o->prompt_tokens + o->gen_tokens;
+    Session session(*model, ctx);
+    std::vector<int32_t> prompt(o->prompt_tokens);
+    for (int64_t i = 0; i < o->prompt_tokens; ++i) {
+      prompt[i] = static_cast<int32_t>((i * 7919 + 17) % c.vocab_size);
+    }
+    t0 = std::chrono::steady_clock::now();
+    std::vector<float> logits = session.append(prompt, false);
+    const double prefill_s = seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < o->gen_tokens; ++i) {
+      const int32_t next[1] = {static_cast<int32_t>((i * 31 + 5) % c.vocab_size)};
+      logits = session.append(next, false);
+    }
+    const double decode_s = seconds_since(t0);
+    const ModelInfo info = model->info();
+    const int64_t kv_bytes = model->kv_bytes_per_block() * model->kv_blocks();
+    const std::string out = fmt::format(
+        "{{\"model\": \"{}\", \"architecture\": \"{}\", \"weight_format\": \"{}\", "
+        "\"n_params\": {}, \"model_file_bytes\": {}, \"kv_cache_bytes\": {}, "
+        "\"isa\": \"{}\", \"threads\": {}, \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
+        "\"prefill_s\": {:.3f}, \"prefill_tok_s\": {:.2f}, \"gen_tokens\": {}, "
+        "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"peak_rss_bytes\": {}}}",
+        o->model, c.architecture, info.weight_format, info.n_params,
+        dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()),
+        model->pool().size(), load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
+        o->gen_tokens, decode_s, o->gen_tokens / decode_s, peak_rss_bytes());
+    if (o->json) {
+      std::printf("%s\n", out.c_str());
+    } else {
+      std::printf("model        %s (%s, %s, %.2fB params)\n", o->model.c_str(), c.architecture.c_str(),
+                  info.weight_format.c_str(), info.n_params / 1e9);
+      std::printf("threads      %d (%s)\n", model->pool().size(), kernels::isa_name(kernels::active_isa()));
+      std::printf("load         %.2f s\n", load_s);
+      std::printf("prefill      %lld tokens in %.2f s = %.2f tok/s\n",
+                  static_cast<long long>(o->prompt_tokens), prefill_s, o->prompt_tokens / prefill_s);
+      std::printf("decode       %lld tokens in %.2f s = %.2f tok/s\n",
+                  static_cast<long long>(o->gen_tokens), decode_s, o->gen_tokens / decode_s);
+      std::printf("peak RSS     %.1f MiB (weights file %.1f MiB, KV cache %.1f MiB)\n",
+                  peak_rss_bytes() / 1048576.0, dir_safetensors_bytes(o->model) / 1048576.0,
+                  kv_bytes / 1048576.0);
+    }
+    return 0;
+  });
+});
+
+}  // namespace
+}  // namespace pensieve::cli

@@ -1,0 +1,230 @@
+#include "models/synthetic.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "format/safetensors_writer.h"
+
+namespace pensieve {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+struct Shape {
+  std::string architecture, model_type;
+  int64_t hidden, intermediate, layers, heads, kv_heads, head_dim, vocab, max_pos;
+  double theta, eps;
+  bool tied, qkv_bias, qk_norm, fused;  // fused = Phi-3 qkv_proj / gate_up_proj
+  std::string rope;                     // "", "longrope", "llama3"
+  int64_t bos, eos;
+};
+
+const std::map<std::string, Shape>& shapes() {
+  static const std::map<std::string, Shape> s = {
+      {"phi-3-mini",
+       {"Phi3ForCausalLM", "phi3", 3072, 8192, 32, 32, 32, 96, 32064, 131072, 10000.0, 1e-5, false,
+        false, false, true, "longrope", 1, 32000}},
+      {"llama-3.2-1b",
+       {"LlamaForCausalLM", "llama", 2048, 8192, 16, 32, 8, 64, 128256, 131072, 500000.0, 1e-5,
+        true, false, false, false, "llama3", 128000, 128001}},
+      {"qwen2.5-0.5b",
+       {"Qwen2ForCausalLM", "qwen2", 896, 4864, 24, 14, 2, 64, 151936, 32768, 1000000.0, 1e-6,
+        true, true, false, false, "", 151643, 151645}},
+      {"qwen3-0.6b",
+       {"Qwen3ForCausalLM", "qwen3", 1024, 3072, 28, 16, 8, 128, 151936, 40960, 1000000.0, 1e-6,
+        true, false, true, false, "", 151643, 151645}},
+  };
+  return s;
+}
+
+uint64_t splitmix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Deterministic random bytes: the value at a byte offset depends only on (seed, tensor, offset).
+void random_bytes(uint64_t key, uint8_t* buf, size_t n, size_t offset) {
+  for (size_t i = 0; i < n;) {
+    const size_t word = (offset + i) / 8;
+    const uint64_t r = splitmix(key ^ (word * 0x2545f4914f6cdd1dull));
+    const size_t in_word = (offset + i) % 8;
+    const size_t take = std::min<size_t>(8 - in_word, n - i);
+    std::memcpy(buf + i, reinterpret_cast<const uint8_t*>(&r) + in_word, take);
+    i += take;
+  }
+}
+
+// Uniform in [-1, 1) from 16 random bits.
+float unit(uint16_t bits) { return static_cast<float>(bits) / 32768.0f - 1.0f; }
+
+}  // namespace
+
+std::vector<std::string> synthetic_shapes() {
+  std::vector<std::string> out;
+  for (const auto& [name, s] : shapes()) out.push_back(name);
+  return out;
+}
+
+size_t write_synthetic_model(const std::string& dir, const SynthOptions& o) {
+  auto it = shapes().find(o.like);
+  if (it == shapes().end()) {
+    std::string known;
+    for (const auto& n : synthetic_shapes()) known += (known.empty() ? "" : ", ") + n;
+    fail("--like: unknown model '{}' (known: {})", o.like, known);
+  }
+  Shape s = it->second;
+  if (o.n_layers > 0) s.layers = o.n_layers;
+  if (o.vocab_size > 0) s.vocab = o.vocab_size;
+  int bits = 0;
+  DType float_dtype = DType::BF16;
+  if (o.format == "mlx-4bit") bits = 4;
+  else if (o.format == "mlx-8bit") bits = 8;
+  else if (o.format == "bf16") float_dtype = DType::BF16;
+  else if (o.format == "f16") float_dtype = DType::F16;
+  else if (o.format == "f32") float_dtype = DType::F32;
+  else fail("--format: unknown format '{}' (bf16, f16, f32, mlx-4bit, mlx-8bit)", o.format);
+  const int group = o.group_size;
+  if (bits != 0 && group != 32 && group != 64 && group != 128) {
+    fail("--group-size must be 32, 64 or 128");
+  }
+
+  std::filesystem::create_directories(dir);
+  json cfg;
+  cfg["architectures"] = {s.architecture};
+  cfg["model_type"] = s.model_type;
+  cfg["hidden_size"] = s.hidden;
+  cfg["intermediate_size"] = s.intermediate;
+  cfg["num_hidden_layers"] = s.layers;
+  cfg["num_attention_heads"] = s.heads;
+  cfg["num_key_value_heads"] = s.kv_heads;
+  cfg["head_dim"] = s.head_dim;
+  cfg["vocab_size"] = s.vocab;
+  cfg["max_position_embeddings"] = s.max_pos;
+  cfg["rms_norm_eps"] = s.eps;
+  cfg["rope_theta"] = s.theta;
+  cfg["hidden_act"] = "silu";
+  cfg["tie_word_embeddings"] = s.tied;
+  cfg["bos_token_id"] = s.bos;
+  cfg["eos_token_id"] = s.eos;
+  cfg["torch_dtype"] = "bfloat16";
+  if (s.rope == "longrope") {
+    std::vector<double> short_f, long_f;
+    for (int64_t i = 0; i < s.head_dim / 2; ++i) {
+      const double t = static_cast<double>(i) / (s.head_dim / 2 - 1);
+      short_f.push_back(1.0 + 0.5 * t * t);
+      long_f.push_back(1.0 + 60.0 * t * t);
+    }
+    cfg["original_max_position_embeddings"] = 4096;
+    cfg["rope_scaling"] = {{"type", "longrope"}, {"short_factor", short_f}, {"long_factor", long_f}};
+    cfg["sliding_window"] = 262144;
+  } else if (s.rope == "llama3") {
+    cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 32.0}, {"low_freq_factor", 1.0},
+                           {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  } else {
+    cfg["rope_scaling"] = nullptr;
+  }
+  if (bits != 0) {
+    cfg["quantization"] = {{"group_size", group}, {"bits", bits}};
+    cfg["quantization_config"] = cfg["quantization"];
+  }
+  std::ofstream(dir + "/config.json") << cfg.dump(2);
+  json gen = {{"bos_token_id", s.bos}, {"eos_token_id", {s.eos}}};
+  std::ofstream(dir + "/generation_config.json") << gen.dump(2);
+
+  SafetensorsWriter w;
+  uint64_t key = splitmix(o.seed);
+  const float weight_range = 0.04f;
+  auto add_float = [&](const std::string& name, std::vector<int64_t> shape, float center,
+                       float range) {
+    const uint64_t k = (key = splitmix(key));
+    w.add(name, float_dtype, shape, [=](uint8_t* buf, size_t n, size_t off) {
+      const size_t es = dtype_size(float_dtype);
+      random_bytes(k, buf, n, off);
+      for (size_t i = 0; i < n; i += es) {
+        uint16_t bits16;
+        std::memcpy(&bits16, buf + i, 2);
+        const float v = center + range * unit(bits16);
+        if (float_dtype == DType::F32) std::memcpy(buf + i, &v, 4);
+        else {
+          const uint16_t h = float_dtype == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+          std::memcpy(buf + i, &h, 2);
+        }
+      }
+    });
+  };
+  auto add_linear = [&](const std::string& module, int64_t rows, int64_t cols) {
+    if (bits == 0) return add_float(module + ".weight", {rows, cols}, 0.0f, weight_range);
+    const uint64_t k = (key = splitmix(key));
+    w.add(module + ".weight", DType::U32, {rows, cols * bits / 32},
+          [=](uint8_t* buf, size_t n, size_t off) { random_bytes(k, buf, n, off); });
+    // scale*q + bias spans [-range, range] for q in [0, 2^bits - 1], jittered per group.
+    const float levels = static_cast<float>((1 << bits) - 1);
+    const uint64_t ks = (key = splitmix(key));
+    for (const char* part : {".scales", ".biases"}) {
+      const bool is_scale = std::strcmp(part, ".scales") == 0;
+      w.add(module + part, DType::BF16, {rows, cols / group}, [=](uint8_t* buf, size_t n, size_t off) {
+        random_bytes(ks, buf, n, off);  // same stream for both, so bias = -scale*levels/2
+        for (size_t i = 0; i < n; i += 2) {
+          uint16_t r;
+          std::memcpy(&r, buf + i, 2);
+          const float scale = weight_range * 2 / levels * (1.0f + 0.25f * unit(r));
+          const float v = is_scale ? scale : -scale * levels / 2;
+          const uint16_t h = f32_to_bf16(v);
+          std::memcpy(buf + i, &h, 2);
+        }
+      });
+    }
+  };
+  auto add_norm = [&](const std::string& name, int64_t n) {
+    const DType saved = float_dtype;
+    if (bits != 0) float_dtype = DType::BF16;
+    add_float(name, {n}, 1.0f, 0.05f);
+    float_dtype = saved;
+  };
+  const int64_t H = s.hidden, I = s.intermediate, hd = s.head_dim;
+  const int64_t qd = s.heads * hd, kvd = s.kv_heads * hd;
+  add_linear("model.embed_tokens", s.vocab, H);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add_norm(p + "input_layernorm.weight", H);
+    add_norm(p + "post_attention_layernorm.weight", H);
+    if (s.fused) {
+      add_linear(p + "self_attn.qkv_proj", qd + 2 * kvd, H);
+      add_linear(p + "mlp.gate_up_proj", 2 * I, H);
+    } else {
+      add_linear(p + "self_attn.q_proj", qd, H);
+      add_linear(p + "self_attn.k_proj", kvd, H);
+      add_linear(p + "self_attn.v_proj", kvd, H);
+      add_linear(p + "mlp.gate_proj", I, H);
+      add_linear(p + "mlp.up_proj", I, H);
+      if (s.qkv_bias) {
+        const DType saved = float_dtype;
+        if (bits != 0) float_dtype = DType::BF16;
+        add_float(p + "self_attn.q_proj.bias", {qd}, 0.0f, 0.1f);
+        add_float(p + "self_attn.k_proj.bias", {kvd}, 0.0f, 0.1f);
+        add_float(p + "self_attn.v_proj.bias", {kvd}, 0.0f, 0.1f);
+        float_dtype = saved;
+      }
+    }
+    if (s.qk_norm) {
+      add_norm(p + "self_attn.q_norm.weight", hd);
+      add_norm(p + "self_attn.k_norm.weight", hd);
+    }
+    add_linear(p + "self_attn.o_proj", H, qd);
+    add_linear(p + "mlp.down_proj", H, I);
+  }
+  add_norm("model.norm.weight", H);
+  if (!s.tied) add_linear("lm_head", s.vocab, H);
+  return w.write(dir + "/model.safetensors");
+}
+
+}  // namespace pensieve
