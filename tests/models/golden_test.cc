@@ -177,7 +177,7 @@ TEST(Batched, BatchEqualsOneByOne) {
   ASSERT_EQ(together.size(), prompts.size() * vocab);
   for (size_t s = 0; s < prompts.size(); ++s) {
     std::vector<double> ref(alone[s].begin(), alone[s].end());
-    EXPECT_LT(relative_max_diff(ref, together.data() + s * vocab), 1e-5) << "sequence " << s;
+    EXPECT_LT(relative_max_diff(ref, together.data() + s * vocab), 1e-4) << "sequence " << s;
   }
 }
 

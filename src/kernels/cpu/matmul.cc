@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "core/error.h"
@@ -50,6 +53,22 @@ void permute_x_for_q4(const float* x, int64_t cols, float* out) {
 
 void set_matmul_path_for_tests(MatmulPath path) { g_path.store(static_cast<int>(path)); }
 
+namespace {
+std::atomic<int>& integer_flag() {
+  static std::atomic<int> flag{[] {
+    const char* env = std::getenv("PENSIEVE_PRECISE");
+    return env != nullptr && env[0] == '1' ? 0 : 1;
+  }()};
+  return flag;
+}
+}  // namespace
+
+bool integer_kernels_enabled() {
+  return integer_flag().load(std::memory_order_relaxed) != 0 && cpu_features().avx512vnni &&
+         active_isa() == Isa::avx512;
+}
+void set_integer_kernels(bool enabled) { integer_flag().store(enabled ? 1 : 0); }
+
 void matmul_ref(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
                 int64_t ldy) {
   std::vector<float> row;
@@ -68,10 +87,8 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   const int64_t cols = parts[0]->cols;
   std::vector<Task> tasks;
   int64_t offset = 0;
-  bool any_permuted = false, any_natural = false;
   for (const WeightMatrix* w : parts) {
     if (w->cols != cols) fail(ErrorKind::internal, "matmul: parts disagree on input width");
-    (uses_permuted_x(*w) ? any_permuted : any_natural) = true;
     for (int64_t r = 0; r < w->rows; r += kRowsPerTask) {
       tasks.push_back({w, r, std::min(w->rows, r + kRowsPerTask), offset});
     }
@@ -79,8 +96,7 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   }
   if (offset > ldy) fail(ErrorKind::internal, "matmul: output row stride too small");
 
-  const Isa isa = active_isa();
-  if (isa != Isa::avx512) {
+  if (active_isa() != Isa::avx512) {
     pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
       std::vector<float> row;
       for (int64_t i = b; i < e; ++i) {
@@ -94,56 +110,156 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   const auto path = static_cast<MatmulPath>(g_path.load());
   const bool use_gemv =
       path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
+  const bool integer = integer_kernels_enabled();
+  // Decode stays on the exact f32 gemv: it is memory-bound either way.
+  auto integer_ok = [&](const WeightMatrix& w) { return integer && !use_gemv && w.quantized(); };
 
-  // The permuted copy of x for 4-bit weights (packed, ld = cols).
-  std::vector<float> x_perm;
-  if (any_permuted) {
-    x_perm.resize(static_cast<size_t>(n_tokens * cols));
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      permute_x_for_q4(x + t * ldx, cols, x_perm.data() + t * cols);
-    }
-  }
-
-  if (use_gemv) {
-    pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const Task& task = tasks[i];
-        const bool perm = uses_permuted_x(*task.w);
-        const float* xs = perm ? x_perm.data() : x;
-        const int64_t ldxs = perm ? cols : ldx;
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens) {
-          avx512::gemv_rows(*task.w, task.r0, task.r1, xs + t0 * ldxs, ldxs,
-                            std::min(kGemvMaxTokens, n_tokens - t0), y + task.y_offset + t0 * ldy,
-                            ldy);
+  // Prepare each input form the parts need, once for all rows.
+  std::vector<float> x_perm;                   // f32 gemv, 4-bit: [even | odd] per 32
+  std::vector<float> xt_natural, xt_perm;      // f32 gemm: transposed 16-token tiles
+  std::vector<std::pair<int64_t, QuantizedActivationTiles>> tile_forms;  // by group size
+  for (const WeightMatrix* w : parts) {
+    if (integer_ok(*w)) {
+      bool have = false;
+      for (auto& f : tile_forms) have |= f.first == w->group_size;
+      if (have) continue;
+      QuantizedActivations q;
+      quantize_activations(x, ldx, n_tokens, cols, w->group_size, &q);
+      tile_forms.emplace_back(w->group_size, QuantizedActivationTiles{});
+      tile_activations(q, &tile_forms.back().second);
+    } else if (use_gemv) {
+      if (uses_permuted_x(*w) && x_perm.empty()) {
+        x_perm.resize(static_cast<size_t>(n_tokens * cols));
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          permute_x_for_q4(x + t * ldx, cols, x_perm.data() + t * cols);
         }
       }
-    });
-    return;
+    } else {
+      const int64_t n_tiles = (n_tokens + 15) / 16;
+      const bool perm = uses_permuted_x(*w);
+      std::vector<float>& dst = perm ? xt_perm : xt_natural;
+      if (!dst.empty()) continue;
+      if (perm && x_perm.empty()) {
+        x_perm.resize(static_cast<size_t>(n_tokens * cols));
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          permute_x_for_q4(x + t * ldx, cols, x_perm.data() + t * cols);
+        }
+      }
+      const float* src = perm ? x_perm.data() : x;
+      const int64_t ld = perm ? cols : ldx;
+      dst.resize(static_cast<size_t>(n_tiles * cols * 16));
+      pool.parallel_for(n_tiles, 1, [&](int64_t b, int64_t e) {
+        transpose_tokens(src, ld, n_tokens, cols, dst.data(), b, e);
+      });
+    }
   }
-
-  // Activations transposed into 16-token tiles, once per call for all rows.
-  const int64_t n_tiles = (n_tokens + 15) / 16;
-  std::vector<float> xt_natural, xt_perm;
-  auto transpose_all = [&](const float* src, int64_t ld, std::vector<float>& dst) {
-    dst.resize(static_cast<size_t>(n_tiles * cols * 16));
-    pool.parallel_for(n_tiles, 1, [&](int64_t b, int64_t e) {
-      transpose_tokens(src, ld, n_tokens, cols, dst.data(), b, e);
-    });
+  auto tile_form = [&](const WeightMatrix& w) -> const QuantizedActivationTiles& {
+    for (auto& f : tile_forms) if (f.first == w.group_size) return f.second;
+    fail(ErrorKind::internal, "matmul: missing activation tiles");
   };
-  if (any_natural) transpose_all(x, ldx, xt_natural);
-  if (any_permuted) transpose_all(x_perm.data(), cols, xt_perm);
 
   pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> wbuf;
     for (int64_t i = b; i < e; ++i) {
       const Task& task = tasks[i];
-      const float* xt = uses_permuted_x(*task.w) ? xt_perm.data() : xt_natural.data();
-      const int64_t n = task.r1 - task.r0;
-      wbuf.resize(static_cast<size_t>(n * cols));
-      avx512::dequant_rows(*task.w, task.r0, n, wbuf.data());
-      avx512::gemm_f32(wbuf.data(), n, cols, xt, n_tokens, y + task.y_offset + task.r0, ldy);
+      const WeightMatrix& w = *task.w;
+      float* yt = y + task.y_offset;
+      if (integer_ok(w)) {
+        avx512::vnni_gemm(w, task.r0, task.r1, tile_form(w), yt + task.r0, ldy);
+        continue;
+      }
+      const bool perm = uses_permuted_x(w);
+      if (use_gemv) {
+        const float* xs = perm ? x_perm.data() : x;
+        const int64_t ldxs = perm ? cols : ldx;
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens) {
+          avx512::gemv_rows(w, task.r0, task.r1, xs + t0 * ldxs, ldxs,
+                            std::min(kGemvMaxTokens, n_tokens - t0), yt + t0 * ldy, ldy);
+        }
+      } else {
+        const int64_t n = task.r1 - task.r0;
+        wbuf.resize(static_cast<size_t>(n * cols));
+        avx512::dequant_rows(w, task.r0, n, wbuf.data());
+        avx512::gemm_f32(wbuf.data(), n, cols, perm ? xt_perm.data() : xt_natural.data(),
+                         n_tokens, yt + task.r0, ldy);
+      }
     }
   });
+}
+
+void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
+                          int64_t group, QuantizedActivations* out) {
+  const int64_t n_groups = cols / group;
+  out->n_tokens = n_tokens;
+  out->cols = cols;
+  out->group = group;
+  out->q.resize(static_cast<size_t>(n_tokens * cols));
+  out->scale.resize(static_cast<size_t>(n_tokens * n_groups));
+  out->sum.resize(static_cast<size_t>(n_tokens * n_groups));
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* xr = x + t * ldx;
+    int16_t* qr = out->q.data() + t * cols;
+    for (int64_t g = 0; g < n_groups; ++g) {
+      float amax = 0.f, sum = 0.f;
+      for (int64_t c = g * group; c < (g + 1) * group; ++c) {
+        amax = std::max(amax, std::abs(xr[c]));
+        sum += xr[c];
+      }
+      const float d = amax / 32767.f;
+      const float inv = d > 0 ? 1.f / d : 0.f;
+      out->scale[t * n_groups + g] = d;
+      out->sum[t * n_groups + g] = sum;
+      for (int64_t c = g * group; c < (g + 1) * group; ++c) {
+        qr[c] = static_cast<int16_t>(std::nearbyint(xr[c] * inv));
+      }
+    }
+  }
+}
+
+void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* out) {
+  const int64_t n_tiles = (a.n_tokens + 15) / 16, quads = a.cols / 2, n_groups = a.cols / a.group;
+  out->n_tokens = a.n_tokens;
+  out->cols = a.cols;
+  out->group = a.group;
+  out->q.assign(static_cast<size_t>(n_tiles * quads * 16), 0);
+  out->scale.assign(static_cast<size_t>(n_tiles * n_groups * 16), 0.f);
+  out->sum.assign(static_cast<size_t>(n_tiles * n_groups * 16), 0.f);
+  for (int64_t t = 0; t < a.n_tokens; ++t) {
+    const int64_t tile = t / 16, lane = t % 16;
+    for (int64_t k4 = 0; k4 < quads; ++k4) {
+      int32_t quad;
+      std::memcpy(&quad, a.q.data() + t * a.cols + 2 * k4, 4);
+      out->q[(tile * quads + k4) * 16 + lane] = quad;
+    }
+    for (int64_t g = 0; g < n_groups; ++g) {
+      out->scale[(tile * n_groups + g) * 16 + lane] = a.scale[t * n_groups + g];
+      out->sum[(tile * n_groups + g) * 16 + lane] = a.sum[t * n_groups + g];
+    }
+  }
+}
+
+void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,
+                         const QuantizedActivations& a, float* y, int64_t ldy) {
+  const int64_t n_groups = w.n_groups(), bits = w.bits(), per_word = 32 / bits;
+  const uint32_t mask = (1u << bits) - 1;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.row_bytes();
+    for (int64_t t = 0; t < a.n_tokens; ++t) {
+      float acc = 0.f;
+      for (int64_t g = 0; g < n_groups; ++g) {
+        int64_t dot = 0;
+        for (int64_t c = g * w.group_size; c < (g + 1) * w.group_size; ++c) {
+          uint32_t word;
+          std::memcpy(&word, row + (c / per_word) * 4, 4);
+          const int32_t q = static_cast<int32_t>((word >> ((c % per_word) * bits)) & mask);
+          dot += q * a.q[t * a.cols + c];
+        }
+        acc += w.scale(r, g) * a.scale[t * n_groups + g] * static_cast<float>(dot) +
+               w.bias(r, g) * a.sum[t * n_groups + g];
+      }
+      y[t * ldy + r] = acc;
+    }
+  }
 }
 
 void transpose_tokens(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols, float* xt,

@@ -33,6 +33,12 @@ void matmul_ref(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n_to
 // tokens take the gemv path.
 constexpr int64_t kGemvMaxTokens = 4;
 
+// Integer (VNNI) kernels for MLX affine weights: activations quantized to
+// int8 per group. On by default where the CPU has AVX-512 VNNI;
+// PENSIEVE_PRECISE=1 (or set_integer_kernels(false)) keeps everything in f32.
+bool integer_kernels_enabled();
+void set_integer_kernels(bool enabled);
+
 // Forces one path regardless of n_tokens (tests compare both to the reference).
 enum class MatmulPath { automatic, gemv, gemm };
 void set_matmul_path_for_tests(MatmulPath path);

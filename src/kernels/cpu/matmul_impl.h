@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "quant/weight_matrix.h"
 
@@ -18,7 +19,36 @@ void permute_x_for_q4(const float* x, int64_t cols, float* out);
 void transpose_tokens(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols, float* xt,
                       int64_t tile0, int64_t tile1);
 
+// Activations quantized to int16 per (token, group of `group` columns) for the
+// integer kernel: x ≈ scale·q, with sum = Σx kept exact.
+struct QuantizedActivations {
+  int64_t n_tokens = 0, cols = 0, group = 0;
+  std::vector<int16_t> q;     // [token][cols]
+  std::vector<float> scale;   // [token][cols/group]
+  std::vector<float> sum;     // [token][cols/group]
+};
+void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
+                          int64_t group, QuantizedActivations* out);
+
+// The same transposed into 16-token tiles for the gemm kernel.
+struct QuantizedActivationTiles {
+  int64_t n_tokens = 0, cols = 0, group = 0;
+  std::vector<int32_t> q;    // [tile][cols/2][16]: 2 consecutive int16 per token
+  std::vector<float> scale;  // [tile][cols/group][16]
+  std::vector<float> sum;    // [tile][cols/group][16]
+};
+void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* out);
+
+// Scalar reference for the integer kernels' arithmetic (same quantized
+// activations, exact integer dots): y for rows [r0, r1).
+void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,
+                         const QuantizedActivations& natural, float* y, int64_t ldy);
+
 namespace avx512 {
+// Rows [r0, r1) x all tokens of a; y points at row r0's column.
+void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
+               float* y, int64_t ldy);
+
 // Rows [r0, r1) for n_tokens <= kGemvMaxTokens tokens.
 void gemv_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,
                int64_t n_tokens, float* y, int64_t ldy);
