@@ -1,0 +1,260 @@
+// Every fast kernel against its scalar reference on random inputs of awkward
+// sizes (rows and token counts that are not multiples of any tile, every
+// weight format and group size).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "core/half.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_impl.h"
+
+namespace pensieve::kernels {
+namespace {
+
+// Owns the bytes behind a random WeightMatrix.
+struct RandomWeight {
+  std::vector<uint8_t> data;
+  std::vector<uint16_t> scales, biases;
+  WeightMatrix w;
+
+  RandomWeight(WeightFormat format, int64_t rows, int64_t cols, int group, std::mt19937& rng) {
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    std::uniform_int_distribution<int> byte(0, 255);
+    w.format = format;
+    w.rows = rows;
+    w.cols = cols;
+    w.group_size = group;
+    data.resize(static_cast<size_t>(w.row_bytes() * rows));
+    if (format == WeightFormat::f32) {
+      for (size_t i = 0; i < data.size(); i += 4) {
+        const float v = u(rng);
+        std::memcpy(&data[i], &v, 4);
+      }
+    } else if (format == WeightFormat::f16 || format == WeightFormat::bf16) {
+      for (size_t i = 0; i < data.size(); i += 2) {
+        const uint16_t h = format == WeightFormat::f16 ? f32_to_f16(u(rng)) : f32_to_bf16(u(rng));
+        std::memcpy(&data[i], &h, 2);
+      }
+    } else {
+      for (auto& b : data) b = static_cast<uint8_t>(byte(rng));
+      const int64_t n = rows * (cols / group);
+      for (int64_t i = 0; i < n; ++i) {
+        scales.push_back(f32_to_bf16(0.01f + 0.05f * std::abs(u(rng))));
+        biases.push_back(f32_to_bf16(0.3f * u(rng)));
+      }
+      w.scales = scales.data();
+      w.biases = biases.data();
+      w.scale_type = ScaleType::bf16;
+    }
+    w.data = data.data();
+  }
+};
+
+std::vector<float> random_vector(size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// max |a-b| / max |b|
+double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 1e-30;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, static_cast<double>(std::abs(a[i] - b[i])));
+    den = std::max(den, static_cast<double>(std::abs(b[i])));
+  }
+  return num / den;
+}
+
+struct MatmulCase {
+  WeightFormat format;
+  int group;
+};
+
+class MatmulVsReference : public ::testing::TestWithParam<MatmulCase> {
+ protected:
+  void TearDown() override {
+    set_matmul_path_for_tests(MatmulPath::automatic);
+    set_integer_kernels(true);
+    set_active_isa(best_isa());
+  }
+};
+
+TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
+  const auto [format, group] = GetParam();
+  const bool quant = format == WeightFormat::affine4 || format == WeightFormat::affine8;
+  std::mt19937 rng(1234 + static_cast<int>(format) * 7 + group);
+  ThreadPool pool(2);
+  const int64_t col_options_q[] = {static_cast<int64_t>(group), 3L * group, 5L * group};
+  const int64_t col_options_f[] = {17, 64, 173};
+  for (int64_t rows : {1, 7, 25, 50}) {
+    for (int ci = 0; ci < 3; ++ci) {
+      const int64_t cols = quant ? col_options_q[ci] : col_options_f[ci];
+      RandomWeight rw(format, rows, cols, group, rng);
+      for (int64_t n_tokens : {1, 3, 5, 17, 38}) {
+        const int64_t ldx = cols + 3, ldy = rows + 2;
+        const auto x = random_vector(static_cast<size_t>(n_tokens * ldx), rng);
+        std::vector<float> ref(n_tokens * ldy, 0.f);
+        matmul_ref(rw.w, x.data(), ldx, n_tokens, ref.data(), ldy);
+        // Errors are measured against the size of the terms (Σ|w·x|), not of
+        // the result, which can cancel to near zero.
+        double magnitude = 1e-30;
+        {
+          std::vector<float> row(cols);
+          for (int64_t r = 0; r < rows; ++r) {
+            dequantize_row_ref(rw.w, r, row.data());
+            for (int64_t t = 0; t < n_tokens; ++t) {
+              double m = 0;
+              for (int64_t c = 0; c < cols; ++c) m += std::abs(row[c] * x[t * ldx + c]);
+              magnitude = std::max(magnitude, m);
+            }
+          }
+        }
+        struct Variant { Isa isa; MatmulPath path; bool integer; double tol; };
+        const Variant variants[] = {
+            {Isa::scalar, MatmulPath::automatic, false, 1e-6},
+            {Isa::avx512, MatmulPath::gemv, false, 1e-6},
+            {Isa::avx512, MatmulPath::gemm, false, 1e-6},
+            {Isa::avx512, MatmulPath::gemm, true, 1e-4},  // int16 activations
+        };
+        for (const Variant& v : variants) {
+          if (set_active_isa(v.isa) != v.isa) continue;
+          set_matmul_path_for_tests(v.path);
+          set_integer_kernels(v.integer);
+          std::vector<float> got(n_tokens * ldy, 0.f);
+          matmul(rw.w, x.data(), ldx, n_tokens, got.data(), ldy, pool);
+          double err = 0;
+          for (int64_t t = 0; t < n_tokens; ++t)
+            for (int64_t r = 0; r < rows; ++r)
+              err = std::max(err, static_cast<double>(std::abs(got[t * ldy + r] - ref[t * ldy + r])));
+          EXPECT_LT(err / magnitude, v.tol)
+              << weight_format_name(format) << " group " << group << " rows " << rows << " cols "
+              << cols << " tokens " << n_tokens << " isa " << isa_name(v.isa) << " path "
+              << static_cast<int>(v.path) << " integer " << v.integer;
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Formats, MatmulVsReference,
+    ::testing::Values(MatmulCase{WeightFormat::f32, 0}, MatmulCase{WeightFormat::f16, 0},
+                      MatmulCase{WeightFormat::bf16, 0}, MatmulCase{WeightFormat::affine4, 32},
+                      MatmulCase{WeightFormat::affine4, 64}, MatmulCase{WeightFormat::affine4, 128},
+                      MatmulCase{WeightFormat::affine8, 32}, MatmulCase{WeightFormat::affine8, 64},
+                      MatmulCase{WeightFormat::affine8, 128}));
+
+// The integer kernel reproduces the scalar model of its own arithmetic
+// (same quantized activations, exact integer dots) to f32 rounding.
+TEST(IntegerKernel, MatchesItsScalarModel) {
+  if (!cpu_features().avx512vnni) GTEST_SKIP() << "no AVX-512 VNNI";
+  std::mt19937 rng(99);
+  for (auto format : {WeightFormat::affine4, WeightFormat::affine8}) {
+    for (int group : {32, 64, 128}) {
+      const int64_t rows = 13, cols = 3 * group, n_tokens = 21;
+      RandomWeight rw(format, rows, cols, group, rng);
+      const auto x = random_vector(static_cast<size_t>(n_tokens * cols), rng);
+      QuantizedActivations qa;
+      quantize_activations(x.data(), cols, n_tokens, cols, group, &qa);
+      QuantizedActivationTiles tiles;
+      tile_activations(qa, &tiles);
+      std::vector<float> want(n_tokens * rows), got(n_tokens * rows);
+      vnni_reference_rows(rw.w, 0, rows, qa, want.data(), rows);
+      avx512::vnni_gemm(rw.w, 0, rows, tiles, got.data(), rows);
+      EXPECT_LT(rel_error(got, want), 1e-5) << weight_format_name(format) << " group " << group;
+    }
+  }
+}
+
+TEST(IntegerKernel, ZeroActivationsGiveZeroNotNan) {
+  std::mt19937 rng(5);
+  RandomWeight rw(WeightFormat::affine4, 9, 64, 64, rng);
+  std::vector<float> x(20 * 64, 0.f), y(20 * 9, 1.f);
+  ThreadPool pool(1);
+  set_matmul_path_for_tests(MatmulPath::gemm);
+  matmul(rw.w, x.data(), 64, 20, y.data(), 9, pool);
+  set_matmul_path_for_tests(MatmulPath::automatic);
+  for (float v : y) EXPECT_EQ(v, 0.f);
+}
+
+// Attention over a paged cache with scattered block tables, several
+// sequences, GQA, odd head dims, a sliding window: SIMD vs scalar.
+TEST(Attention, SimdMatchesReference) {
+  std::mt19937 rng(7);
+  for (int64_t head_dim : {8, 40, 64, 96}) {
+    for (int64_t window : {0, 13}) {
+      const int64_t n_kv = 2, n_heads = 6, n_blocks = 40;
+      KvLayerView kv;
+      kv.n_kv_heads = n_kv;
+      kv.head_dim = head_dim;
+      std::vector<float> kbuf = random_vector(n_blocks * kv.block_floats(), rng);
+      std::vector<float> vbuf = random_vector(n_blocks * kv.block_floats(), rng);
+      kv.k = kbuf.data();
+      kv.v = vbuf.data();
+      // Three sequences: (context, new queries), with shuffled block tables.
+      const int64_t shapes[3][2] = {{1, 1}, {37, 5}, {150, 17}};
+      std::vector<int32_t> order(n_blocks);
+      std::iota(order.begin(), order.end(), 0);
+      std::shuffle(order.begin(), order.end(), rng);
+      std::vector<AttentionSeq> seqs;
+      int64_t row = 0, next_block = 0;
+      std::vector<std::vector<int32_t>> tables;
+      for (auto& s : shapes) {
+        std::vector<int32_t> t;
+        for (int64_t b = 0; b < (s[0] + 15) / 16; ++b) t.push_back(order[next_block++]);
+        tables.push_back(t);
+      }
+      for (size_t i = 0; i < 3; ++i) {
+        seqs.push_back({tables[i].data(), shapes[i][0], row, shapes[i][1]});
+        row += shapes[i][1];
+      }
+      const auto q = random_vector(row * n_heads * head_dim, rng);
+      std::vector<float> want(q.size()), got(q.size(), -1.f);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+      attention_ref(q.data(), kv, seqs, n_heads, scale, window, want.data());
+      ThreadPool pool(2);
+      attention(q.data(), kv, seqs, n_heads, scale, window, got.data(), pool);
+      EXPECT_LT(rel_error(got, want), 1e-5) << "head_dim " << head_dim << " window " << window;
+      set_active_isa(Isa::scalar);
+      std::fill(got.begin(), got.end(), -1.f);
+      attention(q.data(), kv, seqs, n_heads, scale, window, got.data(), pool);
+      set_active_isa(best_isa());
+      EXPECT_LT(rel_error(got, want), 1e-5) << "scalar path, head_dim " << head_dim;
+    }
+  }
+}
+
+TEST(KvWrite, RoundTripsThroughTheLayout) {
+  KvLayerView kv;
+  kv.n_kv_heads = 3;
+  kv.head_dim = 5;
+  std::vector<float> kb(4 * kv.block_floats()), vb(4 * kv.block_floats());
+  kv.k = kb.data();
+  kv.v = vb.data();
+  const int32_t table[] = {2, 0, 3};
+  std::vector<float> k(15), v(15);
+  for (int i = 0; i < 15; ++i) {
+    k[i] = static_cast<float>(i);
+    v[i] = static_cast<float>(100 + i);
+  }
+  kv_write(kv, table, 20, k.data(), v.data());  // block table[1] = 0, slot 4
+  for (int h = 0; h < 3; ++h) {
+    for (int d = 0; d < 5; ++d) {
+      EXPECT_EQ(kb[(h * 5 + d) * kKvBlockTokens + 4], k[h * 5 + d]);
+      EXPECT_EQ(vb[(h * kKvBlockTokens + 4) * 5 + d], v[h * 5 + d]);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pensieve::kernels
