@@ -1,0 +1,260 @@
+#include "engine/engine.h"
+
+#include <sys/sysinfo.h>
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "kernels/cpu/attention.h"
+
+namespace pensieve {
+
+struct Engine::Sequence {
+  EngineRequest request;
+  std::shared_ptr<EngineHandle> handle;
+  std::vector<int32_t> tokens;  // prompt, then generated
+  int64_t n_prompt = 0;
+  int64_t n_generated = 0;
+  int64_t n_computed = 0;  // tokens whose K/V are in `kv`
+  KvSequence kv;
+  std::unique_ptr<Sampler> sampler;
+  uint64_t admitted = 0;  // admission order, for fairness and preemption
+  bool done = false;
+};
+
+namespace {
+
+int64_t blocks_for(int64_t positions) {
+  return (positions + kernels::kKvBlockTokens - 1) / kernels::kKvBlockTokens;
+}
+
+int64_t default_kv_blocks(const Model& model, const EngineOptions& o) {
+  const int64_t per_block = model.kv_bytes_per_block();
+  int64_t budget = o.kv_memory_bytes;
+  if (budget <= 0) {
+    struct sysinfo si {};
+    sysinfo(&si);
+    const int64_t half_ram = static_cast<int64_t>(si.totalram) * si.mem_unit / 2;
+    budget = std::min(half_ram, blocks_for(o.ctx_size) * o.max_running * per_block);
+  }
+  return std::max<int64_t>(budget / per_block, blocks_for(std::min<int64_t>(o.ctx_size, 64)));
+}
+
+}  // namespace
+
+Engine::Engine(Model& model, const EngineOptions& options)
+    : model_(model),
+      options_(options),
+      pool_(options.kv_blocks > 0 ? options.kv_blocks : default_kv_blocks(model, options)) {
+  model_.allocate_kv(pool_.n_total());
+  n_free_blocks_ = pool_.n_free();
+  spdlog::info("engine: KV cache {} blocks of {} tokens ({:.1f} MiB reserved), context {}, batch {} tokens",
+               pool_.n_total(), kernels::kKvBlockTokens,
+               pool_.n_total() * model_.kv_bytes_per_block() / 1048576.0, options_.ctx_size,
+               options_.max_batch_tokens);
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+std::shared_ptr<EngineHandle> Engine::submit(EngineRequest request) {
+  const int64_t n = static_cast<int64_t>(request.prompt.size());
+  if (n == 0) fail("the prompt is empty");
+  if (n > options_.ctx_size || blocks_for(n + 1) > pool_.n_total()) {
+    const int64_t limit = std::min(options_.ctx_size, pool_.n_total() * kernels::kKvBlockTokens - 1);
+    fail("prompt is too long: {} tokens > {} maximum", n, limit);
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->handle = std::make_shared<EngineHandle>();
+  seq->tokens = request.prompt;
+  seq->n_prompt = n;
+  seq->sampler = std::make_unique<Sampler>(request.sampling);
+  seq->request = std::move(request);
+  auto handle = seq->handle;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (static_cast<int64_t>(waiting_.size()) >= options_.max_queue) return nullptr;
+    waiting_.push_back(std::move(seq));
+  }
+  wake_.notify_all();
+  return handle;
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s;
+  s.n_blocks_total = pool_.n_total();
+  s.n_blocks_free = n_free_blocks_.load();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    s.n_waiting = static_cast<int64_t>(waiting_.size());
+  }
+  s.n_running = n_running_.load();
+  s.n_steps = n_steps_.load();
+  s.n_preemptions = n_preemptions_.load();
+  return s;
+}
+
+void Engine::finish(Sequence& s, const std::string& reason) {
+  release_blocks(pool_, s.kv);
+  s.n_computed = 0;
+  s.done = true;
+  EngineEvent e;
+  e.kind = EngineEvent::Kind::done;
+  e.finish = reason;
+  s.request.on_event(e);
+}
+
+void Engine::loop() {
+  uint64_t next_admission = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stop_ || !waiting_.empty() || !running_.empty(); });
+      if (stop_) break;
+      // Admit in arrival order while there is room to run them.
+      while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
+        auto& front = waiting_.front();
+        const int64_t first_chunk = std::min<int64_t>(
+            static_cast<int64_t>(front->tokens.size()), options_.max_batch_tokens);
+        if (!front->handle->cancelled() && blocks_for(first_chunk + 1) > pool_.n_free() &&
+            !running_.empty()) {
+          break;  // wait for memory; the running ones will free some
+        }
+        if (front->admitted == 0) front->admitted = ++next_admission;
+        running_.push_back(std::move(front));
+        waiting_.pop_front();
+      }
+    }
+    try {
+      step(running_);
+    } catch (const std::exception& ex) {
+      spdlog::error("engine step failed: {}", ex.what());
+      for (auto& s : running_) {
+        release_blocks(pool_, s->kv);
+        EngineEvent e;
+        e.kind = EngineEvent::Kind::error;
+        e.error = ex.what();
+        s->request.on_event(e);
+        s->done = true;
+      }
+    }
+    running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                  [](const std::unique_ptr<Sequence>& s) { return s->done; }),
+                   running_.end());
+    n_running_ = static_cast<int64_t>(running_.size());
+    n_free_blocks_ = pool_.n_free();
+  }
+  // Shutting down: everything still known ends as cancelled.
+  for (auto& s : running_) finish(*s, "cancelled");
+  for (auto& s : waiting_) finish(*s, "cancelled");
+}
+
+void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
+  // Cancelled requests leave before any work is spent on them.
+  for (auto& s : running) {
+    if (!s->done && s->handle->cancelled()) finish(*s, "cancelled");
+  }
+  // Decoding requests first (one token each), oldest first; then prompt chunks.
+  std::vector<Sequence*> order;
+  for (auto& s : running) {
+    if (!s->done) order.push_back(s.get());
+  }
+  std::stable_sort(order.begin(), order.end(), [](const Sequence* a, const Sequence* b) {
+    const bool da = a->n_computed >= a->n_prompt, db = b->n_computed >= b->n_prompt;
+    if (da != db) return da;
+    return a->admitted < b->admitted;
+  });
+  struct Planned {
+    Sequence* seq;
+    int64_t n;
+  };
+  std::vector<Planned> plan;
+  int64_t budget = options_.max_batch_tokens;
+  for (Sequence* s : order) {
+    if (budget <= 0) break;
+    if (s->done) continue;  // preempted below
+    const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->n_computed;
+    const int64_t n = std::min(pending, budget);
+    // Make room by preempting requests admitted after this one (newest
+    // first), so the oldest request always progresses.
+    while (!reserve_blocks(pool_, s->kv, s->n_computed + n)) {
+      Sequence* victim = nullptr;
+      for (Sequence* o : order) {
+        const bool planned =
+            std::any_of(plan.begin(), plan.end(), [&](const Planned& p) { return p.seq == o; });
+        if (o != s && !o->done && !planned && !o->kv.blocks.empty() && o->admitted > s->admitted &&
+            (victim == nullptr || o->admitted > victim->admitted)) {
+          victim = o;
+        }
+      }
+      if (victim == nullptr) break;
+      release_blocks(pool_, victim->kv);  // recomputed from its tokens when it runs again
+      victim->n_computed = 0;
+      ++n_preemptions_;
+      spdlog::debug("engine: preempted a request to free KV blocks");
+    }
+    if (static_cast<int64_t>(s->kv.blocks.size()) * kernels::kKvBlockTokens < s->n_computed + n) {
+      const bool alone = std::all_of(order.begin(), order.end(), [&](const Sequence* o) {
+        return o == s || o->kv.blocks.empty();
+      });
+      if (alone && plan.empty()) finish(*s, "max_tokens");  // the pool cannot hold it any longer
+      continue;  // otherwise wait for older requests to finish
+    }
+    plan.push_back({s, n});
+    budget -= n;
+  }
+  if (plan.empty()) return;
+
+  std::vector<ForwardSeq> batch;
+  for (const Planned& p : plan) {
+    ForwardSeq fs;
+    fs.tokens = std::span<const int32_t>(p.seq->tokens).subspan(p.seq->n_computed, p.n);
+    fs.block_table = p.seq->kv.blocks.data();
+    fs.n_past = p.seq->n_computed;
+    fs.n_planned = static_cast<int64_t>(p.seq->tokens.size());
+    batch.push_back(fs);
+  }
+  std::vector<float> logits;
+  model_.forward(batch, &logits);
+  ++n_steps_;
+  const int64_t vocab = model_.config().vocab_size;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Sequence& s = *plan[i].seq;
+    s.n_computed += plan[i].n;
+    s.kv.n_tokens = s.n_computed;
+    const bool reading_prompt = s.n_generated == 0;
+    if (reading_prompt) {
+      EngineEvent e;
+      e.kind = EngineEvent::Kind::progress;
+      e.n_prompt_done = std::min(s.n_computed, s.n_prompt);
+      s.request.on_event(e);
+    }
+    if (s.n_computed < static_cast<int64_t>(s.tokens.size())) continue;  // more prompt to read
+    const int32_t tok = s.sampler->sample(logits.data() + i * vocab, vocab);
+    const auto& stops = s.request.stop_ids;
+    if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
+      finish(s, "eos");
+      continue;
+    }
+    s.tokens.push_back(tok);
+    ++s.n_generated;
+    EngineEvent e;
+    e.kind = EngineEvent::Kind::token;
+    e.token = tok;
+    s.request.on_event(e);
+    if (s.n_generated >= s.request.max_tokens ||
+        static_cast<int64_t>(s.tokens.size()) >= options_.ctx_size) {
+      finish(s, "max_tokens");
+    }
+  }
+}
+
+}  // namespace pensieve

@@ -1,0 +1,104 @@
+// The engine thread: owns the model, runs many requests at once.
+//
+// There are no prefill and decode phases. Every request has the tokens it
+// knows (prompt + generated) and how many of them are in the KV cache
+// (n_computed); each step hands out up to `max_batch_tokens` tokens toward
+// closing those gaps (one for a decoding request, a chunk of its prompt for
+// one still reading), runs them as one batch, and samples where a request's
+// known tokens are all computed. Long prompts are therefore chunked and never
+// stall the others. When KV blocks run out, the most recently admitted
+// request is preempted (its blocks freed, its tokens recomputed later).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/kv_block_pool.h"
+#include "engine/sampler.h"
+#include "models/model.h"
+
+namespace pensieve {
+
+struct EngineOptions {
+  int64_t ctx_size = 4096;          // most tokens one sequence may hold
+  int64_t kv_blocks = 0;            // KV pool size in blocks; 0 = from kv_memory_bytes
+  int64_t kv_memory_bytes = 0;      // 0 = enough for max_running full contexts, capped at half of RAM
+  int64_t max_batch_tokens = 512;   // tokens per forward step
+  int64_t max_running = 8;          // sequences decoded together
+  int64_t max_queue = 64;           // waiting requests before submit() refuses
+};
+
+struct EngineEvent {
+  enum class Kind { progress, token, done, error };
+  Kind kind = Kind::progress;
+  int64_t n_prompt_done = 0;
+  int64_t n_cached = 0;
+  int32_t token = -1;
+  std::string finish;  // done: "eos" | "max_tokens" | "cancelled"
+  std::string error;
+};
+
+struct EngineRequest {
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 0;
+  SamplingParams sampling;
+  std::vector<int32_t> stop_ids;  // generation ends after one of these (not reported as a token)
+  std::function<void(const EngineEvent&)> on_event;  // called on the engine thread
+};
+
+class EngineHandle {
+ public:
+  void cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+struct EngineStats {
+  int64_t n_blocks_total = 0, n_blocks_free = 0;
+  int64_t n_waiting = 0, n_running = 0;
+  int64_t n_steps = 0, n_preemptions = 0;
+};
+
+class Engine {
+ public:
+  Engine(Model& model, const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request; nullptr when the queue is full. Throws Error for a
+  // prompt that can never fit (longer than ctx_size or the whole KV pool).
+  std::shared_ptr<EngineHandle> submit(EngineRequest request);
+  EngineStats stats() const;
+  const EngineOptions& options() const { return options_; }
+  int64_t ctx_size() const { return options_.ctx_size; }
+
+ private:
+  struct Sequence;
+  void loop();
+  void step(std::vector<std::unique_ptr<Sequence>>& running);
+  void finish(Sequence& s, const std::string& reason);
+
+  Model& model_;
+  EngineOptions options_;
+  KvBlockPool pool_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;  // guarded by mutex_
+  std::vector<std::unique_ptr<Sequence>> running_;  // engine thread only
+  bool stop_ = false;
+  std::atomic<int64_t> n_running_{0}, n_free_blocks_{0}, n_steps_{0}, n_preemptions_{0};
+  std::thread thread_;
+};
+
+}  // namespace pensieve
