@@ -111,15 +111,27 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   const bool use_gemv =
       path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
   const bool integer = integer_kernels_enabled();
-  // Decode stays on the exact f32 gemv: it is memory-bound either way.
-  auto integer_ok = [&](const WeightMatrix& w) { return integer && !use_gemv && w.quantized(); };
+  auto integer_ok = [&](const WeightMatrix& w) {
+    return integer && w.quantized() && (!use_gemv || w.cols % 64 == 0);
+  };
 
   // Prepare each input form the parts need, once for all rows.
   std::vector<float> x_perm;                   // f32 gemv, 4-bit: [even | odd] per 32
   std::vector<float> xt_natural, xt_perm;      // f32 gemm: transposed 16-token tiles
   std::vector<std::pair<int64_t, QuantizedActivationTiles>> tile_forms;  // by group size
+  std::vector<std::pair<int64_t, QuantizedActivations>> gemv_forms;      // by group*2 + nibble
+  auto gemv_key = [](const WeightMatrix& w) {
+    return w.group_size * 2 + (w.format == WeightFormat::affine4 ? 1 : 0);
+  };
   for (const WeightMatrix* w : parts) {
-    if (integer_ok(*w)) {
+    if (integer_ok(*w) && use_gemv) {
+      bool have = false;
+      for (auto& f : gemv_forms) have |= f.first == gemv_key(*w);
+      if (have) continue;
+      gemv_forms.emplace_back(gemv_key(*w), QuantizedActivations{});
+      quantize_activations(x, ldx, n_tokens, cols, w->group_size, &gemv_forms.back().second,
+                           w->format == WeightFormat::affine4);
+    } else if (integer_ok(*w)) {
       bool have = false;
       for (auto& f : tile_forms) have |= f.first == w->group_size;
       if (have) continue;
@@ -164,6 +176,15 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
       const Task& task = tasks[i];
       const WeightMatrix& w = *task.w;
       float* yt = y + task.y_offset;
+      if (integer_ok(w) && use_gemv) {
+        const QuantizedActivations* qa = nullptr;
+        for (auto& f : gemv_forms) if (f.first == gemv_key(w)) qa = &f.second;
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens) {
+          avx512::vnni_gemv(w, task.r0, task.r1, *qa, t0, std::min(kGemvMaxTokens, n_tokens - t0),
+                            yt, ldy);
+        }
+        continue;
+      }
       if (integer_ok(w)) {
         avx512::vnni_gemm(w, task.r0, task.r1, tile_form(w), yt + task.r0, ldy);
         continue;
@@ -188,7 +209,7 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
 }
 
 void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
-                          int64_t group, QuantizedActivations* out) {
+                          int64_t group, QuantizedActivations* out, bool nibble_order) {
   const int64_t n_groups = cols / group;
   out->n_tokens = n_tokens;
   out->cols = cols;
@@ -210,7 +231,12 @@ void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t
       out->scale[t * n_groups + g] = d;
       out->sum[t * n_groups + g] = sum;
       for (int64_t c = g * group; c < (g + 1) * group; ++c) {
-        qr[c] = static_cast<int16_t>(std::nearbyint(xr[c] * inv));
+        int64_t at = c;
+        if (nibble_order) {  // per 64 columns: even ones first, then odd
+          const int64_t base = c / 64 * 64, i = c - base;
+          at = base + (i % 2 == 0 ? i / 2 : 32 + i / 2);
+        }
+        qr[at] = static_cast<int16_t>(std::nearbyint(xr[c] * inv));
       }
     }
   }

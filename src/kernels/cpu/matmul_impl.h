@@ -23,12 +23,12 @@ void transpose_tokens(const float* x, int64_t ldx, int64_t n_tokens, int64_t col
 // integer kernel: x ≈ scale·q, with sum = Σx kept exact.
 struct QuantizedActivations {
   int64_t n_tokens = 0, cols = 0, group = 0;
-  std::vector<int16_t> q;     // [token][cols]
+  std::vector<int16_t> q;     // [token][cols]; per 64 columns [even | odd] in nibble order
   std::vector<float> scale;   // [token][cols/group]
   std::vector<float> sum;     // [token][cols/group]
 };
 void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
-                          int64_t group, QuantizedActivations* out);
+                          int64_t group, QuantizedActivations* out, bool nibble_order = false);
 
 // The same transposed into 16-token tiles for the gemm kernel.
 struct QuantizedActivationTiles {
@@ -45,6 +45,10 @@ void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,
                          const QuantizedActivations& natural, float* y, int64_t ldy);
 
 namespace avx512 {
+// Rows [r0, r1) x tokens [t0, t0 + n_tokens) (n_tokens <= 4), activations in
+// gemv order (nibble order for 4-bit weights); needs cols % 64 == 0.
+void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivations& a,
+               int64_t t0, int64_t n_tokens, float* y, int64_t ldy);
 // Rows [r0, r1) x all tokens of a; y points at row r0's column.
 void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
                float* y, int64_t ldy);

@@ -132,7 +132,91 @@ void vnni_rows(const int16_t* wq, int64_t n_rows, int64_t cols, const float* sc,
   }
 }
 
+// Decode: one row at a time against up to 4 tokens, straight from the packed
+// bytes. Activations are int16 in gemv order: per 64 columns, 4-bit weights
+// see [even columns | odd columns] (the order nibbles unpack in), 8-bit
+// weights natural order.
+template <int T, bool Q4>
+void gemv_i16_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const int16_t* xq,
+                   const float* xscale, const float* xsum, float* y, int64_t ldy) {
+  const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
+  const int64_t row_bytes = w.row_bytes();
+  alignas(64) float sc[8192], bi[8192];
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * row_bytes;
+    row_scales_f32(w, r, sc, bi);
+    __m512 facc[T];
+    for (int t = 0; t < T; ++t) facc[t] = _mm512_setzero_ps();
+    const int64_t span = std::max<int64_t>(group, 64);
+    const int64_t groups_per_span = span / group;
+    for (int64_t c0 = 0, g = 0; c0 < cols; c0 += span, g += groups_per_span) {
+      // One scale step: a whole group (>= 64 columns) or a 64-column chunk of two 32-groups.
+      const int64_t c1 = c0 + span;
+      __m512i iacc[T][2];
+      for (int t = 0; t < T; ++t) iacc[t][0] = iacc[t][1] = _mm512_setzero_si512();
+      for (int64_t c = c0; c < c1; c += 64) {
+        __m512i w0, w1;
+        if constexpr (Q4) {
+          const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c / 2));
+          w0 = _mm512_cvtepu8_epi16(_mm256_and_si256(p, low4));
+          w1 = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4), low4));
+        } else {
+          w0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c)));
+          w1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c + 32)));
+        }
+        for (int t = 0; t < T; ++t) {
+          iacc[t][0] = _mm512_dpwssd_epi32(iacc[t][0], w0, _mm512_loadu_si512(xq + t * cols + c));
+          iacc[t][1] = _mm512_dpwssd_epi32(iacc[t][1], w1, _mm512_loadu_si512(xq + t * cols + c + 32));
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const float* dx = xscale + t * n_groups;
+        if (group >= 64) {
+          const __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(iacc[t][0], iacc[t][1]));
+          facc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(sc[g] * dx[g]), facc[t]);
+        } else if constexpr (Q4) {
+          // Both halves hold columns of both groups: lanes 0-7 the first, 8-15 the second.
+          const __m512 scale = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(sc[g] * dx[g]),
+                                                    _mm512_set1_ps(sc[g + 1] * dx[g + 1]));
+          const __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(iacc[t][0], iacc[t][1]));
+          facc[t] = _mm512_fmadd_ps(v, scale, facc[t]);
+        } else {
+          facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[t][0]), _mm512_set1_ps(sc[g] * dx[g]), facc[t]);
+          facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[t][1]),
+                                    _mm512_set1_ps(sc[g + 1] * dx[g + 1]), facc[t]);
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      const float* xs = xsum + t * n_groups;
+      __m512 bacc = _mm512_setzero_ps();
+      for (int64_t g = 0; g < n_groups; g += 16) {
+        const __mmask16 m = n_groups - g >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n_groups - g)) - 1);
+        bacc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, bi + g), _mm512_maskz_loadu_ps(m, xs + g), bacc);
+      }
+      y[t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(facc[t], bacc));
+    }
+  }
+}
+
 }  // namespace
+
+void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivations& a,
+               int64_t t0, int64_t n_tokens, float* y, int64_t ldy) {
+  const bool q4 = w.format == WeightFormat::affine4;
+  const int64_t ng = a.cols / a.group;
+  const int16_t* q = a.q.data() + t0 * a.cols;
+  const float* sc = a.scale.data() + t0 * ng;
+  const float* sm = a.sum.data() + t0 * ng;
+  float* yt = y + t0 * ldy;
+  switch (n_tokens) {
+    case 1: return q4 ? gemv_i16_rows<1, true>(w, r0, r1, q, sc, sm, yt, ldy) : gemv_i16_rows<1, false>(w, r0, r1, q, sc, sm, yt, ldy);
+    case 2: return q4 ? gemv_i16_rows<2, true>(w, r0, r1, q, sc, sm, yt, ldy) : gemv_i16_rows<2, false>(w, r0, r1, q, sc, sm, yt, ldy);
+    case 3: return q4 ? gemv_i16_rows<3, true>(w, r0, r1, q, sc, sm, yt, ldy) : gemv_i16_rows<3, false>(w, r0, r1, q, sc, sm, yt, ldy);
+    default: return q4 ? gemv_i16_rows<4, true>(w, r0, r1, q, sc, sm, yt, ldy) : gemv_i16_rows<4, false>(w, r0, r1, q, sc, sm, yt, ldy);
+  }
+}
 
 void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
                float* y, int64_t ldy) {
