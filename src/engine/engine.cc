@@ -38,7 +38,8 @@ int64_t default_kv_blocks(const Model& model, const EngineOptions& o) {
     const int64_t half_ram = static_cast<int64_t>(si.totalram) * si.mem_unit / 2;
     budget = std::min(half_ram, blocks_for(o.ctx_size) * o.max_running * per_block);
   }
-  return std::max<int64_t>(budget / per_block, blocks_for(std::min<int64_t>(o.ctx_size, 64)));
+  // One full-length sequence must always fit.
+  return std::max<int64_t>(budget / per_block, blocks_for(o.ctx_size + 1));
 }
 
 }  // namespace

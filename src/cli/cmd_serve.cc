@@ -1,0 +1,156 @@
+// pensieve serve: the Anthropic Messages API on a local model.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <thread>
+
+#include "chat/chat_config.h"
+#include "cli/command.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "engine/engine.h"
+#include "hub/hub.h"
+#include "models/model.h"
+#include "server/engine_backend.h"
+#include "server/server.h"
+#include "tokenizer/tokenizer.h"
+
+namespace pensieve::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Opts {
+  std::string model, model_id, host = "127.0.0.1", api_key;
+  int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16;
+  int64_t ctx_size = 0, batch_tokens = 512;
+  double kv_memory_gib = 0;
+  size_t max_body_mb = 32;
+};
+
+// The bundled model ships in <repo>/models/stories260K; look for it next to
+// the binary (build tree or install prefix) and in PENSIEVE_HOME.
+std::string bundled_model_dir() {
+  std::vector<fs::path> roots;
+  if (const char* home = std::getenv("PENSIEVE_HOME")) roots.emplace_back(home);
+  char exe[PATH_MAX] = {};
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n > 0) {
+    for (fs::path p = fs::path(std::string(exe, n)).parent_path(); !p.empty() && p != p.root_path();
+         p = p.parent_path()) {
+      roots.push_back(p);
+      roots.push_back(p / "share" / "pensieve");
+    }
+  }
+  for (const auto& r : roots) {
+    const fs::path dir = r / "models" / "stories260K";
+    if (fs::exists(dir / "config.json")) return dir.string();
+  }
+  fail(ErrorKind::not_found,
+       "no --model given and the bundled model (models/stories260K) was not found; set "
+       "PENSIEVE_HOME to the source folder or pass --model DIR");
+}
+
+server::Server* g_server = nullptr;
+
+RegisterCommand reg("serve", [](CLI::App& app) {
+  app.description("Serve the Anthropic Messages API (POST /v1/messages) on a local model");
+  auto o = std::make_shared<Opts>();
+  app.add_option("--model", o->model,
+                 "model directory or Hugging Face repo (ORG/NAME[@REV]); default: the bundled "
+                 "stories260K")
+      ->envname("PENSIEVE_MODEL");
+  app.add_option("--model-id", o->model_id, "name listed by GET /v1/models (default: folder name)");
+  app.add_option("--host", o->host, "address to bind")->envname("PENSIEVE_HOST");
+  app.add_option("--port", o->port, "port to bind")->envname("PENSIEVE_PORT");
+  app.add_option("--ctx-size", o->ctx_size,
+                 "tokens per sequence (default: the model's, at least 32768 for the bundled model)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--threads", o->threads, "compute threads (default: all cores)");
+  app.add_option("--parallel", o->parallel, "sequences decoded together")->check(CLI::Range(1, 256));
+  app.add_option("--batch-tokens", o->batch_tokens, "tokens per forward step (prompt chunk size)")
+      ->check(CLI::Range(16, 65536));
+  app.add_option("--kv-memory", o->kv_memory_gib, "KV cache budget in GiB (default: automatic)");
+  app.add_option("--api-key", o->api_key, "required x-api-key / Bearer token")
+      ->envname("PENSIEVE_API_KEY");
+  app.add_option("--http-threads", o->http_threads, "connections served at once");
+  app.add_option("--max-queue", o->max_queue, "generations running or waiting before 529");
+  app.add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (413 above)");
+  return std::function<int()>([o] {
+    // SIGINT/SIGTERM are taken by one thread with sigwait (below), so block
+    // them before any other thread exists.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    const bool bundled = o->model.empty();
+    std::string dir = bundled ? bundled_model_dir() : o->model;
+    if (!bundled && !fs::exists(dir)) {
+      spdlog::info("{} is not a folder here: fetching it from the Hugging Face Hub", dir);
+      dir = hub::ensure_model(dir, [](const hub::PullProgress& p) {
+        static int64_t last = -1;
+        const int64_t pct = p.total_bytes > 0 ? p.done_bytes * 100 / p.total_bytes : 0;
+        if (pct / 10 != last) {
+          last = pct / 10;
+          spdlog::info("download: {}% of {:.1f} MiB", pct, p.total_bytes / 1048576.0);
+        }
+      });
+    }
+    if (bundled) {
+      spdlog::info("serving the bundled stories260K model (a 260K-parameter story writer for first "
+                   "runs and tests); pass --model DIR for a real model");
+    }
+    auto model = load_model(dir, {o->threads, true});
+    const ModelConfig& c = model->config();
+    int64_t ctx = o->ctx_size;
+    if (ctx == 0) ctx = bundled ? 32768 : c.max_position_embeddings;
+    if (ctx > c.max_position_embeddings) {
+      spdlog::warn("context {} is longer than the {} positions {} was trained on; quality may drop",
+                   ctx, c.max_position_embeddings, c.architecture);
+    }
+    auto tokenizer = Tokenizer::load(dir);
+    chat::ChatConfig chat = chat::load_chat_config(dir);
+    EngineOptions eo;
+    eo.ctx_size = ctx;
+    eo.max_running = o->parallel;
+    eo.max_batch_tokens = o->batch_tokens;
+    eo.max_queue = o->max_queue;
+    eo.kv_memory_bytes = static_cast<int64_t>(o->kv_memory_gib * (1ull << 30));
+    Engine engine(*model, eo);
+    const std::string id = o->model_id.empty() ? fs::path(dir).filename().string() : o->model_id;
+    server::EngineBackend backend(id, engine, *tokenizer, std::move(chat),
+                                  server::collect_stop_ids(c, *tokenizer));
+    server::ServerOptions so;
+    so.host = o->host;
+    so.port = o->port;
+    if (!o->api_key.empty()) so.api_keys.push_back(o->api_key);
+    so.n_http_threads = o->http_threads;
+    so.max_queue = o->max_queue;
+    so.max_body_bytes = o->max_body_mb << 20;
+    server::Server server(backend, so);
+    server.start();
+    std::printf("pensieve: serving %s on http://%s:%d (context %lld tokens)\n", id.c_str(),
+                o->host.c_str(), server.port(), static_cast<long long>(ctx));
+    std::printf("  ANTHROPIC_BASE_URL=http://%s:%d claude\n", o->host.c_str(), server.port());
+    std::fflush(stdout);
+    std::thread waiter([&] {
+      int sig = 0;
+      sigwait(&set, &sig);
+      spdlog::info("signal {}: shutting down", sig);
+      server.stop();
+    });
+    server.wait();
+    pthread_kill(waiter.native_handle(), SIGTERM);
+    waiter.join();
+    return 0;
+  });
+});
+
+}  // namespace
+}  // namespace pensieve::cli

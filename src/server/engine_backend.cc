@@ -1,0 +1,122 @@
+#include "server/engine_backend.h"
+
+#include <algorithm>
+#include <mutex>
+
+#include "core/error.h"
+
+namespace pensieve::server {
+namespace {
+
+class EngineGeneration : public Generation {
+ public:
+  explicit EngineGeneration(std::shared_ptr<EngineHandle> h) : handle_(std::move(h)) {}
+  void cancel() override { handle_->cancel(); }
+
+ private:
+  std::shared_ptr<EngineHandle> handle_;
+};
+
+bool mentions(const std::string& source, const char* word) {
+  return source.find(word) != std::string::npos;
+}
+
+}  // namespace
+
+std::vector<int32_t> collect_stop_ids(const ModelConfig& config, const Tokenizer& tokenizer) {
+  std::vector<int32_t> ids;
+  for (int64_t id : config.eos_token_ids) ids.push_back(static_cast<int32_t>(id));
+  if (auto eos = tokenizer.eos_id()) ids.push_back(*eos);
+  for (const char* t : {"<|end|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>",
+                        "<|end_of_text|>", "<end_of_turn>"}) {
+    if (auto id = tokenizer.token_to_id(t)) ids.push_back(*id);
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
+
+EngineBackend::EngineBackend(std::string model_id, Engine& engine, const Tokenizer& tokenizer,
+                             chat::ChatConfig chat_config, std::vector<int32_t> stop_ids)
+    : engine_(engine),
+      tokenizer_(tokenizer),
+      chat_(std::move(chat_config)),
+      stop_ids_(std::move(stop_ids)) {
+  if (chat_.parsed == nullptr && chat_.has_template()) chat_.prepare();
+  info_.id = model_id;
+  info_.display_name = model_id;
+  info_.context_size = engine_.ctx_size();
+  info_.vision = false;
+  std::string all = chat_.template_source;
+  for (const auto& [name, src] : chat_.named_templates) all += src;
+  info_.native_tools = mentions(all, "tools");
+  info_.thinking = mentions(all, "enable_thinking");
+}
+
+std::vector<int32_t> EngineBackend::tokenize(const std::string& text) const {
+  return tokenizer_.encode(text, false);
+}
+
+std::string EngineBackend::render(const nlohmann::ordered_json& messages,
+                                  const nlohmann::ordered_json* tools,
+                                  const nlohmann::ordered_json& extra_vars) const {
+  bool add_generation_prompt = true;
+  nlohmann::ordered_json vars = nlohmann::ordered_json::object();
+  for (auto& [k, v] : extra_vars.items()) {
+    if (k == "add_generation_prompt") add_generation_prompt = v.is_boolean() ? v.get<bool>() : true;
+    else vars[k] = v;
+  }
+  return chat::render_chat(chat_, messages, tools, add_generation_prompt, vars);
+}
+
+std::shared_ptr<Generation> EngineBackend::submit(GenerationRequest request,
+                                                  EventCallback on_event) {
+  EngineRequest r;
+  r.prompt = std::move(request.prompt);
+  r.max_tokens = request.max_tokens;
+  r.sampling.temperature = request.temperature;
+  r.sampling.top_p = request.top_p;
+  r.sampling.top_k = request.top_k;
+  r.sampling.seed = request.seed ? *request.seed : std::random_device{}();
+  r.stop_ids = stop_ids_;
+  // The decoder lives with the request; events for one request never overlap.
+  auto decoder = std::make_shared<StreamDecoder>(tokenizer_, true);
+  r.on_event = [decoder, on_event](const EngineEvent& e) {
+    GenerationEvent g;
+    g.n_prompt_done = e.n_prompt_done;
+    g.n_cached = e.n_cached;
+    switch (e.kind) {
+      case EngineEvent::Kind::progress:
+        g.kind = GenerationEvent::Kind::progress;
+        break;
+      case EngineEvent::Kind::token:
+        g.kind = GenerationEvent::Kind::token;
+        g.token = e.token;
+        g.text = decoder->step(e.token);
+        break;
+      case EngineEvent::Kind::done: {
+        // Text held back mid-character comes out before the end.
+        std::string rest = decoder->finish();
+        if (!rest.empty()) {
+          GenerationEvent t;
+          t.kind = GenerationEvent::Kind::token;
+          t.text = std::move(rest);
+          on_event(t);
+        }
+        g.kind = GenerationEvent::Kind::done;
+        g.finish = e.finish;
+        break;
+      }
+      case EngineEvent::Kind::error:
+        g.kind = GenerationEvent::Kind::error;
+        g.error = e.error;
+        break;
+    }
+    on_event(g);
+  };
+  auto handle = engine_.submit(std::move(r));
+  if (handle == nullptr) return nullptr;
+  return std::make_shared<EngineGeneration>(std::move(handle));
+}
+
+}  // namespace pensieve::server

@@ -1,0 +1,42 @@
+// The real Backend: the model's tokenizer and chat template in front of the
+// engine thread. Detokenizes each request's tokens as they stream out.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "chat/chat_config.h"
+#include "engine/engine.h"
+#include "server/backend.h"
+#include "tokenizer/tokenizer.h"
+
+namespace pensieve::server {
+
+class EngineBackend : public Backend {
+ public:
+  // model_id: the name GET /v1/models lists (any requested name is served anyway).
+  EngineBackend(std::string model_id, Engine& engine, const Tokenizer& tokenizer,
+                chat::ChatConfig chat_config, std::vector<int32_t> stop_ids);
+
+  ModelInfo info() const override { return info_; }
+  std::vector<int32_t> tokenize(const std::string& text) const override;
+  std::string render(const nlohmann::ordered_json& messages, const nlohmann::ordered_json* tools,
+                     const nlohmann::ordered_json& extra_vars) const override;
+  std::shared_ptr<Generation> submit(GenerationRequest request, EventCallback on_event) override;
+
+  const std::vector<int32_t>& stop_ids() const { return stop_ids_; }
+
+ private:
+  Engine& engine_;
+  const Tokenizer& tokenizer_;
+  chat::ChatConfig chat_;
+  std::vector<int32_t> stop_ids_;
+  ModelInfo info_;
+};
+
+// End-of-generation ids: config.json / generation_config.json, the
+// tokenizer's eos token, and the turn-end tokens of the common template
+// families (<|end|>, <|im_end|>, <|eot_id|>, ...) where the vocabulary has them.
+std::vector<int32_t> collect_stop_ids(const ModelConfig& config, const Tokenizer& tokenizer);
+
+}  // namespace pensieve::server
