@@ -1,0 +1,275 @@
+#include "tokenizer/bpe.h"
+
+#include <algorithm>
+
+#include "tokenizer/unicode.h"
+
+namespace pensieve::tok {
+namespace {
+
+constexpr size_t kMaxCachedWordBytes = 256;
+constexpr size_t kCacheCapacity = 50000;
+constexpr char32_t kSmallCharLimit = 0x800;
+
+uint64_t mix(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  return x;
+}
+
+uint64_t pair_key(int32_t left, int32_t right) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+}
+
+struct Symbol {
+  int32_t id;
+  int32_t prev;
+  int32_t next;
+  uint32_t len;  // bytes of the word it covers; 0 once merged into its left neighbour
+};
+
+struct QueuedMerge {
+  uint32_t rank;
+  uint32_t pos;
+  int32_t new_id;
+  // Min-heap on (rank, pos): the best-ranked merge first, leftmost on ties.
+  bool operator<(const QueuedMerge& o) const {
+    return rank != o.rank ? rank > o.rank : pos > o.pos;
+  }
+};
+
+}  // namespace
+
+BpeModel::BpeModel(Vocab vocab, const Merges& merges, BpeOptions options, const JsonPath& at)
+    : options_(std::move(options)) {
+  int32_t max_id = -1;
+  for (const auto& [token, id] : vocab) {
+    if (id < 0) at.key("vocab").invalid(fmt::format("has a negative id for '{}'", token));
+    max_id = std::max(max_id, id);
+  }
+  id_to_token_.resize(static_cast<size_t>(max_id + 1));
+  id_present_.assign(id_to_token_.size(), false);
+  for (auto& [token, id] : vocab) {
+    id_to_token_[id] = std::move(token);
+    id_present_[id] = true;
+  }
+  // Keys view the strings owned by id_to_token_, which never changes size again.
+  token_to_id_.reserve(vocab.size());
+  for (size_t id = 0; id < id_to_token_.size(); ++id) {
+    if (id_present_[id]) token_to_id_.emplace(id_to_token_[id], static_cast<int32_t>(id));
+  }
+
+  size_t table_size = 16;
+  while (table_size < merges.size() * 2) table_size *= 2;
+  merge_table_.assign(table_size, MergeEntry{kEmptyKey, 0, 0});
+  merge_mask_ = table_size - 1;
+  const size_t prefix_len = options_.continuing_subword_prefix.size();
+  std::string merged;
+  for (size_t rank = 0; rank < merges.size(); ++rank) {
+    const auto& [a, b] = merges[rank];
+    const auto ia = token_to_id(a), ib = token_to_id(b);
+    if (!ia || !ib) {
+      at.key("merges").index(rank).invalid(
+          fmt::format("uses '{}' which is not in the vocabulary", !ia ? a : b));
+    }
+    merged.assign(a);
+    merged.append(b.size() >= prefix_len && b.compare(0, prefix_len, options_.continuing_subword_prefix) == 0
+                      ? std::string_view(b).substr(prefix_len)
+                      : std::string_view(b));
+    const auto inew = token_to_id(merged);
+    if (!inew) {
+      at.key("merges").index(rank).invalid(
+          fmt::format("makes '{}' which is not in the vocabulary", merged));
+    }
+    insert_merge(*ia, *ib, static_cast<uint32_t>(rank), *inew);
+  }
+
+  for (int b = 0; b < 256; ++b) {
+    const auto id = token_to_id(fmt::format("<0x{:02X}>", b));
+    byte_ids_[b] = id ? *id : -1;
+  }
+  if (options_.unk_token) {
+    const auto id = token_to_id(*options_.unk_token);
+    if (!id) {
+      at.key("unk_token").invalid(
+          fmt::format("'{}' is not in the vocabulary", *options_.unk_token));
+    }
+    unk_id_ = *id;
+  }
+  if (options_.continuing_subword_prefix.empty() && options_.end_of_word_suffix.empty()) {
+    small_char_ids_.assign(kSmallCharLimit, -1);
+    std::string ch;
+    for (char32_t cp = 0; cp < kSmallCharLimit; ++cp) {
+      ch.clear();
+      append_utf8(ch, cp);
+      if (auto id = token_to_id(ch)) small_char_ids_[cp] = *id;
+    }
+  }
+}
+
+void BpeModel::insert_merge(int32_t left, int32_t right, uint32_t rank, int32_t new_id) {
+  const uint64_t key = pair_key(left, right);
+  size_t slot = mix(key) & merge_mask_;
+  while (merge_table_[slot].key != kEmptyKey && merge_table_[slot].key != key) {
+    slot = (slot + 1) & merge_mask_;
+  }
+  // A pair listed twice keeps its last rank, as Hugging Face's map does.
+  merge_table_[slot] = MergeEntry{key, rank, new_id};
+}
+
+const BpeModel::MergeEntry* BpeModel::find_merge(int32_t left, int32_t right) const {
+  const uint64_t key = pair_key(left, right);
+  size_t slot = mix(key) & merge_mask_;
+  while (true) {
+    const MergeEntry& e = merge_table_[slot];
+    if (e.key == key) return &e;
+    if (e.key == kEmptyKey) return nullptr;
+    slot = (slot + 1) & merge_mask_;
+  }
+}
+
+std::optional<int32_t> BpeModel::token_to_id(std::string_view token) const {
+  auto it = token_to_id_.find(token);
+  if (it == token_to_id_.end()) return std::nullopt;
+  return it->second;
+}
+
+const std::string* BpeModel::id_to_token(int32_t id) const {
+  if (id < 0 || id >= id_end() || !id_present_[id]) return nullptr;
+  return &id_to_token_[id];
+}
+
+int32_t BpeModel::symbol_id(std::string_view ch, bool first, bool last) const {
+  if (!small_char_ids_.empty()) {
+    size_t pos = 0;
+    const char32_t cp = next_code_point(ch, pos);
+    if (cp < kSmallCharLimit) return small_char_ids_[cp];
+    auto id = token_to_id(ch);
+    return id ? *id : -1;
+  }
+  std::string s;
+  if (!first) s = options_.continuing_subword_prefix;
+  s.append(ch);
+  if (last) s.append(options_.end_of_word_suffix);
+  auto id = token_to_id(s);
+  return id ? *id : -1;
+}
+
+void BpeModel::encode_word(std::string_view word, std::vector<int32_t>& out) const {
+  if (word.empty()) return;
+  if (options_.ignore_merges) {
+    if (auto id = token_to_id(word)) {
+      out.push_back(*id);
+      return;
+    }
+  }
+  const bool cacheable = word.size() < kMaxCachedWordBytes;
+  if (cacheable) {
+    std::lock_guard lock(cache_mutex_);
+    auto it = cache_.find(word);
+    if (it != cache_.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
+  const size_t first_new = out.size();
+  merge_word(word, out);
+  if (cacheable) {
+    std::lock_guard lock(cache_mutex_);
+    if (cache_.size() >= kCacheCapacity) cache_.clear();
+    cache_.emplace(std::string(word), std::vector<int32_t>(out.begin() + first_new, out.end()));
+  }
+}
+
+void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) const {
+  std::vector<Symbol> symbols;
+  symbols.reserve(word.size());
+  auto add = [&](int32_t id, uint32_t len) {
+    const int32_t index = static_cast<int32_t>(symbols.size());
+    symbols.push_back({id, index - 1, -1, len});
+    if (index > 0) symbols[index - 1].next = index;
+  };
+  // A pending unknown symbol, kept open so that consecutive unknowns can fuse.
+  int32_t pending_unk_len = 0;
+  auto flush_unk = [&] {
+    if (pending_unk_len > 0) add(unk_id_, static_cast<uint32_t>(pending_unk_len));
+    pending_unk_len = 0;
+  };
+
+  size_t pos = 0;
+  while (pos < word.size()) {
+    const size_t start = pos;
+    pos += std::min(utf8_seq_len(static_cast<uint8_t>(word[pos])), word.size() - pos);
+    const std::string_view ch = word.substr(start, pos - start);
+    const int32_t id = symbol_id(ch, start == 0, pos == word.size());
+    if (id >= 0) {
+      flush_unk();
+      add(id, static_cast<uint32_t>(ch.size()));
+      continue;
+    }
+    if (options_.byte_fallback) {
+      std::string bytes;
+      if (start != 0) bytes = options_.continuing_subword_prefix;
+      bytes.append(ch);
+      if (pos == word.size()) bytes.append(options_.end_of_word_suffix);
+      const bool all_known = std::all_of(bytes.begin(), bytes.end(), [&](char b) {
+        return byte_ids_[static_cast<uint8_t>(b)] >= 0;
+      });
+      if (all_known) {
+        // Like Hugging Face, a pending unknown is not flushed before the bytes.
+        for (char b : bytes) add(byte_ids_[static_cast<uint8_t>(b)], 1);
+        continue;
+      }
+    }
+    if (unk_id_ >= 0) {
+      if (pending_unk_len > 0 && !options_.fuse_unk) flush_unk();
+      pending_unk_len += static_cast<int32_t>(ch.size());
+    }
+    // Without an unknown token the character is dropped, as Hugging Face does.
+  }
+  flush_unk();
+
+  std::vector<QueuedMerge> queue;
+  queue.reserve(symbols.size());
+  for (size_t i = 0; i + 1 < symbols.size(); ++i) {
+    if (const MergeEntry* m = find_merge(symbols[i].id, symbols[i + 1].id)) {
+      queue.push_back({m->rank, static_cast<uint32_t>(i), m->new_id});
+    }
+  }
+  std::make_heap(queue.begin(), queue.end());
+  while (!queue.empty()) {
+    std::pop_heap(queue.begin(), queue.end());
+    const QueuedMerge top = queue.back();
+    queue.pop_back();
+    Symbol& left = symbols[top.pos];
+    if (left.len == 0 || left.next < 0) continue;
+    const int32_t right_pos = left.next;
+    const Symbol right = symbols[right_pos];
+    // Skip entries made stale by an earlier merge around this position.
+    const MergeEntry* m = find_merge(left.id, right.id);
+    if (m == nullptr || m->new_id != top.new_id) continue;
+    left.id = top.new_id;
+    left.len += right.len;
+    left.next = right.next;
+    symbols[right_pos].len = 0;
+    if (right.next >= 0) symbols[right.next].prev = static_cast<int32_t>(top.pos);
+    if (left.prev >= 0) {
+      if (const MergeEntry* pm = find_merge(symbols[left.prev].id, left.id)) {
+        queue.push_back({pm->rank, static_cast<uint32_t>(left.prev), pm->new_id});
+        std::push_heap(queue.begin(), queue.end());
+      }
+    }
+    if (left.next >= 0) {
+      if (const MergeEntry* nm = find_merge(left.id, symbols[left.next].id)) {
+        queue.push_back({nm->rank, top.pos, nm->new_id});
+        std::push_heap(queue.begin(), queue.end());
+      }
+    }
+  }
+  for (const Symbol& s : symbols) {
+    if (s.len > 0) out.push_back(s.id);
+  }
+}
+
+}  // namespace pensieve::tok

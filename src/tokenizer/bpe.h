@@ -1,0 +1,79 @@
+// The BPE model of tokenizer.json: vocabulary + ranked merges, applied to one
+// pre-tokenized word at a time. Covers byte-level BPE (GPT-2, Llama 3, Qwen)
+// and SentencePiece-style BPE (byte_fallback to <0xNN> pieces, unk fusing).
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "tokenizer/json_path.h"
+
+namespace pensieve::tok {
+
+struct BpeOptions {
+  std::optional<std::string> unk_token;
+  bool fuse_unk = false;
+  bool byte_fallback = false;
+  bool ignore_merges = false;
+  std::string continuing_subword_prefix;
+  std::string end_of_word_suffix;
+};
+
+struct StringViewHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+class BpeModel {
+ public:
+  using Vocab = std::vector<std::pair<std::string, int32_t>>;
+  using Merges = std::vector<std::pair<std::string, std::string>>;
+
+  // `at` locates "model" in tokenizer.json for error messages.
+  BpeModel(Vocab vocab, const Merges& merges, BpeOptions options, const JsonPath& at);
+
+  // Appends the ids of one word (a pre-tokenizer piece) to `out`.
+  void encode_word(std::string_view word, std::vector<int32_t>& out) const;
+
+  std::optional<int32_t> token_to_id(std::string_view token) const;
+  // nullptr when the id is not in the vocabulary.
+  const std::string* id_to_token(int32_t id) const;
+  // One past the largest id in the vocabulary.
+  int32_t id_end() const { return static_cast<int32_t>(id_to_token_.size()); }
+  size_t size() const { return token_to_id_.size(); }
+
+ private:
+  struct MergeEntry {
+    uint64_t key;  // (left id << 32) | right id; kEmptyKey when unused
+    uint32_t rank;
+    int32_t new_id;
+  };
+  static constexpr uint64_t kEmptyKey = ~uint64_t{0};
+
+  const MergeEntry* find_merge(int32_t left, int32_t right) const;
+  void insert_merge(int32_t left, int32_t right, uint32_t rank, int32_t new_id);
+  void merge_word(std::string_view word, std::vector<int32_t>& out) const;
+  int32_t symbol_id(std::string_view ch, bool first, bool last) const;
+
+  BpeOptions options_;
+  std::vector<std::string> id_to_token_;
+  std::vector<bool> id_present_;
+  std::unordered_map<std::string_view, int32_t, StringViewHash> token_to_id_;
+  std::vector<MergeEntry> merge_table_;  // open addressing, power-of-two size
+  uint64_t merge_mask_ = 0;
+  std::vector<int32_t> small_char_ids_;  // code point < 0x800 -> id (-1: absent)
+  int32_t byte_ids_[256];                // <0xNN> pieces for byte_fallback (-1: absent)
+  int32_t unk_id_ = -1;
+
+  // Words seen before; pre-tokenized text repeats words a lot.
+  mutable std::mutex cache_mutex_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, StringViewHash, std::equal_to<>>
+      cache_;
+};
+
+}  // namespace pensieve::tok
