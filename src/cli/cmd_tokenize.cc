@@ -24,6 +24,8 @@ struct Opts {
   bool skip_special = false;
   bool bench = false;
   int runs = 20;
+  // Which of --text / --file / --decode were given (an empty --text is valid).
+  bool has_text = false, has_file = false, has_decode = false;
 };
 
 double ms_since(std::chrono::steady_clock::time_point start) {
@@ -58,18 +60,20 @@ int run_bench(const Opts& o, const std::string& text) {
 }
 
 int run(const Opts& o) {
-  const int n_inputs = !o.text.empty() + !o.file.empty() + !o.decode_ids.empty();
-  if (n_inputs != 1) fail("tokenize: give exactly one of --text, --file or --decode");
-  if (!o.decode_ids.empty()) {
+  if (o.has_text + o.has_file + o.has_decode != 1) {
+    fail("tokenize: give exactly one of --text, --file or --decode");
+  }
+  if (o.has_decode) {
     if (o.bench) fail("tokenize: --bench needs --text or --file");
     auto tokenizer = Tokenizer::load(o.model);
-    const std::vector<int> ids = parse_int_list(o.decode_ids, "--decode");
+    const std::vector<int> ids =
+        o.decode_ids.empty() ? std::vector<int>{} : parse_int_list(o.decode_ids, "--decode");
     const std::vector<int32_t> ids32(ids.begin(), ids.end());
     const nlohmann::json out = {{"text", tokenizer->decode(ids32, o.skip_special)}};
     std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
-  const std::string text = o.file.empty() ? o.text : tok::read_file_maybe_gzipped(o.file);
+  const std::string text = o.has_file ? tok::read_file_maybe_gzipped(o.file) : o.text;
   if (o.bench) return run_bench(o, text);
   auto tokenizer = Tokenizer::load(o.model);
   const nlohmann::json out = {{"ids", tokenizer->encode(text, o.special)}};
@@ -81,15 +85,21 @@ RegisterCommand reg("tokenize", [](CLI::App& app) {
   auto opts = std::make_shared<Opts>();
   app.description("Encode text to token ids (or decode ids) with a model's tokenizer");
   app.add_option("--model", opts->model, "model directory or tokenizer.json file")->required();
-  app.add_option("--text", opts->text, "text to encode");
-  app.add_option("--file", opts->file, "encode the contents of this file");
-  app.add_option("--decode", opts->decode_ids, "decode these comma-separated ids instead");
+  CLI::Option* text = app.add_option("--text", opts->text, "text to encode");
+  CLI::Option* file = app.add_option("--file", opts->file, "encode the contents of this file");
+  CLI::Option* decode =
+      app.add_option("--decode", opts->decode_ids, "decode these comma-separated ids instead");
   app.add_flag("--special", opts->special, "add the post-processor's special tokens (BOS, ...)");
   app.add_flag("--skip-special", opts->skip_special, "with --decode: leave out special tokens");
   app.add_flag("--bench", opts->bench, "time loading and encoding; print JSON with milliseconds");
   app.add_option("--runs", opts->runs, "with --bench: number of timed encodes")->check(
       CLI::PositiveNumber);
-  return std::function<int()>([opts] { return run(*opts); });
+  return std::function<int()>([opts, text, file, decode] {
+    opts->has_text = text->count() > 0;
+    opts->has_file = file->count() > 0;
+    opts->has_decode = decode->count() > 0;
+    return run(*opts);
+  });
 });
 
 }  // namespace
