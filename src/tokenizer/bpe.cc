@@ -1,6 +1,7 @@
 #include "tokenizer/bpe.h"
 
 #include <algorithm>
+#include <functional>
 
 #include "tokenizer/unicode.h"
 
@@ -29,15 +30,11 @@ struct Symbol {
   uint32_t len;  // bytes of the word it covers; 0 once merged into its left neighbour
 };
 
-struct QueuedMerge {
-  uint32_t rank;
-  uint32_t pos;
-  int32_t new_id;
-  // Min-heap on (rank, pos): the best-ranked merge first, leftmost on ties.
-  bool operator<(const QueuedMerge& o) const {
-    return rank != o.rank ? rank > o.rank : pos > o.pos;
-  }
-};
+// A candidate merge: (rank << 32) | position of its left symbol. The smallest
+// key is the best-ranked merge, leftmost on ties, as Hugging Face orders them.
+using QueuedMerge = uint64_t;
+
+QueuedMerge queued(uint32_t rank, uint32_t pos) { return (uint64_t{rank} << 32) | pos; }
 
 }  // namespace
 
@@ -54,10 +51,25 @@ BpeModel::BpeModel(Vocab vocab, const Merges& merges, BpeOptions options, const 
     id_to_token_[id] = std::move(token);
     id_present_[id] = true;
   }
-  // Keys view the strings owned by id_to_token_, which never changes size again.
-  token_to_id_.reserve(vocab.size());
+  size_t vocab_slots = 16;
+  while (vocab_slots < vocab.size() * 2) vocab_slots *= 2;
+  vocab_table_.assign(vocab_slots, VocabSlot{0, -1});
+  vocab_mask_ = vocab_slots - 1;
   for (size_t id = 0; id < id_to_token_.size(); ++id) {
-    if (id_present_[id]) token_to_id_.emplace(id_to_token_[id], static_cast<int32_t>(id));
+    if (!id_present_[id]) continue;
+    const std::string& token = id_to_token_[id];
+    const size_t h = StringViewHash{}(token);
+    size_t slot = h & vocab_mask_;
+    bool duplicate = false;
+    while (vocab_table_[slot].id >= 0) {
+      const VocabSlot& s = vocab_table_[slot];
+      if (s.hash == static_cast<uint32_t>(h) && id_to_token_[s.id] == token) duplicate = true;
+      if (duplicate) break;
+      slot = (slot + 1) & vocab_mask_;
+    }
+    if (duplicate) continue;  // the same string under two ids: the lower id wins
+    vocab_table_[slot] = VocabSlot{static_cast<uint32_t>(h), static_cast<int32_t>(id)};
+    ++n_tokens_;
   }
 
   size_t table_size = 16;
@@ -130,9 +142,14 @@ const BpeModel::MergeEntry* BpeModel::find_merge(int32_t left, int32_t right) co
 }
 
 std::optional<int32_t> BpeModel::token_to_id(std::string_view token) const {
-  auto it = token_to_id_.find(token);
-  if (it == token_to_id_.end()) return std::nullopt;
-  return it->second;
+  const size_t h = StringViewHash{}(token);
+  size_t slot = h & vocab_mask_;
+  while (true) {
+    const VocabSlot& s = vocab_table_[slot];
+    if (s.id < 0) return std::nullopt;
+    if (s.hash == static_cast<uint32_t>(h) && id_to_token_[s.id] == token) return s.id;
+    slot = (slot + 1) & vocab_mask_;
+  }
 }
 
 const std::string* BpeModel::id_to_token(int32_t id) const {
@@ -234,36 +251,40 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) cons
   queue.reserve(symbols.size());
   for (size_t i = 0; i + 1 < symbols.size(); ++i) {
     if (const MergeEntry* m = find_merge(symbols[i].id, symbols[i + 1].id)) {
-      queue.push_back({m->rank, static_cast<uint32_t>(i), m->new_id});
+      queue.push_back(queued(m->rank, static_cast<uint32_t>(i)));
     }
   }
-  std::make_heap(queue.begin(), queue.end());
+  const auto later = std::greater<QueuedMerge>();
+  std::make_heap(queue.begin(), queue.end(), later);
   while (!queue.empty()) {
-    std::pop_heap(queue.begin(), queue.end());
+    std::pop_heap(queue.begin(), queue.end(), later);
     const QueuedMerge top = queue.back();
     queue.pop_back();
-    Symbol& left = symbols[top.pos];
+    const uint32_t rank = static_cast<uint32_t>(top >> 32);
+    const uint32_t pos = static_cast<uint32_t>(top);
+    Symbol& left = symbols[pos];
     if (left.len == 0 || left.next < 0) continue;
     const int32_t right_pos = left.next;
     const Symbol right = symbols[right_pos];
-    // Skip entries made stale by an earlier merge around this position.
+    // Skip entries made stale by an earlier merge around this position: a
+    // changed neighbour makes a longer pair, which never has the same rank.
     const MergeEntry* m = find_merge(left.id, right.id);
-    if (m == nullptr || m->new_id != top.new_id) continue;
-    left.id = top.new_id;
+    if (m == nullptr || m->rank != rank) continue;
+    left.id = m->new_id;
     left.len += right.len;
     left.next = right.next;
     symbols[right_pos].len = 0;
-    if (right.next >= 0) symbols[right.next].prev = static_cast<int32_t>(top.pos);
+    if (right.next >= 0) symbols[right.next].prev = static_cast<int32_t>(pos);
     if (left.prev >= 0) {
       if (const MergeEntry* pm = find_merge(symbols[left.prev].id, left.id)) {
-        queue.push_back({pm->rank, static_cast<uint32_t>(left.prev), pm->new_id});
-        std::push_heap(queue.begin(), queue.end());
+        queue.push_back(queued(pm->rank, static_cast<uint32_t>(left.prev)));
+        std::push_heap(queue.begin(), queue.end(), later);
       }
     }
     if (left.next >= 0) {
       if (const MergeEntry* nm = find_merge(left.id, symbols[left.next].id)) {
-        queue.push_back({nm->rank, top.pos, nm->new_id});
-        std::push_heap(queue.begin(), queue.end());
+        queue.push_back(queued(nm->rank, pos));
+        std::push_heap(queue.begin(), queue.end(), later);
       }
     }
   }

@@ -45,7 +45,7 @@ class BpeModel {
   const std::string* id_to_token(int32_t id) const;
   // One past the largest id in the vocabulary.
   int32_t id_end() const { return static_cast<int32_t>(id_to_token_.size()); }
-  size_t size() const { return token_to_id_.size(); }
+  size_t size() const { return n_tokens_; }
 
  private:
   struct MergeEntry {
@@ -63,7 +63,14 @@ class BpeModel {
   BpeOptions options_;
   std::vector<std::string> id_to_token_;
   std::vector<bool> id_present_;
-  std::unordered_map<std::string_view, int32_t, StringViewHash> token_to_id_;
+  // token -> id: open addressing over (hash, id); strings live in id_to_token_.
+  struct VocabSlot {
+    uint32_t hash;
+    int32_t id;  // -1 when unused
+  };
+  std::vector<VocabSlot> vocab_table_;
+  uint64_t vocab_mask_ = 0;
+  size_t n_tokens_ = 0;
   std::vector<MergeEntry> merge_table_;  // open addressing, power-of-two size
   uint64_t merge_mask_ = 0;
   std::vector<int32_t> small_char_ids_;  // code point < 0x800 -> id (-1: absent)
