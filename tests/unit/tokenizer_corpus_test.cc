@@ -3,9 +3,12 @@
 // detokenization of every corpus string.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
+#include <random>
 #include <sstream>
+#include <thread>
 
 #include "support/test_support.h"
 #include "tokenizer/tokenizer.h"
@@ -135,6 +138,67 @@ TEST_P(Streaming, ConcatenationEqualsDecode) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, Streaming, ::testing::Values("phi3", "qwen3", "tok512"));
+
+// Random strings over an alphabet of hard characters (spaces, newlines, digits,
+// accents, CJK, emoji with ZWJ, byte-fallback-only characters).
+std::string random_text(std::mt19937& rng, bool with_special) {
+  static const std::vector<std::string> alphabet = {
+      " ", "  ", "\n", "\t", "a", "Hello", "world", "3", "42", ".", "'s", "é", "ñ", "日本",
+      "语", "🦙", "👩\u200d💻", "\u00a0", "\r\n", "{", "\"", "ق", "—", "<", "|", ">", "_"};
+  static const std::vector<std::string> specials = {"<|im_start|>", "<|im_end|>", "<|end|>",
+                                                    "<s>"};
+  std::uniform_int_distribution<size_t> n_parts(0, 12), pick(0, alphabet.size() - 1),
+      pick_special(0, specials.size() - 1), coin(0, 9);
+  std::string out;
+  for (size_t i = n_parts(rng); i > 0; --i) {
+    out += with_special && coin(rng) == 0 ? specials[pick_special(rng)] : alphabet[pick(rng)];
+  }
+  return out;
+}
+
+TEST(Streaming, RandomTexts) {
+  std::mt19937 rng(1234);
+  for (const char* name : {"phi3", "qwen3", "tok512"}) {
+    const Tokenizer& tok = fixture_tokenizer(name);
+    for (int i = 0; i < 300; ++i) {
+      const std::string text = random_text(rng, true);
+      SCOPED_TRACE(testing::Message() << name << ": '" << text << "'");
+      check_stream(tok, tok.encode(text, true), false);
+      check_stream(tok, tok.encode(text, true), true);
+    }
+  }
+}
+
+TEST(RoundTrip, ByteLevelAndSentencePieceDecodeWhatTheyEncode) {
+  std::mt19937 rng(99);
+  const Tokenizer& qwen = fixture_tokenizer("qwen3");
+  const Tokenizer& phi3 = fixture_tokenizer("phi3");
+  for (int i = 0; i < 500; ++i) {
+    const std::string with_special = random_text(rng, true);
+    EXPECT_EQ(qwen.decode(qwen.encode(with_special)), with_special);
+    // Phi-3 puts a "▁" after each special token, so keep those out here.
+    const std::string plain = random_text(rng, false);
+    EXPECT_EQ(phi3.decode(phi3.encode(plain)), plain);
+  }
+}
+
+TEST(Concurrency, EncodeFromManyThreads) {
+  const Tokenizer& tok = fixture_tokenizer("qwen3");
+  const json cases = test::read_json(data_path("tokenizer-expected/qwen3.json"));
+  std::vector<std::thread> threads;
+  std::atomic<int> n_mismatches{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int round = 0; round < 5; ++round) {
+        for (const json& c : cases) {
+          if (tok.encode(c["text"].get<std::string>()) != ids_of(c["ids"])) ++n_mismatches;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(n_mismatches.load(), 0);
+}
 
 TEST(Streaming, HoldsByteFallbackPiecesUntilTheCharacterIsComplete) {
   const Tokenizer& tok = fixture_tokenizer("phi3");
