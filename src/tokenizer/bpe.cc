@@ -11,6 +11,9 @@ namespace {
 constexpr size_t kMaxCachedWordBytes = 256;
 constexpr size_t kCacheCapacity = 50000;
 constexpr char32_t kSmallCharLimit = 0x800;
+// Words at least this long are cut into independently merged parts.
+constexpr size_t kCutWordBytes = 256;
+constexpr char32_t kNotAChar = 0xFFFFFFFF;
 
 uint64_t mix(uint64_t x) {
   x ^= x >> 33;
@@ -23,13 +26,6 @@ uint64_t pair_key(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
 }
 
-struct Symbol {
-  int32_t id;
-  int32_t prev;
-  int32_t next;
-  uint32_t len;  // bytes of the word it covers; 0 once merged into its left neighbour
-};
-
 // A candidate merge: (rank << 32) | position of its left symbol. The smallest
 // key is the best-ranked merge, leftmost on ties, as Hugging Face orders them.
 using QueuedMerge = uint64_t;
@@ -37,6 +33,13 @@ using QueuedMerge = uint64_t;
 QueuedMerge queued(uint32_t rank, uint32_t pos) { return (uint64_t{rank} << 32) | pos; }
 
 }  // namespace
+
+struct BpeModel::Symbol {
+  int32_t id;
+  int32_t prev;
+  int32_t next;
+  uint32_t len;  // bytes of the word it covers; 0 once merged into its left neighbour
+};
 
 BpeModel::BpeModel(Vocab vocab, const Merges& merges, BpeOptions options, const JsonPath& at)
     : options_(std::move(options)) {
@@ -95,6 +98,8 @@ BpeModel::BpeModel(Vocab vocab, const Merges& merges, BpeOptions options, const 
           fmt::format("makes '{}' which is not in the vocabulary", merged));
     }
     insert_merge(*ia, *ib, static_cast<uint32_t>(rank), *inew);
+    if (is_merge_result_.empty()) is_merge_result_.assign(id_to_token_.size(), false);
+    is_merge_result_[*inew] = true;
   }
 
   for (int b = 0; b < 256; ++b) {
@@ -202,9 +207,13 @@ void BpeModel::encode_word(std::string_view word, std::vector<int32_t>& out) con
 void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) const {
   std::vector<Symbol> symbols;
   symbols.reserve(word.size());
-  auto add = [&](int32_t id, uint32_t len) {
+  // The character of each symbol that is exactly one vocabulary character.
+  std::vector<char32_t> chars;
+  chars.reserve(word.size());
+  auto add = [&](int32_t id, uint32_t len, char32_t ch = kNotAChar) {
     const int32_t index = static_cast<int32_t>(symbols.size());
     symbols.push_back({id, index - 1, -1, len});
+    chars.push_back(ch);
     if (index > 0) symbols[index - 1].next = index;
   };
   // A pending unknown symbol, kept open so that consecutive unknowns can fuse.
@@ -222,7 +231,8 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) cons
     const int32_t id = symbol_id(ch, start == 0, pos == word.size());
     if (id >= 0) {
       flush_unk();
-      add(id, static_cast<uint32_t>(ch.size()));
+      size_t cp_pos = 0;
+      add(id, static_cast<uint32_t>(ch.size()), next_code_point(ch, cp_pos));
       continue;
     }
     if (options_.byte_fallback) {
@@ -247,9 +257,34 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) cons
   }
   flush_unk();
 
+  // Cut points: a symbol whose link to its left neighbour is removed.
+  std::vector<size_t> part_starts = {0};
+  if (word.size() >= kCutWordBytes && !small_char_ids_.empty()) {
+    std::call_once(joinable_once_, [this] { build_joinable_pairs(); });
+    for (size_t i = 1; i < symbols.size(); ++i) {
+      if (chars[i - 1] == kNotAChar || chars[i] == kNotAChar) continue;
+      if (joinable(chars[i - 1], chars[i])) continue;
+      symbols[i - 1].next = -1;
+      symbols[i].prev = -1;
+      part_starts.push_back(i);
+    }
+  }
+  part_starts.push_back(symbols.size());
   std::vector<QueuedMerge> queue;
-  queue.reserve(symbols.size());
-  for (size_t i = 0; i + 1 < symbols.size(); ++i) {
+  for (size_t p = 0; p + 1 < part_starts.size(); ++p) {
+    merge_part(symbols, part_starts[p], part_starts[p + 1], queue);
+  }
+  for (const Symbol& s : symbols) {
+    if (s.len > 0) out.push_back(s.id);
+  }
+}
+
+
+// Applies the merges to symbols [begin, end), which link only among themselves.
+void BpeModel::merge_part(std::vector<Symbol>& symbols, size_t begin, size_t end,
+                          std::vector<uint64_t>& queue) const {
+  queue.clear();
+  for (size_t i = begin; i + 1 < end; ++i) {
     if (const MergeEntry* m = find_merge(symbols[i].id, symbols[i + 1].id)) {
       queue.push_back(queued(m->rank, static_cast<uint32_t>(i)));
     }
@@ -288,8 +323,38 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) cons
       }
     }
   }
-  for (const Symbol& s : symbols) {
-    if (s.len > 0) out.push_back(s.id);
+}
+
+void BpeModel::build_joinable_pairs() const {
+  std::vector<uint64_t> pairs;
+  std::vector<char32_t> cps;
+  for (size_t id = 0; id < is_merge_result_.size(); ++id) {
+    if (!is_merge_result_[id]) continue;
+    const std::string& token = id_to_token_[id];
+    cps.clear();
+    for (size_t pos = 0; pos < token.size();) cps.push_back(next_code_point(token, pos));
+    for (size_t i = 1; i < cps.size(); ++i) pairs.push_back((uint64_t{cps[i - 1]} << 32) | cps[i]);
+  }
+  size_t table_size = 16;
+  while (table_size < pairs.size() * 2) table_size *= 2;
+  joinable_pairs_.assign(table_size, kEmptyKey);
+  joinable_mask_ = table_size - 1;
+  for (uint64_t key : pairs) {
+    size_t slot = mix(key) & joinable_mask_;
+    while (joinable_pairs_[slot] != kEmptyKey && joinable_pairs_[slot] != key) {
+      slot = (slot + 1) & joinable_mask_;
+    }
+    joinable_pairs_[slot] = key;
+  }
+}
+
+bool BpeModel::joinable(char32_t left, char32_t right) const {
+  const uint64_t key = (uint64_t{left} << 32) | right;
+  size_t slot = mix(key) & joinable_mask_;
+  while (true) {
+    if (joinable_pairs_[slot] == key) return true;
+    if (joinable_pairs_[slot] == kEmptyKey) return false;
+    slot = (slot + 1) & joinable_mask_;
   }
 }
 

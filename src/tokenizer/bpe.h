@@ -58,6 +58,11 @@ class BpeModel {
   const MergeEntry* find_merge(int32_t left, int32_t right) const;
   void insert_merge(int32_t left, int32_t right, uint32_t rank, int32_t new_id);
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
+  struct Symbol;
+  void merge_part(std::vector<Symbol>& symbols, size_t begin, size_t end,
+                  std::vector<uint64_t>& queue) const;
+  void build_joinable_pairs() const;
+  bool joinable(char32_t left, char32_t right) const;
   int32_t symbol_id(std::string_view ch, bool first, bool last) const;
 
   BpeOptions options_;
@@ -76,6 +81,15 @@ class BpeModel {
   std::vector<int32_t> small_char_ids_;  // code point < 0x800 -> id (-1: absent)
   int32_t byte_ids_[256];                // <0xNN> pieces for byte_fallback (-1: absent)
   int32_t unk_id_ = -1;
+  std::vector<bool> is_merge_result_;  // by id
+
+  // Long words (SentencePiece models have no pre-tokenizer: a whole prompt is
+  // one word) are cut where no merge result spans the two characters, and
+  // each part is merged on its own: same result, far smaller heaps. The set
+  // of character pairs found inside merge results is built on first need.
+  mutable std::once_flag joinable_once_;
+  mutable std::vector<uint64_t> joinable_pairs_;  // open addressing; ~0 = empty
+  mutable uint64_t joinable_mask_ = 0;
 
   // Words seen before; pre-tokenized text repeats words a lot.
   mutable std::mutex cache_mutex_;
