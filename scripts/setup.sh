@@ -9,6 +9,7 @@ packages=(
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libspdlog-dev libfmt-dev
   libpcre2-dev libtomlplusplus-dev libcurl4-openssl-dev libssl-dev
   libgtest-dev libgmock-dev
+  libicu-dev zlib1g-dev
 )
 missing=()
 for p in "${packages[@]}"; do
