@@ -121,11 +121,10 @@ std::vector<Value> py_split(Interpreter& interp, const std::string& s, const Val
     } else if (!from_right) {
       for (int64_t k = 0; k < max_split; ++k)
         parts.push_back(s.substr(words[k].first, words[k].second - words[k].first));
-      std::string rest = s.substr(words[max_split].first);
-      parts.push_back(py_strip(rest, nullptr, false, true));
+      parts.push_back(s.substr(words[max_split].first));  // keeps trailing whitespace
     } else {
       const size_t first_kept = words.size() - max_split;
-      parts.push_back(py_strip(s.substr(0, words[first_kept - 1].second), nullptr, true, false));
+      parts.push_back(s.substr(0, words[first_kept - 1].second));
       for (size_t k = first_kept; k < words.size(); ++k)
         parts.push_back(s.substr(words[k].first, words[k].second - words[k].first));
     }
