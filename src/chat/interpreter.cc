@@ -90,15 +90,13 @@ namespace {
 
 class LoopCycle : public Callable {
  public:
-  explicit LoopCycle(int64_t index0) : index0_(index0) {}
   Value call(Interpreter& interp, CallArgs& args) override {
     if (args.positional.empty()) interp.error("no items for cycling given");
-    return args.positional[index0_ % static_cast<int64_t>(args.positional.size())];
+    return args.positional[index0 % static_cast<int64_t>(args.positional.size())];
   }
   std::string repr() const override { return "<bound method LoopContext.cycle>"; }
 
- private:
-  int64_t index0_;
+  int64_t index0 = 0;
 };
 
 }  // namespace
@@ -305,25 +303,38 @@ Interpreter::Flow Interpreter::exec_for(const Stmt& s, const std::shared_ptr<Sco
       kPrevitem("previtem"), kNextitem("nextitem"), kDepth("depth"), kDepth0("depth0"),
       kCycle("cycle");
   const int64_t n = static_cast<int64_t>(items.size());
+  // The loop object is rebuilt only when the template kept a reference to the
+  // previous one; otherwise it is updated in place.
+  Value loop;
+  std::shared_ptr<LoopCycle> cycle;
   for (int64_t i = 0; i < n; ++i) {
     charge(1);
     auto iteration = std::make_shared<Scope>(scope);
-    Value loop = Value::dict();
+    if (!loop.dict_is_unshared()) {
+      loop = Value::dict();
+      cycle = std::make_shared<LoopCycle>();
+      auto& e = loop.dict_ref().entries;
+      e.reserve(12);
+      for (const Value* key : {&kIndex, &kIndex0, &kRevindex, &kRevindex0, &kFirst, &kLast,
+                               &kLength, &kPrevitem, &kNextitem, &kDepth, &kDepth0}) {
+        e.emplace_back(*key, Value());
+      }
+      e.emplace_back(kCycle, Value(cycle));
+    }
     auto& e = loop.dict_ref().entries;
-    e.reserve(12);
-    e.emplace_back(kIndex, Value(i + 1));
-    e.emplace_back(kIndex0, Value(i));
-    e.emplace_back(kRevindex, Value(n - i));
-    e.emplace_back(kRevindex0, Value(n - i - 1));
-    e.emplace_back(kFirst, Value(i == 0));
-    e.emplace_back(kLast, Value(i == n - 1));
-    e.emplace_back(kLength, Value(n));
-    e.emplace_back(kPrevitem, i > 0 ? items[i - 1] : Value::undefined("there is no previous item"));
-    e.emplace_back(kNextitem, i + 1 < n ? items[i + 1] : Value::undefined("there is no next item"));
-    e.emplace_back(kDepth, Value(1));
-    e.emplace_back(kDepth0, Value(0));
-    e.emplace_back(kCycle, Value(std::make_shared<LoopCycle>(i)));
-    iteration->set("loop", std::move(loop));
+    e[0].second = Value(i + 1);
+    e[1].second = Value(i);
+    e[2].second = Value(n - i);
+    e[3].second = Value(n - i - 1);
+    e[4].second = Value(i == 0);
+    e[5].second = Value(i == n - 1);
+    e[6].second = Value(n);
+    e[7].second = i > 0 ? items[i - 1] : Value::undefined("there is no previous item");
+    e[8].second = i + 1 < n ? items[i + 1] : Value::undefined("there is no next item");
+    e[9].second = Value(1);
+    e[10].second = Value(0);
+    cycle->index0 = i;
+    iteration->set("loop", loop);
     offset_ = s.offset;
     assign(s.target, items[i], *iteration);
     if (exec_body(s.bodies[0], iteration) == Flow::Break) break;

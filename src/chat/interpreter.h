@@ -19,7 +19,7 @@ using RenderLimits = TemplateLimits;
 
 class Scope {
  public:
-  explicit Scope(std::shared_ptr<Scope> parent) : parent_(std::move(parent)) {}
+  explicit Scope(std::shared_ptr<Scope> parent) : parent_(std::move(parent)) { vars_.reserve(4); }
   const Value* find(std::string_view name) const;
   void set(const std::string& name, Value value);
 

@@ -86,6 +86,10 @@ class Value {
   List& list_ref() const { return *std::get<std::shared_ptr<List>>(v_); }
   Dict& dict_ref() const { return *std::get<std::shared_ptr<Dict>>(v_); }
   Callable& callable() const { return *std::get<std::shared_ptr<Callable>>(v_); }
+  // Whether this Value is the only reference to its dict (safe to update in place).
+  bool dict_is_unshared() const {
+    return is_dict() && std::get<std::shared_ptr<Dict>>(v_).use_count() == 1;
+  }
   const std::string& undefined_hint() const;
 
   bool truthy() const;
