@@ -15,25 +15,25 @@ using ExprPtr = std::unique_ptr<Expr>;
 
 struct Expr {
   enum class Kind {
-    Literal,    // value
-    Name,       // name
-    List,       // children
-    Tuple,      // children
-    Dict,       // children: key, value, key, value, ...
-    GetAttr,    // children[0] . name
-    GetItem,    // children[0] [ children[1] ]
-    Slice,      // children[0] [ children[1] : children[2] : children[3] ] (null = omitted)
-    Call,       // children[0] ( children[1..], keyword )
-    Filter,     // name: children[0] | name(children[1..], keyword)
-    Test,       // name: children[0] is [not] name(children[1..], keyword); negated
-    Neg,        // - children[0]
-    Pos,        // + children[0]
-    Not,        // not children[0]
-    Binary,     // children[0] op children[1]: + - * / // % ** ~
+    Literal,  // value
+    Name,     // name
+    List,     // children
+    Tuple,    // children
+    Dict,     // children: key, value, key, value, ...
+    GetAttr,  // children[0] . name
+    GetItem,  // children[0] [ children[1] ]
+    Slice,    // children[0] [ children[1] : children[2] : children[3] ] (null = omitted)
+    Call,     // children[0] ( children[1..], keyword )
+    Filter,   // name: children[0] | name(children[1..], keyword)
+    Test,     // name: children[0] is [not] name(children[1..], keyword); negated
+    Neg,      // - children[0]
+    Pos,      // + children[0]
+    Not,      // not children[0]
+    Binary,   // children[0] op children[1]: + - * / // % ** ~
     And,
     Or,
-    Compare,    // children[0] ops[0] children[1] ops[1] children[2] ...
-    CondExpr,   // children[0] if children[1] else children[2] (may be null)
+    Compare,   // children[0] ops[0] children[1] ops[1] children[2] ...
+    CondExpr,  // children[0] if children[1] else children[2] (may be null)
   };
   Kind kind;
   size_t offset = 0;
@@ -55,7 +55,7 @@ using Body = std::vector<StmtPtr>;
 // A place `set` and `for` assign to: a name, a namespace attribute, or a tuple.
 struct Target {
   std::string name;
-  std::string attribute;  // set ns.attribute = ...
+  std::string attribute;           // set ns.attribute = ...
   std::vector<std::string> names;  // tuple unpacking when not empty
 };
 

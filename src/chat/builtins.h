@@ -15,8 +15,7 @@ bool is_known_test(const std::string& name);
 
 Value apply_filter(Interpreter& interp, const std::string& name, const Value& input,
                    CallArgs& args);
-bool apply_test(Interpreter& interp, const std::string& name, const Value& value,
-                CallArgs& args);
+bool apply_test(Interpreter& interp, const std::string& name, const Value& value, CallArgs& args);
 
 // Whether `object.name` is a method (str.strip, dict.items, ...).
 bool has_method(const Value& object, const std::string& name);

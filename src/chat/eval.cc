@@ -74,7 +74,8 @@ CallArgs Interpreter::eval_args(const Expr& e, size_t first, const std::shared_p
 Value Interpreter::eval(const Expr& e, const std::shared_ptr<Scope>& scope) {
   charge(1);
   switch (e.kind) {
-    case K::Literal: return e.value;
+    case K::Literal:
+      return e.value;
     case K::Name: {
       if (const Value* v = scope->find(e.name)) return *v;
       return Value::undefined(fmt::format("'{}' is undefined", e.name));
@@ -105,8 +106,10 @@ Value Interpreter::eval(const Expr& e, const std::shared_ptr<Scope>& scope) {
       offset_ = e.offset;
       return get_item(object, key);
     }
-    case K::Slice: return eval_slice(e, scope);
-    case K::Call: return eval_call(e, scope);
+    case K::Slice:
+      return eval_slice(e, scope);
+    case K::Call:
+      return eval_call(e, scope);
     case K::Filter: {
       Value input = eval(*e.children[0], scope);
       CallArgs args = eval_args(e, 1, scope);
@@ -134,7 +137,8 @@ Value Interpreter::eval(const Expr& e, const std::shared_ptr<Scope>& scope) {
       if (x == INT64_MIN) return Value(-static_cast<double>(x));
       return Value(-x);
     }
-    case K::Not: return Value(!eval(*e.children[0], scope).truthy());
+    case K::Not:
+      return Value(!eval(*e.children[0], scope).truthy());
     case K::Binary: {
       Value a = eval(*e.children[0], scope);
       Value b = eval(*e.children[1], scope);
@@ -162,8 +166,9 @@ Value Interpreter::eval(const Expr& e, const std::shared_ptr<Scope>& scope) {
     case K::CondExpr: {
       if (eval(*e.children[1], scope).truthy()) return eval(*e.children[0], scope);
       if (e.children[2]) return eval(*e.children[2], scope);
-      return Value::undefined("the inline if-expression evaluated to false and no else "
-                              "section was defined");
+      return Value::undefined(
+          "the inline if-expression evaluated to false and no else "
+          "section was defined");
     }
   }
   return Value();
@@ -277,8 +282,7 @@ bool Interpreter::eval_compare(const std::string& op, const Value& a, const Valu
     bool found = false;
     if (b.is_string()) {
       if (!a.is_string()) {
-        error(fmt::format("'in <string>' requires string as left operand, not {}",
-                          a.type_name()));
+        error(fmt::format("'in <string>' requires string as left operand, not {}", a.type_name()));
       }
       found = b.str().find(a.str()) != std::string::npos;
     } else if (b.is_list()) {
@@ -336,8 +340,8 @@ Value Interpreter::get_attr(const Value& object, const std::string& name) {
   } else if (has_method(object, name)) {
     return bound_method(object, name);
   }
-  return Value::undefined(fmt::format("'{} object' has no attribute '{}'", object.type_name(),
-                                      name));
+  return Value::undefined(
+      fmt::format("'{} object' has no attribute '{}'", object.type_name(), name));
 }
 
 Value Interpreter::get_item(const Value& object, const Value& key) {
@@ -349,8 +353,8 @@ Value Interpreter::get_item(const Value& object, const Value& key) {
     int64_t i = int_of(key);
     if (i < 0) i += static_cast<int64_t>(items.size());
     if (i >= 0 && i < static_cast<int64_t>(items.size())) return items[i];
-    return Value::undefined(fmt::format("'{} object' has no element {}", object.type_name(),
-                                        int_of(key)));
+    return Value::undefined(
+        fmt::format("'{} object' has no element {}", object.type_name(), int_of(key)));
   } else if (object.is_string() && is_integral(key)) {
     const std::string& s = object.str();
     int64_t i = int_of(key);
@@ -366,8 +370,8 @@ Value Interpreter::get_item(const Value& object, const Value& key) {
     return Value::undefined(fmt::format("'str object' has no element {}", int_of(key)));
   }
   if (key.is_string()) return get_attr(object, key.str());
-  return Value::undefined(fmt::format("'{} object' has no element {}", object.type_name(),
-                                      key.repr()));
+  return Value::undefined(
+      fmt::format("'{} object' has no element {}", object.type_name(), key.repr()));
 }
 
 Value Interpreter::eval_slice(const Expr& e, const std::shared_ptr<Scope>& scope) {

@@ -1,5 +1,4 @@
-// jinja2's builtin filters and tests (with transformers' tojson), as chat
-// templates use them.
+// jinja2's builtin filters (with transformers' tojson), as chat templates use them.
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -12,19 +11,22 @@ namespace pensieve::chat {
 namespace {
 
 using FilterFn = std::function<Value(Interpreter&, const Value&, CallArgs&)>;
-using TestFn = std::function<bool(Interpreter&, const Value&, CallArgs&)>;
 
 std::string soft_str(const Value& v) { return v.to_str(); }
 
 int64_t length_of(Interpreter& interp, const Value& v) {
   switch (v.type()) {
-    case Value::Type::Undefined: return 0;
-    case Value::Type::String: return static_cast<int64_t>(utf8_length(v.str()));
-    case Value::Type::List: return static_cast<int64_t>(v.list_ref().items.size());
+    case Value::Type::Undefined:
+      return 0;
+    case Value::Type::String:
+      return static_cast<int64_t>(utf8_length(v.str()));
+    case Value::Type::List:
+      return static_cast<int64_t>(v.list_ref().items.size());
     case Value::Type::Dict:
       if (!v.is_namespace()) return static_cast<int64_t>(v.dict_ref().entries.size());
       break;
-    default: break;
+    default:
+      break;
   }
   interp.error(fmt::format("object of type '{}' has no len()", v.type_name()));
 }
@@ -37,12 +39,13 @@ Value lookup_path(Interpreter& interp, const Value& item, const Value& path) {
   size_t start = 0;
   while (true) {
     const size_t dot = p.find('.', start);
-    const std::string part = p.substr(start, dot == std::string::npos ? std::string::npos
-                                                                      : dot - start);
+    const std::string part =
+        p.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
     const bool numeric = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit);
     if (v.is_undefined()) return v;
-    v = numeric && part.size() < 18 ? interp.get_item(v, Value(static_cast<int64_t>(std::stoll(part))))
-                                    : interp.get_item(v, Value(part));
+    v = numeric && part.size() < 18
+            ? interp.get_item(v, Value(static_cast<int64_t>(std::stoll(part))))
+            : interp.get_item(v, Value(part));
     if (dot == std::string::npos) return v;
     start = dot + 1;
   }
@@ -56,12 +59,23 @@ std::string html_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -135,8 +149,10 @@ Value map_items(Interpreter& interp, const Value& seq, CallArgs& args) {
   const Value* attribute = nullptr;
   const Value* fallback = nullptr;
   for (const auto& [k, v] : args.keyword) {
-    if (k == "attribute") attribute = &v;
-    else if (k == "default") fallback = &v;
+    if (k == "attribute")
+      attribute = &v;
+    else if (k == "default")
+      fallback = &v;
   }
   if (attribute) {
     for (const Value& item : interp.iterate(seq)) {
@@ -214,7 +230,8 @@ Value min_max(Interpreter& interp, const Value& seq, CallArgs& args, bool want_m
   for (const Value& item : items) {
     Value key = a.has(1) ? lookup_path(interp, item, a.get(1)) : item;
     key = lower_if_string(key, a.get_bool(0, false));
-    if (!best || (want_max ? compare_values(key, best_key) > 0 : compare_values(key, best_key) < 0)) {
+    if (!best ||
+        (want_max ? compare_values(key, best_key) > 0 : compare_values(key, best_key) < 0)) {
       best = &item;
       best_key = key;
     }
@@ -225,8 +242,10 @@ Value min_max(Interpreter& interp, const Value& seq, CallArgs& args, bool want_m
 Value indent(Interpreter& interp, const Value& v, CallArgs& args) {
   ArgBinder a(interp, args, "indent", {"width", "first", "blank"});
   std::string prefix;
-  if (a.has(0) && a.get(0).is_string()) prefix = a.get(0).str();
-  else prefix = std::string(std::clamp<int64_t>(a.get_int(0, 4), 0, 256), ' ');
+  if (a.has(0) && a.get(0).is_string())
+    prefix = a.get(0).str();
+  else
+    prefix = std::string(std::clamp<int64_t>(a.get_int(0, 4), 0, 256), ' ');
   const bool first = a.get_bool(1, false), blank = a.get_bool(2, false);
   CallArgs no_args;
   // As jinja2: append a newline, split into lines, indent all but the first.
@@ -294,10 +313,14 @@ Value round_filter(Interpreter& interp, const Value& v, CallArgs& args) {
   const double scale = std::pow(10.0, static_cast<double>(precision));
   const double x = v.to_double() * scale;
   double r;
-  if (method == "common") r = std::nearbyint(x);  // Python's round(): half to even
-  else if (method == "ceil") r = std::ceil(x);
-  else if (method == "floor") r = std::floor(x);
-  else interp.error("round(): method must be common, ceil or floor");
+  if (method == "common")
+    r = std::nearbyint(x);  // Python's round(): half to even
+  else if (method == "ceil")
+    r = std::ceil(x);
+  else if (method == "floor")
+    r = std::floor(x);
+  else
+    interp.error("round(): method must be common, ceil or floor");
   return Value(r / scale);
 }
 
@@ -416,8 +439,12 @@ const std::unordered_map<std::string, FilterFn>& filters() {
       return Value(std::move(out));
     };
     t["list"] = [](Interpreter& i, const Value& v, CallArgs&) { return Value::list(i.iterate(v)); };
-    t["lower"] = [](Interpreter&, const Value& v, CallArgs&) { return Value(ascii_lower(soft_str(v))); };
-    t["upper"] = [](Interpreter&, const Value& v, CallArgs&) { return Value(ascii_upper(soft_str(v))); };
+    t["lower"] = [](Interpreter&, const Value& v, CallArgs&) {
+      return Value(ascii_lower(soft_str(v)));
+    };
+    t["upper"] = [](Interpreter&, const Value& v, CallArgs&) {
+      return Value(ascii_upper(soft_str(v)));
+    };
     t["map"] = map_items;
     t["max"] = [](Interpreter& i, const Value& v, CallArgs& a) { return min_max(i, v, a, true); };
     t["min"] = [](Interpreter& i, const Value& v, CallArgs& a) { return min_max(i, v, a, false); };
@@ -459,9 +486,9 @@ const std::unordered_map<std::string, FilterFn>& filters() {
       for (const Value& item : i.iterate(v)) {
         const Value x = b.has(0) ? lookup_path(i, item, b.get(0)) : item;
         if (!x.is_number() || !total.is_number()) i.error("sum(): numbers are required");
-        total = total.is_float() || x.is_float() ? Value(total.to_double() + x.to_double())
-                                                 : Value(int64_t(total.to_double()) +
-                                                         int64_t(x.to_double()));
+        total = total.is_float() || x.is_float()
+                    ? Value(total.to_double() + x.to_double())
+                    : Value(int64_t(total.to_double()) + int64_t(x.to_double()));
       }
       return total;
     };
@@ -488,106 +515,9 @@ const std::unordered_map<std::string, FilterFn>& filters() {
   return table;
 }
 
-bool is_lower_or_upper(const Value& v, bool lower) {
-  if (!v.is_string()) return false;
-  bool cased = false;
-  for (char c : v.str()) {
-    if (!std::isalpha(static_cast<unsigned char>(c))) continue;
-    cased = true;
-    if ((c >= 'a' && c <= 'z') != lower) return false;
-  }
-  return cased;
-}
-
-const std::unordered_map<std::string, TestFn>& tests() {
-  static const std::unordered_map<std::string, TestFn> table = [] {
-    std::unordered_map<std::string, TestFn> t;
-    auto unary = [&t](const char* name, std::function<bool(const Value&)> f) {
-      t[name] = [name, f](Interpreter& i, const Value& v, CallArgs& a) {
-        ArgBinder b(i, a, name, {});
-        return f(v);
-      };
-    };
-    auto binary = [&t](const char* name, std::function<bool(Interpreter&, const Value&,
-                                                            const Value&)> f) {
-      t[name] = [name, f](Interpreter& i, const Value& v, CallArgs& a) {
-        ArgBinder b(i, a, name, {"other"});
-        return f(i, v, b.get(0));
-      };
-    };
-    unary("defined", [](const Value& v) { return !v.is_undefined(); });
-    unary("undefined", [](const Value& v) { return v.is_undefined(); });
-    unary("none", [](const Value& v) { return v.is_none(); });
-    unary("string", [](const Value& v) { return v.is_string(); });
-    unary("number", [](const Value& v) { return v.is_number(); });
-    unary("integer", [](const Value& v) { return v.is_int(); });
-    unary("float", [](const Value& v) { return v.is_float(); });
-    unary("boolean", [](const Value& v) { return v.is_bool(); });
-    unary("true", [](const Value& v) { return v.is_bool() && v.as_bool(); });
-    unary("false", [](const Value& v) { return v.is_bool() && !v.as_bool(); });
-    unary("mapping", [](const Value& v) { return v.is_mapping(); });
-    unary("iterable", [](const Value& v) {
-      return v.is_string() || v.is_list() || v.is_mapping() || v.is_undefined();
-    });
-    unary("sequence", [](const Value& v) {
-      return v.is_string() || v.is_list() || v.is_mapping() || v.is_undefined();
-    });
-    unary("callable", [](const Value& v) { return v.is_callable(); });
-    unary("escaped", [](const Value&) { return false; });
-    unary("lower", [](const Value& v) { return is_lower_or_upper(v, true); });
-    unary("upper", [](const Value& v) { return is_lower_or_upper(v, false); });
-    auto parity = [](Interpreter& i, const Value& v, int64_t want) {
-      if (!v.is_int() && !v.is_bool()) i.error("even/odd need an integer");
-      const int64_t x = v.is_bool() ? v.as_bool() : v.as_int();
-      return ((x % 2) + 2) % 2 == want;
-    };
-    t["even"] = [parity](Interpreter& i, const Value& v, CallArgs&) { return parity(i, v, 0); };
-    t["odd"] = [parity](Interpreter& i, const Value& v, CallArgs&) { return parity(i, v, 1); };
-    binary("divisibleby", [](Interpreter& i, const Value& v, const Value& n) {
-      if (!v.is_number() || !n.is_number()) i.error("divisibleby needs numbers");
-      if (n.to_double() == 0) i.error("integer division or modulo by zero");
-      return std::fmod(v.to_double(), n.to_double()) == 0;
-    });
-    auto eq = [](Interpreter&, const Value& a, const Value& b) { return values_equal(a, b); };
-    auto ne = [](Interpreter&, const Value& a, const Value& b) { return !values_equal(a, b); };
-    auto lt = [](Interpreter&, const Value& a, const Value& b) { return compare_values(a, b) < 0; };
-    auto le = [](Interpreter&, const Value& a, const Value& b) { return compare_values(a, b) <= 0; };
-    auto gt = [](Interpreter&, const Value& a, const Value& b) { return compare_values(a, b) > 0; };
-    auto ge = [](Interpreter&, const Value& a, const Value& b) { return compare_values(a, b) >= 0; };
-    for (const char* n : {"equalto", "eq", "=="}) binary(n, eq);
-    for (const char* n : {"ne", "!="}) binary(n, ne);
-    for (const char* n : {"lt", "lessthan", "<"}) binary(n, lt);
-    for (const char* n : {"le", "<="}) binary(n, le);
-    for (const char* n : {"gt", "greaterthan", ">"}) binary(n, gt);
-    for (const char* n : {"ge", ">="}) binary(n, ge);
-    binary("sameas", [](Interpreter&, const Value& a, const Value& b) {
-      if (a.type() != b.type()) return false;
-      if (a.is_none() || a.is_bool() || a.is_undefined()) return values_equal(a, b);
-      if (a.is_list()) return &a.list_ref() == &b.list_ref();
-      if (a.is_dict()) return &a.dict_ref() == &b.dict_ref();
-      return values_equal(a, b);
-    });
-    binary("in", [](Interpreter& i, const Value& v, const Value& seq) {
-      if (seq.is_string()) return v.is_string() && seq.str().find(v.str()) != std::string::npos;
-      for (const Value& item : i.iterate(seq))
-        if (values_equal(item, v)) return true;
-      return false;
-    });
-    t["filter"] = [](Interpreter&, const Value& v, CallArgs&) {
-      return v.is_string() && is_known_filter(v.str());
-    };
-    t["test"] = [](Interpreter&, const Value& v, CallArgs&) {
-      return v.is_string() && is_known_test(v.str());
-    };
-    return t;
-  }();
-  return table;
-}
-
 }  // namespace
 
 bool is_known_filter(const std::string& name) { return filters().count(name) > 0; }
-bool is_known_test(const std::string& name) { return tests().count(name) > 0; }
 
 Value apply_filter(Interpreter& interp, const std::string& name, const Value& input,
                    CallArgs& args) {
@@ -596,10 +526,5 @@ Value apply_filter(Interpreter& interp, const std::string& name, const Value& in
   return it->second(interp, input, args);
 }
 
-bool apply_test(Interpreter& interp, const std::string& name, const Value& value, CallArgs& args) {
-  auto it = tests().find(name);
-  if (it == tests().end()) interp.error(fmt::format("no test named '{}'", name));
-  return it->second(interp, value, args);
-}
 
 }  // namespace pensieve::chat

@@ -49,8 +49,8 @@ Value range_fn(Interpreter& interp, CallArgs& args) {
   std::vector<int64_t> n;
   for (const auto& v : args.positional) {
     if (!v.is_int() && !v.is_bool()) {
-      interp.error(fmt::format("range(): '{}' object cannot be interpreted as an integer",
-                               v.type_name()));
+      interp.error(
+          fmt::format("range(): '{}' object cannot be interpreted as an integer", v.type_name()));
     }
     n.push_back(v.is_bool() ? v.as_bool() : v.as_int());
   }
@@ -126,8 +126,10 @@ void install_globals(Scope& scope) {
 
 std::string py_percent_format(Interpreter& interp, const std::string& format, const Value& args) {
   std::vector<Value> positional;
-  if (args.is_list() && args.list_ref().is_tuple) positional = args.list_ref().items;
-  else positional.push_back(args);
+  if (args.is_list() && args.list_ref().is_tuple)
+    positional = args.list_ref().items;
+  else
+    positional.push_back(args);
   size_t next = 0;
   std::string out;
   for (size_t i = 0; i < format.size(); ++i) {
@@ -139,7 +141,8 @@ std::string py_percent_format(Interpreter& interp, const std::string& format, co
     const Value* arg = nullptr;
     if (format[i] == '(') {
       const size_t close = format.find(')', i);
-      if (close == std::string::npos || !args.is_mapping()) interp.error("format requires a mapping");
+      if (close == std::string::npos || !args.is_mapping())
+        interp.error("format requires a mapping");
       arg = args.dict_ref().find(std::string_view(format).substr(i + 1, close - i - 1));
       if (!arg) interp.error("format: missing key");
       i = close + 1;
@@ -166,8 +169,12 @@ std::string py_percent_format(Interpreter& interp, const std::string& format, co
     }
     std::string text;
     switch (conv) {
-      case 's': text = arg->to_str(); break;
-      case 'r': text = arg->repr(); break;
+      case 's':
+        text = arg->to_str();
+        break;
+      case 'r':
+        text = arg->repr();
+        break;
       case 'd':
       case 'i':
         if (!arg->is_number()) interp.error("%d format: a number is required");
@@ -179,17 +186,19 @@ std::string py_percent_format(Interpreter& interp, const std::string& format, co
       case 'e':
       case 'g': {
         if (!arg->is_number()) interp.error("%f format: a number is required");
-        const std::string spec = std::string("{:.") + std::to_string(precision < 0 ? 6 : precision) +
-                                 conv + "}";
+        const std::string spec =
+            std::string("{:.") + std::to_string(precision < 0 ? 6 : precision) + conv + "}";
         text = fmt::format(fmt::runtime(spec), arg->to_double());
         break;
       }
       case 'x':
       case 'X':
         if (!arg->is_int()) interp.error("%x format: an integer is required");
-        text = conv == 'x' ? fmt::format("{:x}", arg->as_int()) : fmt::format("{:X}", arg->as_int());
+        text =
+            conv == 'x' ? fmt::format("{:x}", arg->as_int()) : fmt::format("{:X}", arg->as_int());
         break;
-      default: interp.error(fmt::format("unsupported format character '{}'", conv));
+      default:
+        interp.error(fmt::format("unsupported format character '{}'", conv));
     }
     if (precision >= 0 && conv == 's' && text.size() > static_cast<size_t>(precision))
       text.resize(precision);

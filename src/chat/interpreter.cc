@@ -42,8 +42,10 @@ class MacroCallable : public Callable {
     const auto& params = stmt_.params;
     std::vector<Value> varargs;
     for (size_t i = 0; i < args.positional.size(); ++i) {
-      if (i < params.size()) scope->set(params[i].name, args.positional[i]);
-      else varargs.push_back(args.positional[i]);
+      if (i < params.size())
+        scope->set(params[i].name, args.positional[i]);
+      else
+        varargs.push_back(args.positional[i]);
     }
     Value kwargs = Value::dict();
     for (auto& [name, value] : args.keyword) {
@@ -51,8 +53,8 @@ class MacroCallable : public Callable {
       for (size_t i = 0; i < params.size(); ++i) {
         if (params[i].name != name) continue;
         if (i < args.positional.size()) {
-          interp.error(fmt::format("macro '{}' got multiple values for argument '{}'",
-                                   stmt_.name, name));
+          interp.error(
+              fmt::format("macro '{}' got multiple values for argument '{}'", stmt_.name, name));
         }
         scope->set(name, value);
         is_param = true;
@@ -63,11 +65,10 @@ class MacroCallable : public Callable {
       bool given = false;
       for (auto& [name, value] : args.keyword) given = given || name == params[i].name;
       if (given) continue;
-      scope->set(params[i].name,
-                 params[i].default_value
-                     ? interp.eval(*params[i].default_value, scope)
-                     : Value::undefined(fmt::format("parameter '{}' was not provided",
-                                                    params[i].name)));
+      scope->set(params[i].name, params[i].default_value
+                                     ? interp.eval(*params[i].default_value, scope)
+                                     : Value::undefined(fmt::format(
+                                           "parameter '{}' was not provided", params[i].name)));
     }
     scope->set("varargs", Value::list(std::move(varargs), true));
     scope->set("kwargs", std::move(kwargs));
@@ -189,11 +190,15 @@ Interpreter::Flow Interpreter::exec(const Stmt& s, const std::shared_ptr<Scope>&
   charge(1);
   offset_ = s.offset;
   switch (s.kind) {
-    case Stmt::Kind::Text: write(s.text); break;
+    case Stmt::Kind::Text:
+      write(s.text);
+      break;
     case Stmt::Kind::Output: {
       const Value v = eval(*s.expr, scope);
-      if (v.is_string()) write(v.str());
-      else write(v.to_str());
+      if (v.is_string())
+        write(v.str());
+      else
+        write(v.to_str());
       break;
     }
     case Stmt::Kind::If:
@@ -202,8 +207,11 @@ Interpreter::Flow Interpreter::exec(const Stmt& s, const std::shared_ptr<Scope>&
       }
       if (s.bodies.size() > s.conditions.size()) return exec_body(s.bodies.back(), scope);
       break;
-    case Stmt::Kind::For: return exec_for(s, scope);
-    case Stmt::Kind::Set: assign(s.target, eval(*s.expr, scope), *scope); break;
+    case Stmt::Kind::For:
+      return exec_for(s, scope);
+    case Stmt::Kind::Set:
+      assign(s.target, eval(*s.expr, scope), *scope);
+      break;
     case Stmt::Kind::SetBlock: {
       Value text(capture(s.bodies[0], scope));
       assign(s.target, apply_filter_chain(s.filters, std::move(text), scope), *scope);
@@ -235,9 +243,12 @@ Interpreter::Flow Interpreter::exec(const Stmt& s, const std::shared_ptr<Scope>&
       for (const auto& [target, expr] : s.assignments) assign(target, eval(*expr, scope), *inner);
       return exec_body(s.bodies[0], inner);
     }
-    case Stmt::Kind::Scope: return exec_body(s.bodies[0], scope);
-    case Stmt::Kind::Break: return Flow::Break;
-    case Stmt::Kind::Continue: return Flow::Continue;
+    case Stmt::Kind::Scope:
+      return exec_body(s.bodies[0], scope);
+    case Stmt::Kind::Break:
+      return Flow::Break;
+    case Stmt::Kind::Continue:
+      return Flow::Continue;
   }
   return Flow::Normal;
 }
@@ -255,16 +266,17 @@ void Interpreter::assign(const Target& target, Value value, Scope& scope) {
   }
   std::vector<Value> items = iterate(value);
   if (items.size() != target.names.size()) {
-    error(fmt::format("cannot unpack {} values into {} names", items.size(),
-                      target.names.size()));
+    error(fmt::format("cannot unpack {} values into {} names", items.size(), target.names.size()));
   }
   for (size_t i = 0; i < items.size(); ++i) scope.set(target.names[i], std::move(items[i]));
 }
 
 std::vector<Value> Interpreter::iterate(const Value& v) {
   switch (v.type()) {
-    case Value::Type::Undefined: return {};
-    case Value::Type::List: return v.list_ref().items;
+    case Value::Type::Undefined:
+      return {};
+    case Value::Type::List:
+      return v.list_ref().items;
     case Value::Type::Dict: {
       if (v.is_namespace()) break;
       std::vector<Value> keys;
@@ -277,7 +289,8 @@ std::vector<Value> Interpreter::iterate(const Value& v) {
       charge(static_cast<int64_t>(chars.size()));
       return chars;
     }
-    default: break;
+    default:
+      break;
   }
   error(fmt::format("'{}' object is not iterable", v.type_name()));
 }

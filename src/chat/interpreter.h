@@ -75,7 +75,7 @@ class Interpreter {
   std::string* out_ = nullptr;
   int64_t steps_ = 0;
   int call_depth_ = 0;
-  size_t offset_ = 0;  // of the node being evaluated, for error messages
+  size_t offset_ = 0;            // of the node being evaluated, for error messages
   mutable bool raised_ = false;  // the error came from raise_exception()
 };
 

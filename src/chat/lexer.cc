@@ -44,8 +44,9 @@ std::string normalize_template_source(std::string source) {
 
 namespace {
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
-                               c == '\v'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 bool is_name_start(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
@@ -66,7 +67,8 @@ class Lexer {
       }
       const char kind = src_[tag + 1];
       const char sign = tag + 2 < src_.size() && (src_[tag + 2] == '-' || src_[tag + 2] == '+')
-                            ? src_[tag + 2] : '\0';
+                            ? src_[tag + 2]
+                            : '\0';
       std::string text = src_.substr(pos_, tag - pos_);
       apply_left_strip(text, sign, kind != '{');
       emit_data(pos_, std::move(text));
@@ -134,8 +136,8 @@ class Lexer {
   void lex_comment(size_t tag, size_t after) {
     const size_t end = src_.find("#}", after);
     if (end == std::string::npos) syntax_error(map_, tag, "missing end of comment tag");
-    const char sign = end > after && (src_[end - 1] == '-' || src_[end - 1] == '+')
-                          ? src_[end - 1] : '\0';
+    const char sign =
+        end > after && (src_[end - 1] == '-' || src_[end - 1] == '+') ? src_[end - 1] : '\0';
     pos_ = skip_after_end(end + 2, sign);
   }
 
@@ -185,8 +187,9 @@ class Lexer {
     while (true) {
       p = skip_spaces(p);
       if (p >= src_.size()) {
-        syntax_error(map_, tag, is_block ? "unexpected end of template, expected '%}'"
-                                         : "unexpected end of template, expected '}}'");
+        syntax_error(map_, tag,
+                     is_block ? "unexpected end of template, expected '%}'"
+                              : "unexpected end of template, expected '}}'");
       }
       if (open.empty()) {
         const char* close = is_block ? "%}" : "}}";
@@ -198,8 +201,8 @@ class Lexer {
           end.kind = is_block ? TokenKind::BlockEnd : TokenKind::VarEnd;
           end.offset = p;
           tokens_.push_back(end);
-          pos_ = is_block ? skip_after_end(q + 2, sign)
-                          : (sign == '-' ? skip_spaces(q + 2) : q + 2);
+          pos_ =
+              is_block ? skip_after_end(q + 2, sign) : (sign == '-' ? skip_spaces(q + 2) : q + 2);
           return;
         }
       }
@@ -250,8 +253,8 @@ class Lexer {
 
   // Digits with optional '_' separators, as jinja2 allows.
   size_t scan_digits(size_t p, std::string& digits) const {
-    while (p < src_.size() && (is_digit(src_[p]) || (src_[p] == '_' && p + 1 < src_.size() &&
-                                                     is_digit(src_[p + 1])))) {
+    while (p < src_.size() && (is_digit(src_[p]) ||
+                               (src_[p] == '_' && p + 1 < src_.size() && is_digit(src_[p + 1])))) {
       if (src_[p] != '_') digits += src_[p];
       ++p;
     }
@@ -267,8 +270,8 @@ class Lexer {
       const char base_char = static_cast<char>(std::tolower(src_[p + 1]));
       const int base = base_char == 'x' ? 16 : base_char == 'o' ? 8 : 2;
       p += 2;
-      while (p < src_.size() && (std::isxdigit(static_cast<unsigned char>(src_[p])) ||
-                                 src_[p] == '_')) {
+      while (p < src_.size() &&
+             (std::isxdigit(static_cast<unsigned char>(src_[p])) || src_[p] == '_')) {
         if (src_[p] != '_') text += src_[p];
         ++p;
       }
@@ -348,20 +351,47 @@ class Lexer {
         append_utf8(out, cp);
       };
       switch (e) {
-        case '\n': break;
-        case '\\': out += '\\'; break;
-        case '\'': out += '\''; break;
-        case '"': out += '"'; break;
-        case 'a': out += '\a'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'v': out += '\v'; break;
-        case 'x': hex(2); break;
-        case 'u': hex(4); break;
-        case 'U': hex(8); break;
+        case '\n':
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '\'':
+          out += '\'';
+          break;
+        case '"':
+          out += '"';
+          break;
+        case 'a':
+          out += '\a';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'v':
+          out += '\v';
+          break;
+        case 'x':
+          hex(2);
+          break;
+        case 'u':
+          hex(4);
+          break;
+        case 'U':
+          hex(8);
+          break;
         default:
           if (e >= '0' && e <= '7') {
             uint32_t cp = e - '0';

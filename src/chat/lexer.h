@@ -11,12 +11,23 @@
 
 namespace pensieve::chat {
 
-enum class TokenKind { Data, VarBegin, VarEnd, BlockBegin, BlockEnd, Name, String, Int, Float,
-                       Op, Eof };
+enum class TokenKind {
+  Data,
+  VarBegin,
+  VarEnd,
+  BlockBegin,
+  BlockEnd,
+  Name,
+  String,
+  Int,
+  Float,
+  Op,
+  Eof
+};
 
 struct Token {
   TokenKind kind = TokenKind::Eof;
-  std::string text;  // data text, name, decoded string literal or operator
+  std::string text;   // data text, name, decoded string literal or operator
   size_t offset = 0;  // byte offset in the normalised source
   int64_t int_value = 0;
   double float_value = 0;

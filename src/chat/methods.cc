@@ -36,8 +36,8 @@ int64_t ArgBinder::get_int(size_t i, int64_t fallback) const {
   if (v.is_int()) return v.as_int();
   if (v.is_bool()) return v.as_bool();
   if (v.is_float()) return static_cast<int64_t>(v.as_float());
-  interp_.error(fmt::format("{}(): '{}' must be an integer, not {}", function_, params_[i],
-                            v.type_name()));
+  interp_.error(
+      fmt::format("{}(): '{}' must be an integer, not {}", function_, params_[i], v.type_name()));
 }
 
 bool ArgBinder::get_bool(size_t i, bool fallback) const {
@@ -52,9 +52,9 @@ bool is_py_space(std::string_view s, size_t i, size_t* n_bytes) {
   size_t j = i;
   const uint32_t cp = decode_utf8(s, j);
   *n_bytes = j - i;
-  return (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x20) || cp == 0x85 ||
-         cp == 0xa0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 ||
-         cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000;
+  return (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x20) || cp == 0x85 || cp == 0xa0 ||
+         cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 ||
+         cp == 0x202f || cp == 0x205f || cp == 0x3000;
 }
 
 std::string py_strip(const std::string& s, const Value* chars, bool left, bool right) {
@@ -215,7 +215,8 @@ bool match_affix(const Value& affix, const std::string& s, bool prefix, Interpre
     if (!a.is_string()) interp.error("startswith/endswith take a string or a tuple of strings");
     const std::string& x = a.str();
     if (x.size() > s.size()) return false;
-    return prefix ? s.compare(0, x.size(), x) == 0 : s.compare(s.size() - x.size(), x.size(), x) == 0;
+    return prefix ? s.compare(0, x.size(), x) == 0
+                  : s.compare(s.size() - x.size(), x.size(), x) == 0;
   };
   if (affix.is_list()) {
     for (const auto& a : affix.list_ref().items)
@@ -252,8 +253,8 @@ Value string_method(Interpreter& interp, const std::string& s, const std::string
   }
   if (name == "split" || name == "rsplit") {
     ArgBinder a(interp, args, fn, {"sep", "maxsplit"});
-    return Value::list(py_split(interp, s, a.get_or(0, Value::none()), a.get_int(1, -1),
-                                name == "rsplit"));
+    return Value::list(
+        py_split(interp, s, a.get_or(0, Value::none()), a.get_int(1, -1), name == "rsplit"));
   }
   if (name == "splitlines") {
     ArgBinder a(interp, args, fn, {"keepends"});
@@ -302,8 +303,7 @@ Value string_method(Interpreter& interp, const std::string& s, const std::string
     if (!a.get(0).is_string() || !a.get(1).is_string()) interp.error(fn + "(): args must be str");
     return Value(py_replace(interp, s, a.get(0).str(), a.get(1).str(), a.get_int(2, -1)));
   }
-  if (name == "find" || name == "rfind" || name == "index" || name == "rindex" ||
-      name == "count") {
+  if (name == "find" || name == "rfind" || name == "index" || name == "rindex" || name == "count") {
     ArgBinder a(interp, args, fn, {"sub"});
     if (!a.get(0).is_string()) interp.error(fn + "(): argument must be str");
     const std::string& sub = a.get(0).str();
@@ -326,8 +326,8 @@ Value string_method(Interpreter& interp, const std::string& s, const std::string
     std::string out;
     bool first = true;
     for (const Value& item : interp.iterate(a.get(0))) {
-      if (!item.is_string()) interp.error(fn + "(): sequence item must be str, not " +
-                                          item.type_name());
+      if (!item.is_string())
+        interp.error(fn + "(): sequence item must be str, not " + item.type_name());
       if (!first) out += s;
       first = false;
       out += item.str();
@@ -350,8 +350,8 @@ Value string_method(Interpreter& interp, const std::string& s, const std::string
   if (name == "zfill") {
     ArgBinder a(interp, args, fn, {"width"});
     const bool sign = !s.empty() && (s[0] == '-' || s[0] == '+');
-    std::string body = pad(interp, sign ? s.substr(1) : s, a.get_int(0, 0) - (sign ? 1 : 0),
-                           "0", -1);
+    std::string body =
+        pad(interp, sign ? s.substr(1) : s, a.get_int(0, 0) - (sign ? 1 : 0), "0", -1);
     return Value(sign ? s.substr(0, 1) + body : body);
   }
   // The is* predicates, on ASCII.
@@ -364,7 +364,8 @@ Value string_method(Interpreter& interp, const std::string& s, const std::string
   if (name == "isdigit" || name == "isnumeric" || name == "isdecimal")
     return all_of([](char c) { return c >= '0' && c <= '9'; });
   if (name == "isalpha") return all_of(is_alpha);
-  if (name == "isalnum") return all_of([](char c) { return is_alpha(c) || (c >= '0' && c <= '9'); });
+  if (name == "isalnum")
+    return all_of([](char c) { return is_alpha(c) || (c >= '0' && c <= '9'); });
   if (name == "isspace") {
     if (s.empty()) return Value(false);
     for (size_t i = 0, n = 0; i < s.size(); i += n)
@@ -384,15 +385,15 @@ Value string_method(Interpreter& interp, const std::string& s, const std::string
 }
 
 const char* const kStringMethods[] = {
-    "strip", "lstrip", "rstrip", "split", "rsplit", "splitlines", "startswith", "endswith",
-    "upper", "lower", "title", "capitalize", "replace", "find", "rfind", "index", "rindex",
-    "count", "format", "join", "removeprefix", "removesuffix", "ljust", "rjust", "center",
-    "zfill", "isdigit", "isnumeric", "isdecimal", "isalpha", "isalnum", "isspace", "islower",
-    "isupper"};
-const char* const kDictMethods[] = {"get", "items", "keys", "values", "copy", "pop", "update",
-                                    "setdefault", "clear", "popitem"};
-const char* const kListMethods[] = {"index", "count", "copy", "append", "extend", "insert",
-                                    "pop", "remove", "reverse", "sort", "clear"};
+    "strip",        "lstrip",  "rstrip",  "split",   "rsplit",     "splitlines", "startswith",
+    "endswith",     "upper",   "lower",   "title",   "capitalize", "replace",    "find",
+    "rfind",        "index",   "rindex",  "count",   "format",     "join",       "removeprefix",
+    "removesuffix", "ljust",   "rjust",   "center",  "zfill",      "isdigit",    "isnumeric",
+    "isdecimal",    "isalpha", "isalnum", "isspace", "islower",    "isupper"};
+const char* const kDictMethods[] = {"get", "items",  "keys",       "values", "copy",
+                                    "pop", "update", "setdefault", "clear",  "popitem"};
+const char* const kListMethods[] = {"index", "count",  "copy",    "append", "extend", "insert",
+                                    "pop",   "remove", "reverse", "sort",   "clear"};
 
 template <size_t N>
 bool contains_name(const char* const (&names)[N], const std::string& name) {
@@ -403,7 +404,8 @@ bool contains_name(const char* const (&names)[N], const std::string& name) {
 
 class BoundMethod : public Callable {
  public:
-  BoundMethod(Value object, std::string name) : object_(std::move(object)), name_(std::move(name)) {}
+  BoundMethod(Value object, std::string name)
+      : object_(std::move(object)), name_(std::move(name)) {}
   Value call(Interpreter& interp, CallArgs& args) override {
     return call_method(interp, object_, name_, args);
   }
@@ -445,8 +447,10 @@ Value call_method(Interpreter& interp, const Value& object, const std::string& n
       std::vector<Value> out;
       out.reserve(d.entries.size());
       for (const auto& [k, v] : d.entries) {
-        if (name == "items") out.push_back(Value::list({k, v}, true));
-        else out.push_back(name == "keys" ? k : v);
+        if (name == "items")
+          out.push_back(Value::list({k, v}, true));
+        else
+          out.push_back(name == "keys" ? k : v);
       }
       return Value::list(std::move(out));
     }
@@ -471,9 +475,10 @@ Value call_method(Interpreter& interp, const Value& object, const std::string& n
     if (name == "copy") return Value::list(items, object.list_ref().is_tuple);
   }
   if (has_method(object, name)) {
-    interp.error(fmt::format("{}() is not allowed: templates run in an immutable sandbox, as "
-                             "in transformers",
-                             fn));
+    interp.error(
+        fmt::format("{}() is not allowed: templates run in an immutable sandbox, as "
+                    "in transformers",
+                    fn));
   }
   interp.error(fmt::format("'{} object' has no attribute '{}'", object.type_name(), name));
 }

@@ -9,8 +9,9 @@
 namespace pensieve::chat {
 
 Value Value::undefined(std::string hint) {
-  return Value(Storage(UndefinedValue{std::make_shared<const std::string>(std::move(hint))}),
-               FromStorage{});
+  Value v;
+  std::get<UndefinedValue>(v.v_).hint = std::make_shared<const std::string>(std::move(hint));
+  return v;
 }
 
 Value Value::list(std::vector<Value> items, bool is_tuple) {
@@ -32,10 +33,14 @@ bool Value::is_namespace() const { return is_dict() && dict_ref().is_namespace; 
 
 double Value::to_double() const {
   switch (type()) {
-    case Type::Bool: return as_bool() ? 1.0 : 0.0;
-    case Type::Int: return static_cast<double>(as_int());
-    case Type::Float: return as_float();
-    default: fail("chat template: {} is not a number", type_name());
+    case Type::Bool:
+      return as_bool() ? 1.0 : 0.0;
+    case Type::Int:
+      return static_cast<double>(as_int());
+    case Type::Float:
+      return as_float();
+    default:
+      fail("chat template: {} is not a number", type_name());
   }
 }
 
@@ -48,29 +53,46 @@ const std::string& Value::undefined_hint() const {
 bool Value::truthy() const {
   switch (type()) {
     case Type::Undefined:
-    case Type::None: return false;
-    case Type::Bool: return as_bool();
-    case Type::Int: return as_int() != 0;
-    case Type::Float: return as_float() != 0.0;
-    case Type::String: return !str().empty();
-    case Type::List: return !list_ref().items.empty();
-    case Type::Dict: return is_namespace() || !dict_ref().entries.empty();
-    case Type::Callable: return true;
+    case Type::None:
+      return false;
+    case Type::Bool:
+      return as_bool();
+    case Type::Int:
+      return as_int() != 0;
+    case Type::Float:
+      return as_float() != 0.0;
+    case Type::String:
+      return !str().empty();
+    case Type::List:
+      return !list_ref().items.empty();
+    case Type::Dict:
+      return is_namespace() || !dict_ref().entries.empty();
+    case Type::Callable:
+      return true;
   }
   return false;
 }
 
 std::string Value::type_name() const {
   switch (type()) {
-    case Type::Undefined: return "Undefined";
-    case Type::None: return "NoneType";
-    case Type::Bool: return "bool";
-    case Type::Int: return "int";
-    case Type::Float: return "float";
-    case Type::String: return "str";
-    case Type::List: return list_ref().is_tuple ? "tuple" : "list";
-    case Type::Dict: return is_namespace() ? "Namespace" : "dict";
-    case Type::Callable: return "function";
+    case Type::Undefined:
+      return "Undefined";
+    case Type::None:
+      return "NoneType";
+    case Type::Bool:
+      return "bool";
+    case Type::Int:
+      return "int";
+    case Type::Float:
+      return "float";
+    case Type::String:
+      return "str";
+    case Type::List:
+      return list_ref().is_tuple ? "tuple" : "list";
+    case Type::Dict:
+      return is_namespace() ? "Namespace" : "dict";
+    case Type::Callable:
+      return "function";
   }
   return "object";
 }
@@ -144,20 +166,29 @@ std::string repr_string(const std::string& s) {
 
 std::string Value::to_str() const {
   switch (type()) {
-    case Type::Undefined: return "";
-    case Type::String: return str();
-    default: return repr();
+    case Type::Undefined:
+      return "";
+    case Type::String:
+      return str();
+    default:
+      return repr();
   }
 }
 
 std::string Value::repr() const {
   switch (type()) {
-    case Type::Undefined: return "Undefined";
-    case Type::None: return "None";
-    case Type::Bool: return as_bool() ? "True" : "False";
-    case Type::Int: return std::to_string(as_int());
-    case Type::Float: return format_python_float(as_float());
-    case Type::String: return repr_string(str());
+    case Type::Undefined:
+      return "Undefined";
+    case Type::None:
+      return "None";
+    case Type::Bool:
+      return as_bool() ? "True" : "False";
+    case Type::Int:
+      return std::to_string(as_int());
+    case Type::Float:
+      return format_python_float(as_float());
+    case Type::String:
+      return repr_string(str());
     case Type::List: {
       const List& l = list_ref();
       std::string out = l.is_tuple ? "(" : "[";
@@ -179,7 +210,8 @@ std::string Value::repr() const {
       out += "}";
       return is_namespace() ? "<Namespace " + out + ">" : out;
     }
-    case Type::Callable: return callable().repr();
+    case Type::Callable:
+      return callable().repr();
   }
   return "";
 }
@@ -187,16 +219,21 @@ std::string Value::repr() const {
 Value Value::from_json(const nlohmann::ordered_json& j) {
   using nlohmann::ordered_json;
   switch (j.type()) {
-    case ordered_json::value_t::null: return Value::none();
-    case ordered_json::value_t::boolean: return Value(j.get<bool>());
-    case ordered_json::value_t::number_integer: return Value(j.get<int64_t>());
+    case ordered_json::value_t::null:
+      return Value::none();
+    case ordered_json::value_t::boolean:
+      return Value(j.get<bool>());
+    case ordered_json::value_t::number_integer:
+      return Value(j.get<int64_t>());
     case ordered_json::value_t::number_unsigned: {
       const uint64_t u = j.get<uint64_t>();
       if (u <= static_cast<uint64_t>(INT64_MAX)) return Value(static_cast<int64_t>(u));
       return Value(static_cast<double>(u));
     }
-    case ordered_json::value_t::number_float: return Value(j.get<double>());
-    case ordered_json::value_t::string: return Value(j.get<std::string>());
+    case ordered_json::value_t::number_float:
+      return Value(j.get<double>());
+    case ordered_json::value_t::string:
+      return Value(j.get<std::string>());
     case ordered_json::value_t::array: {
       std::vector<Value> items;
       items.reserve(j.size());
@@ -210,7 +247,8 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
       for (const auto& [k, v] : j.items()) entries.emplace_back(Value(k), from_json(v));
       return d;
     }
-    default: return Value::none();
+    default:
+      return Value::none();
   }
 }
 
@@ -248,8 +286,10 @@ bool values_equal(const Value& a, const Value& b) {
   if (a.type() != b.type()) return false;
   switch (a.type()) {
     case T::Undefined:
-    case T::None: return true;
-    case T::String: return a.str() == b.str();
+    case T::None:
+      return true;
+    case T::String:
+      return a.str() == b.str();
     case T::List: {
       const auto& x = a.list_ref().items;
       const auto& y = b.list_ref().items;
@@ -268,8 +308,10 @@ bool values_equal(const Value& a, const Value& b) {
       }
       return true;
     }
-    case T::Callable: return &a.callable() == &b.callable();
-    default: return false;
+    case T::Callable:
+      return &a.callable() == &b.callable();
+    default:
+      return false;
   }
 }
 
@@ -348,14 +390,36 @@ void json_string(std::string& out, const std::string& s, bool ensure_ascii) {
   for (size_t i = 0; i < s.size();) {
     const unsigned char c = s[i];
     switch (c) {
-      case '"': out += "\\\""; ++i; continue;
-      case '\\': out += "\\\\"; ++i; continue;
-      case '\n': out += "\\n"; ++i; continue;
-      case '\r': out += "\\r"; ++i; continue;
-      case '\t': out += "\\t"; ++i; continue;
-      case '\b': out += "\\b"; ++i; continue;
-      case '\f': out += "\\f"; ++i; continue;
-      default: break;
+      case '"':
+        out += "\\\"";
+        ++i;
+        continue;
+      case '\\':
+        out += "\\\\";
+        ++i;
+        continue;
+      case '\n':
+        out += "\\n";
+        ++i;
+        continue;
+      case '\r':
+        out += "\\r";
+        ++i;
+        continue;
+      case '\t':
+        out += "\\t";
+        ++i;
+        continue;
+      case '\b':
+        out += "\\b";
+        ++i;
+        continue;
+      case '\f':
+        out += "\\f";
+        ++i;
+        continue;
+      default:
+        break;
     }
     if (c < 0x20) {
       out += fmt::format("\\u{:04x}", c);
@@ -384,17 +448,28 @@ void json_value(std::string& out, const Value& v, const JsonOptions& o, int dept
     for (int i = 0; i < level; ++i) out += o.indent;
   };
   switch (v.type()) {
-    case T::None: out += "null"; return;
-    case T::Bool: out += v.as_bool() ? "true" : "false"; return;
-    case T::Int: out += std::to_string(v.as_int()); return;
+    case T::None:
+      out += "null";
+      return;
+    case T::Bool:
+      out += v.as_bool() ? "true" : "false";
+      return;
+    case T::Int:
+      out += std::to_string(v.as_int());
+      return;
     case T::Float: {
       const double f = v.as_float();
-      if (std::isnan(f)) out += "NaN";
-      else if (std::isinf(f)) out += f < 0 ? "-Infinity" : "Infinity";
-      else out += format_python_float(f);
+      if (std::isnan(f))
+        out += "NaN";
+      else if (std::isinf(f))
+        out += f < 0 ? "-Infinity" : "Infinity";
+      else
+        out += format_python_float(f);
       return;
     }
-    case T::String: json_string(out, v.str(), o.ensure_ascii); return;
+    case T::String:
+      json_string(out, v.str(), o.ensure_ascii);
+      return;
     case T::List: {
       const auto& items = v.list_ref().items;
       if (items.empty()) {
@@ -428,9 +503,8 @@ void json_value(std::string& out, const Value& v, const JsonOptions& o, int dept
              k.type_name());
       };
       if (o.sort_keys) {
-        std::stable_sort(entries.begin(), entries.end(), [&](auto* a, auto* b) {
-          return key_text(a->first) < key_text(b->first);
-        });
+        std::stable_sort(entries.begin(), entries.end(),
+                         [&](auto* a, auto* b) { return key_text(a->first) < key_text(b->first); });
       }
       out += '{';
       for (size_t i = 0; i < entries.size(); ++i) {
@@ -444,7 +518,8 @@ void json_value(std::string& out, const Value& v, const JsonOptions& o, int dept
       out += '}';
       return;
     }
-    default: break;
+    default:
+      break;
   }
   fail("chat template: tojson: Object of type {} is not JSON serializable", v.type_name());
 }

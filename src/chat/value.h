@@ -7,14 +7,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace pensieve::chat {
 
@@ -48,7 +47,11 @@ class Value {
 
   Value() : v_(UndefinedValue{}) {}
   static Value undefined(std::string hint);
-  static Value none() { return Value(Storage(std::monostate{}), FromStorage{}); }
+  static Value none() {
+    Value v;
+    v.v_.emplace<std::monostate>();
+    return v;
+  }
   Value(bool b) : v_(b) {}
   Value(int v) : v_(int64_t{v}) {}
   Value(int64_t v) : v_(v) {}
@@ -105,11 +108,9 @@ class Value {
 
  private:
   using Str = std::shared_ptr<const std::string>;
-  using Storage = std::variant<UndefinedValue, std::monostate, bool, int64_t, double, Str,
-                               std::shared_ptr<List>, std::shared_ptr<Dict>,
-                               std::shared_ptr<Callable>>;
-  struct FromStorage {};
-  Value(Storage s, FromStorage) : v_(std::move(s)) {}
+  using Storage =
+      std::variant<UndefinedValue, std::monostate, bool, int64_t, double, Str,
+                   std::shared_ptr<List>, std::shared_ptr<Dict>, std::shared_ptr<Callable>>;
   Storage v_;
 };
 

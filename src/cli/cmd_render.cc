@@ -61,9 +61,8 @@ RegisterCommand reg("render", [](CLI::App& app) {
         vars[kv.substr(0, eq)] = value;  // a bare word is taken as a string
       }
     }
-    const std::string prompt = chat::render_chat(config, messages, tools.is_null() ? nullptr
-                                                                                   : &tools,
-                                                 !opts->no_generation_prompt, vars);
+    const std::string prompt = chat::render_chat(
+        config, messages, tools.is_null() ? nullptr : &tools, !opts->no_generation_prompt, vars);
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     std::fflush(stdout);
     return 0;

@@ -61,22 +61,22 @@ TEST(ChatConfig, Qwen3HandlesThinkingHistoryAndParallelToolResults) {
                     {"type": "function", "function": {"name": "Bash", "arguments": {"command": "pwd"}}}]},
     {"role": "tool", "content": "a.txt"},
     {"role": "tool", "content": "/home"}])");
-  EXPECT_EQ(render_chat(config, messages, nullptr, true),
-            "<|im_start|>user\n2+2?<|im_end|>\n"
-            "<|im_start|>assistant\n4<|im_end|>\n"
-            "<|im_start|>user\nNow list files<|im_end|>\n"
-            "<|im_start|>assistant\n<think>\nneed ls\n</think>\n\n"
-            "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls\"}}\n</tool_call>\n"
-            "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"pwd\"}}\n</tool_call>"
-            "<|im_end|>\n"
-            "<|im_start|>user\n<tool_response>\na.txt\n</tool_response>\n"
-            "<tool_response>\n/home\n</tool_response><|im_end|>\n"
-            "<|im_start|>assistant\n");
+  EXPECT_EQ(
+      render_chat(config, messages, nullptr, true),
+      "<|im_start|>user\n2+2?<|im_end|>\n"
+      "<|im_start|>assistant\n4<|im_end|>\n"
+      "<|im_start|>user\nNow list files<|im_end|>\n"
+      "<|im_start|>assistant\n<think>\nneed ls\n</think>\n\n"
+      "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls\"}}\n</tool_call>\n"
+      "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"pwd\"}}\n</tool_call>"
+      "<|im_end|>\n"
+      "<|im_start|>user\n<tool_response>\na.txt\n</tool_response>\n"
+      "<tool_response>\n/home\n</tool_response><|im_end|>\n"
+      "<|im_start|>assistant\n");
 }
 
 TEST(ChatConfig, OlderPhi3TemplateWithBosToken) {
-  const ordered_json older =
-      read_ordered(test::data_path("tokenizers/phi3/older_template.json"));
+  const ordered_json older = read_ordered(test::data_path("tokenizers/phi3/older_template.json"));
   ChatConfig config;
   config.template_source = older["gguf_chat_template_of_phi3_mini_4k"].get<std::string>();
   config.bos_token = "<s>";
@@ -154,8 +154,7 @@ TEST(ChatConfig, BadFilesGiveClearErrors) {
     load_chat_config(dir.path());
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json: invalid JSON"),
-              std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json: invalid JSON"), std::string::npos);
   }
   test::write_file(dir.file("tokenizer_config.json"), R"({"chat_template": "{% if x %}"})");
   try {
@@ -177,8 +176,8 @@ TEST(RenderCommand, PrintsTheQwen3PromptExactly) {
   TempDir dir;
   for (const auto& c : cases) {
     test::write_file(dir.file("messages.json"), c["messages"].dump());
-    std::string args = "render --model " + test::data_path("tokenizers/qwen3") +
-                       " --messages " + dir.file("messages.json");
+    std::string args = "render --model " + test::data_path("tokenizers/qwen3") + " --messages " +
+                       dir.file("messages.json");
     if (!c["tools"].is_null()) {
       test::write_file(dir.file("tools.json"), c["tools"].dump());
       args += " --tools " + dir.file("tools.json");
@@ -192,16 +191,17 @@ TEST(RenderCommand, PrintsTheQwen3PromptExactly) {
 
 TEST(RenderCommand, NoGenerationPromptAndErrors) {
   TempDir dir;
-  test::write_file(dir.file("messages.json"), R"({"messages": [{"role": "user", "content": "Hi"}]})");
-  test::RunResult r = test::run_pensieve("render --model " + test::data_path("tokenizers/qwen3") +
-                                         " --messages " + dir.file("messages.json") +
-                                         " --no-generation-prompt");
+  test::write_file(dir.file("messages.json"),
+                   R"({"messages": [{"role": "user", "content": "Hi"}]})");
+  test::RunResult r =
+      test::run_pensieve("render --model " + test::data_path("tokenizers/qwen3") + " --messages " +
+                         dir.file("messages.json") + " --no-generation-prompt");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "<|im_start|>user\nHi<|im_end|>\n");
 
   test::write_file(dir.file("bad.json"), "[{");
-  r = test::run_pensieve("render --model " + test::data_path("tokenizers/qwen3") +
-                         " --messages " + dir.file("bad.json"));
+  r = test::run_pensieve("render --model " + test::data_path("tokenizers/qwen3") + " --messages " +
+                         dir.file("bad.json"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("error: --messages"), std::string::npos) << r.err;
 

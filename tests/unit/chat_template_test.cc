@@ -39,13 +39,16 @@ bool contains(const std::string& text, const std::string& part) {
 }
 
 TEST(ChatTemplateErrors, SyntaxErrorsNameLineAndColumn) {
-  EXPECT_EQ(error_of("line one\n{{ 'abc }}"), "chat template: line 2, column 4: unterminated string literal");
+  EXPECT_EQ(error_of("line one\n{{ 'abc }}"),
+            "chat template: line 2, column 4: unterminated string literal");
   EXPECT_TRUE(contains(error_of("a\nb\n  {% if %}"), "line 3, column 9:"));
-  EXPECT_TRUE(contains(error_of("{{ 1 + }}"), "line 1, column 8: unexpected end of print statement"));
+  EXPECT_TRUE(
+      contains(error_of("{{ 1 + }}"), "line 1, column 8: unexpected end of print statement"));
   EXPECT_TRUE(contains(error_of("{% for x in [1] %}"), "expected 'endfor' or 'else'"));
   EXPECT_TRUE(contains(error_of("{% endif %}"), "unknown tag 'endif'"));
   EXPECT_TRUE(contains(error_of("{% if true %}x{% endfor %}"), "unknown tag 'endfor'"));
-  EXPECT_TRUE(contains(error_of("x {# never closed"), "line 1, column 3: missing end of comment tag"));
+  EXPECT_TRUE(
+      contains(error_of("x {# never closed"), "line 1, column 3: missing end of comment tag"));
   EXPECT_TRUE(contains(error_of("{% raw %} no end"), "missing end of raw directive"));
   EXPECT_TRUE(contains(error_of("{{ x "), "unexpected end of template, expected '}}'"));
   EXPECT_TRUE(contains(error_of("{% if x "), "expected '%}'"));
@@ -96,8 +99,8 @@ TEST(ChatTemplateErrors, UndefinedIsSoftUntilUsedStrictly) {
 }
 
 TEST(ChatTemplateErrors, TypeErrorsAreReported) {
-  EXPECT_TRUE(contains(error_of("{{ 'a' + 1 }}"),
-                       "unsupported operand type(s) for +: 'str' and 'int'"));
+  EXPECT_TRUE(
+      contains(error_of("{{ 'a' + 1 }}"), "unsupported operand type(s) for +: 'str' and 'int'"));
   EXPECT_TRUE(contains(error_of("{{ 1 < 'a' }}"), "'<' not supported"));
   EXPECT_TRUE(contains(error_of("{{ 1 / 0 }}"), "division by zero"));
   EXPECT_TRUE(contains(error_of("{% for x in 5 %}{% endfor %}"), "'int' object is not iterable"));
@@ -110,7 +113,8 @@ TEST(ChatTemplateErrors, TypeErrorsAreReported) {
 }
 
 TEST(ChatTemplateErrors, ListsAreImmutableAsInTransformersSandbox) {
-  EXPECT_TRUE(contains(error_of("{% set l = [1] %}{{ l.append(2) }}"), "list.append() is not allowed"));
+  EXPECT_TRUE(
+      contains(error_of("{% set l = [1] %}{{ l.append(2) }}"), "list.append() is not allowed"));
   EXPECT_TRUE(contains(error_of("{% set d = {} %}{{ d.update({'a': 1}) }}"), "not allowed"));
 }
 
@@ -133,8 +137,9 @@ TEST(ChatTemplateLimits, RangeIsCappedLikeJinja2Sandbox) {
 TEST(ChatTemplateLimits, OutputAndStringGrowthAreBounded) {
   TemplateLimits small;
   small.max_output_bytes = 1000;
-  EXPECT_TRUE(contains(error_of("{% for i in range(2000) %}x{% endfor %}", ordered_json::object(), small),
-                       "output exceeds 1000 bytes"));
+  EXPECT_TRUE(
+      contains(error_of("{% for i in range(2000) %}x{% endfor %}", ordered_json::object(), small),
+               "output exceeds 1000 bytes"));
   EXPECT_TRUE(contains(error_of("{{ 'x' * 100000000000 }}"), "string repetition exceeds"));
   // Doubling a string in a loop hits the size limit, not the machine's memory.
   EXPECT_TRUE(contains(error_of("{% set ns = namespace(s='ab') %}{% for i in range(100) %}"
@@ -145,8 +150,9 @@ TEST(ChatTemplateLimits, OutputAndStringGrowthAreBounded) {
 TEST(ChatTemplateLimits, RecursionAndNestingAreBounded) {
   EXPECT_TRUE(contains(error_of("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"),
                        "macro calls nested deeper than 100"));
-  EXPECT_TRUE(contains(error_of("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}"),
-                       "nested too deeply"));
+  EXPECT_TRUE(
+      contains(error_of("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}"),
+               "nested too deeply"));
   EXPECT_TRUE(contains(error_of("{{ " + std::string(100000, '-') + "1 }}"), "nested too deeply"));
   std::string chain = "{{ 1";
   for (int i = 0; i < 100000; ++i) chain += " + 1";
@@ -215,9 +221,15 @@ TEST(ChatTemplate, SurvivesGarbageInput) {
     for (int k = 0; k < n_edits; ++k) {
       const size_t pos = rng() % (s.size() + 1);
       switch (rng() % 3) {
-        case 0: s.insert(pos, 1, alphabet[rng() % (sizeof(alphabet) - 1)]); break;
-        case 1: if (pos < s.size()) s.erase(pos, 1 + rng() % 4); break;
-        default: if (pos < s.size()) s[pos] = static_cast<char>(rng() % 256); break;
+        case 0:
+          s.insert(pos, 1, alphabet[rng() % (sizeof(alphabet) - 1)]);
+          break;
+        case 1:
+          if (pos < s.size()) s.erase(pos, 1 + rng() % 4);
+          break;
+        default:
+          if (pos < s.size()) s[pos] = static_cast<char>(rng() % 256);
+          break;
       }
     }
     try {
