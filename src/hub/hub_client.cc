@@ -243,11 +243,12 @@ RemoteFile HubClient::file_metadata(const std::string& repo, const std::string& 
          what, url, response.status);
   }
   validate_etag(remote.etag, file);
-  const std::string size = remote.lfs && !response.header("x-linked-size").empty()
-                               ? response.header("x-linked-size")
-                               : response.header("content-length");
-  if (size.empty()) fail("{}: the Hub sent no size for {}", what, url);
-  remote.size = parse_size_header(size, file);
+  // An LFS answer is a redirect whose Content-Length is its own; the file's is X-Linked-Size.
+  const char* size_header = remote.lfs ? "x-linked-size" : "content-length";
+  if (!response.headers.count(size_header)) {
+    fail("{}: the Hub sent no {} for {}", what, size_header, url);
+  }
+  remote.size = parse_size_header(response.header(size_header), file);
   return remote;
 }
 
