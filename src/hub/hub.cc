@@ -221,7 +221,7 @@ class Puller {
       result_.n_bytes_downloaded += received;
       ++result_.n_files_downloaded;
       cache_.link_snapshot_file(repo_, commit_, file.name, file.etag);
-      report(PullProgress::Stage::verifying);
+      report(PullProgress::Stage::file_done);
     }
     state_.file.clear();
   }

@@ -14,7 +14,7 @@
 namespace pensieve::hub {
 
 struct PullProgress {
-  enum class Stage { resolving, downloading, verifying, done };
+  enum class Stage { resolving, downloading, file_done, done };
   Stage stage = Stage::resolving;
   std::string repo;
   std::string file;                 // the file being downloaded ("" outside downloads)

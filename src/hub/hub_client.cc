@@ -36,7 +36,7 @@ bool is_transient_status(long status) {
 }  // namespace
 
 uint64_t parse_size_header(const std::string& value, const std::string& file) {
-  bool digits = !value.empty() && value.size() <= 20;
+  bool digits = !value.empty() && value.size() <= 16;  // 1 PiB has 16 digits
   for (char c : value) digits = digits && std::isdigit(static_cast<unsigned char>(c));
   if (!digits) fail("the Hub sent an absurd size '{}' for {}", value, file);
   const uint64_t size = std::stoull(value);

@@ -94,7 +94,7 @@ void ProgressPrinter::update(const PullProgress& progress) {
     fmt::print(out_, "downloading {} ({}/{}, {})\n", progress.file, progress.file_index,
                progress.n_files, format_bytes(progress.file_bytes_total));
     last_print_ = now;
-  } else if (progress.stage == Stage::verifying) {
+  } else if (progress.stage == Stage::file_done) {
     fmt::print(out_, "verified {}\n", progress.file);
   } else if (now - last_print_ >= plain_interval_) {
     fmt::print(out_, "{}\n", progress_line(progress, speed, 0));
