@@ -1,0 +1,234 @@
+// `pensieve pull / list / rm` as separate processes against the fake Hub:
+// plain progress output, Ctrl-C leaving a resumable file, a file-size limit
+// and a tiny tmpfs standing in for a full disk, two processes at once.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <optional>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "server/hub_fake_hub.h"
+#include "support/test_support.h"
+
+extern char** environ;
+
+namespace pensieve {
+namespace {
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using test::FakeHub;
+using test::TempDir;
+
+constexpr const char* kRepo = "pensieve-test/qwen2-tiny";
+constexpr const char* kWeights = "model.safetensors";
+
+// Sets environment variables for the child processes; restores them after.
+class ScopedEnv {
+ public:
+  void set(const std::string& name, const char* value) {
+    const char* old = std::getenv(name.c_str());
+    saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+    if (value) {
+      setenv(name.c_str(), value, 1);
+    } else {
+      unsetenv(name.c_str());
+    }
+  }
+  ~ScopedEnv() {
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
+      if (it->second) {
+        setenv(it->first.c_str(), it->second->c_str(), 1);
+      } else {
+        unsetenv(it->first.c_str());
+      }
+    }
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+struct Shell {
+  int exit_code;
+  std::string out, err;
+};
+
+// Runs a /bin/sh command line, capturing its output.
+Shell shell(const std::string& command) {
+  TempDir tmp;
+  const std::string line = "(" + command + ") >" + tmp.file("out") + " 2>" + tmp.file("err") +
+                           " </dev/null";
+  const int status = std::system(line.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+          test::read_file(tmp.file("out")), test::read_file(tmp.file("err"))};
+}
+
+class HubCli : public ::testing::Test {
+ protected:
+  HubCli() {
+    hub.add_repo(kRepo, test::qwen2_tiny_repo());
+    env.set("HF_ENDPOINT", hub.endpoint().c_str());
+    env.set("HF_HUB_CACHE", cache.path().c_str());
+    env.set("HF_HOME", home.path().c_str());  // no token file of the user's
+    env.set("HF_TOKEN", nullptr);
+    env.set("HF_HUB_OFFLINE", nullptr);
+    env.set("HF_HUB_DOWNLOAD_TIMEOUT", nullptr);
+  }
+  std::string repo_dir() const { return cache.file("models--pensieve-test--qwen2-tiny"); }
+  std::string partial() const {
+    return repo_dir() + "/blobs/" + hub.repo(kRepo).files.at(kWeights).etag + ".incomplete";
+  }
+  uint64_t weights_size() const { return hub.repo(kRepo).files.at(kWeights).content.size(); }
+  std::string pull_command() const {
+    return std::string(PENSIEVE_BINARY) + " pull " + kRepo;
+  }
+
+  FakeHub hub;
+  TempDir cache, home;
+  ScopedEnv env;
+};
+
+TEST_F(HubCli, PullListRm) {
+  auto pulled = test::run_pensieve(std::string("pull ") + kRepo);
+  ASSERT_EQ(pulled.exit_code, 0) << pulled.err;
+  EXPECT_EQ(pulled.out, repo_dir() + "/snapshots/" + hub.repo(kRepo).commit + "\n");
+  // Not a terminal: plain lines, no bar redrawing.
+  EXPECT_NE(pulled.err.find("downloading model.safetensors (4/4, 1.4 MiB)"), std::string::npos)
+      << pulled.err;
+  EXPECT_NE(pulled.err.find("verified model.safetensors"), std::string::npos) << pulled.err;
+  EXPECT_EQ(pulled.err.find('\r'), std::string::npos);
+  EXPECT_TRUE(fs::exists(pulled.out.substr(0, pulled.out.size() - 1) + "/config.json"));
+
+  auto listed = test::run_pensieve("list");
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  EXPECT_NE(listed.out.find(kRepo), std::string::npos) << listed.out;
+  EXPECT_NE(listed.out.find("1.4 MiB"), std::string::npos) << listed.out;
+  EXPECT_NE(listed.out.find("main (1111111)"), std::string::npos) << listed.out;
+  auto json = nlohmann::json::parse(test::run_pensieve("list --json").out);
+  ASSERT_EQ(json.size(), 1u);
+  EXPECT_EQ(json[0]["repo"], kRepo);
+  EXPECT_GE(json[0]["bytes"].get<uint64_t>(), weights_size());
+  EXPECT_EQ(json[0]["refs"]["main"], hub.repo(kRepo).commit);
+
+  auto removed = test::run_pensieve(std::string("rm ") + kRepo);
+  ASSERT_EQ(removed.exit_code, 0) << removed.err;
+  EXPECT_NE(removed.out.find("removed pensieve-test/qwen2-tiny (1.4 MiB)"), std::string::npos)
+      << removed.out;
+  EXPECT_FALSE(fs::exists(repo_dir()));
+  EXPECT_NE(test::run_pensieve("list").out.find("no models"), std::string::npos);
+  auto again = test::run_pensieve(std::string("rm ") + kRepo);
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.err.find("not in the cache"), std::string::npos) << again.err;
+}
+
+TEST_F(HubCli, BadInputAndOffline) {
+  auto bad = test::run_pensieve("pull 'org/../etc'");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("error: 'org/../etc' is not a valid Hugging Face repo id"),
+            std::string::npos) << bad.err;
+  EXPECT_EQ(test::run_pensieve("pull just-a-name").exit_code, 1);
+  EXPECT_EQ(test::run_pensieve("pull org/name@../x").exit_code, 1);
+  EXPECT_EQ(hub.n_api_requests(), 0);
+
+  env.set("HF_HUB_OFFLINE", "1");
+  auto offline = test::run_pensieve(std::string("pull ") + kRepo);
+  EXPECT_EQ(offline.exit_code, 1);
+  EXPECT_NE(offline.err.find("HF_HUB_OFFLINE"), std::string::npos) << offline.err;
+  EXPECT_EQ(hub.n_api_requests(), 0);
+}
+
+TEST_F(HubCli, CtrlCKeepsAResumablePartialFile) {
+  test::FakeFaults faults;
+  faults.n_stalls = 1;
+  faults.stall_after = 500000;
+  faults.stall_for = 30s;
+  hub.set_faults(faults);
+  TempDir out;
+  const std::string err_path = out.file("err");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
+  std::string binary = PENSIEVE_BINARY, sub = "pull", repo = kRepo;
+  char* argv[] = {binary.data(), sub.data(), repo.data(), nullptr};
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv, environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  std::error_code ec;
+  while (std::chrono::steady_clock::now() < deadline &&
+         (!fs::exists(partial(), ec) || fs::file_size(partial(), ec) < 500000)) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(fs::file_size(partial()), 500000u);
+  kill(pid, SIGINT);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  const std::string err = test::read_file(err_path);
+  EXPECT_NE(err.find("interrupted"), std::string::npos) << err;
+  EXPECT_NE(err.find("resumes"), std::string::npos) << err;
+  EXPECT_EQ(fs::file_size(partial()), 500000u);
+
+  auto resumed = test::run_pensieve(std::string("pull ") + kRepo);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_FALSE(fs::exists(partial()));
+  EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
+}
+
+TEST_F(HubCli, FileSizeLimitFailsWithAClearError) {
+  // RLIMIT_FSIZE (a few hundred KB) stands in for a disk filling up mid-download.
+  auto r = shell("ulimit -f 600 && exec " + pull_command());
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("cannot write"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("File too large"), std::string::npos) << r.err;
+  ASSERT_TRUE(fs::exists(partial()));
+  const uint64_t kept = fs::file_size(partial());
+  EXPECT_LT(kept, weights_size());
+  const uint64_t served_before = hub.bytes_served(kWeights);  // includes bytes in flight
+  // With the limit gone, the pull finishes from where it stopped.
+  auto resumed = shell(pull_command());
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(hub.bytes_served(kWeights) - served_before, weights_size() - kept);
+}
+
+TEST_F(HubCli, FullTmpfsIsRefusedBeforeDownloading) {
+  // A 1 MiB tmpfs over the cache, in a user + mount namespace; containers often forbid that.
+  const std::string command = "unshare -rm sh -c 'mount -t tmpfs -o size=1m tmpfs \"$0\" || "
+                              "exit 77; exec \"$1\" pull \"$2\"' " + cache.path() + " " +
+                              PENSIEVE_BINARY + " " + kRepo;
+  auto r = shell(command);
+  if (r.exit_code == 77 || r.err.find("unshare") != std::string::npos || r.exit_code == 127) {
+    GTEST_SKIP() << "no user/mount namespaces here: " << r.err;
+  }
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("not enough disk space"), std::string::npos) << r.err;
+  EXPECT_EQ(hub.n_gets(kWeights), 0);
+}
+
+TEST_F(HubCli, TwoProcessesPullTheSameModel) {
+  test::FakeFaults slow;
+  slow.chunk_delay = 10ms;
+  hub.set_faults(slow);
+  const std::string pull = pull_command();
+  auto r = shell(pull + " >/dev/null 2>&1 & a=$!; " + pull + " >/dev/null 2>&1 & b=$!; "
+                 "wait $a; ra=$?; wait $b; rb=$?; exit $((ra * 10 + rb))");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(hub.n_gets(kWeights), 1);
+  EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
+  EXPECT_TRUE(fs::exists(repo_dir() + "/snapshots/" + hub.repo(kRepo).commit + "/" + kWeights));
+}
+
+}  // namespace
+}  // namespace pensieve

@@ -1,0 +1,526 @@
+// pull() against the fake Hub: the happy path, every failure the Hub or the
+// network can throw at it, and the cache it shares with other tools.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "core/error.h"
+#include "hub/cache.h"
+#include "hub/hub.h"
+#include "server/hub_fake_hub.h"
+#include "support/test_support.h"
+
+namespace pensieve {
+namespace {
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using test::FakeFaults;
+using test::FakeHub;
+using test::TempDir;
+
+constexpr const char* kRepo = "pensieve-test/qwen2-tiny";
+constexpr const char* kWeights = "model.safetensors";
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+class HubPull : public ::testing::Test {
+ protected:
+  HubPull() { hub.add_repo(kRepo, test::qwen2_tiny_repo()); }
+
+  hub::HubOptions options() const {
+    hub::HubOptions o;
+    o.endpoint = hub.endpoint();
+    o.cache_dir = cache.path();
+    o.first_backoff = 5ms;
+    o.max_backoff = 20ms;
+    o.max_attempts = 4;
+    o.stall_timeout = 1s;
+    o.connect_timeout = 2000ms;
+    return o;
+  }
+  const test::FakeRepo& repo() const { return hub.repo(kRepo); }
+  uint64_t weights_size() const { return repo().files.at(kWeights).content.size(); }
+  std::string repo_dir() const { return cache.file("models--pensieve-test--qwen2-tiny"); }
+  std::string blob(const std::string& file) const {
+    return repo_dir() + "/blobs/" + repo().files.at(file).etag;
+  }
+  std::string partial(const std::string& file) const { return blob(file) + ".incomplete"; }
+
+  void expect_complete_snapshot(const std::string& dir) const {
+    EXPECT_EQ(dir, repo_dir() + "/snapshots/" + repo().commit);
+    for (const char* name : {"config.json", "generation_config.json", "tokenizer_config.json",
+                             kWeights}) {
+      SCOPED_TRACE(name);
+      const std::string path = dir + "/" + name;
+      ASSERT_TRUE(fs::is_symlink(path));
+      EXPECT_EQ(fs::read_symlink(path).string(), "../../blobs/" + repo().files.at(name).etag);
+      EXPECT_EQ(test::read_file(path), repo().files.at(name).content);
+    }
+  }
+
+  FakeHub hub;
+  TempDir cache;
+};
+
+TEST_F(HubPull, FullPullLaysOutTheHuggingFaceCache) {
+  std::vector<hub::PullProgress> seen;
+  auto opts = options();
+  opts.token = "some-token";  // not gated, but sent: it must not reach the CDN
+  const auto result = hub::pull(kRepo, "main", opts, [&](const hub::PullProgress& p) {
+    seen.push_back(p);
+  });
+  expect_complete_snapshot(result.snapshot_dir);
+  EXPECT_EQ(result.commit, repo().commit);
+  EXPECT_EQ(result.n_files, 4u);
+  EXPECT_EQ(result.n_files_downloaded, 4u);
+  EXPECT_EQ(test::read_file(repo_dir() + "/refs/main"), repo().commit);
+  // LFS blob named by its SHA-256, git files by their blob id.
+  EXPECT_EQ(repo().files.at(kWeights).etag, test::sha256_hex(repo().files.at(kWeights).content));
+  EXPECT_TRUE(fs::is_regular_file(blob(kWeights)));
+  EXPECT_TRUE(fs::is_regular_file(blob("config.json")));
+  EXPECT_FALSE(fs::exists(partial(kWeights)));
+  EXPECT_TRUE(fs::exists(cache.path() + "/.locks/models--pensieve-test--qwen2-tiny/" +
+                         repo().files.at(kWeights).etag + ".lock"));
+  // Exactly the model's files, each once.
+  EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
+  EXPECT_EQ(hub.n_gets(kWeights), 1);
+  for (const char* junk : {"README.md", "pytorch_model.bin", "onnx/model.onnx",
+                           "original/consolidated.safetensors", "images/logo.png"}) {
+    EXPECT_EQ(hub.n_gets(junk), 0) << junk;
+  }
+  EXPECT_EQ(std::distance(fs::directory_iterator(result.snapshot_dir), fs::directory_iterator()),
+            4);
+  EXPECT_GT(hub.n_cdn_requests(), 0);
+  EXPECT_EQ(hub.n_cdn_requests_with_auth(), 0);
+  // Progress ends at the total.
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.back().stage, hub::PullProgress::Stage::done);
+  EXPECT_EQ(seen.back().bytes_done, seen.back().bytes_total);
+  EXPECT_GE(seen.back().bytes_total, weights_size());
+
+  // A second pull asks the API and downloads nothing.
+  const auto again = hub::pull(kRepo, "main", options());
+  EXPECT_EQ(again.snapshot_dir, result.snapshot_dir);
+  EXPECT_EQ(again.n_bytes_downloaded, 0u);
+  EXPECT_EQ(hub.n_gets(kWeights), 1);
+}
+
+TEST_F(HubPull, TagAndCommitRevisions) {
+  const auto by_tag = hub::pull(kRepo, "v1.0", options());
+  EXPECT_EQ(test::read_file(repo_dir() + "/refs/v1.0"), repo().commit);
+  EXPECT_FALSE(fs::exists(repo_dir() + "/refs/main"));
+  const auto by_commit = hub::pull(kRepo, repo().commit, options());
+  EXPECT_EQ(by_commit.snapshot_dir, by_tag.snapshot_dir);
+  EXPECT_FALSE(fs::exists(repo_dir() + "/refs/" + repo().commit));
+  EXPECT_EQ(hub.n_gets(kWeights), 1);
+}
+
+TEST_F(HubPull, DroppedConnectionResumesWithoutRedownloading) {
+  FakeFaults faults;
+  faults.n_drops = 2;
+  faults.drop_after = 400000;  // each try gets 400 KB further
+  hub.set_faults(faults);
+  const auto result = hub::pull(kRepo, "main", options());
+  expect_complete_snapshot(result.snapshot_dir);
+  EXPECT_EQ(hub.n_gets(kWeights), 3);
+  EXPECT_EQ(hub.bytes_served(kWeights), weights_size());  // no byte sent twice
+}
+
+TEST_F(HubPull, InterruptedPullLeavesAPartialFileTheNextPullResumes) {
+  std::atomic<bool> cancel{false};
+  auto opts = options();
+  opts.cancel = &cancel;
+  FakeFaults slow;
+  slow.chunk_delay = 20ms;
+  hub.set_faults(slow);
+  const std::string message = error_of([&] {
+    hub::pull(kRepo, "main", opts, [&](const hub::PullProgress& p) {
+      if (p.file == kWeights && p.file_bytes_done >= 300000) cancel = true;
+    });
+  });
+  EXPECT_NE(message.find("interrupted"), std::string::npos) << message;
+  ASSERT_TRUE(fs::exists(partial(kWeights)));
+  const uint64_t kept = fs::file_size(partial(kWeights));
+  EXPECT_GE(kept, 300000u);
+  EXPECT_LT(kept, weights_size());
+  EXPECT_FALSE(fs::exists(blob(kWeights)));
+  EXPECT_FALSE(fs::exists(repo_dir() + "/refs/main"));  // not a usable snapshot yet
+
+  hub.set_faults({});
+  uint64_t resumed = 0;
+  const auto result = hub::pull(kRepo, "main", options(), [&](const hub::PullProgress& p) {
+    resumed = p.bytes_resumed;
+  });
+  expect_complete_snapshot(result.snapshot_dir);
+  EXPECT_EQ(resumed, kept);
+  EXPECT_EQ(result.n_bytes_downloaded + kept,
+            weights_size() + 0 /* small files came in the first pull */);
+  EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
+}
+
+TEST_F(HubPull, CorruptTransferIsDetectedAndRepaired) {
+  FakeFaults faults;
+  faults.n_corruptions = 1;
+  hub.set_faults(faults);
+  const auto result = hub::pull(kRepo, "main", options());
+  expect_complete_snapshot(result.snapshot_dir);
+  EXPECT_EQ(hub.n_gets(kWeights), 2);
+  EXPECT_EQ(test::sha256_hex(test::read_file(blob(kWeights))), repo().files.at(kWeights).etag);
+}
+
+TEST_F(HubPull, CorruptGitFileIsDetectedToo) {
+  FakeFaults faults;
+  faults.file = "config.json";
+  faults.n_corruptions = 1;
+  hub.set_faults(faults);
+  const auto result = hub::pull(kRepo, "main", options());
+  expect_complete_snapshot(result.snapshot_dir);
+  EXPECT_EQ(hub.n_gets("config.json"), 2);
+}
+
+TEST_F(HubPull, PersistentCorruptionFailsAndKeepsNothing) {
+  FakeFaults faults;
+  faults.n_corruptions = 100;
+  hub.set_faults(faults);
+  const std::string message = error_of([&] { hub::pull(kRepo, "main", options()); });
+  EXPECT_NE(message.find("corrupt"), std::string::npos) << message;
+  EXPECT_NE(message.find("SHA-256"), std::string::npos) << message;
+  EXPECT_NE(message.find("after 4 attempts"), std::string::npos) << message;
+  EXPECT_FALSE(fs::exists(blob(kWeights)));
+  EXPECT_FALSE(fs::exists(partial(kWeights)));
+  EXPECT_FALSE(fs::exists(repo_dir() + "/snapshots/" + repo().commit + "/" + kWeights));
+}
+
+TEST_F(HubPull, ConnectionResetsAndServerErrorsAreRetried) {
+  FakeFaults faults;
+  faults.n_drops = 2;
+  faults.drop_after = 0;  // headers, then the connection closes
+  faults.n_api_errors = 2;
+  hub.set_faults(faults);
+  const auto result = hub::pull(kRepo, "main", options());
+  expect_complete_snapshot(result.snapshot_dir);
+  EXPECT_EQ(hub.n_api_requests(), 3);
+  EXPECT_EQ(hub.n_gets(kWeights), 3);
+}
+
+TEST_F(HubPull, StalledServerTimesOutAndResumes) {
+  FakeFaults faults;
+  faults.n_stalls = 1;
+  faults.stall_after = 200000;
+  faults.stall_for = 10s;
+  hub.set_faults(faults);
+  const auto start = std::chrono::steady_clock::now();
+  const auto result = hub::pull(kRepo, "main", options());
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  expect_complete_snapshot(result.snapshot_dir);
+  EXPECT_LT(elapsed, 6s);  // the 1 s stall timeout fired, not the server's 10 s
+  EXPECT_EQ(hub.n_gets(kWeights), 2);
+  EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
+}
+
+TEST_F(HubPull, StallForeverGivesUpWithAClearError) {
+  FakeFaults faults;
+  faults.n_stalls = 100;
+  faults.stall_after = 0;
+  faults.stall_for = 10s;
+  hub.set_faults(faults);
+  auto opts = options();
+  opts.max_attempts = 2;
+  const std::string message = error_of([&] { hub::pull(kRepo, "main", opts); });
+  EXPECT_NE(message.find("failed after 2 attempts"), std::string::npos) << message;
+  EXPECT_NE(message.find(kWeights), std::string::npos) << message;
+}
+
+TEST_F(HubPull, DiskSpaceIsCheckedBeforeDownloading) {
+  auto opts = options();
+  std::string asked;
+  opts.free_space = [&](const std::string& path) -> uint64_t {
+    asked = path;
+    return 100000;
+  };
+  const std::string message = error_of([&] { hub::pull(kRepo, "main", opts); });
+  EXPECT_NE(message.find("not enough disk space"), std::string::npos) << message;
+  EXPECT_NE(message.find("100000 bytes"), std::string::npos) << message;
+  uint64_t n_needed = 0;
+  for (const char* name : {"config.json", "generation_config.json", "tokenizer_config.json",
+                           kWeights}) {
+    n_needed += repo().files.at(name).content.size();
+  }
+  EXPECT_NE(message.find(std::to_string(n_needed) + " bytes"), std::string::npos) << message;
+  EXPECT_EQ(asked, repo_dir() + "/blobs");
+  EXPECT_EQ(hub.n_gets(kWeights), 0);
+  EXPECT_FALSE(fs::exists(partial(kWeights)));
+}
+
+TEST_F(HubPull, DiskCheckCountsTheBytesAlreadyOnDisk) {
+  // A partial file from an earlier pull: only the rest must fit.
+  const std::string& content = repo().files.at(kWeights).content;
+  fs::create_directories(repo_dir() + "/blobs");
+  test::write_file(partial(kWeights), content.substr(0, content.size() - 1000));
+  auto opts = options();
+  opts.free_space = [](const std::string&) -> uint64_t { return 5000; };
+  const auto result = hub::pull(kRepo, "main", opts);
+  expect_complete_snapshot(result.snapshot_dir);
+  EXPECT_EQ(hub.bytes_served(kWeights), 1000u);
+}
+
+TEST_F(HubPull, ConcurrentPullsWriteEachBlobOnce) {
+  FakeFaults slow;
+  slow.chunk_delay = 10ms;  // long enough for the two pulls to overlap
+  hub.set_faults(slow);
+  std::string dirs[2], errors[2];
+  std::thread threads[2];
+  for (int i = 0; i < 2; ++i) {
+    threads[i] = std::thread([&, i] {
+      try {
+        dirs[i] = hub::pull(kRepo, "main", options()).snapshot_dir;
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(errors[0], "");
+  EXPECT_EQ(errors[1], "");
+  expect_complete_snapshot(dirs[0]);
+  EXPECT_EQ(dirs[0], dirs[1]);
+  EXPECT_EQ(hub.n_gets(kWeights), 1);
+  EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
+}
+
+TEST_F(HubPull, OfflineModeUsesOnlyTheCache) {
+  auto opts = options();
+  opts.offline = true;
+  const std::string missing = error_of([&] { hub::pull(kRepo, "main", opts); });
+  EXPECT_NE(missing.find("not in the cache"), std::string::npos) << missing;
+  EXPECT_NE(missing.find("HF_HUB_OFFLINE"), std::string::npos) << missing;
+  EXPECT_EQ(hub.n_api_requests(), 0);
+
+  const auto online = hub::pull(kRepo, "main", options());
+  const int n_api = hub.n_api_requests();
+  const auto offline = hub::pull(kRepo, "main", opts);
+  EXPECT_EQ(offline.snapshot_dir, online.snapshot_dir);
+  EXPECT_TRUE(offline.used_cache_only);
+  EXPECT_EQ(hub::pull(kRepo, repo().commit, opts).snapshot_dir, online.snapshot_dir);
+  EXPECT_EQ(hub.n_api_requests(), n_api);
+  EXPECT_NE(error_of([&] { hub::pull(kRepo, "v2.0", opts); }).find("not in the cache"),
+            std::string::npos);
+
+  fs::remove(blob(kWeights));  // a damaged cache is reported, not loaded
+  const std::string broken = error_of([&] { hub::pull(kRepo, "main", opts); });
+  EXPECT_NE(broken.find("incomplete"), std::string::npos) << broken;
+  EXPECT_NE(broken.find(kWeights), std::string::npos) << broken;
+}
+
+TEST_F(HubPull, UnreachableHubFallsBackToACompleteCache) {
+  const auto online = hub::pull(kRepo, "main", options());
+  auto opts = options();
+  opts.endpoint = "http://127.0.0.1:1";  // nothing listens there
+  opts.max_attempts = 2;
+  const auto result = hub::pull(kRepo, "main", opts);
+  EXPECT_EQ(result.snapshot_dir, online.snapshot_dir);
+  EXPECT_TRUE(result.used_cache_only);
+  const std::string message = error_of([&] { hub::pull("other/model", "main", opts); });
+  EXPECT_NE(message.find("failed after 2 attempts"), std::string::npos) << message;
+}
+
+// The layout huggingface_hub writes, built by hand: pensieve must use it as is.
+TEST_F(HubPull, UsesACacheWrittenByHuggingfaceHub) {
+  const auto& fake = repo();
+  const std::string snapshot = repo_dir() + "/snapshots/" + fake.commit;
+  fs::create_directories(repo_dir() + "/blobs");
+  fs::create_directories(repo_dir() + "/refs");
+  fs::create_directories(snapshot);
+  for (const auto& [name, file] : fake.files) {
+    test::write_file(repo_dir() + "/blobs/" + file.etag, file.content);
+    if (name.find('/') == std::string::npos) {  // Python tools fetch more; that's fine
+      fs::create_symlink("../../blobs/" + file.etag, snapshot + "/" + name);
+    }
+  }
+  test::write_file(repo_dir() + "/refs/main", fake.commit);
+
+  auto offline = options();
+  offline.offline = true;
+  EXPECT_EQ(hub::pull(kRepo, "main", offline).snapshot_dir, snapshot);
+  const auto online = hub::pull(kRepo, "main", options());
+  EXPECT_EQ(online.snapshot_dir, snapshot);
+  EXPECT_EQ(online.n_bytes_downloaded, 0u);
+  EXPECT_EQ(hub.n_gets(kWeights), 0);
+  EXPECT_EQ(hub.n_gets("config.json"), 0);
+  EXPECT_EQ(hub::ensure_model(std::string(kRepo) + "@main", options()), snapshot);
+}
+
+TEST_F(HubPull, UsesBlobsAlreadyInTheCacheForANewCommit) {
+  hub::pull(kRepo, "main", options());
+  auto next = test::qwen2_tiny_repo();
+  next.commit = "5555555555666666666677777777778888888888";
+  next.files["config.json"].content += " ";
+  hub.add_repo(kRepo, next);
+  const auto result = hub::pull(kRepo, "main", options());
+  EXPECT_EQ(result.commit, next.commit);
+  EXPECT_EQ(result.n_files_downloaded, 1u);  // only config.json changed
+  EXPECT_EQ(hub.n_gets(kWeights), 1);
+  EXPECT_EQ(test::read_file(repo_dir() + "/refs/main"), next.commit);
+}
+
+TEST_F(HubPull, OnlyTheShardsTheIndexNamesAreFetched) {
+  test::FakeRepo sharded;
+  sharded.commit = "abcdefabcdefabcdefabcdefabcdefabcdefabcd";
+  sharded.files["config.json"] = {"{}", false, ""};
+  sharded.files["model-00001-of-00002.safetensors"] = {std::string(3000, '1'), true, ""};
+  sharded.files["model-00002-of-00002.safetensors"] = {std::string(2000, '2'), true, ""};
+  sharded.files["consolidated.safetensors"] = {std::string(5000, 'c'), true, ""};
+  sharded.files["model.safetensors.index.json"] = {
+      R"({"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+          "b": "model-00002-of-00002.safetensors"}})", false, ""};
+  hub.add_repo("org/sharded", sharded);
+  const auto result = hub::pull("org/sharded", "main", options());
+  EXPECT_EQ(result.n_files, 4u);
+  EXPECT_EQ(hub.n_gets("consolidated.safetensors"), 0);
+  EXPECT_EQ(hub.n_gets("model-00002-of-00002.safetensors"), 1);
+  EXPECT_TRUE(fs::exists(result.snapshot_dir + "/model-00001-of-00002.safetensors"));
+}
+
+TEST_F(HubPull, GatedRepoNeedsTheToken) {
+  auto gated = test::qwen2_tiny_repo();
+  gated.gated = true;
+  hub.add_repo("org/gated", gated);
+  const std::string message = error_of([&] { hub::pull("org/gated", "main", options()); });
+  EXPECT_NE(message.find("HTTP 401"), std::string::npos) << message;
+  EXPECT_NE(message.find("gated"), std::string::npos) << message;
+  EXPECT_NE(message.find("HF_TOKEN"), std::string::npos) << message;
+  EXPECT_EQ(hub.n_api_requests(), 1);  // a 401 is not retried
+
+  auto opts = options();
+  opts.token = hub.token;
+  const auto result = hub::pull("org/gated", "main", opts);
+  EXPECT_TRUE(fs::exists(result.snapshot_dir + "/" + kWeights));
+  EXPECT_EQ(hub.n_cdn_requests_with_auth(), 0);  // the token stays with the Hub
+
+  opts.token = "wrong";
+  const std::string refused = error_of([&] { hub::pull("org/gated", "main", opts); });
+  EXPECT_NE(refused.find("HF_TOKEN that was sent has no access"), std::string::npos) << refused;
+}
+
+TEST_F(HubPull, NotFoundErrorsSayWhat) {
+  try {
+    hub::pull("org/missing", "main", options());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::not_found);
+    EXPECT_NE(std::string(e.what()).find("repository org/missing not found"), std::string::npos)
+        << e.what();
+  }
+  const std::string revision = error_of([&] { hub::pull(kRepo, "no-such-branch", options()); });
+  EXPECT_NE(revision.find("revision not found"), std::string::npos) << revision;
+  EXPECT_EQ(hub.n_api_requests(), 2);
+}
+
+TEST_F(HubPull, NonJsonAnswersAreClearErrors) {
+  FakeFaults faults;
+  faults.api_body = "<html><body>Welcome to the hotel wifi</body></html>";
+  hub.set_faults(faults);
+  const std::string message = error_of([&] { hub::pull(kRepo, "main", options()); });
+  EXPECT_NE(message.find("not JSON"), std::string::npos) << message;
+  EXPECT_NE(message.find("hotel wifi"), std::string::npos) << message;
+
+  faults.api_body = R"({"sha": 42})";
+  hub.set_faults(faults);
+  EXPECT_NE(error_of([&] { hub::pull(kRepo, "main", options()); }).find("'sha'"),
+            std::string::npos);
+  faults.api_body = R"({"sha": "../../../../etc", "siblings": []})";
+  hub.set_faults(faults);
+  EXPECT_NE(error_of([&] { hub::pull(kRepo, "main", options()); }).find("not a commit id"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(repo_dir()));
+}
+
+TEST_F(HubPull, TraversalNamesFromTheServerAreRejected) {
+  TempDir outside;
+  const std::string evil_cache = outside.file("cache");
+  auto opts = options();
+  opts.cache_dir = evil_cache;
+  for (const std::string name : {"../escape.json", "/etc/passwd", "a/../../b.safetensors",
+                                 "..", "a\\..\\b.safetensors"}) {
+    auto fake = test::qwen2_tiny_repo();
+    fake.extra_siblings = {name};
+    hub.add_repo("org/evil", fake);
+    const std::string message = error_of([&] { hub::pull("org/evil", "main", opts); });
+    EXPECT_NE(message.find("unsafe file name"), std::string::npos) << name << ": " << message;
+  }
+  // An index pointing outside the snapshot.
+  auto fake = test::qwen2_tiny_repo();
+  fake.files["model.safetensors.index.json"] = {
+      R"({"weight_map": {"a": "../../../escape.safetensors"}})", false, ""};
+  hub.add_repo("org/evil", fake);
+  EXPECT_NE(error_of([&] { hub::pull("org/evil", "main", opts); }).find("unsafe file name"),
+            std::string::npos);
+  // An etag that would name a path.
+  FakeFaults faults;
+  faults.etag_override = "../../../escape";
+  hub.set_faults(faults);
+  hub.add_repo("org/evil", test::qwen2_tiny_repo());
+  EXPECT_NE(error_of([&] { hub::pull("org/evil", "main", opts); }).find("unusable etag"),
+            std::string::npos);
+  // Nothing outside the cache folder.
+  for (const auto& entry : fs::directory_iterator(outside.path())) {
+    EXPECT_EQ(entry.path().filename(), "cache");
+  }
+  for (const auto& entry : fs::recursive_directory_iterator(evil_cache)) {
+    EXPECT_EQ(entry.path().filename().string().find("escape"), std::string::npos)
+        << entry.path();
+  }
+}
+
+TEST_F(HubPull, AbsurdSizesAreRejected) {
+  FakeFaults faults;
+  for (const std::string size : {"-5", "12abc", "", "99999999999999999999999"}) {
+    faults.linked_size = size.empty() ? " " : size;
+    hub.set_faults(faults);
+    const std::string message = error_of([&] { hub::pull(kRepo, "main", options()); });
+    EXPECT_NE(message.find("absurd size"), std::string::npos) << size << ": " << message;
+  }
+  faults.linked_size = "10000000000000";  // 10 TB: plausible syntax, but no disk has room
+  hub.set_faults(faults);
+  auto opts = options();
+  opts.free_space = [](const std::string&) -> uint64_t { return 1ull << 40; };
+  const std::string message = error_of([&] { hub::pull(kRepo, "main", opts); });
+  EXPECT_NE(message.find("not enough disk space"), std::string::npos) << message;
+  EXPECT_EQ(hub.n_gets(kWeights), 0);
+}
+
+TEST_F(HubPull, WrongSizeFromTheServerIsNotAccepted) {
+  FakeFaults faults;
+  faults.linked_size = std::to_string(weights_size() - 10);  // body is longer than announced
+  hub.set_faults(faults);
+  auto opts = options();
+  opts.max_attempts = 2;
+  const std::string message = error_of([&] { hub::pull(kRepo, "main", opts); });
+  EXPECT_NE(message.find("more than"), std::string::npos) << message;
+  EXPECT_FALSE(fs::exists(blob(kWeights)));
+}
+
+TEST_F(HubPull, EnsureModelTakesFoldersAndRepoIds) {
+  const std::string local = test::data_path("models/qwen2-tiny");
+  EXPECT_EQ(hub::ensure_model(local, options()), local);
+  EXPECT_EQ(hub.n_api_requests(), 0);
+  EXPECT_NE(error_of([&] { hub::ensure_model("./no/such/dir", options()); }).find("does not exist"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { hub::ensure_model("not a repo", options()); }).find("repo id"),
+            std::string::npos);
+  const std::string dir = hub::ensure_model(kRepo, options());
+  expect_complete_snapshot(dir);
+}
+
+}  // namespace
+}  // namespace pensieve
