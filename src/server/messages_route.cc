@@ -37,18 +37,17 @@ class InflightSlot {
       : server_(server), client_(std::move(client)), channel_(std::move(channel)) {
     std::lock_guard<std::mutex> lock(server_.slots_mutex);
     if (server_.stopping) throw ApiError(529, "overloaded_error", "server is shutting down");
+    auto it = server_.n_inflight_by_client.find(client_);
+    int n_client = it == server_.n_inflight_by_client.end() ? 0 : it->second;
+    if (server_.options.max_per_client > 0 && n_client >= server_.options.max_per_client)
+      throw ApiError(429, "rate_limit_error",
+                     fmt::format("rate limit: at most {} concurrent requests per client",
+                                 server_.options.max_per_client));
     if (server_.n_inflight >= server_.options.max_queue)
       throw ApiError(529, "overloaded_error",
                      fmt::format("Overloaded: {} generations are already running or queued",
                                  server_.n_inflight));
-    int& n_client = server_.n_inflight_by_client[client_];
-    if (server_.options.max_per_client > 0 && n_client >= server_.options.max_per_client) {
-      if (n_client == 0) server_.n_inflight_by_client.erase(client_);
-      throw ApiError(429, "rate_limit_error",
-                     fmt::format("rate limit: at most {} concurrent requests per client",
-                                 server_.options.max_per_client));
-    }
-    ++n_client;
+    ++server_.n_inflight_by_client[client_];
     ++server_.n_inflight;
     server_.channels.insert(channel_);
   }

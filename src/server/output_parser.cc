@@ -25,6 +25,12 @@ size_t trailing_space_start(std::string_view s) {
   return i;
 }
 
+// Moves a cut point back over the whitespace right before it.
+size_t before_space(std::string_view s, size_t cut) {
+  while (cut > 0 && is_space(s[cut - 1])) --cut;
+  return cut;
+}
+
 // Smallest p such that s[p:] is a non-empty proper prefix of marker, else s.size().
 size_t partial_match_start(std::string_view s, std::string_view marker) {
   size_t from = s.size() >= marker.size() ? s.size() - marker.size() + 1 : 0;
@@ -129,7 +135,7 @@ bool OutputParser::step_thinking(std::vector<OutputPiece>& out) {
     return true;
   }
   // Hold back a possible "</think>" start and trailing whitespace (trimmed at the close).
-  size_t keep = std::min(partial_match_start(pending_, kThinkClose), trailing_space_start(pending_));
+  size_t keep = before_space(pending_, partial_match_start(pending_, kThinkClose));
   emit(OutputPiece::Kind::thinking, pending_.substr(0, keep), out);
   pending_.erase(0, keep);
   return false;
@@ -169,9 +175,8 @@ bool OutputParser::step_text(std::vector<OutputPiece>& out) {
   size_t keep = pending_.size();
   for (const std::string& s : options_.stop_sequences) keep = std::min(keep, partial_match_start(pending_, s));
   if (options_.tool_calls) {
-    keep = std::min(keep, partial_match_start(pending_, kToolOpen));
     // Whitespace right before a tool call is dropped, so it waits for what follows.
-    keep = std::min(keep, trailing_space_start(pending_));
+    keep = std::min(keep, before_space(pending_, partial_match_start(pending_, kToolOpen)));
   }
   emit(OutputPiece::Kind::text, pending_.substr(0, keep), out);
   pending_.erase(0, keep);

@@ -113,7 +113,7 @@ void Server::Impl::setup_routes() {
         (this->*method)(req, res);
       } catch (const std::exception& e) {
         ApiError error = to_api_error(e);
-        if (error.status() >= 500) spdlog::error("{} {}: {}", req.method, req.path, error.what());
+        if (error.status() == 500) spdlog::error("{} {}: {}", req.method, req.path, error.what());
         send_error(res, error);
       }
     };
@@ -183,7 +183,7 @@ Server::~Server() { stop(); }
 
 void Server::start() {
   Impl& s = *impl_;
-  std::lock_guard<std::mutex> lock(s.state_mutex);
+  std::unique_lock<std::mutex> lock(s.state_mutex);
   if (s.running) fail(ErrorKind::internal, "server already started");
   s.keys = s.options.api_keys;
   if (s.options.api_keys_from_env)
@@ -222,6 +222,14 @@ void Server::start() {
     s.running = false;
     s.stopped_cv.notify_all();
   });
+  // httplib's stop() does nothing until listening has begun: wait for it so
+  // that a stop() right after start() cannot be lost.
+  while (!s.http.is_running()) {
+    lock.unlock();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    lock.lock();
+    if (!s.running) fail(ErrorKind::internal, "the HTTP server stopped while starting");
+  }
   spdlog::info("serving {} on http://{}:{} ({})", s.info.id, s.options.host, s.bound_port,
                s.keys.empty() ? "no API key: local clients only" : "API key required");
 }
