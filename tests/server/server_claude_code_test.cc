@@ -15,7 +15,7 @@ httplib::Result replay(ServerTest& t, const json& recorded, httplib::Client& c) 
   httplib::Headers headers;
   for (auto& [k, v] : recorded["headers"].items()) {
     // Let the client compute framing and encoding headers for this body.
-    if (k == "Content-Length" || k == "Host" || k == "Accept-Encoding" || k == "Connection") continue;
+    if (k == "Content-Length" || k == "Host" || k == "Connection") continue;
     headers.emplace(k, v.get<std::string>());
   }
   return c.Post(recorded["path"].get<std::string>().c_str(), headers,
@@ -33,6 +33,8 @@ class ClaudeCodeTest : public ServerTest {
     if (!res) return {};
     EXPECT_EQ(res->status, 200) << res->body.substr(0, 500);
     EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+    // Claude Code accepts gzip/br, but an event stream must never be compressed.
+    EXPECT_EQ(res->get_header_value("Content-Encoding"), "");
     json message = replay_stream(parse_sse(res->body));
     EXPECT_EQ(message["model"], "claude-opus-5-5");
     return message;
