@@ -5,6 +5,7 @@
 //
 // Contract (the real engine must honour it; tests/server/scripted_backend.h
 // is the reference implementation used by the protocol tests):
+// - info() is read once, when the Server is constructed; context_size must be > 0.
 // - info(), tokenize() and render() may be called from many HTTP threads at
 //   once and must be thread-safe.
 // - render() receives Hugging Face style messages:

@@ -170,6 +170,7 @@ bool OutputParser::step_text(std::vector<OutputPiece>& out) {
     emit(OutputPiece::Kind::text, std::string(before.substr(0, trailing_space_start(before))), out);
     pending_.erase(0, match + match_len);
     state_ = State::tool_call;
+    tool_scanned_ = 0;
     return true;
   }
   size_t keep = pending_.size();
@@ -184,8 +185,14 @@ bool OutputParser::step_text(std::vector<OutputPiece>& out) {
 }
 
 bool OutputParser::step_tool_call(std::vector<OutputPiece>& out) {
-  size_t close = pending_.find(kToolClose);
-  if (close == std::string::npos) return false;
+  // A call can be long (a whole file for a Write tool): search only the new text.
+  size_t from = tool_scanned_ >= kToolClose.size() ? tool_scanned_ - kToolClose.size() + 1 : 0;
+  size_t close = pending_.find(kToolClose, from);
+  if (close == std::string::npos) {
+    tool_scanned_ = pending_.size();
+    return false;
+  }
+  tool_scanned_ = 0;
   std::string_view body(pending_.data(), close);
   OutputPiece call;
   call.kind = OutputPiece::Kind::tool_call;

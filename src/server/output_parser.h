@@ -57,6 +57,7 @@ class OutputParser {
   State state_;
   std::string pending_;          // input not yet turned into pieces
   bool skip_leading_space_ = false;
+  size_t tool_scanned_ = 0;      // bytes of a tool call body already searched for its end
   std::string stop_sequence_;
 };
 
