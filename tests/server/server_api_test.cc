@@ -201,6 +201,31 @@ TEST_F(ServerTest, QueueLimitAndPerClientLimit) {
   for (auto& t : readers) t.join();
 }
 
+TEST_F(ServerTest, ManyConcurrentStreamsAllRun) {
+  backend.set_script({.pieces = {"a"}, .until_cancelled = true});
+  ServerOptions options;
+  options.max_queue = 40;
+  start(options);
+  constexpr int kClients = 24;
+  std::vector<std::thread> readers;
+  std::atomic<int> n_errors_at_end{0};
+  for (int i = 0; i < kClients; ++i)
+    readers.emplace_back([&] {
+      auto res = post("/v1/messages", hello(true));
+      if (res && parse_sse(res->body).back().name == "error") ++n_errors_at_end;
+    });
+  // Every client is being served at the same time, not queued behind the others.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (backend.n_submitted < kClients && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_EQ(backend.n_submitted, kClients);
+  EXPECT_EQ(json::parse(client()->Get("/health")->body)["n_inflight"], kClients);
+  server->stop();
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(n_errors_at_end, kClients);  // each stream ended with the shutdown error event
+  EXPECT_EQ(backend.n_cancelled, kClients);
+}
+
 // Raw socket helpers for clients httplib's client would not be.
 int connect_raw(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
