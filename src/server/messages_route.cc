@@ -1,0 +1,285 @@
+// POST /v1/messages and /v1/messages/count_tokens: parse, render, tokenize,
+// submit to the Backend and answer as JSON or as an SSE stream.
+#include <algorithm>
+#include <chrono>
+
+#include "core/log.h"
+#include "server/auth.h"
+#include "server/ids.h"
+#include "server/message_builder.h"
+#include "server/prompt.h"
+#include "server/server_impl.h"
+
+namespace pensieve::server {
+namespace {
+
+using json = nlohmann::ordered_json;
+using Clock = std::chrono::steady_clock;
+
+// How often a waiting stream checks that its client is still connected.
+constexpr auto kPollInterval = std::chrono::milliseconds(100);
+
+json parse_body(const httplib::Request& req) {
+  try {
+    return json::parse(req.body);
+  } catch (const json::parse_error& e) {
+    std::string what = e.what();
+    size_t pos = what.find("] ");  // drop nlohmann's "[json.exception.parse_error.101] "
+    invalid_request("", "request body is not valid JSON: {}",
+                    pos == std::string::npos ? what : what.substr(pos + 2));
+  }
+}
+
+// One generation counted against max_queue and max_per_client while alive.
+class InflightSlot {
+ public:
+  InflightSlot(Server::Impl& server, std::string client, std::shared_ptr<EventChannel> channel)
+      : server_(server), client_(std::move(client)), channel_(std::move(channel)) {
+    std::lock_guard<std::mutex> lock(server_.slots_mutex);
+    if (server_.stopping) throw ApiError(529, "overloaded_error", "server is shutting down");
+    auto it = server_.n_inflight_by_client.find(client_);
+    int n_client = it == server_.n_inflight_by_client.end() ? 0 : it->second;
+    if (server_.options.max_per_client > 0 && n_client >= server_.options.max_per_client)
+      throw ApiError(429, "rate_limit_error",
+                     fmt::format("rate limit: at most {} concurrent requests per client",
+                                 server_.options.max_per_client));
+    if (server_.n_inflight >= server_.options.max_queue)
+      throw ApiError(529, "overloaded_error",
+                     fmt::format("Overloaded: {} generations are already running or queued",
+                                 server_.n_inflight));
+    ++server_.n_inflight_by_client[client_];
+    ++server_.n_inflight;
+    server_.channels.insert(channel_);
+  }
+  ~InflightSlot() {
+    std::lock_guard<std::mutex> lock(server_.slots_mutex);
+    if (--server_.n_inflight_by_client[client_] <= 0) server_.n_inflight_by_client.erase(client_);
+    --server_.n_inflight;
+    server_.channels.erase(channel_);
+  }
+  InflightSlot(const InflightSlot&) = delete;
+  InflightSlot& operator=(const InflightSlot&) = delete;
+
+ private:
+  Server::Impl& server_;
+  std::string client_;
+  std::shared_ptr<EventChannel> channel_;
+};
+
+// The state of one answer: engine events in, Anthropic events out.
+struct Session {
+  Session(OutputParserOptions parser_options, std::string model, int64_t n_prompt)
+      : parser(std::move(parser_options)), builder(random_id("msg_"), std::move(model)),
+        n_prompt(n_prompt) {}
+  ~Session() { cancel(); }
+
+  std::shared_ptr<EventChannel> channel = std::make_shared<EventChannel>();
+  std::unique_ptr<InflightSlot> slot;
+  std::shared_ptr<Generation> generation;
+  OutputParser parser;
+  MessageBuilder builder;
+  int64_t n_prompt = 0, n_cached = 0, n_output = 0;
+  bool finished = false;
+  std::string stop_reason;
+  std::optional<ApiError> error;
+  Clock::time_point started = Clock::now();
+
+  Usage usage() const { return make_usage(n_prompt, n_cached, n_output); }
+
+  void cancel() {
+    if (generation && !finished) generation->cancel();
+  }
+
+  void add_pieces(const std::vector<OutputPiece>& pieces, std::vector<json>& out) {
+    for (const OutputPiece& piece : pieces) builder.add(piece, out);
+  }
+
+  void end(const std::string& reason, const std::optional<std::string>& stop_sequence,
+           std::vector<json>& out) {
+    stop_reason = reason;
+    builder.finish(reason, stop_sequence, usage(), out);
+    finished = true;
+    spdlog::info("{}: {} prompt tokens ({} cached), {} output tokens, {}, {:.2f} s", builder.id(),
+                 n_prompt, n_cached, n_output, reason,
+                 std::chrono::duration<double>(Clock::now() - started).count());
+  }
+
+  void fail(ApiError e) {
+    error = std::move(e);
+    finished = true;
+    spdlog::warn("{}: generation failed: {}", builder.id(), error->what());
+  }
+
+  void take(const GenerationEvent& e, std::vector<json>& out) {
+    if (finished) return;
+    n_cached = std::max(n_cached, e.n_cached);
+    std::vector<OutputPiece> pieces;
+    switch (e.kind) {
+      case GenerationEvent::Kind::progress: break;
+      case GenerationEvent::Kind::token:
+        ++n_output;
+        parser.feed(e.text, pieces);
+        add_pieces(pieces, out);
+        if (parser.stopped()) {
+          generation->cancel();  // the rest would be discarded anyway
+          end("stop_sequence", parser.stop_sequence(), out);
+        }
+        break;
+      case GenerationEvent::Kind::done:
+        if (e.finish == "cancelled") {
+          fail(ApiError(529, "overloaded_error", "the generation was cancelled by the engine"));
+          break;
+        }
+        parser.finish(pieces);
+        add_pieces(pieces, out);
+        end(e.finish == "max_tokens" ? "max_tokens"
+            : builder.has_tool_use() ? "tool_use"
+                                     : "end_turn",
+            std::nullopt, out);
+        break;
+      case GenerationEvent::Kind::error:
+        fail(ApiError(500, "api_error", e.error.empty() ? "generation failed" : e.error));
+        break;
+    }
+  }
+};
+
+json error_event(const ApiError& e) {
+  return {{"type", "error"}, {"error", {{"type", e.type()}, {"message", e.what()}}}};
+}
+
+// Writes the SSE answer; returns false when the client went away.
+bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms) {
+  auto write = [&](const json& event) {
+    std::string text = sse_event(event);
+    return sink.write(text.data(), text.size());
+  };
+  const json ping = {{"type", "ping"}};
+  const auto ping_interval = std::chrono::milliseconds(std::max(1, ping_interval_ms));
+  // message_start waits briefly for the engine's first event, which tells
+  // how much of the prompt came from the cache.
+  const auto first_event_wait = std::min<Clock::duration>(std::chrono::seconds(1), ping_interval);
+  const auto start = Clock::now();
+  auto last_write = start;
+  bool started = false;
+  std::deque<GenerationEvent> events;
+  std::vector<json> out;
+  for (;;) {
+    s.channel->wait(events, Clock::now() + std::min<Clock::duration>(kPollInterval, ping_interval));
+    if (s.channel->aborted()) {
+      s.cancel();
+      write(error_event(ApiError(529, "overloaded_error", "server is shutting down")));
+      sink.done();
+      return true;
+    }
+    if (!sink.is_writable()) {
+      s.cancel();
+      return false;
+    }
+    auto now = Clock::now();
+    if (!started) {
+      if (events.empty() && now - start < first_event_wait) continue;
+      for (const auto& e : events) s.n_cached = std::max(s.n_cached, e.n_cached);
+      if (!write(s.builder.message_start(s.usage())) || !write(ping)) {
+        s.cancel();
+        return false;
+      }
+      started = true;
+      last_write = now;
+    }
+    out.clear();
+    for (const auto& e : events) s.take(e, out);
+    events.clear();
+    for (const json& event : out) {
+      if (!write(event)) {
+        s.cancel();
+        return false;
+      }
+      last_write = now;
+    }
+    if (s.finished) {
+      if (s.error) write(error_event(*s.error));
+      sink.done();
+      return true;
+    }
+    if (now - last_write >= ping_interval) {
+      if (!write(ping)) {
+        s.cancel();
+        return false;
+      }
+      last_write = now;
+    }
+  }
+}
+
+}  // namespace
+
+void Server::Impl::handle_messages(const httplib::Request& req, httplib::Response& res) {
+  json body = parse_body(req);
+  MessagesRequest request = parse_messages_request(body, {true, info.vision});
+  Prompt prompt = build_prompt(backend, info, request);
+  const int64_t n_prompt = static_cast<int64_t>(prompt.tokens.size());
+  if (n_prompt >= info.context_size)
+    invalid_request("", "prompt is too long: {} tokens > {} maximum", n_prompt,
+                    info.context_size - 1);
+
+  GenerationRequest gen;
+  gen.prompt = std::move(prompt.tokens);
+  gen.max_tokens = std::min(request.max_tokens, info.context_size - n_prompt);
+  gen.temperature = static_cast<float>(request.temperature.value_or(1.0));
+  gen.top_p = static_cast<float>(request.top_p.value_or(1.0));
+  gen.top_k = static_cast<int>(std::min<int64_t>(request.top_k.value_or(0), INT32_MAX));
+  gen.seed = request.seed;
+
+  OutputParserOptions parser_options;
+  parser_options.stop_sequences = request.stop_sequences;
+  parser_options.tool_calls = prompt.tools_active;
+  parser_options.thinking = prompt.thinking;
+  parser_options.starts_in_thinking = prompt.starts_in_thinking;
+  auto session = std::make_shared<Session>(std::move(parser_options), request.model, n_prompt);
+
+  std::string client = presented_key(req.get_header_value("x-api-key"),
+                                     req.get_header_value("Authorization"));
+  session->slot = std::make_unique<InflightSlot>(*this, client.empty() ? req.remote_addr : client,
+                                                 session->channel);
+  std::weak_ptr<EventChannel> channel = session->channel;
+  session->generation = backend.submit(std::move(gen), [channel](const GenerationEvent& e) {
+    if (auto c = channel.lock()) c->push(e);
+  });
+  if (!session->generation)
+    throw ApiError(529, "overloaded_error", "Overloaded: the engine's queue is full");
+
+  if (request.stream) {
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    int ping_ms = options.ping_interval_ms;
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [session, ping_ms](size_t, httplib::DataSink& sink) {
+          return stream_answer(*session, sink, ping_ms);
+        },
+        [session](bool) { session->cancel(); });
+    return;
+  }
+
+  std::deque<GenerationEvent> events;
+  std::vector<json> out;
+  while (!session->finished) {
+    session->channel->wait(events, Clock::now() + kPollInterval);
+    if (session->channel->aborted()) throw ApiError(529, "overloaded_error", "server is shutting down");
+    for (const auto& e : events) session->take(e, out);
+    events.clear();
+    out.clear();
+  }
+  if (session->error) throw *session->error;
+  send_json(res, 200, session->builder.message());
+}
+
+void Server::Impl::handle_count_tokens(const httplib::Request& req, httplib::Response& res) {
+  json body = parse_body(req);
+  MessagesRequest request = parse_messages_request(body, {false, info.vision});
+  Prompt prompt = build_prompt(backend, info, request);
+  send_json(res, 200, {{"input_tokens", prompt.tokens.size()}});
+}
+
+}  // namespace pensieve::server

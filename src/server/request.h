@@ -1,0 +1,74 @@
+// The body of POST /v1/messages (and /v1/messages/count_tokens) parsed into
+// C++ structs. Validation errors are ApiError 400 naming the JSON path
+// ("messages.1.content.0.type: ..."), as Anthropic's are. Unknown fields,
+// cache_control and null optional fields are ignored; unknown content block
+// types in the history are skipped (Claude Code may send newer ones).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace pensieve::server {
+
+struct ContentBlock {
+  enum class Type { text, tool_use, tool_result, thinking, redacted_thinking };
+  Type type = Type::text;
+  std::string text;                       // text; thinking; tool_result content as text
+  std::string id;                         // tool_use
+  std::string name;                       // tool_use
+  nlohmann::ordered_json input;           // tool_use: always an object
+  std::string tool_use_id;                // tool_result
+  bool is_error = false;                  // tool_result
+  std::string signature;                  // thinking
+};
+
+struct Message {
+  std::string role;  // "user" | "assistant" | "system"
+  std::vector<ContentBlock> content;
+};
+
+struct Tool {
+  std::string name;
+  std::string description;
+  nlohmann::ordered_json input_schema;  // JSON Schema object
+  bool deferred = false;                // defer_loading: not shown to the model
+};
+
+struct ToolChoice {
+  enum class Type { automatic, any, tool, none };
+  Type type = Type::automatic;
+  std::string name;  // Type::tool
+  bool disable_parallel_tool_use = false;
+};
+
+enum class ThinkingMode { disabled, enabled, adaptive };
+
+struct MessagesRequest {
+  std::string model;
+  std::vector<std::string> system;  // the text of each system block, in order
+  std::vector<Message> messages;
+  int64_t max_tokens = 0;           // 0 for count_tokens
+  std::vector<std::string> stop_sequences;
+  std::optional<double> temperature;
+  std::optional<double> top_p;
+  std::optional<int64_t> top_k;
+  std::optional<uint64_t> seed;     // extension: top-level "seed" integer
+  bool stream = false;
+  std::vector<Tool> tools;
+  ToolChoice tool_choice;
+  ThinkingMode thinking = ThinkingMode::disabled;
+};
+
+struct ParseOptions {
+  bool require_max_tokens = true;  // false for count_tokens
+  bool vision = false;             // the model accepts images
+};
+
+MessagesRequest parse_messages_request(const nlohmann::ordered_json& body,
+                                       const ParseOptions& options);
+
+}  // namespace pensieve::server

@@ -1,0 +1,259 @@
+#include "server/server.h"
+
+#include <csignal>
+#include <ctime>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "server/auth.h"
+#include "server/ids.h"
+#include "server/server_impl.h"
+#include "server/task_queue.h"
+
+namespace pensieve::server {
+
+using json = nlohmann::ordered_json;
+
+void EventChannel::push(const GenerationEvent& event) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    events_.push_back(event);
+  }
+  cv_.notify_all();
+}
+
+void EventChannel::wait(std::deque<GenerationEvent>& out,
+                        std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait_until(lock, deadline, [&] { return aborted_ || !events_.empty(); });
+  while (!events_.empty()) {
+    out.push_back(std::move(events_.front()));
+    events_.pop_front();
+  }
+}
+
+void EventChannel::abort() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    aborted_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool EventChannel::aborted() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return aborted_;
+}
+
+namespace {
+
+std::string now_rfc3339() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string default_error_message(const httplib::Request& req, int status, size_t max_body) {
+  switch (status) {
+    case 400: return "malformed HTTP request";
+    case 404: return "Not found: " + req.method + " " + req.path;
+    case 413: return fmt::format("request body exceeds the limit of {} bytes", max_body);
+    case 414: return "request URI is too long";
+    default: return fmt::format("HTTP error {}", status);
+  }
+}
+
+}  // namespace
+
+Server::Impl::Impl(Backend& backend_, ServerOptions options_)
+    : backend(backend_), options(std::move(options_)), info(backend.info()) {}
+
+void Server::Impl::send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump_json(body), "application/json");
+}
+
+void Server::Impl::send_error(httplib::Response& res, const ApiError& error) {
+  if (!res.has_header("request-id")) res.set_header("request-id", random_id("req_"));
+  send_json(res, error.status(),
+            error_envelope(error.type(), error.what(), res.get_header_value("request-id")));
+}
+
+void Server::Impl::check_auth(const httplib::Request& req) const {
+  size_t n_header_bytes = 0;
+  for (const auto& [name, value] : req.headers) n_header_bytes += name.size() + value.size() + 4;
+  if (n_header_bytes > options.max_header_bytes)
+    throw ApiError(431, "invalid_request_error",
+                   fmt::format("request headers are too large ({} bytes > {} maximum)",
+                               n_header_bytes, options.max_header_bytes));
+  if (keys.empty()) {
+    // No key configured: start() only allows loopback binding, but the
+    // peer address is checked as well in case of proxies or odd routes.
+    if (!is_loopback_address(req.remote_addr))
+      throw ApiError(401, "authentication_error", "this server only accepts local clients");
+    return;
+  }
+  std::string key = presented_key(req.get_header_value("x-api-key"),
+                                  req.get_header_value("Authorization"));
+  if (key.empty())
+    throw ApiError(401, "authentication_error",
+                   "x-api-key header or Authorization: Bearer is required");
+  if (!key_accepted(key, keys)) throw ApiError(401, "authentication_error", "invalid x-api-key");
+}
+
+void Server::Impl::setup_routes() {
+  using Method = void (Impl::*)(const httplib::Request&, httplib::Response&);
+  auto route = [this](Method method, bool authenticated) {
+    return [this, method, authenticated](const httplib::Request& req, httplib::Response& res) {
+      try {
+        if (authenticated) check_auth(req);
+        (this->*method)(req, res);
+      } catch (const std::exception& e) {
+        ApiError error = to_api_error(e);
+        if (error.status() == 500) spdlog::error("{} {}: {}", req.method, req.path, error.what());
+        send_error(res, error);
+      }
+    };
+  };
+  http.Post("/v1/messages", route(&Impl::handle_messages, true));
+  http.Post("/v1/messages/count_tokens", route(&Impl::handle_count_tokens, true));
+  http.Get("/v1/models", route(&Impl::handle_models, true));
+  http.Get(R"(/v1/models/([^/]+))", route(&Impl::handle_model, true));
+  http.Get("/health", route(&Impl::handle_health, false));
+  http.Get("/", route(&Impl::handle_health, false));  // HEAD / is served by GET handlers
+
+  http.set_pre_routing_handler([](const httplib::Request&, httplib::Response& res) {
+    res.set_header("request-id", random_id("req_"));
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // httplib's own failures (no route, body too large, bad request line)
+  // get Anthropic's envelope too.
+  http.set_error_handler(httplib::Server::HandlerWithResponse(
+      [this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    int status = res.status;
+    send_error(res, ApiError(status, error_type_for_status(status),
+                             default_error_message(req, status, options.max_body_bytes)));
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  http.set_exception_handler(
+      [this](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          send_error(res, to_api_error(e));
+        } catch (...) {
+          send_error(res, ApiError(500, "api_error", "internal error"));
+        }
+      });
+}
+
+void Server::Impl::handle_models(const httplib::Request& req, httplib::Response& res) {
+  json data = json::array();
+  // One model; paging past it (after_id/before_id naming it) gives an empty page.
+  if (req.get_param_value("after_id") != info.id && req.get_param_value("before_id") != info.id)
+    data.push_back({{"type", "model"}, {"id", info.id},
+                    {"display_name", info.display_name.empty() ? info.id : info.display_name},
+                    {"created_at", created_at}});
+  json first = data.empty() ? json(nullptr) : json(info.id);
+  send_json(res, 200, {{"data", data}, {"first_id", first}, {"last_id", first}, {"has_more", false}});
+}
+
+void Server::Impl::handle_model(const httplib::Request& req, httplib::Response& res) {
+  // Any model name is served by the loaded model, so any id resolves to it.
+  std::string id = req.matches[1];
+  send_json(res, 200, {{"type", "model"}, {"id", id},
+                       {"display_name", info.display_name.empty() ? info.id : info.display_name},
+                       {"created_at", created_at}});
+}
+
+void Server::Impl::handle_health(const httplib::Request& req, httplib::Response& res) {
+  std::lock_guard<std::mutex> lock(slots_mutex);
+  send_json(res, 200, {{"status", "ok"}, {"model", info.id}, {"context_size", info.context_size},
+                       {"n_inflight", n_inflight}, {"max_queue", options.max_queue}});
+}
+
+Server::Server(Backend& backend, ServerOptions options)
+    : impl_(std::make_unique<Impl>(backend, std::move(options))) {}
+
+Server::~Server() { stop(); }
+
+void Server::start() {
+  Impl& s = *impl_;
+  std::unique_lock<std::mutex> lock(s.state_mutex);
+  if (s.running) fail(ErrorKind::internal, "server already started");
+  s.keys = s.options.api_keys;
+  if (s.options.api_keys_from_env)
+    for (auto& k : api_keys_from_env()) s.keys.push_back(k);
+  if (s.keys.empty() && !is_loopback_address(s.options.host))
+    fail("refusing to listen on {} without an API key: set PENSIEVE_API_KEY (or pass a key), "
+         "or bind to 127.0.0.1",
+         s.options.host);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  s.created_at = now_rfc3339();
+  s.setup_routes();
+  s.http.set_payload_max_length(s.options.max_body_bytes);
+  s.http.set_read_timeout(s.options.read_timeout_s, 0);
+  s.http.set_write_timeout(s.options.write_timeout_s, 0);
+  s.http.set_keep_alive_timeout(s.options.keep_alive_timeout_s);
+  s.http.set_keep_alive_max_count(1000);
+  s.http.set_tcp_nodelay(true);  // SSE deltas are small and latency matters
+  int n_threads = s.options.n_http_threads;
+  s.http.new_task_queue = [n_threads] { return new ElasticTaskQueue(n_threads); };
+
+  if (s.options.port == 0) {
+    s.bound_port = s.http.bind_to_any_port(s.options.host);
+    if (s.bound_port < 0) fail(ErrorKind::resource, "cannot listen on {}", s.options.host);
+  } else {
+    if (!s.http.bind_to_port(s.options.host, s.options.port))
+      fail(ErrorKind::resource, "cannot listen on {}:{} (in use, or not an address of this machine)",
+           s.options.host, s.options.port);
+    s.bound_port = s.options.port;
+  }
+  s.running = true;
+  s.stopping = false;
+  s.listen_thread = std::thread([&s] {
+    s.http.listen_after_bind();
+    std::lock_guard<std::mutex> lock(s.state_mutex);
+    s.running = false;
+    s.stopped_cv.notify_all();
+  });
+  // httplib's stop() does nothing until listening has begun: wait for it so
+  // that a stop() right after start() cannot be lost.
+  while (!s.http.is_running()) {
+    lock.unlock();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    lock.lock();
+    if (!s.running) fail(ErrorKind::internal, "the HTTP server stopped while starting");
+  }
+  spdlog::info("serving {} on http://{}:{} ({})", s.info.id, s.options.host, s.bound_port,
+               s.keys.empty() ? "no API key: local clients only" : "API key required");
+}
+
+void Server::wait() {
+  Impl& s = *impl_;
+  std::unique_lock<std::mutex> lock(s.state_mutex);
+  s.stopped_cv.wait(lock, [&] { return !s.running; });
+}
+
+void Server::stop() {
+  Impl& s = *impl_;
+  std::lock_guard<std::mutex> stop_lock(s.stop_mutex);
+  if (!s.listen_thread.joinable()) return;
+  s.stopping = true;
+  {
+    std::lock_guard<std::mutex> lock(s.slots_mutex);
+    for (auto& channel : s.channels) channel->abort();
+  }
+  s.http.stop();
+  s.listen_thread.join();
+}
+
+int Server::port() const { return impl_->bound_port; }
+const ServerOptions& Server::options() const { return impl_->options; }
+
+}  // namespace pensieve::server

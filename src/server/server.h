@@ -1,0 +1,64 @@
+// The Anthropic Messages API over HTTP: POST /v1/messages (JSON or SSE),
+// POST /v1/messages/count_tokens, GET /v1/models[/{id}], HEAD / and
+// GET /health, in front of any Backend (src/server/backend.h).
+//
+//   pensieve::server::Server server(backend, options);
+//   server.start();   // binds; throws pensieve::Error when it cannot or must not
+//   server.wait();    // until stop() (e.g. from a signal handler thread)
+//
+// start() ignores SIGPIPE for the process: a client closing its socket must
+// not kill the server.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "server/backend.h"
+
+namespace pensieve::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;                        // 0 picks a free port (see Server::port())
+  std::vector<std::string> api_keys;      // accepted x-api-key / Bearer values
+  bool api_keys_from_env = true;          // also accept $PENSIEVE_API_KEY (comma-separated)
+  size_t max_body_bytes = 32u << 20;      // larger bodies get 413
+  size_t max_header_bytes = 64u << 10;    // all request headers together; more gets 431
+  int n_http_threads = 64;                // most connections served at once
+  int max_queue = 16;                     // generations running or waiting; more get 529
+  int max_per_client = 0;                 // generations per API key/address; more get 429 (0: off)
+  int read_timeout_s = 30;                // a client stalled this long while sending is dropped
+  int write_timeout_s = 30;               // ... or while not reading
+  int keep_alive_timeout_s = 5;
+  int ping_interval_ms = 5000;            // SSE ping when nothing else was sent for this long
+};
+
+class Server {
+ public:
+  Server(Backend& backend, ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds and starts serving on background threads. Throws pensieve::Error if
+  // the address cannot be bound, or if it is not a loopback address and no
+  // API key is configured.
+  void start();
+  // Blocks until stop() is called.
+  void wait();
+  // Cancels running generations (streams end with an error event), stops
+  // listening and joins the server threads. Idempotent.
+  void stop();
+
+  int port() const;  // the bound port (after start())
+  const ServerOptions& options() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pensieve::server

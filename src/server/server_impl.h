@@ -1,0 +1,74 @@
+// Internal to src/server: the state shared by the route handlers.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <httplib.h>
+
+#include "server/api_error.h"
+#include "server/server.h"
+
+namespace pensieve::server {
+
+// Engine events for one generation, handed from the engine thread to the
+// HTTP thread that writes the answer.
+class EventChannel {
+ public:
+  void push(const GenerationEvent& event);
+  // Waits until events arrive, abort() is called or the deadline passes;
+  // moves the queued events into out.
+  void wait(std::deque<GenerationEvent>& out, std::chrono::steady_clock::time_point deadline);
+  void abort();
+  bool aborted() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<GenerationEvent> events_;
+  bool aborted_ = false;
+};
+
+struct Server::Impl {
+  Impl(Backend& backend, ServerOptions options);
+
+  Backend& backend;
+  ServerOptions options;
+  ModelInfo info;
+  std::vector<std::string> keys;
+  std::string created_at;  // RFC 3339, for the models list
+
+  httplib::Server http;
+  std::thread listen_thread;
+  int bound_port = -1;
+  std::mutex state_mutex;
+  std::mutex stop_mutex;
+  std::condition_variable stopped_cv;
+  bool running = false;
+  std::atomic<bool> stopping{false};
+
+  // Generations in flight, per client and in total (limits -> 429 / 529).
+  std::mutex slots_mutex;
+  int n_inflight = 0;
+  std::map<std::string, int> n_inflight_by_client;
+  std::set<std::shared_ptr<EventChannel>> channels;  // to abort on stop()
+
+  void setup_routes();
+  void check_auth(const httplib::Request& req) const;
+  void send_json(httplib::Response& res, int status, const nlohmann::ordered_json& body);
+  void send_error(httplib::Response& res, const ApiError& error);
+
+  // Route bodies; they throw ApiError (or anything) and the wrapper answers.
+  void handle_messages(const httplib::Request& req, httplib::Response& res);
+  void handle_count_tokens(const httplib::Request& req, httplib::Response& res);
+  void handle_models(const httplib::Request& req, httplib::Response& res);
+  void handle_model(const httplib::Request& req, httplib::Response& res);
+  void handle_health(const httplib::Request& req, httplib::Response& res);
+};
+
+}  // namespace pensieve::server

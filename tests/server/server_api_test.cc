@@ -1,0 +1,297 @@
+// Routes, authentication, error statuses and hostile clients.
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <regex>
+#include <thread>
+
+#include "core/error.h"
+#include "server_fixture.h"
+
+namespace pensieve::server::test {
+namespace {
+
+TEST_F(ServerTest, CountTokensRendersWithoutGenerating) {
+  start();
+  json body = hello();
+  body.erase("max_tokens");
+  body["tools"] = {bash_tool()};
+  auto res = post("/v1/messages/count_tokens?beta=true", body);
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body), (json{{"input_tokens", backend.last_render().size()}}));
+  EXPECT_NE(backend.last_render().find("\"Bash\""), std::string::npos);
+  EXPECT_EQ(backend.n_submitted, 0);
+}
+
+TEST_F(ServerTest, ModelsListAndRetrieve) {
+  start();
+  auto res = client()->Get("/v1/models?limit=20");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json list = json::parse(res->body);
+  ASSERT_EQ(list["data"].size(), 1u);
+  EXPECT_EQ(list["data"][0]["type"], "model");
+  EXPECT_EQ(list["data"][0]["id"], "scripted-1");
+  EXPECT_EQ(list["data"][0]["display_name"], "Scripted Model");
+  EXPECT_TRUE(std::regex_match(list["data"][0]["created_at"].get<std::string>(),
+                               std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")));
+  EXPECT_EQ(list["first_id"], "scripted-1");
+  EXPECT_EQ(list["last_id"], "scripted-1");
+  EXPECT_EQ(list["has_more"], false);
+
+  json after = json::parse(client()->Get("/v1/models?after_id=scripted-1")->body);
+  EXPECT_EQ(after["data"], json::array());
+  EXPECT_TRUE(after["first_id"].is_null());
+
+  json one = json::parse(client()->Get("/v1/models/scripted-1")->body);
+  EXPECT_EQ(one["id"], "scripted-1");
+  EXPECT_EQ(one["type"], "model");
+  // Any requested name is served by the loaded model.
+  json other = json::parse(client()->Get("/v1/models/claude-opus-5-5")->body);
+  EXPECT_EQ(other["id"], "claude-opus-5-5");
+}
+
+TEST_F(ServerTest, HealthAndHead) {
+  start();
+  auto head = client()->Head("/");
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 200);
+  auto health = client()->Get("/health");
+  ASSERT_TRUE(health);
+  json h = json::parse(health->body);
+  EXPECT_EQ(h["status"], "ok");
+  EXPECT_EQ(h["model"], "scripted-1");
+}
+
+TEST_F(ServerTest, ApiKeys) {
+  ServerOptions options;
+  options.api_keys = {"key-one", "key-two"};
+  start(options);
+  EXPECT_NE(expect_error(post("/v1/messages", hello()), 401, "authentication_error")
+                .find("x-api-key"), std::string::npos);
+  expect_error(post("/v1/messages", hello(), {{"x-api-key", "key-three"}}), 401,
+               "authentication_error");
+  expect_error(post("/v1/messages", hello(), {{"Authorization", "Bearer key-on"}}), 401,
+               "authentication_error");
+  expect_error(client()->Get("/v1/models"), 401, "authentication_error");
+  EXPECT_EQ(post("/v1/messages", hello(), {{"x-api-key", "key-two"}})->status, 200);
+  EXPECT_EQ(post("/v1/messages", hello(), {{"Authorization", "Bearer key-one"}})->status, 200);
+  EXPECT_EQ(client()->Get("/health")->status, 200);  // health needs no key
+}
+
+TEST_F(ServerTest, RefusesPublicAddressWithoutKey) {
+  ServerOptions options;
+  options.host = "0.0.0.0";
+  options.port = 0;
+  options.api_keys_from_env = false;
+  Server open(backend, options);
+  EXPECT_THROW(open.start(), Error);
+  options.api_keys = {"secret"};
+  Server keyed(backend, options);
+  EXPECT_NO_THROW(keyed.start());
+  keyed.stop();
+}
+
+TEST_F(ServerTest, NotFoundEnvelope) {
+  start();
+  EXPECT_NE(expect_error(client()->Get("/v2/nothing"), 404, "not_found_error").find("/v2/nothing"),
+            std::string::npos);
+  expect_error(client()->Get("/v1/messages"), 404, "not_found_error");
+}
+
+TEST_F(ServerTest, OversizedBodyIs413) {
+  ServerOptions options;
+  options.max_body_bytes = 1000;
+  start(options);
+  json body = hello();
+  body["messages"][0]["content"] = std::string(5000, 'x');
+  expect_error(post("/v1/messages", body), 413, "request_too_large");
+  EXPECT_EQ(post("/v1/messages", hello())->status, 200);  // and it keeps serving
+  EXPECT_EQ(ServerOptions{}.max_body_bytes, 32u << 20);
+}
+
+TEST_F(ServerTest, InvalidRequests) {
+  start();
+  auto message = [&](const json& body) {
+    return expect_error(post("/v1/messages", body), 400, "invalid_request_error");
+  };
+  EXPECT_NE(expect_error(post_raw("/v1/messages", "{\"model\": "), 400, "invalid_request_error")
+                .find("not valid JSON"), std::string::npos);
+  json body = hello();
+  body["max_tokens"] = "ten";
+  EXPECT_EQ(message(body), "max_tokens: expected an integer, got a string");
+  body = hello();
+  body.erase("model");
+  EXPECT_EQ(message(body), "model: Field required");
+  body = hello();
+  body.erase("max_tokens");
+  EXPECT_EQ(message(body), "max_tokens: Field required");
+  body = hello();
+  body["messages"] = json::array();
+  EXPECT_EQ(message(body), "messages: at least one message is required");
+  body = hello();
+  body["messages"][0]["content"] = {{{"type", "text"}}};
+  EXPECT_EQ(message(body), "messages.0.content.0.text: Field required");
+  body = hello();
+  body["messages"][0]["content"] = {{{"type", 7}}};
+  EXPECT_EQ(message(body), "messages.0.content.0.type: expected a string, got an integer");
+  body = hello();
+  body["messages"][0]["role"] = "robot";
+  EXPECT_NE(message(body).find("messages.0.role"), std::string::npos);
+  body = hello();
+  body["temperature"] = 3;
+  EXPECT_NE(message(body).find("temperature"), std::string::npos);
+  body = hello();
+  body["messages"] = json::parse(R"([{"role":"user","content":[
+      {"type":"tool_result","tool_use_id":"toolu_missing","content":"x"}]}])");
+  EXPECT_NE(message(body).find("toolu_missing"), std::string::npos);
+  body = hello();
+  body["messages"][0]["content"] = json::parse(
+      R"([{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}}])");
+  EXPECT_NE(message(body).find("messages.0.content.0: image content is not supported"),
+            std::string::npos);
+  body = hello();
+  body["messages"][0]["content"] = "RAISE";  // the template raises
+  EXPECT_EQ(message(body), "template error: roles must alternate");
+  EXPECT_EQ(backend.n_submitted, 0);
+}
+
+TEST_F(ServerTest, PromptTooLong) {
+  backend.model.context_size = 100;
+  start();
+  json body = hello();
+  body.erase("max_tokens");
+  int64_t n = json::parse(post("/v1/messages/count_tokens", body)->body)["input_tokens"];
+  ASSERT_GT(n, 100);
+  EXPECT_EQ(expect_error(post("/v1/messages", hello(true)), 400, "invalid_request_error"),
+            "prompt is too long: " + std::to_string(n) + " tokens > 99 maximum");
+}
+
+TEST_F(ServerTest, InternalErrorIs500) {
+  start();
+  json body = hello();
+  body["messages"][0]["content"] = "CRASH";
+  EXPECT_NE(expect_error(post("/v1/messages", body), 500, "api_error").find("renderer crashed"),
+            std::string::npos);
+}
+
+TEST_F(ServerTest, FullQueueIs529) {
+  backend.queue_full = true;
+  start();
+  expect_error(post("/v1/messages", hello(true)), 529, "overloaded_error");
+}
+
+TEST_F(ServerTest, QueueLimitAndPerClientLimit) {
+  backend.set_script({.pieces = {"a"}, .until_cancelled = true});
+  ServerOptions options;
+  options.max_queue = 2;
+  options.max_per_client = 1;
+  start(options);
+  std::vector<std::thread> readers;
+  for (const char* key : {"k1", "k2"})
+    readers.emplace_back([&, key] { post("/v1/messages", hello(true), {{"x-api-key", key}}); });
+  while (backend.n_submitted < 2) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  expect_error(post("/v1/messages", hello(true), {{"x-api-key", "k1"}}), 429, "rate_limit_error");
+  expect_error(post("/v1/messages", hello(true), {{"x-api-key", "k3"}}), 529, "overloaded_error");
+  // Other routes are not blocked by the running streams.
+  EXPECT_EQ(client()->Get("/v1/models")->status, 200);
+  server->stop();
+  for (auto& t : readers) t.join();
+}
+
+TEST_F(ServerTest, ManyConcurrentStreamsAllRun) {
+  backend.set_script({.pieces = {"a"}, .until_cancelled = true});
+  ServerOptions options;
+  options.max_queue = 40;
+  start(options);
+  constexpr int kClients = 24;
+  std::vector<std::thread> readers;
+  std::atomic<int> n_errors_at_end{0};
+  for (int i = 0; i < kClients; ++i)
+    readers.emplace_back([&] {
+      auto res = post("/v1/messages", hello(true));
+      if (res && parse_sse(res->body).back().name == "error") ++n_errors_at_end;
+    });
+  // Every client is being served at the same time, not queued behind the others.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (backend.n_submitted < kClients && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_EQ(backend.n_submitted, kClients);
+  EXPECT_EQ(json::parse(client()->Get("/health")->body)["n_inflight"], kClients);
+  server->stop();
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(n_errors_at_end, kClients);  // each stream ended with the shutdown error event
+  EXPECT_EQ(backend.n_cancelled, kClients);
+}
+
+// Raw socket helpers for clients httplib's client would not be.
+int connect_raw(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+// Reads until the first response has fully arrived (by its Content-Length), or EOF/timeout.
+std::string read_response(int fd) {
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) {
+    out.append(buf, n);
+    size_t body = out.find("\r\n\r\n");
+    size_t length = out.find("Content-Length: ");
+    if (body != std::string::npos && length != std::string::npos && length < body &&
+        out.size() >= body + 4 + std::stoul(out.substr(length + 16)))
+      break;
+  }
+  return out;
+}
+
+TEST_F(ServerTest, StalledClientDoesNotBlockOthers) {
+  ServerOptions options;
+  options.read_timeout_s = 1;
+  start(options);
+  int fd = connect_raw(server->port());
+  std::string partial = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"mo";
+  ASSERT_EQ(send(fd, partial.data(), partial.size(), 0), static_cast<ssize_t>(partial.size()));
+  EXPECT_EQ(post("/v1/messages", hello())->status, 200);
+  // After the read timeout the server gives up on the stalled body with a 4xx envelope.
+  auto t0 = std::chrono::steady_clock::now();
+  std::string response = read_response(fd);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
+  EXPECT_EQ(response.rfind("HTTP/1.1 4", 0), 0u) << response;
+  EXPECT_NE(response.find("\"type\":\"error\""), std::string::npos) << response;
+  close(fd);
+}
+
+TEST_F(ServerTest, AbsurdHeadersGetA4xxEnvelope) {
+  ServerOptions options;
+  options.max_header_bytes = 16 << 10;
+  start(options);
+  // One enormous header line: httplib refuses to parse it.
+  int fd = connect_raw(server->port());
+  std::string request = "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(200000, 'a') +
+                        "\r\n\r\n";
+  send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string response = read_response(fd);
+  close(fd);
+  ASSERT_EQ(response.rfind("HTTP/1.1 4", 0), 0u) << response.substr(0, 200);
+  EXPECT_NE(response.find("\"type\":\"error\""), std::string::npos) << response;
+
+  // Many ordinary headers adding up past the limit.
+  httplib::Headers headers;
+  for (int i = 0; i < 40; ++i) headers.emplace("X-Filler-" + std::to_string(i), std::string(1000, 'b'));
+  auto res = client()->Get("/v1/models", headers);
+  expect_error(res, 431, "invalid_request_error");
+  EXPECT_EQ(client()->Get("/v1/models")->status, 200);
+}
+
+}  // namespace
+}  // namespace pensieve::server::test
