@@ -173,6 +173,13 @@ uint64_t HubClient::download_attempt(const HubCache& cache, const std::string& r
       throw TransientError(fmt::format("HTTP {} while downloading {}", response.status, where),
                            false, progress);
     }
+    if ((response.status == 401 || response.status == 403) &&
+        url_origin(response.effective_url) != url_origin(options_.endpoint)) {
+      // The CDN refused a signed link (it may have expired): ask the Hub for a new one.
+      throw TransientError(fmt::format("HTTP {} from {}", response.status,
+                                       url_origin(response.effective_url)),
+                           false, progress);
+    }
     if (response.status != 200 && response.status != 206) {
       fail_http(response, request.url, repo, "downloading " + where);
     }

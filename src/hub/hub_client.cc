@@ -147,7 +147,8 @@ RevisionInfo HubClient::revision_info(const std::string& repo, const std::string
       fail(ErrorKind::resource, "{}: {} ({})", what, response.curl_error, url);
     }
     if (is_transient_status(response.status)) {
-      throw TransientError(fmt::format("HTTP {} from {}", response.status, url), false, false);
+      // A Hub answering 5xx for every try is as good as unreachable: the cache may serve.
+      throw TransientError(fmt::format("HTTP {} from {}", response.status, url), true, false);
     }
   });
   if (response.status != 200) fail_http(response, url, repo, what);

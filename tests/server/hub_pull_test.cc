@@ -332,6 +332,14 @@ TEST_F(HubPull, UnreachableHubFallsBackToACompleteCache) {
   EXPECT_TRUE(result.used_cache_only);
   const std::string message = error_of([&] { hub::pull("other/model", "main", opts); });
   EXPECT_NE(message.find("failed after 2 attempts"), std::string::npos) << message;
+
+  FakeFaults outage;  // a Hub answering 500 to everything counts as unreachable too
+  outage.n_api_errors = 100;
+  hub.set_faults(outage);
+  opts.endpoint = hub.endpoint();
+  EXPECT_EQ(hub::pull(kRepo, "main", opts).snapshot_dir, online.snapshot_dir);
+  EXPECT_NE(error_of([&] { hub::pull(kRepo, "v2.0", opts); }).find("HTTP 500"),
+            std::string::npos);
 }
 
 // The layout huggingface_hub writes, built by hand: pensieve must use it as is.
