@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "engine/engine.h"
 #include "hub/hub.h"
+#include "hub/progress_printer.h"
 #include "models/model.h"
 #include "server/engine_backend.h"
 #include "server/server.h"
@@ -93,14 +94,9 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     std::string dir = bundled ? bundled_model_dir() : o->model;
     if (!bundled && !fs::exists(dir)) {
       spdlog::info("{} is not a folder here: fetching it from the Hugging Face Hub", dir);
-      dir = hub::ensure_model(dir, [](const hub::PullProgress& p) {
-        static int64_t last = -1;
-        const int64_t pct = p.total_bytes > 0 ? p.done_bytes * 100 / p.total_bytes : 0;
-        if (pct / 10 != last) {
-          last = pct / 10;
-          spdlog::info("download: {}% of {:.1f} MiB", pct, p.total_bytes / 1048576.0);
-        }
-      });
+      hub::ProgressPrinter printer(stderr, false);  // plain lines into the log
+      dir = hub::ensure_model(dir, [&](const hub::PullProgress& p) { printer.update(p); });
+      printer.finish();
     }
     if (bundled) {
       spdlog::info("serving the bundled stories260K model (a 260K-parameter story writer for first "
