@@ -177,6 +177,60 @@ TEST(IntegerKernel, MatchesItsScalarModel) {
   }
 }
 
+// The decode kernel against the same scalar model, every token count it
+// handles at once (1-4), row counts that leave remainders, both bit widths.
+TEST(IntegerKernel, GemvMatchesItsScalarModel) {
+  if (!cpu_features().avx512vnni) GTEST_SKIP() << "no AVX-512 VNNI";
+  std::mt19937 rng(77);
+  for (auto format : {WeightFormat::affine4, WeightFormat::affine8}) {
+    for (int group : {32, 64, 128}) {
+      for (int64_t n_tokens = 1; n_tokens <= 4; ++n_tokens) {
+        const int64_t rows = 11, cols = 3 * std::max(group, 64);
+        RandomWeight rw(format, rows, cols, group, rng);
+        const auto x = random_vector(static_cast<size_t>(n_tokens * cols), rng);
+        QuantizedActivations natural, ordered;
+        quantize_activations(x.data(), cols, n_tokens, cols, group, &natural);
+        quantize_activations(x.data(), cols, n_tokens, cols, group, &ordered,
+                             format == WeightFormat::affine4);
+        std::vector<float> want(n_tokens * rows), got(n_tokens * rows, -1.f);
+        vnni_reference_rows(rw.w, 0, rows, natural, want.data(), rows);
+        avx512::vnni_gemv(rw.w, 0, rows, ordered, 0, n_tokens, got.data(), rows);
+        EXPECT_LT(rel_error(got, want), 1e-5)
+            << weight_format_name(format) << " group " << group << " tokens " << n_tokens;
+      }
+    }
+  }
+}
+
+// Two int8 levels reproduce each activation to within 1/(127·256) of its group's maximum.
+TEST(IntegerKernel, TwoLevelQuantizationIsSixteenBitAccurate) {
+  std::mt19937 rng(3);
+  for (Isa isa : {Isa::scalar, Isa::avx512}) {
+    if (set_active_isa(isa) != isa) continue;
+    for (int group : {32, 64, 128}) {
+      auto x = random_vector(static_cast<size_t>(5 * group), rng);
+      x[7] = 40.f;  // an outlier channel
+      QuantizedActivations q;
+      quantize_activations(x.data(), 5 * group, 1, 5 * group, group, &q);
+      for (int64_t g = 0; g < 5; ++g) {
+        float amax = 0.f, sum = 0.f;
+        for (int64_t c = g * group; c < (g + 1) * group; ++c) {
+          amax = std::max(amax, std::abs(x[c]));
+          sum += x[c];
+        }
+        EXPECT_NEAR(q.sum[g], sum, 1e-5f * group * amax);
+        for (int64_t c = g * group; c < (g + 1) * group; ++c) {
+          const float back = q.scale[g] * (256.f * q.q1[c] + q.q2[c]);
+          // Half a step of the second level, or one step where it saturates at ±127.
+          EXPECT_LE(std::abs(back - x[c]), amax / (127.f * 256.f) * 1.01f)
+              << isa_name(isa) << " group " << group << " column " << c;
+        }
+      }
+    }
+  }
+  set_active_isa(best_isa());
+}
+
 TEST(IntegerKernel, ZeroActivationsGiveZeroNotNan) {
   std::mt19937 rng(5);
   RandomWeight rw(WeightFormat::affine4, 9, 64, 64, rng);

@@ -208,54 +208,85 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   });
 }
 
+namespace {
+// Scalar twin of avx512::quantize_group_i8x2 (same rounding: to nearest, ties to even).
+void quantize_group_scalar(const float* x, int64_t n, int8_t* q1, int8_t* q2, float* scale,
+                           float* sum) {
+  float amax = 0.f, s = 0.f;
+  for (int64_t c = 0; c < n; ++c) {
+    amax = std::max(amax, std::abs(x[c]));
+    s += x[c];
+  }
+  const float d1 = amax / 127.f, d = d1 / 256.f;
+  const float inv1 = d1 > 0 ? 1.f / d1 : 0.f, inv = d > 0 ? 1.f / d : 0.f;
+  *scale = d;
+  *sum = s;
+  for (int64_t c = 0; c < n; ++c) {
+    const float a = std::nearbyint(x[c] * inv1);
+    const float b = std::nearbyint((x[c] - a * d1) * inv);
+    q1[c] = static_cast<int8_t>(std::clamp(a, -127.f, 127.f));
+    q2[c] = static_cast<int8_t>(std::clamp(b, -127.f, 127.f));
+  }
+}
+}  // namespace
+
 void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
                           int64_t group, QuantizedActivations* out, bool nibble_order) {
   const int64_t n_groups = cols / group;
   out->n_tokens = n_tokens;
   out->cols = cols;
   out->group = group;
-  out->q.resize(static_cast<size_t>(n_tokens * cols));
+  out->q1.resize(static_cast<size_t>(n_tokens * cols));
+  out->q2.resize(static_cast<size_t>(n_tokens * cols));
   out->scale.resize(static_cast<size_t>(n_tokens * n_groups));
   out->sum.resize(static_cast<size_t>(n_tokens * n_groups));
+  const bool fast = active_isa() == Isa::avx512 && group % 16 == 0;
   for (int64_t t = 0; t < n_tokens; ++t) {
     const float* xr = x + t * ldx;
-    int16_t* qr = out->q.data() + t * cols;
+    int8_t* q1 = out->q1.data() + t * cols;
+    int8_t* q2 = out->q2.data() + t * cols;
     for (int64_t g = 0; g < n_groups; ++g) {
-      float amax = 0.f, sum = 0.f;
-      for (int64_t c = g * group; c < (g + 1) * group; ++c) {
-        amax = std::max(amax, std::abs(xr[c]));
-        sum += xr[c];
+      const int64_t c = g * group;
+      float* sc = &out->scale[t * n_groups + g];
+      float* sm = &out->sum[t * n_groups + g];
+      if (fast) {
+        avx512::quantize_group_i8x2(xr + c, group, q1 + c, q2 + c, sc, sm);
+      } else {
+        quantize_group_scalar(xr + c, group, q1 + c, q2 + c, sc, sm);
       }
-      const float d = amax / 32767.f;
-      const float inv = d > 0 ? 1.f / d : 0.f;
-      out->scale[t * n_groups + g] = d;
-      out->sum[t * n_groups + g] = sum;
-      for (int64_t c = g * group; c < (g + 1) * group; ++c) {
-        int64_t at = c;
-        if (nibble_order) {  // per 64 columns: even ones first, then odd
-          const int64_t base = c / 64 * 64, i = c - base;
-          at = base + (i % 2 == 0 ? i / 2 : 32 + i / 2);
+    }
+    if (nibble_order) {  // per 64 columns: even ones first, then odd
+      for (int8_t* q : {q1, q2}) {
+        int8_t tmp[64];
+        for (int64_t base = 0; base + 64 <= cols; base += 64) {
+          for (int64_t i = 0; i < 32; ++i) {
+            tmp[i] = q[base + 2 * i];
+            tmp[32 + i] = q[base + 2 * i + 1];
+          }
+          std::memcpy(q + base, tmp, sizeof tmp);
         }
-        qr[at] = static_cast<int16_t>(std::nearbyint(xr[c] * inv));
       }
     }
   }
 }
 
 void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* out) {
-  const int64_t n_tiles = (a.n_tokens + 15) / 16, quads = a.cols / 2, n_groups = a.cols / a.group;
+  const int64_t n_tiles = (a.n_tokens + 15) / 16, quads = a.cols / 4, n_groups = a.cols / a.group;
   out->n_tokens = a.n_tokens;
   out->cols = a.cols;
   out->group = a.group;
-  out->q.assign(static_cast<size_t>(n_tiles * quads * 16), 0);
+  out->q1.assign(static_cast<size_t>(n_tiles * quads * 16), 0);
+  out->q2.assign(static_cast<size_t>(n_tiles * quads * 16), 0);
   out->scale.assign(static_cast<size_t>(n_tiles * n_groups * 16), 0.f);
   out->sum.assign(static_cast<size_t>(n_tiles * n_groups * 16), 0.f);
   for (int64_t t = 0; t < a.n_tokens; ++t) {
     const int64_t tile = t / 16, lane = t % 16;
     for (int64_t k4 = 0; k4 < quads; ++k4) {
       int32_t quad;
-      std::memcpy(&quad, a.q.data() + t * a.cols + 2 * k4, 4);
-      out->q[(tile * quads + k4) * 16 + lane] = quad;
+      std::memcpy(&quad, a.q1.data() + t * a.cols + 4 * k4, 4);
+      out->q1[(tile * quads + k4) * 16 + lane] = quad;
+      std::memcpy(&quad, a.q2.data() + t * a.cols + 4 * k4, 4);
+      out->q2[(tile * quads + k4) * 16 + lane] = quad;
     }
     for (int64_t g = 0; g < n_groups; ++g) {
       out->scale[(tile * n_groups + g) * 16 + lane] = a.scale[t * n_groups + g];
@@ -278,7 +309,7 @@ void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,
           uint32_t word;
           std::memcpy(&word, row + (c / per_word) * 4, 4);
           const int32_t q = static_cast<int32_t>((word >> ((c % per_word) * bits)) & mask);
-          dot += q * a.q[t * a.cols + c];
+          dot += q * (256 * a.q1[t * a.cols + c] + a.q2[t * a.cols + c]);
         }
         acc += w.scale(r, g) * a.scale[t * n_groups + g] * static_cast<float>(dot) +
                w.bias(r, g) * a.sum[t * n_groups + g];

@@ -19,32 +19,39 @@ void permute_x_for_q4(const float* x, int64_t cols, float* out);
 void transpose_tokens(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols, float* xt,
                       int64_t tile0, int64_t tile1);
 
-// Activations quantized to int16 per (token, group of `group` columns) for the
-// integer kernel: x ≈ scale·q, with sum = Σx kept exact.
+// Activations for the integer kernels, per (token, group of `group` columns),
+// in two int8 levels so that the u8 x s8 instruction (vpdpbusd, twice the
+// rate of the 16-bit one) keeps 16-bit accuracy:
+//   x ≈ d·(256·q1 + q2),  d = max|x| / (127·256),  q1, q2 in [-127, 127],
+// with Σx kept exactly as `sum`. (A single int8 level moves logits by ~1e-2
+// of their range, which fails the transformers comparison.)
 struct QuantizedActivations {
   int64_t n_tokens = 0, cols = 0, group = 0;
-  std::vector<int16_t> q;     // [token][cols]; per 64 columns [even | odd] in nibble order
-  std::vector<float> scale;   // [token][cols/group]
-  std::vector<float> sum;     // [token][cols/group]
+  std::vector<int8_t> q1, q2;  // [token][cols]; per 64 columns [even | odd] in nibble order
+  std::vector<float> scale;    // d, [token][cols/group]
+  std::vector<float> sum;      // [token][cols/group]
 };
 void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
                           int64_t group, QuantizedActivations* out, bool nibble_order = false);
 
-// The same transposed into 16-token tiles for the gemm kernel.
+// The same transposed into 16-token tiles for the gemm kernel (natural order).
 struct QuantizedActivationTiles {
   int64_t n_tokens = 0, cols = 0, group = 0;
-  std::vector<int32_t> q;    // [tile][cols/2][16]: 2 consecutive int16 per token
-  std::vector<float> scale;  // [tile][cols/group][16]
-  std::vector<float> sum;    // [tile][cols/group][16]
+  std::vector<int32_t> q1, q2;  // [tile][cols/4][16]: 4 consecutive int8 per token
+  std::vector<float> scale;     // [tile][cols/group][16]
+  std::vector<float> sum;       // [tile][cols/group][16]
 };
 void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* out);
 
 // Scalar reference for the integer kernels' arithmetic (same quantized
-// activations, exact integer dots): y for rows [r0, r1).
+// activations in natural order, exact integer dots): y for rows [r0, r1).
 void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,
                          const QuantizedActivations& natural, float* y, int64_t ldy);
 
 namespace avx512 {
+// One activation group (n % 16 == 0) to the two int8 levels above.
+void quantize_group_i8x2(const float* x, int64_t n, int8_t* q1, int8_t* q2, float* scale,
+                         float* sum);
 // Rows [r0, r1) x tokens [t0, t0 + n_tokens) (n_tokens <= 4), activations in
 // gemv order (nibble order for 4-bit weights); needs cols % 64 == 0.
 void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivations& a,

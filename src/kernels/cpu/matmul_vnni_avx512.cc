@@ -1,28 +1,40 @@
-// Integer prefill kernel for MLX affine weights (AVX-512 VNNI).
+// Integer kernels for MLX affine weights (AVX-512 VNNI), decode and prefill.
 //
-// Activations are quantized per (token, weight group) to int16:
-//   x ≈ dx·xq,  Σx kept exactly as xsum.
-// With w = s·q + b (q unsigned), one group's contribution is
-//   s·dx·Σ q·xq + b·xsum,
-// and Σ q·xq is what vpdpwssd (i16 × i16 → i32) computes, 32 products per
-// instruction: twice the f32 FMA rate. 16-bit activations keep the result
-// within ~1e-5 of f32 (8-bit ones drift by ~1e-2 of the logit range, which
-// fails the transformers comparison).
+// Activations are quantized per (token, weight group) in two int8 levels:
+//   x ≈ d·(256·q1 + q2),  Σx kept exactly as xsum  (see matmul_impl.h).
+// With w = s·q + b (q unsigned, 4 or 8 bits), one group's contribution is
+//   s·d·(256·Σ q·q1 + Σ q·q2) + b·xsum,
+// and Σ q·q1, Σ q·q2 are what vpdpbusd (u8 × s8 → i32, 64 products per
+// instruction, two per cycle) computes. The two levels keep 16-bit accuracy
+// (~1e-5 of f32) at the 8-bit instruction rate.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels/cpu/matmul_impl.h"
 
 namespace pensieve::kernels::avx512 {
 namespace {
 
-// acc += Σ pairs of w·x. Inline asm: GCC 12 copies the accumulator around the
-// vpdpwssd intrinsic (a register move per instruction), halving throughput.
-inline void dpwssd(__m512i& acc, __m512i w, __m512i x) {
-  __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
+inline __m512i dpbusd(__m512i acc, __m512i w_u8, __m512i x_s8) {
+  return _mm512_dpbusd_epi32(acc, w_u8, x_s8);
+}
+
+inline __mmask16 tail_mask(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// Σ_g b[g]·xs[g]: the bias term of one row and token.
+inline float bias_dot(const float* b, const float* xs, int64_t n_groups) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t g = 0; g < n_groups; g += 16) {
+    const __mmask16 m = tail_mask(n_groups - g);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, b + g), _mm512_maskz_loadu_ps(m, xs + g), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
 }
 
 inline void row_scales_f32(const WeightMatrix& w, int64_t r, float* sc, float* bi) {
@@ -46,56 +58,67 @@ inline void row_scales_f32(const WeightMatrix& w, int64_t r, float* sc, float* b
   }
 }
 
-// A packed row -> one int16 per value, natural order.
-void unpack_row_i16(const WeightMatrix& w, const uint8_t* row, int64_t cols, int16_t* out) {
+// A packed row -> one u8 per value, natural order.
+void unpack_row_u8(const WeightMatrix& w, const uint8_t* row, int64_t cols, uint8_t* out) {
   if (w.format == WeightFormat::affine8) {
-    for (int64_t c = 0; c < cols; c += 16) {
-      const __m128i p = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), _mm256_cvtepu8_epi16(p));
-    }
+    std::memcpy(out, row, static_cast<size_t>(cols));
     return;
   }
-  const __m128i low4 = _mm_set1_epi8(0x0f);
-  for (int64_t c = 0; c < cols; c += 32) {
-    const __m128i p = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2));
-    const __m128i lo = _mm_and_si128(p, low4);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(p, 4), low4);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(lo, hi)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c + 16), _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(lo, hi)));
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  int64_t c = 0;
+  for (; c + 64 <= cols; c += 64) {
+    const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c / 2));
+    const __m256i lo = _mm256_and_si256(p, low4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low4);
+    // unpack works per 128-bit lane: a = bytes 0-7 and 16-23 interleaved, b = 8-15 and 24-31.
+    const __m256i a = _mm256_unpacklo_epi8(lo, hi), b = _mm256_unpackhi_epi8(lo, hi);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), _mm256_permute2x128_si256(a, b, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c + 32), _mm256_permute2x128_si256(a, b, 0x31));
+  }
+  for (; c < cols; c += 2) {
+    out[c] = row[c / 2] & 0x0f;
+    out[c + 1] = row[c / 2] >> 4;
   }
 }
 
-// NR weight rows x (16*MT) tokens; xq holds pairs of int16 for 16 tokens:
-// xq[k/2][token] (an int32 each), dx/xs hold [group][token].
+// Prefill tile: NR weight rows x (16*MT) tokens. wq holds u8 rows; the
+// activation tiles hold 4 consecutive int8 of 16 tokens per 64-byte vector.
 template <int NR, int MT>
-void vnni_tile(const int16_t* wq, int64_t cols, const float* sc, const float* bi, int64_t n_groups,
-               int64_t group, const int32_t* xq, const float* dx, const float* xs,
-               int64_t tile_stride_q, int64_t tile_stride_g, int64_t n_valid, float* y,
-               int64_t ldy) {
+void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi, int64_t n_groups,
+               int64_t group, const int32_t* x1, const int32_t* x2, const float* dx,
+               const float* xs, int64_t tile_stride_q, int64_t tile_stride_g, int64_t n_valid,
+               float* y, int64_t ldy) {
   __m512 facc[NR][MT];
   for (int r = 0; r < NR; ++r)
     for (int m = 0; m < MT; ++m) facc[r][m] = _mm512_setzero_ps();
-  const int64_t pairs = group / 2;
+  const int64_t quads = group / 4;
   for (int64_t g = 0; g < n_groups; ++g) {
-    __m512i iacc[NR][MT];
+    __m512i i1[NR][MT], i2[NR][MT];
     for (int r = 0; r < NR; ++r)
-      for (int m = 0; m < MT; ++m) iacc[r][m] = _mm512_setzero_si512();
-    for (int64_t k2 = g * pairs; k2 < (g + 1) * pairs; ++k2) {
-      __m512i xv[MT];
-      for (int m = 0; m < MT; ++m) xv[m] = _mm512_loadu_si512(xq + m * tile_stride_q + k2 * 16);
+      for (int m = 0; m < MT; ++m) i1[r][m] = i2[r][m] = _mm512_setzero_si512();
+    for (int64_t k4 = g * quads; k4 < (g + 1) * quads; ++k4) {
+      __m512i xv1[MT], xv2[MT];
+      for (int m = 0; m < MT; ++m) {
+        xv1[m] = _mm512_loadu_si512(x1 + m * tile_stride_q + k4 * 16);
+        xv2[m] = _mm512_loadu_si512(x2 + m * tile_stride_q + k4 * 16);
+      }
       for (int r = 0; r < NR; ++r) {
-        int32_t pair;
-        std::memcpy(&pair, wq + r * cols + k2 * 2, 4);
-        const __m512i wb = _mm512_set1_epi32(pair);
-        for (int m = 0; m < MT; ++m) dpwssd(iacc[r][m], wb, xv[m]);
+        int32_t quad;
+        std::memcpy(&quad, wq + r * cols + k4 * 4, 4);
+        const __m512i wb = _mm512_set1_epi32(quad);
+        for (int m = 0; m < MT; ++m) {
+          i1[r][m] = dpbusd(i1[r][m], wb, xv1[m]);
+          i2[r][m] = dpbusd(i2[r][m], wb, xv2[m]);
+        }
       }
     }
     for (int m = 0; m < MT; ++m) {
       const __m512 d = _mm512_loadu_ps(dx + m * tile_stride_g + g * 16);
       const __m512 s = _mm512_loadu_ps(xs + m * tile_stride_g + g * 16);
       for (int r = 0; r < NR; ++r) {
+        const __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(i1[r][m], 8), i2[r][m]));
         const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(sc[r * n_groups + g]), d);
-        facc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][m]), scale, facc[r][m]);
+        facc[r][m] = _mm512_fmadd_ps(v, scale, facc[r][m]);
         facc[r][m] = _mm512_fmadd_ps(_mm512_set1_ps(bi[r * n_groups + g]), s, facc[r][m]);
       }
     }
@@ -111,20 +134,19 @@ void vnni_tile(const int16_t* wq, int64_t cols, const float* sc, const float* bi
 }
 
 template <int MT>
-void vnni_rows(const int16_t* wq, int64_t n_rows, int64_t cols, const float* sc, const float* bi,
-               int64_t n_groups, int64_t group, const int32_t* xq, const float* dx,
-               const float* xs, int64_t sq, int64_t sg, int64_t n_valid, float* y, int64_t ldy) {
-  constexpr int NR = 6;
+void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc, const float* bi,
+               int64_t n_groups, int64_t group, const int32_t* x1, const int32_t* x2,
+               const float* dx, const float* xs, int64_t sq, int64_t sg, int64_t n_valid, float* y,
+               int64_t ldy) {
+  constexpr int NR = 4;
   int64_t r = 0;
   auto call = [&](auto nr_tag) {
     constexpr int N = decltype(nr_tag)::value;
     vnni_tile<N, MT>(wq + r * cols, cols, sc + r * n_groups, bi + r * n_groups, n_groups, group,
-                     xq, dx, xs, sq, sg, n_valid, y + r, ldy);
+                     x1, x2, dx, xs, sq, sg, n_valid, y + r, ldy);
   };
   for (; r + NR <= n_rows; r += NR) call(std::integral_constant<int, NR>{});
   switch (n_rows - r) {
-    case 5: call(std::integral_constant<int, 5>{}); break;
-    case 4: call(std::integral_constant<int, 4>{}); break;
     case 3: call(std::integral_constant<int, 3>{}); break;
     case 2: call(std::integral_constant<int, 2>{}); break;
     case 1: call(std::integral_constant<int, 1>{}); break;
@@ -132,89 +154,144 @@ void vnni_rows(const int16_t* wq, int64_t n_rows, int64_t cols, const float* sc,
   }
 }
 
-// Decode: one row at a time against up to 4 tokens, straight from the packed
-// bytes. Activations are int16 in gemv order: per 64 columns, 4-bit weights
-// see [even columns | odd columns] (the order nibbles unpack in), 8-bit
-// weights natural order.
-template <int T, bool Q4>
-void gemv_i16_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const int16_t* xq,
-                   const float* xscale, const float* xsum, float* y, int64_t ldy) {
+// Decode: R rows at once against T (<= 4) tokens, straight from the packed
+// bytes, so each weight byte is read once and the activations of a 64-column
+// chunk are loaded once for all R rows. Activations are in gemv order: per
+// 64 columns, 4-bit weights see [even columns | odd columns] (the order
+// nibbles unpack in: one 32-byte load broadcast to both halves, the upper
+// half shifted by 4), 8-bit weights natural order.
+//
+// Per group the integer dots become f32 with one multiply-add whose factor
+// s[r][g]·d[t][g] is precomputed for the R rows into `comb`.
+// Lanes of a 64-column chunk for group 32: 4-bit, lanes 0-3 and 8-11 hold the
+// first group (even and odd columns), 4-7 and 12-15 the second; 8-bit, lanes
+// 0-7 the first and 8-15 the second.
+template <int R, int T, bool Q4>
+void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a, int64_t t0,
+                float* comb, float* bi, float* y, int64_t ldy) {
   const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
   const int64_t row_bytes = w.row_bytes();
-  alignas(64) float sc[8192], bi[8192];
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * row_bytes;
-    row_scales_f32(w, r, sc, bi);
-    __m512 facc[T];
-    for (int t = 0; t < T; ++t) facc[t] = _mm512_setzero_ps();
-    const int64_t span = std::max<int64_t>(group, 64);
-    const int64_t groups_per_span = span / group;
-    for (int64_t c0 = 0, g = 0; c0 < cols; c0 += span, g += groups_per_span) {
-      // One scale step: a whole group (>= 64 columns) or a 64-column chunk of two 32-groups.
-      const int64_t c1 = c0 + span;
-      __m512i iacc[T][2];
-      for (int t = 0; t < T; ++t) iacc[t][0] = iacc[t][1] = _mm512_setzero_si512();
-      for (int64_t c = c0; c < c1; c += 64) {
-        __m512i w0, w1;
+  const float* xscale = a.scale.data() + t0 * n_groups;
+  const float* xsum = a.sum.data() + t0 * n_groups;
+  const int8_t* q1 = a.q1.data() + t0 * cols;
+  const int8_t* q2 = a.q2.data() + t0 * cols;
+  for (int i = 0; i < R; ++i) {
+    float* sc = comb + i * T * n_groups;  // row i's scales land in its token-0 slot first
+    row_scales_f32(w, r + i, sc, bi + i * n_groups);
+    for (int t = T - 1; t >= 0; --t) {
+      float* dst = comb + (i * T + t) * n_groups;
+      const float* dx = xscale + t * n_groups;
+      for (int64_t g = 0; g < n_groups; g += 16) {
+        const __mmask16 m = tail_mask(n_groups - g);
+        _mm512_mask_storeu_ps(dst + g, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sc + g),
+                                                         _mm512_maskz_loadu_ps(m, dx + g)));
+      }
+    }
+  }
+  const uint8_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = w.data + (r + i) * row_bytes;
+  __m512 facc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) facc[i][t] = _mm512_setzero_ps();
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const bool g32 = group == 32;
+  const int64_t chunks = g32 ? 1 : group / 64;
+  const __mmask16 second = Q4 ? 0xf0f0 : 0xff00;
+  for (int64_t c = 0, g = 0; c < cols; g += g32 ? 2 : 1) {
+    __m512i i1[R][T], i2[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) i1[i][t] = i2[i][t] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < chunks; ++k, c += 64) {
+      __m512i xa1[T], xa2[T];
+      for (int t = 0; t < T; ++t) {
+        xa1[t] = _mm512_loadu_si512(q1 + t * cols + c);
+        xa2[t] = _mm512_loadu_si512(q2 + t * cols + c);
+      }
+      for (int i = 0; i < R; ++i) {
+        __m512i wv;
         if constexpr (Q4) {
-          const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c / 2));
-          w0 = _mm512_cvtepu8_epi16(_mm256_and_si256(p, low4));
-          w1 = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4), low4));
+          const __m512i p = _mm512_broadcast_i64x4(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i] + c / 2)));
+          wv = _mm512_and_si512(_mm512_mask_srli_epi16(p, 0xffff0000u, p, 4), low4);
         } else {
-          w0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c)));
-          w1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c + 32)));
+          wv = _mm512_loadu_si512(rows[i] + c);
         }
         for (int t = 0; t < T; ++t) {
-          iacc[t][0] = _mm512_dpwssd_epi32(iacc[t][0], w0, _mm512_loadu_si512(xq + t * cols + c));
-          iacc[t][1] = _mm512_dpwssd_epi32(iacc[t][1], w1, _mm512_loadu_si512(xq + t * cols + c + 32));
-        }
-      }
-      for (int t = 0; t < T; ++t) {
-        const float* dx = xscale + t * n_groups;
-        if (group >= 64) {
-          const __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(iacc[t][0], iacc[t][1]));
-          facc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(sc[g] * dx[g]), facc[t]);
-        } else if constexpr (Q4) {
-          // Both halves hold columns of both groups: lanes 0-7 the first, 8-15 the second.
-          const __m512 scale = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(sc[g] * dx[g]),
-                                                    _mm512_set1_ps(sc[g + 1] * dx[g + 1]));
-          const __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(iacc[t][0], iacc[t][1]));
-          facc[t] = _mm512_fmadd_ps(v, scale, facc[t]);
-        } else {
-          facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[t][0]), _mm512_set1_ps(sc[g] * dx[g]), facc[t]);
-          facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[t][1]),
-                                    _mm512_set1_ps(sc[g + 1] * dx[g + 1]), facc[t]);
+          i1[i][t] = dpbusd(i1[i][t], wv, xa1[t]);
+          i2[i][t] = dpbusd(i2[i][t], wv, xa2[t]);
         }
       }
     }
-    for (int t = 0; t < T; ++t) {
-      const float* xs = xsum + t * n_groups;
-      __m512 bacc = _mm512_setzero_ps();
-      for (int64_t g = 0; g < n_groups; g += 16) {
-        const __mmask16 m = n_groups - g >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n_groups - g)) - 1);
-        bacc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, bi + g), _mm512_maskz_loadu_ps(m, xs + g), bacc);
+    for (int i = 0; i < R; ++i) {
+      for (int t = 0; t < T; ++t) {
+        const float* cb = comb + (i * T + t) * n_groups + g;
+        const __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(i1[i][t], 8), i2[i][t]));
+        const __m512 scale = g32 ? _mm512_mask_blend_ps(second, _mm512_set1_ps(cb[0]), _mm512_set1_ps(cb[1]))
+                                 : _mm512_set1_ps(cb[0]);
+        facc[i][t] = _mm512_fmadd_ps(v, scale, facc[i][t]);
       }
-      y[t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(facc[t], bacc));
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) {
+      const float b = bias_dot(bi + i * n_groups, xsum + t * n_groups, n_groups);
+      y[t * ldy + r + i] = _mm512_reduce_add_ps(facc[i][t]) + b;
     }
   }
 }
 
+template <int T, bool Q4>
+void gemv_rows_i8(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivations& a,
+                  int64_t t0, float* y, int64_t ldy) {
+  constexpr int R = T <= 2 ? 4 : (T == 3 ? 2 : 1);
+  const int64_t n_groups = w.n_groups();
+  thread_local std::vector<float> scratch;
+  scratch.resize(static_cast<size_t>(R * (T + 1) * n_groups));
+  float* comb = scratch.data();
+  float* bi = comb + R * T * n_groups;
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) gemv_block<R, T, Q4>(w, r, a, t0, comb, bi, y, ldy);
+  for (; r < r1; ++r) gemv_block<1, T, Q4>(w, r, a, t0, comb, bi, y, ldy);
+}
+
 }  // namespace
+
+void quantize_group_i8x2(const float* x, int64_t n, int8_t* q1, int8_t* q2, float* scale,
+                         float* sum) {
+  __m512 amax = _mm512_setzero_ps(), acc = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __m512 v = _mm512_loadu_ps(x + c);
+    amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+    acc = _mm512_add_ps(acc, v);
+  }
+  const float d1 = _mm512_reduce_max_ps(amax) / 127.f, d = d1 / 256.f;
+  const __m512 inv1 = _mm512_set1_ps(d1 > 0 ? 1.f / d1 : 0.f);
+  const __m512 inv = _mm512_set1_ps(d > 0 ? 1.f / d : 0.f);
+  const __m512 vd1 = _mm512_set1_ps(d1);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  *scale = d;
+  *sum = _mm512_reduce_add_ps(acc);
+  for (int64_t c = 0; c < n; c += 16) {
+    const __m512 v = _mm512_loadu_ps(x + c);
+    const __m512 a = _mm512_roundscale_ps(_mm512_mul_ps(v, inv1), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(v, _mm512_mul_ps(a, vd1));
+    const __m512i b = _mm512_cvtps_epi32(_mm512_mul_ps(r, inv));
+    const __m512i ai = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(a), lo), hi);
+    const __m512i bi = _mm512_min_epi32(_mm512_max_epi32(b, lo), hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q1 + c), _mm512_cvtepi32_epi8(ai));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q2 + c), _mm512_cvtepi32_epi8(bi));
+  }
+}
 
 void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivations& a,
                int64_t t0, int64_t n_tokens, float* y, int64_t ldy) {
   const bool q4 = w.format == WeightFormat::affine4;
-  const int64_t ng = a.cols / a.group;
-  const int16_t* q = a.q.data() + t0 * a.cols;
-  const float* sc = a.scale.data() + t0 * ng;
-  const float* sm = a.sum.data() + t0 * ng;
   float* yt = y + t0 * ldy;
   switch (n_tokens) {
-    case 1: return q4 ? gemv_i16_rows<1, true>(w, r0, r1, q, sc, sm, yt, ldy) : gemv_i16_rows<1, false>(w, r0, r1, q, sc, sm, yt, ldy);
-    case 2: return q4 ? gemv_i16_rows<2, true>(w, r0, r1, q, sc, sm, yt, ldy) : gemv_i16_rows<2, false>(w, r0, r1, q, sc, sm, yt, ldy);
-    case 3: return q4 ? gemv_i16_rows<3, true>(w, r0, r1, q, sc, sm, yt, ldy) : gemv_i16_rows<3, false>(w, r0, r1, q, sc, sm, yt, ldy);
-    default: return q4 ? gemv_i16_rows<4, true>(w, r0, r1, q, sc, sm, yt, ldy) : gemv_i16_rows<4, false>(w, r0, r1, q, sc, sm, yt, ldy);
+    case 1: return q4 ? gemv_rows_i8<1, true>(w, r0, r1, a, t0, yt, ldy) : gemv_rows_i8<1, false>(w, r0, r1, a, t0, yt, ldy);
+    case 2: return q4 ? gemv_rows_i8<2, true>(w, r0, r1, a, t0, yt, ldy) : gemv_rows_i8<2, false>(w, r0, r1, a, t0, yt, ldy);
+    case 3: return q4 ? gemv_rows_i8<3, true>(w, r0, r1, a, t0, yt, ldy) : gemv_rows_i8<3, false>(w, r0, r1, a, t0, yt, ldy);
+    default: return q4 ? gemv_rows_i8<4, true>(w, r0, r1, a, t0, yt, ldy) : gemv_rows_i8<4, false>(w, r0, r1, a, t0, yt, ldy);
   }
 }
 
@@ -222,28 +299,29 @@ void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
                float* y, int64_t ldy) {
   const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
   const int64_t n_rows = r1 - r0;
-  thread_local std::vector<int16_t> wq;
+  thread_local std::vector<uint8_t> wq;
   thread_local std::vector<float> sc, bi;
   sc.resize(n_rows * n_groups);
   bi.resize(n_rows * n_groups);
   wq.resize(n_rows * cols);
   for (int64_t i = 0; i < n_rows; ++i) {
-    unpack_row_i16(w, w.data + (r0 + i) * w.row_bytes(), cols, wq.data() + i * cols);
+    unpack_row_u8(w, w.data + (r0 + i) * w.row_bytes(), cols, wq.data() + i * cols);
+    row_scales_f32(w, r0 + i, sc.data() + i * n_groups, bi.data() + i * n_groups);
   }
-  const int16_t* wrows = wq.data();
-  for (int64_t i = 0; i < n_rows; ++i) row_scales_f32(w, r0 + i, sc.data() + i * n_groups, bi.data() + i * n_groups);
-  const int64_t sq = cols / 2 * 16, sg = n_groups * 16;
+  const int64_t sq = cols / 4 * 16, sg = n_groups * 16;
   int64_t t = 0;
   for (; t + 32 <= a.n_tokens; t += 32) {
     const int64_t tile = t / 16;
-    vnni_rows<2>(wrows, n_rows, cols, sc.data(), bi.data(), n_groups, group, a.q.data() + tile * sq,
-                 a.scale.data() + tile * sg, a.sum.data() + tile * sg, sq, sg, 32, y + t * ldy, ldy);
+    vnni_rows<2>(wq.data(), n_rows, cols, sc.data(), bi.data(), n_groups, group,
+                 a.q1.data() + tile * sq, a.q2.data() + tile * sq, a.scale.data() + tile * sg,
+                 a.sum.data() + tile * sg, sq, sg, 32, y + t * ldy, ldy);
   }
   for (; t < a.n_tokens; t += 16) {
     const int64_t tile = t / 16;
-    vnni_rows<1>(wrows, n_rows, cols, sc.data(), bi.data(), n_groups, group, a.q.data() + tile * sq,
-                 a.scale.data() + tile * sg, a.sum.data() + tile * sg, sq, sg,
-                 std::min<int64_t>(16, a.n_tokens - t), y + t * ldy, ldy);
+    vnni_rows<1>(wq.data(), n_rows, cols, sc.data(), bi.data(), n_groups, group,
+                 a.q1.data() + tile * sq, a.q2.data() + tile * sq, a.scale.data() + tile * sg,
+                 a.sum.data() + tile * sg, sq, sg, std::min<int64_t>(16, a.n_tokens - t),
+                 y + t * ldy, ldy);
   }
 }
 
