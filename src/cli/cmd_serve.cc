@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdio>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include "hub/progress_printer.h"
 #include "models/model.h"
 #include "server/engine_backend.h"
+#include "server/loading_server.h"
 #include "server/server.h"
 #include "tokenizer/tokenizer.h"
 
@@ -57,7 +59,6 @@ std::string bundled_model_dir() {
        "PENSIEVE_HOME to the source folder or pass --model DIR");
 }
 
-server::Server* g_server = nullptr;
 
 RegisterCommand reg("serve", [](CLI::App& app) {
   app.description("Serve the Anthropic Messages API (POST /v1/messages) on a local model");
@@ -90,14 +91,57 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    // The signal thread: before the server runs (download, load) a signal
+    // ends the process at once (a partial download resumes next time);
+    // afterwards it stops the server gracefully.
+    std::atomic<server::Server*> running{nullptr};
+    std::atomic<bool> done{false};
+    std::thread waiter([&] {
+      int sig = 0;
+      sigwait(&set, &sig);
+      if (done.load()) return;
+      server::Server* srv = running.load();
+      if (srv == nullptr) {
+        spdlog::warn("signal {} while loading: exiting (a partial download resumes next time)", sig);
+        std::_Exit(130);
+      }
+      spdlog::info("signal {}: shutting down", sig);
+      srv->stop();
+    });
+    struct JoinWaiter {
+      std::thread& t;
+      std::atomic<bool>& done;
+      ~JoinWaiter() {
+        done.store(true);
+        pthread_kill(t.native_handle(), SIGTERM);
+        t.join();
+      }
+    } join_waiter{waiter, done};
     const bool bundled = o->model.empty();
     std::string dir = bundled ? bundled_model_dir() : o->model;
+    // Until the model is ready a stand-in answers /health with the progress.
+    auto loading = std::make_unique<server::LoadingServer>(o->host, o->port);
+    const int port = loading->port();
     if (!bundled && !fs::exists(dir)) {
       spdlog::info("{} is not a folder here: fetching it from the Hugging Face Hub", dir);
       hub::ProgressPrinter printer(stderr, false);  // plain lines into the log
-      dir = hub::ensure_model(dir, [&](const hub::PullProgress& p) { printer.update(p); });
+      dir = hub::ensure_model(dir, [&](const hub::PullProgress& p) {
+        printer.update(p);
+        loading->set_state({{"stage", "download"},
+                            {"download",
+                             {{"repo", p.repo},
+                              {"file", p.file},
+                              {"file_index", p.file_index},
+                              {"n_files", p.n_files},
+                              {"bytes_done", p.bytes_done},
+                              {"bytes_total", p.bytes_total},
+                              {"percent", p.bytes_total > 0 ? 100.0 * static_cast<double>(p.bytes_done) /
+                                                                  static_cast<double>(p.bytes_total)
+                                                            : 0.0}}}});
+      });
       printer.finish();
     }
+    loading->set_state({{"stage", "load"}, {"model", dir}});
     if (bundled) {
       spdlog::info("serving the bundled stories260K model (a 260K-parameter story writer for first "
                    "runs and tests); pass --model DIR for a real model");
@@ -124,26 +168,22 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                                   server::collect_stop_ids(c, *tokenizer));
     server::ServerOptions so;
     so.host = o->host;
-    so.port = o->port;
+    so.port = port;
     if (!o->api_key.empty()) so.api_keys.push_back(o->api_key);
     so.n_http_threads = o->http_threads;
     so.max_queue = o->max_queue;
     so.max_body_bytes = o->max_body_mb << 20;
     server::Server server(backend, so);
+    loading->stop();  // frees the port for the real server
+    loading.reset();
     server.start();
     std::printf("pensieve: serving %s on http://%s:%d (context %lld tokens)\n", id.c_str(),
                 o->host.c_str(), server.port(), static_cast<long long>(ctx));
     std::printf("  ANTHROPIC_BASE_URL=http://%s:%d claude\n", o->host.c_str(), server.port());
     std::fflush(stdout);
-    std::thread waiter([&] {
-      int sig = 0;
-      sigwait(&set, &sig);
-      spdlog::info("signal {}: shutting down", sig);
-      server.stop();
-    });
+    running.store(&server);
     server.wait();
-    pthread_kill(waiter.native_handle(), SIGTERM);
-    waiter.join();
+    running.store(nullptr);
     return 0;
   });
 });

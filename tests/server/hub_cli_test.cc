@@ -14,6 +14,9 @@
 #include <optional>
 #include <thread>
 
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <nlohmann/json.hpp>
 
 #include "server/hub_fake_hub.h"
@@ -228,6 +231,140 @@ TEST_F(HubCli, TwoProcessesPullTheSameModel) {
   EXPECT_EQ(hub.n_gets(kWeights), 1);
   EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
   EXPECT_TRUE(fs::exists(repo_dir() + "/snapshots/" + hub.repo(kRepo).commit + "/" + kWeights));
+}
+
+
+// A port nobody listens on right now.
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// `serve --model ORG/NAME` pulls on first use; while it downloads, /health
+// reports the progress (503, status "loading") and the API answers 529; then
+// the same port serves the model.
+TEST_F(HubCli, ServePullsOnFirstUseWithProgressOnHealth) {
+  // The same tiny model with a tokenizer (vocabulary 512 < the model's 3072), so it can serve.
+  constexpr const char* kServable = "pensieve-test/qwen2-tiny-tok512";
+  test::FakeRepo servable = test::qwen2_tiny_repo();
+  servable.files["tokenizer.json"] = {test::read_file(test::data_path("tokenizers/tok512/tokenizer.json")), false, ""};
+  hub.add_repo(kServable, servable);
+  test::FakeFaults faults;
+  faults.n_stalls = 1;
+  faults.stall_after = 500000;
+  faults.stall_for = 4s;
+  hub.set_faults(faults);
+  TempDir out;
+  const std::string err_path = out.file("err");
+  const int port = free_port();
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
+  std::string binary = PENSIEVE_BINARY, sub = "serve", flag = "--model", repo = kServable,
+              port_flag = "--port", port_s = std::to_string(port), ctx_flag = "--ctx-size", ctx = "256";
+  char* argv[] = {binary.data(), sub.data(), flag.data(), repo.data(), port_flag.data(),
+                  port_s.data(), ctx_flag.data(), ctx.data(), nullptr};
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv, environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+
+  httplib::Client client("127.0.0.1", port);
+  client.set_connection_timeout(1, 0);
+  bool saw_progress = false, saw_529 = false, ready = false;
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  int status = 0;
+  bool exited = false;
+  while (std::chrono::steady_clock::now() < deadline && !ready) {
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      break;
+    }
+    if (auto res = client.Get("/health")) {
+      const auto body = nlohmann::json::parse(res->body, nullptr, false);
+      if (res->status == 503 && body.value("status", "") == "loading" &&
+          body.value("stage", "") == "download") {
+        const auto& d = body["download"];
+        EXPECT_EQ(d["repo"], kServable);
+        if (d["bytes_done"].get<uint64_t>() >= 500000 && d["file"] == kWeights) {
+          EXPECT_GT(d["bytes_total"].get<uint64_t>(), d["bytes_done"].get<uint64_t>());
+          saw_progress = true;
+        }
+        if (!saw_529) {
+          auto api = client.Post("/v1/messages", R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]})",
+                                 "application/json");
+          ASSERT_TRUE(api);
+          EXPECT_EQ(api->status, 529);
+          const auto err = nlohmann::json::parse(api->body);
+          EXPECT_EQ(err["type"], "error");
+          EXPECT_EQ(err["error"]["type"], "overloaded_error");
+          saw_529 = true;
+        }
+      } else if (res->status == 200) {
+        EXPECT_EQ(body.value("status", ""), "ok") << res->body;
+        ready = true;
+      }
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(saw_progress);
+  EXPECT_TRUE(saw_529);
+  ASSERT_FALSE(exited) << test::read_file(err_path);
+  ASSERT_TRUE(ready) << test::read_file(err_path);
+  auto answer = client.Post("/v1/messages", R"({"model":"m","max_tokens":3,"messages":[{"role":"user","content":"hi"}]})",
+                            "application/json");
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, 200) << answer->body;
+  kill(pid, SIGTERM);
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << test::read_file(err_path);
+  EXPECT_NE(test::read_file(err_path).find("verified model.safetensors"), std::string::npos);
+}
+
+// Ctrl-C while `serve` is still downloading ends it at once with 130, and
+// the partial file stays for the next run to resume.
+TEST_F(HubCli, ServeInterruptedWhileDownloadingExitsAndKeepsThePartialFile) {
+  test::FakeFaults faults;
+  faults.n_stalls = 1;
+  faults.stall_after = 500000;
+  faults.stall_for = 30s;
+  hub.set_faults(faults);
+  const int port = free_port();
+  std::string binary = PENSIEVE_BINARY, sub = "serve", flag = "--model", repo = kRepo,
+              port_flag = "--port", port_s = std::to_string(port);
+  char* argv[] = {binary.data(), sub.data(), flag.data(), repo.data(), port_flag.data(),
+                  port_s.data(), nullptr};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv, environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  std::error_code ec;
+  while (std::chrono::steady_clock::now() < deadline &&
+         (!fs::exists(partial(), ec) || fs::file_size(partial(), ec) < 500000)) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(fs::file_size(partial()), 500000u);
+  const auto t0 = std::chrono::steady_clock::now();
+  kill(pid, SIGINT);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  EXPECT_EQ(fs::file_size(partial()), 500000u);
 }
 
 }  // namespace

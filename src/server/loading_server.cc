@@ -1,0 +1,87 @@
+#include "server/loading_server.h"
+
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+#include <httplib.h>
+
+#include "core/error.h"
+#include "server/api_error.h"
+#include "server/ids.h"
+
+namespace pensieve::server {
+
+struct LoadingServer::Impl {
+  httplib::Server http;
+  std::thread thread;
+  std::mutex mutex;
+  nlohmann::ordered_json state = nlohmann::ordered_json::object();
+  int port = 0;
+  bool stopped = false;
+};
+
+LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::make_unique<Impl>()) {
+  Impl& s = *impl_;
+  auto health = [&s](const httplib::Request&, httplib::Response& res) {
+    nlohmann::ordered_json body = {{"status", "loading"}};
+    {
+      std::lock_guard<std::mutex> lock(s.mutex);
+      for (auto it = s.state.begin(); it != s.state.end(); ++it) body[it.key()] = it.value();
+    }
+    res.status = 503;
+    res.set_header("retry-after", "1");
+    res.set_content(dump_json(body), "application/json");
+  };
+  s.http.Get("/health", health);
+  s.http.Get("/", health);
+  auto not_ready = [&s](const httplib::Request&, httplib::Response& res) {
+    std::string stage;
+    {
+      std::lock_guard<std::mutex> lock(s.mutex);
+      stage = s.state.value("stage", "loading");
+    }
+    const std::string id = random_id("req_");
+    res.status = 529;
+    res.set_header("request-id", id);
+    res.set_header("retry-after", "1");
+    res.set_content(dump_json(error_envelope("overloaded_error",
+                                             "the model is not ready yet (" + stage +
+                                                 "); GET /health shows the progress",
+                                             id)),
+                    "application/json");
+  };
+  s.http.Get(".*", not_ready);
+  s.http.Post(".*", not_ready);
+  if (port == 0) {
+    s.port = s.http.bind_to_any_port(host);
+  } else if (s.http.bind_to_port(host, port)) {
+    s.port = port;
+  } else {
+    s.port = -1;
+  }
+  if (s.port <= 0) fail(ErrorKind::resource, "cannot listen on {}:{}: address in use or not available", host, port);
+  // Bound already: connections queue in the backlog until the loop accepts them.
+  s.thread = std::thread([&s] { s.http.listen_after_bind(); });
+  // stop() only interrupts a running loop: wait until it runs.
+  while (!s.http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+LoadingServer::~LoadingServer() { stop(); }
+
+int LoadingServer::port() const { return impl_->port; }
+
+void LoadingServer::set_state(nlohmann::ordered_json state) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->state = std::move(state);
+}
+
+void LoadingServer::stop() {
+  Impl& s = *impl_;
+  if (s.stopped) return;
+  s.stopped = true;
+  s.http.stop();
+  if (s.thread.joinable()) s.thread.join();
+}
+
+}  // namespace pensieve::server
