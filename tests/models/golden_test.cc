@@ -76,6 +76,7 @@ std::vector<GoldenParam> all_params() {
   std::vector<GoldenParam> out;
   for (const char* m : kModels) {
     out.push_back({m, kernels::Isa::scalar});
+    out.push_back({m, kernels::Isa::avx2});
     out.push_back({m, kernels::Isa::avx512});
   }
   return out;

@@ -48,5 +48,9 @@ namespace avx512 {
 void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
                    int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out);
 }
+namespace avx2 {
+void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
+                   int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out);
+}
 
 }  // namespace pensieve::kernels

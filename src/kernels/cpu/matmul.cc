@@ -96,6 +96,36 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   }
   if (offset > ldy) fail(ErrorKind::internal, "matmul: output row stride too small");
 
+  if (active_isa() == Isa::avx2) {
+    const auto path = static_cast<MatmulPath>(g_path.load());
+    const bool use_gemv =
+        path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
+    if (use_gemv) {
+      pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const Task& task = tasks[i];
+          avx2::gemv_rows(*task.w, task.r0, task.r1, x, ldx, n_tokens, y + task.y_offset, ldy);
+        }
+      });
+      return;
+    }
+    const int64_t n_tiles = (n_tokens + 15) / 16;
+    std::vector<float> xt(static_cast<size_t>(n_tiles * cols * 16));
+    pool.parallel_for(n_tiles, 1, [&](int64_t b, int64_t e) {
+      transpose_tokens(x, ldx, n_tokens, cols, xt.data(), b, e);
+    });
+    pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
+      thread_local std::vector<float> wbuf;
+      for (int64_t i = b; i < e; ++i) {
+        const Task& task = tasks[i];
+        const int64_t n = task.r1 - task.r0;
+        wbuf.resize(static_cast<size_t>(n * cols));
+        avx2::dequant_rows(*task.w, task.r0, n, wbuf.data());
+        avx2::gemm_f32(wbuf.data(), n, cols, xt.data(), n_tokens, y + task.y_offset + task.r0, ldy);
+      }
+    });
+    return;
+  }
   if (active_isa() != Isa::avx512) {
     pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
       std::vector<float> row;

@@ -71,4 +71,13 @@ void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* xt,
               int64_t n_tokens, float* y, int64_t ldy);
 }  // namespace avx512
 
+namespace avx2 {
+// The AVX2 fallbacks, all f32, natural column order (see matmul_avx2.cc).
+void gemv_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,
+               int64_t n_tokens, float* y, int64_t ldy);
+void dequant_rows(const WeightMatrix& w, int64_t r0, int64_t n, float* out);
+void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* xt,
+              int64_t n_tokens, float* y, int64_t ldy);
+}  // namespace avx2
+
 }  // namespace pensieve::kernels

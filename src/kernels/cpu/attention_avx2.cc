@@ -1,0 +1,112 @@
+// AVX2 attention for one query head over a paged KV cache (see attention.h):
+// the AVX-512 kernel's online softmax with each 16-token block as two
+// 8-lane halves.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "kernels/cpu/attention.h"
+
+namespace pensieve::kernels::avx2 {
+namespace {
+
+inline __m256 exp_ps(__m256 x) {
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f);
+  const __m256 ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // 2^n below stays a normal float
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);
+  r = _mm256_fnmadd_ps(n, ln2_lo, r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // Multiply by 2^n through the exponent bits.
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+}  // namespace
+
+void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
+                   int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out) {
+  const int64_t hd = kv.head_dim;
+  float acc[256] = {};  // head_dim <= 256
+  float m = -std::numeric_limits<float>::infinity();
+  float l = 0.f;
+  alignas(32) float p[16];
+  const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const int64_t block_floats = kv.block_floats();
+  for (int64_t b = first_pos / kKvBlockTokens; b <= pos / kKvBlockTokens; ++b) {
+    const int64_t block = block_table[b];
+    const float* kb = kv.k + block * block_floats + kv_head * hd * kKvBlockTokens;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; ++d) {
+      const __m256 qd = _mm256_set1_ps(q[d]);
+      s0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kb + d * kKvBlockTokens), s0);
+      s1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kb + d * kKvBlockTokens + 8), s1);
+    }
+    const float base = static_cast<float>(b * kKvBlockTokens);
+    const __m256 lo = _mm256_set1_ps(static_cast<float>(first_pos));
+    const __m256 hi = _mm256_set1_ps(static_cast<float>(pos));
+    const __m256 p0 = _mm256_add_ps(lane, _mm256_set1_ps(base));
+    const __m256 p1 = _mm256_add_ps(lane, _mm256_set1_ps(base + 8));
+    const __m256 v0 = _mm256_and_ps(_mm256_cmp_ps(p0, lo, _CMP_GE_OQ), _mm256_cmp_ps(p0, hi, _CMP_LE_OQ));
+    const __m256 v1 = _mm256_and_ps(_mm256_cmp_ps(p1, lo, _CMP_GE_OQ), _mm256_cmp_ps(p1, hi, _CMP_LE_OQ));
+    s0 = _mm256_blendv_ps(neg_inf, _mm256_mul_ps(s0, vscale), v0);
+    s1 = _mm256_blendv_ps(neg_inf, _mm256_mul_ps(s1, vscale), v1);
+    const float m_new = std::max(m, hmax(_mm256_max_ps(s0, s1)));
+    const __m256 mv = _mm256_set1_ps(m_new);
+    const __m256 e0 = _mm256_and_ps(exp_ps(_mm256_sub_ps(s0, mv)), v0);
+    const __m256 e1 = _mm256_and_ps(exp_ps(_mm256_sub_ps(s1, mv)), v1);
+    const float corr = std::exp(m - m_new);
+    l = l * corr + hsum(_mm256_add_ps(e0, e1));
+    m = m_new;
+    _mm256_store_ps(p, e0);
+    _mm256_store_ps(p + 8, e1);
+    const int mask = _mm256_movemask_ps(v0) | (_mm256_movemask_ps(v1) << 8);
+    const float* vb = kv.v + block * block_floats + kv_head * kKvBlockTokens * hd;
+    const __m256 vcorr = _mm256_set1_ps(corr);
+    int64_t d = 0;
+    for (; d + 8 <= hd; d += 8) {
+      __m256 a = _mm256_mul_ps(_mm256_loadu_ps(acc + d), vcorr);
+      for (int j = 0; j < kKvBlockTokens; ++j) {
+        if ((mask >> j) & 1) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(vb + j * hd + d), a);
+      }
+      _mm256_storeu_ps(acc + d, a);
+    }
+    for (; d < hd; ++d) {
+      float a = acc[d] * corr;
+      for (int j = 0; j < kKvBlockTokens; ++j) {
+        if ((mask >> j) & 1) a += p[j] * vb[j * hd + d];
+      }
+      acc[d] = a;
+    }
+  }
+  const float inv = 1.0f / l;
+  for (int64_t d = 0; d < hd; ++d) out[d] = acc[d] * inv;
+}
+
+}  // namespace pensieve::kernels::avx2
