@@ -63,7 +63,15 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
   fn(0, n_threads_);
-  while (n_pending_.load(std::memory_order_acquire) != 0) PENSIEVE_PAUSE();
+  // Wait for the workers; yield now and then so that a worker the OS has
+  // descheduled (a busy machine) gets the core back instead of us spinning.
+  for (int spin = 0; n_pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin % 256 == 255) {
+      sched_yield();
+    } else {
+      PENSIEVE_PAUSE();
+    }
+  }
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain,
@@ -75,11 +83,15 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
     fn(0, n);
     return;
   }
-  run([&](int t, int nt) {
-    const int64_t per = (n_chunks + nt - 1) / nt;
-    const int64_t b = std::min(n, t * per * grain);
-    const int64_t e = std::min(n, (t + 1) * per * grain);
-    if (b < e) fn(b, e);
+  // Chunks are handed out dynamically, so a thread that runs slower (another
+  // process on its core, a smaller core) takes fewer and nobody waits long.
+  std::atomic<int64_t> next{0};
+  run([&](int, int) {
+    for (;;) {
+      const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= n_chunks) return;
+      fn(c * grain, std::min(n, (c + 1) * grain));
+    }
   });
 }
 

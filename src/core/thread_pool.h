@@ -25,8 +25,8 @@ class ThreadPool {
   // Calls fn(thread_index, n_threads) once on every thread and waits for all.
   void run(const std::function<void(int, int)>& fn);
 
-  // Splits [0, n) into contiguous chunks aligned to `grain` and calls
-  // fn(begin, end) for each non-empty chunk.
+  // Splits [0, n) into chunks of `grain` (the last may be shorter) and calls
+  // fn(begin, end) once per chunk, chunks handed to whichever thread is free.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
   static int default_threads();
