@@ -209,6 +209,7 @@ ModelConfig load_model_config(const std::string& dir) {
     c.head_dim = c.hidden_size / c.n_heads;
   }
   if (c.head_dim % 2 != 0) fail("{}: head_dim {} must be even", file, c.head_dim);
+  if (c.head_dim > 256) fail(ErrorKind::unsupported, "{}: head_dim {} is larger than the 256 supported", file, c.head_dim);
   c.rms_norm_eps = config_double_or(cfg, "rms_norm_eps", 1e-6, file);
   c.max_position_embeddings = config_int_or(cfg, "max_position_embeddings", 4096, file);
   c.tie_word_embeddings = cfg.value("tie_word_embeddings", false);

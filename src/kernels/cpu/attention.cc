@@ -1,6 +1,7 @@
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -104,6 +105,49 @@ void attention(const float* q, const KvLayerView& kv, std::span<const AttentionS
                int64_t n_heads, float scale, int64_t sliding_window, float* out,
                ThreadPool& pool) {
   const int64_t hd = kv.head_dim, group = n_heads / kv.n_kv_heads, row = n_heads * hd;
+  if (active_isa() == Isa::avx512) {
+    // Tiles of up to kQueryTile queries x one KV head's group of heads, so K/V
+    // blocks are read once per tile. Items are dealt round-robin; later tiles
+    // (longer contexts) come first so the long ones don't finish last.
+    constexpr int64_t kQueryTile = 32;
+    struct Tile {
+      int32_t seq;
+      int32_t kv_head;
+      int64_t i0, n;
+    };
+    std::vector<Tile> tiles;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      for (int64_t i0 = 0; i0 < seqs[s].n_q; i0 += kQueryTile) {
+        for (int64_t h = 0; h < kv.n_kv_heads; ++h) {
+          tiles.push_back({static_cast<int32_t>(s), static_cast<int32_t>(h), i0,
+                           std::min(kQueryTile, seqs[s].n_q - i0)});
+        }
+      }
+    }
+    std::stable_sort(tiles.begin(), tiles.end(), [&](const Tile& a, const Tile& b) {
+      return seqs[a.seq].n_ctx - seqs[a.seq].n_q + a.i0 > seqs[b.seq].n_ctx - seqs[b.seq].n_q + b.i0;
+    });
+    const int64_t n_tiles = static_cast<int64_t>(tiles.size());
+    std::atomic<int64_t> next{0};
+    auto work = [&](int, int) {
+      for (;;) {
+        const int64_t idx = next.fetch_add(1, std::memory_order_relaxed);
+        if (idx >= n_tiles) return;
+        const Tile& t = tiles[idx];
+        const AttentionSeq& s = seqs[t.seq];
+        const int64_t pos0 = s.n_ctx - s.n_q + t.i0;
+        avx512::attention_tile(q + (s.q_row + t.i0) * row, row, out + (s.q_row + t.i0) * row, row,
+                               kv, s.block_table, t.kv_head, t.kv_head * group, group, pos0, t.n,
+                               sliding_window, scale);
+      }
+    };
+    if (n_tiles < 2) {
+      work(0, 1);
+    } else {
+      pool.run(work);
+    }
+    return;
+  }
   // One work item per (sequence, head, query); items are dealt round-robin so
   // that late queries (longer contexts) spread over all threads.
   struct Item {

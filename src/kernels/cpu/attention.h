@@ -47,6 +47,12 @@ void attention_ref(const float* q, const KvLayerView& kv, std::span<const Attent
 namespace avx512 {
 void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
                    int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out);
+// Queries at positions [pos0, pos0 + n_queries) (rows of q/out, strides ldq/ldo)
+// x heads [head0, head0 + n_heads), all of which read KV head kv_head; each
+// KV block is loaded once for the whole tile.
+void attention_tile(const float* q, int64_t ldq, float* out, int64_t ldo, const KvLayerView& kv,
+                    const int32_t* block_table, int64_t kv_head, int64_t head0, int64_t n_heads,
+                    int64_t pos0, int64_t n_queries, int64_t window, float scale);
 }
 namespace avx2 {
 void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,

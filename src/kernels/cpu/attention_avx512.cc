@@ -1,29 +1,42 @@
 // AVX-512 attention for one query head over a paged KV cache (see attention.h).
+//
+// Online softmax, one 16-token KV block at a time: scores for the block with
+// 16 lanes (K is stored transposed per block), one max/exp per block, then
+// P·V into accumulators that stay in registers (the head dimension is a
+// template parameter, so the accumulator array is fully unrolled; small heads
+// use two interleaved sets to hide the FMA latency). Blocks strictly inside
+// the window skip all masking.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/vec_math_avx512.h"
 
 namespace pensieve::kernels::avx512 {
+namespace {
 
-void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
-                   int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out) {
+template <int NC>
+void attention_one_impl(const float* q, const KvLayerView& kv, const int32_t* block_table,
+                        int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out) {
   const int64_t hd = kv.head_dim;
-  const int64_t n_chunks = (hd + 15) / 16;
+  constexpr int NS = NC <= 4 ? 2 : 1;  // accumulator sets, alternating keys
   const __mmask16 last_mask =
       hd % 16 == 0 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (hd % 16)) - 1);
-  __m512 acc[16];  // head_dim <= 256
-  for (int64_t c = 0; c < n_chunks; ++c) acc[c] = _mm512_setzero_ps();
+  __m512 acc[NS][NC];
+  for (int s = 0; s < NS; ++s)
+    for (int c = 0; c < NC; ++c) acc[s][c] = _mm512_setzero_ps();
+  __m512 lsum = _mm512_setzero_ps();
   float m = -std::numeric_limits<float>::infinity();
-  float l = 0.f;
   alignas(64) float p[16];
   const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 vscale = _mm512_set1_ps(scale);
   const int64_t block_floats = kv.block_floats();
-  for (int64_t b = first_pos / kKvBlockTokens; b <= pos / kKvBlockTokens; ++b) {
+  const int64_t b_first = first_pos / kKvBlockTokens, b_last = pos / kKvBlockTokens;
+  for (int64_t b = b_first; b <= b_last; ++b) {
     const int64_t block = block_table[b];
     const float* kb = kv.k + block * block_floats + kv_head * hd * kKvBlockTokens;
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
@@ -33,37 +46,185 @@ void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_t
       s1 = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 1]), _mm512_loadu_ps(kb + (d + 1) * kKvBlockTokens), s1);
     }
     if (d < hd) s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(kb + d * kKvBlockTokens), s0);
-    __m512 s = _mm512_mul_ps(_mm512_add_ps(s0, s1), vscale);
+    const __m512 s = _mm512_mul_ps(_mm512_add_ps(s0, s1), vscale);
     const int64_t base = b * kKvBlockTokens;
-    const __m512 posv = _mm512_add_ps(lane, _mm512_set1_ps(static_cast<float>(base)));
-    const __mmask16 valid =
-        _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(first_pos)), _CMP_GE_OQ) &
-        _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(pos)), _CMP_LE_OQ);
+    __mmask16 valid = 0xffff;
+    if (base < first_pos || base + kKvBlockTokens - 1 > pos) {
+      const __m512 posv = _mm512_add_ps(lane, _mm512_set1_ps(static_cast<float>(base)));
+      valid = _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(first_pos)), _CMP_GE_OQ) &
+              _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(pos)), _CMP_LE_OQ);
+    }
     const float m_blk = _mm512_mask_reduce_max_ps(valid, s);
     const float m_new = std::max(m, m_blk);
     const __m512 e = _mm512_maskz_mov_ps(valid, exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
-    const float corr = std::exp(m - m_new);
-    l = l * corr + _mm512_reduce_add_ps(e);
+    const float corr = m == m_new ? 1.f : std::exp(m - m_new);
     m = m_new;
     _mm512_store_ps(p, e);
-    const __m512 vcorr = _mm512_set1_ps(corr);
-    for (int64_t c = 0; c < n_chunks; ++c) acc[c] = _mm512_mul_ps(acc[c], vcorr);
+    if (corr != 1.f) {
+      const __m512 vcorr = _mm512_set1_ps(corr);
+      lsum = _mm512_mul_ps(lsum, vcorr);
+      for (int st = 0; st < NS; ++st)
+        for (int c = 0; c < NC; ++c) acc[st][c] = _mm512_mul_ps(acc[st][c], vcorr);
+    }
+    lsum = _mm512_add_ps(lsum, e);
     const float* vb = kv.v + block * block_floats + kv_head * kKvBlockTokens * hd;
+    // Full blocks take every key without a branch; in a partial one the
+    // slots outside the window may hold stale values, so they are skipped.
     for (int j = 0; j < kKvBlockTokens; ++j) {
-      if (!((valid >> j) & 1)) continue;
+      if (valid != 0xffff && !((valid >> j) & 1)) continue;
       const __m512 pj = _mm512_set1_ps(p[j]);
       const float* vrow = vb + j * hd;
-      for (int64_t c = 0; c + 1 < n_chunks; ++c) {
-        acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), acc[c]);
-      }
-      const int64_t c = n_chunks - 1;
-      acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(last_mask, vrow + c * 16), acc[c]);
+      __m512* a = acc[j % NS];
+      for (int c = 0; c + 1 < NC; ++c) a[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), a[c]);
+      a[NC - 1] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(last_mask, vrow + (NC - 1) * 16), a[NC - 1]);
     }
   }
-  const __m512 inv = _mm512_set1_ps(1.0f / l);
-  for (int64_t c = 0; c + 1 < n_chunks; ++c) _mm512_storeu_ps(out + c * 16, _mm512_mul_ps(acc[c], inv));
-  _mm512_mask_storeu_ps(out + (n_chunks - 1) * 16, last_mask,
-                        _mm512_mul_ps(acc[n_chunks - 1], inv));
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(lsum));
+  for (int c = 0; c < NC; ++c) {
+    __m512 v = acc[0][c];
+    if constexpr (NS == 2) v = _mm512_add_ps(v, acc[1][c]);
+    v = _mm512_mul_ps(v, inv);
+    if (c + 1 < NC) {
+      _mm512_storeu_ps(out + c * 16, v);
+    } else {
+      _mm512_mask_storeu_ps(out + c * 16, last_mask, v);
+    }
+  }
+}
+
+// A tile of query heads against each KV block in turn: every query of
+// [pos0, pos0 + n_queries) times every head of one KV head's group. K and V
+// of a block are read once for the whole tile (flash-style tiling), instead
+// of once per query head; the per-query-head state (max, sum, accumulators)
+// lives in a small buffer that stays in L1.
+template <int NC>
+void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
+                         const KvLayerView& kv, const int32_t* block_table, int64_t kv_head,
+                         int64_t head0, int64_t n_heads, int64_t pos0, int64_t n_queries,
+                         int64_t window, float scale) {
+  const int64_t hd = kv.head_dim;
+  const int64_t nq = n_queries * n_heads;
+  const __mmask16 last_mask =
+      hd % 16 == 0 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (hd % 16)) - 1);
+  thread_local std::vector<__m512> state;  // per query head: NC accumulators + the sum
+  thread_local std::vector<float> maxes;
+  state.assign(static_cast<size_t>(nq * (NC + 1)), _mm512_setzero_ps());
+  maxes.assign(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
+  const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 vscale = _mm512_set1_ps(scale);
+  const int64_t block_floats = kv.block_floats();
+  const int64_t pos_last = pos0 + n_queries - 1;
+  const int64_t first0 = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
+  alignas(64) float p[16];
+  for (int64_t b = first0 / kKvBlockTokens; b <= pos_last / kKvBlockTokens; ++b) {
+    const int64_t block = block_table[b];
+    const float* kb = kv.k + block * block_floats + kv_head * hd * kKvBlockTokens;
+    const float* vb = kv.v + block * block_floats + kv_head * kKvBlockTokens * hd;
+    const int64_t base = b * kKvBlockTokens;
+    for (int64_t i = 0; i < n_queries; ++i) {
+      const int64_t pos = pos0 + i;
+      const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+      if (base > pos || base + kKvBlockTokens <= first) continue;
+      __mmask16 valid = 0xffff;
+      if (base < first || base + kKvBlockTokens - 1 > pos) {
+        const __m512 posv = _mm512_add_ps(lane, _mm512_set1_ps(static_cast<float>(base)));
+        valid = _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(first)), _CMP_GE_OQ) &
+                _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(pos)), _CMP_LE_OQ);
+      }
+      for (int64_t h = 0; h < n_heads; ++h) {
+        const float* qh = q + i * ldq + (head0 + h) * hd;
+        const int64_t x = i * n_heads + h;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        int64_t d = 0;
+        for (; d + 2 <= hd; d += 2) {
+          s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(kb + d * kKvBlockTokens), s0);
+          s1 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 1]), _mm512_loadu_ps(kb + (d + 1) * kKvBlockTokens), s1);
+        }
+        if (d < hd) s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(kb + d * kKvBlockTokens), s0);
+        const __m512 sc = _mm512_mul_ps(_mm512_add_ps(s0, s1), vscale);
+        const float m = maxes[x];
+        const float m_new = std::max(m, _mm512_mask_reduce_max_ps(valid, sc));
+        const __m512 e = _mm512_maskz_mov_ps(valid, exp_ps(_mm512_sub_ps(sc, _mm512_set1_ps(m_new))));
+        maxes[x] = m_new;
+        __m512* st = &state[static_cast<size_t>(x * (NC + 1))];
+        __m512 acc[NC];
+        for (int c = 0; c < NC; ++c) acc[c] = st[c];
+        __m512 lsum = st[NC];
+        if (m != m_new) {
+          const __m512 vcorr = _mm512_set1_ps(std::exp(m - m_new));
+          for (int c = 0; c < NC; ++c) acc[c] = _mm512_mul_ps(acc[c], vcorr);
+          lsum = _mm512_mul_ps(lsum, vcorr);
+        }
+        st[NC] = _mm512_add_ps(lsum, e);
+        _mm512_store_ps(p, e);
+        if (NC <= 2) {  // short chains: a second accumulator set for odd keys
+          __m512 acc2[NC];
+          for (int c = 0; c < NC; ++c) acc2[c] = _mm512_setzero_ps();
+          for (int j = 0; j < kKvBlockTokens; ++j) {
+            if (valid != 0xffff && !((valid >> j) & 1)) continue;
+            const __m512 pj = _mm512_set1_ps(p[j]);
+            const float* vrow = vb + j * hd;
+            __m512* a = (j & 1) ? acc2 : acc;
+            for (int c = 0; c + 1 < NC; ++c) a[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), a[c]);
+            a[NC - 1] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(last_mask, vrow + (NC - 1) * 16), a[NC - 1]);
+          }
+          for (int c = 0; c < NC; ++c) acc[c] = _mm512_add_ps(acc[c], acc2[c]);
+        } else {
+          for (int j = 0; j < kKvBlockTokens; ++j) {
+            if (valid != 0xffff && !((valid >> j) & 1)) continue;
+            const __m512 pj = _mm512_set1_ps(p[j]);
+            const float* vrow = vb + j * hd;
+            for (int c = 0; c + 1 < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), acc[c]);
+            acc[NC - 1] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(last_mask, vrow + (NC - 1) * 16), acc[NC - 1]);
+          }
+        }
+        for (int c = 0; c < NC; ++c) st[c] = acc[c];
+      }
+    }
+  }
+  for (int64_t i = 0; i < n_queries; ++i) {
+    for (int64_t h = 0; h < n_heads; ++h) {
+      const int64_t x = i * n_heads + h;
+      const __m512* st = &state[static_cast<size_t>(x * (NC + 1))];
+      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(st[NC]));
+      float* o = out + i * ldo + (head0 + h) * hd;
+      for (int c = 0; c + 1 < NC; ++c) _mm512_storeu_ps(o + c * 16, _mm512_mul_ps(st[c], inv));
+      _mm512_mask_storeu_ps(o + (NC - 1) * 16, last_mask, _mm512_mul_ps(st[NC - 1], inv));
+    }
+  }
+}
+
+}  // namespace
+
+void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
+                   int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out) {
+  switch ((kv.head_dim + 15) / 16) {
+#define PENSIEVE_CASE(N) \
+  case N: return attention_one_impl<N>(q, kv, block_table, kv_head, pos, first_pos, scale, out);
+    PENSIEVE_CASE(1) PENSIEVE_CASE(2) PENSIEVE_CASE(3) PENSIEVE_CASE(4)
+    PENSIEVE_CASE(5) PENSIEVE_CASE(6) PENSIEVE_CASE(7) PENSIEVE_CASE(8)
+    PENSIEVE_CASE(9) PENSIEVE_CASE(10) PENSIEVE_CASE(11) PENSIEVE_CASE(12)
+    PENSIEVE_CASE(13) PENSIEVE_CASE(14) PENSIEVE_CASE(15) PENSIEVE_CASE(16)
+#undef PENSIEVE_CASE
+    default: return;  // head_dim <= 256 is checked when the model loads
+  }
+}
+
+void attention_tile(const float* q, int64_t ldq, float* out, int64_t ldo, const KvLayerView& kv,
+                    const int32_t* block_table, int64_t kv_head, int64_t head0, int64_t n_heads,
+                    int64_t pos0, int64_t n_queries, int64_t window, float scale) {
+  switch ((kv.head_dim + 15) / 16) {
+#define PENSIEVE_CASE(N)                                                                        \
+  case N:                                                                                       \
+    return attention_tile_impl<N>(q, ldq, out, ldo, kv, block_table, kv_head, head0, n_heads, \
+                                  pos0, n_queries, window, scale);
+    PENSIEVE_CASE(1) PENSIEVE_CASE(2) PENSIEVE_CASE(3) PENSIEVE_CASE(4)
+    PENSIEVE_CASE(5) PENSIEVE_CASE(6) PENSIEVE_CASE(7) PENSIEVE_CASE(8)
+    PENSIEVE_CASE(9) PENSIEVE_CASE(10) PENSIEVE_CASE(11) PENSIEVE_CASE(12)
+    PENSIEVE_CASE(13) PENSIEVE_CASE(14) PENSIEVE_CASE(15) PENSIEVE_CASE(16)
+#undef PENSIEVE_CASE
+    default: return;
+  }
 }
 
 }  // namespace pensieve::kernels::avx512

@@ -247,7 +247,7 @@ void quantize_group_scalar(const float* x, int64_t n, int8_t* q1, int8_t* q2, fl
     amax = std::max(amax, std::abs(x[c]));
     s += x[c];
   }
-  const float d1 = amax / 127.f, d = d1 / 256.f;
+  const float d1 = amax / 127.f, d = d1 / 254.f;
   const float inv1 = d1 > 0 ? 1.f / d1 : 0.f, inv = d > 0 ? 1.f / d : 0.f;
   *scale = d;
   *sum = s;
@@ -339,7 +339,7 @@ void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,
           uint32_t word;
           std::memcpy(&word, row + (c / per_word) * 4, 4);
           const int32_t q = static_cast<int32_t>((word >> ((c % per_word) * bits)) & mask);
-          dot += q * (256 * a.q1[t * a.cols + c] + a.q2[t * a.cols + c]);
+          dot += q * (254 * a.q1[t * a.cols + c] + a.q2[t * a.cols + c]);
         }
         acc += w.scale(r, g) * a.scale[t * n_groups + g] * static_cast<float>(dot) +
                w.bias(r, g) * a.sum[t * n_groups + g];

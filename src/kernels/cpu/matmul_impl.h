@@ -22,7 +22,8 @@ void transpose_tokens(const float* x, int64_t ldx, int64_t n_tokens, int64_t col
 // Activations for the integer kernels, per (token, group of `group` columns),
 // in two int8 levels so that the u8 x s8 instruction (vpdpbusd, twice the
 // rate of the 16-bit one) keeps 16-bit accuracy:
-//   x ≈ d·(256·q1 + q2),  d = max|x| / (127·256),  q1, q2 in [-127, 127],
+//   x ≈ d·(254·q1 + q2),  d = max|x| / (127·254),  q1, q2 in [-127, 127]
+// (the remainder after q1 is at most half a q1 step = 127·d, so q2 never saturates),
 // with Σx kept exactly as `sum`. (A single int8 level moves logits by ~1e-2
 // of their range, which fails the transformers comparison.)
 struct QuantizedActivations {

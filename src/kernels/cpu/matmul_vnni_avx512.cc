@@ -1,9 +1,9 @@
 // Integer kernels for MLX affine weights (AVX-512 VNNI), decode and prefill.
 //
 // Activations are quantized per (token, weight group) in two int8 levels:
-//   x ≈ d·(256·q1 + q2),  Σx kept exactly as xsum  (see matmul_impl.h).
+//   x ≈ d·(254·q1 + q2),  Σx kept exactly as xsum  (see matmul_impl.h).
 // With w = s·q + b (q unsigned, 4 or 8 bits), one group's contribution is
-//   s·d·(256·Σ q·q1 + Σ q·q2) + b·xsum,
+//   s·d·(254·Σ q·q1 + Σ q·q2) + b·xsum,
 // and Σ q·q1, Σ q·q2 are what vpdpbusd (u8 × s8 → i32, 64 products per
 // instruction, two per cycle) computes. The two levels keep 16-bit accuracy
 // (~1e-5 of f32) at the 8-bit instruction rate.
@@ -21,6 +21,11 @@ namespace {
 
 inline __m512i dpbusd(__m512i acc, __m512i w_u8, __m512i x_s8) {
   return _mm512_dpbusd_epi32(acc, w_u8, x_s8);
+}
+
+// 254·i1 + i2 as f32 (the two activation levels' integer dots).
+inline __m512 combine(__m512i i1, __m512i i2) {
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(254.f), _mm512_cvtepi32_ps(i2));
 }
 
 inline __mmask16 tail_mask(int64_t n) {
@@ -116,7 +121,7 @@ void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi
       const __m512 d = _mm512_loadu_ps(dx + m * tile_stride_g + g * 16);
       const __m512 s = _mm512_loadu_ps(xs + m * tile_stride_g + g * 16);
       for (int r = 0; r < NR; ++r) {
-        const __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(i1[r][m], 8), i2[r][m]));
+        const __m512 v = combine(i1[r][m], i2[r][m]);
         const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(sc[r * n_groups + g]), d);
         facc[r][m] = _mm512_fmadd_ps(v, scale, facc[r][m]);
         facc[r][m] = _mm512_fmadd_ps(_mm512_set1_ps(bi[r * n_groups + g]), s, facc[r][m]);
@@ -225,7 +230,7 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
     for (int i = 0; i < R; ++i) {
       for (int t = 0; t < T; ++t) {
         const float* cb = comb + (i * T + t) * n_groups + g;
-        const __m512 v = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(i1[i][t], 8), i2[i][t]));
+        const __m512 v = combine(i1[i][t], i2[i][t]);
         const __m512 scale = g32 ? _mm512_mask_blend_ps(second, _mm512_set1_ps(cb[0]), _mm512_set1_ps(cb[1]))
                                  : _mm512_set1_ps(cb[0]);
         facc[i][t] = _mm512_fmadd_ps(v, scale, facc[i][t]);
@@ -264,7 +269,7 @@ void quantize_group_i8x2(const float* x, int64_t n, int8_t* q1, int8_t* q2, floa
     amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
     acc = _mm512_add_ps(acc, v);
   }
-  const float d1 = _mm512_reduce_max_ps(amax) / 127.f, d = d1 / 256.f;
+  const float d1 = _mm512_reduce_max_ps(amax) / 127.f, d = d1 / 254.f;
   const __m512 inv1 = _mm512_set1_ps(d1 > 0 ? 1.f / d1 : 0.f);
   const __m512 inv = _mm512_set1_ps(d > 0 ? 1.f / d : 0.f);
   const __m512 vd1 = _mm512_set1_ps(d1);
