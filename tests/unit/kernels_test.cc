@@ -164,7 +164,7 @@ TEST(IntegerKernel, MatchesItsScalarModel) {
   std::mt19937 rng(99);
   for (auto format : {WeightFormat::affine4, WeightFormat::affine8}) {
     for (int group : {32, 64, 128}) {
-      const int64_t rows = 13, cols = 3 * group, n_tokens = 21;
+      const int64_t rows = 13, cols = 11 * group, n_tokens = 37;  // several K blocks, 3 token tiles
       RandomWeight rw(format, rows, cols, group, rng);
       const auto x = random_vector(static_cast<size_t>(n_tokens * cols), rng);
       QuantizedActivations qa;

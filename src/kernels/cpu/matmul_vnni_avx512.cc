@@ -86,18 +86,22 @@ void unpack_row_u8(const WeightMatrix& w, const uint8_t* row, int64_t cols, uint
   }
 }
 
-// Prefill tile: NR weight rows x (16*MT) tokens. wq holds u8 rows; the
-// activation tiles hold 4 consecutive int8 of 16 tokens per 64-byte vector.
+// Prefill tile: NR weight rows x (16*MT) tokens over groups [g0, g1). wq
+// holds u8 rows; the activation tiles hold 4 consecutive int8 of 16 tokens
+// per 64-byte vector. Partial sums live in `fbuf` between calls (the caller
+// walks K in blocks so that a block of activations stays in L1 while every
+// row of the panel passes over it); the last block writes y.
 template <int NR, int MT>
 void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi, int64_t n_groups,
-               int64_t group, const int32_t* x1, const int32_t* x2, const float* dx,
-               const float* xs, int64_t tile_stride_q, int64_t tile_stride_g, int64_t n_valid,
-               float* y, int64_t ldy) {
+               int64_t group, int64_t g0, int64_t g1, const int32_t* x1, const int32_t* x2,
+               const float* dx, const float* xs, int64_t tile_stride_q, int64_t tile_stride_g,
+               float* fbuf, bool first, bool last, int64_t n_valid, float* y, int64_t ldy) {
   __m512 facc[NR][MT];
   for (int r = 0; r < NR; ++r)
-    for (int m = 0; m < MT; ++m) facc[r][m] = _mm512_setzero_ps();
+    for (int m = 0; m < MT; ++m)
+      facc[r][m] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(fbuf + (r * MT + m) * 16);
   const int64_t quads = group / 4;
-  for (int64_t g = 0; g < n_groups; ++g) {
+  for (int64_t g = g0; g < g1; ++g) {
     __m512i i1[NR][MT], i2[NR][MT];
     for (int r = 0; r < NR; ++r)
       for (int m = 0; m < MT; ++m) i1[r][m] = i2[r][m] = _mm512_setzero_si512();
@@ -128,6 +132,11 @@ void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi
       }
     }
   }
+  if (!last) {
+    for (int r = 0; r < NR; ++r)
+      for (int m = 0; m < MT; ++m) _mm512_storeu_ps(fbuf + (r * MT + m) * 16, facc[r][m]);
+    return;
+  }
   alignas(64) float tmp[16];
   for (int r = 0; r < NR; ++r) {
     for (int m = 0; m < MT; ++m) {
@@ -138,24 +147,35 @@ void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi
   }
 }
 
+// All rows of a panel x 16*MT tokens, K in blocks of about kKBlockBytes of
+// activations so each block is read from L2 once and then hit in L1.
 template <int MT>
 void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc, const float* bi,
                int64_t n_groups, int64_t group, const int32_t* x1, const int32_t* x2,
                const float* dx, const float* xs, int64_t sq, int64_t sg, int64_t n_valid, float* y,
                int64_t ldy) {
   constexpr int NR = 4;
-  int64_t r = 0;
-  auto call = [&](auto nr_tag) {
-    constexpr int N = decltype(nr_tag)::value;
-    vnni_tile<N, MT>(wq + r * cols, cols, sc + r * n_groups, bi + r * n_groups, n_groups, group,
-                     x1, x2, dx, xs, sq, sg, n_valid, y + r, ldy);
-  };
-  for (; r + NR <= n_rows; r += NR) call(std::integral_constant<int, NR>{});
-  switch (n_rows - r) {
-    case 3: call(std::integral_constant<int, 3>{}); break;
-    case 2: call(std::integral_constant<int, 2>{}); break;
-    case 1: call(std::integral_constant<int, 1>{}); break;
-    default: break;
+  constexpr int64_t kKBlockCols = 256;  // 256 columns x 16*MT tokens x 2 levels: 16-32 KiB
+  const int64_t groups_per_block = std::max<int64_t>(1, kKBlockCols / group);
+  thread_local std::vector<float> fbuf;
+  fbuf.resize(static_cast<size_t>((n_rows + NR) * MT * 16));
+  for (int64_t g0 = 0; g0 < n_groups; g0 += groups_per_block) {
+    const int64_t g1 = std::min(n_groups, g0 + groups_per_block);
+    const bool first = g0 == 0, last = g1 == n_groups;
+    int64_t r = 0;
+    auto call = [&](auto nr_tag) {
+      constexpr int N = decltype(nr_tag)::value;
+      vnni_tile<N, MT>(wq + r * cols, cols, sc + r * n_groups, bi + r * n_groups, n_groups, group,
+                       g0, g1, x1, x2, dx, xs, sq, sg, fbuf.data() + r * MT * 16, first, last,
+                       n_valid, y + r, ldy);
+    };
+    for (; r + NR <= n_rows; r += NR) call(std::integral_constant<int, NR>{});
+    switch (n_rows - r) {
+      case 3: call(std::integral_constant<int, 3>{}); break;
+      case 2: call(std::integral_constant<int, 2>{}); break;
+      case 1: call(std::integral_constant<int, 1>{}); break;
+      default: break;
+    }
   }
 }
 
