@@ -12,6 +12,22 @@
 #endif
 
 namespace pensieve {
+namespace {
+
+// Denormal floats cost a microcode assist (~100+ cycles) per operation;
+// softmax weights of far-away keys underflow into that range all the time.
+// Kernel threads flush them to zero (FTZ) and read them as zero (DAZ).
+void flush_denormals() {
+#if defined(__x86_64__)
+  thread_local bool done = false;
+  if (!done) {
+    _mm_setcsr(_mm_getcsr() | 0x8040);
+    done = true;
+  }
+#endif
+}
+
+}  // namespace
 
 int ThreadPool::default_threads() {
   cpu_set_t set;
@@ -34,6 +50,7 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::worker_main(int index) {
+  flush_denormals();
   uint64_t seen = 0;
   for (;;) {
     uint64_t g = generation_.load(std::memory_order_acquire);
@@ -54,6 +71,7 @@ void ThreadPool::worker_main(int index) {
 }
 
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
+  flush_denormals();
   if (n_threads_ == 1) {
     fn(0, 1);
     return;
@@ -80,6 +98,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
   grain = std::max<int64_t>(1, grain);
   const int64_t n_chunks = (n + grain - 1) / grain;
   if (n_threads_ == 1 || n_chunks == 1) {
+    flush_denormals();
     fn(0, n);
     return;
   }

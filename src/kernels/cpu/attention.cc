@@ -173,9 +173,7 @@ void attention(const float* q, const KvLayerView& kv, std::span<const AttentionS
       const int64_t first = sliding_window > 0 ? std::max<int64_t>(0, pos - sliding_window + 1) : 0;
       const float* qh = q + (s.q_row + it.i) * row + it.head * hd;
       float* o = out + (s.q_row + it.i) * row + it.head * hd;
-      if (isa == Isa::avx512) {
-        avx512::attention_one(qh, kv, s.block_table, it.head / group, pos, first, scale, o);
-      } else if (isa == Isa::avx2) {
+      if (isa == Isa::avx2) {
         avx2::attention_one(qh, kv, s.block_table, it.head / group, pos, first, scale, o);
       } else {
         attention_one_scalar(qh, kv, s.block_table, it.head / group, pos, first, scale, o);

@@ -45,8 +45,6 @@ void attention_ref(const float* q, const KvLayerView& kv, std::span<const Attent
                    int64_t n_heads, float scale, int64_t sliding_window, float* out);
 
 namespace avx512 {
-void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
-                   int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out);
 // Queries at positions [pos0, pos0 + n_queries) (rows of q/out, strides ldq/ldo)
 // x heads [head0, head0 + n_heads), all of which read KV head kv_head; each
 // KV block is loaded once for the whole tile.

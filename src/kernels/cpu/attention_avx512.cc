@@ -1,11 +1,11 @@
-// AVX-512 attention for one query head over a paged KV cache (see attention.h).
+// AVX-512 attention over a paged KV cache (see attention.h).
 //
 // Online softmax, one 16-token KV block at a time: scores for the block with
 // 16 lanes (K is stored transposed per block), one max/exp per block, then
-// P·V into accumulators that stay in registers (the head dimension is a
-// template parameter, so the accumulator array is fully unrolled; small heads
-// use two interleaved sets to hide the FMA latency). Blocks strictly inside
-// the window skip all masking.
+// P·V into accumulators held in registers (the head dimension is a template
+// parameter, so the accumulator array is fully unrolled; small heads use two
+// interleaved sets to hide the FMA latency). Blocks strictly inside the
+// window skip all masking.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -19,84 +19,18 @@
 namespace pensieve::kernels::avx512 {
 namespace {
 
-template <int NC>
-void attention_one_impl(const float* q, const KvLayerView& kv, const int32_t* block_table,
-                        int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out) {
-  const int64_t hd = kv.head_dim;
-  constexpr int NS = NC <= 4 ? 2 : 1;  // accumulator sets, alternating keys
-  const __mmask16 last_mask =
-      hd % 16 == 0 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (hd % 16)) - 1);
-  __m512 acc[NS][NC];
-  for (int s = 0; s < NS; ++s)
-    for (int c = 0; c < NC; ++c) acc[s][c] = _mm512_setzero_ps();
-  __m512 lsum = _mm512_setzero_ps();
-  float m = -std::numeric_limits<float>::infinity();
-  alignas(64) float p[16];
-  const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512 vscale = _mm512_set1_ps(scale);
-  const int64_t block_floats = kv.block_floats();
-  const int64_t b_first = first_pos / kKvBlockTokens, b_last = pos / kKvBlockTokens;
-  for (int64_t b = b_first; b <= b_last; ++b) {
-    const int64_t block = block_table[b];
-    const float* kb = kv.k + block * block_floats + kv_head * hd * kKvBlockTokens;
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int64_t d = 0;
-    for (; d + 2 <= hd; d += 2) {
-      s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(kb + d * kKvBlockTokens), s0);
-      s1 = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 1]), _mm512_loadu_ps(kb + (d + 1) * kKvBlockTokens), s1);
-    }
-    if (d < hd) s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(kb + d * kKvBlockTokens), s0);
-    const __m512 s = _mm512_mul_ps(_mm512_add_ps(s0, s1), vscale);
-    const int64_t base = b * kKvBlockTokens;
-    __mmask16 valid = 0xffff;
-    if (base < first_pos || base + kKvBlockTokens - 1 > pos) {
-      const __m512 posv = _mm512_add_ps(lane, _mm512_set1_ps(static_cast<float>(base)));
-      valid = _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(first_pos)), _CMP_GE_OQ) &
-              _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(pos)), _CMP_LE_OQ);
-    }
-    const float m_blk = _mm512_mask_reduce_max_ps(valid, s);
-    const float m_new = std::max(m, m_blk);
-    const __m512 e = _mm512_maskz_mov_ps(valid, exp_ps(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
-    const float corr = m == m_new ? 1.f : std::exp(m - m_new);
-    m = m_new;
-    _mm512_store_ps(p, e);
-    if (corr != 1.f) {
-      const __m512 vcorr = _mm512_set1_ps(corr);
-      lsum = _mm512_mul_ps(lsum, vcorr);
-      for (int st = 0; st < NS; ++st)
-        for (int c = 0; c < NC; ++c) acc[st][c] = _mm512_mul_ps(acc[st][c], vcorr);
-    }
-    lsum = _mm512_add_ps(lsum, e);
-    const float* vb = kv.v + block * block_floats + kv_head * kKvBlockTokens * hd;
-    // Full blocks take every key without a branch; in a partial one the
-    // slots outside the window may hold stale values, so they are skipped.
-    for (int j = 0; j < kKvBlockTokens; ++j) {
-      if (valid != 0xffff && !((valid >> j) & 1)) continue;
-      const __m512 pj = _mm512_set1_ps(p[j]);
-      const float* vrow = vb + j * hd;
-      __m512* a = acc[j % NS];
-      for (int c = 0; c + 1 < NC; ++c) a[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), a[c]);
-      a[NC - 1] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(last_mask, vrow + (NC - 1) * 16), a[NC - 1]);
-    }
-  }
-  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(lsum));
-  for (int c = 0; c < NC; ++c) {
-    __m512 v = acc[0][c];
-    if constexpr (NS == 2) v = _mm512_add_ps(v, acc[1][c]);
-    v = _mm512_mul_ps(v, inv);
-    if (c + 1 < NC) {
-      _mm512_storeu_ps(out + c * 16, v);
-    } else {
-      _mm512_mask_storeu_ps(out + c * 16, last_mask, v);
-    }
-  }
-}
-
 // A tile of query heads against each KV block in turn: every query of
 // [pos0, pos0 + n_queries) times every head of one KV head's group. K and V
 // of a block are read once for the whole tile (flash-style tiling), instead
 // of once per query head; the per-query-head state (max, sum, accumulators)
 // lives in a small buffer that stays in L1.
+// The last 16-float chunk of a row: a plain 8-float load when exactly half
+// is used (head_dim 8, 40, 72, ...; masked loads are slow in the hot loop).
+inline __m512 load_tail(const float* p, __mmask16 mask, bool half) {
+  if (half) return _mm512_zextps256_ps512(_mm256_loadu_ps(p));
+  return _mm512_maskz_loadu_ps(mask, p);
+}
+
 template <int NC>
 void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
                          const KvLayerView& kv, const int32_t* block_table, int64_t kv_head,
@@ -106,6 +40,7 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
   const int64_t nq = n_queries * n_heads;
   const __mmask16 last_mask =
       hd % 16 == 0 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (hd % 16)) - 1);
+  const bool half_tail = hd % 16 == 8;
   thread_local std::vector<__m512> state;  // per query head: NC accumulators + the sum
   thread_local std::vector<float> maxes;
   state.assign(static_cast<size_t>(nq * (NC + 1)), _mm512_setzero_ps());
@@ -156,26 +91,31 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
           lsum = _mm512_mul_ps(lsum, vcorr);
         }
         st[NC] = _mm512_add_ps(lsum, e);
-        _mm512_store_ps(p, e);
-        if (NC <= 2) {  // short chains: a second accumulator set for odd keys
+        if (valid == 0xffff) {
+          // A full block: every key, its weight taken from e's lane j by a
+          // permute (no store and reload), two accumulator sets for short heads.
           __m512 acc2[NC];
           for (int c = 0; c < NC; ++c) acc2[c] = _mm512_setzero_ps();
+#pragma GCC unroll 16
           for (int j = 0; j < kKvBlockTokens; ++j) {
-            if (valid != 0xffff && !((valid >> j) & 1)) continue;
-            const __m512 pj = _mm512_set1_ps(p[j]);
+            const __m512 pj = _mm512_permutexvar_ps(_mm512_set1_epi32(j), e);
             const float* vrow = vb + j * hd;
-            __m512* a = (j & 1) ? acc2 : acc;
+            __m512* a = (NC <= 2 && (j & 1)) ? acc2 : acc;
             for (int c = 0; c + 1 < NC; ++c) a[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), a[c]);
-            a[NC - 1] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(last_mask, vrow + (NC - 1) * 16), a[NC - 1]);
+            a[NC - 1] = _mm512_fmadd_ps(pj, load_tail(vrow + (NC - 1) * 16, last_mask, half_tail), a[NC - 1]);
           }
-          for (int c = 0; c < NC; ++c) acc[c] = _mm512_add_ps(acc[c], acc2[c]);
+          if (NC <= 2)
+            for (int c = 0; c < NC; ++c) acc[c] = _mm512_add_ps(acc[c], acc2[c]);
         } else {
+          // A partial block (the diagonal or the window's edge): only the
+          // keys in range; slots outside it may hold stale values.
+          _mm512_store_ps(p, e);
           for (int j = 0; j < kKvBlockTokens; ++j) {
-            if (valid != 0xffff && !((valid >> j) & 1)) continue;
+            if (!((valid >> j) & 1)) continue;
             const __m512 pj = _mm512_set1_ps(p[j]);
             const float* vrow = vb + j * hd;
             for (int c = 0; c + 1 < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), acc[c]);
-            acc[NC - 1] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(last_mask, vrow + (NC - 1) * 16), acc[NC - 1]);
+            acc[NC - 1] = _mm512_fmadd_ps(pj, load_tail(vrow + (NC - 1) * 16, last_mask, half_tail), acc[NC - 1]);
           }
         }
         for (int c = 0; c < NC; ++c) st[c] = acc[c];
@@ -195,20 +135,6 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
 }
 
 }  // namespace
-
-void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
-                   int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out) {
-  switch ((kv.head_dim + 15) / 16) {
-#define PENSIEVE_CASE(N) \
-  case N: return attention_one_impl<N>(q, kv, block_table, kv_head, pos, first_pos, scale, out);
-    PENSIEVE_CASE(1) PENSIEVE_CASE(2) PENSIEVE_CASE(3) PENSIEVE_CASE(4)
-    PENSIEVE_CASE(5) PENSIEVE_CASE(6) PENSIEVE_CASE(7) PENSIEVE_CASE(8)
-    PENSIEVE_CASE(9) PENSIEVE_CASE(10) PENSIEVE_CASE(11) PENSIEVE_CASE(12)
-    PENSIEVE_CASE(13) PENSIEVE_CASE(14) PENSIEVE_CASE(15) PENSIEVE_CASE(16)
-#undef PENSIEVE_CASE
-    default: return;  // head_dim <= 256 is checked when the model loads
-  }
-}
 
 void attention_tile(const float* q, int64_t ldq, float* out, int64_t ldo, const KvLayerView& kv,
                     const int32_t* block_table, int64_t kv_head, int64_t head0, int64_t n_heads,
