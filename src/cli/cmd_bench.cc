@@ -79,11 +79,13 @@ RegisterCommand reg("bench", [](CLI::App& app) {
         "\"n_params\": {}, \"model_file_bytes\": {}, \"kv_cache_bytes\": {}, "
         "\"isa\": \"{}\", \"threads\": {}, \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
         "\"prefill_s\": {:.3f}, \"prefill_tok_s\": {:.2f}, \"gen_tokens\": {}, "
-        "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"peak_rss_bytes\": {}}}",
+        "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"decode_weight_bytes_per_token\": {}, "
+        "\"decode_read_gb_s\": {:.2f}, \"peak_rss_bytes\": {}}}",
         o->model, c.architecture, info.weight_format, info.n_params,
         dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()),
         model->pool().size(), load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
-        o->gen_tokens, decode_s, o->gen_tokens / decode_s, peak_rss_bytes());
+        o->gen_tokens, decode_s, o->gen_tokens / decode_s, info.decode_bytes_per_token,
+        info.decode_bytes_per_token * (o->gen_tokens / decode_s) / 1e9, peak_rss_bytes());
     if (o->json) {
       std::printf("%s\n", out.c_str());
     } else {
@@ -95,6 +97,9 @@ RegisterCommand reg("bench", [](CLI::App& app) {
                   static_cast<long long>(o->prompt_tokens), prefill_s, o->prompt_tokens / prefill_s);
       std::printf("decode       %lld tokens in %.2f s = %.2f tok/s\n",
                   static_cast<long long>(o->gen_tokens), decode_s, o->gen_tokens / decode_s);
+      std::printf("decode reads %.2f GB/s of weights (%.1f MiB per token; compare membw)\n",
+                  info.decode_bytes_per_token * (o->gen_tokens / decode_s) / 1e9,
+                  info.decode_bytes_per_token / 1048576.0);
       std::printf("peak RSS     %.1f MiB (weights file %.1f MiB, KV cache %.1f MiB)\n",
                   peak_rss_bytes() / 1048576.0, dir_safetensors_bytes(o->model) / 1048576.0,
                   kv_bytes / 1048576.0);

@@ -146,6 +146,7 @@ void DecoderModel::load() {
   lm_head_parts_ = {&lm_head_};
   info_.n_params = n_params;
   info_.weight_bytes = bytes;
+  info_.decode_bytes_per_token = s.has("lm_head.weight") ? bytes - embed_.total_bytes() : bytes;
   info_.weight_format = weight_format_name(layers_.empty() ? embed_.format : layers_[0].down.format);
   if (layers_.size() && layers_[0].down.quantized()) {
     info_.weight_format += " (group " + std::to_string(layers_[0].down.group_size) + ")";

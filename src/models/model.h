@@ -49,6 +49,9 @@ struct ForwardSeq {
 struct ModelInfo {
   int64_t n_params = 0;
   int64_t weight_bytes = 0;
+  // Weight bytes one decode step streams: everything but the embedding table
+  // (one row of it is read), unless it doubles as the lm_head.
+  int64_t decode_bytes_per_token = 0;
   std::string weight_format;  // e.g. "mlx-affine-4bit (group 64)"
 };
 
