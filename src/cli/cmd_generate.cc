@@ -1,19 +1,23 @@
-// pensieve generate: token ids in, generated token ids out (JSON).
+// pensieve generate: token ids (or text, through the model's tokenizer) in,
+// generated token ids (and text) out, as JSON.
 #include <fmt/format.h>
 
 #include <cstdio>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/command.h"
 #include "core/error.h"
 #include "engine/session.h"
 #include "models/model.h"
+#include "tokenizer/tokenizer.h"
 
 namespace pensieve::cli {
 namespace {
 
 struct Opts {
-  std::string model, tokens;
+  std::string model, tokens, prompt;
   int64_t max_tokens = 128;
   float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
   int top_k = 0;
@@ -23,10 +27,17 @@ struct Opts {
 };
 
 RegisterCommand reg("generate", [](CLI::App& app) {
-  app.description("Generate tokens after a prompt of token ids; prints JSON {\"tokens\": [...]}");
+  app.description(
+      "Generate tokens after a prompt (token ids, or text with --prompt); prints JSON "
+      "{\"tokens\": [...], \"stop_reason\": ...} (plus \"text\" with --prompt)");
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model, "model directory")->required();
-  app.add_option("--tokens", o->tokens, "comma-separated prompt token ids")->required();
+  auto* tokens = app.add_option("--tokens", o->tokens, "comma-separated prompt token ids");
+  auto* prompt = app.add_option("--prompt", o->prompt,
+                                "prompt text, tokenized with the model's tokenizer.json (special "
+                                "tokens such as BOS added as the tokenizer says)");
+  tokens->excludes(prompt);
+  prompt->excludes(tokens);
   app.add_option("--max-tokens", o->max_tokens, "most tokens to generate")->check(CLI::NonNegativeNumber);
   app.add_option("--temperature", o->temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
   app.add_option("--top-p", o->top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
@@ -36,8 +47,17 @@ RegisterCommand reg("generate", [](CLI::App& app) {
   app.add_option("--threads", o->threads, "worker threads (default: all cores)");
   app.add_option("--ctx-size", o->ctx_size, "context length (default: prompt + max tokens)");
   return std::function<int()>([o] {
-    const std::vector<int> ids = parse_int_list(o->tokens, "--tokens");
-    if (ids.empty()) fail("--tokens: at least one token id is needed");
+    std::vector<int> ids;
+    std::unique_ptr<Tokenizer> tokenizer;
+    if (!o->prompt.empty()) {
+      tokenizer = Tokenizer::load(o->model);
+      for (int32_t id : tokenizer->encode(o->prompt, true)) ids.push_back(id);
+      if (ids.empty()) fail("--prompt: the text encodes to no tokens");
+    } else {
+      if (o->tokens.empty()) fail("give the prompt as --tokens IDS or --prompt TEXT");
+      ids = parse_int_list(o->tokens, "--tokens");
+      if (ids.empty()) fail("--tokens: at least one token id is needed");
+    }
     auto model = load_model(o->model, {o->threads});
     const int64_t ctx = o->ctx_size > 0 ? o->ctx_size : static_cast<int64_t>(ids.size()) + o->max_tokens;
     Session session(*model, ctx);
@@ -46,7 +66,12 @@ RegisterCommand reg("generate", [](CLI::App& app) {
     const GenerateResult r = generate(session, prompt, o->max_tokens, model->config().eos_token_ids, sp);
     std::string out = "{\"tokens\": [";
     for (size_t i = 0; i < r.tokens.size(); ++i) out += fmt::format("{}{}", i ? ", " : "", r.tokens[i]);
-    out += fmt::format("], \"stop_reason\": \"{}\"}}\n", r.stopped_on_eos ? "eos" : "max_tokens");
+    out += fmt::format("], \"stop_reason\": \"{}\"", r.stopped_on_eos ? "eos" : "max_tokens");
+    if (tokenizer) {
+      const nlohmann::json text = tokenizer->decode(r.tokens, true);
+      out += ", \"text\": " + text.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+    out += "}\n";
     std::fwrite(out.data(), 1, out.size(), stdout);
     return 0;
   });

@@ -115,6 +115,34 @@ TEST(GoldenStories, GeneratesTheReference200TokensFromBos) {
   EXPECT_EQ(result.tokens, ids_of(ref["greedy_ids"]));
 }
 
+// `generate --prompt TEXT` tokenizes with the model's tokenizer (BOS added as
+// its post-processor says), generates exactly what the same ids give, and
+// returns the decoded text of the generated tokens.
+TEST(GoldenStories, GenerateTakesATextPrompt) {
+  const std::string dir = std::string(PENSIEVE_TEST_DATA) + "/../../models/stories260K";
+  const auto ids = test::run_pensieve("tokenize --special --model " + dir + " --text 'Once upon a time'");
+  ASSERT_EQ(ids.exit_code, 0) << ids.err;
+  std::string list;
+  const json encoded = json::parse(ids.out);
+  for (int id : encoded["ids"]) list += (list.empty() ? "" : ",") + std::to_string(id);
+  EXPECT_EQ(list.substr(0, 2), "1,");  // BOS first
+  const auto by_ids = test::run_pensieve("generate --model " + dir + " --tokens " + list + " --max-tokens 20");
+  const auto by_text = test::run_pensieve("generate --model " + dir + " --prompt 'Once upon a time' --max-tokens 20");
+  ASSERT_EQ(by_ids.exit_code, 0) << by_ids.err;
+  ASSERT_EQ(by_text.exit_code, 0) << by_text.err;
+  const json a = json::parse(by_ids.out), b = json::parse(by_text.out);
+  EXPECT_EQ(a["tokens"], b["tokens"]);
+  ASSERT_EQ(b["tokens"].size(), 20u);
+  std::string generated;
+  for (int id : b["tokens"]) generated += (generated.empty() ? "" : ",") + std::to_string(id);
+  const auto decoded = test::run_pensieve("tokenize --model " + dir + " --decode " + generated);
+  ASSERT_EQ(decoded.exit_code, 0) << decoded.err;
+  EXPECT_EQ(json::parse(decoded.out)["text"], b["text"]);
+  EXPECT_NE(b["text"].get<std::string>().find("there was"), std::string::npos) << b["text"];
+  const auto both = test::run_pensieve("generate --model " + dir + " --prompt x --tokens 1");
+  EXPECT_NE(both.exit_code, 0);
+}
+
 // Decoding token by token through the KV cache gives the full forward's logits.
 TEST(Incremental, DecodeMatchesFullForward) {
   for (const char* name : {"qwen3-tiny-mlx-4bit", "phi3-tiny", "llama3-tiny-mlx-4bit"}) {
