@@ -237,6 +237,9 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
         xa2[t] = _mm512_loadu_si512(q2 + t * cols + c);
       }
       for (int i = 0; i < R; ++i) {
+        if ((c & 127) == 0) {  // one line ahead per 2 chunks: the next block's rows
+          _mm_prefetch(reinterpret_cast<const char*>(rows[i] + R * row_bytes + (Q4 ? c / 2 : c)), _MM_HINT_T0);
+        }
         __m512i wv;
         if constexpr (Q4) {
           const __m512i p = _mm512_broadcast_i64x4(
