@@ -48,10 +48,7 @@ struct Stream {
 
 class Waiter {
  public:
-  void notify() {
-    std::lock_guard<std::mutex> lock(m_);
-    cv_.notify_all();
-  }
+  void notify_locked() { cv_.notify_all(); }  // caller holds mutex()
   template <class Pred>
   void wait(Pred pred) {
     std::unique_lock<std::mutex> lock(m_);
@@ -80,6 +77,7 @@ void submit(Engine& engine, Waiter& waiter, Stream& s, std::vector<int32_t> prom
       s.error = e.error;
       s.done_at = Clock::now();
       s.done = true;
+      waiter.notify_locked();
     }
   };
   s.submitted = Clock::now();

@@ -24,6 +24,7 @@ struct Engine::Sequence {
   bool publishing = true;    // false once the variant changed under it
   bool started = false;      // the first prefix lookup happened
   bool ran = false;          // took part in a forward
+  bool preempted = false;    // in this step: it looks up its prefix again next step
   int64_t n_cached = 0;      // prompt tokens the first lookup found
   int64_t n_cache_created = 0;
   std::unique_ptr<Sampler> sampler;
@@ -232,6 +233,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     if (!s->done && s->handle->cancelled()) finish(*s, "cancelled");
   }
   for (auto& s : running) {
+    s->preempted = false;
     if (!s->done && s->kv.blocks.empty() && s->n_computed == 0) start_sequence(*s);
   }
   // Decoding requests first (one token each), oldest first; then prompt chunks.
@@ -252,7 +254,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
   int64_t budget = options_.max_batch_tokens;
   for (Sequence* s : order) {
     if (budget <= 0) break;
-    if (s->done) continue;  // preempted below
+    if (s->done || s->preempted) continue;
     const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->n_computed;
     const int64_t n = std::min(pending, budget);
     // Make room by preempting requests admitted after this one (newest
@@ -269,6 +271,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
       }
       if (victim == nullptr) break;
       release(*victim);  // resumed from the cache, or recomputed, when it runs again
+      victim->preempted = true;
       ++n_preemptions_;
       spdlog::debug("engine: preempted a request to free KV blocks");
     }

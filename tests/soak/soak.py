@@ -169,7 +169,10 @@ def client_loop(cid, port, deadline, stats, system_prompt, seed):
                         break
             if hung_up:
                 # Close the socket mid-stream: the server must cancel the generation.
-                conn.sock.shutdown(socket.SHUT_RDWR)
+                sock = conn.sock
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+                r.close()
                 conn.close()
                 with stats.lock:
                     stats.disconnected += 1
@@ -206,7 +209,7 @@ def main():
     port = free_port()
     cmd = [args.binary, "serve", "--port", str(port), "--threads", str(args.threads),
            "--parallel", "8", "--max-queue", str(args.clients * 2), "--ctx-size", "2048",
-           "--kv-memory", "0.02"]
+           "--kv-memory", "0.003"]  # a small pool: preemption and eviction happen
     if args.model:
         cmd += ["--model", args.model]
     env = dict(os.environ, PENSIEVE_HOME=os.path.join(here, "..", ".."))
