@@ -34,6 +34,7 @@ struct Opts {
   int64_t ctx_size = 0, batch_tokens = 512;
   double kv_memory_gib = 0;
   size_t max_body_mb = 32;
+  bool no_prefix_cache = false;
 };
 
 // The bundled model ships in <repo>/models/stories260K; look for it next to
@@ -78,6 +79,8 @@ RegisterCommand reg("serve", [](CLI::App& app) {
   app.add_option("--batch-tokens", o->batch_tokens, "tokens per forward step (prompt chunk size)")
       ->check(CLI::Range(16, 65536));
   app.add_option("--kv-memory", o->kv_memory_gib, "KV cache budget in GiB (default: automatic)");
+  app.add_flag("--no-prefix-cache", o->no_prefix_cache,
+               "recompute every prompt instead of reusing earlier requests' KV blocks");
   app.add_option("--api-key", o->api_key, "required x-api-key / Bearer token")
       ->envname("PENSIEVE_API_KEY");
   app.add_option("--http-threads", o->http_threads, "connections served at once");
@@ -162,6 +165,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     eo.max_batch_tokens = o->batch_tokens;
     eo.max_queue = o->max_queue;
     eo.kv_memory_bytes = static_cast<int64_t>(o->kv_memory_gib * (1ull << 30));
+    eo.prefix_cache = !o->no_prefix_cache;
     Engine engine(*model, eo);
     const std::string id = o->model_id.empty() ? fs::path(dir).filename().string() : o->model_id;
     server::EngineBackend backend(id, engine, *tokenizer, std::move(chat),

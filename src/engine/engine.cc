@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "engine/prefix_cache.h"
 #include "kernels/cpu/attention.h"
 
 namespace pensieve {
@@ -18,6 +19,14 @@ struct Engine::Sequence {
   int64_t n_generated = 0;
   int64_t n_computed = 0;  // tokens whose K/V are in `kv`
   KvSequence kv;
+  PrefixChain chain;         // hashes of the full blocks in kv
+  int64_t kv_variant = 0;    // Model::kv_variant the blocks were computed with
+  bool publishing = true;    // false once the variant changed under it
+  bool started = false;      // the first prefix lookup happened
+  bool ran = false;          // took part in a forward
+  bool preempted = false;    // in this step: it looks up its prefix again next step
+  int64_t n_cached = 0;      // prompt tokens the first lookup found
+  int64_t n_cache_created = 0;
   std::unique_ptr<Sampler> sampler;
   uint64_t admitted = 0;  // admission order, for fairness and preemption
   bool done = false;
@@ -50,10 +59,11 @@ Engine::Engine(Model& model, const EngineOptions& options)
       pool_(options.kv_blocks > 0 ? options.kv_blocks : default_kv_blocks(model, options)) {
   model_.allocate_kv(pool_.n_total());
   n_free_blocks_ = pool_.n_free();
-  spdlog::info("engine: KV cache {} blocks of {} tokens ({:.1f} MiB reserved), context {}, batch {} tokens",
+  spdlog::info("engine: KV cache {} blocks of {} tokens ({:.1f} MiB reserved), context {}, batch {} "
+               "tokens, prefix cache {}",
                pool_.n_total(), kernels::kKvBlockTokens,
                pool_.n_total() * model_.kv_bytes_per_block() / 1048576.0, options_.ctx_size,
-               options_.max_batch_tokens);
+               options_.max_batch_tokens, options_.prefix_cache ? "on" : "off");
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -93,6 +103,8 @@ EngineStats Engine::stats() const {
   EngineStats s;
   s.n_blocks_total = pool_.n_total();
   s.n_blocks_free = n_free_blocks_.load();
+  s.n_blocks_cached = n_cached_blocks_.load();
+  s.n_blocks_used = s.n_blocks_total - s.n_blocks_free - s.n_blocks_cached;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     s.n_waiting = static_cast<int64_t>(waiting_.size());
@@ -100,17 +112,71 @@ EngineStats Engine::stats() const {
   s.n_running = n_running_.load();
   s.n_steps = n_steps_.load();
   s.n_preemptions = n_preemptions_.load();
+  s.n_prompt_tokens = n_prompt_tokens_.load();
+  s.n_cached_tokens = n_cached_tokens_.load();
+  s.n_evictions = n_evictions_.load();
   return s;
 }
 
-void Engine::finish(Sequence& s, const std::string& reason) {
+void Engine::publish_stats() {
+  n_running_ = static_cast<int64_t>(std::count_if(
+      running_.begin(), running_.end(), [](const std::unique_ptr<Sequence>& s) { return !s->done; }));
+  n_free_blocks_ = pool_.n_free();
+  n_cached_blocks_ = pool_.n_cached();
+  n_evictions_ = pool_.n_evictions();
+}
+
+void Engine::emit(Sequence& s, EngineEvent e) {
+  e.n_cached = s.n_cached;
+  e.n_cache_created = s.n_cache_created;
+  s.request.on_event(e);
+}
+
+// Its blocks go back (published ones stay cached); its tokens are kept, so
+// it can start again from whatever of them the cache still holds.
+void Engine::release(Sequence& s) {
   release_blocks(pool_, s.kv);
+  s.chain.hashes.clear();
   s.n_computed = 0;
+}
+
+// Takes the cached prefix of a sequence that holds no blocks: a new one, or
+// one preempted earlier. The first lookup is reported at once.
+void Engine::start_sequence(Sequence& s) {
+  s.kv_variant = model_.kv_variant(static_cast<int64_t>(s.tokens.size()));
+  s.publishing = options_.prefix_cache;
+  if (options_.prefix_cache) {
+    s.n_computed = match_prefix(pool_, s.tokens, s.kv_variant, s.chain, s.kv);
+  } else {
+    s.chain = PrefixChain{};
+    s.n_computed = 0;
+  }
+  if (s.started) {
+    // Not run yet (no room so far) and now more of it is cached: count it.
+    if (!s.ran && s.n_computed > s.n_cached) {
+      n_cached_tokens_ += s.n_computed - s.n_cached;
+      s.n_cached = s.n_computed;
+    }
+    return;
+  }
+  s.started = true;
+  s.n_cached = std::min(s.n_computed, s.n_prompt);
+  n_prompt_tokens_ += s.n_prompt;
+  n_cached_tokens_ += s.n_cached;
+  EngineEvent e;
+  e.kind = EngineEvent::Kind::progress;
+  e.n_prompt_done = s.n_cached;
+  emit(s, e);
+}
+
+void Engine::finish(Sequence& s, const std::string& reason) {
+  release(s);
   s.done = true;
+  publish_stats();  // whoever hears "done" sees the blocks back
   EngineEvent e;
   e.kind = EngineEvent::Kind::done;
   e.finish = reason;
-  s.request.on_event(e);
+  emit(s, e);
 }
 
 void Engine::loop() {
@@ -125,7 +191,7 @@ void Engine::loop() {
         auto& front = waiting_.front();
         const int64_t first_chunk = std::min<int64_t>(
             static_cast<int64_t>(front->tokens.size()), options_.max_batch_tokens);
-        if (!front->handle->cancelled() && blocks_for(first_chunk + 1) > pool_.n_free() &&
+        if (!front->handle->cancelled() && blocks_for(first_chunk + 1) > pool_.n_available() &&
             !running_.empty()) {
           break;  // wait for memory; the running ones will free some
         }
@@ -133,25 +199,28 @@ void Engine::loop() {
         running_.push_back(std::move(front));
         waiting_.pop_front();
       }
+      n_running_ = static_cast<int64_t>(running_.size());  // with waiting_, under the lock
     }
     try {
       step(running_);
     } catch (const std::exception& ex) {
       spdlog::error("engine step failed: {}", ex.what());
       for (auto& s : running_) {
-        release_blocks(pool_, s->kv);
+        if (s->done) continue;
+        // Blocks are published only after a forward completes, so what the
+        // failed step was writing never reaches the cache.
+        release(*s);
         EngineEvent e;
         e.kind = EngineEvent::Kind::error;
         e.error = ex.what();
-        s->request.on_event(e);
+        emit(*s, e);
         s->done = true;
       }
     }
     running_.erase(std::remove_if(running_.begin(), running_.end(),
                                   [](const std::unique_ptr<Sequence>& s) { return s->done; }),
                    running_.end());
-    n_running_ = static_cast<int64_t>(running_.size());
-    n_free_blocks_ = pool_.n_free();
+    publish_stats();
   }
   // Shutting down: everything still known ends as cancelled.
   for (auto& s : running_) finish(*s, "cancelled");
@@ -162,6 +231,10 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
   // Cancelled requests leave before any work is spent on them.
   for (auto& s : running) {
     if (!s->done && s->handle->cancelled()) finish(*s, "cancelled");
+  }
+  for (auto& s : running) {
+    s->preempted = false;
+    if (!s->done && s->kv.blocks.empty() && s->n_computed == 0) start_sequence(*s);
   }
   // Decoding requests first (one token each), oldest first; then prompt chunks.
   std::vector<Sequence*> order;
@@ -181,7 +254,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
   int64_t budget = options_.max_batch_tokens;
   for (Sequence* s : order) {
     if (budget <= 0) break;
-    if (s->done) continue;  // preempted below
+    if (s->done || s->preempted) continue;
     const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->n_computed;
     const int64_t n = std::min(pending, budget);
     // Make room by preempting requests admitted after this one (newest
@@ -197,8 +270,8 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
         }
       }
       if (victim == nullptr) break;
-      release_blocks(pool_, victim->kv);  // recomputed from its tokens when it runs again
-      victim->n_computed = 0;
+      release(*victim);  // resumed from the cache, or recomputed, when it runs again
+      victim->preempted = true;
       ++n_preemptions_;
       spdlog::debug("engine: preempted a request to free KV blocks");
     }
@@ -221,6 +294,8 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     fs.block_table = p.seq->kv.blocks.data();
     fs.n_past = p.seq->n_computed;
     fs.n_planned = static_cast<int64_t>(p.seq->tokens.size());
+    if (model_.kv_variant(fs.n_planned) != p.seq->kv_variant) p.seq->publishing = false;
+    p.seq->ran = true;
     batch.push_back(fs);
   }
   std::vector<float> logits;
@@ -231,12 +306,14 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     Sequence& s = *plan[i].seq;
     s.n_computed += plan[i].n;
     s.kv.n_tokens = s.n_computed;
+    s.n_cache_created +=
+        publish_prefix(pool_, s.tokens, s.n_computed, s.kv, s.chain, s.publishing, s.n_prompt);
     const bool reading_prompt = s.n_generated == 0;
     if (reading_prompt) {
       EngineEvent e;
       e.kind = EngineEvent::Kind::progress;
       e.n_prompt_done = std::min(s.n_computed, s.n_prompt);
-      s.request.on_event(e);
+      emit(s, e);
     }
     if (s.n_computed < static_cast<int64_t>(s.tokens.size())) continue;  // more prompt to read
     const int32_t tok = s.sampler->sample(logits.data() + i * vocab, vocab);
@@ -250,7 +327,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     EngineEvent e;
     e.kind = EngineEvent::Kind::token;
     e.token = tok;
-    s.request.on_event(e);
+    emit(s, e);
     if (s.n_generated >= s.request.max_tokens ||
         static_cast<int64_t>(s.tokens.size()) >= options_.ctx_size) {
       finish(s, "max_tokens");

@@ -7,7 +7,13 @@
 // one still reading), runs them as one batch, and samples where a request's
 // known tokens are all computed. Long prompts are therefore chunked and never
 // stall the others. When KV blocks run out, the most recently admitted
-// request is preempted (its blocks freed, its tokens recomputed later).
+// request is preempted (its blocks released, its tokens recomputed later).
+//
+// Prefix cache (prefix_cache.h): when a request starts (or resumes after
+// preemption) it first takes every cached full block that starts its tokens
+// and only computes the rest. Every full block a request computes, prompt or
+// generated, is published as it completes; when the last holder lets go it
+// stays cached (evictable, LRU) instead of free.
 #pragma once
 
 #include <atomic>
@@ -34,13 +40,15 @@ struct EngineOptions {
   int64_t max_batch_tokens = 512;   // tokens per forward step
   int64_t max_running = 8;          // sequences decoded together
   int64_t max_queue = 64;           // waiting requests before submit() refuses
+  bool prefix_cache = true;         // reuse K/V of earlier requests' full blocks
 };
 
 struct EngineEvent {
   enum class Kind { progress, token, done, error };
   Kind kind = Kind::progress;
   int64_t n_prompt_done = 0;
-  int64_t n_cached = 0;
+  int64_t n_cached = 0;          // prompt tokens taken from the prefix cache (every event)
+  int64_t n_cache_created = 0;   // prompt tokens this request added to the cache so far
   int32_t token = -1;
   std::string finish;  // done: "eos" | "max_tokens" | "cancelled"
   std::string error;
@@ -64,9 +72,12 @@ class EngineHandle {
 };
 
 struct EngineStats {
-  int64_t n_blocks_total = 0, n_blocks_free = 0;
+  // n_blocks_total = free + cached + used. Idle: used == 0.
+  int64_t n_blocks_total = 0, n_blocks_free = 0, n_blocks_cached = 0, n_blocks_used = 0;
   int64_t n_waiting = 0, n_running = 0;
   int64_t n_steps = 0, n_preemptions = 0;
+  int64_t n_prompt_tokens = 0, n_cached_tokens = 0;  // over all requests started so far
+  int64_t n_evictions = 0;
 };
 
 class Engine {
@@ -88,6 +99,10 @@ class Engine {
   void loop();
   void step(std::vector<std::unique_ptr<Sequence>>& running);
   void finish(Sequence& s, const std::string& reason);
+  void emit(Sequence& s, EngineEvent e);
+  void start_sequence(Sequence& s);
+  void release(Sequence& s);
+  void publish_stats();
 
   Model& model_;
   EngineOptions options_;
@@ -97,7 +112,8 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> waiting_;  // guarded by mutex_
   std::vector<std::unique_ptr<Sequence>> running_;  // engine thread only
   bool stop_ = false;
-  std::atomic<int64_t> n_running_{0}, n_free_blocks_{0}, n_steps_{0}, n_preemptions_{0};
+  std::atomic<int64_t> n_running_{0}, n_free_blocks_{0}, n_cached_blocks_{0}, n_steps_{0},
+      n_preemptions_{0}, n_prompt_tokens_{0}, n_cached_tokens_{0}, n_evictions_{0};
   std::thread thread_;
 };
 

@@ -53,6 +53,7 @@ class DecoderModel final : public Model {
   int64_t kv_blocks() const override { return kv_ ? kv_->n_blocks() : 0; }
 
   void forward(std::span<const ForwardSeq> seqs, std::vector<float>* logits) override;
+  int64_t kv_variant(int64_t seq_len) const override { return rope_.variant(seq_len); }
 
  private:
   void load();

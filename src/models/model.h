@@ -70,6 +70,13 @@ class Model {
   // requested positions, sequence by sequence, in order.
   virtual void forward(std::span<const ForwardSeq> seqs, std::vector<float>* logits) = 0;
 
+  // Which K/V a sequence of seq_len (its n_planned) gets: positions' keys are
+  // the same for every length of one variant, different across variants
+  // (Phi-3 longrope switches factors past original_max_position_embeddings;
+  // dynamic NTK changes its base with the length past max positions). The
+  // prefix cache only shares blocks within one variant.
+  virtual int64_t kv_variant(int64_t seq_len) const { (void)seq_len; return 0; }
+
   ThreadPool& pool() { return *pool_; }
 
  protected:

@@ -111,6 +111,11 @@ RopeTable::RopeTable(const ModelConfig& c, int64_t head_dim) {
 
 bool RopeTable::use_long(int64_t seq_len) const { return longrope_ && seq_len > original_max_; }
 
+int64_t RopeTable::variant(int64_t seq_len) const {
+  if (dynamic_ && seq_len > max_pos_) return seq_len;  // the base changes with every length
+  return use_long(seq_len) ? 1 : 0;
+}
+
 void RopeTable::cos_sin(int64_t pos, int64_t seq_len, float* cos, float* sin) const {
   const std::vector<float>& freqs = use_long(seq_len) ? inv_freq_long_ : inv_freq_;
   const int64_t n = rot_dim_ / 2;

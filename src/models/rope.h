@@ -20,6 +20,9 @@ class RopeTable {
   // use the long factors (chosen per forward call from the sequence length,
   // as transformers does).
   bool use_long(int64_t seq_len) const;
+  // 0 while cos/sin do not depend on seq_len; otherwise a value that differs
+  // whenever the table does (see Model::kv_variant).
+  int64_t variant(int64_t seq_len) const;
   // cos/sin[rot_dim/2] for one position.
   void cos_sin(int64_t pos, int64_t seq_len, float* cos, float* sin) const;
 

@@ -61,6 +61,7 @@ struct GenerationRequest {
   float temperature = 1.0f;   // 0 = greedy
   float top_p = 1.0f;         // 1 = off
   int top_k = 0;              // 0 = off
+  float min_p = 0.0f;         // 0 = off
   std::optional<uint64_t> seed;
 };
 
@@ -69,6 +70,7 @@ struct GenerationEvent {
   Kind kind = Kind::progress;
   int64_t n_prompt_done = 0;  // progress: prompt tokens processed so far (cached ones included)
   int64_t n_cached = 0;       // prompt tokens reused from the prefix cache (any event may carry it)
+  int64_t n_cache_created = 0;  // prompt tokens this generation wrote into the prefix cache so far
   int32_t token = -1;         // token: its id
   std::string text;           // token: newly completed UTF-8 text (may be empty mid-character)
   std::string finish;         // done: "eos" | "max_tokens" | "cancelled"
@@ -93,6 +95,8 @@ class Backend {
                              const nlohmann::ordered_json& extra_vars) const = 0;
   virtual std::shared_ptr<Generation> submit(GenerationRequest request,
                                              EventCallback on_event) = 0;
+  // Engine counters for GET /health (KV blocks, queue); null when there are none.
+  virtual nlohmann::ordered_json stats() const { return nullptr; }
 };
 
 }  // namespace pensieve::server

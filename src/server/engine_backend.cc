@@ -77,6 +77,7 @@ std::shared_ptr<Generation> EngineBackend::submit(GenerationRequest request,
   r.sampling.temperature = request.temperature;
   r.sampling.top_p = request.top_p;
   r.sampling.top_k = request.top_k;
+  r.sampling.min_p = request.min_p;
   r.sampling.seed = request.seed ? *request.seed : std::random_device{}();
   r.stop_ids = stop_ids_;
   // The decoder lives with the request; events for one request never overlap.
@@ -85,6 +86,7 @@ std::shared_ptr<Generation> EngineBackend::submit(GenerationRequest request,
     GenerationEvent g;
     g.n_prompt_done = e.n_prompt_done;
     g.n_cached = e.n_cached;
+    g.n_cache_created = e.n_cache_created;
     switch (e.kind) {
       case EngineEvent::Kind::progress:
         g.kind = GenerationEvent::Kind::progress;
@@ -100,6 +102,8 @@ std::shared_ptr<Generation> EngineBackend::submit(GenerationRequest request,
         if (!rest.empty()) {
           GenerationEvent t;
           t.kind = GenerationEvent::Kind::token;
+          t.n_cached = e.n_cached;
+          t.n_cache_created = e.n_cache_created;
           t.text = std::move(rest);
           on_event(t);
         }
@@ -117,6 +121,22 @@ std::shared_ptr<Generation> EngineBackend::submit(GenerationRequest request,
   auto handle = engine_.submit(std::move(r));
   if (handle == nullptr) return nullptr;
   return std::make_shared<EngineGeneration>(std::move(handle));
+}
+
+nlohmann::ordered_json EngineBackend::stats() const {
+  const EngineStats s = engine_.stats();
+  return {{"kv_blocks_total", s.n_blocks_total},
+          {"kv_blocks_free", s.n_blocks_free},
+          {"kv_blocks_cached", s.n_blocks_cached},
+          {"kv_blocks_used", s.n_blocks_used},
+          {"n_running", s.n_running},
+          {"n_waiting", s.n_waiting},
+          {"n_steps", s.n_steps},
+          {"n_preemptions", s.n_preemptions},
+          {"n_evictions", s.n_evictions},
+          {"prefix_cache", engine_.options().prefix_cache},
+          {"n_prompt_tokens", s.n_prompt_tokens},
+          {"n_cached_tokens", s.n_cached_tokens}};
 }
 
 }  // namespace pensieve::server

@@ -23,6 +23,7 @@ class EngineBackend : public Backend {
   std::string render(const nlohmann::ordered_json& messages, const nlohmann::ordered_json* tools,
                      const nlohmann::ordered_json& extra_vars) const override;
   std::shared_ptr<Generation> submit(GenerationRequest request, EventCallback on_event) override;
+  nlohmann::ordered_json stats() const override;
 
   const std::vector<int32_t>& stop_ids() const { return stop_ids_; }
 

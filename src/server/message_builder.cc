@@ -1,5 +1,7 @@
 #include "server/message_builder.h"
 
+#include <algorithm>
+
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
@@ -17,10 +19,12 @@ json Usage::to_json() const {
           {"output_tokens", output_tokens}};
 }
 
-Usage make_usage(int64_t n_prompt, int64_t n_cached, int64_t n_output) {
+Usage make_usage(int64_t n_prompt, int64_t n_cached, int64_t n_output, int64_t n_created) {
   Usage u;
-  u.cache_read_input_tokens = std::min(n_cached, n_prompt);
-  u.input_tokens = n_prompt - u.cache_read_input_tokens;
+  u.cache_read_input_tokens = std::clamp<int64_t>(n_cached, 0, n_prompt);
+  u.cache_creation_input_tokens =
+      std::clamp<int64_t>(n_created, 0, n_prompt - u.cache_read_input_tokens);
+  u.input_tokens = n_prompt - u.cache_read_input_tokens - u.cache_creation_input_tokens;
   u.output_tokens = n_output;
   return u;
 }

@@ -24,8 +24,10 @@ struct Usage {
   nlohmann::ordered_json to_json() const;
 };
 
-// Usage for a prompt of n_prompt tokens of which n_cached came from the cache.
-Usage make_usage(int64_t n_prompt, int64_t n_cached, int64_t n_output);
+// Usage for a prompt of n_prompt tokens of which n_cached were read from the
+// prefix cache and n_created written into it by this request. As Anthropic
+// counts them, the three input fields add up to the prompt.
+Usage make_usage(int64_t n_prompt, int64_t n_cached, int64_t n_output, int64_t n_created = 0);
 
 class MessageBuilder {
  public:

@@ -78,13 +78,13 @@ struct Session {
   std::shared_ptr<Generation> generation;
   OutputParser parser;
   MessageBuilder builder;
-  int64_t n_prompt = 0, n_cached = 0, n_output = 0;
+  int64_t n_prompt = 0, n_cached = 0, n_created = 0, n_output = 0;
   bool finished = false;
   std::string stop_reason;
   std::optional<ApiError> error;
   Clock::time_point started = Clock::now();
 
-  Usage usage() const { return make_usage(n_prompt, n_cached, n_output); }
+  Usage usage() const { return make_usage(n_prompt, n_cached, n_output, n_created); }
 
   void cancel() {
     if (generation && !finished) generation->cancel();
@@ -113,6 +113,7 @@ struct Session {
   void take(const GenerationEvent& e, std::vector<json>& out) {
     if (finished) return;
     n_cached = std::max(n_cached, e.n_cached);
+    n_created = std::max(n_created, e.n_cache_created);
     std::vector<OutputPiece> pieces;
     switch (e.kind) {
       case GenerationEvent::Kind::progress: break;
@@ -229,6 +230,7 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
   gen.temperature = static_cast<float>(request.temperature.value_or(1.0));
   gen.top_p = static_cast<float>(request.top_p.value_or(1.0));
   gen.top_k = static_cast<int>(std::min<int64_t>(request.top_k.value_or(0), INT32_MAX));
+  gen.min_p = static_cast<float>(request.min_p.value_or(0.0));
   gen.seed = request.seed;
 
   OutputParserOptions parser_options;

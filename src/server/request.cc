@@ -331,6 +331,7 @@ MessagesRequest parse_messages_request(const json& body, const ParseOptions& opt
     req.top_k = get_integer(*t, "top_k");
     if (*req.top_k < 0) invalid_request("top_k", "must be at least 0");
   }
+  if (const json* t = optional_field(body, "min_p")) req.min_p = get_number(*t, "min_p", 0, 1);
   if (const json* s = optional_field(body, "seed")) {
     int64_t seed = get_integer(*s, "seed");
     req.seed = static_cast<uint64_t>(seed);

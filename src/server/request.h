@@ -56,6 +56,7 @@ struct MessagesRequest {
   std::optional<double> temperature;
   std::optional<double> top_p;
   std::optional<int64_t> top_k;
+  std::optional<double> min_p;      // extension: top-level "min_p" in [0, 1]
   std::optional<uint64_t> seed;     // extension: top-level "seed" integer
   bool stream = false;
   std::vector<Tool> tools;

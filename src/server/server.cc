@@ -171,9 +171,12 @@ void Server::Impl::handle_model(const httplib::Request& req, httplib::Response& 
 }
 
 void Server::Impl::handle_health(const httplib::Request& req, httplib::Response& res) {
+  json engine = backend.stats();
   std::lock_guard<std::mutex> lock(slots_mutex);
-  send_json(res, 200, {{"status", "ok"}, {"model", info.id}, {"context_size", info.context_size},
-                       {"n_inflight", n_inflight}, {"max_queue", options.max_queue}});
+  json body = {{"status", "ok"}, {"model", info.id}, {"context_size", info.context_size},
+               {"n_inflight", n_inflight}, {"max_queue", options.max_queue}};
+  if (!engine.is_null()) body["engine"] = std::move(engine);
+  send_json(res, 200, body);
 }
 
 Server::Server(Backend& backend, ServerOptions options)

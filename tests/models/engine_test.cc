@@ -56,7 +56,7 @@ EngineRequest request_for(const std::vector<int32_t>& prompt, int64_t max_tokens
 void wait_idle(Engine& engine) {
   for (int i = 0; i < 500; ++i) {
     const auto s = engine.stats();
-    if (s.n_running == 0 && s.n_waiting == 0 && s.n_blocks_free == s.n_blocks_total) return;
+    if (s.n_running == 0 && s.n_waiting == 0 && s.n_blocks_used == 0) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 }
@@ -90,7 +90,7 @@ TEST_P(EngineTest, EightPromptsTogetherMatchEachAlone) {
   }
   wait_idle(engine);
   const auto s = engine.stats();
-  EXPECT_EQ(s.n_blocks_free, s.n_blocks_total);
+  EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, s.n_blocks_total);
   if (GetParam() > 0) EXPECT_GT(s.n_preemptions, 0) << "the small pool should force preemption";
 }
 
@@ -112,7 +112,8 @@ TEST(Engine, CancelStopsAndFreesBlocks) {
   EXPECT_EQ(c.finish, "cancelled");
   EXPECT_LT(c.tokens.size(), 400u);
   wait_idle(engine);
-  EXPECT_EQ(engine.stats().n_blocks_free, 64);
+  EXPECT_EQ(engine.stats().n_blocks_free + engine.stats().n_blocks_cached, 64);
+  EXPECT_EQ(engine.stats().n_blocks_used, 0);
 }
 
 TEST(Engine, StopsOnStopIdAndRejectsBadPrompts) {
@@ -144,6 +145,136 @@ TEST(Engine, StopsOnStopIdAndRejectsBadPrompts) {
     EXPECT_EQ(std::string(e.what()), "prompt is too long: 65 tokens > 64 maximum");
   }
   EXPECT_THROW(engine.submit(request_for({}, 1, &unused)), Error);
+}
+
+// Prompts that share prefixes of various lengths, including ones that end
+// exactly on a block boundary (the last block must be recomputed for logits).
+std::vector<std::vector<int32_t>> shared_prefix_prompts(int64_t vocab) {
+  const int64_t B = kernels::kKvBlockTokens;
+  std::vector<int32_t> base;
+  for (int64_t k = 0; k < 5 * B; ++k) base.push_back(static_cast<int32_t>((k * 37 + 11) % vocab));
+  auto prefix = [&](int64_t n) { return std::vector<int32_t>(base.begin(), base.begin() + n); };
+  auto with_tail = [&](int64_t n, int seed, int64_t tail) {
+    auto p = prefix(n);
+    for (int64_t k = 0; k < tail; ++k) p.push_back(static_cast<int32_t>((seed * 101 + k * 13) % vocab));
+    return p;
+  };
+  return {prefix(2 * B),          with_tail(2 * B, 1, 9), with_tail(3 * B, 2, 1),
+          prefix(3 * B),          with_tail(B + 5, 3, 20), prefix(5 * B),
+          with_tail(4 * B, 4, 16), with_tail(3 * B, 5, 30)};
+}
+
+struct PrefixCase {
+  const char* model;
+  bool together;
+};
+
+class EnginePrefixCacheTest : public ::testing::TestWithParam<PrefixCase> {};
+
+TEST_P(EnginePrefixCacheTest, OutputsEqualWithAndWithoutTheCache) {
+  auto model = load_model(test::data_path(GetParam().model), {2});
+  const auto prompts = shared_prefix_prompts(model->config().vocab_size);
+  constexpr int64_t kGen = 10;
+  auto run_all = [&](bool cache, int64_t* n_cached_total) {
+    EngineOptions o;
+    o.ctx_size = 256;
+    o.kv_blocks = 96;
+    o.max_batch_tokens = 48;
+    o.prefix_cache = cache;
+    Engine engine(*model, o);
+    std::vector<std::unique_ptr<Collected>> results;
+    std::vector<std::vector<int32_t>> out;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      results.push_back(std::make_unique<Collected>());
+      EXPECT_NE(engine.submit(request_for(prompts[i], kGen, results.back().get())), nullptr);
+      if (!GetParam().together) {
+        EXPECT_EQ(results.back()->done.get_future().wait_for(std::chrono::seconds(60)),
+                  std::future_status::ready);
+      }
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      if (GetParam().together) {
+        EXPECT_EQ(results[i]->done.get_future().wait_for(std::chrono::seconds(60)),
+                  std::future_status::ready);
+      }
+      EXPECT_EQ(results[i]->error, "");
+      out.push_back(results[i]->tokens);
+    }
+    wait_idle(engine);
+    const auto s = engine.stats();
+    EXPECT_EQ(s.n_blocks_used, 0);
+    EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, s.n_blocks_total);
+    *n_cached_total = s.n_cached_tokens;
+    return out;
+  };
+  int64_t cached_on = 0, cached_off = 0;
+  const auto with_cache = run_all(true, &cached_on);
+  const auto without = run_all(false, &cached_off);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(with_cache[i], without[i]) << "prompt " << i << " (" << prompts[i].size() << " tokens)";
+  }
+  EXPECT_EQ(cached_off, 0);
+  EXPECT_GT(cached_on, 0);
+  if (!GetParam().together) {
+    // One after another, each prompt finds the full blocks of `base` that
+    // earlier ones computed (their generated tokens fill the next block with
+    // something else): 0 + 2 + 2 + 2 + 1 + 3 + 4 + 3 blocks.
+    EXPECT_EQ(cached_on, 17 * kernels::kKvBlockTokens);
+  }
+  // Each prompt alone (Session, no engine) agrees too.
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(with_cache[i], run_alone(*model, prompts[i], kGen)) << "prompt " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, EnginePrefixCacheTest,
+    ::testing::Values(PrefixCase{"models/qwen2-tiny-mlx-4bit", true},
+                      PrefixCase{"models/qwen2-tiny-mlx-4bit", false},
+                      PrefixCase{"models/llama3-tiny", true},
+                      PrefixCase{"models/phi3-tiny-mlx-4bit", false}),
+    [](const auto& info) {
+      std::string name = info.param.model;
+      name = name.substr(name.find('/') + 1);
+      std::replace(name.begin(), name.end(), '-', '_');
+      return name + (info.param.together ? "_together" : "_one_after_another");
+    });
+
+// Per-request sampling inside a batch: each seeded request draws the same
+// tokens batched with others as it does alone.
+TEST(Engine, SeededSamplingInABatchMatchesAlone) {
+  auto model = load_model(test::data_path("models/qwen3-tiny-mlx-4bit"), {2});
+  const int64_t vocab = model->config().vocab_size;
+  std::vector<SamplingParams> params(3);
+  params[0].temperature = 0.7f;
+  params[0].top_k = 20;
+  params[0].seed = 1;
+  params[1].temperature = 1.2f;
+  params[1].top_p = 0.8f;
+  params[1].min_p = 0.02f;
+  params[1].seed = 2;
+  params[2].temperature = 0;
+  auto run = [&](const std::vector<int>& which) {
+    EngineOptions o;
+    o.ctx_size = 256;
+    o.kv_blocks = 64;
+    Engine engine(*model, o);
+    std::vector<std::unique_ptr<Collected>> results;
+    for (int i : which) {
+      results.push_back(std::make_unique<Collected>());
+      auto r = request_for(make_prompt(i, vocab), 16, results.back().get());
+      r.sampling = params[i];
+      engine.submit(std::move(r));
+    }
+    std::vector<std::vector<int32_t>> out;
+    for (auto& c : results) {
+      c->done.get_future().wait();
+      out.push_back(c->tokens);
+    }
+    return out;
+  };
+  const auto together = run({0, 1, 2});
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(together[i], run({i})[0]) << "request " << i;
 }
 
 }  // namespace

@@ -221,6 +221,28 @@ TEST(ServerMessageBuilder, EventsAndFinalMessageAgree) {
   EXPECT_EQ(sse_event(events.back()), "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
 }
 
+TEST(ServerMessageBuilder, UsageSplitsThePromptIntoReadCreatedAndUncached) {
+  // 100 prompt tokens: 48 read from the prefix cache, 32 written into it.
+  Usage u = make_usage(100, 48, 7, 32);
+  EXPECT_EQ(u.cache_read_input_tokens, 48);
+  EXPECT_EQ(u.cache_creation_input_tokens, 32);
+  EXPECT_EQ(u.input_tokens, 20);
+  EXPECT_EQ(u.output_tokens, 7);
+  // Never more than the prompt, never negative.
+  u = make_usage(10, 16, 1, 16);
+  EXPECT_EQ(u.cache_read_input_tokens, 10);
+  EXPECT_EQ(u.cache_creation_input_tokens, 0);
+  EXPECT_EQ(u.input_tokens, 0);
+}
+
+TEST(ServerRequest, MinPExtension) {
+  json b = json::parse(R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]})");
+  b["min_p"] = 0.1;
+  EXPECT_DOUBLE_EQ(*parse_messages_request(b, {}).min_p, 0.1);
+  b["min_p"] = 1.5;
+  EXPECT_THROW(parse_messages_request(b, {}), ApiError);
+}
+
 TEST(ServerAuth, Helpers) {
   EXPECT_TRUE(constant_time_equal("secret", "secret"));
   EXPECT_FALSE(constant_time_equal("secret", "secreT"));

@@ -1,0 +1,126 @@
+// The real engine behind the server (bundled stories260K): the prefix cache
+// shows in usage, and GET /health reports the KV blocks back when idle.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <chrono>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "chat/chat_config.h"
+#include "engine/engine.h"
+#include "models/model.h"
+#include "server/engine_backend.h"
+#include "server/server.h"
+#include "tokenizer/tokenizer.h"
+
+namespace pensieve::server {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+const std::string kModel = std::string(PENSIEVE_TEST_DATA) + "/../../models/stories260K";
+
+struct Served {
+  explicit Served(bool prefix_cache) {
+    model = load_model(kModel, {1});
+    tokenizer = Tokenizer::load(kModel);
+    EngineOptions eo;
+    eo.ctx_size = 1024;
+    eo.kv_blocks = 200;
+    eo.prefix_cache = prefix_cache;
+    engine = std::make_unique<Engine>(*model, eo);
+    backend = std::make_unique<EngineBackend>("stories260K", *engine, *tokenizer,
+                                              chat::load_chat_config(kModel),
+                                              collect_stop_ids(model->config(), *tokenizer));
+    ServerOptions so;
+    so.port = 0;
+    so.api_keys_from_env = false;
+    server = std::make_unique<Server>(*backend, so);
+    server->start();
+  }
+  json post(const json& body) {
+    httplib::Client c("127.0.0.1", server->port());
+    c.set_read_timeout(60, 0);
+    auto res = c.Post("/v1/messages", body.dump(), "application/json");
+    EXPECT_TRUE(res);
+    if (!res) return json();
+    EXPECT_EQ(res->status, 200) << res->body;
+    return json::parse(res->body);
+  }
+  json health() {
+    httplib::Client c("127.0.0.1", server->port());
+    auto res = c.Get("/health");
+    EXPECT_TRUE(res);
+    return res ? json::parse(res->body) : json();
+  }
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<EngineBackend> backend;
+  std::unique_ptr<Server> server;
+};
+
+json story_request(const std::string& question) {
+  std::string system;
+  for (int i = 0; i < 20; ++i) system += "Once upon a time there was a little dog. ";
+  return {{"model", "stories260K"},
+          {"max_tokens", 12},
+          {"temperature", 0},
+          {"system", system},
+          {"messages", {{{"role", "user"}, {"content", question}}}}};
+}
+
+int64_t prompt_total(const json& usage) {
+  return usage["input_tokens"].get<int64_t>() + usage["cache_read_input_tokens"].get<int64_t>() +
+         usage["cache_creation_input_tokens"].get<int64_t>();
+}
+
+TEST(ServerEngineCache, SecondRequestReadsTheSharedPrefix) {
+  Served s(true);
+  const json first = s.post(story_request("Tell me about the dog."));
+  const json second = s.post(story_request("Tell me about the cat."));
+  const json& u1 = first["usage"];
+  const json& u2 = second["usage"];
+  EXPECT_EQ(u1["cache_read_input_tokens"], 0);
+  EXPECT_GT(u1["cache_creation_input_tokens"].get<int64_t>(), 100);
+  // Every full prompt block was written; at most the last 15 prompt tokens
+  // (a block that generated tokens may complete later) are not.
+  EXPECT_LE(prompt_total(u1) - u1["cache_creation_input_tokens"].get<int64_t>(), 15);
+  // The shared system prompt comes from the cache, in whole 16-token blocks.
+  EXPECT_GT(u2["cache_read_input_tokens"].get<int64_t>(), 100);
+  EXPECT_EQ(u2["cache_read_input_tokens"].get<int64_t>() % 16, 0);
+  EXPECT_LE(u2["cache_read_input_tokens"], u1["cache_creation_input_tokens"]);
+  // The same request again reads all of its full blocks but the last token's.
+  const json again = s.post(story_request("Tell me about the dog."));
+  const int64_t n = prompt_total(again["usage"]);
+  EXPECT_EQ(again["usage"]["cache_read_input_tokens"], (n - 1) / 16 * 16);
+  EXPECT_EQ(again["content"], first["content"]);  // greedy: same answer from cached K/V
+  json h;
+  for (int i = 0; i < 100; ++i) {
+    h = s.health();
+    if (h["engine"]["kv_blocks_used"] == 0 && h["engine"]["n_running"] == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(h["engine"]["kv_blocks_used"], 0);
+  EXPECT_EQ(h["engine"]["kv_blocks_total"], 200);
+  EXPECT_EQ(h["engine"]["kv_blocks_free"].get<int64_t>() + h["engine"]["kv_blocks_cached"].get<int64_t>(), 200);
+  EXPECT_GT(h["engine"]["kv_blocks_cached"].get<int64_t>(), 0);
+  EXPECT_EQ(h["engine"]["prefix_cache"], true);
+}
+
+TEST(ServerEngineCache, OffReportsNoCacheUse) {
+  Served s(false);
+  const json first = s.post(story_request("Tell me about the dog."));
+  const json again = s.post(story_request("Tell me about the dog."));
+  for (const json* m : {&first, &again}) {
+    EXPECT_EQ((*m)["usage"]["cache_read_input_tokens"], 0);
+    EXPECT_EQ((*m)["usage"]["cache_creation_input_tokens"], 0);
+  }
+  EXPECT_EQ(again["content"], first["content"]);
+  EXPECT_EQ(s.health()["engine"]["prefix_cache"], false);
+}
+
+}  // namespace
+}  // namespace pensieve::server

@@ -1,0 +1,472 @@
+// The engine's scheduler and prefix cache with a fake model (fake_model.h):
+// sharing, reuse after finish, cancellation and preemption, LRU eviction,
+// budget accounting, per-request sampling, and the pool back to full.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <thread>
+
+#include "core/error.h"
+#include "engine/engine.h"
+#include "unit/fake_model.h"
+
+namespace pensieve {
+namespace {
+
+constexpr int64_t B = kernels::kKvBlockTokens;
+
+struct Collected {
+  std::vector<int32_t> tokens;
+  std::atomic<int64_t> n_tokens{0};  // readable while the engine runs
+  std::vector<EngineEvent> events;
+  std::string finish, error;
+  std::promise<void> done;
+  std::shared_future<void> done_future = done.get_future().share();
+  void wait() {
+    ASSERT_EQ(done_future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  }
+  int64_t n_cached() const { return events.empty() ? -1 : events.back().n_cached; }
+};
+
+EngineRequest request_for(std::vector<int32_t> prompt, int64_t max_tokens, Collected* c,
+                          SamplingParams sampling = {}) {
+  EngineRequest r;
+  r.prompt = std::move(prompt);
+  r.max_tokens = max_tokens;
+  r.sampling = sampling;
+  if (sampling.seed == 0 && sampling.temperature == 1.0f) r.sampling.temperature = 0;
+  r.on_event = [c](const EngineEvent& e) {
+    c->events.push_back(e);
+    switch (e.kind) {
+      case EngineEvent::Kind::token: c->tokens.push_back(e.token); ++c->n_tokens; break;
+      case EngineEvent::Kind::progress: break;
+      case EngineEvent::Kind::done: c->finish = e.finish; c->done.set_value(); break;
+      case EngineEvent::Kind::error: c->error = e.error; c->done.set_value(); break;
+    }
+  };
+  return r;
+}
+
+std::vector<int32_t> prompt_of(int seed, int64_t n, int64_t vocab = 97) {
+  std::vector<int32_t> p(n);
+  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<int32_t>((seed * 131 + i * 17 + 3) % vocab);
+  return p;
+}
+
+std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+void wait_idle(Engine& engine) {
+  for (int i = 0; i < 1000; ++i) {
+    const auto s = engine.stats();
+    if (s.n_running == 0 && s.n_waiting == 0 && s.n_blocks_used == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  FAIL() << "engine did not become idle";
+}
+
+// Runs one request alone on a fresh engine with the cache off: the reference.
+std::vector<int32_t> run_alone(const std::vector<int32_t>& prompt, int64_t n,
+                               SamplingParams sampling = {}) {
+  test::FakeModel model;
+  EngineOptions o;
+  o.kv_blocks = 64;
+  o.ctx_size = 512;
+  o.prefix_cache = false;
+  Engine engine(model, o);
+  Collected c;
+  engine.submit(request_for(prompt, n, &c, sampling));
+  c.wait();
+  return c.tokens;
+}
+
+EngineOptions small_options(int64_t blocks) {
+  EngineOptions o;
+  o.kv_blocks = blocks;
+  o.ctx_size = 512;
+  o.max_batch_tokens = 64;
+  o.max_running = 8;
+  return o;
+}
+
+TEST(EngineScheduler, SecondRequestReusesTheFirstsFullBlocks) {
+  test::FakeModel model;
+  Engine engine(model, small_options(64));
+  const auto shared = prompt_of(1, 3 * B + 5);  // 53 tokens: 3 full blocks
+  const auto second_prompt = concat(shared, prompt_of(2, 10));
+  Collected a;
+  engine.submit(request_for(shared, 8, &a));
+  a.wait();
+  EXPECT_EQ(a.n_cached(), 0);
+  // The first event is the lookup's progress event.
+  ASSERT_FALSE(a.events.empty());
+  EXPECT_EQ(a.events.front().kind, EngineEvent::Kind::progress);
+  EXPECT_EQ(a.events.front().n_prompt_done, 0);
+  // The prompt's 3 full blocks were written into the cache.
+  EXPECT_EQ(a.events.back().n_cache_created, 3 * B);
+  wait_idle(engine);
+  const int64_t computed_before = model.n_tokens_computed;
+
+  Collected b;
+  engine.submit(request_for(second_prompt, 6, &b));
+  b.wait();
+  ASSERT_FALSE(b.events.empty());
+  EXPECT_EQ(b.events.front().kind, EngineEvent::Kind::progress);
+  // The first computed 53 + 7 tokens (3 full blocks); the second prompt
+  // leaves the first's tokens after 53, so those 3 blocks are shared.
+  EXPECT_EQ(b.events.front().n_cached, 3 * B);
+  EXPECT_EQ(b.events.front().n_prompt_done, 3 * B);
+  EXPECT_EQ(b.n_cached(), 3 * B);
+  // Only the uncached tail was computed (+ the 5 decode steps).
+  EXPECT_EQ(model.n_tokens_computed - computed_before,
+            static_cast<int64_t>(second_prompt.size()) - 3 * B + 5);
+  EXPECT_EQ(b.tokens, run_alone(second_prompt, 6));
+  EXPECT_EQ(a.tokens, run_alone(shared, 8));
+  wait_idle(engine);
+  const auto s = engine.stats();
+  EXPECT_EQ(s.n_blocks_used, 0);
+  EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, s.n_blocks_total);
+  EXPECT_GT(s.n_blocks_cached, 0);
+  EXPECT_EQ(s.n_cached_tokens, 3 * B);
+}
+
+TEST(EngineScheduler, GeneratedTokensAreCachedForTheNextTurn) {
+  test::FakeModel model;
+  Engine engine(model, small_options(64));
+  const auto turn1 = prompt_of(3, 20);
+  Collected a;
+  engine.submit(request_for(turn1, 30, &a));
+  a.wait();
+  ASSERT_EQ(a.tokens.size(), 30u);
+  // Turn 2 = turn 1 + its answer + a new question: 20 + 30 = 50 tokens known,
+  // 49 computed (the last sampled token never was) -> 3 full blocks.
+  auto turn2 = concat(concat(turn1, a.tokens), prompt_of(4, 9));
+  Collected b;
+  engine.submit(request_for(turn2, 4, &b));
+  b.wait();
+  EXPECT_EQ(b.n_cached(), 3 * B);
+  EXPECT_EQ(b.tokens, run_alone(turn2, 4));
+}
+
+TEST(EngineScheduler, ConcurrentRequestsShareBlocks) {
+  test::FakeModel model;
+  std::mutex m;
+  std::vector<std::vector<std::vector<int32_t>>> tables;  // per forward, per seq
+  model.on_forward = [&](std::span<const ForwardSeq> seqs) {
+    std::lock_guard<std::mutex> lock(m);
+    tables.emplace_back();
+    for (const auto& s : seqs) {
+      const int64_t n = (s.n_past + static_cast<int64_t>(s.tokens.size()) + B - 1) / B;
+      tables.back().emplace_back(s.block_table, s.block_table + n);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // first keeps decoding meanwhile
+  };
+  Engine engine(model, small_options(64));
+  const auto prefix = prompt_of(5, 4 * B);
+  // The first request reads its prompt; the next three arrive while it decodes.
+  Collected first;
+  engine.submit(request_for(concat(prefix, {1}), 40, &first));
+  while (first.n_tokens < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::vector<std::unique_ptr<Collected>> others;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 3; ++i) {
+    others.push_back(std::make_unique<Collected>());
+    prompts.push_back(concat(prefix, prompt_of(10 + i, 7)));
+    engine.submit(request_for(prompts.back(), 5, others.back().get()));
+  }
+  first.wait();
+  for (int i = 0; i < 3; ++i) {
+    others[i]->wait();
+    EXPECT_EQ(others[i]->n_cached(), 4 * B) << i;
+    EXPECT_EQ(others[i]->tokens, run_alone(prompts[i], 5)) << i;
+  }
+  EXPECT_EQ(first.tokens, run_alone(concat(prefix, {1}), 40));
+  // Some forward ran several sequences whose first four blocks were the same ids.
+  bool shared = false;
+  for (const auto& step : tables) {
+    for (size_t i = 0; i + 1 < step.size(); ++i) {
+      if (step[i].size() >= 4 && step[i + 1].size() >= 4 &&
+          std::equal(step[i].begin(), step[i].begin() + 4, step[i + 1].begin())) {
+        shared = true;
+      }
+    }
+  }
+  EXPECT_TRUE(shared);
+  wait_idle(engine);
+}
+
+TEST(EngineScheduler, PromptOfExactBlocksComputesItsLastToken) {
+  test::FakeModel model;
+  Engine engine(model, small_options(64));
+  const auto p = prompt_of(6, 2 * B);
+  Collected a, b;
+  engine.submit(request_for(p, 3, &a));
+  a.wait();
+  const int64_t before = model.n_tokens_computed;
+  engine.submit(request_for(p, 3, &b));
+  b.wait();
+  EXPECT_EQ(b.n_cached(), B);  // the second block holds the last token: recomputed
+  EXPECT_EQ(model.n_tokens_computed - before, B + 2);
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_EQ(b.tokens, run_alone(p, 3));
+}
+
+TEST(EngineScheduler, CacheOffReportsNothingCached) {
+  test::FakeModel model;
+  EngineOptions o = small_options(64);
+  o.prefix_cache = false;
+  Engine engine(model, o);
+  const auto p = prompt_of(7, 3 * B + 2);
+  Collected a, b;
+  engine.submit(request_for(p, 3, &a));
+  a.wait();
+  engine.submit(request_for(p, 3, &b));
+  b.wait();
+  EXPECT_EQ(b.n_cached(), 0);
+  EXPECT_EQ(b.events.back().n_cache_created, 0);
+  EXPECT_EQ(model.n_tokens_computed, 2 * (3 * B + 2 + 2));
+  EXPECT_EQ(a.tokens, b.tokens);
+  wait_idle(engine);
+  EXPECT_EQ(engine.stats().n_blocks_cached, 0);
+  EXPECT_EQ(engine.stats().n_blocks_free, 64);
+}
+
+TEST(EngineScheduler, LeastRecentlyUsedPrefixIsEvictedFirst) {
+  test::FakeModel model;
+  // 7 blocks: each prompt below needs 3 (2 full + the block of its last tokens).
+  Engine engine(model, small_options(7));
+  const auto pa = prompt_of(20, 2 * B + 4), pb = prompt_of(21, 2 * B + 4),
+             pc = prompt_of(22, 2 * B + 4), pd = prompt_of(23, 2 * B + 4);
+  auto run = [&](const std::vector<int32_t>& p) {
+    Collected c;
+    engine.submit(request_for(p, 1, &c));
+    c.wait();
+    wait_idle(engine);
+    return c.n_cached();
+  };
+  EXPECT_EQ(run(pa), 0);
+  EXPECT_EQ(run(pb), 0);
+  EXPECT_EQ(run(pa), 2 * B);  // a touched again: b is now the least recent
+  EXPECT_EQ(run(pc), 0);
+  EXPECT_EQ(engine.stats().n_evictions, 0);
+  // Now 1 block is free and 6 cached (LRU first: b's two, a's, c's). d needs
+  // 3: the free one, then b's.
+  EXPECT_EQ(run(pd), 0);
+  EXPECT_EQ(engine.stats().n_evictions, 2);
+  EXPECT_EQ(run(pa), 2 * B);  // survived
+  EXPECT_EQ(run(pc), 2 * B);  // survived
+  EXPECT_EQ(run(pb), 0);      // evicted
+  const auto s = engine.stats();
+  EXPECT_EQ(s.n_blocks_used, 0);
+  EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, 7);
+}
+
+TEST(EngineScheduler, InUseBlocksAreNeverEvicted) {
+  test::FakeModel model;
+  std::mutex m;
+  std::condition_variable cv;
+  bool hold = true;
+  int64_t n_forwards_seen = 0;
+  model.on_forward = [&](std::span<const ForwardSeq>) {
+    std::unique_lock<std::mutex> lock(m);
+    ++n_forwards_seen;
+    cv.notify_all();
+    cv.wait(lock, [&] { return !hold; });
+  };
+  Engine engine(model, small_options(10));
+  const auto pa = prompt_of(30, 3 * B + 1);
+  Collected a;
+  engine.submit(request_for(pa, 20, &a));
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return n_forwards_seen >= 1; });
+  }
+  // a holds 4 blocks; b wants 6 + room to decode. It must wait or preempt,
+  // never take a's blocks while a reads them.
+  Collected b;
+  const auto pb = prompt_of(31, 5 * B + 3);
+  engine.submit(request_for(pb, 3, &b));
+  {
+    std::lock_guard<std::mutex> lock(m);
+    hold = false;
+  }
+  cv.notify_all();
+  a.wait();
+  b.wait();
+  EXPECT_EQ(a.tokens, run_alone(pa, 20));
+  EXPECT_EQ(b.tokens, run_alone(pb, 3));
+  wait_idle(engine);
+}
+
+TEST(EngineScheduler, PreemptedRequestResumesFromItsCachedBlocks) {
+  const auto pa = prompt_of(40, 3 * B + 2), pb = prompt_of(41, 2 * B + 3);
+  auto run_pair = [&](bool cache, int64_t* computed, int64_t* preemptions,
+                      std::vector<int32_t>* ta, std::vector<int32_t>* tb) {
+    test::FakeModel model;
+    EngineOptions o = small_options(9);  // too few for both to finish together
+    o.prefix_cache = cache;
+    Engine engine(model, o);
+    Collected a, b;
+    engine.submit(request_for(pa, 60, &a));
+    engine.submit(request_for(pb, 60, &b));
+    a.wait();
+    b.wait();
+    EXPECT_EQ(a.finish, "max_tokens");
+    EXPECT_EQ(b.finish, "max_tokens");
+    wait_idle(engine);
+    *computed = model.n_tokens_computed;
+    *preemptions = engine.stats().n_preemptions;
+    *ta = a.tokens;
+    *tb = b.tokens;
+    const auto s = engine.stats();
+    EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, s.n_blocks_total);
+  };
+  int64_t computed_on = 0, computed_off = 0, pre_on = 0, pre_off = 0;
+  std::vector<int32_t> a_on, b_on, a_off, b_off;
+  run_pair(true, &computed_on, &pre_on, &a_on, &b_on);
+  run_pair(false, &computed_off, &pre_off, &a_off, &b_off);
+  EXPECT_GT(pre_on, 0);
+  EXPECT_GT(pre_off, 0);
+  EXPECT_EQ(a_on, run_alone(pa, 60));
+  EXPECT_EQ(b_on, run_alone(pb, 60));
+  EXPECT_EQ(a_on, a_off);
+  EXPECT_EQ(b_on, b_off);
+  // Resuming from cached blocks recomputes less than recomputing everything.
+  EXPECT_LT(computed_on, computed_off);
+}
+
+TEST(EngineScheduler, CancelledRequestLeavesItsBlocksCached) {
+  test::FakeModel model;
+  std::atomic<int> n{0};
+  model.on_forward = [&](std::span<const ForwardSeq>) {
+    ++n;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  };
+  Engine engine(model, small_options(32));
+  const auto p = prompt_of(50, 4 * B + 3);
+  Collected a;
+  auto handle = engine.submit(request_for(p, 400, &a));
+  while (a.n_tokens < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  handle->cancel();
+  a.wait();
+  EXPECT_EQ(a.finish, "cancelled");
+  wait_idle(engine);
+  auto s = engine.stats();
+  EXPECT_EQ(s.n_blocks_used, 0);
+  EXPECT_GE(s.n_blocks_cached, 4);
+  Collected b;
+  engine.submit(request_for(p, 2, &b));
+  b.wait();
+  EXPECT_EQ(b.n_cached(), 4 * B);
+  // Cancelled while still waiting in the queue: it ends without running.
+  Collected c;
+  model.on_forward = [](std::span<const ForwardSeq>) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  };
+  auto h2 = engine.submit(request_for(prompt_of(51, 10), 5, &c));
+  h2->cancel();
+  c.wait();
+  EXPECT_EQ(c.finish, "cancelled");
+  wait_idle(engine);
+}
+
+TEST(EngineScheduler, BudgetCountsOnlyComputedTokens) {
+  test::FakeModel model;
+  std::vector<int64_t> step_tokens;
+  model.on_forward = [&](std::span<const ForwardSeq> seqs) {
+    int64_t n = 0;
+    for (const auto& s : seqs) n += static_cast<int64_t>(s.tokens.size());
+    step_tokens.push_back(n);
+  };
+  EngineOptions o = small_options(64);
+  o.max_batch_tokens = 16;
+  Engine engine(model, o);
+  const auto p = prompt_of(60, 5 * B + 3);
+  Collected a;
+  engine.submit(request_for(p, 2, &a));
+  a.wait();
+  wait_idle(engine);
+  for (int64_t n : step_tokens) EXPECT_LE(n, 16);
+  // 83 prompt tokens in chunks of 16: 6 forwards, then 1 decode step.
+  EXPECT_EQ(step_tokens.size(), 7u);
+  step_tokens.clear();
+  // The same prompt again: 5 cached blocks, so one forward for the last 3
+  // tokens, one decode step.
+  Collected b;
+  engine.submit(request_for(p, 2, &b));
+  b.wait();
+  EXPECT_EQ(step_tokens, (std::vector<int64_t>{3, 1}));
+  // Progress events count the cached tokens as done.
+  std::vector<int64_t> done;
+  for (const auto& e : b.events)
+    if (e.kind == EngineEvent::Kind::progress) done.push_back(e.n_prompt_done);
+  EXPECT_EQ(done, (std::vector<int64_t>{5 * B, 5 * B + 3}));
+}
+
+TEST(EngineScheduler, SeededSamplingIsTheSameBatchedOrAlone) {
+  SamplingParams x;
+  x.temperature = 0.8f;
+  x.top_k = 7;
+  x.seed = 11;
+  SamplingParams y;
+  y.temperature = 1.3f;
+  y.top_p = 0.9f;
+  y.min_p = 0.05f;
+  y.seed = 12;
+  SamplingParams z;
+  z.temperature = 0;
+  const auto px = prompt_of(70, 30), py = prompt_of(71, 45), pz = prompt_of(72, 17);
+  const auto ax = run_alone(px, 25, x), ay = run_alone(py, 25, y), az = run_alone(pz, 25, z);
+  EXPECT_NE(run_alone(px, 25, y), ax);  // the parameters matter
+  test::FakeModel model;
+  Engine engine(model, small_options(64));
+  Collected cx, cy, cz;
+  engine.submit(request_for(px, 25, &cx, x));
+  engine.submit(request_for(py, 25, &cy, y));
+  engine.submit(request_for(pz, 25, &cz, z));
+  cx.wait();
+  cy.wait();
+  cz.wait();
+  EXPECT_EQ(cx.tokens, ax);
+  EXPECT_EQ(cy.tokens, ay);
+  EXPECT_EQ(cz.tokens, az);
+  EXPECT_GT(model.n_forwards, 0);
+}
+
+TEST(EngineScheduler, ManyRandomRequestsLeaveThePoolFull) {
+  test::FakeModel model;
+  Engine engine(model, small_options(24));
+  std::vector<std::unique_ptr<Collected>> cs;
+  std::vector<std::shared_ptr<EngineHandle>> handles;
+  std::vector<std::vector<int32_t>> prompts;
+  const auto common = prompt_of(80, 2 * B);
+  for (int i = 0; i < 24; ++i) {
+    cs.push_back(std::make_unique<Collected>());
+    prompts.push_back(concat(common, prompt_of(81 + i % 5, 3 + (i * 7) % 40)));
+    handles.push_back(engine.submit(request_for(prompts.back(), 4 + i % 9, cs.back().get())));
+    ASSERT_NE(handles.back(), nullptr);
+    if (i % 4 == 3) handles[i - 1]->cancel();
+  }
+  for (int i = 0; i < 24; ++i) {
+    cs[i]->wait();
+    if (cs[i]->finish != "cancelled") {
+      EXPECT_EQ(cs[i]->tokens, run_alone(prompts[i], 4 + i % 9)) << i;
+    }
+  }
+  wait_idle(engine);
+  const auto s = engine.stats();
+  EXPECT_EQ(s.n_blocks_used, 0);
+  EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, 24);
+  EXPECT_GT(s.n_cached_tokens, 0);
+}
+
+}  // namespace
+}  // namespace pensieve
