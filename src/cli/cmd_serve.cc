@@ -28,7 +28,7 @@ namespace fs = std::filesystem;
 
 struct Opts {
   std::string model, model_id, host = "127.0.0.1", api_key;
-  int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16;
+  int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16, max_per_client = 0;
   int64_t ctx_size = 0, batch_tokens = 512;
   double kv_memory_gib = 0;
   size_t max_body_mb = 32;
@@ -81,6 +81,10 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       ->envname("PENSIEVE_API_KEY");
   app.add_option("--http-threads", o->http_threads, "connections served at once");
   app.add_option("--max-queue", o->max_queue, "generations running or waiting before 529");
+  app.add_option("--max-per-client", o->max_per_client,
+                 "generations one client (API key, else address) may run at once before 429 "
+                 "(0: no limit)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (413 above)");
   return std::function<int()>([o] {
     // SIGINT/SIGTERM are taken by one thread with sigwait (below), so block
@@ -128,6 +132,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     if (!o->api_key.empty()) so.api_keys.push_back(o->api_key);
     so.n_http_threads = o->http_threads;
     so.max_queue = o->max_queue;
+    so.max_per_client = o->max_per_client;
     so.max_body_bytes = o->max_body_mb << 20;
     server::Server server(backend, so);
     server.start();
