@@ -14,14 +14,13 @@ let server;
 let keyed;
 
 before(async () => {
-  [server, keyed] = await Promise.all([
-    startServer(['--max-body-mb', '1', '--max-queue', '2', '--max-per-client', '1']),
-    startServer(['--api-key', 'e2e-secret']),
-  ]);
+  server = await startServer(['--max-body-mb', '1', '--max-queue', '2', '--max-per-client', '1']);
+  keyed = await startServer(['--api-key', 'e2e-secret']);
 });
 
 after(async () => {
   for (const s of [server, keyed]) {
+    if (!s) continue;
     const { code } = await s.stop();
     assert.equal(code, 0, `pensieve serve should exit cleanly:\n${s.log}`);
   }

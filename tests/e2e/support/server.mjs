@@ -14,6 +14,13 @@ export function pensieveBinary() {
   return bin;
 }
 
+// Servers still running when the test process exits (a failed hook, a
+// cancelled test) are killed rather than left behind.
+const running = new Set();
+process.on('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
 export class PensieveServer {
   constructor(args = [], env = {}) {
     this.args = args;
@@ -33,9 +40,27 @@ export class PensieveServer {
       env: { ...process.env, PENSIEVE_API_KEY: '', ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve({ code, signal })));
+    const child = this.child;
+    running.add(child);
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => {
+      running.delete(child);
+      resolve({ code, signal });
+    }));
     this.child.stderr.on('data', (d) => { this.log += d; });
-    this.port = await new Promise((resolve, reject) => {
+    try {
+      this.port = await this.#waitForPort(timeoutMs);
+    } catch (e) {
+      this.child.kill('SIGKILL');
+      throw e;
+    }
+    const health = await fetch(`${this.url}/health`);
+    if (health.status !== 200) throw new Error(`GET /health answered ${health.status}`);
+    this.health = await health.json();
+    return this;
+  }
+
+  #waitForPort(timeoutMs) {
+    return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`pensieve serve did not report its port within ${timeoutMs} ms:\n${this.log}`)), timeoutMs);
       let out = '';
       this.child.stdout.on('data', (d) => {
@@ -52,10 +77,6 @@ export class PensieveServer {
         reject(new Error(`pensieve serve exited (${code ?? signal}) before listening:\n${this.log}`));
       });
     });
-    const health = await fetch(`${this.url}/health`);
-    if (health.status !== 200) throw new Error(`GET /health answered ${health.status}`);
-    this.health = await health.json();
-    return this;
   }
 
   // True while the process runs and answers GET /health.
