@@ -52,6 +52,8 @@ function recordingProxy(targetPort) {
         r.on('end', () => res.end());
       });
       up.on('error', (e) => { ex.error = String(e); res.destroy(); });
+      // A client that goes away cancels the generation upstream too.
+      res.on('close', () => { if (!res.writableFinished) up.destroy(); });
       up.end(Buffer.concat(chunks));
     });
   });
@@ -95,7 +97,7 @@ describe('claude -p', { skip: bin ? false : 'the Claude Code native binary is no
     }
   });
 
-  it('says hello through the bundled model within 60 s', { timeout: 120_000 }, async () => {
+  it('says hello through the bundled model within 60 s', { timeout: 3_600_000 }, async () => {
     // A clean environment: no user config, no network but the proxy, nothing
     // optional (updates, telemetry, error reports, feedback surveys).
     const env = {
@@ -113,12 +115,22 @@ describe('claude -p', { skip: bin ? false : 'the Claude Code native binary is no
       CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
       CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY: '1',
     };
-    const r = await run(bin, ['-p', 'Say hello'], { env, cwd: home, timeoutMs: 60_000 });
-    const summary = recorder.exchanges.map((e) => `${e.method} ${e.path} -> ${e.status}${e.error ? ` (${e.error})` : ''}`).join('\n');
+    // PENSIEVE_E2E_CLAUDE_WAIT_S lets a slow run finish (to see whether it
+    // works at all and how long it takes); the 60 s limit is asserted anyway.
+    const waitS = Math.max(60, Number(process.env.PENSIEVE_E2E_CLAUDE_WAIT_S) || 0);
+    const r = await run(bin, ['-p', 'Say hello'], { env, cwd: home, timeoutMs: waitS * 1000 });
+    // What each generation cost, for the log and for diagnosing a timeout.
+    for (const e of recorder.exchanges) {
+      if (e.method !== 'POST' || !/^\/v1\/messages(\?|$)/.test(e.path)) continue;
+      const { max_tokens, stream, ...body } = JSON.parse(e.request);
+      const c = await fetch(`${server.url}/v1/messages/count_tokens`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      e.promptTokens = (await c.json()).input_tokens;
+    }
+    const summary = recorder.exchanges.map((e) => `${e.method} ${e.path} -> ${e.status}` +
+      `${e.promptTokens ? ` (${e.promptTokens} prompt tokens)` : ''}${e.error ? ` (${e.error})` : ''}`).join('\n');
     console.log(`# claude -p took ${r.seconds.toFixed(1)} s, exit ${r.code ?? r.signal}; requests:\n# ${summary.replaceAll('\n', '\n# ')}`);
-    assert.equal(r.signal, null, `claude -p was killed after 60 s.\nrequests:\n${summary}\nstderr:\n${r.stderr}\nserver:\n${server.log.slice(-3000)}`);
+    assert.equal(r.signal, null, `claude -p was killed after ${waitS} s.\nrequests:\n${summary}\nstderr:\n${r.stderr}\nserver:\n${server.log.slice(-3000)}`);
     assert.equal(r.code, 0, `stdout:\n${r.stdout}\nstderr:\n${r.stderr}\nrequests:\n${summary}`);
-    assert.ok(r.seconds < 60);
 
     // The generations Claude Code asked for, as the server streamed them.
     const generations = recorder.exchanges.filter((e) => e.method === 'POST' && /^\/v1\/messages(\?|$)/.test(e.path));
@@ -132,5 +144,6 @@ describe('claude -p', { skip: bin ? false : 'the Claude Code native binary is no
     assert.equal(r.stdout.trim(), text.trim(), 'Claude Code printed exactly what the model wrote');
     const prompt = JSON.parse(last.request);
     assert.ok(JSON.stringify(prompt.messages).includes('Say hello'));
+    assert.ok(r.seconds < 60, `claude -p took ${r.seconds.toFixed(1)} s (limit 60 s)`);
   });
 });
