@@ -30,11 +30,13 @@ fi
 
 # The pinned npm clients (@anthropic-ai/sdk, @anthropic-ai/claude-code), again
 # only when package-lock.json changed since the last install. Without network
-# this fails and the e2e tests are skipped, not failed.
+# this fails and the e2e tests are skipped, not failed. --ignore-scripts: the
+# tests run Claude Code's native binary straight from its platform package,
+# so its postinstall (copying that binary over a placeholder) is not needed.
 e2e=tests/e2e
 if ! cmp -s "$e2e/package-lock.json" "$e2e/node_modules/.pensieve-installed-lock" 2>/dev/null; then
   echo "setup: installing the npm clients for the end-to-end tests (npm ci in $e2e)"
-  if (cd "$e2e" && npm ci --no-audit --no-fund --loglevel=error); then
+  if (cd "$e2e" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error); then
     cp "$e2e/package-lock.json" "$e2e/node_modules/.pensieve-installed-lock"
   else
     echo "setup: WARNING: npm ci failed in $e2e; the e2e tests will be skipped" >&2

@@ -9,7 +9,7 @@ if ! command -v node >/dev/null; then
   exit 77
 fi
 if [ ! -d node_modules/@anthropic-ai/sdk ] || [ ! -d node_modules/@anthropic-ai/claude-code ]; then
-  echo "e2e: tests/e2e/node_modules is missing: skipping (run: cd tests/e2e && npm ci --no-audit --no-fund)"
+  echo "e2e: tests/e2e/node_modules is missing: skipping (run: cd tests/e2e && npm ci --no-audit --no-fund --ignore-scripts)"
   exit 77
 fi
 exec node --test "$@"
