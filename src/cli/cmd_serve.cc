@@ -70,7 +70,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
   app.add_option("--host", o->host, "address to bind")->envname("PENSIEVE_HOST");
   app.add_option("--port", o->port, "port to bind")->envname("PENSIEVE_PORT");
   app.add_option("--ctx-size", o->ctx_size,
-                 "tokens per sequence (default: the model's, at least 32768 for the bundled model)")
+                 "tokens per sequence (default: the model's; 65536 for the bundled model)")
       ->check(CLI::PositiveNumber);
   app.add_option("--threads", o->threads, "compute threads (default: all cores)");
   app.add_option("--parallel", o->parallel, "sequences decoded together")->check(CLI::Range(1, 256));
@@ -109,7 +109,8 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     auto model = load_model(dir, {o->threads, true});
     const ModelConfig& c = model->config();
     int64_t ctx = o->ctx_size;
-    if (ctx == 0) ctx = bundled ? 32768 : c.max_position_embeddings;
+    // Claude Code's first request is ~32k tokens in stories260K's 512-piece vocabulary.
+    if (ctx == 0) ctx = bundled ? 65536 : c.max_position_embeddings;
     if (ctx > c.max_position_embeddings) {
       spdlog::warn("context {} is longer than the {} positions {} was trained on; quality may drop",
                    ctx, c.max_position_embeddings, c.architecture);
