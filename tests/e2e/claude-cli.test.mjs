@@ -97,7 +97,8 @@ describe('claude -p', { skip: bin ? false : 'the Claude Code native binary is no
     }
   });
 
-  it('says hello through the bundled model within 60 s', { timeout: 3_600_000 }, async () => {
+  async function sayHello(args) {
+    recorder.exchanges.length = 0;
     // A clean environment: no user config, no network but the proxy, nothing
     // optional (updates, telemetry, error reports, feedback surveys).
     const env = {
@@ -118,7 +119,7 @@ describe('claude -p', { skip: bin ? false : 'the Claude Code native binary is no
     // PENSIEVE_E2E_CLAUDE_WAIT_S lets a slow run finish (to see whether it
     // works at all and how long it takes); the 60 s limit is asserted anyway.
     const waitS = Math.max(60, Number(process.env.PENSIEVE_E2E_CLAUDE_WAIT_S) || 0);
-    const r = await run(bin, ['-p', 'Say hello'], { env, cwd: home, timeoutMs: waitS * 1000 });
+    const r = await run(bin, [...args, '-p', 'Say hello'], { env, cwd: home, timeoutMs: waitS * 1000 });
     // What each generation cost, for the log and for diagnosing a timeout.
     for (const e of recorder.exchanges) {
       if (e.method !== 'POST' || !/^\/v1\/messages(\?|$)/.test(e.path)) continue;
@@ -141,9 +142,25 @@ describe('claude -p', { skip: bin ? false : 'the Claude Code native binary is no
     const message = replayStream(parseSse(last.response));
     const text = message.content.filter((b) => b.type === 'text').map((b) => b.text).join('');
     assert.ok(text.trim().length > 0, 'the model wrote something');
+    console.log(`# printed: ${JSON.stringify(r.stdout.trim().slice(0, 160))}... (${message.usage.output_tokens} tokens, ${message.stop_reason})`);
     assert.equal(r.stdout.trim(), text.trim(), 'Claude Code printed exactly what the model wrote');
     const prompt = JSON.parse(last.request);
     assert.ok(JSON.stringify(prompt.messages).includes('Say hello'));
     assert.ok(r.seconds < 60, `claude -p took ${r.seconds.toFixed(1)} s (limit 60 s)`);
+    return prompt;
+  }
+
+  // The same path with a small prompt (no tools, a one-line system prompt),
+  // so the client/server plumbing is checked apart from long-prompt speed.
+  it('says hello with --bare --tools "" --system-prompt', { timeout: 3_600_000 }, async () => {
+    const prompt = await sayHello(['--bare', '--tools', '', '--system-prompt', 'You tell short stories.']);
+    assert.ok(!prompt.tools?.length, 'no tools were sent');
+  });
+
+  // The real thing: Claude Code's own system prompt and tools (about 32k
+  // stories260K tokens).
+  it('says hello through the bundled model within 60 s', { timeout: 3_600_000 }, async () => {
+    const prompt = await sayHello([]);
+    assert.ok(prompt.tools.length > 5, 'Claude Code sent its tools');
   });
 });

@@ -30,10 +30,26 @@ describe('recorded Claude Code requests', () => {
       assert.equal(recorded.method, 'POST');
       const headers = Object.fromEntries(Object.entries(recorded.headers).filter(([k]) => !HOP_BY_HOP.has(k.toLowerCase())));
       const started = Date.now();
+      const { max_tokens, stream, ...countBody } = recorded.body;
+      const count = async () => {
+        const c = await fetch(`${server.url}/v1/messages/count_tokens?beta=true`, { method: 'POST', headers, body: JSON.stringify(countBody) });
+        assert.equal(c.status, 200);
+        return (await c.json()).input_tokens;
+      };
       // Give up (disconnecting, which cancels the generation) before the test's own timeout.
       const signal = AbortSignal.timeout(110_000);
-      const r = await fetch(`${server.url}${recorded.path}`, { method: 'POST', headers, body: JSON.stringify(recorded.body), signal });
-      const body = await r.text();
+      let r;
+      let body = '';
+      try {
+        r = await fetch(`${server.url}${recorded.path}`, { method: 'POST', headers, body: JSON.stringify(recorded.body), signal });
+        const decoder = new TextDecoder();
+        for await (const chunk of r.body) body += decoder.decode(chunk, { stream: true });
+      } catch (e) {
+        if (e.name !== 'TimeoutError' && e.name !== 'AbortError') throw e;
+        const events = body ? body.split('\n\n').filter((x) => x).map((x) => /^event: (\S+)/.exec(x)?.[1]) : [];
+        assert.fail(`no complete answer within 110 s for a ${await count()}-token prompt; ` +
+                    `events so far: ${events.slice(0, 3).join(', ')}${events.length > 3 ? ` ... (${events.length})` : ''}`);
+      }
       const seconds = (Date.now() - started) / 1000;
       assert.equal(r.status, 200, body.slice(0, 500));
       assert.equal(r.headers.get('content-type'), 'text/event-stream');
@@ -46,10 +62,7 @@ describe('recorded Claude Code requests', () => {
       assert.ok(message.content.every((b) => b.type === 'text' || b.type === 'tool_use' || b.type === 'thinking'));
       assert.ok(message.usage.output_tokens > 0, 'the model generated something');
       // The prompt tokens the stream reports are exactly what count_tokens says.
-      const { max_tokens, stream, ...countBody } = recorded.body;
-      const c = await fetch(`${server.url}/v1/messages/count_tokens?beta=true`, { method: 'POST', headers, body: JSON.stringify(countBody) });
-      assert.equal(c.status, 200);
-      const { input_tokens } = await c.json();
+      const input_tokens = await count();
       assert.equal(message.usage.input_tokens + message.usage.cache_read_input_tokens, input_tokens);
       // max_tokens 128000 was clamped to what the context leaves, not refused.
       assert.ok(input_tokens + message.usage.output_tokens <= server.health.context_size);
