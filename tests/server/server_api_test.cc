@@ -112,6 +112,19 @@ TEST_F(ServerTest, OversizedBodyIs413) {
   EXPECT_EQ(ServerOptions{}.max_body_bytes, 32u << 20);
 }
 
+TEST_F(ServerTest, FormEncodedBodyOverHttplibLimitSaysWhy) {
+  start();
+  // What `curl -d @request.json` sends: the HTTP library caps form bodies at
+  // 8 KiB, far below max_body_bytes, and the message must not blame the latter.
+  json body = hello();
+  body["messages"][0]["content"] = std::string(20000, 'x');
+  std::string message = expect_error(
+      client()->Post("/v1/messages", body.dump(), "application/x-www-form-urlencoded"), 413,
+      "request_too_large");
+  EXPECT_NE(message.find("Content-Type: application/json"), std::string::npos) << message;
+  EXPECT_EQ(post("/v1/messages", body)->status, 200);
+}
+
 TEST_F(ServerTest, InvalidRequests) {
   start();
   auto message = [&](const json& body) {

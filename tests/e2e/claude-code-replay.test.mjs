@@ -1,0 +1,73 @@
+// Every request Claude Code really sent (tests/data/claude-code), replayed
+// as-is (path with ?beta=true, recorded headers, body) against the real
+// `pensieve serve` with the bundled model: each must get a valid SSE stream.
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { repoRoot, startServer } from './support/server.mjs';
+import { parseSse, replayStream } from './support/sse.mjs';
+
+const dataDir = path.join(repoRoot, 'tests/data/claude-code');
+const fixtures = readdirSync(dataDir).filter((f) => f.endsWith('.request.json')).sort();
+
+// Headers that describe this connection and body, not the request: fetch sets them itself.
+const HOP_BY_HOP = new Set(['host', 'connection', 'content-length', 'transfer-encoding', 'keep-alive']);
+
+let server;
+before(async () => { server = await startServer(); });
+after(async () => {
+  const { code } = await server.stop();
+  assert.equal(code, 0, server.log);
+});
+
+describe('recorded Claude Code requests', () => {
+  it('are all here', () => assert.ok(fixtures.length >= 3, fixtures.join(', ')));
+
+  for (const file of fixtures) {
+    it(`${file} gets a valid stream`, { timeout: 120_000 }, async () => {
+      const recorded = JSON.parse(readFileSync(path.join(dataDir, file), 'utf8'));
+      assert.equal(recorded.method, 'POST');
+      const headers = Object.fromEntries(Object.entries(recorded.headers).filter(([k]) => !HOP_BY_HOP.has(k.toLowerCase())));
+      const started = Date.now();
+      const { max_tokens, stream, ...countBody } = recorded.body;
+      const count = async () => {
+        const c = await fetch(`${server.url}/v1/messages/count_tokens?beta=true`, { method: 'POST', headers, body: JSON.stringify(countBody) });
+        assert.equal(c.status, 200);
+        return (await c.json()).input_tokens;
+      };
+      // Give up (disconnecting, which cancels the generation) before the test's own timeout.
+      const signal = AbortSignal.timeout(110_000);
+      let r;
+      let body = '';
+      try {
+        r = await fetch(`${server.url}${recorded.path}`, { method: 'POST', headers, body: JSON.stringify(recorded.body), signal });
+        const decoder = new TextDecoder();
+        for await (const chunk of r.body) body += decoder.decode(chunk, { stream: true });
+      } catch (e) {
+        if (e.name !== 'TimeoutError' && e.name !== 'AbortError') throw e;
+        const events = body ? body.split('\n\n').filter((x) => x).map((x) => /^event: (\S+)/.exec(x)?.[1]) : [];
+        assert.fail(`no complete answer within 110 s for a ${await count()}-token prompt; ` +
+                    `events so far: ${events.slice(0, 3).join(', ')}${events.length > 3 ? ` ... (${events.length})` : ''}`);
+      }
+      const seconds = (Date.now() - started) / 1000;
+      assert.equal(r.status, 200, body.slice(0, 500));
+      assert.equal(r.headers.get('content-type'), 'text/event-stream');
+      assert.equal(r.headers.get('content-encoding'), null, 'an event stream is never compressed');
+      assert.match(r.headers.get('request-id'), /^req_/);
+      const events = parseSse(body);
+      assert.equal(events[1].type, 'ping', 'message_start is followed by a ping');
+      const message = replayStream(events);
+      assert.equal(message.model, recorded.body.model, 'the requested model name is echoed');
+      assert.ok(message.content.every((b) => b.type === 'text' || b.type === 'tool_use' || b.type === 'thinking'));
+      assert.ok(message.usage.output_tokens > 0, 'the model generated something');
+      // The prompt tokens the stream reports are exactly what count_tokens says.
+      const input_tokens = await count();
+      assert.equal(message.usage.input_tokens + message.usage.cache_read_input_tokens, input_tokens);
+      // max_tokens 128000 was clamped to what the context leaves, not refused.
+      assert.ok(input_tokens + message.usage.output_tokens <= server.health.context_size);
+      console.log(`# ${file}: ${input_tokens} prompt tokens, ${message.usage.output_tokens} output tokens, ` +
+                  `${message.stop_reason}, ${seconds.toFixed(1)} s`);
+    });
+  }
+});
