@@ -132,6 +132,10 @@ void parse_quant(const json& cfg, const std::string& file, QuantConfig* q) {
     if (val.is_object()) {
       const int b = static_cast<int>(config_int(val, "bits", f + "." + key));
       const int g = static_cast<int>(config_int(val, "group_size", f + "." + key));
+      if ((b != 4 && b != 8) || (g != 32 && g != 64 && g != 128)) {
+        fail(ErrorKind::unsupported, "{}.{}: bits {} / group_size {} is not supported (4 or 8 bits; "
+             "groups of 32, 64 or 128)", f, key, b, g);
+      }
       q->overrides.push_back({key, {b, g}});
     } else if (val.is_boolean() && !val.get<bool>()) {
       q->overrides.push_back({key, {0, 0}});

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/error.h"
 #include "kernels/cpu/matmul_impl.h"
 
 namespace pensieve::kernels::avx512 {
@@ -195,7 +196,7 @@ void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc,
 // Lanes of a 64-column chunk for group 32: 4-bit, lanes 0-3 and 8-11 hold the
 // first group (even and odd columns), 4-7 and 12-15 the second; 8-bit, lanes
 // 0-7 the first and 8-15 the second.
-template <int R, int T, bool Q4>
+template <int R, int T, bool Q4, int G>
 void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a, int64_t t0,
                 float* comb, float* bi, float* y, int64_t ldy) {
   const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
@@ -223,14 +224,17 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) facc[i][t] = _mm512_setzero_ps();
   const __m512i low4 = _mm512_set1_epi8(0x0f);
-  const bool g32 = group == 32;
-  const int64_t chunks = g32 ? 1 : group / 64;
+  // The group size is a template parameter so the chunk loop unrolls and the
+  // integer accumulators stay in registers across it.
+  constexpr bool g32 = G == 32;
+  constexpr int chunks = g32 ? 1 : G / 64;
+  (void)group;
   const __mmask16 second = Q4 ? 0xf0f0 : 0xff00;
   for (int64_t c = 0, g = 0; c < cols; g += g32 ? 2 : 1) {
     __m512i i1[R][T], i2[R][T];
     for (int i = 0; i < R; ++i)
       for (int t = 0; t < T; ++t) i1[i][t] = i2[i][t] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < chunks; ++k, c += 64) {
+    for (int k = 0; k < chunks; ++k, c += 64) {
       __m512i xa1[T], xa2[T];
       for (int t = 0; t < T; ++t) {
         xa1[t] = _mm512_loadu_si512(q1 + t * cols + c);
@@ -282,8 +286,17 @@ void gemv_rows_i8(const WeightMatrix& w, int64_t r0, int64_t r1, const Quantized
   float* comb = scratch.data();
   float* bi = comb + R * T * n_groups;
   int64_t r = r0;
-  for (; r + R <= r1; r += R) gemv_block<R, T, Q4>(w, r, a, t0, comb, bi, y, ldy);
-  for (; r < r1; ++r) gemv_block<1, T, Q4>(w, r, a, t0, comb, bi, y, ldy);
+  auto run = [&](auto g_tag) {
+    constexpr int G = decltype(g_tag)::value;
+    for (; r + R <= r1; r += R) gemv_block<R, T, Q4, G>(w, r, a, t0, comb, bi, y, ldy);
+    for (; r < r1; ++r) gemv_block<1, T, Q4, G>(w, r, a, t0, comb, bi, y, ldy);
+  };
+  switch (w.group_size) {
+    case 32: return run(std::integral_constant<int, 32>{});
+    case 64: return run(std::integral_constant<int, 64>{});
+    case 128: return run(std::integral_constant<int, 128>{});
+    default: fail(ErrorKind::internal, "{}: group size {} has no integer kernel", w.name, w.group_size);
+  }
 }
 
 }  // namespace
