@@ -31,7 +31,7 @@ namespace fs = std::filesystem;
 struct Opts {
   std::string model, model_id, host = "127.0.0.1", api_key;
   int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16, max_per_client = 0;
-  int64_t ctx_size = 0, batch_tokens = 512;
+  int64_t ctx_size = 0, batch_tokens = 512, max_output_tokens = -1;
   double kv_memory_gib = 0;
   size_t max_body_mb = 32;
   bool no_prefix_cache = false;
@@ -85,6 +85,11 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       ->envname("PENSIEVE_API_KEY");
   app.add_option("--http-threads", o->http_threads, "connections served at once");
   app.add_option("--max-queue", o->max_queue, "generations running or waiting before 529");
+  app.add_option("--max-output-tokens", o->max_output_tokens,
+                 "cap on the tokens of one response, whatever max_tokens asks (0: only the context "
+                 "limits it; default 0, and 512 for the bundled model, whose stories end well "
+                 "before that and which writes noise past its 512 trained positions)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-per-client", o->max_per_client,
                  "generations one client (API key, else address) may run at once before 429 "
                  "(0: no limit)")
@@ -182,6 +187,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     so.n_http_threads = o->http_threads;
     so.max_queue = o->max_queue;
     so.max_per_client = o->max_per_client;
+    so.max_output_tokens = o->max_output_tokens >= 0 ? o->max_output_tokens : (bundled ? 512 : 0);
     so.max_body_bytes = o->max_body_mb << 20;
     server::Server server(backend, so);
     loading->stop();  // frees the port for the real server

@@ -227,6 +227,7 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
   GenerationRequest gen;
   gen.prompt = std::move(prompt.tokens);
   gen.max_tokens = std::min(request.max_tokens, info.context_size - n_prompt);
+  if (options.max_output_tokens > 0) gen.max_tokens = std::min(gen.max_tokens, options.max_output_tokens);
   gen.temperature = static_cast<float>(request.temperature.value_or(1.0));
   gen.top_p = static_cast<float>(request.top_p.value_or(1.0));
   gen.top_k = static_cast<int>(std::min<int64_t>(request.top_k.value_or(0), INT32_MAX));

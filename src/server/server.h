@@ -33,6 +33,7 @@ struct ServerOptions {
   int write_timeout_s = 30;               // ... or while not reading
   int keep_alive_timeout_s = 5;
   int ping_interval_ms = 5000;            // SSE ping when nothing else was sent for this long
+  int64_t max_output_tokens = 0;          // server-wide cap on a response's tokens (0: context only)
 };
 
 class Server {
