@@ -96,6 +96,17 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
           // permute (no store and reload), two accumulator sets for short heads.
           __m512 acc2[NC];
           for (int c = 0; c < NC; ++c) acc2[c] = _mm512_setzero_ps();
+          if (NC == 1 && hd == 8) {
+            // Head dim 8: two V rows per register, lanes 0-7 key j and 8-15
+            // key j+1; the halves are added when the tile is written out.
+#pragma GCC unroll 8
+            for (int j = 0; j < kKvBlockTokens; j += 2) {
+              const __m512i idx = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(j), _mm512_set1_epi32(j + 1));
+              const __m512 pj = _mm512_permutexvar_ps(idx, e);
+              __m512* a = ((j >> 1) & 1) ? acc2 : acc;
+              a[0] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vb + j * 8), a[0]);
+            }
+          } else {
 #pragma GCC unroll 16
           for (int j = 0; j < kKvBlockTokens; ++j) {
             const __m512 pj = _mm512_permutexvar_ps(_mm512_set1_epi32(j), e);
@@ -103,6 +114,7 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
             __m512* a = (NC <= 2 && (j & 1)) ? acc2 : acc;
             for (int c = 0; c + 1 < NC; ++c) a[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), a[c]);
             a[NC - 1] = _mm512_fmadd_ps(pj, load_tail(vrow + (NC - 1) * 16, last_mask, half_tail), a[NC - 1]);
+          }
           }
           if (NC <= 2)
             for (int c = 0; c < NC; ++c) acc[c] = _mm512_add_ps(acc[c], acc2[c]);
@@ -128,6 +140,12 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
       const __m512* st = &state[static_cast<size_t>(x * (NC + 1))];
       const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(st[NC]));
       float* o = out + i * ldo + (head0 + h) * hd;
+      if (NC == 1 && hd == 8) {  // fold the two key halves (see the full-block loop)
+        const __m512 v = st[0];
+        const __m256 sum = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+        _mm256_storeu_ps(o, _mm256_mul_ps(sum, _mm512_castps512_ps256(inv)));
+        continue;
+      }
       for (int c = 0; c + 1 < NC; ++c) _mm512_storeu_ps(o + c * 16, _mm512_mul_ps(st[c], inv));
       _mm512_mask_storeu_ps(o + (NC - 1) * 16, last_mask, _mm512_mul_ps(st[NC - 1], inv));
     }
