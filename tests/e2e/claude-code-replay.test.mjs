@@ -63,7 +63,9 @@ describe('recorded Claude Code requests', () => {
       assert.ok(message.usage.output_tokens > 0, 'the model generated something');
       // The prompt tokens the stream reports are exactly what count_tokens says.
       const input_tokens = await count();
-      assert.equal(message.usage.input_tokens + message.usage.cache_read_input_tokens, input_tokens);
+      const u = message.usage;
+      assert.equal(u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens, input_tokens,
+                   "input, cache read and cache creation tokens add up to the prompt");
       // max_tokens 128000 was clamped to what the context leaves, not refused.
       assert.ok(input_tokens + message.usage.output_tokens <= server.health.context_size);
       console.log(`# ${file}: ${input_tokens} prompt tokens, ${message.usage.output_tokens} output tokens, ` +
