@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "tokenizer/tokenizer.h"
 #include "support/test_support.h"
 
 namespace pensieve::chat {
@@ -20,7 +21,7 @@ ordered_json read_ordered(const std::string& path) {
 }
 
 // tests/data/chat-expected/NAME.json: cases of messages, tools, kwargs and the
-// rendered text (token ids are checked with the tokenizer elsewhere).
+// rendered text and its token ids.
 void expect_matches_fixture(const ChatConfig& config, const std::string& name,
                             size_t expected_cases) {
   const ordered_json cases = read_ordered(test::data_path("chat-expected/" + name + ".json"));
@@ -32,6 +33,22 @@ void expect_matches_fixture(const ChatConfig& config, const std::string& name,
     EXPECT_EQ(out, c["rendered"].get<std::string>())
         << name << " case " << c["name"] << " kwargs " << c["kwargs"].dump();
   }
+}
+
+// The rendered prompts tokenize to transformers' ids (special-token strings
+// such as <|user|> and <|im_start|> become their ids, no BOS added again).
+void expect_ids_match_fixture(const std::string& name) {
+  const ordered_json cases = read_ordered(test::data_path("chat-expected/" + name + ".json"));
+  auto tok = Tokenizer::load(test::data_path("tokenizers/" + name));
+  for (const auto& c : cases) {
+    const auto ids = tok->encode(c["rendered"].get<std::string>(), false);
+    EXPECT_EQ(ids, c["ids"].get<std::vector<int32_t>>()) << name << " case " << c["name"];
+  }
+}
+
+TEST(ChatConfig, RenderedPromptsTokenizeToTransformersIds) {
+  expect_ids_match_fixture("phi3");
+  expect_ids_match_fixture("qwen3");
 }
 
 TEST(ChatConfig, Phi3MatchesTransformers) {
