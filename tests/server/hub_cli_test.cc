@@ -75,6 +75,23 @@ Shell shell(const std::string& command) {
           test::read_file(tmp.file("out")), test::read_file(tmp.file("err"))};
 }
 
+// Starts the pensieve binary with `args`, stdout to /dev/null and stderr to
+// err_path (or /dev/null); returns its pid, or -1.
+pid_t spawn_pensieve(std::vector<std::string> args, const std::string& err_path = "/dev/null") {
+  args.insert(args.begin(), PENSIEVE_BINARY);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
 class HubCli : public ::testing::Test {
  protected:
   HubCli() {
@@ -89,6 +106,15 @@ class HubCli : public ::testing::Test {
   std::string repo_dir() const { return cache.file("models--pensieve-test--qwen2-tiny"); }
   std::string partial() const {
     return repo_dir() + "/blobs/" + hub.repo(kRepo).files.at(kWeights).etag + ".incomplete";
+  }
+  // Waits (up to 20 s) until the weights' partial file holds `bytes`.
+  void wait_for_partial(uint64_t bytes) const {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    std::error_code ec;
+    while (std::chrono::steady_clock::now() < deadline &&
+           (!fs::exists(partial(), ec) || fs::file_size(partial(), ec) < bytes)) {
+      std::this_thread::sleep_for(20ms);
+    }
   }
   uint64_t weights_size() const { return hub.repo(kRepo).files.at(kWeights).content.size(); }
   std::string pull_command() const {
@@ -157,22 +183,9 @@ TEST_F(HubCli, CtrlCKeepsAResumablePartialFile) {
   hub.set_faults(faults);
   TempDir out;
   const std::string err_path = out.file("err");
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
-  std::string binary = PENSIEVE_BINARY, sub = "pull", repo = kRepo;
-  char* argv[] = {binary.data(), sub.data(), repo.data(), nullptr};
-  pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv, environ), 0);
-  posix_spawn_file_actions_destroy(&actions);
-
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  std::error_code ec;
-  while (std::chrono::steady_clock::now() < deadline &&
-         (!fs::exists(partial(), ec) || fs::file_size(partial(), ec) < 500000)) {
-    std::this_thread::sleep_for(20ms);
-  }
+  const pid_t pid = spawn_pensieve({"pull", kRepo}, err_path);
+  ASSERT_GT(pid, 0);
+  wait_for_partial(500000);
   ASSERT_EQ(fs::file_size(partial()), 500000u);
   kill(pid, SIGINT);
   int status = 0;
@@ -265,17 +278,10 @@ TEST_F(HubCli, ServePullsOnFirstUseWithProgressOnHealth) {
   TempDir out;
   const std::string err_path = out.file("err");
   const int port = free_port();
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT, 0644);
-  std::string binary = PENSIEVE_BINARY, sub = "serve", flag = "--model", repo = kServable,
-              port_flag = "--port", port_s = std::to_string(port), ctx_flag = "--ctx-size", ctx = "256";
-  char* argv[] = {binary.data(), sub.data(), flag.data(), repo.data(), port_flag.data(),
-                  port_s.data(), ctx_flag.data(), ctx.data(), nullptr};
-  pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv, environ), 0);
-  posix_spawn_file_actions_destroy(&actions);
+  const pid_t pid = spawn_pensieve({"serve", "--model", kServable, "--port", std::to_string(port),
+                                    "--ctx-size", "256"},
+                                   err_path);
+  ASSERT_GT(pid, 0);
 
   httplib::Client client("127.0.0.1", port);
   client.set_connection_timeout(1, 0);
@@ -339,23 +345,9 @@ TEST_F(HubCli, ServeInterruptedWhileDownloadingExitsAndKeepsThePartialFile) {
   faults.stall_for = 30s;
   hub.set_faults(faults);
   const int port = free_port();
-  std::string binary = PENSIEVE_BINARY, sub = "serve", flag = "--model", repo = kRepo,
-              port_flag = "--port", port_s = std::to_string(port);
-  char* argv[] = {binary.data(), sub.data(), flag.data(), repo.data(), port_flag.data(),
-                  port_s.data(), nullptr};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv, environ), 0);
-  posix_spawn_file_actions_destroy(&actions);
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  std::error_code ec;
-  while (std::chrono::steady_clock::now() < deadline &&
-         (!fs::exists(partial(), ec) || fs::file_size(partial(), ec) < 500000)) {
-    std::this_thread::sleep_for(20ms);
-  }
+  const pid_t pid = spawn_pensieve({"serve", "--model", kRepo, "--port", std::to_string(port)});
+  ASSERT_GT(pid, 0);
+  wait_for_partial(500000);
   ASSERT_EQ(fs::file_size(partial()), 500000u);
   const auto t0 = std::chrono::steady_clock::now();
   kill(pid, SIGINT);
