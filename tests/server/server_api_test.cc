@@ -224,7 +224,12 @@ TEST_F(ServerTest, ManyConcurrentStreamsAllRun) {
   std::atomic<int> n_errors_at_end{0};
   for (int i = 0; i < kClients; ++i)
     readers.emplace_back([&] {
-      auto res = post("/v1/messages", hello(true));
+      // A connect whose SYN was dropped (listen backlog 5) is retried by TCP
+      // after 1, 3 and 7 s: give it longer than the fixture's 5 s.
+      auto c = client();
+      c->set_connection_timeout(25, 0);
+      c->set_read_timeout(60, 0);
+      auto res = c->Post("/v1/messages", hello(true).dump(), "application/json");
       if (res && parse_sse(res->body).back().name == "error") ++n_errors_at_end;
     });
   // Every client is being served at the same time, not queued behind the others.
