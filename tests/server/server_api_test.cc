@@ -227,15 +227,15 @@ TEST_F(ServerTest, ManyConcurrentStreamsAllRun) {
       // A connect whose SYN was dropped (listen backlog 5) is retried by TCP
       // after 1, 3 and 7 s: give it longer than the fixture's 5 s.
       auto c = client();
-      c->set_connection_timeout(25, 0);
-      c->set_read_timeout(60, 0);
+      c->set_connection_timeout(65, 0);
+      c->set_read_timeout(90, 0);
       auto res = c->Post("/v1/messages", hello(true).dump(), "application/json");
       if (res && parse_sse(res->body).back().name == "error") ++n_errors_at_end;
     });
   // Every client is being served at the same time, not queued behind the others.
-  // (30 s: httplib listens with a backlog of 5, so on a busy machine some of
-  // the 24 simultaneous connects are dropped and retried by TCP after 1, 3, 7 s.)
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  // (70 s: httplib listens with a backlog of 5, so on a busy machine some of
+  // the 24 simultaneous connects are dropped and retried by TCP after 1, 3, 7, 15, 31 s.)
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(70);
   while (backend.n_submitted < kClients && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   EXPECT_EQ(backend.n_submitted, kClients);
