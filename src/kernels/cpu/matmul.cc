@@ -96,10 +96,10 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   }
   if (offset > ldy) fail(ErrorKind::internal, "matmul: output row stride too small");
 
+  const auto path = static_cast<MatmulPath>(g_path.load());
+  const bool use_gemv =
+      path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
   if (active_isa() == Isa::avx2) {
-    const auto path = static_cast<MatmulPath>(g_path.load());
-    const bool use_gemv =
-        path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
     if (use_gemv) {
       pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
@@ -137,9 +137,6 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
     return;
   }
 
-  const auto path = static_cast<MatmulPath>(g_path.load());
-  const bool use_gemv =
-      path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
   const bool integer = integer_kernels_enabled();
   auto integer_ok = [&](const WeightMatrix& w) {
     return integer && w.quantized() && (!use_gemv || w.cols % 64 == 0);

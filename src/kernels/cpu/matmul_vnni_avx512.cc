@@ -199,7 +199,7 @@ void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc,
 template <int R, int T, bool Q4, int G>
 void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a, int64_t t0,
                 float* comb, float* bi, float* y, int64_t ldy) {
-  const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
+  const int64_t cols = w.cols, n_groups = w.n_groups();
   const int64_t row_bytes = w.row_bytes();
   const float* xscale = a.scale.data() + t0 * n_groups;
   const float* xsum = a.sum.data() + t0 * n_groups;
@@ -228,7 +228,6 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
   // integer accumulators stay in registers across it.
   constexpr bool g32 = G == 32;
   constexpr int chunks = g32 ? 1 : G / 64;
-  (void)group;
   const __mmask16 second = Q4 ? 0xf0f0 : 0xff00;
   for (int64_t c = 0, g = 0; c < cols; g += g32 ? 2 : 1) {
     __m512i i1[R][T], i2[R][T];
