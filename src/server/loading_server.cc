@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "server/api_error.h"
 #include "server/ids.h"
+#include "server/listen_socket.h"
 
 namespace pensieve::server {
 
@@ -19,6 +20,7 @@ struct LoadingServer::Impl {
   nlohmann::ordered_json state = nlohmann::ordered_json::object();
   int port = 0;
   bool stopped = false;
+  ListenSocket listen_socket;
 };
 
 LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::make_unique<Impl>()) {
@@ -53,6 +55,7 @@ LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::mak
   };
   s.http.Get(".*", not_ready);
   s.http.Post(".*", not_ready);
+  s.listen_socket.install(s.http);
   if (port == 0) {
     s.port = s.http.bind_to_any_port(host);
   } else if (s.http.bind_to_port(host, port)) {
@@ -61,6 +64,7 @@ LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::mak
     s.port = -1;
   }
   if (s.port <= 0) fail(ErrorKind::resource, "cannot listen on {}:{}: address in use or not available", host, port);
+  s.listen_socket.raise_backlog();
   // Bound already: connections queue in the backlog until the loop accepts them.
   s.thread = std::thread([&s] { s.http.listen_after_bind(); });
   // stop() only interrupts a running loop: wait until it runs.

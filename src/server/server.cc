@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "server/auth.h"
 #include "server/ids.h"
+#include "server/listen_socket.h"
 #include "server/server_impl.h"
 #include "server/task_queue.h"
 
@@ -219,6 +220,7 @@ void Server::start() {
   int n_threads = s.options.n_http_threads;
   s.http.new_task_queue = [n_threads] { return new ElasticTaskQueue(n_threads); };
 
+  s.listen_socket.install(s.http);
   if (s.options.port == 0) {
     s.bound_port = s.http.bind_to_any_port(s.options.host);
     if (s.bound_port < 0) fail(ErrorKind::resource, "cannot listen on {}", s.options.host);
@@ -228,6 +230,7 @@ void Server::start() {
            s.options.host, s.options.port);
     s.bound_port = s.options.port;
   }
+  s.listen_socket.raise_backlog();
   s.running = true;
   s.stopping = false;
   s.listen_thread = std::thread([&s] {

@@ -12,6 +12,7 @@
 #include <httplib.h>
 
 #include "server/api_error.h"
+#include "server/listen_socket.h"
 #include "server/server.h"
 
 namespace pensieve::server {
@@ -46,6 +47,7 @@ struct Server::Impl {
   httplib::Server http;
   std::thread listen_thread;
   int bound_port = -1;
+  ListenSocket listen_socket;
   std::mutex state_mutex;
   std::mutex stop_mutex;
   std::condition_variable stopped_cv;
