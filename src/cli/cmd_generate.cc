@@ -23,7 +23,7 @@ struct Opts {
   int top_k = 0;
   uint64_t seed = 0;
   int threads = 0;
-  int64_t ctx_size = 0;
+  int64_t ctx_size = 0, sliding_window = -1;
 };
 
 RegisterCommand reg("generate", [](CLI::App& app) {
@@ -46,6 +46,9 @@ RegisterCommand reg("generate", [](CLI::App& app) {
   app.add_option("--seed", o->seed, "random seed for sampling");
   app.add_option("--threads", o->threads, "worker threads (default: all cores)");
   app.add_option("--ctx-size", o->ctx_size, "context length (default: prompt + max tokens)");
+  app.add_option("--sliding-window", o->sliding_window,
+                 "attend to the last N positions only (0: all; default: config.json's sliding_window)")
+      ->check(CLI::NonNegativeNumber);
   return std::function<int()>([o] {
     std::vector<int> ids;
     std::unique_ptr<Tokenizer> tokenizer;
@@ -58,7 +61,7 @@ RegisterCommand reg("generate", [](CLI::App& app) {
       ids = parse_int_list(o->tokens, "--tokens");
       if (ids.empty()) fail("--tokens: at least one token id is needed");
     }
-    auto model = load_model(o->model, {o->threads});
+    auto model = load_model(o->model, {.n_threads = o->threads, .sliding_window = o->sliding_window});
     const int64_t ctx = o->ctx_size > 0 ? o->ctx_size : static_cast<int64_t>(ids.size()) + o->max_tokens;
     Session session(*model, ctx);
     const std::vector<int32_t> prompt(ids.begin(), ids.end());

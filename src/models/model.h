@@ -89,6 +89,10 @@ class Model {
 struct LoadOptions {
   int n_threads = 0;      // 0 = all cores
   bool prefault = false;  // read every weight page now instead of on first use
+  // Attention window in tokens: -1 = what config.json says, 0 = none, N = each
+  // query attends to its last N positions (itself included), as Mistral's
+  // sliding_window does.
+  int64_t sliding_window = -1;
 };
 
 // Reads config.json, picks the architecture from the registry and maps the weights.

@@ -31,6 +31,7 @@ std::vector<std::string> architecture_names() {
 
 std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& options) {
   ModelConfig config = load_model_config(dir);
+  if (options.sliding_window >= 0) config.sliding_window = options.sliding_window;
   ArchitectureLoader loader = find_architecture(config.architecture);
   if (loader == nullptr) {
     std::string known;

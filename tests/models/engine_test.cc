@@ -91,7 +91,9 @@ TEST_P(EngineTest, EightPromptsTogetherMatchEachAlone) {
   wait_idle(engine);
   const auto s = engine.stats();
   EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, s.n_blocks_total);
-  if (GetParam() > 0) EXPECT_GT(s.n_preemptions, 0) << "the small pool should force preemption";
+  if (GetParam() > 0) {
+    EXPECT_GT(s.n_preemptions, 0) << "the small pool should force preemption";
+  }
 }
 
 // 12 blocks: not enough for all eight at once, so requests are preempted and resumed.

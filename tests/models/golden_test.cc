@@ -115,6 +115,47 @@ TEST(GoldenStories, GeneratesTheReference200TokensFromBos) {
   EXPECT_EQ(result.tokens, ids_of(ref["greedy_ids"]));
 }
 
+// With a sliding window of W, a token sees only the W positions ending at its
+// own, layer after layer: through L layers the last token depends on the last
+// L*(W-1)+1 inputs and on nothing before. RoPE only encodes relative
+// distances, so the last logits of a long sequence equal those of just those
+// inputs run from position 0. This holds for a prompt chunk and for
+// token-by-token decoding; it is how the bundled model is served (W = its 512
+// trained positions).
+TEST(GoldenStories, SlidingWindowSeesOnlyTheLastWindowOfTokens) {
+  const std::string dir = std::string(PENSIEVE_TEST_DATA) + "/../../models/stories260K";
+  constexpr int64_t kWindow = 50;
+  auto windowed = load_model(dir, {.n_threads = 2, .sliding_window = kWindow});
+  auto full = load_model(dir, {.n_threads = 2});
+  EXPECT_EQ(windowed->config().sliding_window, kWindow);
+  EXPECT_EQ(full->config().sliding_window, 0);
+  const int64_t vocab = windowed->config().vocab_size;
+  const int64_t reach = windowed->config().n_layers * (kWindow - 1) + 1;
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 333; ++i) tokens.push_back(3 + (i * 7919 + 13) % static_cast<int>(vocab - 3));
+  const std::span<const int32_t> all(tokens);
+  ASSERT_LT(reach, static_cast<int64_t>(tokens.size()));
+
+  Session alone(*windowed, reach);
+  const auto expected = alone.append(all.last(reach), false);
+  const std::vector<double> ref(expected.begin(), expected.end());
+  ASSERT_EQ(ref.size(), static_cast<size_t>(vocab));
+
+  Session chunk(*windowed, 400);
+  EXPECT_LT(relative_max_diff(ref, chunk.append(all, false).data()), 1e-4);
+  Session inc(*windowed, 400);
+  inc.append(all.first(250), false);
+  std::vector<float> got_inc;
+  for (size_t i = 250; i < tokens.size(); ++i) got_inc = inc.append(all.subspan(i, 1), false);
+  EXPECT_LT(relative_max_diff(ref, got_inc.data()), 1e-4);
+
+  // What the comparison can tell apart: only one window of inputs, or no window.
+  Session shorter(*windowed, reach);
+  EXPECT_GT(relative_max_diff(ref, shorter.append(all.last(kWindow), false).data()), 1e-3);
+  Session unwindowed(*full, 400);
+  EXPECT_GT(relative_max_diff(ref, unwindowed.append(all, false).data()), 1e-3);
+}
+
 // `generate --prompt TEXT` tokenizes with the model's tokenizer (BOS added as
 // its post-processor says), generates exactly what the same ids give, and
 // returns the decoded text of the generated tokens.
