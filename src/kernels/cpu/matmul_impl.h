@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/aligned.h"
 #include "quant/weight_matrix.h"
 
 namespace pensieve::kernels {
@@ -28,7 +29,7 @@ void transpose_tokens(const float* x, int64_t ldx, int64_t n_tokens, int64_t col
 // of their range, which fails the transformers comparison.)
 struct QuantizedActivations {
   int64_t n_tokens = 0, cols = 0, group = 0;
-  std::vector<int8_t> q1, q2;  // [token][cols]; per 64 columns [even | odd] in nibble order
+  AlignedVector<int8_t> q1, q2;  // [token][cols]; per 64 columns [even | odd] in nibble order
   std::vector<float> scale;    // d, [token][cols/group]
   std::vector<float> sum;      // [token][cols/group]
 };
@@ -38,7 +39,7 @@ void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t
 // The same transposed into 16-token tiles for the gemm kernel (natural order).
 struct QuantizedActivationTiles {
   int64_t n_tokens = 0, cols = 0, group = 0;
-  std::vector<int32_t> q1, q2;  // [tile][cols/4][16]: 4 consecutive int8 per token
+  AlignedVector<int32_t> q1, q2;  // [tile][cols/4][16]: 4 consecutive int8 per token
   std::vector<float> scale;     // [tile][cols/group][16]
   std::vector<float> sum;       // [tile][cols/group][16]
 };

@@ -343,7 +343,7 @@ void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
                float* y, int64_t ldy) {
   const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
   const int64_t n_rows = r1 - r0;
-  thread_local std::vector<uint8_t> wq;
+  thread_local AlignedVector<uint8_t> wq;
   thread_local std::vector<float> sc, bi;
   sc.resize(n_rows * n_groups);
   bi.resize(n_rows * n_groups);
