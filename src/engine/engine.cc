@@ -3,6 +3,7 @@
 #include <sys/sysinfo.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -179,6 +180,16 @@ void Engine::finish(Sequence& s, const std::string& reason) {
   emit(s, e);
 }
 
+void Engine::finish_with_error(Sequence& s, const std::string& error) {
+  release(s);
+  s.done = true;
+  publish_stats();
+  EngineEvent e;
+  e.kind = EngineEvent::Kind::error;
+  e.error = error;
+  emit(s, e);
+}
+
 void Engine::loop() {
   uint64_t next_admission = 0;
   for (;;) {
@@ -316,7 +327,22 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
       emit(s, e);
     }
     if (s.n_computed < static_cast<int64_t>(s.tokens.size())) continue;  // more prompt to read
-    const int32_t tok = s.sampler->sample(logits.data() + i * vocab, vocab);
+    TokenConstraint* constraint = s.request.constraint.get();
+    float* row = logits.data() + i * vocab;
+    int32_t tok = s.sampler->sample(row, vocab);
+    if (constraint != nullptr && !constraint->allows(tok)) {
+      int64_t n_allowed = 0;
+      for (int64_t v = 0; v < vocab; ++v) {
+        if (constraint->allows(static_cast<int32_t>(v))) ++n_allowed;
+        else row[v] = -std::numeric_limits<float>::infinity();
+      }
+      if (n_allowed == 0) {
+        finish_with_error(s, "the output grammar allows no token of the vocabulary here");
+        continue;
+      }
+      tok = s.sampler->sample(row, vocab);
+    }
+    if (constraint != nullptr) constraint->accept(tok);
     const auto& stops = s.request.stop_ids;
     if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
       finish(s, "eos");
@@ -328,7 +354,9 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     e.kind = EngineEvent::Kind::token;
     e.token = tok;
     emit(s, e);
-    if (s.n_generated >= s.request.max_tokens ||
+    if (constraint != nullptr && constraint->complete()) {
+      finish(s, "eos");
+    } else if (s.n_generated >= s.request.max_tokens ||
         static_cast<int64_t>(s.tokens.size()) >= options_.ctx_size) {
       finish(s, "max_tokens");
     }

@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/constraint.h"
 #include "engine/kv_block_pool.h"
 #include "engine/sampler.h"
 #include "models/model.h"
@@ -59,6 +60,8 @@ struct EngineRequest {
   int64_t max_tokens = 0;
   SamplingParams sampling;
   std::vector<int32_t> stop_ids;  // generation ends after one of these (not reported as a token)
+  // Optional grammar for the output (engine/constraint.h); "eos" when complete.
+  std::shared_ptr<TokenConstraint> constraint;
   std::function<void(const EngineEvent&)> on_event;  // called on the engine thread
 };
 
@@ -99,6 +102,7 @@ class Engine {
   void loop();
   void step(std::vector<std::unique_ptr<Sequence>>& running);
   void finish(Sequence& s, const std::string& reason);
+  void finish_with_error(Sequence& s, const std::string& error);
   void emit(Sequence& s, EngineEvent e);
   void start_sequence(Sequence& s);
   void release(Sequence& s);

@@ -55,6 +55,12 @@ struct ModelInfo {
   bool thinking = false;      // the template knows enable_thinking and the model writes <think>
 };
 
+// A tool the answer must call (tool_choice any/tool).
+struct ForcedTool {
+  std::string name;
+  nlohmann::ordered_json input_schema;
+};
+
 struct GenerationRequest {
   std::vector<int32_t> prompt;
   int64_t max_tokens = 0;     // already clamped so prompt + max_tokens <= context_size
@@ -63,6 +69,10 @@ struct GenerationRequest {
   int top_k = 0;              // 0 = off
   float min_p = 0.0f;         // 0 = off
   std::optional<uint64_t> seed;
+  // Non-empty: the answer is exactly one call of one of these tools, written
+  // in the <tool_call> format the output parser reads, its input following
+  // the tool's schema (constrained decoding; server/json_grammar.h).
+  std::vector<ForcedTool> forced_tools;
 };
 
 struct GenerationEvent {

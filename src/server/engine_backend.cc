@@ -80,6 +80,12 @@ std::shared_ptr<Generation> EngineBackend::submit(GenerationRequest request,
   r.sampling.min_p = request.min_p;
   r.sampling.seed = request.seed ? *request.seed : std::random_device{}();
   r.stop_ids = stop_ids_;
+  if (!request.forced_tools.empty()) {
+    std::call_once(token_texts_once_,
+                   [this] { token_texts_ = std::make_shared<const TokenTexts>(tokenizer_); });
+    r.constraint = std::make_shared<GrammarConstraint>(token_texts_,
+                                                       tool_call_grammar(request.forced_tools));
+  }
   // The decoder lives with the request; events for one request never overlap.
   auto decoder = std::make_shared<StreamDecoder>(tokenizer_, true);
   r.on_event = [decoder, on_event](const EngineEvent& e) {

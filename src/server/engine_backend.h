@@ -3,11 +3,13 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "chat/chat_config.h"
 #include "engine/engine.h"
 #include "server/backend.h"
+#include "server/grammar_constraint.h"
 #include "tokenizer/tokenizer.h"
 
 namespace pensieve::server {
@@ -33,6 +35,9 @@ class EngineBackend : public Backend {
   chat::ChatConfig chat_;
   std::vector<int32_t> stop_ids_;
   ModelInfo info_;
+  // Token texts for constrained decoding, built on the first forced tool call.
+  mutable std::once_flag token_texts_once_;
+  mutable std::shared_ptr<const TokenTexts> token_texts_;
 };
 
 // End-of-generation ids: config.json / generation_config.json, the

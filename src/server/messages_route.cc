@@ -218,6 +218,10 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms) {
 void Server::Impl::handle_messages(const httplib::Request& req, httplib::Response& res) {
   json body = parse_body(req);
   MessagesRequest request = parse_messages_request(body, {true, info.vision});
+  if (request.thinking != ThinkingMode::disabled &&
+      (request.tool_choice.type == ToolChoice::Type::any ||
+       request.tool_choice.type == ToolChoice::Type::tool))
+    invalid_request("", "Thinking may not be enabled when tool_choice forces tool use.");
   Prompt prompt = build_prompt(backend, info, request);
   const int64_t n_prompt = static_cast<int64_t>(prompt.tokens.size());
   if (n_prompt >= info.context_size)
@@ -233,6 +237,15 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
   gen.top_k = static_cast<int>(std::min<int64_t>(request.top_k.value_or(0), INT32_MAX));
   gen.min_p = static_cast<float>(request.min_p.value_or(0.0));
   gen.seed = request.seed;
+  // tool_choice any/tool: the answer is one call, enforced while decoding.
+  if (prompt.tools_active && (request.tool_choice.type == ToolChoice::Type::any ||
+                              request.tool_choice.type == ToolChoice::Type::tool)) {
+    for (const Tool& t : request.tools) {
+      const bool named = request.tool_choice.type == ToolChoice::Type::tool;
+      if (named ? t.name == request.tool_choice.name : !t.deferred)
+        gen.forced_tools.push_back({t.name, t.input_schema});
+    }
+  }
 
   OutputParserOptions parser_options;
   parser_options.stop_sequences = request.stop_sequences;

@@ -215,12 +215,11 @@ describe('models', () => {
 
 // stories260K has no chat template that knows tools, so tools go through the
 // generic instruction block (docs/api-compatibility.md). A 260K-parameter
-// story model cannot follow it and never writes a <tool_call>: the server's
-// parsing of real calls into tool_use blocks / input_json_delta is covered
-// by tests/server with a scripted backend. What real components do here:
-// tools and tool_choice reach the prompt, and a conversation carrying a
-// tool_use and its tool_result (what a client sends on the second turn) is
-// accepted, rendered, counted and answered, streaming and not.
+// story model cannot follow it and never writes a <tool_call> on its own; with
+// tool_choice any/tool the server constrains decoding to one call whose input
+// follows the tool's schema, so the model does make a real call here. Then
+// the round trip: that tool_use and its tool_result (what a client sends on
+// the second turn) are accepted, rendered, counted and answered.
 describe('tool use round trip', () => {
   const weather = {
     name: 'get_weather',
@@ -241,18 +240,31 @@ describe('tool use round trip', () => {
     assert.equal(await count({ messages: ask, tools: [weather], tool_choice: { type: 'none' } }), plain, 'none shows no tools');
   });
 
-  it('turn 1 with a forced tool is answered consistently', async () => {
-    const m = await client.messages.create({ ...story(), messages: ask, tools: [weather], tool_choice: { type: 'tool', name: 'get_weather' } });
-    const calls = m.content.filter((b) => b.type === 'tool_use');
-    assert.equal(m.stop_reason === 'tool_use', calls.length > 0, 'stop_reason tool_use exactly when a tool_use block came');
-    for (const c of calls) {
-      assert.match(c.id, /^toolu_[0-9A-Za-z]{24}$/);
-      assert.equal(c.name, 'get_weather');
-    }
+  let turn1Call;
+  it('turn 1 with a forced tool: the model calls it, streamed and not', async () => {
+    const params = { ...story(), max_tokens: 400, messages: ask, tools: [weather], tool_choice: { type: 'tool', name: 'get_weather' } };
+    const m = await client.messages.create(params);
+    assert.equal(m.stop_reason, 'tool_use', JSON.stringify(m.content));
+    assert.equal(m.content.length, 1);
+    const [call] = m.content;
+    assert.equal(call.type, 'tool_use');
+    assert.match(call.id, /^toolu_[0-9A-Za-z]{24}$/);
+    assert.equal(call.name, 'get_weather');
+    assert.deepEqual(Object.keys(call.input), ['city']);
+    assert.equal(typeof call.input.city, 'string');
+    // The SDK's stream helper assembles the same input from input_json_delta events.
+    const stream = client.messages.stream(params);
+    const deltas = [];
+    stream.on('inputJson', (partial) => deltas.push(partial));
+    const streamed = await stream.finalMessage();
+    assert.equal(streamed.stop_reason, 'tool_use');
+    assert.deepEqual(streamed.content[0].input, call.input, 'greedy: the same call');
+    assert.ok(deltas.length >= 1);
+    turn1Call = call;
   });
 
   it('turn 2 carries the tool_use and its tool_result', async () => {
-    const call = { type: 'tool_use', id: 'toolu_01E2eRoundTrip0000000000', name: 'get_weather', input: { city: 'Paris' } };
+    const call = turn1Call ?? { type: 'tool_use', id: 'toolu_01E2eRoundTrip0000000000', name: 'get_weather', input: { city: 'Paris' } };
     const turn2 = (result) => [
       ...ask,
       { role: 'assistant', content: [{ type: 'text', text: 'Let me check.' }, call] },

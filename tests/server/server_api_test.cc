@@ -214,6 +214,27 @@ TEST_F(ServerTest, QueueLimitAndPerClientLimit) {
   for (auto& t : readers) t.join();
 }
 
+// Forced tool use reaches the backend as the tools the answer must call;
+// with thinking on it is refused, as Anthropic refuses it.
+TEST_F(ServerTest, ForcedToolChoice) {
+  start();
+  json body = hello();
+  body["tools"] = {bash_tool()};
+  body["tool_choice"] = {{"type", "any"}};
+  body["thinking"] = {{"type", "enabled"}, {"budget_tokens", 1024}};
+  EXPECT_EQ(expect_error(post("/v1/messages", body), 400, "invalid_request_error"),
+            "Thinking may not be enabled when tool_choice forces tool use.");
+  EXPECT_EQ(backend.n_submitted, 0);
+  body.erase("thinking");
+  ASSERT_EQ(post("/v1/messages", body)->status, 200);
+  ASSERT_EQ(backend.last_request().forced_tools.size(), 1u);
+  EXPECT_EQ(backend.last_request().forced_tools[0].name, "Bash");
+  EXPECT_EQ(backend.last_request().forced_tools[0].input_schema, bash_tool()["input_schema"]);
+  body["tool_choice"] = {{"type", "auto"}};
+  ASSERT_EQ(post("/v1/messages", body)->status, 200);
+  EXPECT_TRUE(backend.last_request().forced_tools.empty());
+}
+
 TEST_F(ServerTest, ManyConcurrentStreamsAllRun) {
   backend.set_script({.pieces = {"a"}, .until_cancelled = true});
   ServerOptions options;

@@ -1,0 +1,409 @@
+#include "server/json_grammar.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace pensieve::server {
+namespace {
+
+using Kind = GrammarNode::Kind;
+using json = nlohmann::ordered_json;
+
+constexpr int kMaxDigits = 16;
+constexpr int kMaxDepth = 8;
+
+GrammarNode make(Kind kind, std::string text = {}) {
+  GrammarNode n;
+  n.kind = kind;
+  n.text = std::move(text);
+  return n;
+}
+
+const GrammarNode& static_node(Kind kind, const char* text = "") {
+  static const GrammarNode string = make(Kind::string), number = make(Kind::number),
+                           any = make(Kind::any), lit_true = make(Kind::literal, "true"),
+                           lit_false = make(Kind::literal, "false"),
+                           lit_null = make(Kind::literal, "null");
+  switch (kind) {
+    case Kind::string: return string;
+    case Kind::number: return number;
+    case Kind::any: return any;
+    default: break;
+  }
+  const std::string_view t = text;
+  return t == "true" ? lit_true : t == "false" ? lit_false : lit_null;
+}
+
+// Sorts options (and the children that go with them) so that the options
+// sharing a prefix form one contiguous range.
+GrammarNode make_choice(std::vector<std::string> options, std::vector<GrammarNode> children = {}) {
+  std::vector<size_t> order(options.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return options[a] < options[b]; });
+  GrammarNode n = make(Kind::choice);
+  for (size_t i : order) {
+    if (!n.options.empty() && n.options.back() == options[i]) continue;  // duplicates
+    n.options.push_back(options[i]);
+    if (!children.empty()) n.children.push_back(std::move(children[i]));
+  }
+  return n;
+}
+
+GrammarNode schema_node(const json& schema, int depth) {
+  if (!schema.is_object() || depth > kMaxDepth) return make(Kind::any);
+  if (auto it = schema.find("const"); it != schema.end()) return make(Kind::literal, it->dump());
+  if (auto it = schema.find("enum"); it != schema.end() && it->is_array() && !it->empty()) {
+    std::vector<std::string> options;
+    for (const auto& v : *it) options.push_back(v.dump());
+    return make_choice(std::move(options));
+  }
+  for (const char* key : {"anyOf", "oneOf"}) {
+    if (auto it = schema.find(key); it != schema.end() && it->is_array() && !it->empty())
+      return schema_node((*it)[0], depth + 1);
+  }
+  std::string type;
+  if (auto it = schema.find("type"); it != schema.end()) {
+    if (it->is_string()) {
+      type = it->get<std::string>();
+    } else if (it->is_array()) {
+      for (const auto& t : *it) {
+        if (!t.is_string()) continue;
+        if (type.empty() || type == "null") type = t.get<std::string>();
+      }
+    }
+  }
+  const auto props = schema.find("properties");
+  const bool has_props = props != schema.end() && props->is_object();
+  if (type.empty() && has_props) type = "object";
+  if (type == "string") return make(Kind::string);
+  if (type == "integer") return make(Kind::integer);
+  if (type == "number") return make(Kind::number);
+  if (type == "boolean") return make_choice({"true", "false"});
+  if (type == "null") return make(Kind::literal, "null");
+  if (type == "array") {
+    GrammarNode n = make(Kind::array);
+    auto items = schema.find("items");
+    n.children.push_back(items != schema.end() ? schema_node(*items, depth + 1) : make(Kind::any));
+    return n;
+  }
+  if (type == "object") {
+    if (!has_props) return make(Kind::any_object);
+    std::vector<std::string> required;
+    if (auto r = schema.find("required"); r != schema.end() && r->is_array()) {
+      for (const auto& k : *r) {
+        if (k.is_string() && std::find(required.begin(), required.end(), k.get<std::string>()) == required.end())
+          required.push_back(k.get<std::string>());
+      }
+    }
+    GrammarNode seq = make(Kind::sequence);
+    std::string lit = "{";
+    for (size_t i = 0; i < required.size(); ++i) {
+      lit += (i ? "," : "") + json(required[i]).dump() + ":";
+      seq.children.push_back(make(Kind::literal, lit));
+      lit.clear();
+      auto p = props->find(required[i]);
+      seq.children.push_back(p != props->end() ? schema_node(*p, depth + 1) : make(Kind::any));
+    }
+    seq.children.push_back(make(Kind::literal, lit + "}"));
+    return seq;
+  }
+  return make(Kind::any);
+}
+
+bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+bool is_hex(unsigned char c) {
+  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+}  // namespace
+
+GrammarNode schema_grammar(const nlohmann::ordered_json& schema) { return schema_node(schema, 0); }
+
+std::shared_ptr<const GrammarNode> tool_call_grammar(const std::vector<ForcedTool>& tools) {
+  auto root = std::make_shared<GrammarNode>(make(Kind::sequence));
+  root->children.push_back(make(Kind::literal, "<tool_call>\n{\"name\": \""));
+  std::vector<std::string> options;
+  std::vector<GrammarNode> branches;
+  for (const auto& t : tools) {
+    std::string name = json(t.name).dump();  // quoted and escaped
+    options.push_back(name.substr(1) + ", \"arguments\": ");
+    GrammarNode branch = make(Kind::sequence);
+    branch.children.push_back(make(Kind::literal, options.back()));
+    branch.children.push_back(schema_node(t.input_schema, 0));
+    branches.push_back(std::move(branch));
+  }
+  root->children.push_back(make_choice(std::move(options), std::move(branches)));
+  root->children.push_back(make(Kind::literal, "}\n</tool_call>"));
+  return root;
+}
+
+GrammarMatcher::GrammarMatcher(std::shared_ptr<const GrammarNode> root) : root_(std::move(root)) {
+  push(root_.get());
+  settle();
+}
+
+void GrammarMatcher::push(const GrammarNode* node) {
+  Frame f{node};
+  if (node->kind == Kind::choice) f.hi = static_cast<int32_t>(node->options.size());
+  stack_.push_back(f);
+}
+
+// Pops sequences whose every child has been matched: their end does not
+// depend on the next byte.
+void GrammarMatcher::settle() {
+  while (!stack_.empty()) {
+    const Frame& f = stack_.back();
+    if (f.node->kind == Kind::sequence && f.a == static_cast<int32_t>(f.node->children.size())) {
+      stack_.pop_back();
+      continue;
+    }
+    if (f.node->kind == Kind::literal && f.node->text.empty()) {
+      stack_.pop_back();
+      continue;
+    }
+    break;
+  }
+}
+
+bool GrammarMatcher::feed(std::string_view text) {
+  for (char c : text) {
+    if (!feed(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+bool GrammarMatcher::feed(unsigned char c) {
+  for (;;) {
+    if (stack_.empty()) return false;
+    switch (step(stack_.back(), c)) {
+      case Step::taken:
+        settle();
+        return true;
+      case Step::done:
+        stack_.pop_back();
+        settle();
+        return true;
+      case Step::refused:
+        return false;
+      case Step::pass:
+        stack_.pop_back();
+        settle();
+        break;
+    }
+  }
+}
+
+// One byte for the frame on top. A container that starts a child pushes it
+// and hands the byte to it (the result is then the child's).
+GrammarMatcher::Step GrammarMatcher::step(Frame& f, unsigned char c) {
+  const GrammarNode& n = *f.node;
+  switch (n.kind) {
+    case Kind::literal:
+      if (static_cast<size_t>(f.a) < n.text.size() && static_cast<unsigned char>(n.text[f.a]) == c) {
+        ++f.a;
+        return static_cast<size_t>(f.a) == n.text.size() ? Step::done : Step::taken;
+      }
+      return Step::refused;
+
+    case Kind::choice: {
+      int32_t lo = f.lo, hi = f.hi;
+      while (lo < hi && (n.options[lo].size() <= static_cast<size_t>(f.a) ||
+                         static_cast<unsigned char>(n.options[lo][f.a]) != c))
+        ++lo;
+      hi = lo;
+      while (hi < f.hi && n.options[hi].size() > static_cast<size_t>(f.a) &&
+             static_cast<unsigned char>(n.options[hi][f.a]) == c)
+        ++hi;
+      if (lo == hi) {
+        // An option that ended here (e.g. enum 1 next to 10) lets the byte pass on.
+        for (int32_t i = f.lo; i < f.hi; ++i)
+          if (n.options[i].size() == static_cast<size_t>(f.a)) return Step::pass;
+        return Step::refused;
+      }
+      f.lo = lo;
+      f.hi = hi;
+      ++f.a;
+      if (hi - lo == 1 && n.options[lo].size() == static_cast<size_t>(f.a)) {
+        if (n.children.empty()) return Step::done;
+        // A branch: continue with the rest of the chosen option's sequence.
+        f.node = &n.children[lo];
+        f.a = 1;
+        f.b = 0;
+        return Step::taken;
+      }
+      return Step::taken;
+    }
+
+    case Kind::string:
+      switch (f.b) {
+        case 0:
+          if (c != '"') return Step::refused;
+          f.b = 1;
+          return Step::taken;
+        case 1:
+          if (c == '"') return Step::done;
+          if (c == '\\') f.b = 2;
+          else if (c < 0x20) return Step::refused;
+          return Step::taken;
+        case 2:
+          if (c == 'u') {
+            f.b = 3;
+            f.a = 0;
+            return Step::taken;
+          }
+          if (std::string_view("\"\\/bfnrt").find(static_cast<char>(c)) == std::string_view::npos)
+            return Step::refused;
+          f.b = 1;
+          return Step::taken;
+        default:
+          if (!is_hex(c)) return Step::refused;
+          if (++f.a == 4) f.b = 1;
+          return Step::taken;
+      }
+
+    case Kind::integer:
+    case Kind::number: {
+      // b: 0 start, 1 after '-', 2 integer digits, 3 a leading 0, 4 after '.',
+      // 5 fraction digits, 6 after 'e', 7 after the exponent sign, 8 exponent digits.
+      const bool real = n.kind == Kind::number;
+      const bool can_end = f.b == 2 || f.b == 3 || f.b == 5 || f.b == 8;
+      auto digit_in = [&](int state) {
+        if (f.b != state) f.a = 0;
+        if (++f.a > kMaxDigits) return false;
+        f.b = state;
+        return true;
+      };
+      switch (f.b) {
+        case 0:
+        case 1:
+          if (f.b == 0 && c == '-') {
+            f.b = 1;
+            return Step::taken;
+          }
+          if (c == '0') {
+            f.b = 3;
+            return Step::taken;
+          }
+          if (is_digit(c) && digit_in(2)) return Step::taken;
+          return Step::refused;
+        case 2:
+        case 3:
+          if (f.b == 2 && is_digit(c)) return digit_in(2) ? Step::taken : Step::pass;
+          if (real && c == '.') {
+            f.b = 4;
+            return Step::taken;
+          }
+          if (real && (c == 'e' || c == 'E')) {
+            f.b = 6;
+            return Step::taken;
+          }
+          return can_end ? Step::pass : Step::refused;
+        case 4:
+        case 5:
+          if (is_digit(c)) return digit_in(5) ? Step::taken : Step::pass;
+          if (f.b == 5 && (c == 'e' || c == 'E')) {
+            f.b = 6;
+            return Step::taken;
+          }
+          return can_end ? Step::pass : Step::refused;
+        case 6:
+          if (c == '+' || c == '-') {
+            f.b = 7;
+            return Step::taken;
+          }
+          [[fallthrough]];
+        default:
+          if (is_digit(c)) return digit_in(8) ? Step::taken : Step::pass;
+          return can_end ? Step::pass : Step::refused;
+      }
+    }
+
+    case Kind::sequence: {
+      if (f.a == static_cast<int32_t>(n.children.size())) return Step::pass;
+      const GrammarNode* child = &n.children[f.a++];
+      push(child);  // f is invalid from here
+      return step_again(c);
+    }
+
+    case Kind::array:
+    case Kind::any_array: {
+      const GrammarNode* item = n.kind == Kind::array ? &n.children[0] : &static_node(Kind::any);
+      switch (f.b) {
+        case 0:
+          if (c != '[') return Step::refused;
+          f.b = 1;
+          return Step::taken;
+        case 1:
+          if (c == ']') return Step::done;
+          f.b = 2;
+          push(item);
+          return step_again(c);
+        case 2:
+          if (c == ']') return Step::done;
+          if (c != ',') return Step::refused;
+          f.b = 3;
+          return Step::taken;
+        default:
+          f.b = 2;
+          push(item);
+          return step_again(c);
+      }
+    }
+
+    case Kind::any_object:
+      switch (f.b) {
+        case 0:
+          if (c != '{') return Step::refused;
+          f.b = 1;
+          return Step::taken;
+        case 1:
+        case 5:
+          if (f.b == 1 && c == '}') return Step::done;
+          if (c != '"') return Step::refused;
+          f.b = 2;
+          push(&static_node(Kind::string));
+          return step_again(c);
+        case 2:
+          if (c != ':') return Step::refused;
+          f.b = 3;
+          return Step::taken;
+        case 3:
+          f.b = 4;
+          push(&static_node(Kind::any));
+          return step_again(c);
+        default:
+          if (c == '}') return Step::done;
+          if (c != ',') return Step::refused;
+          f.b = 5;
+          return Step::taken;
+      }
+
+    case Kind::any: {
+      const GrammarNode* to = nullptr;
+      if (c == '{') {
+        static const GrammarNode object = make(Kind::any_object);
+        to = &object;
+      } else if (c == '[') {
+        static const GrammarNode array = make(Kind::any_array);
+        to = &array;
+      } else if (c == '"') {
+        to = &static_node(Kind::string);
+      } else if (c == '-' || is_digit(c)) {
+        to = &static_node(Kind::number);
+      } else if (c == 't') {
+        to = &static_node(Kind::literal, "true");
+      } else if (c == 'f') {
+        to = &static_node(Kind::literal, "false");
+      } else if (c == 'n') {
+        to = &static_node(Kind::literal, "null");
+      } else {
+        return Step::refused;
+      }
+      f = Frame{to};
+      return step_again(c);
+    }
+  }
+  return Step::refused;
+}
+
+}  // namespace pensieve::server
