@@ -220,12 +220,7 @@ void Engine::loop() {
         if (s->done) continue;
         // Blocks are published only after a forward completes, so what the
         // failed step was writing never reaches the cache.
-        release(*s);
-        EngineEvent e;
-        e.kind = EngineEvent::Kind::error;
-        e.error = ex.what();
-        emit(*s, e);
-        s->done = true;
+        finish_with_error(*s, ex.what());
       }
     }
     running_.erase(std::remove_if(running_.begin(), running_.end(),

@@ -42,10 +42,12 @@ bool GrammarConstraint::allows(int32_t token) const {
 }
 
 void GrammarConstraint::accept(int32_t token) {
-  if (!allows(token)) fail(ErrorKind::internal, "token {} does not follow the output grammar", token);
-  const std::string& t = texts_->text(token);
-  matcher_.feed(t);
-  text_ += t;
+  const std::string* t = token >= 0 && token < texts_->size() ? &texts_->text(token) : nullptr;
+  GrammarMatcher next = matcher_;
+  if (t == nullptr || t->empty() || !next.feed(*t))
+    fail(ErrorKind::internal, "token {} does not follow the output grammar", token);
+  matcher_ = std::move(next);
+  text_ += *t;
   refresh_first_bytes();
 }
 

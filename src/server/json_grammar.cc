@@ -19,19 +19,30 @@ GrammarNode make(Kind kind, std::string text = {}) {
   return n;
 }
 
-const GrammarNode& static_node(Kind kind, const char* text = "") {
-  static const GrammarNode string = make(Kind::string), number = make(Kind::number),
-                           any = make(Kind::any), lit_true = make(Kind::literal, "true"),
-                           lit_false = make(Kind::literal, "false"),
-                           lit_null = make(Kind::literal, "null");
-  switch (kind) {
-    case Kind::string: return string;
-    case Kind::number: return number;
-    case Kind::any: return any;
-    default: break;
+// The nodes free-form values are made of, shared by every grammar.
+struct SharedNodes {
+  GrammarNode string = make(Kind::string), number = make(Kind::number), any = make(Kind::any),
+              object = make(Kind::any_object), array = make(Kind::any_array),
+              lit_true = make(Kind::literal, "true"), lit_false = make(Kind::literal, "false"),
+              lit_null = make(Kind::literal, "null");
+};
+const SharedNodes& shared() {
+  static const SharedNodes nodes;
+  return nodes;
+}
+
+// The node a free-form value starting with `c` is; nullptr when none starts so.
+const GrammarNode* value_starting_with(unsigned char c) {
+  const SharedNodes& n = shared();
+  switch (c) {
+    case '{': return &n.object;
+    case '[': return &n.array;
+    case '"': return &n.string;
+    case 't': return &n.lit_true;
+    case 'f': return &n.lit_false;
+    case 'n': return &n.lit_null;
+    default: return c == '-' || (c >= '0' && c <= '9') ? &n.number : nullptr;
   }
-  const std::string_view t = text;
-  return t == "true" ? lit_true : t == "false" ? lit_false : lit_null;
 }
 
 // Sorts options (and the children that go with them) so that the options
@@ -193,6 +204,13 @@ bool GrammarMatcher::feed(unsigned char c) {
   }
 }
 
+// Takes exactly `want`, moving the frame to state `next`.
+GrammarMatcher::Step GrammarMatcher::expect(Frame& f, unsigned char c, char want, int32_t next) {
+  if (c != static_cast<unsigned char>(want)) return Step::refused;
+  f.b = next;
+  return Step::taken;
+}
+
 // One byte for the frame on top. A container that starts a child pushes it
 // and hands the byte to it (the result is then the child's).
 GrammarMatcher::Step GrammarMatcher::step(Frame& f, unsigned char c) {
@@ -237,9 +255,7 @@ GrammarMatcher::Step GrammarMatcher::step(Frame& f, unsigned char c) {
     case Kind::string:
       switch (f.b) {
         case 0:
-          if (c != '"') return Step::refused;
-          f.b = 1;
-          return Step::taken;
+          return expect(f, c, '"', 1);
         case 1:
           if (c == '"') return Step::done;
           if (c == '\\') f.b = 2;
@@ -327,22 +343,17 @@ GrammarMatcher::Step GrammarMatcher::step(Frame& f, unsigned char c) {
 
     case Kind::array:
     case Kind::any_array: {
-      const GrammarNode* item = n.kind == Kind::array ? &n.children[0] : &static_node(Kind::any);
+      const GrammarNode* item = n.kind == Kind::array ? &n.children[0] : &shared().any;
       switch (f.b) {
         case 0:
-          if (c != '[') return Step::refused;
-          f.b = 1;
-          return Step::taken;
+          return expect(f, c, '[', 1);
         case 1:
           if (c == ']') return Step::done;
           f.b = 2;
           push(item);
           return step_again(c);
         case 2:
-          if (c == ']') return Step::done;
-          if (c != ',') return Step::refused;
-          f.b = 3;
-          return Step::taken;
+          return c == ']' ? Step::done : expect(f, c, ',', 3);
         default:
           f.b = 2;
           push(item);
@@ -353,52 +364,27 @@ GrammarMatcher::Step GrammarMatcher::step(Frame& f, unsigned char c) {
     case Kind::any_object:
       switch (f.b) {
         case 0:
-          if (c != '{') return Step::refused;
-          f.b = 1;
-          return Step::taken;
+          return expect(f, c, '{', 1);
         case 1:
         case 5:
           if (f.b == 1 && c == '}') return Step::done;
           if (c != '"') return Step::refused;
           f.b = 2;
-          push(&static_node(Kind::string));
+          push(&shared().string);
           return step_again(c);
         case 2:
-          if (c != ':') return Step::refused;
-          f.b = 3;
-          return Step::taken;
+          return expect(f, c, ':', 3);
         case 3:
           f.b = 4;
-          push(&static_node(Kind::any));
+          push(&shared().any);
           return step_again(c);
         default:
-          if (c == '}') return Step::done;
-          if (c != ',') return Step::refused;
-          f.b = 5;
-          return Step::taken;
+          return c == '}' ? Step::done : expect(f, c, ',', 5);
       }
 
     case Kind::any: {
-      const GrammarNode* to = nullptr;
-      if (c == '{') {
-        static const GrammarNode object = make(Kind::any_object);
-        to = &object;
-      } else if (c == '[') {
-        static const GrammarNode array = make(Kind::any_array);
-        to = &array;
-      } else if (c == '"') {
-        to = &static_node(Kind::string);
-      } else if (c == '-' || is_digit(c)) {
-        to = &static_node(Kind::number);
-      } else if (c == 't') {
-        to = &static_node(Kind::literal, "true");
-      } else if (c == 'f') {
-        to = &static_node(Kind::literal, "false");
-      } else if (c == 'n') {
-        to = &static_node(Kind::literal, "null");
-      } else {
-        return Step::refused;
-      }
+      const GrammarNode* to = value_starting_with(c);
+      if (to == nullptr) return Step::refused;
       f = Frame{to};
       return step_again(c);
     }

@@ -12,7 +12,7 @@
 // strings; numbers have at most 16 digits per part.
 //
 // GrammarMatcher is a small copyable pushdown state: feed() one byte at a
-// time; a refused byte leaves the state unchanged.
+// time (a copy, to try bytes that may be refused).
 #pragma once
 
 #include <cstdint>
@@ -43,9 +43,9 @@ GrammarNode schema_grammar(const nlohmann::ordered_json& schema);
 class GrammarMatcher {
  public:
   explicit GrammarMatcher(std::shared_ptr<const GrammarNode> root);
-  // Consumes one byte; false (state unchanged) when the grammar refuses it.
+  // Consume one byte / all of `text`; false when the grammar refuses it, and
+  // the state is then unspecified: feed a copy to try.
   bool feed(unsigned char c);
-  // Consumes all of `text`; on false the state is unspecified (feed a copy).
   bool feed(std::string_view text);
   // The whole grammar has been matched: no byte may follow.
   bool complete() const { return stack_.empty(); }
@@ -60,6 +60,7 @@ class GrammarMatcher {
   enum class Step { taken, done, refused, pass };
   Step step(Frame& f, unsigned char c);
   Step step_again(unsigned char c) { return step(stack_.back(), c); }  // after a push
+  static Step expect(Frame& f, unsigned char c, char want, int32_t next);
   void push(const GrammarNode* node);
   void settle();
 

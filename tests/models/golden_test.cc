@@ -156,6 +156,27 @@ TEST(GoldenStories, SlidingWindowSeesOnlyTheLastWindowOfTokens) {
   EXPECT_GT(relative_max_diff(ref, unwindowed.append(all, false).data()), 1e-3);
 }
 
+// `generate --sliding-window N` overrides config.json (stories260K has no
+// window): a small window changes what a long prompt continues with, 0 is
+// the same as none, and a negative window is refused by name.
+TEST(GoldenStories, GenerateTakesASlidingWindow) {
+  const std::string dir = std::string(PENSIEVE_TEST_DATA) + "/../../models/stories260K";
+  const std::string prompt =
+      " --prompt 'Once upon a time there was a little girl named Lily. She loved to play in the "
+      "park with her dog Max. One day they found a big red ball under a tree.' --max-tokens 16";
+  const auto plain = test::run_pensieve("generate --model " + dir + prompt);
+  const auto zero = test::run_pensieve("generate --sliding-window 0 --model " + dir + prompt);
+  const auto small = test::run_pensieve("generate --sliding-window 4 --model " + dir + prompt);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  ASSERT_EQ(zero.exit_code, 0) << zero.err;
+  ASSERT_EQ(small.exit_code, 0) << small.err;
+  EXPECT_EQ(json::parse(zero.out)["tokens"], json::parse(plain.out)["tokens"]);
+  EXPECT_NE(json::parse(small.out)["tokens"], json::parse(plain.out)["tokens"]);
+  const auto bad = test::run_pensieve("generate --sliding-window -3 --model " + dir + prompt);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--sliding-window"), std::string::npos) << bad.err;
+}
+
 // `generate --prompt TEXT` tokenizes with the model's tokenizer (BOS added as
 // its post-processor says), generates exactly what the same ids give, and
 // returns the decoded text of the generated tokens.
