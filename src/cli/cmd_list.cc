@@ -21,7 +21,8 @@ RegisterCommand reg("list", [](CLI::App& app) {
   auto opts = std::make_shared<ListOpts>();
   app.add_flag("--json", opts->json, "print JSON");
   return std::function<int()>([opts] {
-    const hub::HubCache cache(hub::HubOptions::from_env().cache_dir);
+    // Only the cache folder matters here: a bad HF_ENDPOINT or timeout must not stop it.
+    const hub::HubCache cache(hub::default_cache_dir());
     const auto models = hub::list_cached_models(cache);
     if (opts->json) {
       nlohmann::json out = nlohmann::json::array();

@@ -18,7 +18,8 @@ RegisterCommand reg("rm", [](CLI::App& app) {
   auto opts = std::make_shared<RmOpts>();
   app.add_option("repo", opts->repo, "ORG/NAME")->required();
   return std::function<int()>([opts] {
-    const hub::HubCache cache(hub::HubOptions::from_env().cache_dir);
+    // Only the cache folder matters here: a bad HF_ENDPOINT or timeout must not stop it.
+    const hub::HubCache cache(hub::default_cache_dir());
     const uint64_t n_bytes = hub::remove_cached_model(cache, opts->repo);
     std::cout << "removed " << opts->repo << " (" << hub::format_bytes(n_bytes) << ")\n";
     return 0;

@@ -59,16 +59,17 @@ uint64_t HubClient::download_blob(const HubCache& cache, const std::string& repo
   fs::create_directories(cache.blobs_dir(repo), ec);
   if (ec) fail(ErrorKind::resource, "cannot create {}: {}", cache.blobs_dir(repo), ec.message());
 
+  // Every byte received counts, also those of tries that failed later.
   uint64_t n_received = 0;
-  with_retries("downloading " + repo + "/" + file.name, [&] {
-    n_received += download_attempt(cache, repo, file, on_bytes);
-  });
+  with_retries("downloading " + repo + "/" + file.name,
+               [&] { download_attempt(cache, repo, file, on_bytes, n_received); });
   return n_received;
 }
 
-uint64_t HubClient::download_attempt(const HubCache& cache, const std::string& repo,
-                                     const RemoteFile& file,
-                                     const std::function<void(uint64_t)>& on_bytes) {
+void HubClient::download_attempt(const HubCache& cache, const std::string& repo,
+                                 const RemoteFile& file,
+                                 const std::function<void(uint64_t)>& on_bytes,
+                                 uint64_t& n_received) {
   const std::string blob = cache.blob_path(repo, file.etag);
   const std::string partial_path = cache.incomplete_path(repo, file.etag);
   PartialFile partial;
@@ -90,7 +91,7 @@ uint64_t HubClient::download_attempt(const HubCache& cache, const std::string& r
 
   int write_errno = 0;
   bool oversize = false, bad_range = false, first_chunk = true;
-  uint64_t n_received = 0;
+  const uint64_t n_received_before = n_received;
   HttpResponse response;
   if (offset < file.size) {
     if (offset > 0) spdlog::info("resuming {} at byte {} of {}", file.name, offset, file.size);
@@ -136,7 +137,7 @@ uint64_t HubClient::download_attempt(const HubCache& cache, const std::string& r
       return true;
     };
     response = http_.perform(request);
-    const bool progress = n_received > 0;
+    const bool progress = n_received > n_received_before;
     const std::string where = repo + "/" + file.name;
     if (response.cancelled) {
       fail(ErrorKind::resource,
@@ -145,8 +146,13 @@ uint64_t HubClient::download_attempt(const HubCache& cache, const std::string& r
            where, offset, file.size, partial_path);
     }
     if (write_errno != 0) {
-      fail(ErrorKind::resource, "cannot write {} ({} of {} bytes written): {}", partial_path,
-           offset, file.size, std::strerror(write_errno));
+      // Not retried: a full disk or a file size limit stays until someone acts.
+      // Whatever reached the disk is good data, so the next pull resumes after it.
+      const uint64_t kept = file_size_or_zero(partial_path);
+      fail(ErrorKind::resource,
+           "downloading {}: cannot write {}: {} ({} of {} bytes are kept there; make room and "
+           "pull again to resume)",
+           where, partial_path, std::strerror(write_errno), kept, file.size);
     }
     if (oversize || bad_range) {
       fs::remove(partial_path);
@@ -158,12 +164,13 @@ uint64_t HubClient::download_attempt(const HubCache& cache, const std::string& r
                            false, false);
     }
     if (response.transient_transport_error()) {
-      throw TransientError(fmt::format("{} after {} of {} bytes", response.curl_error, offset,
-                                       file.size),
+      throw TransientError(fmt::format("{} after {} of {} bytes",
+                                       transport_error(response, request.url), offset, file.size),
                            !progress, progress);
     }
     if (response.transport_failed()) {
-      fail(ErrorKind::resource, "downloading {}: {}", where, response.curl_error);
+      fail(ErrorKind::resource, "downloading {}: {}", where,
+           transport_error(response, request.url));
     }
     if (response.status == 416) {  // our partial file doesn't fit the remote one
       fs::remove(partial_path);
@@ -213,7 +220,6 @@ uint64_t HubClient::download_attempt(const HubCache& cache, const std::string& r
   std::error_code ec;
   fs::rename(partial_path, blob, ec);
   if (ec) fail(ErrorKind::resource, "cannot move {} to {}: {}", partial_path, blob, ec.message());
-  return n_received;
 }
 
 }  // namespace pensieve::hub

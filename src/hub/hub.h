@@ -40,6 +40,10 @@ struct HubOptions {
   std::chrono::seconds stall_timeout{30};         // no bytes for this long: retry
   // Free bytes at a path; empty means statvfs. Tests inject a small disk here.
   std::function<uint64_t(const std::string& path)> free_space;
+  // Called before each backoff wait with what failed ("downloading ORG/NAME/FILE"),
+  // why, and how long it waits; the log gets the same as a warning.
+  std::function<void(const std::string& what, const std::string& error,
+                     std::chrono::milliseconds delay)> on_retry;
   const std::atomic<bool>* cancel = nullptr;      // set (e.g. on SIGINT) to stop
 
   // HF_ENDPOINT, HF_TOKEN (else the token file huggingface-cli login writes),

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <thread>
 
+#include <curl/curl.h>
 #include <nlohmann/json.hpp>
 
 #include "core/log.h"
@@ -83,6 +84,7 @@ void HubClient::with_retries(const std::string& what, const std::function<void()
       }
       spdlog::warn("{}: {} (attempt {}/{}); retrying in {} ms", what, e.what(), n_failed,
                    options_.max_attempts, delay.count());
+      if (options_.on_retry) options_.on_retry(what, e.what(), delay);
       const auto until = std::chrono::steady_clock::now() + delay;
       while (std::chrono::steady_clock::now() < until) {
         if (options_.cancel != nullptr && options_.cancel->load()) {
@@ -93,6 +95,16 @@ void HubClient::with_retries(const std::string& what, const std::function<void()
       delay = std::min(delay * 2, options_.max_backoff);
     }
   }
+}
+
+std::string HubClient::transport_error(const HttpResponse& response,
+                                       const std::string& url) const {
+  if (response.curl_code == CURLE_OPERATION_TIMEDOUT) {
+    return fmt::format("timed out waiting for {} ({}; a transfer that sends nothing for {} s "
+                       "is given up, HF_HUB_DOWNLOAD_TIMEOUT sets that)",
+                       url, response.curl_error, http_.settings().stall_timeout.count());
+  }
+  return fmt::format("{} ({})", response.curl_error, url);
 }
 
 void HubClient::fail_http(const HttpResponse& response, const std::string& url,
@@ -141,10 +153,10 @@ RevisionInfo HubClient::revision_info(const std::string& repo, const std::string
     response = http_.perform(request);
     if (response.cancelled) fail(ErrorKind::resource, "{}: interrupted", what);
     if (response.transient_transport_error()) {
-      throw TransientError(response.curl_error, true, false);
+      throw TransientError(transport_error(response, url), true, false);
     }
     if (response.transport_failed()) {
-      fail(ErrorKind::resource, "{}: {} ({})", what, response.curl_error, url);
+      fail(ErrorKind::resource, "{}: {}", what, transport_error(response, url));
     }
     if (is_transient_status(response.status)) {
       // A Hub answering 5xx for every try is as good as unreachable: the cache may serve.
@@ -203,10 +215,10 @@ RemoteFile HubClient::file_metadata(const std::string& repo, const std::string& 
       response = http_.perform(request);
       if (response.cancelled) fail(ErrorKind::resource, "{}: interrupted", what);
       if (response.transient_transport_error()) {
-        throw TransientError(response.curl_error, true, false);
+        throw TransientError(transport_error(response, target), true, false);
       }
       if (response.transport_failed()) {
-        fail(ErrorKind::resource, "{}: {} ({})", what, response.curl_error, target);
+        fail(ErrorKind::resource, "{}: {}", what, transport_error(response, target));
       }
       if (is_transient_status(response.status)) {
         throw TransientError(fmt::format("HTTP {} from {}", response.status, target), false,

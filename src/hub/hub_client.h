@@ -66,8 +66,13 @@ class HubClient {
  private:
   // Runs `attempt` until it returns, retrying TransientErrors with backoff.
   void with_retries(const std::string& what, const std::function<void()>& attempt);
-  uint64_t download_attempt(const HubCache& cache, const std::string& repo,
-                            const RemoteFile& file, const std::function<void(uint64_t)>& on_bytes);
+  // One GET of the file into its .incomplete file; adds what it receives to
+  // n_received even when it throws.
+  void download_attempt(const HubCache& cache, const std::string& repo, const RemoteFile& file,
+                        const std::function<void(uint64_t)>& on_bytes, uint64_t& n_received);
+  // A transport failure in words: curl's message, with the stall timeout named
+  // when it fired.
+  std::string transport_error(const HttpResponse& response, const std::string& url) const;
   [[noreturn]] void fail_http(const HttpResponse& response, const std::string& url,
                               const std::string& repo, const std::string& what);
 

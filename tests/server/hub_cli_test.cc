@@ -9,7 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
+#include <functional>
 #include <filesystem>
 #include <optional>
 #include <thread>
@@ -116,6 +118,18 @@ class HubCli : public ::testing::Test {
       std::this_thread::sleep_for(20ms);
     }
   }
+  std::string blob() const {
+    return repo_dir() + "/blobs/" + hub.repo(kRepo).files.at(kWeights).etag;
+  }
+  // Polls `done` every 20 ms for up to 20 s; false when it never came true.
+  static bool wait_until(const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(20ms);
+    }
+    return true;
+  }
   uint64_t weights_size() const { return hub.repo(kRepo).files.at(kWeights).content.size(); }
   std::string pull_command() const {
     return std::string(PENSIEVE_BINARY) + " pull " + kRepo;
@@ -157,6 +171,11 @@ TEST_F(HubCli, PullListRm) {
   auto again = test::run_pensieve(std::string("rm ") + kRepo);
   EXPECT_EQ(again.exit_code, 1);
   EXPECT_NE(again.err.find("not in the cache"), std::string::npos) << again.err;
+  // list and rm only read the cache: network settings they don't use can't break them.
+  env.set("HF_ENDPOINT", "not-a-url");
+  EXPECT_EQ(test::run_pensieve("list").exit_code, 0);
+  EXPECT_NE(test::run_pensieve(std::string("rm ") + kRepo).err.find("not in the cache"),
+            std::string::npos);
 }
 
 TEST_F(HubCli, BadInputAndOffline) {
@@ -233,17 +252,132 @@ TEST_F(HubCli, FullTmpfsIsRefusedBeforeDownloading) {
   EXPECT_EQ(hub.n_gets(kWeights), 0);
 }
 
+// The first process's download is held mid-file while the second starts: the
+// second must wait on the blob's lock (saying so), not fetch it too.
 TEST_F(HubCli, TwoProcessesPullTheSameModel) {
-  test::FakeFaults slow;
-  slow.chunk_delay = 10ms;
-  hub.set_faults(slow);
-  const std::string pull = pull_command();
-  auto r = shell(pull + " >/dev/null 2>&1 & a=$!; " + pull + " >/dev/null 2>&1 & b=$!; "
-                 "wait $a; ra=$?; wait $b; rb=$?; exit $((ra * 10 + rb))");
-  EXPECT_EQ(r.exit_code, 0) << r.err;
+  test::FakeFaults faults;
+  faults.n_holds = 1;
+  faults.hold_after = 500000;
+  hub.set_faults(faults);
+  TempDir out;
+  const pid_t first = spawn_pensieve({"pull", kRepo}, out.file("first"));
+  ASSERT_GT(first, 0);
+  ASSERT_TRUE(wait_until([&] { return hub.n_held() == 1; })) << test::read_file(out.file("first"));
+  const pid_t second = spawn_pensieve({"pull", kRepo}, out.file("second"));
+  ASSERT_GT(second, 0);
+  const bool waited = wait_until([&] {
+    return test::read_file(out.file("second")).find("waiting for another download") !=
+           std::string::npos;
+  });
+  // Both are in flight now; only one GET of the weights, still a partial file.
+  EXPECT_TRUE(waited) << test::read_file(out.file("second"));
+  EXPECT_EQ(hub.n_gets(kWeights), 1);
+  EXPECT_TRUE(fs::exists(partial()));
+  EXPECT_FALSE(fs::exists(blob()));
+  EXPECT_EQ(waitpid(second, nullptr, WNOHANG), 0);  // still waiting
+
+  hub.release_holds();
+  int status[2] = {0, 0};
+  ASSERT_EQ(waitpid(first, &status[0], 0), first);
+  ASSERT_EQ(waitpid(second, &status[1], 0), second);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(WIFEXITED(status[i]));
+    EXPECT_EQ(WEXITSTATUS(status[i]), 0)
+        << test::read_file(out.file(i == 0 ? "first" : "second"));
+  }
   EXPECT_EQ(hub.n_gets(kWeights), 1);
   EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
+  EXPECT_EQ(test::sha256_hex(test::read_file(blob())), hub.repo(kRepo).files.at(kWeights).etag);
   EXPECT_TRUE(fs::exists(repo_dir() + "/snapshots/" + hub.repo(kRepo).commit + "/" + kWeights));
+}
+
+// The disk fills up while the weights are coming in (the space check before the
+// download passed): a 2 MiB tmpfs over the cache, in a user + mount namespace,
+// is filled up while the fake Hub holds the transfer, then the transfer goes on.
+// The write fails with ENOSPC, the partial file stays, and once there is room
+// again the next pull asks only for the rest.
+TEST_F(HubCli, DiskFillingUpDuringTheDownloadKeepsAResumablePartialFile) {
+  constexpr uint64_t kHold = 300000;
+  test::FakeFaults faults;
+  faults.n_holds = 1;
+  faults.hold_after = kHold;
+  hub.set_faults(faults);
+  TempDir ctl;  // outside the tmpfs, so both sides see it
+  const std::string script = R"sh(
+    cache=$1 bin=$2 repo=$3 partial=$4 ctl=$5 hold=$6
+    mount -t tmpfs -o size=2m tmpfs "$cache" || exit 77
+    "$bin" pull "$repo" >/dev/null 2>"$ctl/err1" & pid=$!
+    i=0
+    while [ "$(stat -c %s "$partial" 2>/dev/null || echo 0)" -lt "$hold" ]; do
+      i=$((i + 1)); [ $i -gt 400 ] && { kill $pid; echo "no partial file" >&2; exit 2; }
+      sleep 0.05
+    done
+    cat /dev/zero >"$cache/filler" 2>/dev/null
+    touch "$ctl/filled"
+    wait $pid; echo $? >"$ctl/rc1"
+    stat -c %s "$partial" >"$ctl/kept"
+    rm "$cache/filler"
+    "$bin" pull "$repo" >/dev/null 2>"$ctl/err2"; echo $? >"$ctl/rc2"
+    sha256sum <"${partial%.incomplete}" | cut -d" " -f1 >"$ctl/sha256"
+    [ -e "$partial" ] && echo still there >"$ctl/partial_left"
+    exit 0)sh";
+  const std::string command = "unshare -rm sh -c '" + script + "' sh " + cache.path() + " " +
+                              PENSIEVE_BINARY + " " + kRepo + " " + partial() + " " +
+                              ctl.path() + " " + std::to_string(kHold);
+  std::atomic<bool> finished{false};
+  Shell r;
+  std::thread runner([&] {
+    r = shell(command);
+    finished = true;
+  });
+  wait_until([&] { return finished || fs::exists(ctl.file("filled")); });
+  hub.release_holds();
+  runner.join();
+  if (r.exit_code == 77 || r.err.find("unshare") != std::string::npos || r.exit_code == 127) {
+    GTEST_SKIP() << "no user/mount namespaces here: " << r.err;
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string err1 = test::read_file(ctl.file("err1"));
+  EXPECT_EQ(test::read_file(ctl.file("rc1")), "1\n") << err1;
+  EXPECT_NE(err1.find("error: downloading pensieve-test/qwen2-tiny/model.safetensors: cannot "
+                      "write " + partial() + ": No space left on device"),
+            std::string::npos)
+      << err1;
+  EXPECT_NE(err1.find("pull again to resume"), std::string::npos) << err1;
+  const uint64_t kept = std::stoull(test::read_file(ctl.file("kept")));
+  EXPECT_GE(kept, kHold);
+  EXPECT_LT(kept, weights_size());
+
+  EXPECT_EQ(test::read_file(ctl.file("rc2")), "0\n") << test::read_file(ctl.file("err2"));
+  EXPECT_EQ(test::read_file(ctl.file("sha256")), hub.repo(kRepo).files.at(kWeights).etag + "\n");
+  EXPECT_FALSE(fs::exists(ctl.file("partial_left")));
+  const auto transfers = hub.transfers(kWeights);
+  ASSERT_EQ(transfers.size(), 2u);  // ENOSPC is not retried
+  EXPECT_EQ(transfers[1].range_start, kept);
+  EXPECT_EQ(transfers[1].bytes, weights_size() - kept);
+}
+
+// HF_TOKEN reaches the Hub through the CLI (and the token file `huggingface-cli
+// login` writes does too); without one, a gated repo is a clear error.
+TEST_F(HubCli, GatedRepoNeedsHfToken) {
+  auto gated = test::qwen2_tiny_repo();
+  gated.gated = true;
+  hub.add_repo("org/gated", gated);
+  auto refused = test::run_pensieve("pull org/gated");
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("org/gated is gated or private"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("set HF_TOKEN"), std::string::npos) << refused.err;
+
+  env.set("HF_TOKEN", hub.token.c_str());
+  auto pulled = test::run_pensieve("pull org/gated");
+  ASSERT_EQ(pulled.exit_code, 0) << pulled.err;
+  EXPECT_TRUE(fs::exists(pulled.out.substr(0, pulled.out.size() - 1) + "/" + kWeights));
+  EXPECT_EQ(hub.n_cdn_requests_with_auth(), 0);
+
+  env.set("HF_TOKEN", nullptr);
+  test::write_file(home.file("token"), hub.token + "\n");
+  auto from_file = test::run_pensieve("pull org/gated");
+  EXPECT_EQ(from_file.exit_code, 0) << from_file.err;
 }
 
 
@@ -329,6 +463,13 @@ TEST_F(HubCli, ServePullsOnFirstUseWithProgressOnHealth) {
                             "application/json");
   ASSERT_TRUE(answer);
   EXPECT_EQ(answer->status, 200) << answer->body;
+  // The pulled weights really ran: tokens came out and decoded to text.
+  const auto message = nlohmann::json::parse(answer->body, nullptr, false);
+  ASSERT_TRUE(message.is_object()) << answer->body;
+  EXPECT_GT(message["usage"]["output_tokens"].get<int>(), 0) << answer->body;
+  ASSERT_TRUE(message["content"].is_array() && !message["content"].empty()) << answer->body;
+  EXPECT_EQ(message["content"][0]["type"], "text") << answer->body;
+  EXPECT_FALSE(message["content"][0]["text"].get<std::string>().empty()) << answer->body;
   kill(pid, SIGTERM);
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status));

@@ -1,8 +1,14 @@
 #include "server/hub_fake_hub.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 
@@ -35,6 +41,46 @@ void not_found(httplib::Response& res, const std::string& code, const std::strin
   res.set_content(nlohmann::json{{"error", message}}.dump(), "application/json");
 }
 
+// The socket of this process whose local end is local_port and whose peer's
+// port is peer_port (the server's side of a connection), or -1.
+int find_server_socket(int local_port, int peer_port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int found = -1;
+  while (dirent* entry = readdir(dir)) {
+    const int fd = std::atoi(entry->d_name);
+    if (fd <= 2 || fd == dirfd(dir)) continue;
+    sockaddr_in local{}, peer{};
+    socklen_t local_len = sizeof local, peer_len = sizeof peer;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
+        local.sin_family != AF_INET) {
+      continue;
+    }
+    if (ntohs(local.sin_port) == local_port && ntohs(peer.sin_port) == peer_port) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+// Aborts a connection the hard way: SO_LINGER 0 makes the close send a TCP RST
+// instead of a FIN. The socket is closed by putting /dev/null in its place
+// (dup2 is atomic), so cpp-httplib's own later close() can't hit a reused fd.
+bool reset_connection(int local_port, int peer_port) {
+  const int fd = find_server_socket(local_port, peer_port);
+  if (fd < 0) return false;
+  linger hard{1, 0};
+  if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof hard) != 0) return false;
+  const int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd < 0) return false;
+  const bool replaced = ::dup2(null_fd, fd) == fd;
+  ::close(null_fd);
+  return replaced;
+}
+
 // Starts `server` on a random port of `host`; returns the port or -1.
 int start(httplib::Server& server, const std::string& host, std::thread& thread) {
   const int port = server.bind_to_any_port(host);
@@ -64,7 +110,17 @@ FakeHub::FakeHub() : hub_(std::make_unique<httplib::Server>()), cdn_(std::make_u
     ++n_api_requests_;
     const std::string name = req.matches[1].str() + "/" + req.matches[2].str();
     const std::string revision = req.matches[3].str();
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (faults_.n_api_stalls > 0) {
+      --faults_.n_api_stalls;
+      const auto until = std::chrono::steady_clock::now() + faults_.stall_for;
+      lock.unlock();
+      while (!stopping_ && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      res.status = 500;  // too late: the client has given up by now
+      return;
+    }
     if (faults_.n_api_errors > 0) {
       --faults_.n_api_errors;
       res.status = 500;
@@ -129,7 +185,7 @@ FakeHub::FakeHub() : hub_(std::make_unique<httplib::Server>()), cdn_(std::make_u
     res.set_header("ETag", "\"" + etag + "\"");
     const FakeFile copy = file->second;
     lock.unlock();
-    serve_file(path, copy, &res);
+    serve_file(path, copy, &req, &res);
   });
 
   cdn_->Get(R"(/cdn/([^/]+)/([^/]+)/([0-9a-f]{64}))",
@@ -144,7 +200,7 @@ FakeHub::FakeHub() : hub_(std::make_unique<httplib::Server>()), cdn_(std::make_u
       if (file.lfs && file.etag == req.matches[3].str()) {
         const FakeFile copy = file;
         lock.unlock();
-        return serve_file(path, copy, &res);
+        return serve_file(path, copy, &req, &res);
       }
     }
     res.status = 404;
@@ -187,6 +243,7 @@ const FakeRepo& FakeHub::repo(const std::string& name) const {
 void FakeHub::set_faults(const FakeFaults& faults) {
   std::lock_guard<std::mutex> lock(mutex_);
   faults_ = faults;
+  holds_released_ = false;
 }
 
 uint64_t FakeHub::bytes_served(const std::string& file) const {
@@ -197,44 +254,104 @@ uint64_t FakeHub::bytes_served(const std::string& file) const {
 
 int FakeHub::n_gets(const std::string& file) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto it = n_gets_.find(file);
-  return it == n_gets_.end() ? 0 : it->second;
+  auto it = transfers_.find(file);
+  return it == transfers_.end() ? 0 : static_cast<int>(it->second.size());
 }
 
-void FakeHub::serve_file(const std::string& name, const FakeFile& file, void* response) {
+int FakeHub::n_heads(const std::string& file) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = n_heads_.find(file);
+  return it == n_heads_.end() ? 0 : it->second;
+}
+
+std::vector<FakeHub::Transfer> FakeHub::transfers(const std::string& file) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = transfers_.find(file);
+  return it == transfers_.end() ? std::vector<Transfer>{} : it->second;
+}
+
+void FakeHub::serve_file(const std::string& name, const FakeFile& file, const void* request,
+                         void* response) {
+  const auto& req = *static_cast<const httplib::Request*>(request);
   auto& res = *static_cast<httplib::Response*>(response);
+  if (req.method == "HEAD") {
+    // Headers only (cpp-httplib sends no body for HEAD): not a transfer, no faults.
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++n_heads_[name];
+    }
+    res.set_content_provider(file.content.size(), "application/octet-stream",
+                             [](size_t, size_t, httplib::DataSink&) { return false; });
+    return;
+  }
   struct Plan {
-    bool drop = false, stall = false, corrupt = false;
-    size_t drop_after = 0, stall_after = 0, served = 0;
+    bool drop = false, reset = false, stall = false, hold = false, corrupt = false;
+    size_t drop_after = 0, reset_after = 0, stall_after = 0, hold_after = 0, served = 0;
     std::chrono::milliseconds stall_for{0}, chunk_delay{0};
+    size_t index = 0;  // in transfers_[name]
   };
   auto plan = std::make_shared<Plan>();
+  const bool ranged = req.ranges.size() == 1 && req.ranges[0].first > 0;
+  const size_t range_start = ranged ? static_cast<size_t>(req.ranges[0].first) : 0;
+  bool ignore_range = false, wrong_range = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    ++n_gets_[name];
+    plan->index = transfers_[name].size();
+    transfers_[name].push_back({range_start, 0, 0});
     if (name == faults_.file) {
-      if (faults_.n_drops > 0) {
-        --faults_.n_drops;
+      auto take = [](int& n) { return n > 0 ? (--n, true) : false; };
+      if (take(faults_.n_drops)) {
         plan->drop = true;
         plan->drop_after = faults_.drop_after;
       }
-      if (faults_.n_stalls > 0) {
-        --faults_.n_stalls;
+      if (take(faults_.n_resets)) {
+        plan->reset = true;
+        plan->reset_after = faults_.reset_after;
+      }
+      if (take(faults_.n_stalls)) {
         plan->stall = true;
         plan->stall_after = faults_.stall_after;
         plan->stall_for = faults_.stall_for;
       }
-      if (faults_.n_corruptions > 0) {
-        --faults_.n_corruptions;
-        plan->corrupt = true;
+      if (take(faults_.n_holds)) {
+        plan->hold = true;
+        plan->hold_after = faults_.hold_after;
+      }
+      plan->corrupt = take(faults_.n_corruptions);
+      if (ranged) {
+        ignore_range = take(faults_.n_ignore_ranges);
+        wrong_range = !ignore_range && take(faults_.n_wrong_ranges);
       }
     }
     plan->chunk_delay = faults_.chunk_delay;
   }
-  auto content = std::make_shared<const std::string>(file.content);
+  // The body this GET sends, from `first` of the file's bytes.
+  size_t first = 0;
+  if (ignore_range || wrong_range) {
+    // cpp-httplib cuts a Range out of the provider's body by itself; clearing
+    // the parsed ranges (the Request is ours to change, only handed out const)
+    // lets the answer be what a broken server or proxy sends.
+    const_cast<httplib::Request&>(req).ranges.clear();
+    if (wrong_range) {
+      first = std::min(range_start + 4096, file.content.size());
+      res.status = 206;
+      res.set_header("Content-Range", "bytes " + std::to_string(first) + "-" +
+                                          std::to_string(file.content.size() - 1) + "/" +
+                                          std::to_string(file.content.size()));
+    } else {
+      res.status = 200;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    transfers_[name][plan->index].status = res.status > 0 ? res.status : ranged ? 206 : 200;
+  }
+  auto content = std::make_shared<const std::string>(file.content.substr(first));
+  const int local_port = req.local_port, peer_port = req.remote_port;
   res.set_content_provider(
       content->size(), "application/octet-stream",
-      [this, plan, content, name](size_t offset, size_t length, httplib::DataSink& sink) {
+      [this, plan, content, name, local_port, peer_port](size_t offset, size_t length,
+                                                         httplib::DataSink& sink) {
         if (plan->stall && plan->served >= plan->stall_after) {
           const auto until = std::chrono::steady_clock::now() + plan->stall_for;
           while (!stopping_ && std::chrono::steady_clock::now() < until) {
@@ -242,14 +359,34 @@ void FakeHub::serve_file(const std::string& name, const FakeFile& file, void* re
           }
           return false;
         }
+        if (plan->hold && plan->served >= plan->hold_after) {
+          plan->hold = false;
+          ++n_held_;
+          // At most 30 s, so a test that forgets to release can't hang the suite.
+          const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+          while (!stopping_ && !holds_released_ && std::chrono::steady_clock::now() < until) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          }
+          --n_held_;
+        }
+        if (plan->reset && plan->served >= plan->reset_after) {
+          // Let the client read what was sent, so the reset lands mid-body.
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          reset_connection(local_port, peer_port);
+          return false;
+        }
         size_t n = std::min(kChunkBytes, length);
         if (plan->drop) {
           if (plan->served >= plan->drop_after) return false;
           n = std::min(n, plan->drop_after - plan->served);
         }
-        if (plan->stall) n = std::min(n, plan->stall_after - plan->served);
+        for (const auto& [active, after] : {std::pair{plan->stall, plan->stall_after},
+                                            std::pair{plan->hold, plan->hold_after},
+                                            std::pair{plan->reset, plan->reset_after}}) {
+          if (active) n = std::min(n, after - plan->served);
+        }
         std::string chunk = content->substr(offset, n);
-        if (plan->corrupt) {
+        if (plan->corrupt && !chunk.empty()) {
           chunk[chunk.size() / 2] = static_cast<char>(chunk[chunk.size() / 2] ^ 0x5a);
           plan->corrupt = false;
         }
@@ -258,6 +395,7 @@ void FakeHub::serve_file(const std::string& name, const FakeFile& file, void* re
         {
           std::lock_guard<std::mutex> lock(mutex_);
           bytes_served_[name] += n;
+          transfers_[name][plan->index].bytes += n;
         }
         if (plan->chunk_delay.count() > 0) std::this_thread::sleep_for(plan->chunk_delay);
         return true;

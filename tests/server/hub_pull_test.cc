@@ -55,6 +55,26 @@ class HubPull : public ::testing::Test {
     return repo_dir() + "/blobs/" + repo().files.at(file).etag;
   }
   std::string partial(const std::string& file) const { return blob(file) + ".incomplete"; }
+  // The four files a pull of the repo fetches.
+  uint64_t model_files_size() const {
+    uint64_t n = 0;
+    for (const char* name : {"config.json", "generation_config.json", "tokenizer_config.json",
+                             kWeights}) {
+      n += repo().files.at(name).content.size();
+    }
+    return n;
+  }
+  // Records the retries of a pull: what failed, why, and the wait before the next try.
+  struct Retry {
+    std::string what, error;
+    std::chrono::milliseconds delay;
+  };
+  static void record_retries(hub::HubOptions& o, std::vector<Retry>& retries) {
+    o.on_retry = [&retries](const std::string& what, const std::string& error,
+                            std::chrono::milliseconds delay) {
+      retries.push_back({what, error, delay});
+    };
+  }
 
   void expect_complete_snapshot(const std::string& dir) const {
     EXPECT_EQ(dir, repo_dir() + "/snapshots/" + repo().commit);
@@ -134,6 +154,12 @@ TEST_F(HubPull, DroppedConnectionResumesWithoutRedownloading) {
   expect_complete_snapshot(result.snapshot_dir);
   EXPECT_EQ(hub.n_gets(kWeights), 3);
   EXPECT_EQ(hub.bytes_served(kWeights), weights_size());  // no byte sent twice
+  const auto transfers = hub.transfers(kWeights);
+  ASSERT_EQ(transfers.size(), 3u);
+  EXPECT_EQ(transfers[1].range_start, 400000u);
+  EXPECT_EQ(transfers[2].range_start, 800000u);
+  // The bytes of the tries that broke off count as downloaded too.
+  EXPECT_EQ(result.n_bytes_downloaded, model_files_size());
 }
 
 TEST_F(HubPull, InterruptedPullLeavesAPartialFileTheNextPullResumes) {
@@ -183,9 +209,19 @@ TEST_F(HubPull, CorruptGitFileIsDetectedToo) {
   faults.file = "config.json";
   faults.n_corruptions = 1;
   hub.set_faults(faults);
-  const auto result = hub::pull(kRepo, "main", options());
+  auto opts = options();
+  std::vector<Retry> retries;
+  record_retries(opts, retries);
+  const auto result = hub::pull(kRepo, "main", opts);
   expect_complete_snapshot(result.snapshot_dir);
+  // The metadata HEAD took no fault: the first GET was corrupt, the second clean.
+  EXPECT_EQ(hub.n_heads("config.json"), 1);
   EXPECT_EQ(hub.n_gets("config.json"), 2);
+  ASSERT_EQ(retries.size(), 1u);
+  EXPECT_EQ(retries[0].what, std::string("downloading ") + kRepo + "/config.json");
+  EXPECT_NE(retries[0].error.find("git blob id"), std::string::npos) << retries[0].error;
+  EXPECT_EQ(test::git_blob_sha1(test::read_file(blob("config.json"))),
+            repo().files.at("config.json").etag);
 }
 
 TEST_F(HubPull, PersistentCorruptionFailsAndKeepsNothing) {
@@ -211,6 +247,151 @@ TEST_F(HubPull, ConnectionResetsAndServerErrorsAreRetried) {
   expect_complete_snapshot(result.snapshot_dir);
   EXPECT_EQ(hub.n_api_requests(), 3);
   EXPECT_EQ(hub.n_gets(kWeights), 3);
+}
+
+// A real TCP reset (SO_LINGER 0, then close) in the middle of the body, not a
+// clean close: curl sees ECONNRESET, and the retry resumes after the bytes kept.
+TEST_F(HubPull, ConnectionResetMidBodyResumes) {
+  FakeFaults faults;
+  faults.n_resets = 1;
+  faults.reset_after = 300000;
+  hub.set_faults(faults);
+  auto opts = options();
+  std::vector<Retry> retries;
+  record_retries(opts, retries);
+  const auto result = hub::pull(kRepo, "main", opts);
+  expect_complete_snapshot(result.snapshot_dir);
+  ASSERT_EQ(retries.size(), 1u);
+  EXPECT_NE(retries[0].error.find("reset by peer"), std::string::npos) << retries[0].error;
+  const auto transfers = hub.transfers(kWeights);
+  ASSERT_EQ(transfers.size(), 2u);
+  EXPECT_EQ(transfers[0].bytes, 300000u);
+  // Resumed, not restarted: the second GET asked for the rest and got only that.
+  EXPECT_GT(transfers[1].range_start, 0u);
+  EXPECT_LE(transfers[1].range_start, 300000u);
+  EXPECT_EQ(transfers[1].status, 206);
+  EXPECT_EQ(transfers[1].bytes, weights_size() - transfers[1].range_start);
+}
+
+// A server (or proxy) that ignores Range and sends the whole file with 200:
+// the partial file is started over, not appended to.
+TEST_F(HubPull, ServerIgnoringRangeRestartsTheFileCleanly) {
+  FakeFaults faults;
+  faults.n_drops = 1;
+  faults.drop_after = 400000;
+  faults.n_ignore_ranges = 1;
+  hub.set_faults(faults);
+  const auto result = hub::pull(kRepo, "main", options());
+  expect_complete_snapshot(result.snapshot_dir);
+  const auto transfers = hub.transfers(kWeights);
+  ASSERT_EQ(transfers.size(), 2u);  // no third try after a digest mismatch
+  EXPECT_EQ(transfers[1].range_start, 400000u);
+  EXPECT_EQ(transfers[1].status, 200);
+  EXPECT_EQ(transfers[1].bytes, weights_size());
+  EXPECT_EQ(fs::file_size(blob(kWeights)), weights_size());
+}
+
+// A 206 whose Content-Range is not the range asked for is refused at its
+// first byte; the file is fetched again from the start.
+TEST_F(HubPull, WrongContentRangeIsRejected) {
+  FakeFaults faults;
+  faults.n_drops = 1;
+  faults.drop_after = 400000;
+  faults.n_wrong_ranges = 1;
+  hub.set_faults(faults);
+  auto opts = options();
+  std::vector<Retry> retries;
+  record_retries(opts, retries);
+  const auto result = hub::pull(kRepo, "main", opts);
+  expect_complete_snapshot(result.snapshot_dir);
+  const auto transfers = hub.transfers(kWeights);
+  ASSERT_EQ(transfers.size(), 3u);
+  EXPECT_EQ(transfers[1].range_start, 400000u);
+  EXPECT_EQ(transfers[2].range_start, 0u);
+  EXPECT_EQ(transfers[2].bytes, weights_size());
+  ASSERT_EQ(retries.size(), 2u);
+  EXPECT_NE(retries[1].error.find("wrong range ('bytes 404096-"), std::string::npos)
+      << retries[1].error;
+}
+
+TEST_F(HubPull, MissingFileIsANotFoundError) {
+  auto fake = test::qwen2_tiny_repo();
+  fake.extra_siblings = {"tokenizer.json"};  // listed by the API, but resolve says 404
+  hub.add_repo(kRepo, fake);
+  try {
+    hub::pull(kRepo, "main", options());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::not_found);
+    EXPECT_NE(message.find("checking pensieve-test/qwen2-tiny/tokenizer.json: file not found in "
+                           "pensieve-test/qwen2-tiny (HTTP 404)"),
+              std::string::npos)
+        << message;
+  }
+  EXPECT_EQ(hub.n_gets(kWeights), 0);  // found before anything big moved
+  EXPECT_FALSE(fs::exists(repo_dir() + "/refs/main"));
+}
+
+TEST_F(HubPull, StalledRevisionApiTimesOutWithAClearError) {
+  FakeFaults faults;
+  faults.n_api_stalls = 1;  // once: the retry gets an answer
+  faults.stall_for = 10s;
+  hub.set_faults(faults);
+  auto opts = options();
+  std::vector<Retry> retries;
+  record_retries(opts, retries);
+  expect_complete_snapshot(hub::pull(kRepo, "main", opts).snapshot_dir);
+  EXPECT_EQ(hub.n_api_requests(), 2);
+  ASSERT_EQ(retries.size(), 1u);
+  EXPECT_NE(retries[0].what.find("resolving"), std::string::npos);
+
+  faults.n_api_stalls = 100;
+  hub.set_faults(faults);
+  opts.max_attempts = 2;
+  const auto start = std::chrono::steady_clock::now();
+  const std::string message = error_of([&] { hub::pull(kRepo, "v1.0", opts); });
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  EXPECT_NE(message.find("resolving pensieve-test/qwen2-tiny@v1.0 failed after 2 attempts: "
+                         "timed out waiting for " + hub.endpoint() + "/api/models/"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("sends nothing for 1 s"), std::string::npos) << message;
+  EXPECT_NE(message.find("HF_HUB_DOWNLOAD_TIMEOUT"), std::string::npos) << message;
+}
+
+// The waits between tries double from first_backoff up to max_backoff, and a
+// try that got further starts the doubling over.
+TEST_F(HubPull, BackoffDoublesUpToItsCapAndRestartsAfterProgress) {
+  using ms = std::chrono::milliseconds;
+  FakeFaults outage;
+  outage.n_api_errors = 100;
+  hub.set_faults(outage);
+  auto opts = options();
+  opts.first_backoff = 10ms;
+  opts.max_backoff = 40ms;
+  opts.max_attempts = 6;
+  std::vector<Retry> retries;
+  record_retries(opts, retries);
+  const auto start = std::chrono::steady_clock::now();
+  const std::string message = error_of([&] { hub::pull(kRepo, "main", opts); });
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_NE(message.find("failed after 6 attempts"), std::string::npos) << message;
+  std::vector<ms> delays;
+  for (const auto& r : retries) delays.push_back(r.delay);
+  EXPECT_EQ(delays, (std::vector<ms>{10ms, 20ms, 40ms, 40ms, 40ms}));
+  EXPECT_GE(elapsed, 150ms);  // and it really waited that long
+  EXPECT_EQ(hub.n_api_requests(), 6);
+
+  FakeFaults drops;  // every try gets further: the wait stays at the first one
+  drops.n_drops = 3;
+  drops.drop_after = 300000;
+  hub.set_faults(drops);
+  retries.clear();
+  expect_complete_snapshot(hub::pull(kRepo, "main", opts).snapshot_dir);
+  delays.clear();
+  for (const auto& r : retries) delays.push_back(r.delay);
+  EXPECT_EQ(delays, (std::vector<ms>{10ms, 10ms, 10ms}));
 }
 
 TEST_F(HubPull, StalledServerTimesOutAndResumes) {
