@@ -20,6 +20,14 @@ RegisterCommand reg("synth-model", [](CLI::App& app) {
   app.add_option("--seed", o->seed, "random seed");
   app.add_option("--layers", o->n_layers, "override the number of layers");
   app.add_option("--vocab", o->vocab_size, "override the vocabulary size");
+  app.add_option("--hidden", o->hidden_size, "override the hidden size");
+  app.add_option("--intermediate", o->intermediate_size, "override the MLP width");
+  app.add_option("--heads", o->n_heads, "override the number of attention heads");
+  app.add_option("--kv-heads", o->n_kv_heads, "override the number of key/value heads");
+  app.add_option("--head-dim", o->head_dim, "override the head dimension");
+  app.add_option("--shards", o->shards,
+                 "write N shard files and model.safetensors.index.json instead of one file")
+      ->check(CLI::PositiveNumber);
   app.add_option("out", *out, "output directory")->required();
   return std::function<int()>([o, out] {
     const size_t bytes = write_synthetic_model(*out, *o);

@@ -54,22 +54,27 @@ void parse_rope(const json& cfg, const std::string& file, ModelConfig* c) {
   r.original_max_position = config_int_or(cfg, "original_max_position_embeddings", 0, file);
   // Newer transformers puts everything under rope_parameters.
   const json* rs = nullptr;
+  std::string section = "rope_scaling";
   if (cfg.contains("rope_scaling") && !cfg["rope_scaling"].is_null()) rs = &cfg["rope_scaling"];
   if (rs == nullptr && cfg.contains("rope_parameters") && cfg["rope_parameters"].is_object()) {
     rs = &cfg["rope_parameters"];
-    if (rs->contains("rope_theta")) r.theta = (*rs)["rope_theta"].get<double>();
+    section = "rope_parameters";
+    r.theta = config_double_or(*rs, "rope_theta", r.theta, file + ": " + section);
   }
   if (rs == nullptr) return;
-  if (!rs->is_object()) fail("{}: rope_scaling must be an object or null", file);
-  std::string type;
-  if (rs->contains("rope_type") && (*rs)["rope_type"].is_string()) {
-    type = (*rs)["rope_type"].get<std::string>();
-  } else if (rs->contains("type") && (*rs)["type"].is_string()) {
-    type = (*rs)["type"].get<std::string>();
-  } else {
-    fail("{}: rope_scaling needs 'rope_type' or 'type'", file);
+  if (!rs->is_object()) fail("{}: {} must be an object or null", file, section);
+  // Older configs spell the key `type` (Phi-3's "su", Llama 2's "linear");
+  // transformers reads `rope_type` first, as here.
+  std::string type, type_key;
+  for (const char* key : {"rope_type", "type"}) {
+    if (rs->contains(key) && (*rs)[key].is_string()) {
+      type = (*rs)[key].get<std::string>();
+      type_key = section + "." + key;
+      break;
+    }
   }
-  const std::string f = file + ": rope_scaling";
+  if (type_key.empty()) fail("{}: {} needs 'rope_type' or 'type'", file, section);
+  const std::string f = file + ": " + section;
   r.factor = config_double_or(*rs, "factor", 1.0, f);
   if (rs->contains("original_max_position_embeddings")) {
     r.original_max_position = config_int(*rs, "original_max_position_embeddings", f);
@@ -82,14 +87,16 @@ void parse_rope(const json& cfg, const std::string& file, ModelConfig* c) {
     r.type = RopeScaling::llama3;
     r.low_freq_factor = config_double_or(*rs, "low_freq_factor", 1.0, f);
     r.high_freq_factor = config_double_or(*rs, "high_freq_factor", 4.0, f);
-    if (r.original_max_position == 0) fail("{}: llama3 needs original_max_position_embeddings", f);
+    if (r.original_max_position == 0) {
+      fail("{}: missing required key '{}.original_max_position_embeddings' (llama3)", file, section);
+    }
   } else if (type == "longrope" || type == "su") {
     r.type = RopeScaling::longrope;
     r.short_factor = double_list(*rs, "short_factor", file);
     r.long_factor = double_list(*rs, "long_factor", file);
     r.attention_factor = config_double_or(*rs, "attention_factor", 0.0, f);
     if (r.original_max_position == 0) {
-      fail("{}: longrope needs original_max_position_embeddings", file);
+      fail("{}: missing required key 'original_max_position_embeddings' (longrope)", file);
     }
   } else if (type == "dynamic") {
     r.type = RopeScaling::dynamic;
@@ -99,7 +106,9 @@ void parse_rope(const json& cfg, const std::string& file, ModelConfig* c) {
     r.beta_slow = config_double_or(*rs, "beta_slow", 1.0, f);
     r.attention_factor = config_double_or(*rs, "attention_factor", 0.0, f);
   } else {
-    fail(ErrorKind::unsupported, "{}: rope_scaling type '{}' is not supported", file, type);
+    fail(ErrorKind::unsupported,
+         "{}: {} '{}' is not supported (default, linear, dynamic, yarn, llama3, longrope or su)",
+         file, type_key, type);
   }
 }
 

@@ -169,6 +169,12 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
       }
       if (seen.insert(f).second) shard_names.push_back(f);
     }
+    for (const auto& f : shard_names) {
+      if (!fs::exists(fs::path(dir) / f)) {
+        fail(ErrorKind::not_found, "{}: shard '{}' named in weight_map does not exist",
+             index_path.string(), f);
+      }
+    }
   } else if (fs::exists(single)) {
     shard_names.push_back("model.safetensors");
   } else {

@@ -148,10 +148,11 @@ void DecoderModel::load() {
   info_.n_params = n_params;
   info_.weight_bytes = bytes;
   info_.decode_bytes_per_token = s.has("lm_head.weight") ? bytes - embed_.total_bytes() : bytes;
-  info_.weight_format = weight_format_name(layers_.empty() ? embed_.format : layers_[0].down.format);
-  if (layers_.size() && layers_[0].down.quantized()) {
-    info_.weight_format += " (group " + std::to_string(layers_[0].down.group_size) + ")";
-  }
+  // Named after the first projection: a quantized checkpoint may keep some
+  // matrices (e.g. a down_proj whose width is no multiple of the group) in bf16.
+  const WeightMatrix& first = layers_.empty() ? embed_ : layers_[0].qkv[0];
+  info_.weight_format = weight_format_name(first.format);
+  if (first.quantized()) info_.weight_format += " (group " + std::to_string(first.group_size) + ")";
 }
 
 void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>* logits) {

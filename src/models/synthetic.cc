@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -66,6 +67,46 @@ void random_bytes(uint64_t key, uint8_t* buf, size_t n, size_t offset) {
 // Uniform in [-1, 1) from 16 random bits.
 float unit(uint16_t bits) { return static_cast<float>(bits) / 32768.0f - 1.0f; }
 
+template <typename Tensor>
+size_t write_tensors(const std::string& dir, const std::vector<Tensor>& tensors, int n_shards) {
+  if (n_shards == 1) {
+    SafetensorsWriter w;
+    for (const auto& t : tensors) w.add(t.name, t.dtype, t.shape, t.fill);
+    return w.write(dir + "/model.safetensors");
+  }
+  if (static_cast<size_t>(n_shards) > tensors.size()) {
+    fail("--shards {} is more than the {} tensors", n_shards, tensors.size());
+  }
+  // Consecutive tensors, cut where the running size passes each shard's share
+  // (every shard gets at least one tensor).
+  auto bytes_of = [](const Tensor& t) {
+    size_t n = dtype_size(t.dtype);
+    for (int64_t d : t.shape) n *= static_cast<size_t>(d);
+    return n;
+  };
+  size_t total = 0;
+  for (const auto& t : tensors) total += bytes_of(t);
+  json index;
+  index["metadata"] = {{"total_size", total}};
+  index["weight_map"] = json::object();
+  size_t file_bytes = 0, done = 0, next = 0;
+  for (int shard = 0; shard < n_shards; ++shard) {
+    const std::string name = fmt::format("model-{:05d}-of-{:05d}.safetensors", shard + 1, n_shards);
+    const size_t shards_left = static_cast<size_t>(n_shards - shard);
+    const size_t target = total * static_cast<size_t>(shard + 1) / static_cast<size_t>(n_shards);
+    SafetensorsWriter w;
+    do {
+      const Tensor& t = tensors[next++];
+      w.add(t.name, t.dtype, t.shape, t.fill);
+      index["weight_map"][t.name] = name;
+      done += bytes_of(t);
+    } while (tensors.size() - next > shards_left - 1 && (shard + 1 == n_shards || done < target));
+    file_bytes += w.write(dir + "/" + name);
+  }
+  std::ofstream(dir + "/model.safetensors.index.json") << index.dump(2);
+  return file_bytes;
+}
+
 }  // namespace
 
 std::vector<std::string> synthetic_shapes() {
@@ -82,8 +123,20 @@ size_t write_synthetic_model(const std::string& dir, const SynthOptions& o) {
     fail("--like: unknown model '{}' (known: {})", o.like, known);
   }
   Shape s = it->second;
-  if (o.n_layers > 0) s.layers = o.n_layers;
-  if (o.vocab_size > 0) s.vocab = o.vocab_size;
+  const std::pair<int64_t, int64_t*> overrides[] = {
+      {o.n_layers, &s.layers},     {o.vocab_size, &s.vocab},        {o.hidden_size, &s.hidden},
+      {o.intermediate_size, &s.intermediate}, {o.n_heads, &s.heads}, {o.n_kv_heads, &s.kv_heads},
+      {o.head_dim, &s.head_dim}};
+  for (const auto& [value, field] : overrides) {
+    if (value < 0) fail("synth-model: sizes must be positive (got {})", value);
+    if (value > 0) *field = value;
+  }
+  if (s.heads % s.kv_heads != 0) {
+    fail("--heads ({}) must be a multiple of --kv-heads ({})", s.heads, s.kv_heads);
+  }
+  // Longrope interpolates its factors over head_dim/2 entries, so it needs at least two.
+  if (s.head_dim % 2 != 0 || s.head_dim < 4) fail("--head-dim ({}) must be even and at least 4", s.head_dim);
+  if (o.shards < 1) fail("--shards must be at least 1");
   int bits = 0;
   DType float_dtype = DType::BF16;
   if (o.format == "mlx-4bit") bits = 4;
@@ -95,6 +148,16 @@ size_t write_synthetic_model(const std::string& dir, const SynthOptions& o) {
   const int group = o.group_size;
   if (bits != 0 && group != 32 && group != 64 && group != 128) {
     fail("--group-size must be 32, 64 or 128");
+  }
+  if (bits != 0) {
+    // Every quantized matrix's input width is one of these; each must hold whole groups.
+    for (const auto& [what, width] : {std::pair<const char*, int64_t>{"hidden size", s.hidden},
+                                      {"intermediate size", s.intermediate},
+                                      {"heads x head_dim", s.heads * s.head_dim}}) {
+      if (width % group != 0) {
+        fail("synth-model: {} {} is not a multiple of --group-size {}", what, width, group);
+      }
+    }
   }
 
   std::filesystem::create_directories(dir);
@@ -140,13 +203,31 @@ size_t write_synthetic_model(const std::string& dir, const SynthOptions& o) {
   json gen = {{"bos_token_id", s.bos}, {"eos_token_id", {s.eos}}};
   std::ofstream(dir + "/generation_config.json") << gen.dump(2);
 
-  SafetensorsWriter w;
+  // Tensors are declared in checkpoint order, then written to one file or split into shards.
+  struct Pending {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    SafetensorsWriter::Fill fill;
+  };
+  std::vector<Pending> tensors;
+  auto declare = [&](std::string name, DType dtype, std::vector<int64_t> shape,
+                     SafetensorsWriter::Fill fill) {
+    tensors.push_back({std::move(name), dtype, std::move(shape), std::move(fill)});
+  };
   uint64_t key = splitmix(o.seed);
-  const float weight_range = 0.04f;
+  // Uniform in [-r, r] with r = 0.04 at 3072 inputs (Phi-3-mini's width) and
+  // r ~ 1/sqrt(inputs) elsewhere, as trained models' weights scale: each
+  // projection's output then has about the same size at every width, so a
+  // small test model mixes its tokens like a large one instead of echoing its
+  // (tied) input embedding.
+  auto range_for = [](int64_t cols) {
+    return 0.04f * std::sqrt(3072.0f / static_cast<float>(cols));
+  };
   auto add_float = [&](const std::string& name, std::vector<int64_t> shape, float center,
                        float range) {
     const uint64_t k = (key = splitmix(key));
-    w.add(name, float_dtype, shape, [=](uint8_t* buf, size_t n, size_t off) {
+    declare(name, float_dtype, shape, [=](uint8_t* buf, size_t n, size_t off) {
       const size_t es = dtype_size(float_dtype);
       random_bytes(k, buf, n, off);
       for (size_t i = 0; i < n; i += es) {
@@ -162,16 +243,17 @@ size_t write_synthetic_model(const std::string& dir, const SynthOptions& o) {
     });
   };
   auto add_linear = [&](const std::string& module, int64_t rows, int64_t cols) {
+    const float weight_range = range_for(cols);
     if (bits == 0) return add_float(module + ".weight", {rows, cols}, 0.0f, weight_range);
     const uint64_t k = (key = splitmix(key));
-    w.add(module + ".weight", DType::U32, {rows, cols * bits / 32},
+    declare(module + ".weight", DType::U32, {rows, cols * bits / 32},
           [=](uint8_t* buf, size_t n, size_t off) { random_bytes(k, buf, n, off); });
     // scale*q + bias spans [-range, range] for q in [0, 2^bits - 1], jittered per group.
     const float levels = static_cast<float>((1 << bits) - 1);
     const uint64_t ks = (key = splitmix(key));
     for (const char* part : {".scales", ".biases"}) {
       const bool is_scale = std::strcmp(part, ".scales") == 0;
-      w.add(module + part, DType::BF16, {rows, cols / group}, [=](uint8_t* buf, size_t n, size_t off) {
+      declare(module + part, DType::BF16, {rows, cols / group}, [=](uint8_t* buf, size_t n, size_t off) {
         random_bytes(ks, buf, n, off);  // same stream for both, so bias = -scale*levels/2
         for (size_t i = 0; i < n; i += 2) {
           uint16_t r;
@@ -224,7 +306,7 @@ size_t write_synthetic_model(const std::string& dir, const SynthOptions& o) {
   }
   add_norm("model.norm.weight", H);
   if (!s.tied) add_linear("lm_head", s.vocab, H);
-  return w.write(dir + "/model.safetensors");
+  return write_tensors(dir, tensors, o.shards);
 }
 
 }  // namespace pensieve
