@@ -87,7 +87,10 @@ class Tokenizer {
 // Turns ids into text one id at a time, for streaming generated tokens. Each
 // step returns only newly completed text: never a partial UTF-8 character or
 // an unfinished run of byte-fallback pieces. The concatenation of everything
-// step() and finish() return equals tokenizer.decode(all ids).
+// step() and finish() return equals tokenizer.decode(all ids) (one exception,
+// see docs/tokenizer.md: an invalid byte right after valid ones in a single
+// byte-fallback run). Long runs of invalid bytes stream out as U+FFFDs as
+// they come, each step decoding a window of a few ids.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = false);
@@ -97,6 +100,10 @@ class StreamDecoder {
   std::string finish();
 
  private:
+  std::string decode_window(size_t begin, size_t end) const;
+  bool adds_bytes(int32_t id) const;
+  std::string emit_through(size_t end, const std::string& text);
+
   const Tokenizer& tokenizer_;
   bool skip_special_;
   std::vector<int32_t> window_;  // ids since before the last emitted text

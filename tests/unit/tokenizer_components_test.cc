@@ -298,6 +298,14 @@ TEST(Errors, BadFilesNameWhatAndWhere) {
   j["decoder"] = {{"type", "Sequence"}, {"decoders", {{{"type", "CTC"}}}}};
   EXPECT_THAT(error_of([&] { make(j); }), HasSubstr("decoder.decoders[0].type 'CTC'"));
   j = bpe_json({"a"});
+  j["post_processor"] = {{"type", "Sequence"},
+                         {"processors", {{{"type", "ByteLevel"}}, {{"type", "Baz"}}}}};
+  EXPECT_THAT(error_of([&] { make(j); }),
+              HasSubstr("tokenizer.json: post_processor.processors[1].type 'Baz' is not supported"));
+  j["post_processor"] = {{"type", "Baz"}};
+  EXPECT_THAT(error_of([&] { make(j); }),
+              HasSubstr("tokenizer.json: post_processor.type 'Baz' is not supported"));
+  j = bpe_json({"a"});
   j["model"]["type"] = "Unigram";
   EXPECT_THAT(error_of([&] { make(j); }), HasSubstr("model.type 'Unigram' is not supported"));
   EXPECT_THAT(error_of([] { make(bpe_json({"a", "b"}, json::array({"a c"}))); }),

@@ -3,6 +3,7 @@
 // detokenization of every corpus string.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -18,6 +19,7 @@ namespace pensieve {
 namespace {
 
 using nlohmann::json;
+using namespace std::string_literals;
 using test::data_path;
 
 // Loading Qwen3's vocabulary takes a few hundred ms: load each tokenizer once.
@@ -239,6 +241,123 @@ TEST(Streaming, FinishFlushesAnIncompleteCharacter) {
   StreamDecoder stream(tok);
   EXPECT_EQ(stream.step(11162), "");
   EXPECT_EQ(stream.finish(), tok.decode(std::vector<int32_t>{11162}));
+}
+
+// The id standing for one raw byte: "<0xNN>" in a byte-fallback vocabulary,
+// GPT-2's stand-in character in a byte-level one.
+int32_t byte_token(const Tokenizer& tok, uint8_t byte) {
+  static const char* hex = "0123456789ABCDEF";
+  const std::string fallback = std::string("<0x") + hex[byte >> 4] + hex[byte & 15] + ">";
+  if (auto id = tok.token_to_id(fallback)) return *id;
+  auto id = tok.token_to_id(tok::byte_level_table().byte_to_utf8[byte]);
+  EXPECT_TRUE(id.has_value()) << "no token for byte " << int(byte);
+  return id.value_or(0);
+}
+
+// A model that emits a long run of invalid bytes gets them streamed as
+// U+FFFDs as they come (one per byte, as decode() renders them), not held to
+// the end while an ever longer window is decoded again at every step.
+TEST(Streaming, LongRunsOfInvalidBytesStreamAsTheyCome) {
+  for (const char* name : {"phi3", "qwen3"}) {
+    SCOPED_TRACE(name);
+    const Tokenizer& tok = fixture_tokenizer(name);
+    const std::vector<int32_t> before = tok.encode("The end"), after = tok.encode(" again");
+    std::vector<int32_t> ids = before;
+    ids.insert(ids.end(), 10000, byte_token(tok, 0xFF));
+    ids.insert(ids.end(), after.begin(), after.end());
+    const std::string full = tok.decode(ids);
+    std::string replacements;
+    for (int i = 0; i < 10000; ++i) replacements += "\xEF\xBF\xBD";
+    ASSERT_TRUE(full.starts_with("The end" + replacements + " ")) << full.size();
+    ASSERT_TRUE(full.ends_with(" again")) << full.size();
+    ASSERT_EQ(full.find("\xEF\xBF\xBD", "The end"s.size() + replacements.size()), std::string::npos);
+
+    StreamDecoder stream(tok);
+    std::string joined;
+    size_t n_silent_steps = 0, longest_silence = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const std::string piece = stream.step(ids[i]);
+      n_silent_steps = piece.empty() ? n_silent_steps + 1 : 0;
+      longest_silence = std::max(longest_silence, n_silent_steps);
+      joined += piece;
+      if (i == before.size() + 100) {
+        // Output keeps coming while the run goes on.
+        EXPECT_GE(joined.size(), std::string("The end").size() + 90 * 3) << i;
+      }
+    }
+    joined += stream.finish();
+    EXPECT_LE(longest_silence, 4u);
+    EXPECT_TRUE(joined == full) << joined.size() << " bytes streamed, " << full.size() << " decoded";
+  }
+}
+
+// The one place the stream and decode() differ: Hugging Face's ByteFallback
+// renders a whole run of <0xNN> pieces as U+FFFDs when any byte of it is
+// invalid, but a character the run completed has already been sent. The
+// stream keeps it and sends one U+FFFD per later byte, still as they come.
+TEST(Streaming, AnInvalidByteAfterAValidByteFallbackRunKeepsWhatWasSent) {
+  const Tokenizer& tok = fixture_tokenizer("phi3");
+  std::vector<int32_t> ids;
+  for (uint8_t b : std::string("\xE4\xB8\xAD")) ids.push_back(byte_token(tok, b));  // 中
+  ids.insert(ids.end(), 1000, byte_token(tok, 0xFF));
+  std::string replacements;
+  for (int i = 0; i < 1000; ++i) replacements += "\xEF\xBF\xBD";
+  EXPECT_TRUE(tok.decode(ids) == "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD" + replacements);
+  StreamDecoder stream(tok);
+  std::string joined;
+  size_t n_silent_steps = 0, longest_silence = 0;
+  for (int32_t id : ids) {
+    const std::string piece = stream.step(id);
+    n_silent_steps = piece.empty() ? n_silent_steps + 1 : 0;
+    longest_silence = std::max(longest_silence, n_silent_steps);
+    joined += piece;
+  }
+  joined += stream.finish();
+  EXPECT_LE(longest_silence, 4u);
+  EXPECT_TRUE(joined == "中" + replacements) << joined.size();
+}
+
+// Random sequences of raw-byte tokens between ordinary and special tokens:
+// whole characters, characters cut short, runs that start with an invalid
+// byte, stray continuation bytes. The stream equals decode() at every step.
+// (Byte-fallback runs are kept from starting valid and turning invalid,
+// where the stream has already sent the valid start; see docs/tokenizer.md.)
+TEST(Streaming, RandomRunsOfRawBytes) {
+  std::mt19937 rng(77);
+  const std::vector<std::string> chars = {"a", "é", "语", "🦙", "\n", "ق", "—"};
+  for (const char* name : {"phi3", "qwen3"}) {
+    SCOPED_TRACE(name);
+    const Tokenizer& tok = fixture_tokenizer(name);
+    const std::vector<int32_t> words = tok.encode(" the cat"), specials = {
+        *tok.token_to_id(name == std::string("phi3") ? "<|end|>" : "<|im_end|>")};
+    const bool byte_fallback = tok.token_to_id("<0x41>").has_value();
+    std::uniform_int_distribution<int> kind(0, 4), count(1, 12), any_byte(0, 255), coin(0, 1);
+    for (int round = 0; round < 300; ++round) {
+      std::vector<int32_t> ids;
+      for (int part = count(rng) / 2; part >= 0; --part) {
+        // A run of raw bytes, then an ordinary token (maybe after a special one).
+        const int k = kind(rng);
+        const int n = count(rng);
+        if (k <= 1) {  // whole characters, the last one maybe cut short
+          // A cut character makes a whole byte-fallback run invalid: start it invalid.
+          if (k == 1 && byte_fallback) ids.push_back(byte_token(tok, 0xC0));
+          for (int c = 0; c < n; ++c) {
+            const std::string& ch = chars[rng() % chars.size()];
+            const size_t keep = k == 1 && c == n - 1 ? rng() % ch.size() : ch.size();
+            for (size_t b = 0; b < keep; ++b) ids.push_back(byte_token(tok, uint8_t(ch[b])));
+          }
+        } else if (k == 2) {  // starts invalid, then anything
+          ids.push_back(byte_token(tok, coin(rng) ? 0xFF : 0x80));
+          for (int b = 1; b < n; ++b) ids.push_back(byte_token(tok, uint8_t(any_byte(rng))));
+        } else if (k == 3) {  // stray continuation bytes
+          for (int b = 0; b < n; ++b) ids.push_back(byte_token(tok, uint8_t(0x80 + rng() % 64)));
+        }
+        if (coin(rng)) ids.push_back(specials[0]);
+        ids.push_back(words[rng() % words.size()]);
+      }
+      for (bool skip : {false, true}) check_stream(tok, ids, skip);
+    }
+  }
 }
 
 TEST(Stories260K, SameVocabularyAsTok512) {
