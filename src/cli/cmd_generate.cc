@@ -3,10 +3,13 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include <nlohmann/json.hpp>
 
+#include "chat/chat_config.h"
+#include "chat/stop_ids.h"
 #include "cli/command.h"
 #include "core/error.h"
 #include "engine/session.h"
@@ -15,6 +18,11 @@
 
 namespace pensieve::cli {
 namespace {
+
+bool has_tokenizer(const std::string& dir) {
+  return std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json") ||
+         std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json.gz");
+}
 
 struct Opts {
   std::string model, tokens, prompt;
@@ -29,7 +37,8 @@ struct Opts {
 RegisterCommand reg("generate", [](CLI::App& app) {
   app.description(
       "Generate tokens after a prompt (token ids, or text with --prompt); prints JSON "
-      "{\"tokens\": [...], \"stop_reason\": ...} (plus \"text\" with --prompt)");
+      "{\"tokens\": [...], \"stop_reason\": ...} (plus \"text\" with --prompt). Stops after "
+      "the model's end-of-generation ids, chosen as `pensieve serve` chooses them");
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model, "model directory")->required();
   auto* tokens = app.add_option("--tokens", o->tokens, "comma-separated prompt token ids");
@@ -62,15 +71,25 @@ RegisterCommand reg("generate", [](CLI::App& app) {
       if (ids.empty()) fail("--tokens: at least one token id is needed");
     }
     auto model = load_model(o->model, {.n_threads = o->threads, .sliding_window = o->sliding_window});
+    // The same stop ids as `pensieve serve` wherever the directory has a
+    // tokenizer (so Phi-3 stops at <|end|>, Qwen at <|im_end|>); config.json's
+    // eos ids alone where it has only weights.
+    std::vector<int64_t> stop_ids = model->config().eos_token_ids;
+    if (!tokenizer && has_tokenizer(o->model)) tokenizer = Tokenizer::load(o->model);
+    if (tokenizer) {
+      const chat::ChatConfig chat = chat::load_chat_config(o->model);
+      const std::vector<int32_t> ids32 = chat::collect_stop_ids(stop_ids, *tokenizer, chat);
+      stop_ids.assign(ids32.begin(), ids32.end());
+    }
     const int64_t ctx = o->ctx_size > 0 ? o->ctx_size : static_cast<int64_t>(ids.size()) + o->max_tokens;
     Session session(*model, ctx);
     const std::vector<int32_t> prompt(ids.begin(), ids.end());
     SamplingParams sp{o->temperature, o->top_p, o->top_k, o->min_p, o->seed};
-    const GenerateResult r = generate(session, prompt, o->max_tokens, model->config().eos_token_ids, sp);
+    const GenerateResult r = generate(session, prompt, o->max_tokens, stop_ids, sp);
     std::string out = "{\"tokens\": [";
     for (size_t i = 0; i < r.tokens.size(); ++i) out += fmt::format("{}{}", i ? ", " : "", r.tokens[i]);
     out += fmt::format("], \"stop_reason\": \"{}\"", r.stopped_on_eos ? "eos" : "max_tokens");
-    if (tokenizer) {
+    if (!o->prompt.empty()) {
       const nlohmann::json text = tokenizer->decode(r.tokens, true);
       out += ", \"text\": " + text.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     }

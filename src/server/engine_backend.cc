@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <mutex>
 
+#include "chat/stop_ids.h"
 #include "core/error.h"
 
 namespace pensieve::server {
@@ -24,16 +25,7 @@ bool mentions(const std::string& source, const char* word) {
 }  // namespace
 
 std::vector<int32_t> collect_stop_ids(const ModelConfig& config, const Tokenizer& tokenizer) {
-  std::vector<int32_t> ids;
-  for (int64_t id : config.eos_token_ids) ids.push_back(static_cast<int32_t>(id));
-  if (auto eos = tokenizer.eos_id()) ids.push_back(*eos);
-  for (const char* t : {"<|end|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>",
-                        "<|end_of_text|>", "<end_of_turn>"}) {
-    if (auto id = tokenizer.token_to_id(t)) ids.push_back(*id);
-  }
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  return ids;
+  return chat::collect_stop_ids(config.eos_token_ids, tokenizer, chat::load_chat_config(config.dir));
 }
 
 EngineBackend::EngineBackend(std::string model_id, Engine& engine, const Tokenizer& tokenizer,

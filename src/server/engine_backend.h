@@ -40,9 +40,9 @@ class EngineBackend : public Backend {
   mutable std::shared_ptr<const TokenTexts> token_texts_;
 };
 
-// End-of-generation ids: config.json / generation_config.json, the
-// tokenizer's eos token, and the turn-end tokens of the common template
-// families (<|end|>, <|im_end|>, <|eot_id|>, ...) where the vocabulary has them.
+// End-of-generation ids of the model in config.dir: chat::collect_stop_ids
+// (config.json / generation_config.json, the tokenizer's eos token, the
+// template's turn end, the family end tokens), as `pensieve generate` uses.
 std::vector<int32_t> collect_stop_ids(const ModelConfig& config, const Tokenizer& tokenizer);
 
 }  // namespace pensieve::server
