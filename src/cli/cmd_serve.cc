@@ -33,7 +33,7 @@ struct Opts {
   std::string model, model_id, host = "127.0.0.1", api_key;
   int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16, max_per_client = 0;
   int64_t ctx_size = 0, batch_tokens = 512, max_output_tokens = -1, sliding_window = -1;
-  double kv_memory_gib = 0;
+  std::string kv_memory;  // parse_memory_size; empty: automatic
   size_t max_body_mb = 32;
   bool no_prefix_cache = false;
 };
@@ -84,7 +84,10 @@ RegisterCommand reg("serve", [](CLI::App& app) {
   app.add_option("--parallel", o->parallel, "sequences decoded together")->check(CLI::Range(1, 256));
   app.add_option("--batch-tokens", o->batch_tokens, "tokens per forward step (prompt chunk size)")
       ->check(CLI::Range(16, 65536));
-  app.add_option("--kv-memory", o->kv_memory_gib, "KV cache budget in GiB (default: automatic)");
+  app.add_option("--kv-memory", o->kv_memory,
+                 "KV cache budget: GiB, or with a unit (512M, 2G); it must hold one full context "
+                 "(default: enough for --parallel full contexts, at most half of the memory "
+                 "available at start)");
   app.add_flag("--no-prefix-cache", o->no_prefix_cache,
                "recompute every prompt instead of reusing earlier requests' KV blocks");
   app.add_option("--api-key", o->api_key, "required x-api-key / Bearer token")
@@ -104,6 +107,15 @@ RegisterCommand reg("serve", [](CLI::App& app) {
   return std::function<int()>([o] {
     // SIGINT/SIGTERM are taken by one thread with sigwait (below), so block
     // them before any other thread exists.
+    // Bad values fail before anything is downloaded or loaded.
+    int64_t kv_memory_bytes = 0;
+    if (!o->kv_memory.empty()) {
+      try {
+        kv_memory_bytes = parse_memory_size(o->kv_memory);
+      } catch (const Error& e) {
+        fail("--kv-memory: {}", e.what());
+      }
+    }
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
@@ -191,7 +203,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     eo.max_running = o->parallel;
     eo.max_batch_tokens = o->batch_tokens;
     eo.max_queue = o->max_queue;
-    eo.kv_memory_bytes = static_cast<int64_t>(o->kv_memory_gib * (1ull << 30));
+    eo.kv_memory_bytes = kv_memory_bytes;
     eo.prefix_cache = !o->no_prefix_cache;
     Engine engine(*model, eo);
     const std::string id = o->model_id.empty() ? fs::path(dir).filename().string() : o->model_id;

@@ -3,7 +3,12 @@
 #include <sys/sysinfo.h>
 
 #include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <fstream>
 #include <limits>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -39,25 +44,108 @@ int64_t blocks_for(int64_t positions) {
   return (positions + kernels::kKvBlockTokens - 1) / kernels::kKvBlockTokens;
 }
 
-int64_t default_kv_blocks(const Model& model, const EngineOptions& o) {
-  const int64_t per_block = model.kv_bytes_per_block();
-  int64_t budget = o.kv_memory_bytes;
-  if (budget <= 0) {
-    struct sysinfo si {};
-    sysinfo(&si);
-    const int64_t half_ram = static_cast<int64_t>(si.totalram) * si.mem_unit / 2;
-    budget = std::min(half_ram, blocks_for(o.ctx_size) * o.max_running * per_block);
-  }
-  // One full-length sequence must always fit.
-  return std::max<int64_t>(budget / per_block, blocks_for(o.ctx_size + 1));
+std::string format_bytes(int64_t bytes) {
+  if (bytes >= (int64_t{1} << 30)) return fmt::format("{:.2f} GiB", bytes / 1073741824.0);
+  return fmt::format("{:.1f} MiB", bytes / 1048576.0);
 }
 
 }  // namespace
 
+MemoryInfo parse_meminfo(std::string_view text) {
+  MemoryInfo m;
+  auto field = [&](std::string_view name) -> int64_t {
+    for (size_t at = text.find(name); at != std::string_view::npos; at = text.find(name, at + 1)) {
+      if (at != 0 && text[at - 1] != '\n') continue;
+      std::string_view rest = text.substr(at + name.size());
+      if (rest.empty() || rest[0] != ':') continue;
+      rest.remove_prefix(1);
+      while (!rest.empty() && rest[0] == ' ') rest.remove_prefix(1);
+      int64_t kib = 0;
+      const auto [end, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), kib);
+      if (ec != std::errc() || kib < 0) return 0;
+      return kib * 1024;  // the kernel writes "kB" and means KiB
+    }
+    return 0;
+  };
+  m.total = field("MemTotal");
+  m.available = field("MemAvailable");
+  return m;
+}
+
+MemoryInfo read_memory_info() {
+  std::ifstream in("/proc/meminfo");
+  std::stringstream text;
+  text << in.rdbuf();
+  MemoryInfo m = parse_meminfo(text.str());
+  if (m.total == 0 || m.available == 0) {
+    // No /proc (or a kernel before MemAvailable): free RAM as sysinfo reports it.
+    struct sysinfo si {};
+    if (sysinfo(&si) == 0) {
+      if (m.total == 0) m.total = static_cast<int64_t>(si.totalram) * si.mem_unit;
+      if (m.available == 0)
+        m.available = static_cast<int64_t>(si.freeram + si.bufferram) * si.mem_unit;
+    }
+  }
+  return m;
+}
+
+int64_t kv_pool_blocks(const EngineOptions& o, int64_t bytes_per_block, const MemoryInfo& memory) {
+  if (bytes_per_block <= 0) fail(ErrorKind::internal, "KV block size {} bytes", bytes_per_block);
+  const int64_t one_context = blocks_for(o.ctx_size + 1);
+  if (o.kv_memory_bytes > 0) {
+    if (memory.total > 0 && o.kv_memory_bytes > memory.total) {
+      fail(ErrorKind::resource, "KV memory of {} is more than this machine's {} of RAM",
+           format_bytes(o.kv_memory_bytes), format_bytes(memory.total));
+    }
+    const int64_t blocks = o.kv_memory_bytes / bytes_per_block;
+    if (blocks < one_context) {
+      fail("KV memory of {} holds {} blocks of {} tokens, but one {}-token context needs {} ({}): "
+           "give it more memory (--kv-memory) or a shorter context (--ctx-size)",
+           format_bytes(o.kv_memory_bytes), blocks, kernels::kKvBlockTokens, o.ctx_size,
+           one_context, format_bytes(one_context * bytes_per_block));
+    }
+    return blocks;
+  }
+  int64_t blocks = blocks_for(o.ctx_size) * std::max<int64_t>(o.max_running, 1);
+  if (memory.available > 0) {
+    const auto share = static_cast<int64_t>(static_cast<double>(memory.available) *
+                                            kKvShareOfAvailableMemory);
+    blocks = std::min(blocks, share / bytes_per_block);
+  }
+  // One full-length sequence must always fit.
+  return std::max(blocks, one_context);
+}
+
+int64_t parse_memory_size(std::string_view text) {
+  const std::string shown(text);
+  while (!text.empty() && text.front() == ' ') text.remove_prefix(1);
+  while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
+  double value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  std::string unit(end, text.data() + text.size());
+  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
+  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  double scale = 0;
+  if (unit.empty() || unit == "g" || unit == "gb" || unit == "gib") scale = 1073741824.0;
+  else if (unit == "m" || unit == "mb" || unit == "mib") scale = 1048576.0;
+  if (ec != std::errc() || scale == 0 || !std::isfinite(value)) {
+    fail("'{}' is not a memory size: give a number of GiB (like 4 or 0.5) or a number with M "
+         "or G (like 512M)",
+         shown);
+  }
+  if (value <= 0) fail("memory size '{}' must be more than 0", shown);
+  const double bytes = value * scale;
+  if (bytes >= 0x1p62) fail("memory size '{}' is too large", shown);
+  if (bytes < 1) fail("memory size '{}' is less than one byte", shown);
+  return static_cast<int64_t>(bytes);
+}
+
 Engine::Engine(Model& model, const EngineOptions& options)
     : model_(model),
       options_(options),
-      pool_(options.kv_blocks > 0 ? options.kv_blocks : default_kv_blocks(model, options)) {
+      pool_(options.kv_blocks > 0
+                ? options.kv_blocks
+                : kv_pool_blocks(options, model.kv_bytes_per_block(), read_memory_info())) {
   model_.allocate_kv(pool_.n_total());
   n_free_blocks_ = pool_.n_free();
   spdlog::info("engine: KV cache {} blocks of {} tokens ({:.1f} MiB reserved), context {}, batch {} "
@@ -193,17 +281,30 @@ void Engine::finish_with_error(Sequence& s, const std::string& error) {
 void Engine::loop() {
   uint64_t next_admission = 0;
   for (;;) {
+    std::vector<std::unique_ptr<Sequence>> cancelled_waiting;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stop_ || !waiting_.empty() || !running_.empty(); });
       if (stop_) break;
-      // Admit in arrival order while there is room to run them.
+      // A request cancelled while waiting for a place leaves now, not when
+      // a place frees up.
+      for (auto it = waiting_.begin(); it != waiting_.end();) {
+        if ((*it)->handle->cancelled()) {
+          cancelled_waiting.push_back(std::move(*it));
+          it = waiting_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      // Admit in arrival order while there is room to run them. While a
+      // running request is short of KV blocks, newcomers wait: the blocks
+      // that free up are its first.
       while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
         auto& front = waiting_.front();
         const int64_t first_chunk = std::min<int64_t>(
             static_cast<int64_t>(front->tokens.size()), options_.max_batch_tokens);
-        if (!front->handle->cancelled() && blocks_for(first_chunk + 1) > pool_.n_available() &&
-            !running_.empty()) {
+        if (!running_.empty() && !front->handle->cancelled() &&
+            (memory_short_ || blocks_for(first_chunk + 1) > pool_.n_available())) {
           break;  // wait for memory; the running ones will free some
         }
         if (front->admitted == 0) front->admitted = ++next_admission;
@@ -212,6 +313,7 @@ void Engine::loop() {
       }
       n_running_ = static_cast<int64_t>(running_.size());  // with waiting_, under the lock
     }
+    for (auto& s : cancelled_waiting) finish(*s, "cancelled");
     try {
       step(running_);
     } catch (const std::exception& ex) {
@@ -242,38 +344,55 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     s->preempted = false;
     if (!s->done && s->kv.blocks.empty() && s->n_computed == 0) start_sequence(*s);
   }
-  // Decoding requests first (one token each), oldest first; then prompt chunks.
-  std::vector<Sequence*> order;
+  std::vector<Sequence*> by_age;
   for (auto& s : running) {
-    if (!s->done) order.push_back(s.get());
+    if (!s->done) by_age.push_back(s.get());
   }
-  std::stable_sort(order.begin(), order.end(), [](const Sequence* a, const Sequence* b) {
-    const bool da = a->n_computed >= a->n_prompt, db = b->n_computed >= b->n_prompt;
-    if (da != db) return da;
-    return a->admitted < b->admitted;
-  });
+  std::sort(by_age.begin(), by_age.end(),
+            [](const Sequence* a, const Sequence* b) { return a->admitted < b->admitted; });
+  auto pending = [](const Sequence* s) {
+    return static_cast<int64_t>(s->tokens.size()) - s->n_computed;
+  };
+  // Tokens: one for every decoding request first, so that a long prompt
+  // never costs them their token; then chunks of the prompts (or of tokens
+  // to recompute after preemption), oldest first, from what is left.
   struct Planned {
     Sequence* seq;
     int64_t n;
   };
   std::vector<Planned> plan;
   int64_t budget = options_.max_batch_tokens;
-  for (Sequence* s : order) {
-    if (budget <= 0) break;
-    if (s->done || s->preempted) continue;
-    const int64_t pending = static_cast<int64_t>(s->tokens.size()) - s->n_computed;
-    const int64_t n = std::min(pending, budget);
-    // Make room by preempting requests admitted after this one (newest
-    // first), so the oldest request always progresses.
-    while (!reserve_blocks(pool_, s->kv, s->n_computed + n)) {
+  for (Sequence* s : by_age) {
+    if (budget > 0 && pending(s) == 1) {
+      plan.push_back({s, 1});
+      --budget;
+    }
+  }
+  for (Sequence* s : by_age) {
+    if (budget > 0 && pending(s) > 1) {
+      plan.push_back({s, std::min(pending(s), budget)});
+      budget -= plan.back().n;
+    }
+  }
+  // Memory: oldest first, so an older request takes freed blocks before
+  // newer ones and may preempt them (newest first) to make room; it is
+  // never the other way round, so the oldest request always progresses.
+  // When only older requests hold the rest, a prompt chunk shrinks to what
+  // is free, and what cannot get even that waits.
+  std::stable_sort(plan.begin(), plan.end(), [](const Planned& a, const Planned& b) {
+    return a.seq->admitted < b.seq->admitted;
+  });
+  memory_short_ = false;
+  for (Planned& p : plan) {
+    Sequence* s = p.seq;
+    if (s->preempted) {
+      p.n = 0;
+      continue;
+    }
+    while (!reserve_blocks(pool_, s->kv, s->n_computed + p.n)) {
       Sequence* victim = nullptr;
-      for (Sequence* o : order) {
-        const bool planned =
-            std::any_of(plan.begin(), plan.end(), [&](const Planned& p) { return p.seq == o; });
-        if (o != s && !o->done && !planned && !o->kv.blocks.empty() && o->admitted > s->admitted &&
-            (victim == nullptr || o->admitted > victim->admitted)) {
-          victim = o;
-        }
+      for (Sequence* o : by_age) {
+        if (o->admitted > s->admitted && !o->kv.blocks.empty()) victim = o;  // the newest
       }
       if (victim == nullptr) break;
       release(*victim);  // resumed from the cache, or recomputed, when it runs again
@@ -281,16 +400,25 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
       ++n_preemptions_;
       spdlog::debug("engine: preempted a request to free KV blocks");
     }
-    if (static_cast<int64_t>(s->kv.blocks.size()) * kernels::kKvBlockTokens < s->n_computed + n) {
-      const bool alone = std::all_of(order.begin(), order.end(), [&](const Sequence* o) {
+    const int64_t room =
+        (static_cast<int64_t>(s->kv.blocks.size()) + pool_.n_available()) * kernels::kKvBlockTokens -
+        s->n_computed;
+    if (room < p.n) {
+      memory_short_ = true;
+      p.n = std::max<int64_t>(room, 0);
+      if (p.n > 0 && !reserve_blocks(pool_, s->kv, s->n_computed + p.n)) {
+        fail(ErrorKind::internal, "KV blocks counted free could not be reserved");
+      }
+    }
+    if (p.n == 0) {
+      const bool alone = std::all_of(by_age.begin(), by_age.end(), [&](const Sequence* o) {
         return o == s || o->kv.blocks.empty();
       });
-      if (alone && plan.empty()) finish(*s, "max_tokens");  // the pool cannot hold it any longer
-      continue;  // otherwise wait for older requests to finish
+      if (alone) finish(*s, "max_tokens");  // the pool cannot hold it any longer
     }
-    plan.push_back({s, n});
-    budget -= n;
   }
+  plan.erase(std::remove_if(plan.begin(), plan.end(), [](const Planned& p) { return p.n == 0; }),
+             plan.end());
   if (plan.empty()) return;
 
   std::vector<ForwardSeq> batch;

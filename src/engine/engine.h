@@ -3,11 +3,17 @@
 // There are no prefill and decode phases. Every request has the tokens it
 // knows (prompt + generated) and how many of them are in the KV cache
 // (n_computed); each step hands out up to `max_batch_tokens` tokens toward
-// closing those gaps (one for a decoding request, a chunk of its prompt for
-// one still reading), runs them as one batch, and samples where a request's
-// known tokens are all computed. Long prompts are therefore chunked and never
-// stall the others. When KV blocks run out, the most recently admitted
-// request is preempted (its blocks released, its tokens recomputed later).
+// closing those gaps (one for each decoding request first, then chunks of
+// prompts from what is left), runs them as one batch, and samples where a
+// request's known tokens are all computed. Long prompts are therefore
+// chunked and never stall the others' decoding.
+//
+// Fairness: requests are admitted first come first served, and KV blocks go
+// to the oldest request first. When they run out, an older request preempts
+// the most recently admitted ones (their blocks released, their tokens
+// recomputed later); when only older ones hold the rest, its prompt chunk
+// shrinks to what is free, or it waits, and no newcomer is admitted ahead of
+// it meanwhile. So the oldest request always progresses and none starves.
 //
 // Prefix cache (prefix_cache.h): when a request starts (or resumes after
 // preemption) it first takes every cached full block that starts its tokens
@@ -24,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -37,7 +44,7 @@ namespace pensieve {
 struct EngineOptions {
   int64_t ctx_size = 4096;          // most tokens one sequence may hold
   int64_t kv_blocks = 0;            // KV pool size in blocks; 0 = from kv_memory_bytes
-  int64_t kv_memory_bytes = 0;      // 0 = enough for max_running full contexts, capped at half of RAM
+  int64_t kv_memory_bytes = 0;      // 0 = automatic (kv_pool_blocks below)
   int64_t max_batch_tokens = 512;   // tokens per forward step
   int64_t max_running = 8;          // sequences decoded together
   int64_t max_queue = 64;           // waiting requests before submit() refuses
@@ -83,6 +90,32 @@ struct EngineStats {
   int64_t n_evictions = 0;
 };
 
+// The machine's memory in bytes, 0 where unknown.
+struct MemoryInfo {
+  int64_t total = 0;
+  int64_t available = 0;  // what can be allocated without swapping (MemAvailable)
+};
+// MemTotal and MemAvailable from the text of /proc/meminfo.
+MemoryInfo parse_meminfo(std::string_view text);
+MemoryInfo read_memory_info();
+
+// The share of available memory an automatic KV pool may take.
+inline constexpr double kKvShareOfAvailableMemory = 0.5;
+
+// The KV pool's size in blocks when options.kv_blocks is 0. An explicit
+// kv_memory_bytes is taken as given, and is an error when it cannot hold
+// one full context (ctx_size tokens) or exceeds the machine's memory.
+// Automatic: enough for max_running full contexts, capped at
+// kKvShareOfAvailableMemory of the available memory, but never less than
+// one full context.
+int64_t kv_pool_blocks(const EngineOptions& options, int64_t bytes_per_block,
+                       const MemoryInfo& memory);
+
+// A memory size as --kv-memory takes it: a number of GiB ("4", "0.5"), or
+// a number with a unit M/MB/MiB or G/GB/GiB (binary units, any case).
+// Returns bytes; an Error says what is wrong with anything else.
+int64_t parse_memory_size(std::string_view text);
+
 class Engine {
  public:
   Engine(Model& model, const EngineOptions& options);
@@ -115,6 +148,9 @@ class Engine {
   std::condition_variable wake_;
   std::deque<std::unique_ptr<Sequence>> waiting_;  // guarded by mutex_
   std::vector<std::unique_ptr<Sequence>> running_;  // engine thread only
+  // Engine thread only: the last step could not give some request all its
+  // tokens for lack of KV blocks (it then takes precedence over newcomers).
+  bool memory_short_ = false;
   bool stop_ = false;
   std::atomic<int64_t> n_running_{0}, n_free_blocks_{0}, n_cached_blocks_{0}, n_steps_{0},
       n_preemptions_{0}, n_prompt_tokens_{0}, n_cached_tokens_{0}, n_evictions_{0};

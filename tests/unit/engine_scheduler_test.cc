@@ -1,11 +1,15 @@
 // The engine's scheduler and prefix cache with a fake model (fake_model.h):
 // sharing, reuse after finish, cancellation and preemption, LRU eviction,
-// budget accounting, per-request sampling, and the pool back to full.
+// budget accounting, per-request sampling, fairness (decoders keep their
+// token per step, first come first served, no starvation under memory
+// pressure) and the pool back to full.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -87,6 +91,36 @@ std::vector<int32_t> run_alone(const std::vector<int32_t>& prompt, int64_t n,
   c.wait();
   return c.tokens;
 }
+
+// Keeps the engine inside the forward of a one-token warm-up request until
+// release(), so that everything a test submits meanwhile is waiting, in
+// order, when scheduling resumes: the steps that follow are the same on
+// every run. Call in_forward() first thing in FakeModel::on_forward.
+class HoldFirstForward {
+ public:
+  void start(Engine& engine) {
+    engine.submit(request_for({1}, 1, &warmup_));
+    entered_.get_future().wait();
+  }
+  // True in the warm-up's forward (after the hold), false in every other.
+  bool in_forward() {
+    if (held_) return false;
+    held_ = true;
+    entered_.set_value();
+    released_future_.wait();
+    return true;
+  }
+  void release() {
+    released_.set_value();
+    warmup_.wait();
+  }
+
+ private:
+  bool held_ = false;  // engine thread only
+  std::promise<void> entered_, released_;
+  std::shared_future<void> released_future_ = released_.get_future().share();
+  Collected warmup_;
+};
 
 EngineOptions small_options(int64_t blocks) {
   EngineOptions o;
@@ -466,6 +500,302 @@ TEST(EngineScheduler, ManyRandomRequestsLeaveThePoolFull) {
   EXPECT_EQ(s.n_blocks_used, 0);
   EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, 24);
   EXPECT_GT(s.n_cached_tokens, 0);
+}
+
+// A long prompt read in chunks never costs a decoding request its token:
+// every step gives each decoder one token and the prompt what is left of
+// the budget.
+TEST(EngineScheduler, DecodersGetATokenEveryStepWhileALongPromptIsChunked) {
+  test::FakeModel model;
+  HoldFirstForward hold;
+  // What each step did, in order (engine thread only until the end): the
+  // tokens each decoder got, and how far the long prompt was read.
+  struct Step {
+    int64_t n_tokens = 0;
+    std::map<int, int> tokens_of;
+    int64_t long_prompt_done = -1;
+  };
+  std::vector<Step> steps;
+  model.on_forward = [&](std::span<const ForwardSeq> seqs) {
+    if (hold.in_forward()) return;
+    steps.emplace_back();
+    for (const auto& s : seqs) steps.back().n_tokens += static_cast<int64_t>(s.tokens.size());
+  };
+  EngineOptions o = small_options(64);
+  o.max_batch_tokens = 8;
+  Engine engine(model, o);
+  hold.start(engine);
+  constexpr int kDecoders = 4;
+  std::vector<std::unique_ptr<Collected>> decoders;
+  for (int i = 0; i < kDecoders; ++i) {
+    decoders.push_back(std::make_unique<Collected>());
+    auto r = request_for(prompt_of(90 + i, 5), 80, decoders.back().get());
+    r.on_event = [i, &steps, inner = r.on_event](const EngineEvent& e) {
+      if (e.kind == EngineEvent::Kind::token && !steps.empty()) ++steps.back().tokens_of[i];
+      inner(e);
+    };
+    engine.submit(std::move(r));
+  }
+  const auto long_prompt = prompt_of(95, 150);
+  Collected long_request;
+  auto r = request_for(long_prompt, 2, &long_request);
+  r.on_event = [&steps, inner = r.on_event](const EngineEvent& e) {
+    if (e.kind == EngineEvent::Kind::progress && !steps.empty())
+      steps.back().long_prompt_done = e.n_prompt_done;
+    inner(e);
+  };
+  engine.submit(std::move(r));
+  hold.release();
+  long_request.wait();
+  for (auto& d : decoders) d->wait();
+  EXPECT_EQ(long_request.tokens, run_alone(long_prompt, 2));
+
+  // The steps in which the long prompt was read while all four decoded.
+  int64_t n_chunked_steps = 0, done_before = 0;
+  std::map<int, int> n_tokens_so_far;
+  for (const Step& step : steps) {
+    EXPECT_LE(step.n_tokens, 8);
+    // Every decoder had its first token before this step and none is done.
+    const bool all_decoding =
+        static_cast<int>(n_tokens_so_far.size()) == kDecoders &&
+        std::all_of(n_tokens_so_far.begin(), n_tokens_so_far.end(),
+                    [](const auto& kv) { return kv.second < 80; });
+    if (all_decoding && step.long_prompt_done > done_before &&
+        step.long_prompt_done < static_cast<int64_t>(long_prompt.size())) {
+      ++n_chunked_steps;
+      for (int i = 0; i < kDecoders; ++i) {
+        EXPECT_EQ(step.tokens_of.count(i) ? step.tokens_of.at(i) : 0, 1)
+            << "decoder " << i << " in step " << (&step - steps.data());
+      }
+      // The prompt took what the decoders left of the budget.
+      EXPECT_EQ(step.long_prompt_done - done_before, 8 - kDecoders);
+    }
+    if (step.long_prompt_done >= 0) done_before = step.long_prompt_done;
+    for (const auto& [i, n] : step.tokens_of) n_tokens_so_far[i] += n;
+  }
+  // 150 tokens at 4 a step: the prompt was read over more than 30 steps.
+  EXPECT_GT(n_chunked_steps, 30);
+}
+
+// One request at a time: they finish in the order they arrived, whatever
+// their lengths.
+TEST(EngineScheduler, OneAtATimeFinishInArrivalOrder) {
+  test::FakeModel model;
+  HoldFirstForward hold;
+  model.on_forward = [&](std::span<const ForwardSeq>) { hold.in_forward(); };
+  EngineOptions o = small_options(64);
+  o.max_running = 1;
+  Engine engine(model, o);
+  hold.start(engine);
+  std::vector<int> finished;  // engine thread only until all are done
+  std::vector<std::unique_ptr<Collected>> cs;
+  for (int i = 0; i < 6; ++i) {
+    cs.push_back(std::make_unique<Collected>());
+    // The first ones are the longest: shortest-first would reverse the order.
+    auto r = request_for(prompt_of(110 + i, 60 - 9 * i), 12 - 2 * i, cs.back().get());
+    r.on_event = [i, &finished, inner = r.on_event](const EngineEvent& e) {
+      if (e.kind == EngineEvent::Kind::done) finished.push_back(i);
+      inner(e);
+    };
+    engine.submit(std::move(r));
+  }
+  hold.release();
+  for (auto& c : cs) c->wait();
+  EXPECT_EQ(finished, (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  for (auto& c : cs) EXPECT_EQ(c->finish, "max_tokens");
+}
+
+// A long prompt that arrived early is not starved by short requests that
+// keep arriving after it while the pool is tight: they take freed blocks
+// only after it, and it finishes within a bounded number of steps.
+TEST(EngineScheduler, OldLongPromptFinishesDespiteAStreamOfShortRequests) {
+  test::FakeModel model;
+  HoldFirstForward hold;
+  model.on_forward = [&](std::span<const ForwardSeq>) { hold.in_forward(); };
+  EngineOptions o = small_options(17);  // the long prompt needs all of them
+  o.max_batch_tokens = 512;   // it asks for its whole prompt at once
+  o.max_running = 6;
+  Engine engine(model, o);
+  hold.start(engine);
+
+  constexpr int kMaxShorts = 150;  // the stream ends here in any case
+  std::mutex m;
+  std::deque<std::unique_ptr<Collected>> shorts;  // guarded by m
+  std::atomic<bool> long_done{false};
+  std::atomic<int64_t> long_done_at_forward{-1};
+  // Each short request that ends is replaced by a new one (submitted from
+  // its done event, on the engine thread), until the long one is done.
+  std::function<void()> submit_short = [&] {
+    std::lock_guard<std::mutex> lock(m);
+    const int i = static_cast<int>(shorts.size());
+    if (i >= kMaxShorts) return;
+    shorts.push_back(std::make_unique<Collected>());
+    auto r = request_for(prompt_of(200 + i, 40), 4 + (i * 5) % 9, shorts.back().get());
+    r.on_event = [&, inner = r.on_event](const EngineEvent& e) {
+      inner(e);
+      if (e.kind == EngineEvent::Kind::done && e.finish != "cancelled" && !long_done) submit_short();
+    };
+    ASSERT_NE(engine.submit(std::move(r)), nullptr);
+  };
+  for (int i = 0; i < 4; ++i) submit_short();
+  const auto long_prompt = prompt_of(199, 16 * B);
+  Collected long_request;
+  auto r = request_for(long_prompt, 4, &long_request);
+  r.on_event = [&, inner = r.on_event](const EngineEvent& e) {
+    if (e.kind == EngineEvent::Kind::done) {
+      long_done = true;
+      long_done_at_forward = model.n_forwards;
+    }
+    inner(e);
+  };
+  engine.submit(std::move(r));
+  for (int i = 0; i < 8; ++i) submit_short();  // arrived after it
+  hold.release();
+  long_request.wait();
+  EXPECT_EQ(long_request.finish, "max_tokens");
+  EXPECT_EQ(long_request.tokens, run_alone(long_prompt, 4));
+  // Alone it takes 2 prompt chunks and 3 decode steps; the 4 shorts ahead
+  // of it take a few more. Starved, it would wait for the whole stream.
+  EXPECT_LE(long_done_at_forward, 40);
+  {
+    std::lock_guard<std::mutex> lock(m);
+    EXPECT_LT(shorts.size(), static_cast<size_t>(kMaxShorts));
+  }
+  // The stream stops with it: every short one ends normally.
+  for (size_t i = 0;; ++i) {
+    Collected* c;
+    {
+      std::lock_guard<std::mutex> lock(m);
+      if (i >= shorts.size()) break;
+      c = shorts[i].get();
+    }
+    c->wait();
+    EXPECT_EQ(c->finish, "max_tokens") << i;
+  }
+  wait_idle(engine);
+  EXPECT_EQ(engine.stats().n_blocks_used, 0);
+}
+
+// cancel() takes effect at the next step: at most the forward already
+// under way runs after it, and none when it comes between steps.
+TEST(EngineScheduler, CancelledRequestLeavesWithinOneStep) {
+  test::FakeModel model;
+  std::atomic<int64_t> forwards{0};
+  model.on_forward = [&](std::span<const ForwardSeq>) {
+    ++forwards;
+    std::this_thread::sleep_for(std::chrono::microseconds(300));
+  };
+  Engine engine(model, small_options(64));
+  Collected other;
+  auto other_handle = engine.submit(request_for(prompt_of(120, 9), 100000, &other));
+  for (int round = 0; round < 5; ++round) {
+    Collected c;
+    std::atomic<int64_t> at_done{-1};
+    auto r = request_for(prompt_of(121 + round, 20), 100000, &c);
+    r.on_event = [&, inner = r.on_event](const EngineEvent& e) {
+      if (e.kind == EngineEvent::Kind::done) at_done = forwards.load();
+      inner(e);
+    };
+    auto handle = engine.submit(std::move(r));
+    while (c.n_tokens < 3 + round) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    const int64_t at_cancel = forwards.load();
+    handle->cancel();
+    c.wait();
+    EXPECT_EQ(c.finish, "cancelled");
+    EXPECT_LE(at_done - at_cancel, 1) << "round " << round;
+  }
+  // Cancelled on the engine thread between two steps (from its own token
+  // event): no further forward at all.
+  Collected c;
+  std::shared_ptr<EngineHandle> handle;
+  std::mutex m;
+  int64_t at_cancel = -1, at_done = -1;
+  auto r = request_for(prompt_of(130, 20), 100000, &c);
+  r.on_event = [&, inner = r.on_event](const EngineEvent& e) {
+    std::lock_guard<std::mutex> lock(m);
+    if (e.kind == EngineEvent::Kind::token && c.n_tokens == 4 && handle) {
+      handle->cancel();
+      at_cancel = forwards.load();
+    }
+    if (e.kind == EngineEvent::Kind::done) at_done = forwards.load();
+    inner(e);
+  };
+  {
+    std::lock_guard<std::mutex> lock(m);
+    handle = engine.submit(std::move(r));
+  }
+  c.wait();
+  EXPECT_EQ(c.finish, "cancelled");
+  EXPECT_EQ(c.tokens.size(), 5u);
+  EXPECT_GE(at_cancel, 0);
+  EXPECT_EQ(at_done, at_cancel);
+  EXPECT_EQ(other.finish, "");  // still running all along
+  other_handle->cancel();
+  other.wait();
+  wait_idle(engine);
+}
+
+// A request still waiting for a place (max_running is taken) ends at the
+// next step when cancelled, not when a place frees up.
+TEST(EngineScheduler, CancelledWaitingRequestLeavesWithinOneStep) {
+  test::FakeModel model;
+  std::atomic<int64_t> forwards{0};
+  model.on_forward = [&](std::span<const ForwardSeq>) {
+    ++forwards;
+    std::this_thread::sleep_for(std::chrono::microseconds(300));
+  };
+  EngineOptions o = small_options(64);
+  o.max_running = 1;
+  Engine engine(model, o);
+  Collected running;
+  auto running_handle = engine.submit(request_for(prompt_of(140, 9), 100000, &running));
+  while (running.n_tokens < 2) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  Collected waiting;
+  std::atomic<int64_t> at_done{-1};
+  auto r = request_for(prompt_of(141, 9), 5, &waiting);
+  r.on_event = [&, inner = r.on_event](const EngineEvent& e) {
+    if (e.kind == EngineEvent::Kind::done) at_done = forwards.load();
+    inner(e);
+  };
+  auto handle = engine.submit(std::move(r));
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(engine.stats().n_waiting, 1);
+  const int64_t at_cancel = forwards.load();
+  handle->cancel();
+  waiting.wait();
+  EXPECT_EQ(waiting.finish, "cancelled");
+  EXPECT_TRUE(waiting.tokens.empty());
+  EXPECT_LE(at_done - at_cancel, 1);
+  EXPECT_EQ(running.finish, "");
+  running_handle->cancel();
+  running.wait();
+  wait_idle(engine);
+}
+
+// The pool, not ctx_size, limits the prompt: it and its first generated
+// token must fit, or submit() refuses it; one that fits ends with
+// max_tokens when the pool cannot hold what it generates.
+TEST(EngineScheduler, PromptLongerThanThePoolIsRefused) {
+  test::FakeModel model;
+  EngineOptions o = small_options(4);  // 64 positions; ctx_size is 512
+  Engine engine(model, o);
+  Collected unused;
+  try {
+    engine.submit(request_for(prompt_of(150, 4 * B), 1, &unused));
+    FAIL() << "a prompt that fills the whole pool was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "prompt is too long: 64 tokens > 63 maximum");
+  }
+  Collected c;
+  const auto p = prompt_of(151, 4 * B - 1);
+  engine.submit(request_for(p, 10, &c));
+  c.wait();
+  EXPECT_EQ(c.error, "");
+  EXPECT_EQ(c.finish, "max_tokens");
+  // Positions 0..63 fit: the prompt's 63 and the first token's; the second
+  // token would need position 64.
+  EXPECT_EQ(c.tokens, run_alone(p, 2));
+  wait_idle(engine);
 }
 
 }  // namespace

@@ -1,0 +1,55 @@
+// `pensieve serve --kv-memory`: sizes it cannot use are refused with a
+// clear error (and exit code 1) instead of being ignored or rounded up.
+#include <gtest/gtest.h>
+
+#include "support/test_support.h"
+
+namespace pensieve {
+namespace {
+
+using test::run_pensieve;
+
+// The error line serve printed, or what it printed instead.
+std::string error_line(const test::RunResult& r) {
+  const size_t at = r.err.find("error: ");
+  if (at == std::string::npos) return "(no error line) " + r.err;
+  return r.err.substr(at, r.err.find('\n', at) - at);
+}
+
+TEST(ServeKvMemory, ValuesThatAreNotSizesAreRefusedBeforeLoading) {
+  for (const char* bad : {"abc", "4X", "nan"}) {
+    const auto r = run_pensieve(std::string("serve --port 0 --kv-memory ") + bad);
+    EXPECT_EQ(r.exit_code, 1) << bad;
+    EXPECT_EQ(error_line(r), "error: --kv-memory: '" + std::string(bad) +
+                                 "' is not a memory size: give a number of GiB (like 4 or 0.5) "
+                                 "or a number with M or G (like 512M)");
+    // Nothing was loaded first.
+    EXPECT_EQ(r.err.find("stories260K"), std::string::npos) << r.err;
+  }
+  for (const char* bad : {"0", "-1"}) {
+    const auto r = run_pensieve(std::string("serve --port 0 --kv-memory=") + bad);
+    EXPECT_EQ(r.exit_code, 1) << bad;
+    EXPECT_EQ(error_line(r),
+              "error: --kv-memory: memory size '" + std::string(bad) + "' must be more than 0");
+  }
+}
+
+TEST(ServeKvMemory, ABudgetTooSmallForOneContextOrLargerThanRamIsRefused) {
+  // The bundled model keeps 20 KiB of K/V a block (5 layers x 4 KV heads x
+  // 8 dims x K and V x 16 tokens, in floats), so 1 MiB holds 51 blocks and
+  // a 4096-token context needs 257.
+  auto r = run_pensieve("serve --port 0 --ctx-size 4096 --kv-memory 1M");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(error_line(r),
+            "error: KV memory of 1.0 MiB holds 51 blocks of 16 tokens, but one 4096-token context "
+            "needs 257 (5.0 MiB): give it more memory (--kv-memory) or a shorter context "
+            "(--ctx-size)");
+  r = run_pensieve("serve --port 0 --ctx-size 4096 --kv-memory 100000");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(error_line(r).find("error: KV memory of 100000.00 GiB is more than this machine's "),
+            std::string::npos)
+      << r.err;
+}
+
+}  // namespace
+}  // namespace pensieve

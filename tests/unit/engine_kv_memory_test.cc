@@ -1,0 +1,113 @@
+// Sizing the KV pool: the automatic size from available (not total)
+// memory, an explicit --kv-memory taken as given or refused with a reason,
+// and parsing of the sizes --kv-memory accepts.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "core/error.h"
+#include "engine/engine.h"
+#include "kernels/cpu/attention.h"
+
+namespace pensieve {
+namespace {
+
+constexpr int64_t B = kernels::kKvBlockTokens;
+constexpr int64_t MiB = int64_t{1} << 20, GiB = int64_t{1} << 30;
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(KvMemory, ParsesMeminfo) {
+  const char* text =
+      "MemTotal:       24576000 kB\n"
+      "MemFree:         1000000 kB\n"
+      "MemAvailable:   12288000 kB\n"
+      "Buffers:          100000 kB\n";
+  const MemoryInfo m = parse_meminfo(text);
+  EXPECT_EQ(m.total, int64_t{24576000} * 1024);
+  EXPECT_EQ(m.available, int64_t{12288000} * 1024);
+  // A kernel without MemAvailable: unknown, not MemFree.
+  EXPECT_EQ(parse_meminfo("MemTotal: 100 kB\nMemFree: 50 kB\n").available, 0);
+  EXPECT_EQ(parse_meminfo("").total, 0);
+  // This machine's own answer is sane.
+  const MemoryInfo here = read_memory_info();
+  EXPECT_GT(here.total, 0);
+  EXPECT_GT(here.available, 0);
+  EXPECT_LE(here.available, here.total);
+}
+
+TEST(KvMemory, AutomaticPoolTakesAShareOfAvailableMemory) {
+  EngineOptions o;
+  o.ctx_size = 4096;  // 256 blocks a context
+  o.max_running = 8;  // wants 2048 blocks
+  const int64_t per_block = MiB;
+  // Plenty available: every sequence gets a full context.
+  EXPECT_EQ(kv_pool_blocks(o, per_block, {.total = 64 * GiB, .available = 32 * GiB}), 2048);
+  // Lots of RAM but little of it available: the share of what is available
+  // (half of 1 GiB = 512 one-MiB blocks), however large the total is.
+  EXPECT_EQ(kv_pool_blocks(o, per_block, {.total = 64 * GiB, .available = GiB}),
+            static_cast<int64_t>(GiB * kKvShareOfAvailableMemory) / per_block);
+  EXPECT_EQ(kKvShareOfAvailableMemory, 0.5);
+  // Never less than one full context (4096 tokens + the first generated one).
+  EXPECT_EQ(kv_pool_blocks(o, per_block, {.total = 64 * GiB, .available = 100 * MiB}), 257);
+  // Unknown memory: the full want.
+  EXPECT_EQ(kv_pool_blocks(o, per_block, {}), 2048);
+}
+
+TEST(KvMemory, ExplicitBudgetIsTakenAsGivenOrRefusedWithAReason) {
+  EngineOptions o;
+  o.ctx_size = 4096;
+  o.max_running = 8;
+  const MemoryInfo machine{.total = 16 * GiB, .available = GiB};
+  // More than the automatic share of available memory is the user's call.
+  o.kv_memory_bytes = 3 * GiB;
+  EXPECT_EQ(kv_pool_blocks(o, MiB, machine), 3072);
+  // Less than one context: an error that says what to change.
+  o.kv_memory_bytes = 100 * MiB;
+  ASSERT_EQ(B, 16);
+  EXPECT_EQ(error_of([&] { kv_pool_blocks(o, MiB, machine); }),
+            "KV memory of 100.0 MiB holds 100 blocks of 16 tokens, but one 4096-token context "
+            "needs 257 (257.0 MiB): give it more memory (--kv-memory) or a shorter context "
+            "(--ctx-size)");
+  o.ctx_size = 1024;
+  EXPECT_EQ(kv_pool_blocks(o, MiB, machine), 100);
+  // More than the machine has.
+  o.kv_memory_bytes = 20 * GiB;
+  EXPECT_EQ(error_of([&] { kv_pool_blocks(o, MiB, machine); }),
+            "KV memory of 20.00 GiB is more than this machine's 16.00 GiB of RAM");
+}
+
+TEST(KvMemory, ParsesSizesAndRefusesBadOnes) {
+  EXPECT_EQ(parse_memory_size("4"), 4 * GiB);
+  EXPECT_EQ(parse_memory_size("0.5"), GiB / 2);
+  EXPECT_EQ(parse_memory_size("0.003"), static_cast<int64_t>(0.003 * GiB));
+  EXPECT_EQ(parse_memory_size("2G"), 2 * GiB);
+  EXPECT_EQ(parse_memory_size("2gib"), 2 * GiB);
+  EXPECT_EQ(parse_memory_size("1.5 GB"), 3 * GiB / 2);
+  EXPECT_EQ(parse_memory_size("512M"), 512 * MiB);
+  EXPECT_EQ(parse_memory_size("512MiB"), 512 * MiB);
+  EXPECT_EQ(parse_memory_size(" 64mb "), 64 * MiB);
+  const std::string not_a_size =
+      "is not a memory size: give a number of GiB (like 4 or 0.5) or a number with M or G (like "
+      "512M)";
+  for (const char* bad : {"", "abc", "G", "4X", "4 GiBs", "1,5", "nan", "inf", "0x10", "4K"}) {
+    EXPECT_EQ(error_of([&] { parse_memory_size(bad); }), "'" + std::string(bad) + "' " + not_a_size)
+        << bad;
+  }
+  EXPECT_EQ(error_of([] { parse_memory_size("0"); }), "memory size '0' must be more than 0");
+  EXPECT_EQ(error_of([] { parse_memory_size("-2"); }), "memory size '-2' must be more than 0");
+  EXPECT_EQ(error_of([] { parse_memory_size("1e12"); }), "memory size '1e12' is too large");
+  EXPECT_EQ(error_of([] { parse_memory_size("1e-12"); }),
+            "memory size '1e-12' is less than one byte");
+}
+
+}  // namespace
+}  // namespace pensieve
