@@ -324,6 +324,37 @@ TEST_F(ServerTest, StalledClientDoesNotBlockOthers) {
   close(fd);
 }
 
+// A client that hangs up while it waits for a non-streaming answer (nothing
+// has been written to it yet) has its generation cancelled and its slot freed.
+TEST_F(ServerTest, NonStreamingClientDisconnectCancelsTheGeneration) {
+  backend.set_script({.pieces = {"a"}, .until_cancelled = true});
+  start();
+  int fd = connect_raw(server->port());
+  const std::string body = hello().dump();
+  const std::string request =
+      "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (backend.n_submitted == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ASSERT_EQ(backend.n_submitted, 1);
+  // Still connected: it keeps generating (several polls of the socket).
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(backend.n_cancelled, 0);
+  EXPECT_EQ(json::parse(client()->Get("/health")->body)["n_inflight"], 1);
+  close(fd);
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (backend.n_cancelled == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(backend.n_cancelled, 1);
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (json::parse(client()->Get("/health")->body)["n_inflight"] != 0 &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(json::parse(client()->Get("/health")->body)["n_inflight"], 0);
+}
+
 TEST_F(ServerTest, AbsurdHeadersGetA4xxEnvelope) {
   ServerOptions options;
   options.max_header_bytes = 16 << 10;
