@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <future>
 #include <map>
 #include <thread>
@@ -61,17 +62,32 @@ void wait_idle(Engine& engine) {
   }
 }
 
-class EngineTest : public ::testing::TestWithParam<int64_t> {};  // param: KV blocks (0 = plenty)
+// Every fixture model (tests/data/models), batched with a plentiful pool;
+// two of them also with a pool too small for all eight at once, so requests
+// are preempted and resumed.
+struct BatchCase {
+  const char* model;
+  int64_t kv_blocks;  // 0: plenty
+};
+
+const BatchCase kBatchCases[] = {
+    {"phi3-tiny", 0},           {"phi3-tiny-mlx-4bit", 0},  {"phi3-fullvocab-mlx-4bit", 0},
+    {"llama3-tiny", 0},         {"llama3-tiny-mlx-4bit", 0}, {"qwen2-tiny", 0},
+    {"qwen2-tiny-mlx-4bit", 0}, {"qwen3-tiny", 0},          {"qwen3-tiny-mlx-4bit", 0},
+    {"qwen2-tiny-mlx-4bit", 12}, {"qwen3-tiny", 12},
+};
+
+class EngineTest : public ::testing::TestWithParam<BatchCase> {};
 
 TEST_P(EngineTest, EightPromptsTogetherMatchEachAlone) {
-  auto model = load_model(test::data_path("models/qwen2-tiny-mlx-4bit"), {2});
+  auto model = load_model(test::data_path(std::string("models/") + GetParam().model), {2});
   const int64_t vocab = model->config().vocab_size;
   std::vector<std::vector<int32_t>> expected;
   for (int i = 0; i < 8; ++i) expected.push_back(run_alone(*model, make_prompt(i, vocab), 12));
 
   EngineOptions o;
   o.ctx_size = 256;
-  o.kv_blocks = GetParam() > 0 ? GetParam() : 128;
+  o.kv_blocks = GetParam().kv_blocks > 0 ? GetParam().kv_blocks : 128;
   o.max_batch_tokens = 40;  // forces the longer prompts into several chunks
   o.max_running = 8;
   Engine engine(*model, o);
@@ -91,13 +107,30 @@ TEST_P(EngineTest, EightPromptsTogetherMatchEachAlone) {
   wait_idle(engine);
   const auto s = engine.stats();
   EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, s.n_blocks_total);
-  if (GetParam() > 0) {
+  if (GetParam().kv_blocks > 0) {
     EXPECT_GT(s.n_preemptions, 0) << "the small pool should force preemption";
   }
 }
 
-// 12 blocks: not enough for all eight at once, so requests are preempted and resumed.
-INSTANTIATE_TEST_SUITE_P(Pools, EngineTest, ::testing::Values(0, 12));
+INSTANTIATE_TEST_SUITE_P(Models, EngineTest, ::testing::ValuesIn(kBatchCases),
+                         [](const auto& info) {
+                           std::string name = info.param.model;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           if (info.param.kv_blocks > 0)
+                             name += "_" + std::to_string(info.param.kv_blocks) + "_blocks";
+                           return name;
+                         });
+
+// A model added to tests/data/models is batched above too.
+TEST(EngineBatchCases, CoverEveryFixtureModel) {
+  for (const auto& entry : std::filesystem::directory_iterator(test::data_path("models"))) {
+    if (!entry.is_directory()) continue;
+    const std::string name = entry.path().filename().string();
+    EXPECT_TRUE(std::any_of(std::begin(kBatchCases), std::end(kBatchCases),
+                            [&](const BatchCase& c) { return name == c.model; }))
+        << name << " is missing from kBatchCases";
+  }
+}
 
 TEST(Engine, CancelStopsAndFreesBlocks) {
   auto model = load_model(test::data_path("models/qwen3-tiny-mlx-4bit"), {2});
