@@ -1,6 +1,9 @@
 // Every request Claude Code really sent (tests/data/claude-code), replayed
 // as-is (path with ?beta=true, recorded headers, body) against the real
 // `pensieve serve` with the bundled model: each must get a valid SSE stream.
+// They run in the order of a session, and turn 2 (turn 1's prompt + the
+// tool call + its result) must read all of turn 1's full blocks from the
+// prefix cache.
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -9,7 +12,15 @@ import { repoRoot, startServer } from './support/server.mjs';
 import { parseSse, replayStream } from './support/sse.mjs';
 
 const dataDir = path.join(repoRoot, 'tests/data/claude-code');
-const fixtures = readdirSync(dataDir).filter((f) => f.endsWith('.request.json')).sort();
+// The session's order: a first request, then turn 1 of a tool use and turn 2
+// with its result. Any other recording runs after them.
+const TURN_1 = 'tool-turn-1.request.json';
+const TURN_2 = 'tool-turn-2-with-result.request.json';
+const SESSION = ['print-mode-hello.request.json', TURN_1, TURN_2];
+const recorded = readdirSync(dataDir).filter((f) => f.endsWith('.request.json')).sort();
+const fixtures = [...SESSION, ...recorded.filter((f) => !SESSION.includes(f))];
+const KV_BLOCK_TOKENS = 16;  // kernels::kKvBlockTokens: only full blocks are shared
+const results = new Map();  // fixture -> { input_tokens, usage }
 
 // Headers that describe this connection and body, not the request: fetch sets them itself.
 const HOP_BY_HOP = new Set(['host', 'connection', 'content-length', 'transfer-encoding', 'keep-alive']);
@@ -22,7 +33,9 @@ after(async () => {
 });
 
 describe('recorded Claude Code requests', () => {
-  it('are all here', () => assert.ok(fixtures.length >= 3, fixtures.join(', ')));
+  it('are all here', () => {
+    for (const f of SESSION) assert.ok(recorded.includes(f), `${f} is missing from ${dataDir}`);
+  });
 
   for (const file of fixtures) {
     it(`${file} gets a valid stream`, { timeout: 120_000 }, async () => {
@@ -68,8 +81,21 @@ describe('recorded Claude Code requests', () => {
                    "input, cache read and cache creation tokens add up to the prompt");
       // max_tokens 128000 was clamped to what the context leaves, not refused.
       assert.ok(input_tokens + message.usage.output_tokens <= server.health.context_size);
-      console.log(`# ${file}: ${input_tokens} prompt tokens, ${message.usage.output_tokens} output tokens, ` +
-                  `${message.stop_reason}, ${seconds.toFixed(1)} s`);
+      console.log(`# ${file}: ${input_tokens} prompt tokens (${u.cache_read_input_tokens} from the cache), ` +
+                  `${message.usage.output_tokens} output tokens, ${message.stop_reason}, ${seconds.toFixed(1)} s`);
+      results.set(file, { input_tokens, usage: u });
     });
   }
+
+  it('turn 2 reads every full block of turn 1\'s prompt from the cache', () => {
+    const turn1 = results.get(TURN_1), turn2 = results.get(TURN_2);
+    assert.ok(turn1 && turn2, 'turns 1 and 2 both ran, in that order');
+    // Turn 2's prompt starts with all of turn 1's (the conversation only
+    // grew), and turn 1 left each full block of it in the cache.
+    const shared = Math.floor(turn1.input_tokens / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS;
+    assert.ok(shared > 30_000, `turn 1 has ${turn1.input_tokens} prompt tokens`);
+    assert.ok(turn2.usage.cache_read_input_tokens >= shared,
+              `turn 2 read ${turn2.usage.cache_read_input_tokens} tokens from the cache, ` +
+              `fewer than turn 1's ${shared} tokens of full blocks`);
+  });
 });
