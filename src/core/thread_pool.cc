@@ -114,4 +114,34 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
   });
 }
 
+void ThreadPool::parallel_for_contiguous(int64_t n,
+                                         const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (n_threads_ == 1 || n == 1) {
+    flush_denormals();
+    fn(0, n);
+    return;
+  }
+  const int t = n_threads_;
+  struct alignas(64) Share {
+    std::atomic<int64_t> next{0};
+    int64_t end = 0;
+  };
+  std::vector<Share> shares(static_cast<size_t>(t));
+  for (int i = 0; i < t; ++i) {
+    shares[i].next.store(n * i / t, std::memory_order_relaxed);
+    shares[i].end = n * (i + 1) / t;
+  }
+  run([&](int index, int) {
+    for (int k = 0; k < t; ++k) {
+      Share& s = shares[(index + k) % t];
+      for (;;) {
+        const int64_t item = s.next.fetch_add(1, std::memory_order_relaxed);
+        if (item >= s.end) break;
+        fn(item, item + 1);
+      }
+    }
+  });
+}
+
 }  // namespace pensieve

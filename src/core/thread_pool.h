@@ -29,6 +29,14 @@ class ThreadPool {
   // fn(begin, end) once per chunk, chunks handed to whichever thread is free.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
+  // Like parallel_for with grain 1 (one thread, or one item: a single call
+  // fn(0, n)), but each thread first walks its own
+  // contiguous share of [0, n) in order and only then helps with the others'
+  // (from their current positions). Memory-bound loops keep one sequential
+  // stream per thread, which the hardware prefetchers follow; handing out
+  // items round-robin makes every thread's stream jump at each item.
+  void parallel_for_contiguous(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+
   static int default_threads();
 
  private:

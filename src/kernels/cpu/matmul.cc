@@ -197,7 +197,7 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
     fail(ErrorKind::internal, "matmul: missing activation tiles");
   };
 
-  pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
+  pool.parallel_for_contiguous(static_cast<int64_t>(tasks.size()), [&](int64_t b, int64_t e) {
     thread_local std::vector<float> wbuf;
     for (int64_t i = b; i < e; ++i) {
       const Task& task = tasks[i];
