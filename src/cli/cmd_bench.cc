@@ -9,6 +9,7 @@
 
 #include "cli/command.h"
 #include "core/error.h"
+#include "core/mmap_file.h"
 #include "engine/session.h"
 #include "kernels/cpu/cpu_features.h"
 #include "models/model.h"
@@ -21,6 +22,7 @@ struct Opts {
   int threads = 0;
   int64_t prompt_tokens = 512, gen_tokens = 128;
   bool json = false;
+  bool mmap = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -49,7 +51,10 @@ RegisterCommand reg("bench", [](CLI::App& app) {
   app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length")->check(CLI::PositiveNumber);
   app.add_option("--gen-tokens", o->gen_tokens, "tokens to decode")->check(CLI::PositiveNumber);
   app.add_flag("--json", o->json, "print one JSON object");
+  app.add_flag("--mmap", o->mmap,
+               "use the weights mapped from the page cache instead of read into memory");
   return std::function<int()>([o] {
+    if (o->mmap) set_default_file_residency(FileResidency::mapped);
     auto t0 = std::chrono::steady_clock::now();
     LoadOptions lo;
     lo.n_threads = o->threads;
@@ -77,13 +82,14 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     const std::string out = fmt::format(
         "{{\"model\": \"{}\", \"architecture\": \"{}\", \"weight_format\": \"{}\", "
         "\"n_params\": {}, \"model_file_bytes\": {}, \"kv_cache_bytes\": {}, "
-        "\"isa\": \"{}\", \"threads\": {}, \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
+        "\"isa\": \"{}\", \"threads\": {}, \"weights\": \"{}\", \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
         "\"prefill_s\": {:.3f}, \"prefill_tok_s\": {:.2f}, \"gen_tokens\": {}, "
         "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"decode_weight_bytes_per_token\": {}, "
         "\"decode_read_gb_s\": {:.2f}, \"peak_rss_bytes\": {}}}",
         o->model, c.architecture, info.weight_format, info.n_params,
         dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()),
-        model->pool().size(), load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
+        model->pool().size(),
+        default_file_residency() == FileResidency::mapped ? "mapped" : "copied", load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
         o->gen_tokens, decode_s, o->gen_tokens / decode_s, info.decode_bytes_per_token,
         info.decode_bytes_per_token * (o->gen_tokens / decode_s) / 1e9, peak_rss_bytes());
     if (o->json) {

@@ -13,6 +13,7 @@
 #include "chat/chat_config.h"
 #include "cli/command.h"
 #include "core/error.h"
+#include "core/mmap_file.h"
 #include "core/log.h"
 #include "engine/engine.h"
 #include "format/hf_config.h"
@@ -36,6 +37,7 @@ struct Opts {
   std::string kv_memory;  // parse_memory_size; empty: automatic
   size_t max_body_mb = 32;
   bool no_prefix_cache = false;
+  bool mmap = false;
 };
 
 // The bundled model ships in <repo>/models/stories260K; look for it next to
@@ -88,6 +90,9 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "KV cache budget: GiB, or with a unit (512M, 2G); it must hold one full context "
                  "(default: enough for --parallel full contexts, at most half of the memory "
                  "available at start)");
+  app.add_flag("--mmap", o->mmap,
+               "use the weights mapped from the page cache (instant load, pages the kernel may "
+               "drop) instead of read into memory (faster decoding; the default)");
   app.add_flag("--no-prefix-cache", o->no_prefix_cache,
                "recompute every prompt instead of reusing earlier requests' KV blocks");
   app.add_option("--api-key", o->api_key, "required x-api-key / Bearer token")
@@ -105,6 +110,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (413 above)");
   return std::function<int()>([o] {
+    if (o->mmap) set_default_file_residency(FileResidency::mapped);
     // SIGINT/SIGTERM are taken by one thread with sigwait (below), so block
     // them before any other thread exists.
     // Bad values fail before anything is downloaded or loaded.

@@ -322,8 +322,10 @@ TEST(BenchJson, PrintsEveryFieldWithSaneValues) {
   ASSERT_EQ(synth.exit_code, 0) << synth.err;
   const int64_t file_bytes = static_cast<int64_t>(fs::file_size(dir.file("model.safetensors")));
   for (int threads : {1, 2}) {
+    const bool mmap = threads == 2;  // both ways of holding the weights
     const json b = run_json("bench --json --prompt-tokens 16 --gen-tokens 4 --threads " +
-                            std::to_string(threads) + " --model " + dir.path());
+                            std::to_string(threads) + (mmap ? " --mmap" : "") + " --model " + dir.path());
+    EXPECT_EQ(b["weights"], mmap ? "mapped" : "copied");
     for (const char* key : {"load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_bytes", "threads",
                             "prompt_tokens", "gen_tokens"}) {
       ASSERT_TRUE(b.contains(key) && b[key].is_number()) << key << " in " << b.dump();
