@@ -179,6 +179,35 @@ TEST(IntegerKernel, MatchesItsScalarModel) {
   }
 }
 
+// The parallel one-step tiling gives exactly the serial two-step result,
+// padding lanes of the last tile included, on any number of threads.
+TEST(IntegerKernel, ParallelTileQuantizationEqualsTheSerialSteps) {
+  std::mt19937 rng(7);
+  for (int threads : {1, 3}) {
+    ThreadPool pool(threads);
+    for (int group : {32, 64, 128}) {
+      for (int64_t n_tokens : {1, 16, 37}) {
+        const int64_t cols = 5 * group, ldx = cols + 3;
+        const auto x = random_vector(static_cast<size_t>(n_tokens * ldx), rng);
+        QuantizedActivations qa;
+        quantize_activations(x.data(), ldx, n_tokens, cols, group, &qa);
+        QuantizedActivationTiles want, got;
+        tile_activations(qa, &want);
+        got.q1.assign(want.q1.size(), 99);  // stale contents must be overwritten
+        got.scale.assign(want.scale.size(), 5.f);
+        quantize_activation_tiles(x.data(), ldx, n_tokens, cols, group, &got, pool);
+        const std::string what = "threads " + std::to_string(threads) + " group " +
+                                 std::to_string(group) + " tokens " + std::to_string(n_tokens);
+        EXPECT_EQ(got.n_tokens, n_tokens) << what;
+        EXPECT_EQ(got.q1, want.q1) << what;
+        EXPECT_EQ(got.q2, want.q2) << what;
+        EXPECT_EQ(got.scale, want.scale) << what;
+        EXPECT_EQ(got.sum, want.sum) << what;
+      }
+    }
+  }
+}
+
 // The decode kernel against the same scalar model, every token count it
 // handles at once (1-4), row counts that leave remainders, both bit widths.
 TEST(IntegerKernel, GemvMatchesItsScalarModel) {

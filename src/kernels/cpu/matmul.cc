@@ -85,20 +85,20 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
             int64_t n_tokens, float* y, int64_t ldy, ThreadPool& pool) {
   if (n_tokens <= 0 || parts.empty()) return;
   const int64_t cols = parts[0]->cols;
+  const auto path = static_cast<MatmulPath>(g_path.load());
+  const bool use_gemv =
+      path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
+  const int64_t rows_per_task = kRowsPerTask;
   std::vector<Task> tasks;
   int64_t offset = 0;
   for (const WeightMatrix* w : parts) {
     if (w->cols != cols) fail(ErrorKind::internal, "matmul: parts disagree on input width");
-    for (int64_t r = 0; r < w->rows; r += kRowsPerTask) {
-      tasks.push_back({w, r, std::min(w->rows, r + kRowsPerTask), offset});
+    for (int64_t r = 0; r < w->rows; r += rows_per_task) {
+      tasks.push_back({w, r, std::min(w->rows, r + rows_per_task), offset});
     }
     offset += w->rows;
   }
   if (offset > ldy) fail(ErrorKind::internal, "matmul: output row stride too small");
-
-  const auto path = static_cast<MatmulPath>(g_path.load());
-  const bool use_gemv =
-      path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
   if (active_isa() == Isa::avx2) {
     if (use_gemv) {
       pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t b, int64_t e) {
@@ -162,10 +162,9 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
       bool have = false;
       for (auto& f : tile_forms) have |= f.first == w->group_size;
       if (have) continue;
-      QuantizedActivations q;
-      quantize_activations(x, ldx, n_tokens, cols, w->group_size, &q);
       tile_forms.emplace_back(w->group_size, QuantizedActivationTiles{});
-      tile_activations(q, &tile_forms.back().second);
+      quantize_activation_tiles(x, ldx, n_tokens, cols, w->group_size, &tile_forms.back().second,
+                                pool);
     } else if (use_gemv) {
       if (uses_permuted_x(*w) && x_perm.empty()) {
         x_perm.resize(static_cast<size_t>(n_tokens * cols));
@@ -320,6 +319,53 @@ void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* o
       out->sum[(tile * n_groups + g) * 16 + lane] = a.sum[t * n_groups + g];
     }
   }
+}
+
+void quantize_activation_tiles(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
+                               int64_t group, QuantizedActivationTiles* out, ThreadPool& pool) {
+  const int64_t n_tiles = (n_tokens + 15) / 16, quads = cols / 4, n_groups = cols / group;
+  out->n_tokens = n_tokens;
+  out->cols = cols;
+  out->group = group;
+  out->q1.resize(static_cast<size_t>(n_tiles * quads * 16));
+  out->q2.resize(static_cast<size_t>(n_tiles * quads * 16));
+  out->scale.resize(static_cast<size_t>(n_tiles * n_groups * 16));
+  out->sum.resize(static_cast<size_t>(n_tiles * n_groups * 16));
+  const bool fast = active_isa() == Isa::avx512 && group % 16 == 0;
+  pool.parallel_for(n_tiles, 1, [&](int64_t b, int64_t e) {
+    thread_local AlignedVector<int8_t> q1, q2;
+    q1.resize(static_cast<size_t>(cols));
+    q2.resize(static_cast<size_t>(cols));
+    for (int64_t tile = b; tile < e; ++tile) {
+      int32_t* t1 = out->q1.data() + tile * quads * 16;
+      int32_t* t2 = out->q2.data() + tile * quads * 16;
+      float* tsc = out->scale.data() + tile * n_groups * 16;
+      float* tsm = out->sum.data() + tile * n_groups * 16;
+      for (int64_t lane = 0; lane < 16; ++lane) {
+        const int64_t t = tile * 16 + lane;
+        if (t >= n_tokens) {  // padding tokens: zero activations, zero scale
+          for (int64_t k4 = 0; k4 < quads; ++k4) t1[k4 * 16 + lane] = t2[k4 * 16 + lane] = 0;
+          for (int64_t g = 0; g < n_groups; ++g) tsc[g * 16 + lane] = tsm[g * 16 + lane] = 0.f;
+          continue;
+        }
+        const float* xr = x + t * ldx;
+        for (int64_t g = 0; g < n_groups; ++g) {
+          const int64_t c = g * group;
+          float* sc = &tsc[g * 16 + lane];
+          float* sm = &tsm[g * 16 + lane];
+          if (fast) {
+            avx512::quantize_group_i8x2(xr + c, group, q1.data() + c, q2.data() + c, sc, sm);
+          } else {
+            quantize_group_scalar(xr + c, group, q1.data() + c, q2.data() + c, sc, sm);
+          }
+        }
+        for (int64_t k4 = 0; k4 < quads; ++k4) {
+          std::memcpy(&t1[k4 * 16 + lane], q1.data() + 4 * k4, 4);
+          std::memcpy(&t2[k4 * 16 + lane], q2.data() + 4 * k4, 4);
+        }
+      }
+    }
+  });
 }
 
 void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,

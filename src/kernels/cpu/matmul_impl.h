@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/aligned.h"
+#include "core/thread_pool.h"
 #include "quant/weight_matrix.h"
 
 namespace pensieve::kernels {
@@ -44,6 +45,11 @@ struct QuantizedActivationTiles {
   std::vector<float> sum;       // [tile][cols/group][16]
 };
 void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* out);
+// Both steps at once, 16-token tiles spread over the pool's threads (the same
+// numbers as quantize_activations + tile_activations; prefill would otherwise
+// run them on one thread while the others wait).
+void quantize_activation_tiles(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
+                               int64_t group, QuantizedActivationTiles* out, ThreadPool& pool);
 
 // Scalar reference for the integer kernels' arithmetic (same quantized
 // activations in natural order, exact integer dots): y for rows [r0, r1).

@@ -160,7 +160,7 @@ void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc,
                const float* dx, const float* xs, int64_t sq, int64_t sg, int64_t n_valid, float* y,
                int64_t ldy) {
   constexpr int NR = 4;
-  constexpr int64_t kKBlockCols = 256;  // 256 columns x 16*MT tokens x 2 levels: 16-32 KiB
+  constexpr int64_t kKBlockCols = 256;  // 256 columns x 16*MT tokens x 2 levels: 16-64 KiB
   const int64_t groups_per_block = std::max<int64_t>(1, kKBlockCols / group);
   thread_local std::vector<float> fbuf;
   fbuf.resize(static_cast<size_t>((n_rows + NR) * MT * 16));
