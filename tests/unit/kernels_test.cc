@@ -100,7 +100,7 @@ TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
     for (int ci = 0; ci < 3; ++ci) {
       const int64_t cols = quant ? col_options_q[ci] : col_options_f[ci];
       RandomWeight rw(format, rows, cols, group, rng);
-      for (int64_t n_tokens : {1, 3, 5, 17, 38}) {
+      for (int64_t n_tokens : {1, 3, 5, 8, 9, 17, 38}) {
         const int64_t ldx = cols + 3, ldy = rows + 2;
         const auto x = random_vector(static_cast<size_t>(n_tokens * ldx), rng);
         std::vector<float> ref(n_tokens * ldy, 0.f);

@@ -17,6 +17,9 @@ namespace {
 std::atomic<int> g_path{static_cast<int>(MatmulPath::automatic)};
 
 constexpr int64_t kRowsPerTask = 24;
+// The gemv kernels take up to 4 tokens at once; 5-8 tokens run as two blocks
+// over the same rows, whose second pass finds the task's rows in cache.
+constexpr int64_t kGemvBlockTokens = 4;
 
 struct Task {
   const WeightMatrix* w;
@@ -205,8 +208,8 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
       if (integer_ok(w) && use_gemv) {
         const QuantizedActivations* qa = nullptr;
         for (auto& f : gemv_forms) if (f.first == gemv_key(w)) qa = &f.second;
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens) {
-          avx512::vnni_gemv(w, task.r0, task.r1, *qa, t0, std::min(kGemvMaxTokens, n_tokens - t0),
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvBlockTokens) {
+          avx512::vnni_gemv(w, task.r0, task.r1, *qa, t0, std::min(kGemvBlockTokens, n_tokens - t0),
                             yt, ldy);
         }
         continue;
@@ -219,9 +222,9 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
       if (use_gemv) {
         const float* xs = perm ? x_perm.data() : x;
         const int64_t ldxs = perm ? cols : ldx;
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens) {
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvBlockTokens) {
           avx512::gemv_rows(w, task.r0, task.r1, xs + t0 * ldxs, ldxs,
-                            std::min(kGemvMaxTokens, n_tokens - t0), yt + t0 * ldy, ldy);
+                            std::min(kGemvBlockTokens, n_tokens - t0), yt + t0 * ldy, ldy);
         }
       } else {
         const int64_t n = task.r1 - task.r0;

@@ -30,8 +30,9 @@ void matmul_ref(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n_to
                 int64_t ldy);
 
 // The strategy switch point, exposed for tests: calls with at most this many
-// tokens take the gemv path.
-constexpr int64_t kGemvMaxTokens = 4;
+// tokens take the gemv path (8 concurrent decode streams still stream each
+// weight byte from memory once per step).
+constexpr int64_t kGemvMaxTokens = 8;
 
 // Integer (VNNI) kernels for MLX affine weights: activations quantized to
 // int8 per group. On by default where the CPU has AVX-512 VNNI;

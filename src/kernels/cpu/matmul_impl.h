@@ -68,7 +68,7 @@ void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
 void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
                float* y, int64_t ldy);
 
-// Rows [r0, r1) for n_tokens <= kGemvMaxTokens tokens.
+// Rows [r0, r1) for n_tokens <= 4 tokens.
 void gemv_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,
                int64_t n_tokens, float* y, int64_t ldy);
 // Dequantizes rows [r0, r0+n) into out[n][cols] (permuted order for 4-bit).
