@@ -25,6 +25,11 @@ KvStorage::KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int
     fail(ErrorKind::resource, "cannot reserve {} bytes for the KV cache: {}", bytes_,
          std::strerror(errno));
   }
+  // Huge pages: decode reads each (layer, KV head) as one short run per block,
+  // scattered over the pool; with 4 KiB pages nearly every run starts with a
+  // TLB miss, which in a VM costs a two-level page walk (measured: 1-thread
+  // decode of the Phi-3-mini shape at 512 positions, docs/benchmarks.md).
+  ::madvise(p, bytes_, MADV_HUGEPAGE);  // a hint; fine where THP is off
   base_ = static_cast<float*>(p);
 }
 
