@@ -24,14 +24,7 @@ using test::TempDir;
 constexpr const char* kRepo = "pensieve-test/qwen2-tiny";
 constexpr const char* kWeights = "model.safetensors";
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 class HubPull : public ::testing::Test {
  protected:

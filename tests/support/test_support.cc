@@ -1,5 +1,7 @@
 #include "support/test_support.h"
 
+#include "core/error.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -57,6 +59,15 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   fs::remove_all(path_, ec);
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 }  // namespace pensieve::test

@@ -2,6 +2,7 @@
 // pensieve binary, temporary directories.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -33,6 +34,9 @@ class TempDir {
 };
 
 void write_file(const std::string& path, const std::string& contents);
+
+// The message of the pensieve::Error that fn throws, or "(no error)".
+std::string error_of(const std::function<void()>& fn);
 std::string read_file(const std::string& path);
 
 }  // namespace pensieve::test

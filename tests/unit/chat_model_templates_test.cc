@@ -9,6 +9,7 @@
 #include <functional>
 
 #include "chat/chat_config.h"
+#include "support/test_support.h"
 #include "core/error.h"
 
 namespace pensieve::chat {
@@ -793,14 +794,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, RealTemplates, ::testing::ValuesIn(kRealCases),
                                   info.param.conversation;
                          });
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(RealTemplates, MistralRejectsBadRoleAlternation) {
   const ordered_json messages = ordered_json::parse(

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "support/test_support.h"
 #include "engine/engine.h"
 #include "kernels/cpu/attention.h"
 
@@ -16,14 +17,7 @@ namespace {
 constexpr int64_t B = kernels::kKvBlockTokens;
 constexpr int64_t MiB = int64_t{1} << 20, GiB = int64_t{1} << 30;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(KvMemory, ParsesMeminfo) {
   const char* text =

@@ -35,12 +35,7 @@ class RopeScalingConfig : public ::testing::Test {
     return load_model_config(dir_.path());
   }
   std::string error_with_rope_scaling(const json& rope_scaling) {
-    try {
-      load_with_rope_scaling(rope_scaling);
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "(no error)";
+    return test::error_of([&] { load_with_rope_scaling(rope_scaling); });
   }
   // Logits at every position of the fixture's reference input.
   std::vector<float> logits() {

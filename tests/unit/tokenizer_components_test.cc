@@ -268,16 +268,7 @@ TEST(Load, DirectoryFileAndGzip) {
   EXPECT_EQ(Tokenizer::load(gz_dir.path())->encode("aab"), (Ids{0, 2}));
 }
 
-// The message of the Error `fn` throws.
-template <typename Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 TEST(Errors, BadFilesNameWhatAndWhere) {
   using ::testing::HasSubstr;
