@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "chat/chat_config.h"
+#include "chat/stop_ids.h"
 #include "cli/command.h"
 #include "core/error.h"
 #include "core/mmap_file.h"
@@ -111,8 +112,6 @@ RegisterCommand reg("serve", [](CLI::App& app) {
   app.add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (413 above)");
   return std::function<int()>([o] {
     if (o->mmap) set_default_file_residency(FileResidency::mapped);
-    // SIGINT/SIGTERM are taken by one thread with sigwait (below), so block
-    // them before any other thread exists.
     // Bad values fail before anything is downloaded or loaded.
     int64_t kv_memory_bytes = 0;
     if (!o->kv_memory.empty()) {
@@ -122,6 +121,8 @@ RegisterCommand reg("serve", [](CLI::App& app) {
         fail("--kv-memory: {}", e.what());
       }
     }
+    // SIGINT/SIGTERM are taken by one thread with sigwait (below), so block
+    // them before any other thread exists.
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
@@ -204,6 +205,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       spdlog::info("attention window: the last {} positions", c.sliding_window);
     auto tokenizer = Tokenizer::load(dir);
     chat::ChatConfig chat = chat::load_chat_config(dir);
+    std::vector<int32_t> stop_ids = chat::collect_stop_ids(c.eos_token_ids, *tokenizer, chat);
     EngineOptions eo;
     eo.ctx_size = ctx;
     eo.max_running = o->parallel;
@@ -213,8 +215,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     eo.prefix_cache = !o->no_prefix_cache;
     Engine engine(*model, eo);
     const std::string id = o->model_id.empty() ? fs::path(dir).filename().string() : o->model_id;
-    server::EngineBackend backend(id, engine, *tokenizer, std::move(chat),
-                                  server::collect_stop_ids(c, *tokenizer));
+    server::EngineBackend backend(id, engine, *tokenizer, std::move(chat), std::move(stop_ids));
     server::ServerOptions so;
     so.host = o->host;
     so.port = port;

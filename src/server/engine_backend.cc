@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <mutex>
 
-#include "chat/stop_ids.h"
 #include "core/error.h"
 
 namespace pensieve::server {
@@ -23,10 +22,6 @@ bool mentions(const std::string& source, const char* word) {
 }
 
 }  // namespace
-
-std::vector<int32_t> collect_stop_ids(const ModelConfig& config, const Tokenizer& tokenizer) {
-  return chat::collect_stop_ids(config.eos_token_ids, tokenizer, chat::load_chat_config(config.dir));
-}
 
 EngineBackend::EngineBackend(std::string model_id, Engine& engine, const Tokenizer& tokenizer,
                              chat::ChatConfig chat_config, std::vector<int32_t> stop_ids)

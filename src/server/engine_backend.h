@@ -40,9 +40,4 @@ class EngineBackend : public Backend {
   mutable std::shared_ptr<const TokenTexts> token_texts_;
 };
 
-// End-of-generation ids of the model in config.dir: chat::collect_stop_ids
-// (config.json / generation_config.json, the tokenizer's eos token, the
-// template's turn end, the family end tokens), as `pensieve generate` uses.
-std::vector<int32_t> collect_stop_ids(const ModelConfig& config, const Tokenizer& tokenizer);
-
 }  // namespace pensieve::server

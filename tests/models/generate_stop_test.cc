@@ -10,7 +10,9 @@
 
 #include "engine/session.h"
 #include "models/model.h"
-#include "server/engine_backend.h"
+#include "chat/chat_config.h"
+#include "chat/stop_ids.h"
+#include "format/hf_config.h"
 #include "support/test_support.h"
 
 namespace pensieve {
@@ -26,7 +28,7 @@ std::vector<int64_t> widen(const std::vector<int32_t>& ids) { return {ids.begin(
 TEST(GenerateStop, GreedyStoriesStopsAtItsEndOfStory) {
   auto model = load_model(kStories, {.n_threads = 2});
   auto tokenizer = Tokenizer::load(kStories);
-  const std::vector<int32_t> stop_ids = server::collect_stop_ids(model->config(), *tokenizer);
+  const std::vector<int32_t> stop_ids = chat::collect_stop_ids(model->config().eos_token_ids, *tokenizer, chat::load_chat_config(kStories));
   ASSERT_EQ(stop_ids, std::vector<int32_t>({1, 2}));
   SamplingParams greedy;
   greedy.temperature = 0;
@@ -86,7 +88,8 @@ TEST(GenerateStop, CliStopsAtTheTemplatesTurnEndLikeServe) {
       "{% if m.role == 'assistant' %}<s>{% endif %}\n{% endfor %}";
   test::write_file(dir.file("tokenizer_config.json"), config.dump());
   auto tokenizer = Tokenizer::load(dir.path());
-  EXPECT_EQ(server::collect_stop_ids(load_model_config(dir.path()), *tokenizer),
+  EXPECT_EQ(chat::collect_stop_ids(load_model_config(dir.path()).eos_token_ids, *tokenizer,
+                                   chat::load_chat_config(dir.path())),
             std::vector<int32_t>({1, 2}));
   const json stopped = generate_json(dir.path(), "--tokens 1 --max-tokens 400");
   EXPECT_EQ(stopped["stop_reason"], "eos");

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "chat/chat_config.h"
+#include "chat/stop_ids.h"
 #include "engine/engine.h"
 #include "models/model.h"
 #include "server/engine_backend.h"
@@ -33,9 +34,11 @@ struct Served {
     eo.kv_blocks = 200;
     eo.prefix_cache = prefix_cache;
     engine = std::make_unique<Engine>(*model, eo);
-    backend = std::make_unique<EngineBackend>("stories260K", *engine, *tokenizer,
-                                              chat::load_chat_config(kModel),
-                                              collect_stop_ids(model->config(), *tokenizer));
+    chat::ChatConfig chat = chat::load_chat_config(kModel);
+    std::vector<int32_t> stop_ids =
+        chat::collect_stop_ids(model->config().eos_token_ids, *tokenizer, chat);
+    backend = std::make_unique<EngineBackend>("stories260K", *engine, *tokenizer, std::move(chat),
+                                              std::move(stop_ids));
     ServerOptions so;
     so.port = 0;
     so.api_keys_from_env = false;
