@@ -44,10 +44,11 @@ struct QuantizedActivationTiles {
   std::vector<float> scale;     // [tile][cols/group][16]
   std::vector<float> sum;       // [tile][cols/group][16]
 };
+// Serial reference: quantize_activations' output rearranged into tiles.
 void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* out);
-// Both steps at once, 16-token tiles spread over the pool's threads (the same
-// numbers as quantize_activations + tile_activations; prefill would otherwise
-// run them on one thread while the others wait).
+// What prefill uses: both steps at once, 16-token tiles spread over the
+// pool's threads (the same numbers as the serial reference, tested; one
+// thread would otherwise do this while the others wait).
 void quantize_activation_tiles(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
                                int64_t group, QuantizedActivationTiles* out, ThreadPool& pool);
 
