@@ -345,12 +345,27 @@ TEST(EngineScheduler, PreemptedRequestResumesFromItsCachedBlocks) {
   auto run_pair = [&](bool cache, int64_t* computed, int64_t* preemptions,
                       std::vector<int32_t>* ta, std::vector<int32_t>* tb) {
     test::FakeModel model;
+    // The engine's first step waits until b is queued, so that both run
+    // together however the threads are scheduled (b arriving after a has
+    // grown would just wait for a, with nothing to preempt).
+    std::mutex m;
+    std::condition_variable cv;
+    bool b_submitted = false;
+    model.on_forward = [&](std::span<const ForwardSeq>) {
+      std::unique_lock<std::mutex> lock(m);
+      cv.wait(lock, [&] { return b_submitted; });
+    };
     EngineOptions o = small_options(9);  // too few for both to finish together
     o.prefix_cache = cache;
     Engine engine(model, o);
     Collected a, b;
     engine.submit(request_for(pa, 60, &a));
     engine.submit(request_for(pb, 60, &b));
+    {
+      std::lock_guard<std::mutex> lock(m);
+      b_submitted = true;
+    }
+    cv.notify_all();
     a.wait();
     b.wait();
     EXPECT_EQ(a.finish, "max_tokens");
