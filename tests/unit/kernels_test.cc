@@ -157,6 +157,45 @@ INSTANTIATE_TEST_SUITE_P(
                       MatmulCase{WeightFormat::affine8, 32}, MatmulCase{WeightFormat::affine8, 64},
                       MatmulCase{WeightFormat::affine8, 128}));
 
+// Several weights behind one input (the fused q|k|v and gate|up calls) with
+// different formats and group sizes: each part lands at its offset in y, and
+// the activation buffers that matmul keeps from call to call never leak one
+// call's numbers into the next (sizes go down as well as up).
+TEST(MatmulParts, MixedFormatsLandAtTheirOffsets) {
+  std::mt19937 rng(4242);
+  ThreadPool pool(2);
+  const int64_t cols = 256;
+  RandomWeight a(WeightFormat::affine4, 37, cols, 64, rng), b(WeightFormat::affine8, 19, cols, 32, rng),
+      c(WeightFormat::bf16, 11, cols, 0, rng), d(WeightFormat::affine4, 26, cols, 128, rng);
+  const WeightMatrix* parts[] = {&a.w, &b.w, &c.w, &d.w};
+  const int64_t total = 37 + 19 + 11 + 26, ldy = total + 5;
+  for (int64_t n_tokens : {45, 3, 70, 17, 8, 33}) {
+    const int64_t ldx = cols + 1;
+    const auto x = random_vector(static_cast<size_t>(n_tokens * ldx), rng);
+    std::vector<float> want(n_tokens * ldy, 0.f), got(n_tokens * ldy, 7.f);
+    std::vector<float> size(n_tokens * ldy, 0.f);  // Σ|w·x|, what the error is measured against
+    int64_t offset = 0;
+    std::vector<float> row(cols);
+    for (const WeightMatrix* w : parts) {
+      matmul_ref(*w, x.data(), ldx, n_tokens, want.data() + offset, ldy);
+      for (int64_t r = 0; r < w->rows; ++r) {
+        dequantize_row_ref(*w, r, row.data());
+        for (int64_t t = 0; t < n_tokens; ++t)
+          for (int64_t k = 0; k < cols; ++k) size[t * ldy + offset + r] += std::abs(row[k] * x[t * ldx + k]);
+      }
+      offset += w->rows;
+    }
+    matmul(parts, x.data(), ldx, n_tokens, got.data(), ldy, pool);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      for (int64_t r = 0; r < total; ++r) {
+        ASSERT_NEAR(got[t * ldy + r], want[t * ldy + r], 1e-4f * size[t * ldy + r])
+            << "tokens " << n_tokens << " token " << t << " row " << r;
+      }
+      for (int64_t r = total; r < ldy; ++r) ASSERT_EQ(got[t * ldy + r], 7.f) << "past the parts";
+    }
+  }
+}
+
 // The integer kernel reproduces the scalar model of its own arithmetic
 // (same quantized activations, exact integer dots) to f32 rounding.
 TEST(IntegerKernel, MatchesItsScalarModel) {
@@ -171,9 +210,14 @@ TEST(IntegerKernel, MatchesItsScalarModel) {
       quantize_activations(x.data(), cols, n_tokens, cols, group, &qa);
       QuantizedActivationTiles tiles;
       tile_activations(qa, &tiles);
-      std::vector<float> want(n_tokens * rows), got(n_tokens * rows);
+      std::vector<float> want(n_tokens * rows), got(n_tokens * rows, -1.f);
       vnni_reference_rows(rw.w, 0, rows, qa, want.data(), rows);
-      avx512::vnni_gemm(rw.w, 0, rows, tiles, got.data(), rows);
+      const int64_t ldt = 48 + 5;  // 3 tiles of tokens, rows spaced wider than needed
+      std::vector<float> yt(rows * ldt);
+      avx512::vnni_gemm(rw.w, 0, rows, tiles, yt.data(), ldt);
+      // Transposed to token order in two token ranges, one past a tile edge.
+      avx512::transpose_rows_to_tokens(yt.data(), ldt, rows, 0, 19, got.data(), rows);
+      avx512::transpose_rows_to_tokens(yt.data(), ldt, rows, 19, n_tokens, got.data(), rows);
       EXPECT_LT(rel_error(got, want), 1e-5) << weight_format_name(format) << " group " << group;
     }
   }

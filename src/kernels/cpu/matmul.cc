@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -148,26 +149,36 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   // Prepare each input form the parts need, once for all rows.
   std::vector<float> x_perm;                   // f32 gemv, 4-bit: [even | odd] per 32
   std::vector<float> xt_natural, xt_perm;      // f32 gemm: transposed 16-token tiles
-  std::vector<std::pair<int64_t, QuantizedActivationTiles>> tile_forms;  // by group size
-  std::vector<std::pair<int64_t, QuantizedActivations>> gemv_forms;      // by group*2 + nibble
+  // The quantized activation forms are kept per calling thread from call to
+  // call: fresh buffers of a few MB each cost page faults and zeroing that
+  // took a fifth of a prefill matmul's time. `ready` names those filled by
+  // this call; the lambdas below reach the caller's buffers through the
+  // references (a thread_local named inside them would be the worker's own).
+  thread_local std::vector<std::pair<int64_t, QuantizedActivationTiles>> tile_cache;  // by group size
+  thread_local std::vector<std::pair<int64_t, QuantizedActivations>> gemv_cache;  // by group*2 + nibble
+  auto& tile_forms = tile_cache;
+  auto& gemv_forms = gemv_cache;
+  std::vector<int64_t> ready;
+  auto slot = [&](auto& cache, int64_t key) -> auto& {
+    for (auto& f : cache) if (f.first == key) return f.second;
+    cache.emplace_back(key, typename std::remove_reference_t<decltype(cache)>::value_type::second_type{});
+    return cache.back().second;
+  };
   auto gemv_key = [](const WeightMatrix& w) {
     return w.group_size * 2 + (w.format == WeightFormat::affine4 ? 1 : 0);
   };
   for (const WeightMatrix* w : parts) {
-    if (integer_ok(*w) && use_gemv) {
-      bool have = false;
-      for (auto& f : gemv_forms) have |= f.first == gemv_key(*w);
-      if (have) continue;
-      gemv_forms.emplace_back(gemv_key(*w), QuantizedActivations{});
-      quantize_activations(x, ldx, n_tokens, cols, w->group_size, &gemv_forms.back().second,
-                           w->format == WeightFormat::affine4);
-    } else if (integer_ok(*w)) {
-      bool have = false;
-      for (auto& f : tile_forms) have |= f.first == w->group_size;
-      if (have) continue;
-      tile_forms.emplace_back(w->group_size, QuantizedActivationTiles{});
-      quantize_activation_tiles(x, ldx, n_tokens, cols, w->group_size, &tile_forms.back().second,
-                                pool);
+    if (integer_ok(*w)) {
+      const int64_t key = use_gemv ? 2 * gemv_key(*w) + 1 : 2 * w->group_size;
+      if (std::find(ready.begin(), ready.end(), key) != ready.end()) continue;
+      ready.push_back(key);
+      if (use_gemv) {
+        quantize_activations(x, ldx, n_tokens, cols, w->group_size, &slot(gemv_forms, gemv_key(*w)),
+                             w->format == WeightFormat::affine4);
+      } else {
+        quantize_activation_tiles(x, ldx, n_tokens, cols, w->group_size,
+                                  &slot(tile_forms, w->group_size), pool);
+      }
     } else if (use_gemv) {
       if (uses_permuted_x(*w) && x_perm.empty()) {
         x_perm.resize(static_cast<size_t>(n_tokens * cols));
@@ -194,6 +205,14 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
       });
     }
   }
+  // The integer gemm writes its rows token-contiguous into yt (see
+  // vnni_gemm); they are moved to y below, in token order.
+  thread_local AlignedVector<float> yt_cache;
+  auto& yt_buf = yt_cache;
+  const int64_t ldt = (n_tokens + 15) / 16 * 16;
+  const bool tiled =
+      !use_gemv && std::any_of(parts.begin(), parts.end(), [&](const WeightMatrix* w) { return integer_ok(*w); });
+  if (tiled) yt_buf.resize(static_cast<size_t>(offset * ldt));
   auto tile_form = [&](const WeightMatrix& w) -> const QuantizedActivationTiles& {
     for (auto& f : tile_forms) if (f.first == w.group_size) return f.second;
     fail(ErrorKind::internal, "matmul: missing activation tiles");
@@ -215,7 +234,8 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
         continue;
       }
       if (integer_ok(w)) {
-        avx512::vnni_gemm(w, task.r0, task.r1, tile_form(w), yt + task.r0, ldy);
+        avx512::vnni_gemm(w, task.r0, task.r1, tile_form(w),
+                          yt_buf.data() + (task.y_offset + task.r0) * ldt, ldt);
         continue;
       }
       const bool perm = uses_permuted_x(w);
@@ -233,6 +253,18 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
         avx512::gemm_f32(wbuf.data(), n, cols, perm ? xt_perm.data() : xt_natural.data(),
                          n_tokens, yt + task.r0, ldy);
       }
+    }
+  });
+  if (!tiled) return;
+  const int64_t n_tiles = (n_tokens + 15) / 16;
+  pool.parallel_for(n_tiles, 1, [&](int64_t b, int64_t e) {
+    int64_t part_offset = 0;
+    for (const WeightMatrix* w : parts) {
+      if (integer_ok(*w)) {
+        avx512::transpose_rows_to_tokens(yt_buf.data() + part_offset * ldt, ldt, w->rows, 16 * b,
+                                         std::min(n_tokens, 16 * e), y + part_offset, ldy);
+      }
+      part_offset += w->rows;
     }
   });
 }

@@ -65,9 +65,16 @@ void quantize_group_i8x2(const float* x, int64_t n, int8_t* q1, int8_t* q2, floa
 // gemv order (nibble order for 4-bit weights); needs cols % 64 == 0.
 void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivations& a,
                int64_t t0, int64_t n_tokens, float* y, int64_t ldy);
-// Rows [r0, r1) x all tokens of a; y points at row r0's column.
+// Rows [r0, r1) x all tokens of a, written transposed: yt[r - r0][t], rows
+// ldt >= 16·tiles apart (padding tokens included). Each store fills a whole
+// vector of one row; the token-major y that callers want would take 4-byte
+// stores 16 tokens apart, which miss the cache once y outgrows it (a fifth
+// of prefill's time before).
 void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
-               float* y, int64_t ldy);
+               float* yt, int64_t ldt);
+// y[t][r] = yt[r][t] for r < n_rows, t in [t0, t1).
+void transpose_rows_to_tokens(const float* yt, int64_t ldt, int64_t n_rows, int64_t t0, int64_t t1,
+                              float* y, int64_t ldy);
 
 // Rows [r0, r1) for n_tokens <= 4 tokens.
 void gemv_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t ldx,

@@ -100,7 +100,7 @@ template <int NR, int MT>
 void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi, int64_t n_groups,
                int64_t group, int64_t g0, int64_t g1, const int32_t* x1, const int32_t* x2,
                const float* dx, const float* xs, int64_t tile_stride_q, int64_t tile_stride_g,
-               float* fbuf, bool first, bool last, int64_t n_valid, float* y, int64_t ldy) {
+               float* fbuf, bool first, bool last, float* yt, int64_t ldt) {
   __m512 facc[NR][MT];
   for (int r = 0; r < NR; ++r)
     for (int m = 0; m < MT; ++m)
@@ -142,14 +142,8 @@ void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi
       for (int m = 0; m < MT; ++m) _mm512_storeu_ps(fbuf + (r * MT + m) * 16, facc[r][m]);
     return;
   }
-  alignas(64) float tmp[16];
-  for (int r = 0; r < NR; ++r) {
-    for (int m = 0; m < MT; ++m) {
-      _mm512_store_ps(tmp, facc[r][m]);
-      const int64_t n = std::min<int64_t>(16, n_valid - 16 * m);
-      for (int64_t t = 0; t < n; ++t) y[(16 * m + t) * ldy + r] = tmp[t];
-    }
-  }
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MT; ++m) _mm512_storeu_ps(yt + r * ldt + 16 * m, facc[r][m]);
 }
 
 // All rows of a panel x 16*MT tokens, K in blocks of about kKBlockBytes of
@@ -157,8 +151,7 @@ void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi
 template <int MT>
 void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc, const float* bi,
                int64_t n_groups, int64_t group, const int32_t* x1, const int32_t* x2,
-               const float* dx, const float* xs, int64_t sq, int64_t sg, int64_t n_valid, float* y,
-               int64_t ldy) {
+               const float* dx, const float* xs, int64_t sq, int64_t sg, float* yt, int64_t ldt) {
   constexpr int NR = 4;
   constexpr int64_t kKBlockCols = 256;  // 256 columns x 16*MT tokens x 2 levels: 16-64 KiB
   const int64_t groups_per_block = std::max<int64_t>(1, kKBlockCols / group);
@@ -172,7 +165,7 @@ void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc,
       constexpr int N = decltype(nr_tag)::value;
       vnni_tile<N, MT>(wq + r * cols, cols, sc + r * n_groups, bi + r * n_groups, n_groups, group,
                        g0, g1, x1, x2, dx, xs, sq, sg, fbuf.data() + r * MT * 16, first, last,
-                       n_valid, y + r, ldy);
+                       yt + r * ldt, ldt);
     };
     for (; r + NR <= n_rows; r += NR) call(std::integral_constant<int, NR>{});
     switch (n_rows - r) {
@@ -347,7 +340,7 @@ void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
 }
 
 void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
-               float* y, int64_t ldy) {
+               float* yt, int64_t ldt) {
   const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
   const int64_t n_rows = r1 - r0;
   thread_local AlignedVector<uint8_t> wq;
@@ -365,14 +358,29 @@ void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
     const int64_t tile = t / 16;
     vnni_rows<2>(wq.data(), n_rows, cols, sc.data(), bi.data(), n_groups, group,
                  a.q1.data() + tile * sq, a.q2.data() + tile * sq, a.scale.data() + tile * sg,
-                 a.sum.data() + tile * sg, sq, sg, 32, y + t * ldy, ldy);
+                 a.sum.data() + tile * sg, sq, sg, yt + t, ldt);
   }
   for (; t < a.n_tokens; t += 16) {
     const int64_t tile = t / 16;
     vnni_rows<1>(wq.data(), n_rows, cols, sc.data(), bi.data(), n_groups, group,
                  a.q1.data() + tile * sq, a.q2.data() + tile * sq, a.scale.data() + tile * sg,
-                 a.sum.data() + tile * sg, sq, sg, std::min<int64_t>(16, a.n_tokens - t),
-                 y + t * ldy, ldy);
+                 a.sum.data() + tile * sg, sq, sg, yt + t, ldt);
+  }
+}
+
+void transpose_rows_to_tokens(const float* yt, int64_t ldt, int64_t n_rows, int64_t t0, int64_t t1,
+                              float* y, int64_t ldy) {
+  // 16 rows at a time: one gather per token collects the 16 values of a
+  // 16-float stretch of y, so every store fills whole vectors of a row of y.
+  const __m512i stride = _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(ldt)),
+                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  for (int64_t r = 0; r < n_rows; r += 16) {
+    const __mmask16 m = tail_mask(n_rows - r);
+    const float* src = yt + r * ldt;
+    for (int64_t t = t0; t < t1; ++t) {
+      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, stride, src + t, 4);
+      _mm512_mask_storeu_ps(y + t * ldy + r, m, v);
+    }
   }
 }
 
