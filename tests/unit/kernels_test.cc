@@ -318,11 +318,15 @@ TEST(IntegerKernel, ZeroActivationsGiveZeroNotNan) {
 
 // Attention over a paged cache with scattered block tables, several
 // sequences, GQA, odd head dims, a sliding window: SIMD vs scalar.
+// Prefill-sized query counts take the lane kernel (32 query heads per pass),
+// short ones the row kernel; head dims cover whole, half and odd 16-float
+// tails and dims that are not a multiple of 8.
 TEST(Attention, SimdMatchesReference) {
   std::mt19937 rng(7);
-  for (int64_t head_dim : {8, 40, 64, 96}) {
-    for (int64_t window : {0, 13}) {
-      const int64_t n_kv = 2, n_heads = 6, n_blocks = 40;
+  for (int64_t head_dim : {8, 20, 40, 64, 96, 128}) {
+    for (int64_t window : {0, 13, 100}) {
+     for (auto [n_kv, n_heads] : {std::pair<int64_t, int64_t>{2, 6}, {3, 3}}) {
+      const int64_t n_blocks = 48;
       KvLayerView kv;
       kv.n_kv_heads = n_kv;
       kv.head_dim = head_dim;
@@ -331,7 +335,7 @@ TEST(Attention, SimdMatchesReference) {
       kv.k = kbuf.data();
       kv.v = vbuf.data();
       // Three sequences: (context, new queries), with shuffled block tables.
-      const int64_t shapes[3][2] = {{1, 1}, {37, 5}, {150, 17}};
+      const int64_t shapes[4][2] = {{1, 1}, {37, 5}, {150, 17}, {300, 71}};
       std::vector<int32_t> order(n_blocks);
       std::iota(order.begin(), order.end(), 0);
       std::shuffle(order.begin(), order.end(), rng);
@@ -343,7 +347,7 @@ TEST(Attention, SimdMatchesReference) {
         for (int64_t b = 0; b < (s[0] + 15) / 16; ++b) t.push_back(order[next_block++]);
         tables.push_back(t);
       }
-      for (size_t i = 0; i < 3; ++i) {
+      for (size_t i = 0; i < 4; ++i) {
         seqs.push_back({tables[i].data(), shapes[i][0], row, shapes[i][1]});
         row += shapes[i][1];
       }
@@ -353,7 +357,8 @@ TEST(Attention, SimdMatchesReference) {
       attention_ref(q.data(), kv, seqs, n_heads, scale, window, want.data());
       ThreadPool pool(2);
       attention(q.data(), kv, seqs, n_heads, scale, window, got.data(), pool);
-      EXPECT_LT(rel_error(got, want), 1e-5) << "head_dim " << head_dim << " window " << window;
+      EXPECT_LT(rel_error(got, want), 1e-5)
+          << "head_dim " << head_dim << " window " << window << " heads " << n_heads << "/" << n_kv;
       for (Isa isa : {Isa::avx2, Isa::scalar}) {
         if (set_active_isa(isa) != isa) continue;
         std::fill(got.begin(), got.end(), -1.f);
@@ -361,6 +366,7 @@ TEST(Attention, SimdMatchesReference) {
         EXPECT_LT(rel_error(got, want), 1e-5) << isa_name(isa) << " path, head_dim " << head_dim;
       }
       set_active_isa(best_isa());
+     }
     }
   }
 }

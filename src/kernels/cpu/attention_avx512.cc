@@ -3,9 +3,10 @@
 // Online softmax, one 16-token KV block at a time: scores for the block with
 // 16 lanes (K is stored transposed per block), one max/exp per block, then
 // P·V into accumulators held in registers (the head dimension is a template
-// parameter, so the accumulator array is fully unrolled; small heads use two
-// interleaved sets to hide the FMA latency). Blocks strictly inside the
-// window skip all masking.
+// parameter, so the accumulator array is fully unrolled). Query heads that
+// see a whole block go through it two or four at a time, so the FMA chains
+// are independent and each K and V vector is loaded once for all of them.
+// Blocks strictly inside the window skip all masking.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -13,17 +14,13 @@
 #include <limits>
 #include <vector>
 
+#include "core/aligned.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/vec_math_avx512.h"
 
 namespace pensieve::kernels::avx512 {
 namespace {
 
-// A tile of query heads against each KV block in turn: every query of
-// [pos0, pos0 + n_queries) times every head of one KV head's group. K and V
-// of a block are read once for the whole tile (flash-style tiling), instead
-// of once per query head; the per-query-head state (max, sum, accumulators)
-// lives in a small buffer that stays in L1.
 // The last 16-float chunk of a row: a plain 8-float load when exactly half
 // is used (head_dim 8, 40, 72, ...; masked loads are slow in the hot loop).
 inline __m512 load_tail(const float* p, __mmask16 mask, bool half) {
@@ -31,124 +28,335 @@ inline __m512 load_tail(const float* p, __mmask16 mask, bool half) {
   return _mm512_maskz_loadu_ps(mask, p);
 }
 
+// Per query head (a "row"): NC accumulators of P·V and the running sum of
+// the weights (16 lanes each, added up at the end), and the running max.
+struct RowState {
+  __m512* st;  // NC accumulators, then the sum
+  float* max;
+};
+
+// Scores of one 16-key block for QB rows: four independent FMA chains per
+// row over the head dimension (one chain waits out the FMA latency at every
+// step, which held this loop to a fraction of the FMA rate), each K vector
+// loaded once for all QB rows.
+template <int QB>
+inline void block_scores(const float* const* q, const float* kb, int64_t hd, __m512 scale,
+                         __m512* out) {
+  __m512 s[QB][4];
+  for (int k = 0; k < QB; ++k)
+    for (int u = 0; u < 4; ++u) s[k][u] = _mm512_setzero_ps();
+  int64_t d = 0;
+  for (; d + 4 <= hd; d += 4) {
+    for (int u = 0; u < 4; ++u) {
+      const __m512 kv = _mm512_loadu_ps(kb + (d + u) * kKvBlockTokens);
+      for (int k = 0; k < QB; ++k) s[k][u] = _mm512_fmadd_ps(_mm512_set1_ps(q[k][d + u]), kv, s[k][u]);
+    }
+  }
+  for (; d < hd; ++d) {
+    const __m512 kv = _mm512_loadu_ps(kb + d * kKvBlockTokens);
+    for (int k = 0; k < QB; ++k) s[k][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[k][d]), kv, s[k][0]);
+  }
+  for (int k = 0; k < QB; ++k) {
+    const __m512 sum = _mm512_add_ps(_mm512_add_ps(s[k][0], s[k][1]), _mm512_add_ps(s[k][2], s[k][3]));
+    out[k] = _mm512_mul_ps(sum, scale);
+  }
+}
+
+// Online-softmax step for one row: returns the block's weights (zero outside
+// `valid`); the row's sum and accumulators are rescaled in place when its
+// max grows.
+template <int NC>
+inline __m512 softmax_step(__m512 sc, __mmask16 valid, RowState r) {
+  const float m = *r.max;
+  const float m_new = std::max(m, _mm512_mask_reduce_max_ps(valid, sc));
+  const __m512 e = _mm512_maskz_mov_ps(valid, exp_ps(_mm512_sub_ps(sc, _mm512_set1_ps(m_new))));
+  if (m != m_new) {
+    const __m512 corr = _mm512_set1_ps(std::exp(m - m_new));  // m = -inf on the first block: 0
+    for (int c = 0; c <= NC; ++c) r.st[c] = _mm512_mul_ps(r.st[c], corr);
+    *r.max = m_new;
+  }
+  r.st[NC] = _mm512_add_ps(r.st[NC], e);
+  return e;
+}
+
+// QB rows whose window covers the whole block: scores, softmax and P·V over
+// all 16 keys, each V row loaded once for the QB rows (QB·NC independent
+// accumulator chains).
+template <int NC, int QB>
+inline void rows_full_block(const float* const* q, const RowState* rows, const float* kb,
+                            const float* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
+                            bool half_tail) {
+  __m512 sc[QB], e[QB];
+  block_scores<QB>(q, kb, hd, scale, sc);
+  for (int k = 0; k < QB; ++k) e[k] = softmax_step<NC>(sc[k], 0xffff, rows[k]);
+  __m512 acc[QB][NC];
+  for (int k = 0; k < QB; ++k)
+    for (int c = 0; c < NC; ++c) acc[k][c] = rows[k].st[c];
+#pragma GCC unroll 4
+  for (int j = 0; j < kKvBlockTokens; ++j) {
+    const float* vrow = vb + j * hd;
+    __m512 v[NC];
+    for (int c = 0; c + 1 < NC; ++c) v[c] = _mm512_loadu_ps(vrow + c * 16);
+    v[NC - 1] = load_tail(vrow + (NC - 1) * 16, last_mask, half_tail);
+    const __m512i idx = _mm512_set1_epi32(j);
+    for (int k = 0; k < QB; ++k) {
+      const __m512 pj = _mm512_permutexvar_ps(idx, e[k]);
+      for (int c = 0; c < NC; ++c) acc[k][c] = _mm512_fmadd_ps(pj, v[c], acc[k][c]);
+    }
+  }
+  for (int k = 0; k < QB; ++k)
+    for (int c = 0; c < NC; ++c) rows[k].st[c] = acc[k][c];
+}
+
+// One row against a partial block (the diagonal or the window's edge): only
+// the keys in `valid`; slots outside it may hold stale values.
+template <int NC>
+inline void row_partial_block(const float* q, RowState row, __mmask16 valid, const float* kb,
+                              const float* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
+                              bool half_tail) {
+  __m512 sc;
+  block_scores<1>(&q, kb, hd, scale, &sc);
+  const __m512 e = softmax_step<NC>(sc, valid, row);
+  alignas(64) float p[16];
+  _mm512_store_ps(p, e);
+  __m512 acc[NC];
+  for (int c = 0; c < NC; ++c) acc[c] = row.st[c];
+  for (int j = 0; j < kKvBlockTokens; ++j) {
+    if (!((valid >> j) & 1)) continue;
+    const __m512 pj = _mm512_set1_ps(p[j]);
+    const float* vrow = vb + j * hd;
+    for (int c = 0; c + 1 < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), acc[c]);
+    acc[NC - 1] = _mm512_fmadd_ps(pj, load_tail(vrow + (NC - 1) * 16, last_mask, half_tail), acc[NC - 1]);
+  }
+  for (int c = 0; c < NC; ++c) row.st[c] = acc[c];
+}
+
+// Prefill: 32 rows (query heads) in the 16 lanes of two vectors, against each
+// KV block in turn; both products are register-tiled like a matmul.
+//   scores  S[j][rows] = Σ_d K[j][d] · Qt[d][rows]   (8 keys x 32 rows per pass)
+//   P·V     O[d][rows] += Σ_j V[j][d] · P[j][rows]   (8 dims x 32 rows per pass)
+// Every FMA takes a broadcast of K or V and a vector of rows, so each loaded
+// row vector feeds 8 FMAs and 16 independent chains cover the FMA latency.
+// With the rows in lanes the softmax is elementwise across the 16 keys: no
+// horizontal max or sum. O stays in an L1 buffer between blocks.
+constexpr int kLaneRows = 32;
+
+void attention_lanes(const float* q, int64_t ldq, float* out, int64_t ldo, const KvLayerView& kv,
+                     const int32_t* block_table, int64_t kv_head, int64_t head0, int64_t n_heads,
+                     int64_t pos0, int64_t x0, int64_t n_rows, int64_t window, float scale) {
+  constexpr int MT = kLaneRows / 16;
+  const int64_t hd = kv.head_dim;
+  thread_local AlignedVector<float> qt_buf, o_buf;
+  qt_buf.resize(static_cast<size_t>(hd * kLaneRows));
+  o_buf.resize(static_cast<size_t>(hd * kLaneRows));
+  float* qt = qt_buf.data();
+  float* o = o_buf.data();
+  std::fill(o, o + hd * kLaneRows, 0.f);
+  alignas(64) int32_t lane_pos[kLaneRows], lane_first[kLaneRows];
+  int64_t lo = std::numeric_limits<int64_t>::max(), hi = -1;
+  for (int l = 0; l < kLaneRows; ++l) {
+    const int64_t x = x0 + l;
+    if (l < n_rows) {
+      const int64_t pos = pos0 + x / n_heads;
+      const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+      lane_pos[l] = static_cast<int32_t>(pos);
+      lane_first[l] = static_cast<int32_t>(first);
+      lo = std::min(lo, first);
+      hi = std::max(hi, pos);
+      const float* qr = q + (x / n_heads) * ldq + (head0 + x % n_heads) * hd;
+      for (int64_t d = 0; d < hd; ++d) qt[d * kLaneRows + l] = qr[d] * scale;
+    } else {  // an unused lane sees no key; its output is never stored
+      lane_pos[l] = -1;
+      lane_first[l] = 0;
+      for (int64_t d = 0; d < hd; ++d) qt[d * kLaneRows + l] = 0.f;
+    }
+  }
+  __m512i posv[MT], firstv[MT];
+  __m512 mx[MT], sum[MT];
+  for (int m = 0; m < MT; ++m) {
+    posv[m] = _mm512_load_si512(lane_pos + 16 * m);
+    firstv[m] = _mm512_load_si512(lane_first + 16 * m);
+    mx[m] = _mm512_set1_ps(-1e30f);  // finite: a lane with no key yet keeps corr = 1
+    sum[m] = _mm512_setzero_ps();
+  }
+  const int64_t block_floats = kv.block_floats();
+  const __m512 none = _mm512_set1_ps(-1e30f);
+  for (int64_t b = lo / kKvBlockTokens; b <= hi / kKvBlockTokens; ++b) {
+    const int64_t block = block_table[b];
+    const float* kb = kv.k + block * block_floats + kv_head * hd * kKvBlockTokens;
+    const float* vb = kv.v + block * block_floats + kv_head * kKvBlockTokens * hd;
+    const int32_t base = static_cast<int32_t>(b * kKvBlockTokens);
+    // The next block's K and V (hd lines each) are fetched while this one is
+    // computed: blocks are scattered over the pool, out of the prefetcher's sight.
+    const int64_t next = b + 1 <= hi / kKvBlockTokens ? block_table[b + 1] : block;
+    const float* kn = kv.k + next * block_floats + kv_head * hd * kKvBlockTokens;
+    const float* vn = kv.v + next * block_floats + kv_head * kKvBlockTokens * hd;
+    __m512 s[kKvBlockTokens][MT];
+    for (int half = 0; half < 2; ++half) {
+      __m512 acc[8][MT];
+      for (int j = 0; j < 8; ++j)
+        for (int m = 0; m < MT; ++m) acc[j][m] = _mm512_setzero_ps();
+      const float* kh = kb + 8 * half;
+      for (int64_t d = 0; d < hd; ++d) {
+        if (half == 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(kn + d * 16), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(vn + d * 16), _MM_HINT_T0);
+        }
+        __m512 qv[MT];
+        for (int m = 0; m < MT; ++m) qv[m] = _mm512_load_ps(qt + d * kLaneRows + 16 * m);
+        for (int j = 0; j < 8; ++j) {
+          const __m512 k = _mm512_set1_ps(kh[d * kKvBlockTokens + j]);
+          for (int m = 0; m < MT; ++m) acc[j][m] = _mm512_fmadd_ps(k, qv[m], acc[j][m]);
+        }
+      }
+      for (int j = 0; j < 8; ++j)
+        for (int m = 0; m < MT; ++m) s[8 * half + j][m] = acc[j][m];
+    }
+    // Online softmax per lane; keys outside a lane's range weigh 0.
+    bool rescale = false;
+    __m512 corr[MT];
+    for (int m = 0; m < MT; ++m) {
+      __mmask16 valid[kKvBlockTokens];
+      __m512 bmax = none;
+      for (int j = 0; j < kKvBlockTokens; ++j) {
+        const __m512i kp = _mm512_set1_epi32(base + j);
+        valid[j] = _mm512_cmple_epi32_mask(kp, posv[m]) & _mm512_cmpge_epi32_mask(kp, firstv[m]);
+        bmax = _mm512_mask_max_ps(bmax, valid[j], bmax, s[j][m]);
+      }
+      const __m512 m_new = _mm512_max_ps(mx[m], bmax);
+      rescale |= _mm512_cmp_ps_mask(m_new, mx[m], _CMP_NEQ_OQ) != 0;
+      corr[m] = exp_ps(_mm512_sub_ps(mx[m], m_new));
+      mx[m] = m_new;
+      __m512 e_sum = _mm512_setzero_ps();
+      for (int j = 0; j < kKvBlockTokens; ++j) {
+        s[j][m] = _mm512_maskz_mov_ps(valid[j], exp_ps(_mm512_sub_ps(s[j][m], m_new)));
+        e_sum = _mm512_add_ps(e_sum, s[j][m]);
+      }
+      sum[m] = _mm512_fmadd_ps(sum[m], corr[m], e_sum);
+    }
+    // P·V, 8 dimensions at a time (then the odd ones one at a time).
+    int64_t d = 0;
+    for (; d + 8 <= hd; d += 8) {
+      __m512 acc[8][MT];
+      for (int dd = 0; dd < 8; ++dd)
+        for (int m = 0; m < MT; ++m) {
+          acc[dd][m] = _mm512_load_ps(o + (d + dd) * kLaneRows + 16 * m);
+          if (rescale) acc[dd][m] = _mm512_mul_ps(acc[dd][m], corr[m]);
+        }
+      for (int j = 0; j < kKvBlockTokens; ++j) {
+        const float* vr = vb + j * hd + d;
+        for (int dd = 0; dd < 8; ++dd) {
+          const __m512 v = _mm512_set1_ps(vr[dd]);
+          for (int m = 0; m < MT; ++m) acc[dd][m] = _mm512_fmadd_ps(v, s[j][m], acc[dd][m]);
+        }
+      }
+      for (int dd = 0; dd < 8; ++dd)
+        for (int m = 0; m < MT; ++m) _mm512_store_ps(o + (d + dd) * kLaneRows + 16 * m, acc[dd][m]);
+    }
+    for (; d < hd; ++d) {
+      for (int m = 0; m < MT; ++m) {
+        __m512 acc = _mm512_load_ps(o + d * kLaneRows + 16 * m);
+        if (rescale) acc = _mm512_mul_ps(acc, corr[m]);
+        for (int j = 0; j < kKvBlockTokens; ++j) acc = _mm512_fmadd_ps(_mm512_set1_ps(vb[j * hd + d]), s[j][m], acc);
+        _mm512_store_ps(o + d * kLaneRows + 16 * m, acc);
+      }
+    }
+  }
+  alignas(64) float inv[kLaneRows];
+  for (int m = 0; m < MT; ++m) _mm512_store_ps(inv + 16 * m, _mm512_div_ps(_mm512_set1_ps(1.f), sum[m]));
+  for (int l = 0; l < n_rows; ++l) {
+    const int64_t x = x0 + l;
+    float* orow = out + (x / n_heads) * ldo + (head0 + x % n_heads) * hd;
+    for (int64_t dd = 0; dd < hd; ++dd) orow[dd] = o[dd * kLaneRows + l] * inv[l];
+  }
+}
+
+// A tile of query heads against each KV block in turn: every query of
+// [pos0, pos0 + n_queries) times every head of one KV head's group. K and V
+// of a block are read once for the whole tile (flash-style tiling), instead
+// of once per query head; the per-row state lives in a small buffer that
+// stays in L1. Rows that see the whole block go through it QB at a time.
 template <int NC>
 void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
                          const KvLayerView& kv, const int32_t* block_table, int64_t kv_head,
                          int64_t head0, int64_t n_heads, int64_t pos0, int64_t n_queries,
                          int64_t window, float scale) {
+  // Rows per pass over a block: enough independent chains to cover the FMA
+  // latency, few enough that the accumulators stay in registers.
+  constexpr int QB = NC <= 3 ? 4 : (NC <= 8 ? 2 : 1);
   const int64_t hd = kv.head_dim;
   const int64_t nq = n_queries * n_heads;
+  if (nq >= 16) {  // enough rows to fill the lanes (prefill)
+    for (int64_t x0 = 0; x0 < nq; x0 += kLaneRows) {
+      attention_lanes(q, ldq, out, ldo, kv, block_table, kv_head, head0, n_heads, pos0, x0,
+                      std::min<int64_t>(kLaneRows, nq - x0), window, scale);
+    }
+    return;
+  }
   const __mmask16 last_mask =
       hd % 16 == 0 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (hd % 16)) - 1);
   const bool half_tail = hd % 16 == 8;
-  thread_local std::vector<__m512> state;  // per query head: NC accumulators + the sum
+  thread_local std::vector<__m512> state;
   thread_local std::vector<float> maxes;
   state.assign(static_cast<size_t>(nq * (NC + 1)), _mm512_setzero_ps());
   maxes.assign(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
+  auto row_of = [&](int64_t x) {
+    return RowState{&state[static_cast<size_t>(x * (NC + 1))], &maxes[static_cast<size_t>(x)]};
+  };
+  auto q_of = [&](int64_t x) { return q + (x / n_heads) * ldq + (head0 + x % n_heads) * hd; };
   const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 vscale = _mm512_set1_ps(scale);
   const int64_t block_floats = kv.block_floats();
   const int64_t pos_last = pos0 + n_queries - 1;
   const int64_t first0 = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
-  alignas(64) float p[16];
   for (int64_t b = first0 / kKvBlockTokens; b <= pos_last / kKvBlockTokens; ++b) {
     const int64_t block = block_table[b];
     const float* kb = kv.k + block * block_floats + kv_head * hd * kKvBlockTokens;
     const float* vb = kv.v + block * block_floats + kv_head * kKvBlockTokens * hd;
     const int64_t base = b * kKvBlockTokens;
+    int64_t pending[QB];  // rows that see the whole block, run QB at a time
+    int n_pending = 0;
+    auto run_full = [&](auto n_tag, const int64_t* xs) {
+      constexpr int N = decltype(n_tag)::value;
+      const float* qs[N];
+      RowState rs[N];
+      for (int k = 0; k < N; ++k) {
+        qs[k] = q_of(xs[k]);
+        rs[k] = row_of(xs[k]);
+      }
+      rows_full_block<NC, N>(qs, rs, kb, vb, hd, vscale, last_mask, half_tail);
+    };
     for (int64_t i = 0; i < n_queries; ++i) {
       const int64_t pos = pos0 + i;
       const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
       if (base > pos || base + kKvBlockTokens <= first) continue;
-      __mmask16 valid = 0xffff;
-      if (base < first || base + kKvBlockTokens - 1 > pos) {
-        const __m512 posv = _mm512_add_ps(lane, _mm512_set1_ps(static_cast<float>(base)));
-        valid = _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(first)), _CMP_GE_OQ) &
-                _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(pos)), _CMP_LE_OQ);
-      }
-      for (int64_t h = 0; h < n_heads; ++h) {
-        const float* qh = q + i * ldq + (head0 + h) * hd;
-        const int64_t x = i * n_heads + h;
-        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-        int64_t d = 0;
-        for (; d + 2 <= hd; d += 2) {
-          s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(kb + d * kKvBlockTokens), s0);
-          s1 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 1]), _mm512_loadu_ps(kb + (d + 1) * kKvBlockTokens), s1);
-        }
-        if (d < hd) s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(kb + d * kKvBlockTokens), s0);
-        const __m512 sc = _mm512_mul_ps(_mm512_add_ps(s0, s1), vscale);
-        const float m = maxes[x];
-        const float m_new = std::max(m, _mm512_mask_reduce_max_ps(valid, sc));
-        const __m512 e = _mm512_maskz_mov_ps(valid, exp_ps(_mm512_sub_ps(sc, _mm512_set1_ps(m_new))));
-        maxes[x] = m_new;
-        __m512* st = &state[static_cast<size_t>(x * (NC + 1))];
-        __m512 acc[NC];
-        for (int c = 0; c < NC; ++c) acc[c] = st[c];
-        __m512 lsum = st[NC];
-        if (m != m_new) {
-          const __m512 vcorr = _mm512_set1_ps(std::exp(m - m_new));
-          for (int c = 0; c < NC; ++c) acc[c] = _mm512_mul_ps(acc[c], vcorr);
-          lsum = _mm512_mul_ps(lsum, vcorr);
-        }
-        st[NC] = _mm512_add_ps(lsum, e);
-        if (valid == 0xffff) {
-          // A full block: every key, its weight taken from e's lane j by a
-          // permute (no store and reload), two accumulator sets for short heads.
-          __m512 acc2[NC];
-          for (int c = 0; c < NC; ++c) acc2[c] = _mm512_setzero_ps();
-          if (NC == 1 && hd == 8) {
-            // Head dim 8: two V rows per register, lanes 0-7 key j and 8-15
-            // key j+1; the halves are added when the tile is written out.
-#pragma GCC unroll 8
-            for (int j = 0; j < kKvBlockTokens; j += 2) {
-              const __m512i idx = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(j), _mm512_set1_epi32(j + 1));
-              const __m512 pj = _mm512_permutexvar_ps(idx, e);
-              __m512* a = ((j >> 1) & 1) ? acc2 : acc;
-              a[0] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vb + j * 8), a[0]);
-            }
-          } else {
-#pragma GCC unroll 16
-          for (int j = 0; j < kKvBlockTokens; ++j) {
-            const __m512 pj = _mm512_permutexvar_ps(_mm512_set1_epi32(j), e);
-            const float* vrow = vb + j * hd;
-            __m512* a = (NC <= 2 && (j & 1)) ? acc2 : acc;
-            for (int c = 0; c + 1 < NC; ++c) a[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), a[c]);
-            a[NC - 1] = _mm512_fmadd_ps(pj, load_tail(vrow + (NC - 1) * 16, last_mask, half_tail), a[NC - 1]);
-          }
-          }
-          if (NC <= 2)
-            for (int c = 0; c < NC; ++c) acc[c] = _mm512_add_ps(acc[c], acc2[c]);
-        } else {
-          // A partial block (the diagonal or the window's edge): only the
-          // keys in range; slots outside it may hold stale values.
-          _mm512_store_ps(p, e);
-          for (int j = 0; j < kKvBlockTokens; ++j) {
-            if (!((valid >> j) & 1)) continue;
-            const __m512 pj = _mm512_set1_ps(p[j]);
-            const float* vrow = vb + j * hd;
-            for (int c = 0; c + 1 < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), acc[c]);
-            acc[NC - 1] = _mm512_fmadd_ps(pj, load_tail(vrow + (NC - 1) * 16, last_mask, half_tail), acc[NC - 1]);
+      if (base >= first && base + kKvBlockTokens - 1 <= pos) {
+        for (int64_t h = 0; h < n_heads; ++h) {
+          pending[n_pending++] = i * n_heads + h;
+          if (n_pending == QB) {
+            run_full(std::integral_constant<int, QB>{}, pending);
+            n_pending = 0;
           }
         }
-        for (int c = 0; c < NC; ++c) st[c] = acc[c];
-      }
-    }
-  }
-  for (int64_t i = 0; i < n_queries; ++i) {
-    for (int64_t h = 0; h < n_heads; ++h) {
-      const int64_t x = i * n_heads + h;
-      const __m512* st = &state[static_cast<size_t>(x * (NC + 1))];
-      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(st[NC]));
-      float* o = out + i * ldo + (head0 + h) * hd;
-      if (NC == 1 && hd == 8) {  // fold the two key halves (see the full-block loop)
-        const __m512 v = st[0];
-        const __m256 sum = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-        _mm256_storeu_ps(o, _mm256_mul_ps(sum, _mm512_castps512_ps256(inv)));
         continue;
       }
-      for (int c = 0; c + 1 < NC; ++c) _mm512_storeu_ps(o + c * 16, _mm512_mul_ps(st[c], inv));
-      _mm512_mask_storeu_ps(o + (NC - 1) * 16, last_mask, _mm512_mul_ps(st[NC - 1], inv));
+      const __m512 posv = _mm512_add_ps(lane, _mm512_set1_ps(static_cast<float>(base)));
+      const __mmask16 valid =
+          _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(first)), _CMP_GE_OQ) &
+          _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(pos)), _CMP_LE_OQ);
+      for (int64_t h = 0; h < n_heads; ++h) {
+        const int64_t x = i * n_heads + h;
+        row_partial_block<NC>(q_of(x), row_of(x), valid, kb, vb, hd, vscale, last_mask, half_tail);
+      }
     }
+    for (int k = 0; k < n_pending; ++k) run_full(std::integral_constant<int, 1>{}, pending + k);
+  }
+  for (int64_t x = 0; x < nq; ++x) {
+    const __m512* st = &state[static_cast<size_t>(x * (NC + 1))];
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(st[NC]));
+    float* o = out + (x / n_heads) * ldo + (head0 + x % n_heads) * hd;
+    for (int c = 0; c + 1 < NC; ++c) _mm512_storeu_ps(o + c * 16, _mm512_mul_ps(st[c], inv));
+    _mm512_mask_storeu_ps(o + (NC - 1) * 16, last_mask, _mm512_mul_ps(st[NC - 1], inv));
   }
 }
 
