@@ -51,6 +51,9 @@ class DecoderModel final : public Model {
     return KvStorage::bytes_per_block(config_.n_layers, config_.n_kv_heads, config_.head_dim);
   }
   int64_t kv_blocks() const override { return kv_ ? kv_->n_blocks() : 0; }
+  void commit_kv() override {
+    if (kv_) kv_->commit();
+  }
 
   void forward(std::span<const ForwardSeq> seqs, std::vector<float>* logits) override;
   int64_t kv_variant(int64_t seq_len) const override { return rope_.variant(seq_len); }

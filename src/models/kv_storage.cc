@@ -33,6 +33,10 @@ KvStorage::KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int
   base_ = static_cast<float*>(p);
 }
 
+void KvStorage::commit() {
+  if (base_ != nullptr) std::memset(base_, 0, bytes_);
+}
+
 KvStorage::~KvStorage() {
   if (base_ != nullptr) ::munmap(base_, bytes_);
 }

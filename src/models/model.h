@@ -25,6 +25,12 @@ class KvStorage {
 
   kernels::KvLayerView layer(int64_t i) const;
   int64_t n_blocks() const { return n_blocks_; }
+  // Writes every page now (zeros), so that no later forward pays the page
+  // faults: what a server's pool looks like once earlier requests have used
+  // it, and what llama.cpp's cleared KV buffer looks like before its timings.
+  void commit();
+  size_t bytes() const { return bytes_; }
+  const void* data() const { return base_; }
   static int64_t bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim);
 
  private:
@@ -65,6 +71,8 @@ class Model {
   virtual void allocate_kv(int64_t n_blocks) = 0;
   virtual int64_t kv_bytes_per_block() const = 0;
   virtual int64_t kv_blocks() const = 0;
+  // Commits the KV storage's memory now (see KvStorage::commit).
+  virtual void commit_kv() = 0;
 
   // Runs the batch; appends vocab-sized logit rows to `logits` for the
   // requested positions, sequence by sequence, in order.

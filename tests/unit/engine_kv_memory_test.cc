@@ -2,6 +2,8 @@
 // memory, an explicit --kv-memory taken as given or refused with a reason,
 // and parsing of the sizes --kv-memory accepts.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <functional>
 #include <string>
@@ -10,6 +12,7 @@
 #include "support/test_support.h"
 #include "engine/engine.h"
 #include "kernels/cpu/attention.h"
+#include "models/model.h"
 
 namespace pensieve {
 namespace {
@@ -101,6 +104,26 @@ TEST(KvMemory, ParsesSizesAndRefusesBadOnes) {
   EXPECT_EQ(error_of([] { parse_memory_size("1e12"); }), "memory size '1e12' is too large");
   EXPECT_EQ(error_of([] { parse_memory_size("1e-12"); }),
             "memory size '1e-12' is less than one byte");
+}
+
+// The pool's pages are committed only when written: none at first, all of
+// them after commit() (what `pensieve bench` does before its clock starts).
+TEST(KvMemory, StorageIsCommittedOnlyWhenWrittenOrAskedTo) {
+  KvStorage kv(3, 2, 64, 40);  // 3 layers x 2 heads x 64 dims x 16 positions x 2 x 4 B x 40 blocks
+  ASSERT_EQ(kv.bytes(), size_t{3 * 2 * 64 * 16 * 2 * 4 * 40});
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((kv.bytes() + page - 1) / page);
+  auto count = [&] {
+    EXPECT_EQ(::mincore(const_cast<void*>(kv.data()), kv.bytes(), resident.data()), 0);
+    size_t n = 0;
+    for (unsigned char r : resident) n += r & 1;
+    return n;
+  };
+  EXPECT_EQ(count(), 0u);
+  kv.commit();
+  EXPECT_EQ(count(), resident.size());
+  const kernels::KvLayerView v = kv.layer(2);
+  EXPECT_EQ(v.v[v.block_floats() * 40 - 1], 0.f);  // contents stay zero
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ class FakeModel : public Model {
     kv_.assign(n_blocks * kernels::kKvBlockTokens, kEmpty);
   }
   int64_t kv_bytes_per_block() const override { return 1024; }
+  void commit_kv() override {}  // a std::vector: written when allocated
   int64_t kv_blocks() const override {
     return static_cast<int64_t>(kv_.size()) / kernels::kKvBlockTokens;
   }

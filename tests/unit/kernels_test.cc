@@ -15,6 +15,7 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/matmul_impl.h"
+#include "kernels/cpu/ops.h"
 
 namespace pensieve::kernels {
 namespace {
@@ -368,6 +369,25 @@ TEST(Attention, SimdMatchesReference) {
       set_active_isa(best_isa());
      }
     }
+  }
+}
+
+// silu(g)·u with the vector exp, against libm, on lengths around the
+// 16-lane tail and on arguments from deep negative (exp overflows) to large.
+TEST(SiluMul, SimdMatchesReference) {
+  if (!cpu_features().avx512f) GTEST_SKIP() << "no AVX-512";
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> wide(-120.f, 90.f);
+  for (int64_t n : {1, 15, 16, 17, 33, 8192 + 5}) {
+    std::vector<float> g = random_vector(static_cast<size_t>(n), rng), u = random_vector(static_cast<size_t>(n), rng);
+    for (int64_t i = 0; i < n; i += 3) g[i] = wide(rng);
+    std::vector<float> want(n), got(n + 1, 42.f);
+    silu_mul_ref(g.data(), u.data(), n, want.data());
+    avx512::silu_mul(g.data(), u.data(), n, got.data());
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_NEAR(got[i], want[i], 1e-6f * (1.f + std::abs(want[i]))) << "n " << n << " i " << i << " g " << g[i];
+    }
+    EXPECT_EQ(got[n], 42.f) << "wrote past the end";
   }
 }
 

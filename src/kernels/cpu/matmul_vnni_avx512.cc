@@ -370,16 +370,40 @@ void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
 
 void transpose_rows_to_tokens(const float* yt, int64_t ldt, int64_t n_rows, int64_t t0, int64_t t1,
                               float* y, int64_t ldy) {
-  // 16 rows at a time: one gather per token collects the 16 values of a
-  // 16-float stretch of y, so every store fills whole vectors of a row of y.
-  const __m512i stride = _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(ldt)),
-                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  // 16 rows x 16 tokens at a time, transposed in registers, so every store
+  // fills 16 consecutive floats of one token's row of y.
   for (int64_t r = 0; r < n_rows; r += 16) {
-    const __mmask16 m = tail_mask(n_rows - r);
-    const float* src = yt + r * ldt;
-    for (int64_t t = t0; t < t1; ++t) {
-      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, stride, src + t, 4);
-      _mm512_mask_storeu_ps(y + t * ldy + r, m, v);
+    const int64_t nr = std::min<int64_t>(16, n_rows - r);
+    const __mmask16 rmask = tail_mask(nr);
+    for (int64_t t = t0; t < t1; t += 16) {  // t0 is a multiple of 16, yt is padded to 16
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i) {
+        v[i] = i < nr ? _mm512_loadu_ps(yt + (r + i) * ldt + t) : _mm512_setzero_ps();
+      }
+      __m512 a[16], b[16];
+      for (int i = 0; i < 8; ++i) {  // 32-bit interleave of row pairs, per 128-bit lane
+        a[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; ++i) {  // b[4i+e], lane k: rows 4i..4i+3 of token 4k+e
+        b[4 * i + 0] = _mm512_shuffle_ps(a[4 * i], a[4 * i + 2], 0x44);
+        b[4 * i + 1] = _mm512_shuffle_ps(a[4 * i], a[4 * i + 2], 0xEE);
+        b[4 * i + 2] = _mm512_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0x44);
+        b[4 * i + 3] = _mm512_shuffle_ps(a[4 * i + 1], a[4 * i + 3], 0xEE);
+      }
+      const int64_t nt = std::min<int64_t>(16, t1 - t);
+      for (int e = 0; e < 4; ++e) {  // gather the 128-bit lanes of the four row groups
+        const __m512 c1 = _mm512_shuffle_f32x4(b[e], b[4 + e], 0x88);
+        const __m512 c2 = _mm512_shuffle_f32x4(b[e], b[4 + e], 0xDD);
+        const __m512 c3 = _mm512_shuffle_f32x4(b[8 + e], b[12 + e], 0x88);
+        const __m512 c4 = _mm512_shuffle_f32x4(b[8 + e], b[12 + e], 0xDD);
+        const __m512 col[4] = {_mm512_shuffle_f32x4(c1, c3, 0x88), _mm512_shuffle_f32x4(c2, c4, 0x88),
+                               _mm512_shuffle_f32x4(c1, c3, 0xDD), _mm512_shuffle_f32x4(c2, c4, 0xDD)};
+        for (int k = 0; k < 4; ++k) {
+          const int64_t tok = 4 * k + e;
+          if (tok < nt) _mm512_mask_storeu_ps(y + (t + tok) * ldy + r, rmask, col[k]);
+        }
+      }
     }
   }
 }

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/cpu/cpu_features.h"
+
 namespace pensieve::kernels {
 
 void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* out) {
@@ -18,6 +20,11 @@ void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* 
 }
 
 void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
+  if (active_isa() == Isa::avx512) return avx512::silu_mul(gate, up, n, out);
+  silu_mul_ref(gate, up, n, out);
+}
+
+void silu_mul_ref(const float* gate, const float* up, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     out[i] = g / (1.0f + std::exp(-g)) * up[i];

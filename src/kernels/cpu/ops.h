@@ -1,5 +1,6 @@
 // Small per-token operations. They are O(tokens x hidden), a rounding error
-// next to the matmuls, so they are plain loops the compiler vectorizes.
+// next to the matmuls, so most are plain loops the compiler vectorizes;
+// silu_mul, which needs an exp per element, has an AVX-512 version.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,11 @@ void rms_norm(const float* x, const float* weight, int64_t n, float eps, float* 
 
 // out[i] = silu(gate[i]) * up[i]
 void silu_mul(const float* gate, const float* up, int64_t n, float* out);
+// Its scalar reference (libm exp).
+void silu_mul_ref(const float* gate, const float* up, int64_t n, float* out);
+namespace avx512 {
+void silu_mul(const float* gate, const float* up, int64_t n, float* out);
+}
 
 void add_inplace(float* y, const float* x, int64_t n);
 
