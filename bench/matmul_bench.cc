@@ -93,10 +93,11 @@ int main(int argc, char** argv) {
   const double cpu_s = (cpu_now() - c0) / iters;
   const double bytes = static_cast<double>(w.total_bytes());
   std::printf("{\"rows\": %lld, \"cols\": %lld, \"bits\": %d, \"group\": %d, \"tokens\": %lld, "
-              "\"threads\": %d, \"integer\": %s, \"weight_bytes\": %.0f, \"s_per_call\": %.6f, "
+              "\"threads\": %d, \"integer\": %s, \"kernel\": \"%s\", \"weight_bytes\": %.0f, \"s_per_call\": %.6f, "
               "\"cpu_s_per_call\": %.6f, \"weight_gb_s\": %.2f, \"gops\": %.1f}\n",
               static_cast<long long>(rows), static_cast<long long>(cols), bits, group,
-              static_cast<long long>(tokens), pool.size(), precise ? "false" : "true", bytes, s,
+              static_cast<long long>(tokens), pool.size(), precise ? "false" : "true",
+              tokens > kernels::kGemvMaxTokens ? kernels::prefill_kernel_name() : "gemv", bytes, s,
               cpu_s, bytes / s / 1e9, 2.0 * rows * cols * tokens / s / 1e9);
   return 0;
 }

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/mmap_file.h"
 #include "engine/session.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/cpu/cpu_features.h"
 #include "models/model.h"
 
@@ -85,12 +86,13 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     const std::string out = fmt::format(
         "{{\"model\": \"{}\", \"architecture\": \"{}\", \"weight_format\": \"{}\", "
         "\"n_params\": {}, \"model_file_bytes\": {}, \"kv_cache_bytes\": {}, "
-        "\"isa\": \"{}\", \"threads\": {}, \"weights\": \"{}\", \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
+        "\"isa\": \"{}\", \"prefill_kernel\": \"{}\", \"threads\": {}, \"weights\": \"{}\", \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
         "\"prefill_s\": {:.3f}, \"prefill_tok_s\": {:.2f}, \"gen_tokens\": {}, "
         "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"decode_weight_bytes_per_token\": {}, "
         "\"decode_read_gb_s\": {:.2f}, \"peak_rss_bytes\": {}}}",
         o->model, c.architecture, info.weight_format, info.n_params,
         dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()),
+        kernels::prefill_kernel_name(),
         model->pool().size(),
         default_file_residency() == FileResidency::mapped ? "mapped" : "copied", load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
         o->gen_tokens, decode_s, o->gen_tokens / decode_s, info.decode_bytes_per_token,
@@ -100,7 +102,8 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     } else {
       std::printf("model        %s (%s, %s, %.2fB params)\n", o->model.c_str(), c.architecture.c_str(),
                   info.weight_format.c_str(), info.n_params / 1e9);
-      std::printf("threads      %d (%s)\n", model->pool().size(), kernels::isa_name(kernels::active_isa()));
+      std::printf("threads      %d (%s, prefill kernel %s)\n", model->pool().size(),
+                  kernels::isa_name(kernels::active_isa()), kernels::prefill_kernel_name());
       std::printf("load         %.2f s\n", load_s);
       std::printf("prefill      %lld tokens in %.2f s = %.2f tok/s\n",
                   static_cast<long long>(o->prompt_tokens), prefill_s, o->prompt_tokens / prefill_s);

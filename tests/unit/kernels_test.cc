@@ -86,6 +86,7 @@ class MatmulVsReference : public ::testing::TestWithParam<MatmulCase> {
   void TearDown() override {
     set_matmul_path_for_tests(MatmulPath::automatic);
     set_integer_kernels(true);
+    set_amx_kernels(true);
     set_active_isa(best_isa());
   }
 };
@@ -120,20 +121,23 @@ TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
             }
           }
         }
-        struct Variant { Isa isa; MatmulPath path; bool integer; double tol; };
+        struct Variant { Isa isa; MatmulPath path; bool integer; bool amx; double tol; };
         const Variant variants[] = {
-            {Isa::scalar, MatmulPath::automatic, false, 1e-6},
-            {Isa::avx2, MatmulPath::gemv, false, 1e-6},
-            {Isa::avx2, MatmulPath::gemm, false, 1e-6},
-            {Isa::avx512, MatmulPath::gemv, false, 1e-6},
-            {Isa::avx512, MatmulPath::gemm, false, 1e-6},
-            {Isa::avx512, MatmulPath::gemm, true, 1e-4},  // int16 activations
-            {Isa::avx512, MatmulPath::gemv, true, 1e-4},
+            {Isa::scalar, MatmulPath::automatic, false, false, 1e-6},
+            {Isa::avx2, MatmulPath::gemv, false, false, 1e-6},
+            {Isa::avx2, MatmulPath::gemm, false, false, 1e-6},
+            {Isa::avx512, MatmulPath::gemv, false, false, 1e-6},
+            {Isa::avx512, MatmulPath::gemm, false, false, 1e-6},
+            {Isa::avx512, MatmulPath::gemm, true, false, 1e-4},  // int16 activations, VNNI
+            {Isa::avx512, MatmulPath::gemm, true, true, 1e-4},   // the same on AMX tiles
+            {Isa::avx512, MatmulPath::gemv, true, false, 1e-4},
         };
         for (const Variant& v : variants) {
           if (set_active_isa(v.isa) != v.isa) continue;
           set_matmul_path_for_tests(v.path);
           set_integer_kernels(v.integer);
+          set_amx_kernels(v.amx);
+          if (v.amx && !amx_kernels_enabled()) continue;  // no AMX here
           std::vector<float> got(n_tokens * ldy, 0.f);
           matmul(rw.w, x.data(), ldx, n_tokens, got.data(), ldy, pool);
           double err = 0;
@@ -143,7 +147,7 @@ TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
           EXPECT_LT(err / magnitude, v.tol)
               << weight_format_name(format) << " group " << group << " rows " << rows << " cols "
               << cols << " tokens " << n_tokens << " isa " << isa_name(v.isa) << " path "
-              << static_cast<int>(v.path) << " integer " << v.integer;
+              << static_cast<int>(v.path) << " integer " << v.integer << " amx " << v.amx;
         }
       }
     }
@@ -220,6 +224,47 @@ TEST(IntegerKernel, MatchesItsScalarModel) {
       avx512::transpose_rows_to_tokens(yt.data(), ldt, rows, 0, 19, got.data(), rows);
       avx512::transpose_rows_to_tokens(yt.data(), ldt, rows, 19, n_tokens, got.data(), rows);
       EXPECT_LT(rel_error(got, want), 1e-5) << weight_format_name(format) << " group " << group;
+    }
+  }
+}
+
+// The AMX kernel does the VNNI kernel's arithmetic on the tile unit: the
+// same floats, bit for bit, on row counts that are not multiples of its 16-
+// and 32-row tiles and token counts that are not multiples of 16. Runs only
+// where the CPU has AMX-INT8 (the CI machine has not; see docs/benchmarks.md
+// for where it ran).
+TEST(IntegerKernel, AmxEqualsVnniBitForBit) {
+  if (!amx_kernels_enabled()) GTEST_SKIP() << "no AMX-INT8 here";
+  std::mt19937 rng(314);
+  for (auto format : {WeightFormat::affine4, WeightFormat::affine8}) {
+    for (int group : {32, 64, 128}) {
+      for (int64_t rows : {13, 37, 64}) {
+        for (int64_t n_tokens : {5, 16, 37}) {
+          const int64_t cols = 7 * group;
+          RandomWeight rw(format, rows, cols, group, rng);
+          const auto x = random_vector(static_cast<size_t>(n_tokens * cols), rng);
+          QuantizedActivations qa;
+          quantize_activations(x.data(), cols, n_tokens, cols, group, &qa);
+          QuantizedActivationTiles tiles;
+          tile_activations(qa, &tiles);
+          const int64_t ldt = (n_tokens + 15) / 16 * 16;
+          std::vector<float> vnni(rows * ldt, 0.f), tile(rows * ldt, 0.f);
+          avx512::vnni_gemm(rw.w, 0, rows, tiles, vnni.data(), ldt);
+          // Two calls over row ranges that split a 32-row pair of tiles.
+          amx::gemm_i8(rw.w, 0, 5, tiles, tile.data(), ldt);
+          amx::gemm_i8(rw.w, 5, rows, tiles, tile.data() + 5 * ldt, ldt);
+          std::vector<float> want(n_tokens * rows);
+          vnni_reference_rows(rw.w, 0, rows, qa, want.data(), rows);
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t t = 0; t < n_tokens; ++t) {
+              ASSERT_EQ(tile[r * ldt + t], vnni[r * ldt + t])
+                  << weight_format_name(format) << " group " << group << " rows " << rows
+                  << " tokens " << n_tokens << " at " << r << "," << t;
+              ASSERT_NEAR(tile[r * ldt + t], want[t * rows + r], 1e-4f * (1.f + std::abs(want[t * rows + r])));
+            }
+          }
+        }
+      }
     }
   }
 }

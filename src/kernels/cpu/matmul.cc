@@ -73,6 +73,34 @@ bool integer_kernels_enabled() {
 }
 void set_integer_kernels(bool enabled) { integer_flag().store(enabled ? 1 : 0); }
 
+namespace {
+std::atomic<int>& amx_flag() {
+  static std::atomic<int> flag{[] {
+    const char* env = std::getenv("PENSIEVE_AMX");
+    return env != nullptr && env[0] == '0' ? 0 : 1;
+  }()};
+  return flag;
+}
+}  // namespace
+
+bool amx_kernels_enabled() {
+  static const bool usable =
+      cpu_features().amx_tile && cpu_features().amx_int8 && amx::request_permission();
+  return usable && amx_flag().load(std::memory_order_relaxed) != 0 && integer_kernels_enabled();
+}
+void set_amx_kernels(bool enabled) { amx_flag().store(enabled ? 1 : 0); }
+
+const char* prefill_kernel_name() {
+  if (amx_kernels_enabled()) return "amx-int8";
+  if (integer_kernels_enabled()) return "avx512-vnni";
+  switch (active_isa()) {
+    case Isa::avx512: return "avx512-f32";
+    case Isa::avx2: return "avx2-f32";
+    case Isa::scalar: return "scalar";
+  }
+  return "?";
+}
+
 void matmul_ref(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
                 int64_t ldy) {
   std::vector<float> row;
@@ -92,7 +120,9 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   const auto path = static_cast<MatmulPath>(g_path.load());
   const bool use_gemv =
       path == MatmulPath::gemv || (path == MatmulPath::automatic && n_tokens <= kGemvMaxTokens);
-  const int64_t rows_per_task = kRowsPerTask;
+  // AMX works on 16-row tiles, two at a time.
+  const bool amx = !use_gemv && amx_kernels_enabled();
+  const int64_t rows_per_task = amx ? 32 : kRowsPerTask;
   std::vector<Task> tasks;
   int64_t offset = 0;
   for (const WeightMatrix* w : parts) {
@@ -234,8 +264,12 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
         continue;
       }
       if (integer_ok(w)) {
-        avx512::vnni_gemm(w, task.r0, task.r1, tile_form(w),
-                          yt_buf.data() + (task.y_offset + task.r0) * ldt, ldt);
+        float* out = yt_buf.data() + (task.y_offset + task.r0) * ldt;
+        if (amx && (w.group_size == 32 || w.group_size == 64 || w.group_size == 128)) {
+          amx::gemm_i8(w, task.r0, task.r1, tile_form(w), out, ldt);
+        } else {
+          avx512::vnni_gemm(w, task.r0, task.r1, tile_form(w), out, ldt);
+        }
         continue;
       }
       const bool perm = uses_permuted_x(w);

@@ -40,6 +40,15 @@ constexpr int64_t kGemvMaxTokens = 8;
 bool integer_kernels_enabled();
 void set_integer_kernels(bool enabled);
 
+// AMX (int8 tiles) for the integer prefill kernel: on where the CPU has
+// AMX-INT8 and Linux grants the tile state, unless PENSIEVE_AMX=0 (or
+// set_amx_kernels(false)). Same results as the AVX-512 VNNI kernel.
+bool amx_kernels_enabled();
+void set_amx_kernels(bool enabled);
+// Which kernel a prefill matmul of MLX affine weights uses now:
+// "amx-int8", "avx512-vnni", "avx512-f32", "avx2-f32" or "scalar".
+const char* prefill_kernel_name();
+
 // Forces one path regardless of n_tokens (tests compare both to the reference).
 enum class MatmulPath { automatic, gemv, gemm };
 void set_matmul_path_for_tests(MatmulPath path);

@@ -72,6 +72,10 @@ void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
 // of prefill's time before).
 void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
                float* yt, int64_t ldt);
+// Rows [r0, r0 + n_rows) as one u8 per weight (natural order, row-major,
+// cols apart) and their group scales and biases as f32 ([row][group]).
+void unpack_panel(const WeightMatrix& w, int64_t r0, int64_t n_rows, uint8_t* wq, float* sc,
+                  float* bi);
 // y[t][r] = yt[r][t] for r < n_rows, t in [t0, t1).
 void transpose_rows_to_tokens(const float* yt, int64_t ldt, int64_t n_rows, int64_t t0, int64_t t1,
                               float* y, int64_t ldy);
@@ -86,6 +90,15 @@ void dequant_rows(const WeightMatrix& w, int64_t r0, int64_t n, float* out);
 void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* xt,
               int64_t n_tokens, float* y, int64_t ldy);
 }  // namespace avx512
+
+namespace amx {
+// Asks Linux for the tile state (once per process); false where it refuses.
+bool request_permission();
+// vnni_gemm's contract and arithmetic (the same floats) on the tile unit.
+// Group sizes 32, 64 and 128.
+void gemm_i8(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
+             float* yt, int64_t ldt);
+}  // namespace amx
 
 namespace avx2 {
 // The AVX2 fallbacks, all f32, natural column order (see matmul_avx2.cc).

@@ -339,6 +339,15 @@ void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
   }
 }
 
+void unpack_panel(const WeightMatrix& w, int64_t r0, int64_t n_rows, uint8_t* wq, float* sc,
+                  float* bi) {
+  const int64_t cols = w.cols, n_groups = w.n_groups();
+  for (int64_t i = 0; i < n_rows; ++i) {
+    unpack_row_u8(w, w.data + (r0 + i) * w.row_bytes(), cols, wq + i * cols);
+    row_scales_f32(w, r0 + i, sc + i * n_groups, bi + i * n_groups);
+  }
+}
+
 void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
                float* yt, int64_t ldt) {
   const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
@@ -348,10 +357,7 @@ void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
   sc.resize(n_rows * n_groups);
   bi.resize(n_rows * n_groups);
   wq.resize(n_rows * cols);
-  for (int64_t i = 0; i < n_rows; ++i) {
-    unpack_row_u8(w, w.data + (r0 + i) * w.row_bytes(), cols, wq.data() + i * cols);
-    row_scales_f32(w, r0 + i, sc.data() + i * n_groups, bi.data() + i * n_groups);
-  }
+  unpack_panel(w, r0, n_rows, wq.data(), sc.data(), bi.data());
   const int64_t sq = cols / 4 * 16, sg = n_groups * 16;
   int64_t t = 0;
   for (; t + 32 <= a.n_tokens; t += 32) {
