@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/half.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/attention.h"
 
@@ -54,9 +55,9 @@ int main(int argc, char** argv) {
   const int64_t n_blocks = (ctx + kernels::kKvBlockTokens - 1) / kernels::kKvBlockTokens;
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<float> kbuf(n_blocks * kv.block_floats()), vbuf(kbuf.size());
-  for (auto& x : kbuf) x = nd(rng);
-  for (auto& x : vbuf) x = nd(rng);
+  std::vector<kernels::KvElem> kbuf(n_blocks * kv.block_elems()), vbuf(kbuf.size());
+  for (auto& x : kbuf) x = f32_to_f16(nd(rng));
+  for (auto& x : vbuf) x = f32_to_f16(nd(rng));
   kv.k = kbuf.data();
   kv.v = vbuf.data();
   std::vector<int32_t> table(n_blocks);

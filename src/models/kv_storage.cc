@@ -10,7 +10,7 @@ namespace pensieve {
 
 int64_t KvStorage::bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim) {
   return 2 * n_layers * n_kv_heads * head_dim * kernels::kKvBlockTokens *
-         static_cast<int64_t>(sizeof(float));
+         static_cast<int64_t>(sizeof(kernels::KvElem));
 }
 
 KvStorage::KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t n_blocks)
@@ -30,7 +30,7 @@ KvStorage::KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int
   // TLB miss, which in a VM costs a two-level page walk (measured: 1-thread
   // decode of the Phi-3-mini shape at 512 positions, docs/benchmarks.md).
   ::madvise(p, bytes_, MADV_HUGEPAGE);  // a hint; fine where THP is off
-  base_ = static_cast<float*>(p);
+  base_ = static_cast<kernels::KvElem*>(p);
 }
 
 void KvStorage::commit() {
@@ -45,7 +45,7 @@ kernels::KvLayerView KvStorage::layer(int64_t i) const {
   kernels::KvLayerView v;
   v.n_kv_heads = n_kv_heads_;
   v.head_dim = head_dim_;
-  const int64_t per_layer = v.block_floats() * n_blocks_;
+  const int64_t per_layer = v.block_elems() * n_blocks_;
   v.k = base_ + 2 * i * per_layer;
   v.v = v.k + per_layer;
   return v;

@@ -35,7 +35,7 @@ class KvStorage {
 
  private:
   int64_t n_layers_, n_kv_heads_, head_dim_, n_blocks_;
-  float* base_ = nullptr;
+  kernels::KvElem* base_ = nullptr;
   size_t bytes_ = 0;
 };
 

@@ -222,14 +222,16 @@ TEST_P(CliSynthetic, GreedyTokensAreTheArgmaxChainOfTheLogits) {
 }
 
 // Decoding token by token through the KV cache gives the full forward's
-// logits: to f32 rounding with f32 kernels, and within the int8 activation
-// rounding where MLX weights take the integer (VNNI) kernels, whose decode and
-// prefill paths quantize activations differently.
+// logits: to the cache's half-float rounding with f32 kernels (a K or V a few
+// f32 ulps apart between the two paths can round to neighbouring halves:
+// up to 4e-5 of the range measured), and within the int8 activation rounding
+// where MLX weights take the integer (VNNI) kernels, whose decode and prefill
+// paths quantize activations differently.
 TEST_P(CliSynthetic, IncrementalDecodingEqualsTheFullForward) {
   const bool saved = kernels::integer_kernels_enabled();
   for (const bool integer : {false, true}) {
     kernels::set_integer_kernels(integer);
-    const double tolerance = integer && model_->config().quant.quantized() ? 1e-3 : 1e-5;
+    const double tolerance = integer && model_->config().quant.quantized() ? 1e-3 : 1e-4;
     const std::vector<float> expected = full_forward(prompt_);
     Session inc(*model_, static_cast<int64_t>(prompt_.size()));
     const std::span<const int32_t> tokens(prompt_);

@@ -141,19 +141,22 @@ TEST(GoldenStories, SlidingWindowSeesOnlyTheLastWindowOfTokens) {
   const std::vector<double> ref(expected.begin(), expected.end());
   ASSERT_EQ(ref.size(), static_cast<size_t>(vocab));
 
+  // 1e-3: the same inputs at other positions have other K values, whose
+  // half-float rounding in the cache differs (3e-4 measured); the controls
+  // below sit at 2e-2 and 3e-1.
   Session chunk(*windowed, 400);
-  EXPECT_LT(relative_max_diff(ref, chunk.append(all, false).data()), 1e-4);
+  EXPECT_LT(relative_max_diff(ref, chunk.append(all, false).data()), 1e-3);
   Session inc(*windowed, 400);
   inc.append(all.first(250), false);
   std::vector<float> got_inc;
   for (size_t i = 250; i < tokens.size(); ++i) got_inc = inc.append(all.subspan(i, 1), false);
-  EXPECT_LT(relative_max_diff(ref, got_inc.data()), 1e-4);
+  EXPECT_LT(relative_max_diff(ref, got_inc.data()), 1e-3);
 
   // What the comparison can tell apart: only one window of inputs, or no window.
   Session shorter(*windowed, reach);
-  EXPECT_GT(relative_max_diff(ref, shorter.append(all.last(kWindow), false).data()), 1e-3);
+  EXPECT_GT(relative_max_diff(ref, shorter.append(all.last(kWindow), false).data()), 5e-3);
   Session unwindowed(*full, 400);
-  EXPECT_GT(relative_max_diff(ref, unwindowed.append(all, false).data()), 1e-3);
+  EXPECT_GT(relative_max_diff(ref, unwindowed.append(all, false).data()), 5e-3);
 }
 
 // `generate --sliding-window N` overrides config.json (stories260K has no

@@ -35,14 +35,14 @@ TEST(ServeKvMemory, ValuesThatAreNotSizesAreRefusedBeforeLoading) {
 }
 
 TEST(ServeKvMemory, ABudgetTooSmallForOneContextOrLargerThanRamIsRefused) {
-  // The bundled model keeps 20 KiB of K/V a block (5 layers x 4 KV heads x
-  // 8 dims x K and V x 16 tokens, in floats), so 1 MiB holds 51 blocks and
-  // a 4096-token context needs 257.
+  // The bundled model keeps 10 KiB of K/V a block (5 layers x 4 KV heads x
+  // 8 dims x K and V x 16 tokens, in half floats), so 1 MiB holds 102 blocks
+  // and a 4096-token context needs 257.
   auto r = run_pensieve("serve --port 0 --ctx-size 4096 --kv-memory 1M");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(error_line(r),
-            "error: KV memory of 1.0 MiB holds 51 blocks of 16 tokens, but one 4096-token context "
-            "needs 257 (5.0 MiB): give it more memory (--kv-memory) or a shorter context "
+            "error: KV memory of 1.0 MiB holds 102 blocks of 16 tokens, but one 4096-token context "
+            "needs 257 (2.5 MiB): give it more memory (--kv-memory) or a shorter context "
             "(--ctx-size)");
   r = run_pensieve("serve --port 0 --ctx-size 4096 --kv-memory 100000");
   EXPECT_EQ(r.exit_code, 1);

@@ -109,8 +109,8 @@ TEST(KvMemory, ParsesSizesAndRefusesBadOnes) {
 // The pool's pages are committed only when written: none at first, all of
 // them after commit() (what `pensieve bench` does before its clock starts).
 TEST(KvMemory, StorageIsCommittedOnlyWhenWrittenOrAskedTo) {
-  KvStorage kv(3, 2, 64, 40);  // 3 layers x 2 heads x 64 dims x 16 positions x 2 x 4 B x 40 blocks
-  ASSERT_EQ(kv.bytes(), size_t{3 * 2 * 64 * 16 * 2 * 4 * 40});
+  KvStorage kv(3, 2, 64, 40);  // 3 layers x 2 heads x 64 dims x 16 positions x K,V x 2 B x 40 blocks
+  ASSERT_EQ(kv.bytes(), size_t{3 * 2 * 64 * 16 * 2 * 2 * 40});
   const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   std::vector<unsigned char> resident((kv.bytes() + page - 1) / page);
   auto count = [&] {
@@ -123,7 +123,7 @@ TEST(KvMemory, StorageIsCommittedOnlyWhenWrittenOrAskedTo) {
   kv.commit();
   EXPECT_EQ(count(), resident.size());
   const kernels::KvLayerView v = kv.layer(2);
-  EXPECT_EQ(v.v[v.block_floats() * 40 - 1], 0.f);  // contents stay zero
+  EXPECT_EQ(v.v[v.block_elems() * 40 - 1], 0);  // contents stay zero
 }
 
 }  // namespace

@@ -59,6 +59,14 @@ struct RandomWeight {
   }
 };
 
+// Half floats of N(0, 1) values: K and V as the cache holds them.
+std::vector<KvElem> random_halves(size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<KvElem> v(n);
+  for (auto& x : v) x = f32_to_f16(d(rng));
+  return v;
+}
+
 std::vector<float> random_vector(size_t n, std::mt19937& rng) {
   std::normal_distribution<float> d(0.f, 1.f);
   std::vector<float> v(n);
@@ -376,8 +384,8 @@ TEST(Attention, SimdMatchesReference) {
       KvLayerView kv;
       kv.n_kv_heads = n_kv;
       kv.head_dim = head_dim;
-      std::vector<float> kbuf = random_vector(n_blocks * kv.block_floats(), rng);
-      std::vector<float> vbuf = random_vector(n_blocks * kv.block_floats(), rng);
+      std::vector<KvElem> kbuf = random_halves(n_blocks * kv.block_elems(), rng);
+      std::vector<KvElem> vbuf = random_halves(n_blocks * kv.block_elems(), rng);
       kv.k = kbuf.data();
       kv.v = vbuf.data();
       // Three sequences: (context, new queries), with shuffled block tables.
@@ -436,26 +444,35 @@ TEST(SiluMul, SimdMatchesReference) {
   }
 }
 
+// K and V land in their slots as half floats, rounded to nearest even the
+// same way on every ISA (F16C and the scalar conversion), over lengths past
+// the 8-wide conversion's tail and values that need rounding or overflow.
 TEST(KvWrite, RoundTripsThroughTheLayout) {
-  KvLayerView kv;
-  kv.n_kv_heads = 3;
-  kv.head_dim = 5;
-  std::vector<float> kb(4 * kv.block_floats()), vb(4 * kv.block_floats());
-  kv.k = kb.data();
-  kv.v = vb.data();
-  const int32_t table[] = {2, 0, 3};
-  std::vector<float> k(15), v(15);
-  for (int i = 0; i < 15; ++i) {
-    k[i] = static_cast<float>(i);
-    v[i] = static_cast<float>(100 + i);
-  }
-  kv_write(kv, table, 20, k.data(), v.data());  // block table[1] = 0, slot 4
-  for (int h = 0; h < 3; ++h) {
-    for (int d = 0; d < 5; ++d) {
-      EXPECT_EQ(kb[(h * 5 + d) * kKvBlockTokens + 4], k[h * 5 + d]);
-      EXPECT_EQ(vb[(h * kKvBlockTokens + 4) * 5 + d], v[h * 5 + d]);
+  for (Isa isa : {Isa::avx512, Isa::avx2, Isa::scalar}) {
+    if (set_active_isa(isa) != isa) continue;
+    KvLayerView kv;
+    kv.n_kv_heads = 3;
+    kv.head_dim = 7;
+    std::vector<KvElem> kb(4 * kv.block_elems()), vb(4 * kv.block_elems());
+    kv.k = kb.data();
+    kv.v = vb.data();
+    const int32_t table[] = {2, 0, 3};
+    std::vector<float> k(21), v(21);
+    for (int i = 0; i < 21; ++i) {
+      k[i] = static_cast<float>(i) + 1.f / 3.f;  // not representable: rounds
+      v[i] = i == 20 ? 1e6f : static_cast<float>(100 + i) * -0.001f;  // 1e6 overflows to inf
     }
+    kv_write(kv, table, 20, k.data(), v.data());  // block table[1] = 0, slot 4
+    for (int h = 0; h < 3; ++h) {
+      for (int d = 0; d < 7; ++d) {
+        EXPECT_EQ(kb[(h * 7 + d) * kKvBlockTokens + 4], f32_to_f16(k[h * 7 + d])) << isa_name(isa);
+        EXPECT_EQ(vb[(h * kKvBlockTokens + 4) * 7 + d], f32_to_f16(v[h * 7 + d])) << isa_name(isa);
+      }
+    }
+    EXPECT_TRUE(std::isinf(f16_to_f32(vb[(2 * kKvBlockTokens + 4) * 7 + 6])));
+    EXPECT_NEAR(f16_to_f32(kb[(0 * 7 + 1) * kKvBlockTokens + 4]), 4.f / 3.f, 1e-3f);
   }
+  set_active_isa(best_isa());
 }
 
 }  // namespace

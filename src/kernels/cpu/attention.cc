@@ -6,22 +6,23 @@
 #include <limits>
 #include <vector>
 
+#include "core/half.h"
 #include "kernels/cpu/cpu_features.h"
 
 namespace pensieve::kernels {
 namespace {
 
-inline const float* k_at(const KvLayerView& kv, const int32_t* table, int64_t pos, int64_t h,
-                         int64_t* stride) {
+inline const KvElem* k_at(const KvLayerView& kv, const int32_t* table, int64_t pos, int64_t h,
+                          int64_t* stride) {
   *stride = kKvBlockTokens;
   const int64_t block = table[pos / kKvBlockTokens];
-  return kv.k + block * kv.block_floats() + h * kv.head_dim * kKvBlockTokens +
+  return kv.k + block * kv.block_elems() + h * kv.head_dim * kKvBlockTokens +
          pos % kKvBlockTokens;
 }
 
-inline const float* v_at(const KvLayerView& kv, const int32_t* table, int64_t pos, int64_t h) {
+inline const KvElem* v_at(const KvLayerView& kv, const int32_t* table, int64_t pos, int64_t h) {
   const int64_t block = table[pos / kKvBlockTokens];
-  return kv.v + block * kv.block_floats() + (h * kKvBlockTokens + pos % kKvBlockTokens) * kv.head_dim;
+  return kv.v + block * kv.block_elems() + (h * kKvBlockTokens + pos % kKvBlockTokens) * kv.head_dim;
 }
 
 // Scalar online-softmax attention for one query head.
@@ -33,16 +34,16 @@ void attention_one_scalar(const float* q, const KvLayerView& kv, const int32_t* 
   std::vector<float> acc(hd, 0.f);
   for (int64_t p = first_pos; p <= pos; ++p) {
     int64_t stride;
-    const float* k = k_at(kv, table, p, kv_head, &stride);
+    const KvElem* k = k_at(kv, table, p, kv_head, &stride);
     float s = 0.f;
-    for (int64_t d = 0; d < hd; ++d) s += q[d] * k[d * stride];
+    for (int64_t d = 0; d < hd; ++d) s += q[d] * f16_to_f32(k[d * stride]);
     s *= scale;
     const float m_new = std::max(m, s);
     const float corr = std::exp(m - m_new);
     const float e = std::exp(s - m_new);
     l = l * corr + e;
-    const float* v = v_at(kv, table, p, kv_head);
-    for (int64_t d = 0; d < hd; ++d) acc[d] = acc[d] * corr + e * v[d];
+    const KvElem* v = v_at(kv, table, p, kv_head);
+    for (int64_t d = 0; d < hd; ++d) acc[d] = acc[d] * corr + e * f16_to_f32(v[d]);
     m = m_new;
   }
   for (int64_t d = 0; d < hd; ++d) out[d] = acc[d] / l;
@@ -54,14 +55,25 @@ void kv_write(const KvLayerView& kv, const int32_t* block_table, int64_t pos, co
               const float* v) {
   const int64_t block = block_table[pos / kKvBlockTokens];
   const int64_t slot = pos % kKvBlockTokens;
-  float* kb = kv.k + block * kv.block_floats();
-  float* vb = kv.v + block * kv.block_floats();
+  KvElem* kb = kv.k + block * kv.block_elems();
+  KvElem* vb = kv.v + block * kv.block_elems();
+  const int64_t n = kv.n_kv_heads * kv.head_dim;
+  const bool f16c = active_isa() != Isa::scalar;
+  thread_local std::vector<KvElem> kh;
+  kh.resize(static_cast<size_t>(n));
+  auto convert = [&](const float* x, int64_t count, KvElem* out) {
+    if (f16c) {
+      avx2::to_half(x, count, out);
+    } else {
+      for (int64_t i = 0; i < count; ++i) out[i] = f32_to_f16(x[i]);
+    }
+  };
+  convert(k, n, kh.data());
   for (int64_t h = 0; h < kv.n_kv_heads; ++h) {
     for (int64_t d = 0; d < kv.head_dim; ++d) {
-      kb[(h * kv.head_dim + d) * kKvBlockTokens + slot] = k[h * kv.head_dim + d];
+      kb[(h * kv.head_dim + d) * kKvBlockTokens + slot] = kh[h * kv.head_dim + d];
     }
-    std::copy(v + h * kv.head_dim, v + (h + 1) * kv.head_dim,
-              vb + (h * kKvBlockTokens + slot) * kv.head_dim);
+    convert(v + h * kv.head_dim, kv.head_dim, vb + (h * kKvBlockTokens + slot) * kv.head_dim);
   }
 }
 
@@ -80,9 +92,9 @@ void attention_ref(const float* q, const KvLayerView& kv, std::span<const Attent
         double mx = -1e300;
         for (int64_t p = first; p <= pos; ++p) {
           int64_t stride;
-          const float* k = k_at(kv, s.block_table, p, kvh, &stride);
+          const KvElem* k = k_at(kv, s.block_table, p, kvh, &stride);
           double dot = 0;
-          for (int64_t d = 0; d < hd; ++d) dot += static_cast<double>(qh[d]) * k[d * stride];
+          for (int64_t d = 0; d < hd; ++d) dot += static_cast<double>(qh[d]) * f16_to_f32(k[d * stride]);
           scores[p - first] = dot * scale;
           mx = std::max(mx, scores[p - first]);
         }
@@ -92,7 +104,7 @@ void attention_ref(const float* q, const KvLayerView& kv, std::span<const Attent
         for (int64_t d = 0; d < hd; ++d) {
           double acc = 0;
           for (int64_t p = first; p <= pos; ++p) {
-            acc += scores[p - first] * v_at(kv, s.block_table, p, kvh)[d];
+            acc += scores[p - first] * f16_to_f32(v_at(kv, s.block_table, p, kvh)[d]);
           }
           o[d] = static_cast<float>(acc / sum);
         }

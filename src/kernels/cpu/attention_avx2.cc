@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "core/half.h"
 #include "kernels/cpu/attention.h"
 
 namespace pensieve::kernels::avx2 {
@@ -40,6 +41,11 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
 }
 
+// 8 half floats from the cache, widened.
+inline __m256 load8(const KvElem* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -58,15 +64,15 @@ void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_t
   const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 vscale = _mm256_set1_ps(scale);
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  const int64_t block_floats = kv.block_floats();
+  const int64_t block_elems = kv.block_elems();
   for (int64_t b = first_pos / kKvBlockTokens; b <= pos / kKvBlockTokens; ++b) {
     const int64_t block = block_table[b];
-    const float* kb = kv.k + block * block_floats + kv_head * hd * kKvBlockTokens;
+    const KvElem* kb = kv.k + block * block_elems + kv_head * hd * kKvBlockTokens;
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     for (int64_t d = 0; d < hd; ++d) {
       const __m256 qd = _mm256_set1_ps(q[d]);
-      s0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kb + d * kKvBlockTokens), s0);
-      s1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kb + d * kKvBlockTokens + 8), s1);
+      s0 = _mm256_fmadd_ps(qd, load8(kb + d * kKvBlockTokens), s0);
+      s1 = _mm256_fmadd_ps(qd, load8(kb + d * kKvBlockTokens + 8), s1);
     }
     const float base = static_cast<float>(b * kKvBlockTokens);
     const __m256 lo = _mm256_set1_ps(static_cast<float>(first_pos));
@@ -87,26 +93,35 @@ void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_t
     _mm256_store_ps(p, e0);
     _mm256_store_ps(p + 8, e1);
     const int mask = _mm256_movemask_ps(v0) | (_mm256_movemask_ps(v1) << 8);
-    const float* vb = kv.v + block * block_floats + kv_head * kKvBlockTokens * hd;
+    const KvElem* vb = kv.v + block * block_elems + kv_head * kKvBlockTokens * hd;
     const __m256 vcorr = _mm256_set1_ps(corr);
     int64_t d = 0;
     for (; d + 8 <= hd; d += 8) {
       __m256 a = _mm256_mul_ps(_mm256_loadu_ps(acc + d), vcorr);
       for (int j = 0; j < kKvBlockTokens; ++j) {
-        if ((mask >> j) & 1) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(vb + j * hd + d), a);
+        if ((mask >> j) & 1) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(vb + j * hd + d), a);
       }
       _mm256_storeu_ps(acc + d, a);
     }
     for (; d < hd; ++d) {
       float a = acc[d] * corr;
       for (int j = 0; j < kKvBlockTokens; ++j) {
-        if ((mask >> j) & 1) a += p[j] * vb[j * hd + d];
+        if ((mask >> j) & 1) a += p[j] * f16_to_f32(vb[j * hd + d]);
       }
       acc[d] = a;
     }
   }
   const float inv = 1.0f / l;
   for (int64_t d = 0; d < hd; ++d) out[d] = acc[d] * inv;
+}
+
+void to_half(const float* x, int64_t n, KvElem* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) out[i] = f32_to_f16(x[i]);
 }
 
 }  // namespace pensieve::kernels::avx2

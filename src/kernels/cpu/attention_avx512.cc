@@ -21,11 +21,23 @@
 namespace pensieve::kernels::avx512 {
 namespace {
 
-// The last 16-float chunk of a row: a plain 8-float load when exactly half
+// 16 half floats from the cache, widened.
+inline __m512 load16(const KvElem* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// The last 16-value chunk of a row: a plain 8-value load when exactly half
 // is used (head_dim 8, 40, 72, ...; masked loads are slow in the hot loop).
-inline __m512 load_tail(const float* p, __mmask16 mask, bool half) {
-  if (half) return _mm512_zextps256_ps512(_mm256_loadu_ps(p));
-  return _mm512_maskz_loadu_ps(mask, p);
+inline __m512 load_tail(const KvElem* p, __mmask16 mask, bool half) {
+  if (half) {
+    return _mm512_zextps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p));
+}
+
+// A block's K or V (n values, n % 16 == 0) widened into f32 scratch.
+inline void widen(const KvElem* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; i += 16) _mm512_store_ps(dst + i, load16(src + i));
 }
 
 // Per query head (a "row"): NC accumulators of P·V and the running sum of
@@ -40,7 +52,7 @@ struct RowState {
 // step, which held this loop to a fraction of the FMA rate), each K vector
 // loaded once for all QB rows.
 template <int QB>
-inline void block_scores(const float* const* q, const float* kb, int64_t hd, __m512 scale,
+inline void block_scores(const float* const* q, const KvElem* kb, int64_t hd, __m512 scale,
                          __m512* out) {
   __m512 s[QB][4];
   for (int k = 0; k < QB; ++k)
@@ -48,12 +60,12 @@ inline void block_scores(const float* const* q, const float* kb, int64_t hd, __m
   int64_t d = 0;
   for (; d + 4 <= hd; d += 4) {
     for (int u = 0; u < 4; ++u) {
-      const __m512 kv = _mm512_loadu_ps(kb + (d + u) * kKvBlockTokens);
+      const __m512 kv = load16(kb + (d + u) * kKvBlockTokens);
       for (int k = 0; k < QB; ++k) s[k][u] = _mm512_fmadd_ps(_mm512_set1_ps(q[k][d + u]), kv, s[k][u]);
     }
   }
   for (; d < hd; ++d) {
-    const __m512 kv = _mm512_loadu_ps(kb + d * kKvBlockTokens);
+    const __m512 kv = load16(kb + d * kKvBlockTokens);
     for (int k = 0; k < QB; ++k) s[k][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[k][d]), kv, s[k][0]);
   }
   for (int k = 0; k < QB; ++k) {
@@ -83,8 +95,8 @@ inline __m512 softmax_step(__m512 sc, __mmask16 valid, RowState r) {
 // all 16 keys, each V row loaded once for the QB rows (QB·NC independent
 // accumulator chains).
 template <int NC, int QB>
-inline void rows_full_block(const float* const* q, const RowState* rows, const float* kb,
-                            const float* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
+inline void rows_full_block(const float* const* q, const RowState* rows, const KvElem* kb,
+                            const KvElem* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
                             bool half_tail) {
   __m512 sc[QB], e[QB];
   block_scores<QB>(q, kb, hd, scale, sc);
@@ -94,9 +106,9 @@ inline void rows_full_block(const float* const* q, const RowState* rows, const f
     for (int c = 0; c < NC; ++c) acc[k][c] = rows[k].st[c];
 #pragma GCC unroll 4
   for (int j = 0; j < kKvBlockTokens; ++j) {
-    const float* vrow = vb + j * hd;
+    const KvElem* vrow = vb + j * hd;
     __m512 v[NC];
-    for (int c = 0; c + 1 < NC; ++c) v[c] = _mm512_loadu_ps(vrow + c * 16);
+    for (int c = 0; c + 1 < NC; ++c) v[c] = load16(vrow + c * 16);
     v[NC - 1] = load_tail(vrow + (NC - 1) * 16, last_mask, half_tail);
     const __m512i idx = _mm512_set1_epi32(j);
     for (int k = 0; k < QB; ++k) {
@@ -111,8 +123,8 @@ inline void rows_full_block(const float* const* q, const RowState* rows, const f
 // One row against a partial block (the diagonal or the window's edge): only
 // the keys in `valid`; slots outside it may hold stale values.
 template <int NC>
-inline void row_partial_block(const float* q, RowState row, __mmask16 valid, const float* kb,
-                              const float* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
+inline void row_partial_block(const float* q, RowState row, __mmask16 valid, const KvElem* kb,
+                              const KvElem* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
                               bool half_tail) {
   __m512 sc;
   block_scores<1>(&q, kb, hd, scale, &sc);
@@ -124,8 +136,8 @@ inline void row_partial_block(const float* q, RowState row, __mmask16 valid, con
   for (int j = 0; j < kKvBlockTokens; ++j) {
     if (!((valid >> j) & 1)) continue;
     const __m512 pj = _mm512_set1_ps(p[j]);
-    const float* vrow = vb + j * hd;
-    for (int c = 0; c + 1 < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vrow + c * 16), acc[c]);
+    const KvElem* vrow = vb + j * hd;
+    for (int c = 0; c + 1 < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, load16(vrow + c * 16), acc[c]);
     acc[NC - 1] = _mm512_fmadd_ps(pj, load_tail(vrow + (NC - 1) * 16, last_mask, half_tail), acc[NC - 1]);
   }
   for (int c = 0; c < NC; ++c) row.st[c] = acc[c];
@@ -179,18 +191,25 @@ void attention_lanes(const float* q, int64_t ldq, float* out, int64_t ldo, const
     mx[m] = _mm512_set1_ps(-1e30f);  // finite: a lane with no key yet keeps corr = 1
     sum[m] = _mm512_setzero_ps();
   }
-  const int64_t block_floats = kv.block_floats();
+  const int64_t block_elems = kv.block_elems();
   const __m512 none = _mm512_set1_ps(-1e30f);
+  // Each block's K and V are widened to f32 once for the 32 rows (the
+  // broadcasts below then read plain floats).
+  thread_local AlignedVector<float> kf_buf, vf_buf;
+  kf_buf.resize(static_cast<size_t>(hd * kKvBlockTokens));
+  vf_buf.resize(static_cast<size_t>(hd * kKvBlockTokens));
+  const float* kb = kf_buf.data();
+  const float* vb = vf_buf.data();
   for (int64_t b = lo / kKvBlockTokens; b <= hi / kKvBlockTokens; ++b) {
     const int64_t block = block_table[b];
-    const float* kb = kv.k + block * block_floats + kv_head * hd * kKvBlockTokens;
-    const float* vb = kv.v + block * block_floats + kv_head * kKvBlockTokens * hd;
+    widen(kv.k + block * block_elems + kv_head * hd * kKvBlockTokens, hd * kKvBlockTokens, kf_buf.data());
+    widen(kv.v + block * block_elems + kv_head * kKvBlockTokens * hd, hd * kKvBlockTokens, vf_buf.data());
     const int32_t base = static_cast<int32_t>(b * kKvBlockTokens);
     // The next block's K and V (hd lines each) are fetched while this one is
     // computed: blocks are scattered over the pool, out of the prefetcher's sight.
     const int64_t next = b + 1 <= hi / kKvBlockTokens ? block_table[b + 1] : block;
-    const float* kn = kv.k + next * block_floats + kv_head * hd * kKvBlockTokens;
-    const float* vn = kv.v + next * block_floats + kv_head * kKvBlockTokens * hd;
+    const KvElem* kn = kv.k + next * block_elems + kv_head * hd * kKvBlockTokens;
+    const KvElem* vn = kv.v + next * block_elems + kv_head * kKvBlockTokens * hd;
     __m512 s[kKvBlockTokens][MT];
     for (int half = 0; half < 2; ++half) {
       __m512 acc[8][MT];
@@ -198,7 +217,7 @@ void attention_lanes(const float* q, int64_t ldq, float* out, int64_t ldo, const
         for (int m = 0; m < MT; ++m) acc[j][m] = _mm512_setzero_ps();
       const float* kh = kb + 8 * half;
       for (int64_t d = 0; d < hd; ++d) {
-        if (half == 0) {
+        if (half == 0 && d % 2 == 0) {  // 32 halves = one line
           _mm_prefetch(reinterpret_cast<const char*>(kn + d * 16), _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(vn + d * 16), _MM_HINT_T0);
         }
@@ -296,23 +315,24 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
   const __mmask16 last_mask =
       hd % 16 == 0 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (hd % 16)) - 1);
   const bool half_tail = hd % 16 == 8;
-  thread_local std::vector<__m512> state;
+  thread_local AlignedVector<float> state;  // __m512 per entry (a vector of __m512 loses its alignment attribute)
   thread_local std::vector<float> maxes;
-  state.assign(static_cast<size_t>(nq * (NC + 1)), _mm512_setzero_ps());
+  state.assign(static_cast<size_t>(nq * (NC + 1) * 16), 0.f);
   maxes.assign(static_cast<size_t>(nq), -std::numeric_limits<float>::infinity());
   auto row_of = [&](int64_t x) {
-    return RowState{&state[static_cast<size_t>(x * (NC + 1))], &maxes[static_cast<size_t>(x)]};
+    return RowState{reinterpret_cast<__m512*>(&state[static_cast<size_t>(x * (NC + 1) * 16)]),
+                    &maxes[static_cast<size_t>(x)]};
   };
   auto q_of = [&](int64_t x) { return q + (x / n_heads) * ldq + (head0 + x % n_heads) * hd; };
   const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 vscale = _mm512_set1_ps(scale);
-  const int64_t block_floats = kv.block_floats();
+  const int64_t block_elems = kv.block_elems();
   const int64_t pos_last = pos0 + n_queries - 1;
   const int64_t first0 = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
   for (int64_t b = first0 / kKvBlockTokens; b <= pos_last / kKvBlockTokens; ++b) {
     const int64_t block = block_table[b];
-    const float* kb = kv.k + block * block_floats + kv_head * hd * kKvBlockTokens;
-    const float* vb = kv.v + block * block_floats + kv_head * kKvBlockTokens * hd;
+    const KvElem* kb = kv.k + block * block_elems + kv_head * hd * kKvBlockTokens;
+    const KvElem* vb = kv.v + block * block_elems + kv_head * kKvBlockTokens * hd;
     const int64_t base = b * kKvBlockTokens;
     int64_t pending[QB];  // rows that see the whole block, run QB at a time
     int n_pending = 0;
@@ -352,7 +372,7 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
     for (int k = 0; k < n_pending; ++k) run_full(std::integral_constant<int, 1>{}, pending + k);
   }
   for (int64_t x = 0; x < nq; ++x) {
-    const __m512* st = &state[static_cast<size_t>(x * (NC + 1))];
+    const __m512* st = reinterpret_cast<const __m512*>(&state[static_cast<size_t>(x * (NC + 1) * 16)]);
     const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(st[NC]));
     float* o = out + (x / n_heads) * ldo + (head0 + x % n_heads) * hd;
     for (int c = 0; c + 1 < NC; ++c) _mm512_storeu_ps(o + c * 16, _mm512_mul_ps(st[c], inv));
