@@ -51,14 +51,24 @@ struct RowState {
 // row over the head dimension (one chain waits out the FMA latency at every
 // step, which held this loop to a fraction of the FMA rate), each K vector
 // loaded once for all QB rows.
+//
+// pf_k / pf_v: a later block's K and V (hd·16 halves each) to prefetch, two
+// lines of each per step, spread over the loop (a burst of 96 prefetches at
+// once stalls on the line-fill buffers); nullptr for none.
 template <int QB>
 inline void block_scores(const float* const* q, const KvElem* kb, int64_t hd, __m512 scale,
-                         __m512* out) {
+                         __m512* out, const char* pf_k = nullptr, const char* pf_v = nullptr) {
   __m512 s[QB][4];
   for (int k = 0; k < QB; ++k)
     for (int u = 0; u < 4; ++u) s[k][u] = _mm512_setzero_ps();
   int64_t d = 0;
   for (; d + 4 <= hd; d += 4) {
+    if (pf_k != nullptr) {  // 4 rows of 16 halves = 128 bytes of each
+      _mm_prefetch(pf_k + 32 * d, _MM_HINT_T0);
+      _mm_prefetch(pf_k + 32 * d + 64, _MM_HINT_T0);
+      _mm_prefetch(pf_v + 32 * d, _MM_HINT_T0);
+      _mm_prefetch(pf_v + 32 * d + 64, _MM_HINT_T0);
+    }
     for (int u = 0; u < 4; ++u) {
       const __m512 kv = load16(kb + (d + u) * kKvBlockTokens);
       for (int k = 0; k < QB; ++k) s[k][u] = _mm512_fmadd_ps(_mm512_set1_ps(q[k][d + u]), kv, s[k][u]);
@@ -97,9 +107,9 @@ inline __m512 softmax_step(__m512 sc, __mmask16 valid, RowState r) {
 template <int NC, int QB>
 inline void rows_full_block(const float* const* q, const RowState* rows, const KvElem* kb,
                             const KvElem* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
-                            bool half_tail) {
+                            bool half_tail, const char* pf_k, const char* pf_v) {
   __m512 sc[QB], e[QB];
-  block_scores<QB>(q, kb, hd, scale, sc);
+  block_scores<QB>(q, kb, hd, scale, sc, pf_k, pf_v);
   for (int k = 0; k < QB; ++k) e[k] = softmax_step<NC>(sc[k], 0xffff, rows[k]);
   __m512 acc[QB][NC];
   for (int k = 0; k < QB; ++k)
@@ -334,6 +344,16 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
     const KvElem* kb = kv.k + block * block_elems + kv_head * hd * kKvBlockTokens;
     const KvElem* vb = kv.v + block * block_elems + kv_head * kKvBlockTokens * hd;
     const int64_t base = b * kKvBlockTokens;
+    // Two blocks ahead, prefetched by the first full pass over this block: a
+    // decode step streams K and V from memory, and a head's blocks lie a
+    // whole block of all heads apart, out of the prefetcher's sight.
+    const char* pf_k = nullptr;
+    const char* pf_v = nullptr;
+    if (b + 2 <= pos_last / kKvBlockTokens) {
+      const int64_t ahead = block_table[b + 2];
+      pf_k = reinterpret_cast<const char*>(kv.k + ahead * block_elems + kv_head * hd * kKvBlockTokens);
+      pf_v = reinterpret_cast<const char*>(kv.v + ahead * block_elems + kv_head * kKvBlockTokens * hd);
+    }
     int64_t pending[QB];  // rows that see the whole block, run QB at a time
     int n_pending = 0;
     auto run_full = [&](auto n_tag, const int64_t* xs) {
@@ -344,7 +364,8 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
         qs[k] = q_of(xs[k]);
         rs[k] = row_of(xs[k]);
       }
-      rows_full_block<NC, N>(qs, rs, kb, vb, hd, vscale, last_mask, half_tail);
+      rows_full_block<NC, N>(qs, rs, kb, vb, hd, vscale, last_mask, half_tail, pf_k, pf_v);
+      pf_k = pf_v = nullptr;  // once per block
     };
     for (int64_t i = 0; i < n_queries; ++i) {
       const int64_t pos = pos0 + i;
