@@ -8,6 +8,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "core/half.h"
@@ -82,6 +83,16 @@ double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
     den = std::max(den, static_cast<double>(std::abs(b[i])));
   }
   return num / den;
+}
+
+// x (n_tokens rows of cols) quantized for the integer kernels, in the gemv
+// layout and as the gemm's 16-token tiles.
+std::pair<QuantizedActivations, QuantizedActivationTiles> quantized_input(
+    const std::vector<float>& x, int64_t cols, int64_t n_tokens, int group) {
+  std::pair<QuantizedActivations, QuantizedActivationTiles> q;
+  quantize_activations(x.data(), cols, n_tokens, cols, group, &q.first);
+  tile_activations(q.first, &q.second);
+  return q;
 }
 
 struct MatmulCase {
@@ -218,11 +229,8 @@ TEST(IntegerKernel, MatchesItsScalarModel) {
     for (int group : {32, 64, 128}) {
       const int64_t rows = 13, cols = 11 * group, n_tokens = 37;  // several K blocks, 3 token tiles
       RandomWeight rw(format, rows, cols, group, rng);
-      const auto x = random_vector(static_cast<size_t>(n_tokens * cols), rng);
-      QuantizedActivations qa;
-      quantize_activations(x.data(), cols, n_tokens, cols, group, &qa);
-      QuantizedActivationTiles tiles;
-      tile_activations(qa, &tiles);
+      const auto [qa, tiles] = quantized_input(random_vector(static_cast<size_t>(n_tokens * cols), rng),
+                                               cols, n_tokens, group);
       std::vector<float> want(n_tokens * rows), got(n_tokens * rows, -1.f);
       vnni_reference_rows(rw.w, 0, rows, qa, want.data(), rows);
       const int64_t ldt = 48 + 5;  // 3 tiles of tokens, rows spaced wider than needed
@@ -250,11 +258,8 @@ TEST(IntegerKernel, AmxEqualsVnniBitForBit) {
         for (int64_t n_tokens : {5, 16, 37}) {
           const int64_t cols = 7 * group;
           RandomWeight rw(format, rows, cols, group, rng);
-          const auto x = random_vector(static_cast<size_t>(n_tokens * cols), rng);
-          QuantizedActivations qa;
-          quantize_activations(x.data(), cols, n_tokens, cols, group, &qa);
-          QuantizedActivationTiles tiles;
-          tile_activations(qa, &tiles);
+          const auto [qa, tiles] = quantized_input(
+              random_vector(static_cast<size_t>(n_tokens * cols), rng), cols, n_tokens, group);
           const int64_t ldt = (n_tokens + 15) / 16 * 16;
           std::vector<float> vnni(rows * ldt, 0.f), tile(rows * ldt, 0.f);
           avx512::vnni_gemm(rw.w, 0, rows, tiles, vnni.data(), ldt);

@@ -58,11 +58,19 @@ void permute_x_for_q4(const float* x, int64_t cols, float* out) {
 void set_matmul_path_for_tests(MatmulPath path) { g_path.store(static_cast<int>(path)); }
 
 namespace {
+// 1 (on) unless the environment variable `name` starts with `off`.
+int on_unless_env(const char* name, char off) {
+  const char* env = std::getenv(name);
+  return env != nullptr && env[0] == off ? 0 : 1;
+}
+
 std::atomic<int>& integer_flag() {
-  static std::atomic<int> flag{[] {
-    const char* env = std::getenv("PENSIEVE_PRECISE");
-    return env != nullptr && env[0] == '1' ? 0 : 1;
-  }()};
+  static std::atomic<int> flag{on_unless_env("PENSIEVE_PRECISE", '1')};
+  return flag;
+}
+
+std::atomic<int>& amx_flag() {
+  static std::atomic<int> flag{on_unless_env("PENSIEVE_AMX", '0')};
   return flag;
 }
 }  // namespace
@@ -72,16 +80,6 @@ bool integer_kernels_enabled() {
          active_isa() == Isa::avx512;
 }
 void set_integer_kernels(bool enabled) { integer_flag().store(enabled ? 1 : 0); }
-
-namespace {
-std::atomic<int>& amx_flag() {
-  static std::atomic<int> flag{[] {
-    const char* env = std::getenv("PENSIEVE_AMX");
-    return env != nullptr && env[0] == '0' ? 0 : 1;
-  }()};
-  return flag;
-}
-}  // namespace
 
 bool amx_kernels_enabled() {
   static const bool usable =
