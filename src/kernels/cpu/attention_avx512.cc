@@ -215,8 +215,8 @@ void attention_lanes(const float* q, int64_t ldq, float* out, int64_t ldo, const
     widen(kv.k + block * block_elems + kv_head * hd * kKvBlockTokens, hd * kKvBlockTokens, kf_buf.data());
     widen(kv.v + block * block_elems + kv_head * kKvBlockTokens * hd, hd * kKvBlockTokens, vf_buf.data());
     const int32_t base = static_cast<int32_t>(b * kKvBlockTokens);
-    // The next block's K and V (hd lines each) are fetched while this one is
-    // computed: blocks are scattered over the pool, out of the prefetcher's sight.
+    // The next block's K and V (hd/2 lines each) are fetched while this one
+    // is computed: blocks are scattered over the pool, out of the prefetcher's sight.
     const int64_t next = b + 1 <= hi / kKvBlockTokens ? block_table[b + 1] : block;
     const KvElem* kn = kv.k + next * block_elems + kv_head * hd * kKvBlockTokens;
     const KvElem* vn = kv.v + next * block_elems + kv_head * kKvBlockTokens * hd;

@@ -233,8 +233,8 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
       });
     }
   }
-  // The integer gemm writes its rows token-contiguous into yt (see
-  // vnni_gemm); they are moved to y below, in token order.
+  // The integer gemm writes each output row's tokens contiguously into yt
+  // (see vnni_gemm); a transpose below moves them to y in token order.
   thread_local AlignedVector<float> yt_cache;
   auto& yt_buf = yt_cache;
   const int64_t ldt = (n_tokens + 15) / 16 * 16;
