@@ -1,8 +1,10 @@
 #include "core/thread_pool.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -38,6 +40,21 @@ int ThreadPool::default_threads() {
 
 ThreadPool::ThreadPool(int n_threads) {
   n_threads_ = n_threads > 0 ? n_threads : default_threads();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const char* pin_env = std::getenv("PENSIEVE_PIN");
+  const bool pin_allowed = pin_env == nullptr || pin_env[0] != '0';
+  if (pin_allowed && n_threads_ > 1 && sched_getaffinity(0, sizeof(set), &set) == 0 &&
+      CPU_COUNT(&set) == n_threads_) {
+    // [caller (floats), the set's 2nd CPU, 3rd, ...]: its 1st is the caller's.
+    pinned_.push_back(-1);
+    bool first = true;
+    for (int cpu = 0; cpu < CPU_SETSIZE && static_cast<int>(pinned_.size()) < n_threads_; ++cpu) {
+      if (!CPU_ISSET(cpu, &set)) continue;
+      if (!first) pinned_.push_back(cpu);
+      first = false;
+    }
+  }
   workers_.reserve(n_threads_ - 1);
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_main(i); });
 }
@@ -51,6 +68,12 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::worker_main(int index) {
   flush_denormals();
+  if (!pinned_.empty()) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(pinned_[static_cast<size_t>(index)], &one);
+    pthread_setaffinity_np(pthread_self(), sizeof(one), &one);  // a hint: ignore failure
+  }
   uint64_t seen = 0;
   for (;;) {
     uint64_t g = generation_.load(std::memory_order_acquire);

@@ -2,6 +2,13 @@
 // takes part, so a pool of n threads runs n-way parallel with n-1 workers.
 // Workers spin briefly between jobs (decode issues hundreds of small parallel
 // regions per token) and then sleep on a futex-backed atomic wait.
+//
+// Pinning: a pool with one thread per CPU this process may use (the default
+// size) pins worker i to the i-th of those CPUs, so no two workers share a
+// core and none migrates away from its caches mid-job; CPU 0 of the set is
+// left to the caller, which stays unpinned (it is the application's thread,
+// and what it starts would inherit a pin). Smaller pools float, and
+// PENSIEVE_PIN=0 turns pinning off.
 #pragma once
 
 #include <atomic>
@@ -21,6 +28,8 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
+  // The CPU each worker is pinned to (index 0: the caller, -1), or empty.
+  const std::vector<int>& pinned_cpus() const { return pinned_; }
 
   // Calls fn(thread_index, n_threads) once on every thread and waits for all.
   void run(const std::function<void(int, int)>& fn);
@@ -43,6 +52,7 @@ class ThreadPool {
   void worker_main(int index);
 
   int n_threads_ = 1;
+  std::vector<int> pinned_;
   std::vector<std::thread> workers_;
   const std::function<void(int, int)>* job_ = nullptr;
   std::atomic<uint64_t> generation_{0};

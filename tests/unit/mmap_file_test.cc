@@ -3,7 +3,11 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <sched.h>
+
 #include <atomic>
+#include <cstdlib>
+#include <set>
 #include <cstring>
 #include <random>
 #include <string>
@@ -89,6 +93,53 @@ TEST(ThreadPool, ContiguousSharesVisitEveryItemOnce) {
       });
       for (int64_t i = 0; i < n; ++i) EXPECT_EQ(seen[i].load(), 1) << "item " << i << " of " << n;
     }
+  }
+}
+
+// A pool of one thread per allowed CPU pins its workers to distinct CPUs of
+// the affinity set (the first is left to the caller, which floats) and they
+// run there; a smaller pool and PENSIEVE_PIN=0 leave every thread free.
+TEST(ThreadPool, FullSizePoolPinsItsWorkersToDistinctCpus) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  const int n = CPU_COUNT(&set);
+  if (n < 2) GTEST_SKIP() << "one CPU: nothing to pin";
+  const char* env = std::getenv("PENSIEVE_PIN");
+  const std::string saved = env != nullptr ? env : "";
+  ::unsetenv("PENSIEVE_PIN");
+  {
+    ThreadPool pool(n);
+    const std::vector<int>& cpus = pool.pinned_cpus();
+    ASSERT_EQ(static_cast<int>(cpus.size()), n);
+    EXPECT_EQ(cpus[0], -1) << "the caller is not pinned";
+    std::set<int> distinct(cpus.begin() + 1, cpus.end());
+    EXPECT_EQ(static_cast<int>(distinct.size()), n - 1);
+    for (int i = 1; i < n; ++i) EXPECT_TRUE(CPU_ISSET(cpus[i], &set)) << cpus[i];
+    std::vector<int> ran_on(static_cast<size_t>(n), -2), allowed(static_cast<size_t>(n), 0);
+    pool.run([&](int index, int) {
+      cpu_set_t own;
+      CPU_ZERO(&own);
+      sched_getaffinity(0, sizeof(own), &own);  // 0: the calling thread
+      allowed[index] = CPU_COUNT(&own);
+      ran_on[index] = sched_getcpu();
+    });
+    for (int i = 1; i < n; ++i) {
+      EXPECT_EQ(allowed[i], 1) << "worker " << i << " may run on one CPU only";
+      EXPECT_EQ(ran_on[i], cpus[i]) << "worker " << i;
+    }
+    EXPECT_EQ(allowed[0], n) << "the caller floats";
+    cpu_set_t mine;
+    ASSERT_EQ(sched_getaffinity(0, sizeof(mine), &mine), 0);
+    EXPECT_EQ(CPU_COUNT(&mine), n) << "the calling thread keeps every CPU";
+  }
+  EXPECT_TRUE(ThreadPool(n - 1).pinned_cpus().empty());
+  ::setenv("PENSIEVE_PIN", "0", 1);
+  EXPECT_TRUE(ThreadPool(n).pinned_cpus().empty());
+  if (env != nullptr) {
+    ::setenv("PENSIEVE_PIN", saved.c_str(), 1);
+  } else {
+    ::unsetenv("PENSIEVE_PIN");
   }
 }
 
