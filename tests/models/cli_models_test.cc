@@ -344,6 +344,8 @@ TEST(BenchJson, PrintsEveryFieldWithSaneValues) {
     // The weights are prefaulted, so they are resident; a tiny model needs far less than a GiB more.
     EXPECT_GT(b["peak_rss_bytes"].get<int64_t>(), file_bytes);
     EXPECT_LT(b["peak_rss_bytes"].get<int64_t>(), file_bytes + (int64_t{1} << 30));
+    // The prefill kernel it names is the one this CPU picks (same binary, same environment).
+    EXPECT_EQ(b["prefill_kernel"], kernels::prefill_kernel_name());
   }
   const auto bad = test::run_pensieve("bench --json --prompt-tokens 0 --model " + dir.path());
   EXPECT_NE(bad.exit_code, 0);

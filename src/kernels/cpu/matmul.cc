@@ -263,7 +263,7 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
       }
       if (integer_ok(w)) {
         float* out = yt_buf.data() + (task.y_offset + task.r0) * ldt;
-        if (amx && (w.group_size == 32 || w.group_size == 64 || w.group_size == 128)) {
+        if (amx && amx::handles(w)) {
           amx::gemm_i8(w, task.r0, task.r1, tile_form(w), out, ldt);
         } else {
           avx512::vnni_gemm(w, task.r0, task.r1, tile_form(w), out, ldt);

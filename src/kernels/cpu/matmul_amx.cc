@@ -71,7 +71,7 @@ bool request_permission() {
 void gemm_i8(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
              float* yt, int64_t ldt) {
   const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
-  if (group != 32 && group != 64 && group != 128) {
+  if (!handles(w)) {
     fail(ErrorKind::internal, "{}: group size {} has no AMX kernel", w.name, group);
   }
   const int kbytes = static_cast<int>(std::min<int64_t>(group, 64));

@@ -94,8 +94,11 @@ void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* xt,
 namespace amx {
 // Asks Linux for the tile state (once per process); false where it refuses.
 bool request_permission();
+// Whether gemm_i8 takes w: group sizes 32, 64 and 128 (others use VNNI).
+inline bool handles(const WeightMatrix& w) {
+  return w.group_size == 32 || w.group_size == 64 || w.group_size == 128;
+}
 // vnni_gemm's contract and arithmetic (the same floats) on the tile unit.
-// Group sizes 32, 64 and 128.
 void gemm_i8(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivationTiles& a,
              float* yt, int64_t ldt);
 }  // namespace amx
