@@ -39,6 +39,7 @@ struct Opts {
   size_t max_body_mb = 32;
   bool no_prefix_cache = false;
   bool mmap = false;
+  bool test_hooks = false;
 };
 
 // The bundled model ships in <repo>/models/stories260K; look for it next to
@@ -110,6 +111,9 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "(0: no limit)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (413 above)");
+  // Not in --help: POST /test/hold and /test/release, for the end-to-end
+  // tests that must keep a generation in flight while they probe.
+  app.add_flag("--test-hooks", o->test_hooks)->group("");
   return std::function<int()>([o] {
     if (o->mmap) set_default_file_residency(FileResidency::mapped);
     // Bad values fail before anything is downloaded or loaded.
@@ -225,6 +229,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     so.max_per_client = o->max_per_client;
     so.max_output_tokens = o->max_output_tokens >= 0 ? o->max_output_tokens : (bundled ? 512 : 0);
     so.max_body_bytes = o->max_body_mb << 20;
+    so.test_hooks = o->test_hooks;
     server::Server server(backend, so);
     loading->stop();  // frees the port for the real server
     loading.reset();

@@ -278,13 +278,27 @@ void Engine::finish_with_error(Sequence& s, const std::string& error) {
   emit(s, e);
 }
 
+void Engine::hold() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  held_ = true;
+}
+
+void Engine::release() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    held_ = false;
+  }
+  wake_.notify_all();
+}
+
 void Engine::loop() {
   uint64_t next_admission = 0;
   for (;;) {
     std::vector<std::unique_ptr<Sequence>> cancelled_waiting;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || !waiting_.empty() || !running_.empty(); });
+      wake_.wait(lock,
+                 [&] { return stop_ || (!held_ && (!waiting_.empty() || !running_.empty())); });
       if (stop_) break;
       // A request cancelled while waiting for a place leaves now, not when
       // a place frees up.

@@ -127,6 +127,12 @@ class Engine {
   // prompt that can never fit (longer than ctx_size or the whole KV pool).
   std::shared_ptr<EngineHandle> submit(EngineRequest request);
   EngineStats stats() const;
+  // Test hook: while held the engine runs no step (requests queue up and
+  // stay in flight, cancellations wait too); release() lets it go on. Tests
+  // that need a request to stay busy hold it by construction with this
+  // instead of hoping the model is slow.
+  void hold();
+  void release();
   const EngineOptions& options() const { return options_; }
   int64_t ctx_size() const { return options_.ctx_size; }
 
@@ -152,6 +158,7 @@ class Engine {
   // tokens for lack of KV blocks (it then takes precedence over newcomers).
   bool memory_short_ = false;
   bool stop_ = false;
+  bool held_ = false;  // guarded by mutex_
   std::atomic<int64_t> n_running_{0}, n_free_blocks_{0}, n_cached_blocks_{0}, n_steps_{0},
       n_preemptions_{0}, n_prompt_tokens_{0}, n_cached_tokens_{0}, n_evictions_{0};
   std::thread thread_;

@@ -107,6 +107,12 @@ class Backend {
                                              EventCallback on_event) = 0;
   // Engine counters for GET /health (KV blocks, queue); null when there are none.
   virtual nlohmann::ordered_json stats() const { return nullptr; }
+  // Test hook (ServerOptions::test_hooks): hold the generations where they
+  // are (true) or let them go on (false). False when the backend cannot.
+  virtual bool set_held(bool held) {
+    (void)held;
+    return false;
+  }
 };
 
 }  // namespace pensieve::server

@@ -116,6 +116,12 @@ std::shared_ptr<Generation> EngineBackend::submit(GenerationRequest request,
   return std::make_shared<EngineGeneration>(std::move(handle));
 }
 
+bool EngineBackend::set_held(bool held) {
+  if (held) engine_.hold();
+  else engine_.release();
+  return true;
+}
+
 nlohmann::ordered_json EngineBackend::stats() const {
   const EngineStats s = engine_.stats();
   return {{"kv_blocks_total", s.n_blocks_total},

@@ -26,6 +26,7 @@ class EngineBackend : public Backend {
                      const nlohmann::ordered_json& extra_vars) const override;
   std::shared_ptr<Generation> submit(GenerationRequest request, EventCallback on_event) override;
   nlohmann::ordered_json stats() const override;
+  bool set_held(bool held) override;
 
   const std::vector<int32_t>& stop_ids() const { return stop_ids_; }
 

@@ -136,6 +136,19 @@ void Server::Impl::setup_routes() {
   http.Get(R"(/v1/models/([^/]+))", route(&Impl::handle_model, true));
   http.Get("/health", route(&Impl::handle_health, false));
   http.Get("/", route(&Impl::handle_health, false));  // HEAD / is served by GET handlers
+  if (options.test_hooks) {
+    for (const bool held : {true, false}) {
+      http.Post(held ? "/test/hold" : "/test/release",
+                [this, held](const httplib::Request& req, httplib::Response& res) {
+                  try {
+                    check_auth(req);
+                    handle_hold(held, res);
+                  } catch (const std::exception& e) {
+                    send_error(res, to_api_error(e));
+                  }
+                });
+    }
+  }
 
   http.set_pre_routing_handler([](const httplib::Request&, httplib::Response& res) {
     res.set_header("request-id", random_id("req_"));
@@ -189,6 +202,12 @@ void Server::Impl::handle_health(const httplib::Request& req, httplib::Response&
                {"n_inflight", n_inflight}, {"max_queue", options.max_queue}};
   if (!engine.is_null()) body["engine"] = std::move(engine);
   send_json(res, 200, body);
+}
+
+void Server::Impl::handle_hold(bool held, httplib::Response& res) {
+  if (!backend.set_held(held))
+    throw ApiError(404, "not_found_error", "this backend cannot hold its generations");
+  send_json(res, 200, {{"held", held}});
 }
 
 Server::Server(Backend& backend, ServerOptions options)

@@ -34,6 +34,10 @@ struct ServerOptions {
   int keep_alive_timeout_s = 5;
   int ping_interval_ms = 5000;            // SSE ping when nothing else was sent for this long
   int64_t max_output_tokens = 0;          // server-wide cap on a response's tokens (0: context only)
+  // Tests only: POST /test/hold and /test/release hold the backend's
+  // generations where they are and let them go (Backend::set_held), so a
+  // test can keep a request in flight by construction.
+  bool test_hooks = false;
 };
 
 class Server {

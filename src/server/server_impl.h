@@ -71,6 +71,7 @@ struct Server::Impl {
   void handle_models(const httplib::Request& req, httplib::Response& res);
   void handle_model(const httplib::Request& req, httplib::Response& res);
   void handle_health(const httplib::Request& req, httplib::Response& res);
+  void handle_hold(bool held, httplib::Response& res);
 };
 
 }  // namespace pensieve::server

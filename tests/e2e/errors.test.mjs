@@ -8,13 +8,14 @@ import Anthropic from '@anthropic-ai/sdk';
 import { startServer } from './support/server.mjs';
 
 // Small limits so that 413, 429 and 529 are reachable: a 1 MiB body limit,
-// two generations at once, one per client (API key, else address).
+// two generations at once, one per client (API key, else address); and the
+// test hooks, to hold generations in flight.
 let server;
 // The same server with an API key required.
 let keyed;
 
 before(async () => {
-  server = await startServer(['--max-body-mb', '1', '--max-queue', '2', '--max-per-client', '1']);
+  server = await startServer(['--max-body-mb', '1', '--max-queue', '2', '--max-per-client', '1', '--test-hooks']);
   keyed = await startServer(['--api-key', 'e2e-secret']);
 });
 
@@ -199,24 +200,30 @@ describe('stalled clients', () => {
   });
 });
 
-// Opens a stream that keeps generating (greedy on a prompt the model repeats
-// itself on, with a large max_tokens) and resolves once its first text
-// arrived, i.e. while it holds a generation slot. Abort it with stream.abort().
-async function busyStream(apiKey) {
+// Holds the engine (the server's --test-hooks): requests then stay in flight
+// until release(), whatever the model would have answered and however fast.
+const hook = async (s, what) => {
+  const r = await fetch(`${s.url}/test/${what}`, { method: 'POST' });
+  assert.equal(r.status, 200, await r.text());
+};
+
+// Opens a stream (the engine is held, so it stays in flight) and resolves
+// once the server counts it. Abort it with stream.abort().
+async function busyStream(apiKey, n_inflight) {
   const stream = sdk(server, { apiKey }).messages.stream(hello({
     max_tokens: 5000,
     messages: [{ role: 'user', content: 'Tell me a story about a little dog.' }],
   }));
   stream.on('error', () => {});
-  await new Promise((resolve, reject) => {
-    stream.on('text', resolve);
-    stream.finalMessage().then(() => reject(new Error('the busy stream ended too early')), () => {});
-  });
+  stream.finalMessage().catch(() => {});
+  assert.equal(await waitInflight(n_inflight), n_inflight);
   return stream;
 }
 
+// Waits until the server counts n generations in flight (a minute at most,
+// for a loaded machine); returns the last count seen.
 async function waitInflight(n) {
-  const deadline = Date.now() + 5_000;
+  const deadline = Date.now() + 60_000;
   for (;;) {
     const h = await (await fetch(`${server.url}/health`)).json();
     if (h.n_inflight === n || Date.now() > deadline) return h.n_inflight;
@@ -226,21 +233,26 @@ async function waitInflight(n) {
 
 describe('429 rate_limit_error and 529 overloaded_error', () => {
   it('a second generation from one client is 429; one past --max-queue is 529', async () => {
-    const a = await busyStream('client-a');
-    let b;
+    await hook(server, 'hold');
+    let a, b;
     try {
-      assert.equal(await waitInflight(1), 1);
+      a = await busyStream('client-a', 1);
       await sdkError(sdk(server, { apiKey: 'client-a' }).messages.create(hello()), 429, 'rate_limit_error', Anthropic.RateLimitError);
-      b = await busyStream('client-b');
-      assert.equal(await waitInflight(2), 2);
+      b = await busyStream('client-b', 2);
       await sdkError(sdk(server, { apiKey: 'client-c' }).messages.create(hello()), 529, 'overloaded_error');
       await sdkError(sdk(server, { apiKey: 'client-c' }).messages.create({ ...hello(), stream: true }), 529, 'overloaded_error');
     } finally {
-      a.abort();
+      await hook(server, 'release');
+      a?.abort();
       b?.abort();
     }
     // Aborting the streams cancels their generations and frees the slots.
     assert.equal(await waitInflight(0), 0);
     await stillServing(server, { apiKey: 'client-a' });
+  });
+
+  it('the test hooks exist only with --test-hooks', async () => {
+    const r = await fetch(`${keyed.url}/test/hold`, { method: 'POST', headers: { 'x-api-key': 'e2e-secret' } });
+    assert.equal(r.status, 404);
   });
 });

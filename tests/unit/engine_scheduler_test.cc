@@ -813,5 +813,32 @@ TEST(EngineScheduler, PromptLongerThanThePoolIsRefused) {
   wait_idle(engine);
 }
 
+// hold() stops the engine between steps: submitted requests stay in flight
+// (waiting, no forward, no event) until release(), which runs them as usual.
+TEST(EngineScheduler, HeldEngineRunsNothingUntilReleased) {
+  test::FakeModel model;
+  std::atomic<int> forwards{0};
+  model.on_forward = [&](std::span<const ForwardSeq>) { ++forwards; };
+  Engine engine(model, small_options(16));
+  engine.hold();
+  Collected a, b;
+  engine.submit(request_for(prompt_of(160, 20), 3, &a));
+  engine.submit(request_for(prompt_of(161, 5), 3, &b));
+  // Nothing can happen while held, however long we look.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(forwards.load(), 0);
+  EXPECT_EQ(engine.stats().n_waiting, 2);
+  EXPECT_EQ(engine.stats().n_steps, 0);
+  EXPECT_EQ(a.done_future.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+  engine.release();
+  a.wait();
+  b.wait();
+  EXPECT_EQ(a.finish, "max_tokens");
+  EXPECT_EQ(b.finish, "max_tokens");
+  EXPECT_EQ(a.tokens, run_alone(prompt_of(160, 20), 3));
+  EXPECT_GT(forwards.load(), 0);
+  wait_idle(engine);
+}
+
 }  // namespace
 }  // namespace pensieve
