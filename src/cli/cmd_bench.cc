@@ -19,7 +19,7 @@ namespace pensieve::cli {
 namespace {
 
 struct Opts {
-  std::string model;
+  std::string model, device = "auto";
   int threads = 0;
   int64_t prompt_tokens = 512, gen_tokens = 128;
   bool json = false;
@@ -49,6 +49,7 @@ RegisterCommand reg("bench", [](CLI::App& app) {
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model, "model directory")->required();
   app.add_option("--threads", o->threads, "worker threads (default: all cores)");
+  add_device_option(app, o->device);
   app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length")->check(CLI::PositiveNumber);
   app.add_option("--gen-tokens", o->gen_tokens, "tokens to decode")->check(CLI::PositiveNumber);
   app.add_flag("--json", o->json, "print one JSON object");
@@ -60,6 +61,7 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     LoadOptions lo;
     lo.n_threads = o->threads;
     lo.prefault = true;
+    lo.device = o->device;
     auto model = load_model(o->model, lo);
     const double load_s = seconds_since(t0);
     const ModelConfig& c = model->config();
@@ -84,16 +86,16 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     const ModelInfo info = model->info();
     const int64_t kv_bytes = model->kv_bytes_per_block() * model->kv_blocks();
     const std::string out = fmt::format(
-        "{{\"model\": \"{}\", \"architecture\": \"{}\", \"weight_format\": \"{}\", "
+        "{{\"model\": \"{}\", \"device\": \"{}\", \"backend\": \"{}\", \"architecture\": \"{}\", \"weight_format\": \"{}\", "
         "\"n_params\": {}, \"model_file_bytes\": {}, \"kv_cache_bytes\": {}, "
         "\"isa\": \"{}\", \"prefill_kernel\": \"{}\", \"threads\": {}, \"weights\": \"{}\", \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
         "\"prefill_s\": {:.3f}, \"prefill_tok_s\": {:.2f}, \"gen_tokens\": {}, "
         "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"decode_weight_bytes_per_token\": {}, "
         "\"decode_read_gb_s\": {:.2f}, \"peak_rss_bytes\": {}}}",
-        o->model, c.architecture, info.weight_format, info.n_params,
+        o->model, model->backend().device(), model->backend().description(), c.architecture, info.weight_format, info.n_params,
         dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()),
         kernels::prefill_kernel_name(),
-        model->pool().size(),
+        model->backend().n_threads(),
         default_file_residency() == FileResidency::mapped ? "mapped" : "copied", load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
         o->gen_tokens, decode_s, o->gen_tokens / decode_s, info.decode_bytes_per_token,
         info.decode_bytes_per_token * (o->gen_tokens / decode_s) / 1e9, peak_rss_bytes());
@@ -102,8 +104,7 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     } else {
       std::printf("model        %s (%s, %s, %.2fB params)\n", o->model.c_str(), c.architecture.c_str(),
                   info.weight_format.c_str(), info.n_params / 1e9);
-      std::printf("threads      %d (%s, prefill kernel %s)\n", model->pool().size(),
-                  kernels::isa_name(kernels::active_isa()), kernels::prefill_kernel_name());
+      std::printf("backend      %s\n", model->backend().description().c_str());
       std::printf("load         %.2f s\n", load_s);
       std::printf("prefill      %lld tokens in %.2f s = %.2f tok/s\n",
                   static_cast<long long>(o->prompt_tokens), prefill_s, o->prompt_tokens / prefill_s);

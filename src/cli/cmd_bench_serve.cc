@@ -27,6 +27,7 @@ using Clock = std::chrono::steady_clock;
 struct Opts {
   std::string model;
   int threads = 0;
+  std::string device = "auto";
   std::string streams = "1,4,8";
   int64_t prompt_tokens = 64, gen_tokens = 64;
   int64_t prefix_tokens = 16384, tail_tokens = 32;
@@ -103,6 +104,7 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model, "model directory")->required();
   app.add_option("--threads", o->threads, "worker threads (default: all cores)");
+  add_device_option(app, o->device);
   app.add_option("--streams", o->streams, "concurrent stream counts to measure, e.g. 1,4,8");
   app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length of each decode stream")
       ->check(CLI::Range(1, 1 << 20));
@@ -124,6 +126,7 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
     }
     LoadOptions lo;
     lo.n_threads = o->threads;
+    lo.device = o->device;
     lo.prefault = true;
     auto model = load_model(o->model, lo);
     const ModelConfig& c = model->config();
@@ -137,7 +140,7 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
         eo.max_running = n;
         eo.max_queue = n;
         eo.max_batch_tokens = o->batch_tokens;
-        eo.kv_blocks = n * ((eo.ctx_size + kernels::kKvBlockTokens) / kernels::kKvBlockTokens + 1);
+        eo.kv_blocks = n * ((eo.ctx_size + kKvBlockTokens) / kKvBlockTokens + 1);
         Engine engine(*model, eo);
         Waiter waiter;
         std::vector<Stream> ss(n);
@@ -182,7 +185,7 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
       eo.max_running = 2;
       eo.max_batch_tokens = o->batch_tokens;
       // Room for both requests, so the first's blocks stay cached.
-      eo.kv_blocks = 2 * ((eo.ctx_size + kernels::kKvBlockTokens) / kernels::kKvBlockTokens + 1);
+      eo.kv_blocks = 2 * ((eo.ctx_size + kKvBlockTokens) / kKvBlockTokens + 1);
       Engine engine(*model, eo);
       const auto prefix = synthetic_tokens(o->prefix_tokens, c.vocab_size, 7);
       auto with_tail = [&](uint64_t salt) {
@@ -218,16 +221,16 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
     const ModelInfo info = model->info();
     if (o->json) {
       std::printf("{\"model\": \"%s\", \"architecture\": \"%s\", \"weight_format\": \"%s\", "
-                  "\"n_params\": %lld, \"isa\": \"%s\", \"threads\": %d, \"decode\": [%s], "
+                  "\"n_params\": %lld, \"device\": \"%s\", \"isa\": \"%s\", \"threads\": %d, \"decode\": [%s], "
                   "\"prefix\": %s}\n",
                   o->model.c_str(), c.architecture.c_str(), info.weight_format.c_str(),
-                  static_cast<long long>(info.n_params), kernels::isa_name(kernels::active_isa()),
-                  model->pool().size(), decode_json.c_str(),
+                  static_cast<long long>(info.n_params), model->backend().device(), kernels::isa_name(kernels::active_isa()),
+                  model->backend().n_threads(), decode_json.c_str(),
                   prefix_json.empty() ? "null" : prefix_json.c_str());
     } else {
       std::printf("model   %s (%s, %s, %.2fB params), %d threads (%s)\n", o->model.c_str(),
                   c.architecture.c_str(), info.weight_format.c_str(), info.n_params / 1e9,
-                  model->pool().size(), kernels::isa_name(kernels::active_isa()));
+                  model->backend().n_threads(), kernels::isa_name(kernels::active_isa()));
     }
     return 0;
   });

@@ -31,6 +31,7 @@ struct Opts {
   int top_k = 0;
   uint64_t seed = 0;
   int threads = 0;
+  std::string device = "auto";
   int64_t ctx_size = 0, sliding_window = -1;
 };
 
@@ -54,6 +55,7 @@ RegisterCommand reg("generate", [](CLI::App& app) {
   app.add_option("--min-p", o->min_p, "drop tokens below min_p x p(best)")->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", o->seed, "random seed for sampling");
   app.add_option("--threads", o->threads, "worker threads (default: all cores)");
+  add_device_option(app, o->device);
   app.add_option("--ctx-size", o->ctx_size, "context length (default: prompt + max tokens)");
   app.add_option("--sliding-window", o->sliding_window,
                  "attend to the last N positions only (0: all; default: config.json's sliding_window)")
@@ -70,7 +72,7 @@ RegisterCommand reg("generate", [](CLI::App& app) {
       ids = parse_int_list(o->tokens, "--tokens");
       if (ids.empty()) fail("--tokens: at least one token id is needed");
     }
-    auto model = load_model(o->model, {.n_threads = o->threads, .sliding_window = o->sliding_window});
+    auto model = load_model(o->model, {.n_threads = o->threads, .sliding_window = o->sliding_window, .device = o->device});
     // The same stop ids as `pensieve serve` wherever the directory has a
     // tokenizer (so Phi-3 stops at <|end|>, Qwen at <|im_end|>); config.json's
     // eos ids alone where it has only weights.

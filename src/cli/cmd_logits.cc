@@ -15,6 +15,7 @@ namespace {
 struct Opts {
   std::string model, tokens, positions = "last";
   int threads = 0;
+  std::string device = "auto";
 };
 
 std::vector<int64_t> parse_positions(const std::string& spec, int64_t n) {
@@ -39,10 +40,11 @@ RegisterCommand reg("logits", [](CLI::App& app) {
   app.add_option("--tokens", o->tokens, "comma-separated token ids")->required();
   app.add_option("--positions", o->positions, "comma-separated indices, 'all' or 'last'");
   app.add_option("--threads", o->threads, "worker threads (default: all cores)");
+  add_device_option(app, o->device);
   return std::function<int()>([o] {
     const std::vector<int> ids = parse_int_list(o->tokens, "--tokens");
     if (ids.empty()) fail("--tokens: at least one token id is needed");
-    auto model = load_model(o->model, {o->threads});
+    auto model = load_model(o->model, {.n_threads = o->threads, .device = o->device});
     const auto positions = parse_positions(o->positions, static_cast<int64_t>(ids.size()));
     Session session(*model, static_cast<int64_t>(ids.size()));
     const std::vector<int32_t> toks(ids.begin(), ids.end());

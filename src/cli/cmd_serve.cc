@@ -36,6 +36,7 @@ struct Opts {
   int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16, max_per_client = 0;
   int64_t ctx_size = 0, batch_tokens = 512, max_output_tokens = -1, sliding_window = -1;
   std::string kv_memory;  // parse_memory_size; empty: automatic
+  std::string device = "auto", gpu_memory;
   size_t max_body_mb = 32;
   bool no_prefix_cache = false;
   bool mmap = false;
@@ -85,6 +86,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "positions, so that it still writes stories after a 30k-token Claude Code prompt)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--threads", o->threads, "compute threads (default: all cores)");
+  add_device_option(app, o->device);
   app.add_option("--parallel", o->parallel, "sequences decoded together")->check(CLI::Range(1, 256));
   app.add_option("--batch-tokens", o->batch_tokens, "tokens per forward step (prompt chunk size)")
       ->check(CLI::Range(16, 65536));
@@ -92,6 +94,10 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "KV cache budget: GiB, or with a unit (512M, 2G); it must hold one full context "
                  "(default: enough for --parallel full contexts, at most half of the memory "
                  "available at start)");
+  app.add_option("--gpu-memory", o->gpu_memory,
+                 "KV cache budget on the GPU (with --device cuda or auto on a GPU), as --kv-memory "
+                 "takes it (default: enough for --parallel full contexts, at most half of the "
+                 "GPU memory free after the weights)");
   app.add_flag("--mmap", o->mmap,
                "use the weights mapped from the page cache (instant load, pages the kernel may "
                "drop) instead of read into memory (faster decoding; the default)");
@@ -117,12 +123,19 @@ RegisterCommand reg("serve", [](CLI::App& app) {
   return std::function<int()>([o] {
     if (o->mmap) set_default_file_residency(FileResidency::mapped);
     // Bad values fail before anything is downloaded or loaded.
-    int64_t kv_memory_bytes = 0;
+    int64_t kv_memory_bytes = 0, gpu_memory_bytes = 0;
     if (!o->kv_memory.empty()) {
       try {
         kv_memory_bytes = parse_memory_size(o->kv_memory);
       } catch (const Error& e) {
         fail("--kv-memory: {}", e.what());
+      }
+    }
+    if (!o->gpu_memory.empty()) {
+      try {
+        gpu_memory_bytes = parse_memory_size(o->gpu_memory);
+      } catch (const Error& e) {
+        fail("--gpu-memory: {}", e.what());
       }
     }
     // SIGINT/SIGTERM are taken by one thread with sigwait (below), so block
@@ -195,8 +208,11 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     // the regime it was trained in (RoPE only sees relative distances) and
     // ends its stories as it learned to.
     if (window < 0 && bundled) window = load_model_config(dir).max_position_embeddings;
-    auto model = load_model(dir, {.n_threads = o->threads, .prefault = true, .sliding_window = window});
+    auto model = load_model(dir, {.n_threads = o->threads, .prefault = true, .sliding_window = window, .device = o->device});
     const ModelConfig& c = model->config();
+    const bool on_gpu = std::string(model->backend().device()) == "cuda";
+    spdlog::info("backend: {}", model->backend().description());
+    if (!on_gpu && o->device == "auto") spdlog::info("no GPU: {}", cuda_unavailable_reason());
     int64_t ctx = o->ctx_size;
     if (ctx == 0) ctx = bundled ? 65536 : c.max_position_embeddings;
     if (ctx > c.max_position_embeddings &&
@@ -215,7 +231,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     eo.max_running = o->parallel;
     eo.max_batch_tokens = o->batch_tokens;
     eo.max_queue = o->max_queue;
-    eo.kv_memory_bytes = kv_memory_bytes;
+    eo.kv_memory_bytes = on_gpu ? gpu_memory_bytes : kv_memory_bytes;
     eo.prefix_cache = !o->no_prefix_cache;
     Engine engine(*model, eo);
     const std::string id = o->model_id.empty() ? fs::path(dir).filename().string() : o->model_id;

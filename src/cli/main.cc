@@ -14,6 +14,15 @@ std::vector<Command>& commands() {
   return list;
 }
 
+void add_device_option(CLI::App& app, std::string& device) {
+  app.add_option("--device", device,
+                 "where the model runs: cuda (an NVIDIA GPU), cpu, or auto (the GPU when one is "
+                 "usable, else the CPU)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->envname("PENSIEVE_DEVICE")
+      ->capture_default_str();
+}
+
 std::vector<int> parse_int_list(const std::string& text, const std::string& option) {
   std::vector<int> out;
   size_t i = 0;

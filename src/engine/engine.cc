@@ -1,7 +1,5 @@
 #include "engine/engine.h"
 
-#include <sys/sysinfo.h>
-
 #include <algorithm>
 #include <cctype>
 #include <charconv>
@@ -13,7 +11,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/prefix_cache.h"
-#include "kernels/cpu/attention.h"
+#include "core/kv_geometry.h"
 
 namespace pensieve {
 
@@ -41,7 +39,7 @@ struct Engine::Sequence {
 namespace {
 
 int64_t blocks_for(int64_t positions) {
-  return (positions + kernels::kKvBlockTokens - 1) / kernels::kKvBlockTokens;
+  return (positions + kKvBlockTokens - 1) / kKvBlockTokens;
 }
 
 std::string format_bytes(int64_t bytes) {
@@ -50,44 +48,6 @@ std::string format_bytes(int64_t bytes) {
 }
 
 }  // namespace
-
-MemoryInfo parse_meminfo(std::string_view text) {
-  MemoryInfo m;
-  auto field = [&](std::string_view name) -> int64_t {
-    for (size_t at = text.find(name); at != std::string_view::npos; at = text.find(name, at + 1)) {
-      if (at != 0 && text[at - 1] != '\n') continue;
-      std::string_view rest = text.substr(at + name.size());
-      if (rest.empty() || rest[0] != ':') continue;
-      rest.remove_prefix(1);
-      while (!rest.empty() && rest[0] == ' ') rest.remove_prefix(1);
-      int64_t kib = 0;
-      const auto [end, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), kib);
-      if (ec != std::errc() || kib < 0) return 0;
-      return kib * 1024;  // the kernel writes "kB" and means KiB
-    }
-    return 0;
-  };
-  m.total = field("MemTotal");
-  m.available = field("MemAvailable");
-  return m;
-}
-
-MemoryInfo read_memory_info() {
-  std::ifstream in("/proc/meminfo");
-  std::stringstream text;
-  text << in.rdbuf();
-  MemoryInfo m = parse_meminfo(text.str());
-  if (m.total == 0 || m.available == 0) {
-    // No /proc (or a kernel before MemAvailable): free RAM as sysinfo reports it.
-    struct sysinfo si {};
-    if (sysinfo(&si) == 0) {
-      if (m.total == 0) m.total = static_cast<int64_t>(si.totalram) * si.mem_unit;
-      if (m.available == 0)
-        m.available = static_cast<int64_t>(si.freeram + si.bufferram) * si.mem_unit;
-    }
-  }
-  return m;
-}
 
 int64_t kv_pool_blocks(const EngineOptions& o, int64_t bytes_per_block, const MemoryInfo& memory) {
   if (bytes_per_block <= 0) fail(ErrorKind::internal, "KV block size {} bytes", bytes_per_block);
@@ -101,7 +61,7 @@ int64_t kv_pool_blocks(const EngineOptions& o, int64_t bytes_per_block, const Me
     if (blocks < one_context) {
       fail("KV memory of {} holds {} blocks of {} tokens, but one {}-token context needs {} ({}): "
            "give it more memory (--kv-memory) or a shorter context (--ctx-size)",
-           format_bytes(o.kv_memory_bytes), blocks, kernels::kKvBlockTokens, o.ctx_size,
+           format_bytes(o.kv_memory_bytes), blocks, kKvBlockTokens, o.ctx_size,
            one_context, format_bytes(one_context * bytes_per_block));
     }
     return blocks;
@@ -145,12 +105,12 @@ Engine::Engine(Model& model, const EngineOptions& options)
       options_(options),
       pool_(options.kv_blocks > 0
                 ? options.kv_blocks
-                : kv_pool_blocks(options, model.kv_bytes_per_block(), read_memory_info())) {
+                : kv_pool_blocks(options, model.kv_bytes_per_block(), model.memory())) {
   model_.allocate_kv(pool_.n_total());
   n_free_blocks_ = pool_.n_free();
   spdlog::info("engine: KV cache {} blocks of {} tokens ({:.1f} MiB reserved), context {}, batch {} "
                "tokens, prefix cache {}",
-               pool_.n_total(), kernels::kKvBlockTokens,
+               pool_.n_total(), kKvBlockTokens,
                pool_.n_total() * model_.kv_bytes_per_block() / 1048576.0, options_.ctx_size,
                options_.max_batch_tokens, options_.prefix_cache ? "on" : "off");
   thread_ = std::thread([this] { loop(); });
@@ -169,7 +129,7 @@ std::shared_ptr<EngineHandle> Engine::submit(EngineRequest request) {
   const int64_t n = static_cast<int64_t>(request.prompt.size());
   if (n == 0) fail("the prompt is empty");
   if (n > options_.ctx_size || blocks_for(n + 1) > pool_.n_total()) {
-    const int64_t limit = std::min(options_.ctx_size, pool_.n_total() * kernels::kKvBlockTokens - 1);
+    const int64_t limit = std::min(options_.ctx_size, pool_.n_total() * kKvBlockTokens - 1);
     fail("prompt is too long: {} tokens > {} maximum", n, limit);
   }
   auto seq = std::make_unique<Sequence>();
@@ -415,7 +375,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
       spdlog::debug("engine: preempted a request to free KV blocks");
     }
     const int64_t room =
-        (static_cast<int64_t>(s->kv.blocks.size()) + pool_.n_available()) * kernels::kKvBlockTokens -
+        (static_cast<int64_t>(s->kv.blocks.size()) + pool_.n_available()) * kKvBlockTokens -
         s->n_computed;
     if (room < p.n) {
       memory_short_ = true;

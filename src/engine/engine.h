@@ -34,6 +34,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/memory_info.h"
 #include "engine/constraint.h"
 #include "engine/kv_block_pool.h"
 #include "engine/sampler.h"
@@ -90,15 +91,6 @@ struct EngineStats {
   int64_t n_evictions = 0;
 };
 
-// The machine's memory in bytes, 0 where unknown.
-struct MemoryInfo {
-  int64_t total = 0;
-  int64_t available = 0;  // what can be allocated without swapping (MemAvailable)
-};
-// MemTotal and MemAvailable from the text of /proc/meminfo.
-MemoryInfo parse_meminfo(std::string_view text);
-MemoryInfo read_memory_info();
-
 // The share of available memory an automatic KV pool may take.
 inline constexpr double kKvShareOfAvailableMemory = 0.5;
 
@@ -134,6 +126,7 @@ class Engine {
   void hold();
   void release();
   const EngineOptions& options() const { return options_; }
+  const Model& model() const { return model_; }
   int64_t ctx_size() const { return options_.ctx_size; }
 
  private:

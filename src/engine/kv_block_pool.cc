@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
-#include "kernels/cpu/attention.h"
+#include "core/kv_geometry.h"
 
 namespace pensieve {
 
@@ -125,7 +125,7 @@ void KvBlockPool::clear_cache() {
 }
 
 bool reserve_blocks(KvBlockPool& pool, KvSequence& seq, int64_t n_positions) {
-  const int64_t need = (n_positions + kernels::kKvBlockTokens - 1) / kernels::kKvBlockTokens;
+  const int64_t need = (n_positions + kKvBlockTokens - 1) / kKvBlockTokens;
   const int64_t have = static_cast<int64_t>(seq.blocks.size());
   if (need <= have) return true;
   if (need - have > pool.n_available()) return false;

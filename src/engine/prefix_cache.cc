@@ -3,12 +3,12 @@
 #include <algorithm>
 
 #include "core/error.h"
-#include "kernels/cpu/attention.h"
+#include "core/kv_geometry.h"
 
 namespace pensieve {
 namespace {
 
-constexpr int64_t kBlock = kernels::kKvBlockTokens;
+constexpr int64_t kBlock = kKvBlockTokens;
 
 // A 64-bit finaliser with full avalanche (every input bit flips about half
 // of the output bits), so chained keys of different prefixes spread evenly.

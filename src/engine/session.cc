@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
-#include "kernels/cpu/attention.h"
+#include "core/kv_geometry.h"
 
 namespace pensieve {
 
@@ -11,7 +11,7 @@ Session::Session(Model& model, int64_t max_positions, int64_t chunk_tokens)
     : model_(model),
       max_positions_(max_positions),
       chunk_tokens_(std::max<int64_t>(1, chunk_tokens)),
-      pool_((max_positions + kernels::kKvBlockTokens - 1) / kernels::kKvBlockTokens) {
+      pool_((max_positions + kKvBlockTokens - 1) / kKvBlockTokens) {
   model_.allocate_kv(pool_.n_total());
 }
 

@@ -5,20 +5,19 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "kernels/cpu/matmul.h"
-#include "kernels/cpu/ops.h"
 #include "models/rope.h"
 #include "models/weights.h"
 
 namespace pensieve {
 namespace {
 
+// A layer's weights and vectors, in the backend's memory.
 struct Layer {
-  std::vector<float> attn_norm, ffn_norm, q_norm, k_norm;
+  const float *attn_norm = nullptr, *ffn_norm = nullptr, *q_norm = nullptr, *k_norm = nullptr;
   std::vector<WeightMatrix> qkv;  // one fused part or q, k, v
-  std::vector<float> qkv_bias;    // [q | k | v] or empty
+  const float* qkv_bias = nullptr;  // [q | k | v] or null
   WeightMatrix o;
-  std::vector<float> o_bias;
+  const float* o_bias = nullptr;
   std::vector<WeightMatrix> gate_up;  // one fused part or gate, up
   WeightMatrix down;
 };
@@ -29,11 +28,27 @@ std::vector<const WeightMatrix*> pointers(const std::vector<WeightMatrix>& parts
   return out;
 }
 
+// A scratch buffer in backend memory, grown on demand and kept across steps.
+class Scratch {
+ public:
+  float* get(Backend& backend, int64_t n_floats) {
+    const size_t bytes = static_cast<size_t>(n_floats) * sizeof(float);
+    if (!buffer_ || buffer_->bytes() < bytes) {
+      buffer_.reset();
+      buffer_ = backend.alloc(bytes + bytes / 4);  // headroom for the next larger step
+    }
+    return buffer_->f32();
+  }
+
+ private:
+  std::unique_ptr<Buffer> buffer_;
+};
+
 class DecoderModel final : public Model {
  public:
   DecoderModel(ModelConfig config, const DecoderLayout& layout, std::shared_ptr<TensorStore> store,
-               std::shared_ptr<ThreadPool> pool)
-      : Model(std::move(config), std::move(pool)),
+               std::unique_ptr<Backend> backend)
+      : Model(std::move(config), std::move(backend)),
         layout_(layout),
         store_(std::move(store)),
         rope_(config_, config_.head_dim) {
@@ -42,36 +57,38 @@ class DecoderModel final : public Model {
 
   ModelInfo info() const override { return info_; }
 
-  void allocate_kv(int64_t n_blocks) override {
-    kv_.reset();
-    kv_ = std::make_unique<KvStorage>(config_.n_layers, config_.n_kv_heads, config_.head_dim,
-                                      n_blocks);
-  }
-  int64_t kv_bytes_per_block() const override {
-    return KvStorage::bytes_per_block(config_.n_layers, config_.n_kv_heads, config_.head_dim);
-  }
-  int64_t kv_blocks() const override { return kv_ ? kv_->n_blocks() : 0; }
-  void commit_kv() override {
-    if (kv_) kv_->commit();
-  }
+  void allocate_kv(int64_t n_blocks) override { backend_->allocate_kv(kv_geometry(), n_blocks); }
+  int64_t kv_bytes_per_block() const override { return kv_geometry().bytes_per_block(); }
+  int64_t kv_blocks() const override { return backend_->kv_blocks(); }
+  void commit_kv() override { backend_->commit_kv(); }
+  MemoryInfo memory() const override { return backend_->memory(); }
 
   void forward(std::span<const ForwardSeq> seqs, std::vector<float>* logits) override;
   int64_t kv_variant(int64_t seq_len) const override { return rope_.variant(seq_len); }
 
  private:
   void load();
+  KvGeometry kv_geometry() const {
+    return {.n_layers = config_.n_layers, .n_kv_heads = config_.n_kv_heads,
+            .head_dim = config_.head_dim};
+  }
+  // Copies a host vector to the backend.
+  const float* vec(const std::vector<float>& v) { return backend_->upload(v); }
+  WeightMatrix linear(const std::string& module, int64_t rows, int64_t cols) {
+    return backend_->upload(load_linear(*store_, config_, module, rows, cols));
+  }
 
   DecoderLayout layout_;
+  // The checkpoint's bytes: the CPU backend computes on them in place.
   std::shared_ptr<TensorStore> store_;
   RopeTable rope_;
   WeightMatrix embed_, lm_head_;
-  std::vector<float> final_norm_;
+  const float* final_norm_ = nullptr;
   std::vector<Layer> layers_;
-  std::unique_ptr<KvStorage> kv_;
   ModelInfo info_;
   std::vector<const WeightMatrix*> lm_head_parts_;
-  // Scratch, grown on demand and reused across calls.
-  std::vector<float> x_, h_, qkv_, q_, attn_, gu_, act_, tmp_, cos_, sin_;
+  StepPlan plan_;
+  Scratch x_, h_, qkv_, q_, attn_, gu_, act_, tmp_;
 };
 
 void DecoderModel::load() {
@@ -79,9 +96,9 @@ void DecoderModel::load() {
   const TensorStore& s = *store_;
   const int64_t H = c.hidden_size, I = c.intermediate_size, hd = c.head_dim;
   const int64_t qd = c.n_heads * hd, kvd = c.n_kv_heads * hd;
-  embed_ = load_linear(s, c, "model.embed_tokens", c.vocab_size, H);
+  embed_ = linear("model.embed_tokens", c.vocab_size, H);
   if (s.has("lm_head.weight")) {
-    lm_head_ = load_linear(s, c, "lm_head", c.vocab_size, H);
+    lm_head_ = linear("lm_head", c.vocab_size, H);
   } else if (c.tie_word_embeddings) {
     lm_head_ = embed_;
   } else {
@@ -89,7 +106,7 @@ void DecoderModel::load() {
          "{}: missing tensor 'lm_head.weight' (config.json says tie_word_embeddings is false)",
          s.dir());
   }
-  final_norm_ = load_vector(s, "model.norm.weight", H);
+  final_norm_ = vec(load_vector(s, "model.norm.weight", H));
   int64_t n_params = embed_.rows * embed_.cols + H;
   int64_t bytes = embed_.total_bytes();
   if (lm_head_.data != embed_.data) {
@@ -100,15 +117,15 @@ void DecoderModel::load() {
   for (int64_t i = 0; i < c.n_layers; ++i) {
     Layer& L = layers_[i];
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    L.attn_norm = load_vector(s, p + "input_layernorm.weight", H);
-    L.ffn_norm = load_vector(s, p + "post_attention_layernorm.weight", H);
+    L.attn_norm = vec(load_vector(s, p + "input_layernorm.weight", H));
+    L.ffn_norm = vec(load_vector(s, p + "post_attention_layernorm.weight", H));
     if (layout_.fused_qkv) {
-      L.qkv.push_back(load_linear(s, c, p + "self_attn.qkv_proj", qd + 2 * kvd, H));
-      L.qkv_bias = load_optional_bias(s, p + "self_attn.qkv_proj", qd + 2 * kvd);
+      L.qkv.push_back(linear(p + "self_attn.qkv_proj", qd + 2 * kvd, H));
+      L.qkv_bias = vec(load_optional_bias(s, p + "self_attn.qkv_proj", qd + 2 * kvd));
     } else {
-      L.qkv.push_back(load_linear(s, c, p + "self_attn.q_proj", qd, H));
-      L.qkv.push_back(load_linear(s, c, p + "self_attn.k_proj", kvd, H));
-      L.qkv.push_back(load_linear(s, c, p + "self_attn.v_proj", kvd, H));
+      L.qkv.push_back(linear(p + "self_attn.q_proj", qd, H));
+      L.qkv.push_back(linear(p + "self_attn.k_proj", kvd, H));
+      L.qkv.push_back(linear(p + "self_attn.v_proj", kvd, H));
       auto qb = load_optional_bias(s, p + "self_attn.q_proj", qd);
       auto kb = load_optional_bias(s, p + "self_attn.k_proj", kvd);
       auto vb = load_optional_bias(s, p + "self_attn.v_proj", kvd);
@@ -120,24 +137,25 @@ void DecoderModel::load() {
         qb.resize(qd, 0.f);
         kb.resize(kvd, 0.f);
         vb.resize(kvd, 0.f);
-        L.qkv_bias = qb;
-        L.qkv_bias.insert(L.qkv_bias.end(), kb.begin(), kb.end());
-        L.qkv_bias.insert(L.qkv_bias.end(), vb.begin(), vb.end());
+        std::vector<float> bias = qb;
+        bias.insert(bias.end(), kb.begin(), kb.end());
+        bias.insert(bias.end(), vb.begin(), vb.end());
+        L.qkv_bias = vec(bias);
       }
     }
     if (layout_.qk_norm) {
-      L.q_norm = load_vector(s, p + "self_attn.q_norm.weight", hd);
-      L.k_norm = load_vector(s, p + "self_attn.k_norm.weight", hd);
+      L.q_norm = vec(load_vector(s, p + "self_attn.q_norm.weight", hd));
+      L.k_norm = vec(load_vector(s, p + "self_attn.k_norm.weight", hd));
     }
-    L.o = load_linear(s, c, p + "self_attn.o_proj", H, qd);
-    L.o_bias = load_optional_bias(s, p + "self_attn.o_proj", H);
+    L.o = linear(p + "self_attn.o_proj", H, qd);
+    L.o_bias = vec(load_optional_bias(s, p + "self_attn.o_proj", H));
     if (layout_.fused_gate_up) {
-      L.gate_up.push_back(load_linear(s, c, p + "mlp.gate_up_proj", 2 * I, H));
+      L.gate_up.push_back(linear(p + "mlp.gate_up_proj", 2 * I, H));
     } else {
-      L.gate_up.push_back(load_linear(s, c, p + "mlp.gate_proj", I, H));
-      L.gate_up.push_back(load_linear(s, c, p + "mlp.up_proj", I, H));
+      L.gate_up.push_back(linear(p + "mlp.gate_proj", I, H));
+      L.gate_up.push_back(linear(p + "mlp.up_proj", I, H));
     }
-    L.down = load_linear(s, c, p + "mlp.down_proj", H, I);
+    L.down = linear(p + "mlp.down_proj", H, I);
     for (const auto* list : {&L.qkv, &L.gate_up}) {
       for (const auto& w : *list) {
         n_params += w.rows * w.cols;
@@ -164,130 +182,87 @@ void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>*
   const int64_t n_heads = c.n_heads, n_kv = c.n_kv_heads;
   const int64_t qd = n_heads * hd, kvd = n_kv * hd, qkv_ld = qd + 2 * kvd;
   const int64_t half_rot = rope_.rot_dim() / 2;
-  ThreadPool& pool = *pool_;
+  Backend& be = *backend_;
 
   int64_t T = 0;
   for (const auto& s : seqs) T += static_cast<int64_t>(s.tokens.size());
   if (T == 0) return;
-  if (!kv_) fail(ErrorKind::internal, "forward: KV storage not allocated");
+  if (be.kv_blocks() == 0) fail(ErrorKind::internal, "forward: KV storage not allocated");
 
-  // Token rows -> (sequence, position); rope tables per row.
-  std::vector<int32_t> row_seq(T);
-  std::vector<int64_t> row_pos(T);
-  std::vector<kernels::AttentionSeq> aseqs;
+  // The step on the host: each row's token, position, KV slot and rope
+  // table; each sequence's block table; the rows whose logits are wanted.
+  StepPlan& plan = plan_;
+  plan.tokens.resize(T);
+  plan.positions.resize(T);
+  plan.slots.resize(T);
+  plan.cos.resize(T * half_rot);
+  plan.sin.resize(T * half_rot);
+  plan.rot_dim = rope_.rot_dim();
+  plan.seqs.clear();
+  plan.out_rows.clear();
   {
     int64_t r = 0;
-    for (size_t si = 0; si < seqs.size(); ++si) {
-      const ForwardSeq& s = seqs[si];
+    for (const ForwardSeq& s : seqs) {
       const int64_t n = static_cast<int64_t>(s.tokens.size());
       if (n == 0) continue;
-      aseqs.push_back({s.block_table, s.n_past + n, r, n});
+      const int64_t n_ctx = s.n_past + n;
+      const int64_t seq_len = std::max(s.n_planned, n_ctx);
+      plan.seqs.push_back({std::span<const int32_t>(s.block_table, kv_blocks_for(n_ctx)), n_ctx,
+                           r, n});
       for (int64_t i = 0; i < n; ++i, ++r) {
-        row_seq[r] = static_cast<int32_t>(si);
-        row_pos[r] = s.n_past + i;
         const int32_t tok = s.tokens[i];
         if (tok < 0 || tok >= c.vocab_size) {
           fail("token id {} is out of range (vocabulary size {})", tok, c.vocab_size);
         }
+        const int64_t pos = s.n_past + i;
+        plan.tokens[r] = tok;
+        plan.positions[r] = static_cast<int32_t>(pos);
+        plan.slots[r] = static_cast<int32_t>(s.block_table[pos / kKvBlockTokens] * kKvBlockTokens +
+                                             pos % kKvBlockTokens);
+        rope_.cos_sin(pos, seq_len, &plan.cos[r * half_rot], &plan.sin[r * half_rot]);
+        if (s.all_logits || i == n - 1) plan.out_rows.push_back(static_cast<int32_t>(r));
       }
     }
   }
-  x_.resize(T * H);
-  h_.resize(T * H);
-  qkv_.resize(T * qkv_ld);
-  q_.resize(T * qd);
-  attn_.resize(T * qd);
-  gu_.resize(T * 2 * I);
-  act_.resize(T * I);
-  tmp_.resize(T * H);
-  cos_.resize(T * half_rot);
-  sin_.resize(T * half_rot);
+  float* x = x_.get(be, T * H);
+  float* h = h_.get(be, T * H);
+  float* qkv = qkv_.get(be, T * qkv_ld);
+  float* q = q_.get(be, T * qd);
+  float* attn = attn_.get(be, T * qd);
+  float* gu = gu_.get(be, T * 2 * I);
+  float* act = act_.get(be, T * I);
+  float* tmp = tmp_.get(be, T * H);
 
-  const int64_t grain = std::max<int64_t>(1, T / (4 * pool.size()));
-  pool.parallel_for(T, grain, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      const ForwardSeq& s = seqs[row_seq[r]];
-      const int64_t seq_len =
-          std::max(s.n_planned, s.n_past + static_cast<int64_t>(s.tokens.size()));
-      rope_.cos_sin(row_pos[r], seq_len, &cos_[r * half_rot], &sin_[r * half_rot]);
-      dequantize_row_ref(embed_, s.tokens[row_pos[r] - s.n_past], &x_[r * H]);
-    }
-  });
-
+  be.begin_step(plan);
+  be.embed(embed_, x);
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   for (int64_t li = 0; li < c.n_layers; ++li) {
     const Layer& L = layers_[li];
-    const kernels::KvLayerView kv = kv_->layer(li);
-    pool.parallel_for(T, grain, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) kernels::rms_norm(&x_[r * H], L.attn_norm.data(), H, eps, &h_[r * H]);
-    });
+    if (li == 0) be.rms_norm(x, L.attn_norm, T, H, eps, h);
     const auto qkv_parts = pointers(L.qkv);
-    kernels::matmul(qkv_parts, h_.data(), H, T, qkv_.data(), qkv_ld, pool);
-    pool.parallel_for(T, grain, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        float* row = &qkv_[r * qkv_ld];
-        if (!L.qkv_bias.empty()) kernels::add_inplace(row, L.qkv_bias.data(), qkv_ld);
-        float* k = row + qd;
-        const float* v = row + qd + kvd;
-        for (int64_t h = 0; h < n_heads; ++h) {
-          float* qh = row + h * hd;
-          if (!L.q_norm.empty()) kernels::rms_norm(qh, L.q_norm.data(), hd, eps, qh);
-          kernels::rope_apply(qh, &cos_[r * half_rot], &sin_[r * half_rot], rope_.rot_dim());
-        }
-        for (int64_t h = 0; h < n_kv; ++h) {
-          float* kh = k + h * hd;
-          if (!L.k_norm.empty()) kernels::rms_norm(kh, L.k_norm.data(), hd, eps, kh);
-          kernels::rope_apply(kh, &cos_[r * half_rot], &sin_[r * half_rot], rope_.rot_dim());
-        }
-        std::memcpy(&q_[r * qd], row, qd * sizeof(float));
-        const ForwardSeq& s = seqs[row_seq[r]];
-        kernels::kv_write(kv, s.block_table, row_pos[r], k, v);
-      }
-    });
-    kernels::attention(q_.data(), kv, aseqs, n_heads, scale, c.sliding_window, attn_.data(), pool);
-    kernels::matmul(L.o, attn_.data(), qd, T, tmp_.data(), H, pool);
-    pool.parallel_for(T, grain, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        if (!L.o_bias.empty()) kernels::add_inplace(&tmp_[r * H], L.o_bias.data(), H);
-        kernels::add_inplace(&x_[r * H], &tmp_[r * H], H);
-        kernels::rms_norm(&x_[r * H], L.ffn_norm.data(), H, eps, &h_[r * H]);
-      }
-    });
+    be.matmul(qkv_parts, h, H, T, qkv, qkv_ld);
+    be.qkv_post({.layer = li, .n_heads = n_heads, .n_kv_heads = n_kv, .head_dim = hd,
+                 .bias = L.qkv_bias, .q_norm = L.q_norm, .k_norm = L.k_norm, .eps = eps},
+                qkv, q);
+    be.attention(li, q, n_heads, scale, c.sliding_window, attn);
+    const WeightMatrix* o_part = &L.o;
+    be.matmul({&o_part, 1}, attn, qd, T, tmp, H);
+    be.add_rms_norm(x, tmp, L.o_bias, L.ffn_norm, H, eps, h);
     const auto gu_parts = pointers(L.gate_up);
-    kernels::matmul(gu_parts, h_.data(), H, T, gu_.data(), 2 * I, pool);
-    pool.parallel_for(T, grain, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        kernels::silu_mul(&gu_[r * 2 * I], &gu_[r * 2 * I + I], I, &act_[r * I]);
-      }
-    });
-    kernels::matmul(L.down, act_.data(), I, T, tmp_.data(), H, pool);
-    pool.parallel_for(T, grain, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) kernels::add_inplace(&x_[r * H], &tmp_[r * H], H);
-    });
+    be.matmul(gu_parts, h, H, T, gu, 2 * I);
+    be.silu_mul(gu, I, act);
+    const WeightMatrix* down_part = &L.down;
+    be.matmul({&down_part, 1}, act, I, T, tmp, H);
+    // The residual, fused with the next layer's input norm.
+    if (li + 1 < c.n_layers) be.add_rms_norm(x, tmp, nullptr, layers_[li + 1].attn_norm, H, eps, h);
+    else be.add(x, tmp, nullptr, H);
   }
 
-  // Final norm and lm_head only for the rows whose logits are wanted.
-  std::vector<int64_t> out_rows;
-  {
-    int64_t r = 0;
-    for (const auto& s : seqs) {
-      const int64_t n = static_cast<int64_t>(s.tokens.size());
-      if (s.all_logits) {
-        for (int64_t i = 0; i < n; ++i) out_rows.push_back(r + i);
-      } else if (n > 0) {
-        out_rows.push_back(r + n - 1);
-      }
-      r += n;
-    }
-  }
-  const int64_t R = static_cast<int64_t>(out_rows.size());
-  for (int64_t i = 0; i < R; ++i) {
-    kernels::rms_norm(&x_[out_rows[i] * H], final_norm_.data(), H, eps, &h_[i * H]);
-  }
+  const int64_t R = static_cast<int64_t>(plan.out_rows.size());
   const size_t base = logits->size();
   logits->resize(base + static_cast<size_t>(R * c.vocab_size));
-  kernels::matmul(lm_head_parts_, h_.data(), H, R, logits->data() + base, c.vocab_size, pool);
+  be.logits(x, final_norm_, eps, lm_head_parts_, H, c.vocab_size, logits->data() + base);
 }
 
 }  // namespace
@@ -295,9 +270,8 @@ void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>*
 std::unique_ptr<Model> build_decoder(ModelConfig config, const DecoderLayout& layout,
                                      std::shared_ptr<TensorStore> store,
                                      const LoadOptions& options) {
-  auto pool = std::make_shared<ThreadPool>(options.n_threads);
   return std::make_unique<DecoderModel>(std::move(config), layout, std::move(store),
-                                        std::move(pool));
+                                        make_backend(options.device, options.n_threads));
 }
 
 }  // namespace pensieve

@@ -1,5 +1,6 @@
-// A loaded model: weights (mapped, in their stored format), KV storage and a
-// batched forward pass. The engine and the inspection commands use only this.
+// A loaded model: weights (in their stored format, in the backend's memory),
+// the KV pool and a batched forward pass. The engine and the inspection
+// commands use only this; the backend (backend/backend.h) decides where it runs.
 #pragma once
 
 #include <cstdint>
@@ -8,36 +9,10 @@
 #include <string>
 #include <vector>
 
-#include "core/thread_pool.h"
+#include "backend/backend.h"
 #include "format/hf_config.h"
-#include "kernels/cpu/attention.h"
 
 namespace pensieve {
-
-// Paged KV storage: n_blocks blocks of kKvBlockTokens positions for every
-// layer. Memory is reserved up front but only committed as blocks are written.
-class KvStorage {
- public:
-  KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t n_blocks);
-  ~KvStorage();
-  KvStorage(const KvStorage&) = delete;
-  KvStorage& operator=(const KvStorage&) = delete;
-
-  kernels::KvLayerView layer(int64_t i) const;
-  int64_t n_blocks() const { return n_blocks_; }
-  // Writes every page now (zeros), so that no later forward pays the page
-  // faults: what a server's pool looks like once earlier requests have used
-  // it, and what llama.cpp's cleared KV buffer looks like before its timings.
-  void commit();
-  size_t bytes() const { return bytes_; }
-  const void* data() const { return base_; }
-  static int64_t bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim);
-
- private:
-  int64_t n_layers_, n_kv_heads_, head_dim_, n_blocks_;
-  kernels::KvElem* base_ = nullptr;
-  size_t bytes_ = 0;
-};
 
 // One sequence's part of a forward batch.
 struct ForwardSeq {
@@ -71,8 +46,10 @@ class Model {
   virtual void allocate_kv(int64_t n_blocks) = 0;
   virtual int64_t kv_bytes_per_block() const = 0;
   virtual int64_t kv_blocks() const = 0;
-  // Commits the KV storage's memory now (see KvStorage::commit).
+  // Commits the KV storage's memory now (see Backend::commit_kv).
   virtual void commit_kv() = 0;
+  // Memory the KV pool may take (the host's, or the GPU's).
+  virtual MemoryInfo memory() const = 0;
 
   // Runs the batch; appends vocab-sized logit rows to `logits` for the
   // requested positions, sequence by sequence, in order.
@@ -85,22 +62,24 @@ class Model {
   // prefix cache only shares blocks within one variant.
   virtual int64_t kv_variant(int64_t seq_len) const { (void)seq_len; return 0; }
 
-  ThreadPool& pool() { return *pool_; }
+  const Backend& backend() const { return *backend_; }
 
  protected:
-  Model(ModelConfig config, std::shared_ptr<ThreadPool> pool)
-      : config_(std::move(config)), pool_(std::move(pool)) {}
+  Model(ModelConfig config, std::unique_ptr<Backend> backend)
+      : config_(std::move(config)), backend_(std::move(backend)) {}
   ModelConfig config_;
-  std::shared_ptr<ThreadPool> pool_;
+  std::unique_ptr<Backend> backend_;
 };
 
 struct LoadOptions {
-  int n_threads = 0;      // 0 = all cores
+  int n_threads = 0;      // CPU compute threads; 0 = all cores
   bool prefault = false;  // read every weight page now instead of on first use
   // Attention window in tokens: -1 = what config.json says, 0 = none, N = each
   // query attends to its last N positions (itself included), as Mistral's
   // sliding_window does.
   int64_t sliding_window = -1;
+  // "auto" (the GPU when one is usable), "cpu" or "cuda"; see make_backend.
+  std::string device = "auto";
 };
 
 // Reads config.json, picks the architecture from the registry and maps the weights.

@@ -135,7 +135,9 @@ nlohmann::ordered_json EngineBackend::stats() const {
           {"n_evictions", s.n_evictions},
           {"prefix_cache", engine_.options().prefix_cache},
           {"n_prompt_tokens", s.n_prompt_tokens},
-          {"n_cached_tokens", s.n_cached_tokens}};
+          {"n_cached_tokens", s.n_cached_tokens},
+          {"device", engine_.model().backend().device()},
+          {"backend", engine_.model().backend().description()}};
 }
 
 }  // namespace pensieve::server

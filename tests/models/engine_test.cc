@@ -185,7 +185,7 @@ TEST(Engine, StopsOnStopIdAndRejectsBadPrompts) {
 // Prompts that share prefixes of various lengths, including ones that end
 // exactly on a block boundary (the last block must be recomputed for logits).
 std::vector<std::vector<int32_t>> shared_prefix_prompts(int64_t vocab) {
-  const int64_t B = kernels::kKvBlockTokens;
+  const int64_t B = kKvBlockTokens;
   std::vector<int32_t> base;
   for (int64_t k = 0; k < 5 * B; ++k) base.push_back(static_cast<int32_t>((k * 37 + 11) % vocab));
   auto prefix = [&](int64_t n) { return std::vector<int32_t>(base.begin(), base.begin() + n); };
@@ -254,7 +254,7 @@ TEST_P(EnginePrefixCacheTest, OutputsEqualWithAndWithoutTheCache) {
     // One after another, each prompt finds the full blocks of `base` that
     // earlier ones computed (their generated tokens fill the next block with
     // something else): 0 + 2 + 2 + 2 + 1 + 3 + 4 + 3 blocks.
-    EXPECT_EQ(cached_on, 17 * kernels::kKvBlockTokens);
+    EXPECT_EQ(cached_on, 17 * kKvBlockTokens);
   }
   // Each prompt alone (Session, no engine) agrees too.
   for (size_t i = 0; i < prompts.size(); ++i) {

@@ -12,12 +12,13 @@
 #include "support/test_support.h"
 #include "engine/engine.h"
 #include "kernels/cpu/attention.h"
+#include "backend/kv_storage.h"
 #include "models/model.h"
 
 namespace pensieve {
 namespace {
 
-constexpr int64_t B = kernels::kKvBlockTokens;
+constexpr int64_t B = kKvBlockTokens;
 constexpr int64_t MiB = int64_t{1} << 20, GiB = int64_t{1} << 30;
 
 using test::error_of;

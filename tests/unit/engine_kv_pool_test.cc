@@ -12,7 +12,7 @@
 namespace pensieve {
 namespace {
 
-constexpr int64_t B = kernels::kKvBlockTokens;
+constexpr int64_t B = kKvBlockTokens;
 
 std::vector<int32_t> tokens_from(int32_t start, int64_t n) {
   std::vector<int32_t> t(n);

@@ -23,7 +23,7 @@
 namespace pensieve {
 namespace {
 
-constexpr int64_t B = kernels::kKvBlockTokens;
+constexpr int64_t B = kKvBlockTokens;
 
 struct Collected {
   std::vector<int32_t> tokens;

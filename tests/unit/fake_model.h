@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "core/error.h"
-#include "kernels/cpu/attention.h"
 #include "models/model.h"
 
 namespace pensieve::test {
@@ -26,16 +25,17 @@ class FakeModel : public Model {
     return c;
   }
   explicit FakeModel(int64_t vocab = 97)
-      : Model(make_config(vocab), std::make_shared<ThreadPool>(1)) {}
+      : Model(make_config(vocab), make_backend("cpu", 1)) {}
 
   ModelInfo info() const override { return {}; }
   void allocate_kv(int64_t n_blocks) override {
-    kv_.assign(n_blocks * kernels::kKvBlockTokens, kEmpty);
+    kv_.assign(n_blocks * kKvBlockTokens, kEmpty);
   }
   int64_t kv_bytes_per_block() const override { return 1024; }
   void commit_kv() override {}  // a std::vector: written when allocated
+  MemoryInfo memory() const override { return read_memory_info(); }
   int64_t kv_blocks() const override {
-    return static_cast<int64_t>(kv_.size()) / kernels::kKvBlockTokens;
+    return static_cast<int64_t>(kv_.size()) / kKvBlockTokens;
   }
 
   static uint64_t mix(uint64_t x) {
@@ -71,14 +71,14 @@ class FakeModel : public Model {
  private:
   static constexpr uint64_t kEmpty = 0;
   uint64_t read(const int32_t* table, int64_t pos) const {
-    const uint64_t v = kv_.at(table[pos / kernels::kKvBlockTokens] * kernels::kKvBlockTokens +
-                              pos % kernels::kKvBlockTokens);
+    const uint64_t v = kv_.at(table[pos / kKvBlockTokens] * kKvBlockTokens +
+                              pos % kKvBlockTokens);
     if (v == kEmpty) fail("fake model: position {} read before it was written", pos);
     return v;
   }
   void write(const int32_t* table, int64_t pos, uint64_t v) {
-    kv_.at(table[pos / kernels::kKvBlockTokens] * kernels::kKvBlockTokens +
-           pos % kernels::kKvBlockTokens) = v;
+    kv_.at(table[pos / kKvBlockTokens] * kKvBlockTokens +
+           pos % kKvBlockTokens) = v;
   }
   void append_logits(uint64_t state, std::vector<float>* logits) const {
     const int64_t vocab = config_.vocab_size;

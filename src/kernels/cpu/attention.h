@@ -14,11 +14,15 @@
 #include <cstdint>
 #include <span>
 
+#include "core/kv_geometry.h"
 #include "core/thread_pool.h"
 
 namespace pensieve::kernels {
 
-constexpr int64_t kKvBlockTokens = 16;
+// The engine's block geometry (core/kv_geometry.h); the layouts below are
+// written for it.
+using pensieve::kKvBlockTokens;
+static_assert(kKvBlockTokens == 16, "the CPU kernels' K tiles are 16 positions wide");
 
 using KvElem = uint16_t;  // IEEE binary16 bits (see core/half.h)
 

@@ -4,7 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "models/model.h"
+#include "backend/kv_storage.h"
 
 namespace pensieve {
 

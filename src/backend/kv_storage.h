@@ -1,0 +1,35 @@
+// The CPU backend's KV pool: host memory reserved up front and committed
+// only as blocks are written (or all at once by commit()).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cpu/attention.h"
+
+namespace pensieve {
+
+class KvStorage {
+ public:
+  KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t n_blocks);
+  ~KvStorage();
+  KvStorage(const KvStorage&) = delete;
+  KvStorage& operator=(const KvStorage&) = delete;
+
+  kernels::KvLayerView layer(int64_t i) const;
+  int64_t n_blocks() const { return n_blocks_; }
+  // Writes every page now (zeros), so that no later forward pays the page
+  // faults: what a server's pool looks like once earlier requests have used
+  // it, and what llama.cpp's cleared KV buffer looks like before its timings.
+  void commit();
+  size_t bytes() const { return bytes_; }
+  const void* data() const { return base_; }
+  static int64_t bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim);
+
+ private:
+  int64_t n_layers_, n_kv_heads_, head_dim_, n_blocks_;
+  kernels::KvElem* base_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace pensieve
