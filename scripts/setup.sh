@@ -44,5 +44,12 @@ if ! cmp -s "$e2e/package-lock.json" "$e2e/node_modules/.pensieve-installed-lock
 fi
 
 preset="${PENSIEVE_PRESET:-release}"
-cmake --preset "$preset" >/dev/null
+# The CUDA backend is compiled wherever nvcc is (it runs only where a GPU
+# is; elsewhere the binary serves on the CPU). PENSIEVE_CUDA=OFF skips it.
+cuda="${PENSIEVE_CUDA:-}"
+if [ -z "$cuda" ]; then
+  if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then cuda=ON; else cuda=OFF; fi
+fi
+[ "$cuda" = ON ] && ! command -v nvcc >/dev/null && export PATH="/usr/local/cuda/bin:$PATH"
+cmake --preset "$preset" -DPENSIEVE_CUDA="$cuda" >/dev/null
 cmake --build --preset "$preset"

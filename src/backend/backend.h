@@ -93,6 +93,10 @@ class Backend {
 
   // --- Memory.
   virtual std::unique_ptr<Buffer> alloc(size_t bytes) = 0;
+  // Copies between host memory and the backend's (a memcpy on the CPU);
+  // both wait until the bytes have landed.
+  virtual void to_device(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void to_host(void* host_dst, const void* src, size_t bytes) = 0;
   // A weight in the backend's memory (the CPU uses the host bytes in place;
   // they must outlive the backend). The result is the view operations take.
   virtual WeightMatrix upload(const WeightMatrix& w) = 0;

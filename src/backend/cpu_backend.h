@@ -1,6 +1,7 @@
 // The CPU backend: kernels/cpu on a thread pool, everything in host memory.
 #pragma once
 
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <vector>
@@ -22,6 +23,8 @@ class CpuBackend final : public Backend {
   MemoryInfo memory() const override { return read_memory_info(); }
 
   std::unique_ptr<Buffer> alloc(size_t bytes) override;
+  void to_device(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void to_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   WeightMatrix upload(const WeightMatrix& w) override { return w; }
   const float* upload(const std::vector<float>& v) override;
   void allocate_kv(const KvGeometry& geometry, int64_t n_blocks) override;

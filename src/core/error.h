@@ -3,30 +3,13 @@
 // it to Anthropic's error envelope.
 #pragma once
 
-#include <stdexcept>
 #include <string>
 
 #include <fmt/format.h>
 
+#include "core/error_type.h"
+
 namespace pensieve {
-
-enum class ErrorKind {
-  invalid_input,   // bad request / bad file contents
-  not_found,       // missing file, tensor, model
-  unsupported,     // valid but not something we implement
-  resource,        // out of memory / KV blocks / disk
-  internal,
-};
-
-class Error : public std::runtime_error {
- public:
-  Error(ErrorKind kind, std::string message)
-      : std::runtime_error(std::move(message)), kind_(kind) {}
-  ErrorKind kind() const { return kind_; }
-
- private:
-  ErrorKind kind_;
-};
 
 template <typename... Args>
 [[noreturn]] void fail(ErrorKind kind, fmt::format_string<Args...> f, Args&&... args) {

@@ -78,8 +78,9 @@ struct LoadOptions {
   // query attends to its last N positions (itself included), as Mistral's
   // sliding_window does.
   int64_t sliding_window = -1;
-  // "auto" (the GPU when one is usable), "cpu" or "cuda"; see make_backend.
-  std::string device = "auto";
+  // "cpu", "cuda" or "auto" (the GPU when one is usable); see make_backend.
+  // The commands pass --device, whose default is auto.
+  std::string device = "cpu";
 };
 
 // Reads config.json, picks the architecture from the registry and maps the weights.

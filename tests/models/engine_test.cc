@@ -80,7 +80,7 @@ const BatchCase kBatchCases[] = {
 class EngineTest : public ::testing::TestWithParam<BatchCase> {};
 
 TEST_P(EngineTest, EightPromptsTogetherMatchEachAlone) {
-  auto model = load_model(test::data_path(std::string("models/") + GetParam().model), {2});
+  auto model = load_model(test::data_path(std::string("models/") + GetParam().model), {.n_threads = 2, .device = test::device()});
   const int64_t vocab = model->config().vocab_size;
   std::vector<std::vector<int32_t>> expected;
   for (int i = 0; i < 8; ++i) expected.push_back(run_alone(*model, make_prompt(i, vocab), 12));
@@ -133,7 +133,7 @@ TEST(EngineBatchCases, CoverEveryFixtureModel) {
 }
 
 TEST(Engine, CancelStopsAndFreesBlocks) {
-  auto model = load_model(test::data_path("models/qwen3-tiny-mlx-4bit"), {2});
+  auto model = load_model(test::data_path("models/qwen3-tiny-mlx-4bit"), {.n_threads = 2, .device = test::device()});
   EngineOptions o;
   o.ctx_size = 512;
   o.kv_blocks = 64;
@@ -152,7 +152,7 @@ TEST(Engine, CancelStopsAndFreesBlocks) {
 }
 
 TEST(Engine, StopsOnStopIdAndRejectsBadPrompts) {
-  auto model = load_model(test::data_path("models/phi3-tiny-mlx-4bit"), {2});
+  auto model = load_model(test::data_path("models/phi3-tiny-mlx-4bit"), {.n_threads = 2, .device = test::device()});
   EngineOptions o;
   o.ctx_size = 64;
   o.kv_blocks = 16;
@@ -207,7 +207,7 @@ struct PrefixCase {
 class EnginePrefixCacheTest : public ::testing::TestWithParam<PrefixCase> {};
 
 TEST_P(EnginePrefixCacheTest, OutputsEqualWithAndWithoutTheCache) {
-  auto model = load_model(test::data_path(GetParam().model), {2});
+  auto model = load_model(test::data_path(GetParam().model), {.n_threads = 2, .device = test::device()});
   const auto prompts = shared_prefix_prompts(model->config().vocab_size);
   constexpr int64_t kGen = 10;
   auto run_all = [&](bool cache, int64_t* n_cached_total) {
@@ -278,7 +278,7 @@ INSTANTIATE_TEST_SUITE_P(
 // Per-request sampling inside a batch: each seeded request draws the same
 // tokens batched with others as it does alone.
 TEST(Engine, SeededSamplingInABatchMatchesAlone) {
-  auto model = load_model(test::data_path("models/qwen3-tiny-mlx-4bit"), {2});
+  auto model = load_model(test::data_path("models/qwen3-tiny-mlx-4bit"), {.n_threads = 2, .device = test::device()});
   const int64_t vocab = model->config().vocab_size;
   std::vector<SamplingParams> params(3);
   params[0].temperature = 0.7f;

@@ -51,7 +51,7 @@ class Golden : public ::testing::TestWithParam<GoldenParam> {
 TEST_P(Golden, LogitsAndGreedyTokensMatchTransformers) {
   const std::string name = GetParam().model;
   const json ref = test::read_json(test::data_path("reference/" + name + ".json"));
-  auto model = load_model(test::data_path("models/" + name), {2});
+  auto model = load_model(test::data_path("models/" + name), {.n_threads = 2, .device = test::device()});
   const int64_t vocab = model->config().vocab_size;
   const auto input = ids_of(ref["input_ids"]);
 
@@ -95,7 +95,7 @@ TEST(GoldenLong, Phi3LongContextUsesLongFactors) {
     const json ref = test::read_json(test::data_path(std::string("reference/") + name + ".json"));
     ASSERT_TRUE(ref.contains("long"));
     const auto input = ids_of(ref["long"]["input_ids"]);
-    auto model = load_model(test::data_path(std::string("models/") + name), {2});
+    auto model = load_model(test::data_path(std::string("models/") + name), {.n_threads = 2, .device = test::device()});
     Session session(*model, static_cast<int64_t>(input.size()));
     const auto logits = session.append(input, false);
     const auto expected = ref["long"]["last_logits"].get<std::vector<double>>();
@@ -106,7 +106,7 @@ TEST(GoldenLong, Phi3LongContextUsesLongFactors) {
 TEST(GoldenStories, GeneratesTheReference200TokensFromBos) {
   const std::string dir = std::string(PENSIEVE_TEST_DATA) + "/../../models/stories260K";
   const json ref = test::read_json(dir + "/greedy-reference.json");
-  auto model = load_model(dir, {2});
+  auto model = load_model(dir, {.n_threads = 2, .device = test::device()});
   Session session(*model, 512);
   SamplingParams greedy;
   greedy.temperature = 0;
@@ -125,8 +125,8 @@ TEST(GoldenStories, GeneratesTheReference200TokensFromBos) {
 TEST(GoldenStories, SlidingWindowSeesOnlyTheLastWindowOfTokens) {
   const std::string dir = std::string(PENSIEVE_TEST_DATA) + "/../../models/stories260K";
   constexpr int64_t kWindow = 50;
-  auto windowed = load_model(dir, {.n_threads = 2, .sliding_window = kWindow});
-  auto full = load_model(dir, {.n_threads = 2});
+  auto windowed = load_model(dir, {.n_threads = 2, .sliding_window = kWindow, .device = test::device()});
+  auto full = load_model(dir, {.n_threads = 2, .device = test::device()});
   EXPECT_EQ(windowed->config().sliding_window, kWindow);
   EXPECT_EQ(full->config().sliding_window, 0);
   const int64_t vocab = windowed->config().vocab_size;
@@ -211,7 +211,7 @@ TEST(GoldenStories, GenerateTakesATextPrompt) {
 // Decoding token by token through the KV cache gives the full forward's logits.
 TEST(Incremental, DecodeMatchesFullForward) {
   for (const char* name : {"qwen3-tiny-mlx-4bit", "phi3-tiny", "llama3-tiny-mlx-4bit"}) {
-    auto model = load_model(test::data_path(std::string("models/") + name), {2});
+    auto model = load_model(test::data_path(std::string("models/") + name), {.n_threads = 2, .device = test::device()});
     const int64_t vocab = model->config().vocab_size;
     std::vector<int32_t> tokens;
     for (int i = 0; i < 37; ++i) tokens.push_back((i * 7919 + 13) % static_cast<int>(vocab));
@@ -239,7 +239,7 @@ TEST(Incremental, DecodeMatchesFullForward) {
 
 // Several sequences of different lengths in one forward call give each one's own results.
 TEST(Batched, BatchEqualsOneByOne) {
-  auto model = load_model(test::data_path("models/qwen2-tiny-mlx-4bit"), {2});
+  auto model = load_model(test::data_path("models/qwen2-tiny-mlx-4bit"), {.n_threads = 2, .device = test::device()});
   const int64_t vocab = model->config().vocab_size;
   model->allocate_kv(64);
   std::vector<std::vector<int32_t>> prompts;

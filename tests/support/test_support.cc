@@ -1,5 +1,6 @@
 #include "support/test_support.h"
 
+#include "backend/backend.h"
 #include "core/error.h"
 
 #include <sys/wait.h>
@@ -14,6 +15,27 @@
 
 namespace pensieve::test {
 namespace fs = std::filesystem;
+
+namespace {
+// The gpu.models ctest reruns the model tests with PENSIEVE_TEST_DEVICE=cuda;
+// where no usable GPU exists it is skipped (exit 77), not failed.
+const bool kDeviceChecked = [] {
+  const char* d = std::getenv("PENSIEVE_TEST_DEVICE");
+  if (d != nullptr && std::string(d) == "cuda") {
+    const std::string why = cuda_unavailable_reason();
+    if (!why.empty()) {
+      std::fprintf(stderr, "skipped: PENSIEVE_TEST_DEVICE=cuda but %s\n", why.c_str());
+      std::exit(77);
+    }
+  }
+  return true;
+}();
+}  // namespace
+
+std::string device() {
+  const char* d = std::getenv("PENSIEVE_TEST_DEVICE");
+  return d != nullptr && *d != '\0' ? d : "cpu";
+}
 
 std::string data_path(const std::string& relative) {
   return std::string(PENSIEVE_TEST_DATA) + "/" + relative;

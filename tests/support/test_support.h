@@ -9,6 +9,10 @@
 
 namespace pensieve::test {
 
+// The device the model tests run on: $PENSIEVE_TEST_DEVICE, else "cpu".
+// The ctest gpu.models runs them again with it set to "cuda".
+std::string device();
+
 // tests/data/<relative>
 std::string data_path(const std::string& relative);
 nlohmann::json read_json(const std::string& path);

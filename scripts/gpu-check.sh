@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# On a GPU machine, from a tarball of scripts/pack-binaries.sh: the GPU tests
+# (kernels against the CPU, every fixture model on the GPU), then the CUDA
+# benchmarks on a synthetic Phi-3-mini 4-bit model. Prints a summary last.
+#
+#   bash scripts/gpu-check.sh PACK.tar.xz [tests|bench|all] [OUT_DIR]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+pack=$(realpath "$1")
+what=${2:-all}
+out=${3:-/tmp/gpu-check}
+mkdir -p "$out"
+tmp=$(mktemp -d)
+tar -C "$tmp" -xJf "$pack"
+export LD_LIBRARY_PATH="$tmp/pack/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+bin="$tmp/pack/bin"
+# The test binaries name their data by the path they were built in.
+built_in=$(strings "$bin/models_tests" | grep -m1 -o '/[^ ]*/tests/data' | sed 's|/tests/data$||')
+if [ -n "$built_in" ] && [ ! -e "$built_in/tests/data" ]; then
+  mkdir -p "$(dirname "$built_in")" && ln -sfn "$PWD" "$built_in"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+summary=()
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  "$bin/gpu_tests" >"$out/gpu_tests.log" 2>&1; rc=$?
+  summary+=("gpu_tests rc=$rc: $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_tests.log" | tr '\n' ' ')")
+  PENSIEVE_TEST_DEVICE=cuda "$bin/models_tests" \
+    "--gtest_filter=Fixtures/Golden.*:GoldenLong.*:GoldenStories.*:Incremental.*:Batched.*:Models/EngineTest.*:*PrefixCache*" \
+    >"$out/gpu_models.log" 2>&1; rc=$?
+  summary+=("gpu.models rc=$rc: $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_models.log" | tr '\n' ' ')")
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  model=/tmp/phi3-mini-4bit
+  [ -f $model/config.json ] || "$bin/pensieve" synth-model --like phi-3-mini --format mlx-4bit $model >/dev/null 2>&1
+  for args in "--prompt-tokens 512 --gen-tokens 256" "--prompt-tokens 4096 --gen-tokens 64" \
+              "--prompt-tokens 16384 --gen-tokens 64"; do
+    "$bin/pensieve" bench --device cuda --model $model $args --json 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
+  done
+fi
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+[ -f "$out/bench.jsonl" ] && python3 -c '
+import json,sys
+for l in open(sys.argv[1]):
+    j=json.loads(l); print("bench prompt %5d: prefill %8.0f tok/s (%.3f s)  decode %7.1f tok/s  load %.1f s" % (j["prompt_tokens"], j["prefill_tok_s"], j["prefill_s"], j["decode_tok_s"], j["load_s"]))
+' "$out/bench.jsonl"
+grep -h -E "Failure|error|Expected|Which is|relative" "$out"/*.log 2>/dev/null | head -40
+exit 0

@@ -1,0 +1,416 @@
+// The CUDA backend: weights uploaded once, activations and the KV pool in
+// device memory, every operation a kernel on one stream. A step's host-side
+// description (token ids, KV slots, rope tables, block tables) goes to the
+// device in one copy at begin_step; the only copy back is the logits.
+//
+// Decode steps (up to kGemvMaxTokens rows) run as CUDA graphs: the first
+// step of a shape is captured while it runs, later ones replay it, so a
+// token costs one graph launch instead of hundreds of kernel launches. A
+// graph is keyed by what its kernels' arguments depend on: the row count,
+// the rows that want logits and the split count of attention (from the
+// longest context, rounded up to a power of two). Its device pointers stay
+// valid because every buffer the step uses is allocated through alloc(),
+// which bumps an epoch; a graph from an older epoch is captured again.
+// PENSIEVE_CUDA_GRAPHS=0 turns graphs off.
+#include "backend/cuda_backend.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+#include <vector>
+
+#include "core/error_type.h"
+#include "kernels/cuda/kernels.h"
+
+namespace pensieve {
+namespace {
+
+using cuda::GpuWeight;
+
+class DeviceBuffer final : public Buffer {
+ public:
+  DeviceBuffer(size_t bytes, int64_t* counter) : counter_(counter) {
+    bytes_ = bytes;
+    const cudaError_t err = cudaMalloc(&data_, bytes ? bytes : 1);
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // clear it: the device stays usable
+      throw Error(ErrorKind::resource, "cannot allocate " + std::to_string(bytes >> 20) +
+                                           " MiB on the GPU: " + cudaGetErrorString(err));
+    }
+    *counter_ += static_cast<int64_t>(bytes);
+  }
+  ~DeviceBuffer() override {
+    cudaFree(data_);
+    *counter_ -= static_cast<int64_t>(bytes_);
+  }
+
+ private:
+  int64_t* counter_;
+};
+
+GpuWeight gpu_view(const WeightMatrix& w) {
+  GpuWeight g;
+  g.format = static_cast<int>(w.format);
+  g.scale_type = static_cast<int>(w.scale_type);
+  g.group_size = w.group_size;
+  g.rows = w.rows;
+  g.cols = w.cols;
+  g.data = w.data;
+  g.scales = w.scales;
+  g.biases = w.biases;
+  return g;
+}
+
+size_t scale_bytes(ScaleType t) { return t == ScaleType::f32 ? 4 : 2; }
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend() {
+    PENSIEVE_CUDA_CHECK(cudaSetDevice(0));
+    cudaDeviceProp prop{};
+    PENSIEVE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    name_ = prop.name;
+    PENSIEVE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+  ~CudaBackend() override {
+    if (capturing_) {
+      cudaGraph_t g = nullptr;
+      cudaStreamEndCapture(stream_, &g);
+      if (g != nullptr) cudaGraphDestroy(g);
+    }
+    for (auto& [key, graph] : graphs_) cudaGraphExecDestroy(graph.exec);
+    buffers_.clear();
+    kv_.reset();
+    if (staging_ != nullptr) cudaFreeHost(staging_);
+    cudaStreamDestroy(stream_);
+  }
+
+  const char* device() const override { return "cuda"; }
+  std::string description() const override { return "cuda: " + name_; }
+  MemoryInfo memory() const override {
+    size_t free_bytes = 0, total = 0;
+    PENSIEVE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+    return {.total = static_cast<int64_t>(total), .available = static_cast<int64_t>(free_bytes)};
+  }
+  int64_t bytes_allocated() const override { return allocated_; }
+
+  std::unique_ptr<Buffer> alloc(size_t bytes) override {
+    ++alloc_epoch_;
+    return std::make_unique<DeviceBuffer>(bytes, &allocated_);
+  }
+
+  void to_device(void* dst, const void* src, size_t bytes) override {
+    PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    PENSIEVE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  }
+  void to_host(void* dst, const void* src, size_t bytes) override {
+    PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    PENSIEVE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+  }
+  WeightMatrix upload(const WeightMatrix& w) override {
+    WeightMatrix d = w;
+    d.data = static_cast<const uint8_t*>(copy_up(w.data, static_cast<size_t>(w.rows * w.row_bytes())));
+    if (w.quantized()) {
+      const size_t n = static_cast<size_t>(w.rows * w.n_groups()) * scale_bytes(w.scale_type);
+      d.scales = copy_up(w.scales, n);
+      d.biases = copy_up(w.biases, n);
+    }
+    return d;
+  }
+
+  const float* upload(const std::vector<float>& v) override {
+    if (v.empty()) return nullptr;
+    return static_cast<const float*>(copy_up(v.data(), v.size() * sizeof(float)));
+  }
+
+  void allocate_kv(const KvGeometry& g, int64_t n_blocks) override {
+    kv_.reset();
+    geometry_ = g;
+    n_kv_blocks_ = n_blocks;
+    kv_ = alloc(static_cast<size_t>(g.bytes_per_block() * n_blocks));
+    // Zeros: a block's unwritten positions are never read, but they must not
+    // hold NaN bit patterns either.
+    PENSIEVE_CUDA_CHECK(cudaMemsetAsync(kv_->data(), 0, kv_->bytes(), stream_));
+    PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  int64_t kv_blocks() const override { return kv_ ? n_kv_blocks_ : 0; }
+  void commit_kv() override {}  // cudaMalloc commits
+
+  void begin_step(const StepPlan& plan) override;
+  void embed(const WeightMatrix& table, float* x) override {
+    if (replaying_) return;
+    cuda::embed(gpu_view(table), tokens_, n_rows_, x, stream_);
+  }
+  void rms_norm(const float* x, const float* w, int64_t n_rows, int64_t dim, float eps,
+                float* out) override {
+    if (replaying_) return;
+    cuda::rms_norm(x, nullptr, w, n_rows, dim, eps, out, stream_);
+  }
+  void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t ldx,
+              int64_t n_rows, float* y, int64_t ldy) override {
+    if (replaying_) return;
+    int64_t offset = 0;
+    for (const WeightMatrix* w : parts) {
+      cuda::matmul(gpu_view(*w), x, ldx, n_rows, y + offset, ldy, stream_);
+      offset += w->rows;
+    }
+  }
+  void qkv_post(const QkvPost& p, float* qkv, float* q) override {
+    if (replaying_) return;
+    cuda::QkvPostArgs a;
+    a.n_heads = static_cast<int>(p.n_heads);
+    a.n_kv_heads = static_cast<int>(p.n_kv_heads);
+    a.head_dim = static_cast<int>(p.head_dim);
+    a.rot_dim = static_cast<int>(rot_dim_);
+    a.bias = p.bias;
+    a.q_norm = p.q_norm;
+    a.k_norm = p.k_norm;
+    a.eps = p.eps;
+    cuda::qkv_post(a, qkv, cos_, sin_, slots_, n_rows_, q, layer(p.layer), stream_);
+  }
+  void attention(int64_t layer_index, const float* q, int64_t n_heads, float scale, int64_t window,
+                 float* out) override {
+    if (replaying_) return;
+    cuda::AttentionArgs a;
+    a.q = q;
+    a.out = out;
+    a.kv = layer(layer_index);
+    a.seqs = seqs_;
+    a.row_seq = row_seq_;
+    a.tables = tables_;
+    a.n_rows = n_rows_;
+    a.n_heads = static_cast<int>(n_heads);
+    a.scale = scale;
+    a.window = static_cast<int>(window);
+    a.max_ctx = max_ctx_;
+    const int64_t need = cuda::attention_scratch_floats(n_rows_, a.n_heads, a.kv.head_dim, max_ctx_);
+    if (need > 0) {
+      if (!partial_ || partial_->bytes() < static_cast<size_t>(need) * sizeof(float))
+        grow(partial_, static_cast<size_t>(need) * sizeof(float));
+      a.partial = partial_->f32();
+    }
+    cuda::attention(a, stream_);
+  }
+  void add_rms_norm(float* x, float* delta, const float* bias, const float* w, int64_t dim,
+                    float eps, float* h) override {
+    if (replaying_) return;
+    cuda::add_rms_norm(x, delta, bias, w, n_rows_, dim, eps, h, stream_);
+  }
+  void silu_mul(const float* gu, int64_t n, float* out) override {
+    if (replaying_) return;
+    cuda::silu_mul(gu, n_rows_, n, out, stream_);
+  }
+  void add(float* x, float* delta, const float* bias, int64_t dim) override {
+    if (replaying_) return;
+    cuda::add_rms_norm(x, delta, bias, nullptr, n_rows_, dim, 0.f, nullptr, stream_);
+  }
+  void logits(const float* x, const float* norm, float eps,
+              std::span<const WeightMatrix* const> lm_head, int64_t dim, int64_t vocab,
+              float* host_out) override {
+    const int64_t n = n_out_;
+    if (n == 0) return;
+    if (!final_ || final_->bytes() < static_cast<size_t>(n * dim) * sizeof(float))
+      grow(final_, static_cast<size_t>(n * dim) * sizeof(float));
+    if (!logits_ || logits_->bytes() < static_cast<size_t>(n * vocab) * sizeof(float))
+      grow(logits_, static_cast<size_t>(n * vocab) * sizeof(float));
+    if (!replaying_) {
+      cuda::rms_norm(x, out_rows_, norm, n, dim, eps, final_->f32(), stream_);
+      matmul(lm_head, final_->f32(), dim, n, logits_->f32(), vocab);
+    }
+    if (capturing_) finish_capture();
+    if (graph_ != nullptr) PENSIEVE_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
+    PENSIEVE_CUDA_CHECK(cudaMemcpyAsync(host_out, logits_->data(),
+                                        static_cast<size_t>(n * vocab) * sizeof(float),
+                                        cudaMemcpyDeviceToHost, stream_));
+    PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+ private:
+  const void* copy_up(const void* host, size_t bytes) {
+    buffers_.push_back(alloc(bytes));
+    PENSIEVE_CUDA_CHECK(cudaMemcpy(buffers_.back()->data(), host, bytes, cudaMemcpyHostToDevice));
+    return buffers_.back()->data();
+  }
+  cuda::GpuKvLayer layer(int64_t i) const {
+    if (!kv_) throw Error(ErrorKind::internal, "forward: KV storage not allocated");
+    cuda::GpuKvLayer l;
+    l.n_kv_heads = static_cast<int>(geometry_.n_kv_heads);
+    l.head_dim = static_cast<int>(geometry_.head_dim);
+    const int64_t per_layer = geometry_.block_elems() * n_kv_blocks_;
+    __half* base = static_cast<__half*>(kv_->data());
+    l.k = base + 2 * i * per_layer;
+    l.v = l.k + per_layer;
+    return l;
+  }
+
+  // Replaces a step buffer by a larger one. The old one is freed at the next
+  // begin_step: cudaFree waits for the device, which a capture forbids.
+  void grow(std::unique_ptr<Buffer>& b, size_t bytes) {
+    if (b) retired_.push_back(std::move(b));
+    b = alloc(bytes);
+  }
+  std::vector<std::unique_ptr<Buffer>> retired_;
+
+  // Decode graphs.
+  using GraphKey = std::tuple<int64_t, int64_t, int>;  // rows, logit rows, ctx bucket
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t epoch = 0;
+  };
+  void finish_capture() {
+    cudaGraph_t g = nullptr;
+    capturing_ = false;
+    PENSIEVE_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+    Graph& entry = graphs_[key_];
+    if (entry.exec != nullptr) cudaGraphExecDestroy(entry.exec);
+    entry.exec = nullptr;
+    PENSIEVE_CUDA_CHECK(cudaGraphInstantiate(&entry.exec, g, 0));
+    cudaGraphDestroy(g);
+    entry.epoch = alloc_epoch_;
+    graph_ = entry.exec;
+  }
+
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  uint64_t alloc_epoch_ = 0;
+  bool graphs_enabled_ = [] {
+    const char* e = std::getenv("PENSIEVE_CUDA_GRAPHS");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  std::map<GraphKey, Graph> graphs_;
+  GraphKey key_{};
+  bool capturing_ = false, replaying_ = false;
+  cudaGraphExec_t graph_ = nullptr;  // launched by this step's logits()
+  int64_t allocated_ = 0;
+  std::vector<std::unique_ptr<Buffer>> buffers_;  // weights and vectors
+  std::unique_ptr<Buffer> kv_, partial_, final_, logits_, meta_;
+  KvGeometry geometry_;
+  int64_t n_kv_blocks_ = 0;
+  // The step's description: a pinned host copy and its device copy.
+  std::byte* staging_ = nullptr;
+  size_t staging_bytes_ = 0;
+  int64_t n_rows_ = 0, n_out_ = 0, rot_dim_ = 0;
+  int max_ctx_ = 0;
+  const int32_t *tokens_ = nullptr, *slots_ = nullptr, *row_seq_ = nullptr, *tables_ = nullptr,
+                *out_rows_ = nullptr;
+  const float *cos_ = nullptr, *sin_ = nullptr;
+  const cuda::GpuSeq* seqs_ = nullptr;
+};
+
+void CudaBackend::begin_step(const StepPlan& plan) {
+  if (capturing_) {  // a step that failed mid-capture: drop what it captured
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(stream_, &g);
+    if (g != nullptr) cudaGraphDestroy(g);
+    capturing_ = false;
+  }
+  replaying_ = false;
+  graph_ = nullptr;
+  // The staging copy of the last step must have landed (logits() waits for
+  // it; a step without logits may not have).
+  PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  retired_.clear();
+  n_rows_ = plan.n_rows();
+  n_out_ = static_cast<int64_t>(plan.out_rows.size());
+  rot_dim_ = plan.rot_dim;
+  std::vector<int32_t> row_seq(static_cast<size_t>(n_rows_));
+  // One entry per row at most (a sequence has at least one row), so the
+  // layout below depends on the row count alone.
+  std::vector<cuda::GpuSeq> seqs(static_cast<size_t>(n_rows_));
+  std::vector<int32_t> tables;
+  max_ctx_ = 0;
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const StepSeq& s = plan.seqs[i];
+    seqs[i] = {static_cast<int32_t>(tables.size()), static_cast<int32_t>(s.n_ctx),
+               static_cast<int32_t>(s.q_row), static_cast<int32_t>(s.n_q)};
+    tables.insert(tables.end(), s.block_table.begin(), s.block_table.end());
+    for (int64_t r = s.q_row; r < s.q_row + s.n_q; ++r) row_seq[r] = static_cast<int32_t>(i);
+    if (s.n_ctx > max_ctx_) max_ctx_ = static_cast<int>(s.n_ctx);
+  }
+  const bool graph = graphs_enabled_ && n_rows_ <= cuda::kGemvMaxTokens && n_out_ > 0;
+  if (graph) {
+    // Attention's split count comes from this bucket, so that one graph
+    // serves a range of context lengths.
+    int bucket = 256;
+    while (bucket < max_ctx_) bucket *= 2;
+    max_ctx_ = bucket;
+  }
+  // One packed copy, each array at a 16-byte boundary; the block tables,
+  // whose length changes from step to step, go last.
+  struct Part {
+    const void* src;
+    size_t bytes;
+    size_t offset = 0;
+  };
+  Part parts[] = {
+      {plan.tokens.data(), plan.tokens.size() * 4},
+      {plan.slots.data(), plan.slots.size() * 4},
+      {row_seq.data(), row_seq.size() * 4},
+      {plan.out_rows.data(), plan.out_rows.size() * 4},
+      {plan.cos.data(), plan.cos.size() * 4},
+      {plan.sin.data(), plan.sin.size() * 4},
+      {seqs.data(), seqs.size() * sizeof(cuda::GpuSeq)},
+      {tables.data(), tables.size() * 4},
+  };
+  size_t total = 0;
+  for (Part& p : parts) {
+    p.offset = total;
+    total += (p.bytes + 15) / 16 * 16;
+  }
+  if (total > staging_bytes_) {
+    if (staging_ != nullptr) PENSIEVE_CUDA_CHECK(cudaFreeHost(staging_));
+    staging_bytes_ = std::max<size_t>(total * 2, 1 << 20);
+    PENSIEVE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&staging_), staging_bytes_));
+    meta_ = alloc(staging_bytes_);
+  }
+  for (const Part& p : parts)
+    if (p.bytes > 0) std::memcpy(staging_ + p.offset, p.src, p.bytes);
+  PENSIEVE_CUDA_CHECK(cudaMemcpyAsync(meta_->data(), staging_, total, cudaMemcpyHostToDevice, stream_));
+  auto* base = static_cast<std::byte*>(meta_->data());
+  tokens_ = reinterpret_cast<const int32_t*>(base + parts[0].offset);
+  slots_ = reinterpret_cast<const int32_t*>(base + parts[1].offset);
+  row_seq_ = reinterpret_cast<const int32_t*>(base + parts[2].offset);
+  out_rows_ = reinterpret_cast<const int32_t*>(base + parts[3].offset);
+  cos_ = reinterpret_cast<const float*>(base + parts[4].offset);
+  sin_ = reinterpret_cast<const float*>(base + parts[5].offset);
+  seqs_ = reinterpret_cast<const cuda::GpuSeq*>(base + parts[6].offset);
+  tables_ = reinterpret_cast<const int32_t*>(base + parts[7].offset);
+  if (graph) {
+    key_ = {n_rows_, n_out_, max_ctx_};
+    auto it = graphs_.find(key_);
+    if (it != graphs_.end() && it->second.epoch == alloc_epoch_) {
+      replaying_ = true;
+      graph_ = it->second.exec;
+    } else {
+      // Buffers a step grows are allocated during the capture (relaxed
+      // mode allows it); the graph is stamped with the epoch after them.
+      PENSIEVE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+      capturing_ = true;
+    }
+  }
+}
+
+}  // namespace
+
+std::string cuda_probe() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return std::string("no usable NVIDIA driver (") + cudaGetErrorString(err) + ")";
+  }
+  if (n == 0) return "no CUDA device";
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "cannot read the CUDA device";
+  if (prop.major < 9) {
+    return std::string(prop.name) + " has compute capability " + std::to_string(prop.major) + "." +
+           std::to_string(prop.minor) + "; this build runs on 9.0 (Hopper) and later";
+  }
+  return "";
+}
+
+std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
+
+}  // namespace pensieve

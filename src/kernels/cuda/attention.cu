@@ -1,0 +1,180 @@
+// Causal attention over the paged half-float KV cache, one warp per (query
+// row, head, split). A warp walks its share of the sequence two KV blocks
+// (32 keys) at a time: each lane scores one key over the whole head (K is
+// stored transposed, so the 16 lanes of a block read 32 contiguous bytes per
+// dimension), the softmax is taken online (flash style), and each lane
+// accumulates P·V for its own dimensions. Short batches over long contexts
+// (decode) split the keys over several warps and merge their partial
+// results (flash-decoding); prefill has rows enough to fill the card.
+#include <cfloat>
+
+#include "kernels/cuda/kernels.h"
+
+namespace pensieve::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kMaxHeadDim = 256;
+
+// Splits per (row, head): enough warps to fill the card, each with at
+// least a few hundred keys.
+int splits_for(int64_t n_rows, int n_heads, int max_ctx) {
+  const int64_t items = n_rows * n_heads;
+  if (items >= 4096) return 1;
+  const int by_length = (max_ctx + 255) / 256;
+  const int64_t by_occupancy = (4096 + items - 1) / items;
+  int s = static_cast<int>(by_length < by_occupancy ? by_length : by_occupancy);
+  if (s > 64) s = 64;
+  return s < 1 ? 1 : s;
+}
+
+template <int DPL>  // head dimensions per lane: ceil(head_dim / 32)
+__global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a, int n_splits) {
+  __shared__ float q_shared[kWarps][kMaxHeadDim];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t item = blockIdx.x * static_cast<int64_t>(kWarps) + warp;
+  if (item >= a.n_rows * a.n_heads * n_splits) return;
+  const int split = static_cast<int>(item % n_splits);
+  const int head = static_cast<int>((item / n_splits) % a.n_heads);
+  const int64_t row = item / n_splits / a.n_heads;
+  const int hd = a.kv.head_dim, nkv = a.kv.n_kv_heads;
+  const int kvh = head / (a.n_heads / nkv);
+  const GpuSeq seq = a.seqs[a.row_seq[row]];
+  const int qpos = seq.n_ctx - seq.n_q + static_cast<int>(row - seq.q_row);
+  const int n_keys = qpos + 1;
+  const int first = a.window > 0 && qpos - a.window + 1 > 0 ? qpos - a.window + 1 : 0;
+  const int b_first = first / 16, b_end = (n_keys + 15) / 16;
+  const int per_split = (b_end - b_first + n_splits - 1) / n_splits;
+  const int b0 = b_first + split * per_split;
+  const int b1 = min(b_end, b0 + per_split);
+
+  const float* qr = a.q + (row * a.n_heads + head) * static_cast<int64_t>(hd);
+  for (int d = lane; d < hd; d += 32) q_shared[warp][d] = qr[d] * a.scale;
+  __syncwarp();
+
+  const int32_t* table = a.tables + seq.table_offset;
+  const int64_t head_stride = static_cast<int64_t>(hd) * 16;  // one KV head of one block
+  float m = -FLT_MAX, l = 0.f;
+  bool any = false;
+  float acc[DPL];
+#pragma unroll
+  for (int i = 0; i < DPL; ++i) acc[i] = 0.f;
+
+  for (int b = b0; b < b1; b += 2) {
+    const int my_block = b + lane / 16;
+    const int key = my_block * 16 + lane % 16;
+    const bool valid = my_block < b1 && key >= first && key < n_keys;
+    int64_t phys = 0;
+    float s = -FLT_MAX;
+    if (my_block < b1) {
+      phys = table[my_block];
+      if (valid) {
+        const __half* kp = a.kv.k + (phys * nkv + kvh) * head_stride + lane % 16;
+        float dot = 0.f;
+        for (int d = 0; d < hd; ++d) dot += q_shared[warp][d] * __half2float(kp[d * 16]);
+        s = dot;
+      }
+    }
+    const bool any_valid = __any_sync(0xffffffffu, valid);
+    if (!any_valid) continue;
+    const float m_new = fmaxf(m, warp_max(s));
+    const float p = valid ? __expf(s - m_new) : 0.f;
+    const float corr = any ? __expf(m - m_new) : 0.f;
+    l = l * corr + warp_sum(p);
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) acc[i] *= corr;
+    for (int j = 0; j < 32; ++j) {
+      const float pj = __shfl_sync(0xffffffffu, p, j);
+      const int64_t phys_j = __shfl_sync(0xffffffffu, phys, j);
+      if (pj == 0.f) continue;
+      const __half* vp = a.kv.v + (phys_j * nkv + kvh) * head_stride + (j % 16) * hd;
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) acc[i] += pj * __half2float(vp[d]);
+      }
+    }
+    m = m_new;
+    any = true;
+  }
+
+  if (n_splits == 1) {
+    float* o = a.out + (row * a.n_heads + head) * static_cast<int64_t>(hd);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {
+      const int d = lane + 32 * i;
+      if (d < hd) o[d] = acc[i] * inv;
+    }
+    return;
+  }
+  float* part = a.partial + item * static_cast<int64_t>(hd + 2);
+#pragma unroll
+  for (int i = 0; i < DPL; ++i) {
+    const int d = lane + 32 * i;
+    if (d < hd) part[d] = acc[i];
+  }
+  if (lane == 0) {
+    part[hd] = any ? m : -FLT_MAX;
+    part[hd + 1] = l;
+  }
+}
+
+// out[row][head] = Σ_s acc_s e^(m_s - M) / Σ_s l_s e^(m_s - M).
+__global__ void combine_kernel(AttentionArgs a, int n_splits) {
+  const int64_t rh = blockIdx.x;  // row * n_heads + head
+  const int hd = a.kv.head_dim;
+  const float* part = a.partial + rh * n_splits * static_cast<int64_t>(hd + 2);
+  float big = -FLT_MAX;
+  for (int s = 0; s < n_splits; ++s) big = fmaxf(big, part[s * (hd + 2) + hd]);
+  float total = 0.f;
+  for (int s = 0; s < n_splits; ++s) {
+    const float* p = part + s * (hd + 2);
+    if (p[hd + 1] > 0.f) total += p[hd + 1] * __expf(p[hd] - big);
+  }
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float v = 0.f;
+    for (int s = 0; s < n_splits; ++s) {
+      const float* p = part + s * (hd + 2);
+      if (p[hd + 1] > 0.f) v += p[d] * __expf(p[hd] - big);
+    }
+    a.out[rh * hd + d] = v / total;
+  }
+}
+
+}  // namespace
+
+int64_t attention_scratch_floats(int64_t n_rows, int n_heads, int head_dim, int max_ctx) {
+  const int s = splits_for(n_rows, n_heads, max_ctx);
+  return s == 1 ? 0 : n_rows * n_heads * s * static_cast<int64_t>(head_dim + 2);
+}
+
+void attention(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.n_rows == 0) return;
+  const int hd = a.kv.head_dim;
+  if (hd > kMaxHeadDim || hd <= 0)
+    throw Error(ErrorKind::unsupported, "CUDA attention: head dim " + std::to_string(hd) +
+                                            " (at most " + std::to_string(kMaxHeadDim) + ")");
+  if (a.n_heads % a.kv.n_kv_heads != 0)
+    throw Error(ErrorKind::unsupported, "CUDA attention: " + std::to_string(a.n_heads) +
+                                            " heads over " + std::to_string(a.kv.n_kv_heads) +
+                                            " KV heads");
+  const int n_splits = splits_for(a.n_rows, a.n_heads, a.max_ctx);
+  const int64_t items = a.n_rows * a.n_heads * n_splits;
+  const unsigned grid = blocks_for(items, kWarps);
+  const int dpl = (hd + 31) / 32;
+  switch (dpl) {
+    case 1: attention_kernel<1><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+    case 2: attention_kernel<2><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+    case 3: attention_kernel<3><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+    case 4: attention_kernel<4><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+    default: attention_kernel<8><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+  }
+  PENSIEVE_CUDA_LAUNCHED("attention");
+  if (n_splits > 1) {
+    combine_kernel<<<static_cast<unsigned>(a.n_rows * a.n_heads), 128, 0, stream>>>(a, n_splits);
+    PENSIEVE_CUDA_LAUNCHED("attention combine");
+  }
+}
+
+}  // namespace pensieve::cuda

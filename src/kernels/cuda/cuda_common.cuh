@@ -1,0 +1,99 @@
+// Shared pieces of the CUDA kernels: error checks, the weight view kernels
+// take, and loads of every stored weight format as f32.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/error_type.h"
+
+namespace pensieve::cuda {
+
+#define PENSIEVE_CUDA_CHECK(expr)                                                         \
+  do {                                                                                    \
+    const cudaError_t pensieve_err_ = (expr);                                             \
+    if (pensieve_err_ != cudaSuccess)                                                     \
+      throw ::pensieve::Error(::pensieve::ErrorKind::internal,                            \
+                              std::string("CUDA: " #expr " failed: ") +                   \
+                                  cudaGetErrorString(pensieve_err_) + " (" __FILE__ ":" + \
+                                  std::to_string(__LINE__) + ")");                        \
+  } while (0)
+
+// After every launch: a bad configuration shows here, a fault at the next sync.
+#define PENSIEVE_CUDA_LAUNCHED(name) PENSIEVE_CUDA_CHECK(cudaGetLastError())
+
+// Weight formats and scale types, numbered as quant/weight_matrix.h's enums.
+enum : int { kF32 = 0, kF16 = 1, kBF16 = 2, kAffine4 = 3, kAffine8 = 4 };
+enum : int { kScaleF32 = 0, kScaleF16 = 1, kScaleBF16 = 2 };
+
+// A weight in device memory, by value into kernels.
+struct GpuWeight {
+  int format = kF32;
+  int scale_type = kScaleBF16;
+  int group_size = 0;
+  int64_t rows = 0, cols = 0;
+  const uint8_t* data = nullptr;
+  const void* scales = nullptr;
+  const void* biases = nullptr;
+
+  __host__ __device__ int64_t row_bytes() const {
+    switch (format) {
+      case kF32: return cols * 4;
+      case kF16:
+      case kBF16: return cols * 2;
+      case kAffine4: return cols / 2;
+      default: return cols;
+    }
+  }
+};
+
+__device__ __forceinline__ float load_scale(const void* p, int type, int64_t i) {
+  switch (type) {
+    case kScaleF32: return static_cast<const float*>(p)[i];
+    case kScaleF16: return __half2float(static_cast<const __half*>(p)[i]);
+    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  }
+}
+
+// w[r][c] as f32 (the scalar path every fast path is checked against).
+__device__ __forceinline__ float weight_at(const GpuWeight& w, int64_t r, int64_t c) {
+  const uint8_t* row = w.data + r * w.row_bytes();
+  switch (w.format) {
+    case kF32: return reinterpret_cast<const float*>(row)[c];
+    case kF16: return __half2float(reinterpret_cast<const __half*>(row)[c]);
+    case kBF16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(row)[c]);
+    default: break;
+  }
+  const int64_t g = r * (w.cols / w.group_size) + c / w.group_size;
+  const float s = load_scale(w.scales, w.scale_type, g);
+  const float b = load_scale(w.biases, w.scale_type, g);
+  uint32_t q;
+  if (w.format == kAffine4) {
+    const uint32_t word = reinterpret_cast<const uint32_t*>(row)[c / 8];
+    q = (word >> (4 * (c % 8))) & 0xFu;
+  } else {
+    const uint32_t word = reinterpret_cast<const uint32_t*>(row)[c / 4];
+    q = (word >> (8 * (c % 4))) & 0xFFu;
+  }
+  return s * static_cast<float>(q) + b;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+inline unsigned blocks_for(int64_t n, int64_t per_block) {
+  return static_cast<unsigned>((n + per_block - 1) / per_block);
+}
+
+}  // namespace pensieve::cuda

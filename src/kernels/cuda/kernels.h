@@ -1,0 +1,78 @@
+// Launchers of the CUDA kernels (kernels/cuda/*.cu). Every pointer is device
+// memory; every launch goes to `stream` and is checked.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace pensieve::cuda {
+
+// --- ops.cu
+// x[r] = row tokens[r] of the table, as f32.
+void embed(const GpuWeight& table, const int32_t* tokens, int64_t n_rows, float* x,
+           cudaStream_t stream);
+// out[r] = x[rows ? rows[r] : r] / rms * w (rows of dim).
+void rms_norm(const float* x, const int32_t* rows, const float* w, int64_t n_rows, int64_t dim,
+              float eps, float* out, cudaStream_t stream);
+// x += delta (+ bias); then, with w, h = rms_norm(x) * w.
+void add_rms_norm(float* x, const float* delta, const float* bias, const float* w, int64_t n_rows,
+                  int64_t dim, float eps, float* h, cudaStream_t stream);
+// out[r] = silu(gu[r][0..n)) * gu[r][n..2n).
+void silu_mul(const float* gu, int64_t n_rows, int64_t n, float* out, cudaStream_t stream);
+
+// The paged KV pool of one layer (backend/backend.h's layout).
+struct GpuKvLayer {
+  __half* k = nullptr;  // [n_blocks][n_kv_heads][head_dim][16]
+  __half* v = nullptr;  // [n_blocks][n_kv_heads][16][head_dim]
+  int n_kv_heads = 0, head_dim = 0;
+};
+
+struct QkvPostArgs {
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0, rot_dim = 0;
+  const float* bias = nullptr;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  float eps = 0;
+};
+// Bias, q/k norm, rope (cos/sin [T][rot_dim/2]), q out, k/v into KV slots.
+void qkv_post(const QkvPostArgs& a, float* qkv, const float* cos, const float* sin,
+              const int32_t* slots, int64_t n_rows, float* q, const GpuKvLayer& kv,
+              cudaStream_t stream);
+
+// --- attention.cu
+struct GpuSeq {
+  int32_t table_offset;  // into the step's concatenated block tables
+  int32_t n_ctx, q_row, n_q;
+};
+struct AttentionArgs {
+  const float* q = nullptr;  // [T][n_heads * head_dim]
+  float* out = nullptr;
+  GpuKvLayer kv;
+  const GpuSeq* seqs = nullptr;
+  const int32_t* row_seq = nullptr;  // [T]
+  const int32_t* tables = nullptr;
+  int64_t n_rows = 0;
+  int n_heads = 0;
+  float scale = 1;
+  int window = 0;
+  int max_ctx = 0;   // the longest n_ctx of the step
+  float* partial = nullptr;  // split-K scratch (attention_scratch_floats)
+};
+// Floats of split scratch attention() needs for this many rows and heads.
+int64_t attention_scratch_floats(int64_t n_rows, int n_heads, int head_dim, int max_ctx);
+void attention(const AttentionArgs& a, cudaStream_t stream);
+
+// --- matmul.cu
+// y[t*ldy + r] = x[t] · w[r] for t < n_tokens, r < w.rows. The decode path
+// (n_tokens <= 8) streams w once; more tokens take the tensor-core gemm.
+void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+            int64_t ldy, cudaStream_t stream);
+// The scalar reference: one thread per output, f32 throughout.
+void matmul_ref(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+                int64_t ldy, cudaStream_t stream);
+constexpr int64_t kGemvMaxTokens = 8;
+
+}  // namespace pensieve::cuda

@@ -1,0 +1,300 @@
+// y = x · Wᵀ on the GPU for every stored weight format.
+//  - Up to kGemvMaxTokens tokens (decode): one warp per weight row streams
+//    the row once in 16-byte loads, dequantizes in registers and dots it with
+//    every token; memory-bound by design.
+//  - More tokens (prefill): a tensor-core gemm (bf16 WMMA, f32 accumulate)
+//    on 64x64 tiles, the weight tile dequantized into shared memory as it is
+//    loaded, so no dequantized copy of a weight ever exists.
+#include <mma.h>
+
+#include "kernels/cuda/kernels.h"
+
+namespace pensieve::cuda {
+namespace {
+
+constexpr int kGemvWarps = 4;
+
+// Values one 16-byte load of a row holds.
+template <int FMT>
+constexpr int values_per_load() {
+  return FMT == kAffine4 ? 32 : FMT == kAffine8 ? 16 : (FMT == kF32 ? 4 : 8);
+}
+
+template <int FMT>
+__device__ __forceinline__ void decode16(const uint4 raw, float* v) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+  if constexpr (FMT == kAffine4) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[i * 8 + k] = static_cast<float>((words[i] >> (4 * k)) & 0xFu);
+  } else if constexpr (FMT == kAffine8) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v[i * 4 + k] = static_cast<float>((words[i] >> (8 * k)) & 0xFFu);
+  } else if constexpr (FMT == kF32) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = __uint_as_float(words[i]);
+  } else if constexpr (FMT == kF16) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __half2 h = *reinterpret_cast<const __half2*>(&words[i]);
+      const float2 f = __half22float2(h);
+      v[2 * i] = f.x;
+      v[2 * i + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      v[2 * i] = __uint_as_float(words[i] << 16);
+      v[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+    }
+  }
+}
+
+template <int T, int FMT>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, float* y, int64_t ldy) {
+  constexpr int V = values_per_load<FMT>();
+  constexpr bool kQuant = FMT == kAffine4 || FMT == kAffine8;
+  const int lane = threadIdx.x % 32;
+  const int64_t r = blockIdx.x * static_cast<int64_t>(kGemvWarps) + threadIdx.x / 32;
+  if (r >= w.rows) return;
+  const uint4* row = reinterpret_cast<const uint4*>(w.data + r * w.row_bytes());
+  const int64_t n_loads = w.cols / V;
+  const int64_t n_groups = kQuant ? w.cols / w.group_size : 0;
+  float acc[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) acc[t] = 0.f;
+#pragma unroll 2
+  for (int64_t i = lane; i < n_loads; i += 32) {
+    const uint4 raw = __ldg(row + i);
+    float v[V];
+    decode16<FMT>(raw, v);
+    const int64_t c0 = i * V;
+    if constexpr (kQuant) {
+      const int64_t g = r * n_groups + c0 / w.group_size;
+      const float s = load_scale(w.scales, w.scale_type, g);
+      const float b = load_scale(w.biases, w.scale_type, g);
+#pragma unroll
+      for (int k = 0; k < V; ++k) v[k] = fmaf(s, v[k], b);
+    }
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      const float4* xv = reinterpret_cast<const float4*>(x + t * ldx + c0);
+      float sum = 0.f;
+#pragma unroll
+      for (int k = 0; k < V / 4; ++k) {
+        const float4 xx = __ldg(xv + k);
+        sum = fmaf(v[4 * k], xx.x, sum);
+        sum = fmaf(v[4 * k + 1], xx.y, sum);
+        sum = fmaf(v[4 * k + 2], xx.z, sum);
+        sum = fmaf(v[4 * k + 3], xx.w, sum);
+      }
+      acc[t] += sum;
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) y[t * ldy + r] = s;
+  }
+}
+
+// Any shape: one warp per row, one element at a time.
+__global__ void gemv_any_kernel(GpuWeight w, const float* x, int64_t ldx, int64_t n_tokens,
+                                float* y, int64_t ldy) {
+  const int lane = threadIdx.x % 32;
+  const int64_t r = blockIdx.x * static_cast<int64_t>(kGemvWarps) + threadIdx.x / 32;
+  if (r >= w.rows) return;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    float sum = 0.f;
+    for (int64_t c = lane; c < w.cols; c += 32) sum += weight_at(w, r, c) * x[t * ldx + c];
+    sum = warp_sum(sum);
+    if (lane == 0) y[t * ldy + r] = sum;
+  }
+}
+
+template <int FMT>
+void launch_gemv(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+                 int64_t ldy, cudaStream_t stream) {
+  const unsigned grid = blocks_for(w.rows, kGemvWarps);
+  const unsigned threads = kGemvWarps * 32;
+  switch (n_tokens) {
+#define PENSIEVE_GEMV_CASE(T) \
+  case T: gemv_kernel<T, FMT><<<grid, threads, 0, stream>>>(w, x, ldx, y, ldy); break;
+    PENSIEVE_GEMV_CASE(1)
+    PENSIEVE_GEMV_CASE(2)
+    PENSIEVE_GEMV_CASE(3)
+    PENSIEVE_GEMV_CASE(4)
+    PENSIEVE_GEMV_CASE(5)
+    PENSIEVE_GEMV_CASE(6)
+    PENSIEVE_GEMV_CASE(7)
+    PENSIEVE_GEMV_CASE(8)
+#undef PENSIEVE_GEMV_CASE
+    default: throw Error(ErrorKind::internal, "gemv: " + std::to_string(n_tokens) + " tokens");
+  }
+}
+
+// --- Tensor-core gemm.
+constexpr int kBM = 64, kBN = 64, kBK = 32, kPad = 8, kGemmThreads = 128;
+
+template <int FMT>
+__device__ __forceinline__ void load_weight_16(const GpuWeight& w, int64_t r, int64_t k,
+                                               __nv_bfloat16* dst) {
+  // 16 values of row r from column k (k a multiple of 16); zeros past the edges.
+  if (r >= w.rows) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) dst[i] = __float2bfloat16(0.f);
+    return;
+  }
+  if constexpr (FMT == kAffine4 || FMT == kAffine8) {
+    // Quantized widths are whole groups (multiples of 32), so k < cols here.
+    const uint8_t* row = w.data + r * w.row_bytes();
+    const int64_t g = r * (w.cols / w.group_size) + k / w.group_size;
+    const float s = load_scale(w.scales, w.scale_type, g);
+    const float b = load_scale(w.biases, w.scale_type, g);
+    if constexpr (FMT == kAffine4) {
+      const uint2 words = *reinterpret_cast<const uint2*>(row + k / 2);
+      const uint32_t ws[2] = {words.x, words.y};
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          dst[i * 8 + j] = __float2bfloat16(fmaf(s, static_cast<float>((ws[i] >> (4 * j)) & 0xFu), b));
+    } else {
+      const uint4 words = *reinterpret_cast<const uint4*>(row + k);
+      const uint32_t ws[4] = {words.x, words.y, words.z, words.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          dst[i * 4 + j] = __float2bfloat16(fmaf(s, static_cast<float>((ws[i] >> (8 * j)) & 0xFFu), b));
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 16; ++i)
+      dst[i] = __float2bfloat16(k + i < w.cols ? weight_at(w, r, k + i) : 0.f);
+  }
+}
+
+template <int FMT>
+__global__ void __launch_bounds__(kGemmThreads)
+    gemm_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, int64_t n_tokens, float* y,
+                int64_t ldy) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __nv_bfloat16 a_tile[kBM][kBK + kPad];
+  __shared__ __align__(32) __nv_bfloat16 b_tile[kBN][kBK + kPad];
+  __shared__ __align__(32) float c_tile[kBM][kBN + 4];
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int wm = warp / 2, wn = warp % 2;
+  const int64_t row0 = blockIdx.x * static_cast<int64_t>(kBN);
+  const int64_t tok0 = blockIdx.y * static_cast<int64_t>(kBM);
+  const int64_t K = w.cols;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(c[i][j], 0.f);
+
+  const int lr = tid / 2, lk = (tid % 2) * 16;  // this thread's 16 values of each tile
+  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
+    const int64_t tok = tok0 + lr;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int64_t k = k0 + lk + i;
+      a_tile[lr][lk + i] = __float2bfloat16(tok < n_tokens && k < K ? x[tok * ldx + k] : 0.f);
+    }
+    load_weight_16<FMT>(w, row0 + lr, k0 + lk, &b_tile[lr][lk]);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &a_tile[wm * 32 + i * 16][kk], kBK + kPad);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &b_tile[wn * 32 + j * 16][kk], kBK + kPad);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(c[i][j], a[i], b[j], c[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(&c_tile[wm * 32 + i * 16][wn * 32 + j * 16], c[i][j], kBN + 4,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int e = tid; e < kBM * kBN; e += kGemmThreads) {
+    const int m = e / kBN, n = e % kBN;
+    const int64_t tok = tok0 + m, r = row0 + n;
+    if (tok < n_tokens && r < w.rows) y[tok * ldy + r] = c_tile[m][n];
+  }
+}
+
+__global__ void matmul_ref_kernel(GpuWeight w, const float* x, int64_t ldx, int64_t n_tokens,
+                                  float* y, int64_t ldy) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n_tokens * w.rows) return;
+  const int64_t t = i / w.rows, r = i % w.rows;
+  float sum = 0.f;
+  for (int64_t c = 0; c < w.cols; ++c) sum += weight_at(w, r, c) * x[t * ldx + c];
+  y[t * ldy + r] = sum;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+}  // namespace
+
+void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+            int64_t ldy, cudaStream_t stream) {
+  if (n_tokens == 0 || w.rows == 0) return;
+  if (n_tokens <= kGemvMaxTokens) {
+    int v = 0;
+    switch (w.format) {
+      case kAffine4: v = values_per_load<kAffine4>(); break;
+      case kAffine8: v = values_per_load<kAffine8>(); break;
+      case kF32: v = values_per_load<kF32>(); break;
+      default: v = values_per_load<kF16>(); break;
+    }
+    // 16-byte loads need whole loads per row, aligned rows and aligned x rows.
+    const bool vector = w.cols % v == 0 && aligned16(w.data) && (w.row_bytes() % 16) == 0 &&
+                        aligned16(x) && (ldx % 4) == 0;
+    if (vector) {
+      switch (w.format) {
+        case kAffine4: launch_gemv<kAffine4>(w, x, ldx, n_tokens, y, ldy, stream); break;
+        case kAffine8: launch_gemv<kAffine8>(w, x, ldx, n_tokens, y, ldy, stream); break;
+        case kF32: launch_gemv<kF32>(w, x, ldx, n_tokens, y, ldy, stream); break;
+        case kF16: launch_gemv<kF16>(w, x, ldx, n_tokens, y, ldy, stream); break;
+        default: launch_gemv<kBF16>(w, x, ldx, n_tokens, y, ldy, stream); break;
+      }
+    } else {
+      gemv_any_kernel<<<blocks_for(w.rows, kGemvWarps), kGemvWarps * 32, 0, stream>>>(
+          w, x, ldx, n_tokens, y, ldy);
+    }
+    PENSIEVE_CUDA_LAUNCHED("gemv");
+    return;
+  }
+  const dim3 grid(blocks_for(w.rows, kBN), blocks_for(n_tokens, kBM));
+  switch (w.format) {
+    case kAffine4: gemm_kernel<kAffine4><<<grid, kGemmThreads, 0, stream>>>(w, x, ldx, n_tokens, y, ldy); break;
+    case kAffine8: gemm_kernel<kAffine8><<<grid, kGemmThreads, 0, stream>>>(w, x, ldx, n_tokens, y, ldy); break;
+    default: gemm_kernel<kF32><<<grid, kGemmThreads, 0, stream>>>(w, x, ldx, n_tokens, y, ldy); break;
+  }
+  PENSIEVE_CUDA_LAUNCHED("gemm");
+}
+
+void matmul_ref(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+                int64_t ldy, cudaStream_t stream) {
+  const int64_t n = n_tokens * w.rows;
+  if (n == 0) return;
+  matmul_ref_kernel<<<blocks_for(n, 128), 128, 0, stream>>>(w, x, ldx, n_tokens, y, ldy);
+  PENSIEVE_CUDA_LAUNCHED("matmul_ref");
+}
+
+}  // namespace pensieve::cuda
