@@ -172,6 +172,55 @@ TEST_F(ServerTest, InvalidRequests) {
   EXPECT_EQ(backend.n_submitted, 0);
 }
 
+// Numbers JSON cannot hold (1e999 overflows a double) or does not have
+// (NaN, Infinity) are the client's error, a 400 naming the field, never a
+// 500; so are integers past 64 bits.
+TEST_F(ServerTest, UnrepresentableNumbersAre400sNamingTheField) {
+  start();
+  const std::string messages = R"("messages": [{"role": "user", "content": "Hi"}])";
+  auto body_with = [&](const std::string& field, const std::string& value) {
+    std::string body = R"({"model": "m", )" + messages;
+    if (field != "max_tokens") body += R"(, "max_tokens": 10)";
+    return body + ", \"" + field + "\": " + value + "}";
+  };
+  auto refused = [&](const std::string& route, const std::string& body) {
+    return expect_error(post_raw(route, body), 400, "invalid_request_error");
+  };
+  for (const std::string& value :
+       std::vector<std::string>{"1e999", "-1e999", "1" + std::string(400, '0')}) {
+    SCOPED_TRACE(value);
+    const std::string body = body_with("max_tokens", value);
+    const std::string message = refused("/v1/messages", body);
+    EXPECT_EQ(message.rfind("max_tokens: number out of range", 0), 0u) << message;
+    EXPECT_EQ(refused("/v1/messages/count_tokens", body).rfind("max_tokens: ", 0), 0u);
+  }
+  for (const std::string value : {"NaN", "Infinity", "-Infinity", "nan"}) {
+    SCOPED_TRACE(value);
+    for (const std::string field : {"max_tokens", "temperature", "top_k"}) {
+      const std::string message = refused("/v1/messages", body_with(field, value));
+      EXPECT_EQ(message.rfind(field + ": request body is not valid JSON", 0), 0u) << message;
+    }
+  }
+  EXPECT_EQ(refused("/v1/messages", body_with("temperature", "1e999")),
+            "temperature: number out of range (number overflow parsing '1e999')");
+  EXPECT_EQ(refused("/v1/messages", body_with("thinking",
+                                              R"({"type": "enabled", "budget_tokens": 1e999})"))
+                .rfind("thinking.budget_tokens: number out of range", 0),
+            0u);
+  EXPECT_EQ(refused("/v1/messages", body_with("stop_sequences", R"(["a", NaN])"))
+                .rfind("stop_sequences.1: request body is not valid JSON", 0),
+            0u);
+  // Finite, but no 64-bit integer.
+  EXPECT_EQ(refused("/v1/messages", body_with("max_tokens", "1e300")),
+            "max_tokens: integer out of range");
+  EXPECT_EQ(refused("/v1/messages", body_with("top_k", "99999999999999999999999")),
+            "top_k: integer out of range");
+  EXPECT_EQ(refused("/v1/messages", body_with("max_tokens", "-1e300")),
+            "max_tokens: integer out of range");
+  EXPECT_EQ(backend.n_submitted, 0);
+  EXPECT_EQ(post("/v1/messages", hello())->status, 200);  // and it keeps serving
+}
+
 TEST_F(ServerTest, PromptTooLong) {
   backend.model.context_size = 100;
   start();
