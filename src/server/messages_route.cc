@@ -17,6 +17,7 @@
 #include "server/ids.h"
 #include "server/message_builder.h"
 #include "server/prompt.h"
+#include "server/request.h"
 #include "server/server_impl.h"
 
 namespace pensieve::server {
@@ -27,17 +28,6 @@ using Clock = std::chrono::steady_clock;
 
 // How often a waiting answer checks that its client is still connected.
 constexpr auto kPollInterval = std::chrono::milliseconds(100);
-
-json parse_body(const httplib::Request& req) {
-  try {
-    return json::parse(req.body);
-  } catch (const json::parse_error& e) {
-    std::string what = e.what();
-    size_t pos = what.find("] ");  // drop nlohmann's "[json.exception.parse_error.101] "
-    invalid_request("", "request body is not valid JSON: {}",
-                    pos == std::string::npos ? what : what.substr(pos + 2));
-  }
-}
 
 // One generation counted against max_queue and max_per_client while alive.
 class InflightSlot {
@@ -276,7 +266,7 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms) {
 }  // namespace
 
 void Server::Impl::handle_messages(const httplib::Request& req, httplib::Response& res) {
-  json body = parse_body(req);
+  json body = parse_request_body(req.body);
   MessagesRequest request = parse_messages_request(body, {true, info.vision});
   if (request.thinking != ThinkingMode::disabled &&
       (request.tool_choice.type == ToolChoice::Type::any ||
@@ -363,7 +353,7 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
 }
 
 void Server::Impl::handle_count_tokens(const httplib::Request& req, httplib::Response& res) {
-  json body = parse_body(req);
+  json body = parse_request_body(req.body);
   MessagesRequest request = parse_messages_request(body, {false, info.vision});
   Prompt prompt = build_prompt(backend, info, request);
   send_json(res, 200, {{"input_tokens", prompt.tokens.size()}});

@@ -1,5 +1,6 @@
 #include "server/request.h"
 
+#include <cmath>
 #include <set>
 
 #include "server/api_error.h"
@@ -54,9 +55,13 @@ const std::string& get_string(const json& j, const std::string& path) {
 
 int64_t get_integer(const json& j, const std::string& path) {
   if (j.is_number_float()) {
-    double v = j.get<double>();
+    const double v = j.get<double>();
     // JavaScript clients may send 1024.0; accept whole numbers in range.
-    if (v == static_cast<double>(static_cast<int64_t>(v))) return static_cast<int64_t>(v);
+    // (Integers past 64 bits, like 1e300, parse as floats too.)
+    if (v == std::trunc(v)) {
+      if (!(v >= -0x1p63 && v < 0x1p63)) invalid_request(path, "integer out of range");
+      return static_cast<int64_t>(v);
+    }
   }
   expect(j.is_number_integer(), j, path, "an integer");
   if (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
@@ -297,7 +302,75 @@ void check_tool_results(const std::vector<Message>& messages) {
   }
 }
 
+// Paths deeper than this are not worth naming (and a hostile body nests
+// thousands deep).
+constexpr size_t kMaxNamedDepth = 32;
+
+// The JSON path of the value where parsing `body` fails ("max_tokens",
+// "messages.0.content"): parsed again, following the keys and indices up
+// to the failure. "" at the top level or when nested too deep to name.
+std::string path_of_parse_failure(const std::string& body) {
+  struct Frame {
+    bool array = false;
+    size_t n_items = 0;  // array: items complete so far, the failing one's index
+    std::string key;     // object: the key being read
+  };
+  std::vector<Frame> frames;
+  const json::parser_callback_t follow = [&](int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start: frames.push_back({false, 0, ""}); break;
+      case json::parse_event_t::array_start: frames.push_back({true, 0, ""}); break;
+      case json::parse_event_t::key: frames.back().key = parsed.get<std::string>(); break;
+      case json::parse_event_t::value:
+        if (!frames.empty() && frames.back().array) ++frames.back().n_items;
+        break;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        frames.pop_back();
+        if (!frames.empty() && frames.back().array) ++frames.back().n_items;
+        break;
+    }
+    return true;
+  };
+  try {
+    [[maybe_unused]] const json parsed = json::parse(body, follow);
+  } catch (const json::exception&) {
+    // Expected: it failed the first time. The frames say where.
+  }
+  if (frames.size() > kMaxNamedDepth) return "";
+  std::string path;
+  for (const Frame& f : frames) path = f.array ? join_path(path, f.n_items) : join_path(path, f.key);
+  return path;
+}
+
 }  // namespace
+
+json parse_request_body(const std::string& body) {
+  try {
+    return json::parse(body);
+  } catch (const json::exception& e) {
+    // A parse_error for bad syntax, or out_of_range 406 for a number no
+    // double holds (1e999): both are the client's, never a 500.
+    std::string what = e.what();
+    const size_t pos = what.find("] ");  // drop nlohmann's "[json.exception.parse_error.101] "
+    if (pos != std::string::npos) what = what.substr(pos + 2);
+    // nlohmann quotes what it read ("last read: '...'"), which after a run of
+    // brackets is most of the body: keep its start and the failing end.
+    constexpr size_t kMaxShown = 400;
+    if (what.size() > kMaxShown) what = what.substr(0, 200) + " ... " + what.substr(what.size() - 150);
+    constexpr int kNumberOverflow = 406;
+    const bool overflow = e.id == kNumberOverflow;
+    // A value that is not JSON (NaN, Infinity, 1e, a bare word) is named by
+    // its field, as a wrong value is; other syntax errors have no field.
+    const bool bad_value =
+        overflow || (what.find("while parsing value") != std::string::npos &&
+                     (what.find("invalid literal") != std::string::npos ||
+                      what.find("invalid number") != std::string::npos));
+    const std::string path = bad_value ? path_of_parse_failure(body) : "";
+    if (overflow) invalid_request(path, "number out of range ({})", what);
+    invalid_request(path, "request body is not valid JSON: {}", what);
+  }
+}
 
 MessagesRequest parse_messages_request(const json& body, const ParseOptions& options) {
   if (!body.is_object()) invalid_request("", "request body must be a JSON object, got {}", kind_name(body));

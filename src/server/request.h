@@ -69,6 +69,10 @@ struct ParseOptions {
   bool vision = false;             // the model accepts images
 };
 
+// The body as JSON; anything that is not (bad syntax, NaN, a number too
+// large for a double like 1e999) is a 400 naming the field where it can.
+nlohmann::ordered_json parse_request_body(const std::string& body);
+
 MessagesRequest parse_messages_request(const nlohmann::ordered_json& body,
                                        const ParseOptions& options);
 

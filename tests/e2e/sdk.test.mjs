@@ -10,7 +10,8 @@ let server;
 let client;
 
 before(async () => {
-  server = await startServer();
+  // --test-hooks: POST /test/hold keeps a generation in flight by construction.
+  server = await startServer(['--test-hooks']);
   client = new Anthropic({ baseURL: server.url, apiKey: 'e2e-key', maxRetries: 0, timeout: 60_000 });
 });
 
@@ -30,6 +31,27 @@ const story = (extra = {}) => ({
 
 function text(message) {
   return message.content.filter((b) => b.type === 'text').map((b) => b.text).join('');
+}
+
+async function health() {
+  return (await fetch(`${server.url}/health`)).json();
+}
+
+// Polls GET /health until done(health) holds, a minute at most (a loaded
+// machine is slow, never this slow); returns the last health seen.
+async function waitHealth(done) {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const h = await health();
+    if (done(h) || Date.now() > deadline) return h;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+// The server's test hooks: 'hold' stops the engine between steps, 'release' lets it go on.
+async function hook(what) {
+  const r = await fetch(`${server.url}/test/${what}`, { method: 'POST' });
+  assert.equal(r.status, 200, await r.text());
 }
 
 // What the prompt costs, whether read from the prefix cache or not.
@@ -138,20 +160,37 @@ describe('messages.stream', () => {
     assert.equal(m.usage.output_tokens, 8);
   });
 
+  // The engine is held the whole time the stream is open, so the generation
+  // cannot end by itself (the bundled model's story is over in a blink):
+  // only the abort can take it out of flight, and once released the engine
+  // runs not one step for it.
   it('stops generating when the client aborts mid-stream, and keeps serving', async () => {
-    const stream = client.messages.stream(story({ max_tokens: 100_000, temperature: 1 }));
-    await new Promise((resolve) => stream.on('text', resolve));
-    stream.abort();
-    await assert.rejects(stream.finalMessage());
-    // The generation's slot is released once the server notices the disconnect.
-    const deadline = Date.now() + 5_000;
-    let inflight;
-    do {
-      inflight = (await (await fetch(`${server.url}/health`)).json()).n_inflight;
-      if (inflight === 0) break;
-      await new Promise((r) => setTimeout(r, 50));
-    } while (Date.now() < deadline);
-    assert.equal(inflight, 0, 'the aborted generation was cancelled');
+    await hook('hold');
+    let stream;
+    let steps;
+    try {
+      stream = client.messages.stream(story({ max_tokens: 100_000, temperature: 1 }));
+      const started = new Promise((resolve, reject) => {
+        stream.on('streamEvent', (e) => e.type === 'message_start' && resolve());
+        stream.on('error', reject);
+        setTimeout(() => reject(new Error('no message_start within a minute')), 60_000).unref();
+      });
+      stream.finalMessage().catch(() => {});
+      await started;  // the server is streaming its answer
+      assert.equal((await waitHealth((h) => h.n_inflight === 1)).n_inflight, 1, 'the stream is in flight');
+      steps = (await health()).engine.n_steps;
+      stream.abort();
+      await assert.rejects(stream.finalMessage());
+      // The server notices the disconnect and gives up the generation's slot
+      // while the engine still stands still.
+      assert.equal((await waitHealth((h) => h.n_inflight === 0)).n_inflight, 0, 'the aborted generation was cancelled');
+    } finally {
+      stream?.abort();
+      await hook('release');
+    }
+    const idle = await waitHealth((h) => h.engine.n_running === 0 && h.engine.n_waiting === 0);
+    assert.equal(idle.engine.n_running + idle.engine.n_waiting, 0, JSON.stringify(idle));
+    assert.equal(idle.engine.n_steps, steps, 'no step ran for the cancelled generation');
     assert.equal((await client.messages.create(story({ max_tokens: 2 }))).usage.output_tokens, 2);
   });
 });

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "engine/session.h"
 #include "support/test_support.h"
+#include "support/wait_until.h"
 
 namespace pensieve {
 namespace {
@@ -54,12 +55,21 @@ EngineRequest request_for(const std::vector<int32_t>& prompt, int64_t max_tokens
   return r;
 }
 
+// Waits until the engine holds no request and no block; fails the test
+// when that takes longer than test::kWaitDeadline.
 void wait_idle(Engine& engine) {
-  for (int i = 0; i < 500; ++i) {
+  const bool idle = test::wait_until([&] {
     const auto s = engine.stats();
-    if (s.n_running == 0 && s.n_waiting == 0 && s.n_blocks_used == 0) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+    return s.n_running == 0 && s.n_waiting == 0 && s.n_blocks_used == 0;
+  });
+  const auto s = engine.stats();
+  EXPECT_TRUE(idle) << "engine not idle: " << s.n_running << " running, " << s.n_waiting
+                    << " waiting, " << s.n_blocks_used << " blocks in use";
+}
+
+// Whether the request's done (or error) event came within a minute.
+bool finished(Collected& c) {
+  return c.done.get_future().wait_for(std::chrono::seconds(60)) == std::future_status::ready;
 }
 
 // Every fixture model (tests/data/models), batched with a plentiful pool;
@@ -132,6 +142,10 @@ TEST(EngineBatchCases, CoverEveryFixtureModel) {
   }
 }
 
+// A request cancelled while it decodes stops at the next step and gives its
+// blocks back. Its fifth token event (on the engine thread) holds the
+// engine, so the cancel lands between two steps however fast the machine
+// is: exactly five tokens, then "cancelled".
 TEST(Engine, CancelStopsAndFreesBlocks) {
   auto model = load_model(test::data_path("models/qwen3-tiny-mlx-4bit"), {.n_threads = 2, .device = test::device()});
   EngineOptions o;
@@ -139,13 +153,23 @@ TEST(Engine, CancelStopsAndFreesBlocks) {
   o.kv_blocks = 64;
   Engine engine(*model, o);
   Collected c;
-  auto handle = engine.submit(request_for(make_prompt(3, 3000), 400, &c));
+  std::promise<void> held;
+  auto request = request_for(make_prompt(3, 3000), 400, &c);
+  request.on_event = [&, record = request.on_event](const EngineEvent& e) {
+    record(e);
+    if (e.kind == EngineEvent::Kind::token && c.tokens.size() == 5) {
+      engine.hold();
+      held.set_value();
+    }
+  };
+  auto handle = engine.submit(std::move(request));
   ASSERT_NE(handle, nullptr);
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  ASSERT_EQ(held.get_future().wait_for(std::chrono::seconds(60)), std::future_status::ready);
   handle->cancel();
-  ASSERT_EQ(c.done.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  engine.release();
+  ASSERT_TRUE(finished(c));
   EXPECT_EQ(c.finish, "cancelled");
-  EXPECT_LT(c.tokens.size(), 400u);
+  EXPECT_EQ(c.tokens.size(), 5u);
   wait_idle(engine);
   EXPECT_EQ(engine.stats().n_blocks_free + engine.stats().n_blocks_cached, 64);
   EXPECT_EQ(engine.stats().n_blocks_used, 0);
@@ -168,7 +192,7 @@ TEST(Engine, StopsOnStopIdAndRejectsBadPrompts) {
   auto r = request_for(prompt, 6, &c);
   r.stop_ids = {alone[at]};
   ASSERT_NE(engine.submit(std::move(r)), nullptr);
-  c.done.get_future().wait();
+  ASSERT_TRUE(finished(c));
   EXPECT_EQ(c.finish, "eos");
   EXPECT_EQ(c.tokens, std::vector<int32_t>(alone.begin(), alone.begin() + at));
 
@@ -303,7 +327,7 @@ TEST(Engine, SeededSamplingInABatchMatchesAlone) {
     }
     std::vector<std::vector<int32_t>> out;
     for (auto& c : results) {
-      c->done.get_future().wait();
+      EXPECT_TRUE(finished(*c));
       out.push_back(c->tokens);
     }
     return out;

@@ -390,13 +390,21 @@ void FakeHub::serve_file(const std::string& name, const FakeFile& file, const vo
           chunk[chunk.size() / 2] = static_cast<char>(chunk[chunk.size() / 2] ^ 0x5a);
           plan->corrupt = false;
         }
-        if (!sink.write(chunk.data(), chunk.size())) return false;
-        plan->served += n;
-        {
+        // Counted before the write, so a client that has read these bytes
+        // always finds them counted; taken back if the write fails.
+        auto count = [&](bool sent) {
           std::lock_guard<std::mutex> lock(mutex_);
-          bytes_served_[name] += n;
-          transfers_[name][plan->index].bytes += n;
+          uint64_t& total = bytes_served_[name];
+          uint64_t& transfer = transfers_[name][plan->index].bytes;
+          total = sent ? total + n : total - n;
+          transfer = sent ? transfer + n : transfer - n;
+        };
+        count(true);
+        if (!sink.write(chunk.data(), chunk.size())) {
+          count(false);
+          return false;
         }
+        plan->served += n;
         if (plan->chunk_delay.count() > 0) std::this_thread::sleep_for(plan->chunk_delay);
         return true;
       });

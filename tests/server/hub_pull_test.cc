@@ -37,10 +37,23 @@ class HubPull : public ::testing::Test {
     o.first_backoff = 5ms;
     o.max_backoff = 20ms;
     o.max_attempts = 4;
-    o.stall_timeout = 1s;
-    o.connect_timeout = 2000ms;
+    // Far above anything the fake Hub takes on a busy machine, so no test
+    // sees a retry it did not ask for; the stall tests set 1 s themselves.
+    o.stall_timeout = 20s;
     return o;
   }
+  // A pull that gives up on a server sending nothing for a second: far
+  // shorter than the stalls the tests make the fake Hub hold (kStall).
+  hub::HubOptions stall_options() const {
+    hub::HubOptions o = options();
+    o.stall_timeout = 1s;
+    return o;
+  }
+  // How long the fake Hub stalls: long enough that only the client's 1 s
+  // stall timeout can end a try within kStalledPullBound (curl measures the
+  // speed over a few seconds, so a timeout takes 2-4 s).
+  static constexpr auto kStall = 60s;
+  static constexpr auto kStalledPullBound = 30s;
   const test::FakeRepo& repo() const { return hub.repo(kRepo); }
   uint64_t weights_size() const { return repo().files.at(kWeights).content.size(); }
   std::string repo_dir() const { return cache.file("models--pensieve-test--qwen2-tiny"); }
@@ -184,7 +197,15 @@ TEST_F(HubPull, InterruptedPullLeavesAPartialFileTheNextPullResumes) {
   EXPECT_EQ(resumed, kept);
   EXPECT_EQ(result.n_bytes_downloaded + kept,
             weights_size() + 0 /* small files came in the first pull */);
-  EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
+  // The second pull asked for the rest only and got exactly that. (The
+  // total the Hub sent is more than the file: chunks in flight when the
+  // first pull stopped were sent but never kept.)
+  const auto transfers = hub.transfers(kWeights);
+  ASSERT_EQ(transfers.size(), 2u);
+  EXPECT_EQ(transfers[0].range_start, 0u);
+  EXPECT_EQ(transfers[1].range_start, kept);
+  EXPECT_EQ(transfers[1].status, 206);
+  EXPECT_EQ(transfers[1].bytes, weights_size() - kept);
 }
 
 TEST_F(HubPull, CorruptTransferIsDetectedAndRepaired) {
@@ -329,9 +350,9 @@ TEST_F(HubPull, MissingFileIsANotFoundError) {
 TEST_F(HubPull, StalledRevisionApiTimesOutWithAClearError) {
   FakeFaults faults;
   faults.n_api_stalls = 1;  // once: the retry gets an answer
-  faults.stall_for = 10s;
+  faults.stall_for = kStall;
   hub.set_faults(faults);
-  auto opts = options();
+  auto opts = stall_options();
   std::vector<Retry> retries;
   record_retries(opts, retries);
   expect_complete_snapshot(hub::pull(kRepo, "main", opts).snapshot_dir);
@@ -344,7 +365,8 @@ TEST_F(HubPull, StalledRevisionApiTimesOutWithAClearError) {
   opts.max_attempts = 2;
   const auto start = std::chrono::steady_clock::now();
   const std::string message = error_of([&] { hub::pull(kRepo, "v1.0", opts); });
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  // Two tries that each waited out the 1 s stall timeout, not the Hub's minute.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kStalledPullBound);
   EXPECT_NE(message.find("resolving pensieve-test/qwen2-tiny@v1.0 failed after 2 attempts: "
                          "timed out waiting for " + hub.endpoint() + "/api/models/"),
             std::string::npos)
@@ -391,13 +413,13 @@ TEST_F(HubPull, StalledServerTimesOutAndResumes) {
   FakeFaults faults;
   faults.n_stalls = 1;
   faults.stall_after = 200000;
-  faults.stall_for = 10s;
+  faults.stall_for = kStall;
   hub.set_faults(faults);
   const auto start = std::chrono::steady_clock::now();
-  const auto result = hub::pull(kRepo, "main", options());
+  const auto result = hub::pull(kRepo, "main", stall_options());
   const auto elapsed = std::chrono::steady_clock::now() - start;
   expect_complete_snapshot(result.snapshot_dir);
-  EXPECT_LT(elapsed, 6s);  // the 1 s stall timeout fired, not the server's 10 s
+  EXPECT_LT(elapsed, kStalledPullBound);  // the 1 s stall timeout fired, not the server's minute
   EXPECT_EQ(hub.n_gets(kWeights), 2);
   EXPECT_EQ(hub.bytes_served(kWeights), weights_size());
 }
@@ -406,9 +428,9 @@ TEST_F(HubPull, StallForeverGivesUpWithAClearError) {
   FakeFaults faults;
   faults.n_stalls = 100;
   faults.stall_after = 0;
-  faults.stall_for = 10s;
+  faults.stall_for = kStall;
   hub.set_faults(faults);
-  auto opts = options();
+  auto opts = stall_options();
   opts.max_attempts = 2;
   const std::string message = error_of([&] { hub::pull(kRepo, "main", opts); });
   EXPECT_NE(message.find("failed after 2 attempts"), std::string::npos) << message;

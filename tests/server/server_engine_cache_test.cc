@@ -17,6 +17,7 @@
 #include "server/server.h"
 #include "tokenizer/tokenizer.h"
 #include "sse_check.h"
+#include "support/wait_until.h"
 
 namespace pensieve::server {
 namespace {
@@ -103,11 +104,10 @@ TEST(ServerEngineCache, SecondRequestReadsTheSharedPrefix) {
   EXPECT_EQ(again["usage"]["cache_read_input_tokens"], (n - 1) / 16 * 16);
   EXPECT_EQ(again["content"], first["content"]);  // greedy: same answer from cached K/V
   json h;
-  for (int i = 0; i < 100; ++i) {
+  EXPECT_TRUE(pensieve::test::wait_until([&] {
     h = s.health();
-    if (h["engine"]["kv_blocks_used"] == 0 && h["engine"]["n_running"] == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+    return h["engine"]["kv_blocks_used"] == 0 && h["engine"]["n_running"] == 0;
+  })) << h.dump();
   EXPECT_EQ(h["engine"]["kv_blocks_used"], 0);
   EXPECT_EQ(h["engine"]["kv_blocks_total"], 200);
   EXPECT_EQ(h["engine"]["kv_blocks_free"].get<int64_t>() + h["engine"]["kv_blocks_cached"].get<int64_t>(), 200);

@@ -1,10 +1,12 @@
 // The SSE stream and JSON answers of POST /v1/messages against a scripted
 // backend: event order, indices, deltas, usage, tool calls, stop sequences,
 // thinking, pings, mid-stream errors and client disconnects.
+#include <mutex>
 #include <regex>
 #include <thread>
 
 #include "server_fixture.h"
+#include "support/wait_until.h"
 
 namespace pensieve::server::test {
 namespace {
@@ -171,8 +173,9 @@ TEST_F(ServerTest, ThinkingOpenedByTheTemplate) {
 }
 
 TEST_F(ServerTest, PingsWhileThePromptIsProcessed) {
+  // 800 ms of prompt: ample time for 3 pings 50 ms apart, even on a busy machine.
   backend.set_script({.pieces = {"done"}, .n_progress = 8,
-                      .progress_delay = std::chrono::milliseconds(40)});
+                      .progress_delay = std::chrono::milliseconds(100)});
   ServerOptions options;
   options.ping_interval_ms = 50;
   start(options);
@@ -220,18 +223,12 @@ TEST_F(ServerTest, ClientDisconnectCancelsTheGeneration) {
   c->send(req, res, err);
   EXPECT_NE(received.find("content_block_delta"), std::string::npos);
   c.reset();
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  while (backend.n_cancelled == 0 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  EXPECT_EQ(backend.n_cancelled, 1);
+  EXPECT_TRUE(pensieve::test::wait_until([&] { return backend.n_cancelled == 1; }));
   // The slot is released: the server still answers and counts nothing in flight.
   auto health = client()->Get("/health");
   ASSERT_TRUE(health);
-  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  while (json::parse(client()->Get("/health")->body)["n_inflight"] != 0 &&
-         std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  EXPECT_EQ(json::parse(client()->Get("/health")->body)["n_inflight"], 0);
+  EXPECT_TRUE(pensieve::test::wait_until(
+      [&] { return json::parse(client()->Get("/health")->body)["n_inflight"] == 0; }));
 }
 
 TEST_F(ServerTest, MaxTokensIsClampedToTheContext) {
@@ -254,15 +251,31 @@ TEST_F(ServerTest, MaxTokensIsClampedToTheContext) {
 TEST_F(ServerTest, ServerStopEndsOpenStreams) {
   backend.set_script({.pieces = {"a"}, .until_cancelled = true});
   start();
-  std::string body;
+  // Stopped once the stream is under way: its first event has arrived.
+  std::mutex m;
+  std::string body;  // guarded by m
   std::thread reader([&] {
-    auto res = post("/v1/messages", hello(true));
-    if (res) body = res->body;
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/messages";
+    req.body = hello(true).dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+      std::lock_guard<std::mutex> lock(m);
+      body.append(data, n);
+      return true;
+    };
+    httplib::Response res;
+    httplib::Error err;
+    client()->send(req, res, err);
   });
-  while (backend.n_submitted == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const bool streaming = pensieve::test::wait_until([&] {
+    std::lock_guard<std::mutex> lock(m);
+    return body.find("message_start") != std::string::npos;
+  });
   server->stop();
   reader.join();
+  ASSERT_TRUE(streaming) << body;
   auto events = parse_sse(body);
   ASSERT_FALSE(events.empty());
   EXPECT_EQ(events.back().name, "error");

@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "engine/engine.h"
+#include "support/wait_until.h"
 #include "unit/fake_model.h"
 
 namespace pensieve {
@@ -69,12 +70,13 @@ std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& 
 }
 
 void wait_idle(Engine& engine) {
-  for (int i = 0; i < 1000; ++i) {
+  const bool idle = test::wait_until([&] {
     const auto s = engine.stats();
-    if (s.n_running == 0 && s.n_waiting == 0 && s.n_blocks_used == 0) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  FAIL() << "engine did not become idle";
+    return s.n_running == 0 && s.n_waiting == 0 && s.n_blocks_used == 0;
+  });
+  const auto s = engine.stats();
+  EXPECT_TRUE(idle) << "engine not idle: " << s.n_running << " running, " << s.n_waiting
+                    << " waiting, " << s.n_blocks_used << " blocks in use";
 }
 
 // Runs one request alone on a fresh engine with the cache off: the reference.
@@ -100,14 +102,17 @@ class HoldFirstForward {
  public:
   void start(Engine& engine) {
     engine.submit(request_for({1}, 1, &warmup_));
-    entered_.get_future().wait();
+    ASSERT_EQ(entered_.get_future().wait_for(test::kWaitDeadline), std::future_status::ready)
+        << "the engine never ran the warm-up request";
   }
   // True in the warm-up's forward (after the hold), false in every other.
+  // The hold ends after a while even without release(), so that a test
+  // that fails before it can still shut its engine down.
   bool in_forward() {
     if (held_) return false;
     held_ = true;
     entered_.set_value();
-    released_future_.wait();
+    (void)released_future_.wait_for(2 * test::kWaitDeadline);
     return true;
   }
   void release() {
@@ -201,14 +206,24 @@ TEST(EngineScheduler, ConcurrentRequestsShareBlocks) {
       const int64_t n = (s.n_past + static_cast<int64_t>(s.tokens.size()) + B - 1) / B;
       tables.back().emplace_back(s.block_table, s.block_table + n);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // first keeps decoding meanwhile
   };
   Engine engine(model, small_options(64));
   const auto prefix = prompt_of(5, 4 * B);
-  // The first request reads its prompt; the next three arrive while it decodes.
+  // The first request reads its prompt; its second token's event (on the
+  // engine thread) holds the engine, and the next three arrive while it
+  // has 38 more tokens to decode.
   Collected first;
-  engine.submit(request_for(concat(prefix, {1}), 40, &first));
-  while (first.n_tokens < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::promise<void> decoding;
+  auto request = request_for(concat(prefix, {1}), 40, &first);
+  request.on_event = [&, record = request.on_event](const EngineEvent& e) {
+    record(e);
+    if (e.kind == EngineEvent::Kind::token && first.n_tokens == 2) {
+      engine.hold();
+      decoding.set_value();
+    }
+  };
+  engine.submit(std::move(request));
+  ASSERT_EQ(decoding.get_future().wait_for(test::kWaitDeadline), std::future_status::ready);
   std::vector<std::unique_ptr<Collected>> others;
   std::vector<std::vector<int32_t>> prompts;
   for (int i = 0; i < 3; ++i) {
@@ -216,6 +231,7 @@ TEST(EngineScheduler, ConcurrentRequestsShareBlocks) {
     prompts.push_back(concat(prefix, prompt_of(10 + i, 7)));
     engine.submit(request_for(prompts.back(), 5, others.back().get()));
   }
+  engine.release();
   first.wait();
   for (int i = 0; i < 3; ++i) {
     others[i]->wait();
@@ -394,19 +410,26 @@ TEST(EngineScheduler, PreemptedRequestResumesFromItsCachedBlocks) {
 
 TEST(EngineScheduler, CancelledRequestLeavesItsBlocksCached) {
   test::FakeModel model;
-  std::atomic<int> n{0};
-  model.on_forward = [&](std::span<const ForwardSeq>) {
-    ++n;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  };
+  std::atomic<int> n_forwards{0};
+  model.on_forward = [&](std::span<const ForwardSeq>) { ++n_forwards; };
   Engine engine(model, small_options(32));
   const auto p = prompt_of(50, 4 * B + 3);
+  // Cancelled from its third token's event (on the engine thread): its
+  // prompt is all computed by then, however fast the engine runs. It is
+  // submitted while the engine is held, so the event finds the handle.
   Collected a;
-  auto handle = engine.submit(request_for(p, 400, &a));
-  while (a.n_tokens < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  handle->cancel();
+  std::shared_ptr<EngineHandle> handle;
+  auto request = request_for(p, 400, &a);
+  request.on_event = [&, record = request.on_event](const EngineEvent& e) {
+    record(e);
+    if (e.kind == EngineEvent::Kind::token && a.n_tokens == 3) handle->cancel();
+  };
+  engine.hold();
+  handle = engine.submit(std::move(request));
+  engine.release();
   a.wait();
   EXPECT_EQ(a.finish, "cancelled");
+  EXPECT_EQ(a.tokens.size(), 3u);
   wait_idle(engine);
   auto s = engine.stats();
   EXPECT_EQ(s.n_blocks_used, 0);
@@ -415,16 +438,20 @@ TEST(EngineScheduler, CancelledRequestLeavesItsBlocksCached) {
   engine.submit(request_for(p, 2, &b));
   b.wait();
   EXPECT_EQ(b.n_cached(), 4 * B);
-  // Cancelled while still waiting in the queue: it ends without running.
+  // Cancelled while still waiting in the queue (the engine is held): it
+  // ends without running.
+  wait_idle(engine);
+  const int n_forwards_before = n_forwards;
   Collected c;
-  model.on_forward = [](std::span<const ForwardSeq>) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  };
+  engine.hold();
   auto h2 = engine.submit(request_for(prompt_of(51, 10), 5, &c));
   h2->cancel();
+  engine.release();
   c.wait();
   EXPECT_EQ(c.finish, "cancelled");
+  EXPECT_TRUE(c.tokens.empty());
   wait_idle(engine);
+  EXPECT_EQ(n_forwards, n_forwards_before);
 }
 
 TEST(EngineScheduler, BudgetCountsOnlyComputedTokens) {
@@ -539,7 +566,7 @@ TEST(EngineScheduler, DecodersGetATokenEveryStepWhileALongPromptIsChunked) {
   EngineOptions o = small_options(64);
   o.max_batch_tokens = 8;
   Engine engine(model, o);
-  hold.start(engine);
+  ASSERT_NO_FATAL_FAILURE(hold.start(engine));
   constexpr int kDecoders = 4;
   std::vector<std::unique_ptr<Collected>> decoders;
   for (int i = 0; i < kDecoders; ++i) {
@@ -601,7 +628,7 @@ TEST(EngineScheduler, OneAtATimeFinishInArrivalOrder) {
   EngineOptions o = small_options(64);
   o.max_running = 1;
   Engine engine(model, o);
-  hold.start(engine);
+  ASSERT_NO_FATAL_FAILURE(hold.start(engine));
   std::vector<int> finished;  // engine thread only until all are done
   std::vector<std::unique_ptr<Collected>> cs;
   for (int i = 0; i < 6; ++i) {
@@ -631,7 +658,7 @@ TEST(EngineScheduler, OldLongPromptFinishesDespiteAStreamOfShortRequests) {
   o.max_batch_tokens = 512;   // it asks for its whole prompt at once
   o.max_running = 6;
   Engine engine(model, o);
-  hold.start(engine);
+  ASSERT_NO_FATAL_FAILURE(hold.start(engine));
 
   constexpr int kMaxShorts = 150;  // the stream ends here in any case
   std::mutex m;
@@ -692,97 +719,151 @@ TEST(EngineScheduler, OldLongPromptFinishesDespiteAStreamOfShortRequests) {
 }
 
 // cancel() takes effect at the next step: at most the forward already
-// under way runs after it, and none when it comes between steps.
+// under way runs after it, and none when it comes between steps. Each
+// cancel is placed by construction: inside a forward the test holds still,
+// or from the engine thread between two steps; and the engine is held
+// between rounds, so `other` (and everything else) only advances by the
+// few steps each round takes.
 TEST(EngineScheduler, CancelledRequestLeavesWithinOneStep) {
   test::FakeModel model;
   std::atomic<int64_t> forwards{0};
+  // The forward under way: once armed, the first forward that runs after
+  // `watched` has `at_tokens` tokens waits in on_forward until `go_on`.
+  std::mutex m;
+  std::condition_variable cv;
+  Collected* watched = nullptr;  // guarded by m, like the three below
+  int64_t at_tokens = 0;
+  bool in_forward = false, go_on = false;
   model.on_forward = [&](std::span<const ForwardSeq>) {
     ++forwards;
-    std::this_thread::sleep_for(std::chrono::microseconds(300));
+    std::unique_lock<std::mutex> lock(m);
+    if (watched == nullptr || watched->n_tokens != at_tokens) return;
+    watched = nullptr;
+    in_forward = true;
+    cv.notify_all();
+    cv.wait_for(lock, 2 * test::kWaitDeadline, [&] { return go_on; });
+    go_on = false;
   };
   Engine engine(model, small_options(64));
+  engine.hold();
   Collected other;
   auto other_handle = engine.submit(request_for(prompt_of(120, 9), 100000, &other));
   for (int round = 0; round < 5; ++round) {
+    SCOPED_TRACE(round);
     Collected c;
     std::atomic<int64_t> at_done{-1};
     auto r = request_for(prompt_of(121 + round, 20), 100000, &c);
-    r.on_event = [&, inner = r.on_event](const EngineEvent& e) {
-      if (e.kind == EngineEvent::Kind::done) at_done = forwards.load();
-      inner(e);
+    r.on_event = [&, record = r.on_event](const EngineEvent& e) {
+      if (e.kind == EngineEvent::Kind::done) {
+        at_done = forwards.load();
+        engine.hold();  // until the next round is set up
+      }
+      record(e);
     };
     auto handle = engine.submit(std::move(r));
-    while (c.n_tokens < 3 + round) std::this_thread::sleep_for(std::chrono::microseconds(50));
-    const int64_t at_cancel = forwards.load();
+    {
+      std::lock_guard<std::mutex> lock(m);
+      watched = &c;
+      at_tokens = 3 + round;
+    }
+    engine.release();
+    {
+      std::unique_lock<std::mutex> lock(m);
+      ASSERT_TRUE(cv.wait_for(lock, test::kWaitDeadline, [&] { return in_forward; }));
+      in_forward = false;
+    }
+    const int64_t at_cancel = forwards.load();  // counts the forward under way
     handle->cancel();
+    {
+      std::lock_guard<std::mutex> lock(m);
+      go_on = true;
+    }
+    cv.notify_all();
     c.wait();
     EXPECT_EQ(c.finish, "cancelled");
-    EXPECT_LE(at_done - at_cancel, 1) << "round " << round;
+    // The forward under way completed (its token still came out); no other ran.
+    EXPECT_EQ(at_done.load(), at_cancel);
+    EXPECT_EQ(c.tokens.size(), static_cast<size_t>(at_tokens + 1));
   }
   // Cancelled on the engine thread between two steps (from its own token
-  // event): no further forward at all.
+  // event): no further forward at all. Submitted while the engine is held,
+  // so the event finds the handle.
   Collected c;
   std::shared_ptr<EngineHandle> handle;
-  std::mutex m;
-  int64_t at_cancel = -1, at_done = -1;
+  int64_t at_cancel = -1, at_done = -1;  // engine thread until c is done
   auto r = request_for(prompt_of(130, 20), 100000, &c);
-  r.on_event = [&, inner = r.on_event](const EngineEvent& e) {
-    std::lock_guard<std::mutex> lock(m);
-    if (e.kind == EngineEvent::Kind::token && c.n_tokens == 4 && handle) {
+  r.on_event = [&, record = r.on_event](const EngineEvent& e) {
+    if (e.kind == EngineEvent::Kind::token && c.n_tokens == 4) {
       handle->cancel();
       at_cancel = forwards.load();
     }
-    if (e.kind == EngineEvent::Kind::done) at_done = forwards.load();
-    inner(e);
+    if (e.kind == EngineEvent::Kind::done) {
+      at_done = forwards.load();
+      engine.hold();
+    }
+    record(e);
   };
-  {
-    std::lock_guard<std::mutex> lock(m);
-    handle = engine.submit(std::move(r));
-  }
+  handle = engine.submit(std::move(r));
+  engine.release();
   c.wait();
   EXPECT_EQ(c.finish, "cancelled");
   EXPECT_EQ(c.tokens.size(), 5u);
   EXPECT_GE(at_cancel, 0);
   EXPECT_EQ(at_done, at_cancel);
-  EXPECT_EQ(other.finish, "");  // still running all along
+  // Still running all along: it has had a few dozen steps of its 100000.
+  EXPECT_EQ(other.finish, "");
   other_handle->cancel();
+  engine.release();
   other.wait();
+  EXPECT_EQ(other.finish, "cancelled");
   wait_idle(engine);
 }
 
 // A request still waiting for a place (max_running is taken) ends at the
-// next step when cancelled, not when a place frees up.
+// next step when cancelled, not when a place frees up. The running one's
+// second token event (on the engine thread) holds the engine, so the other
+// is queued and cancelled between two steps.
 TEST(EngineScheduler, CancelledWaitingRequestLeavesWithinOneStep) {
   test::FakeModel model;
   std::atomic<int64_t> forwards{0};
-  model.on_forward = [&](std::span<const ForwardSeq>) {
-    ++forwards;
-    std::this_thread::sleep_for(std::chrono::microseconds(300));
-  };
+  model.on_forward = [&](std::span<const ForwardSeq>) { ++forwards; };
   EngineOptions o = small_options(64);
   o.max_running = 1;
   Engine engine(model, o);
   Collected running;
-  auto running_handle = engine.submit(request_for(prompt_of(140, 9), 100000, &running));
-  while (running.n_tokens < 2) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  std::promise<void> decoding;
+  auto running_request = request_for(prompt_of(140, 9), 100000, &running);
+  running_request.on_event = [&, record = running_request.on_event](const EngineEvent& e) {
+    record(e);
+    if (e.kind == EngineEvent::Kind::token && running.n_tokens == 2) {
+      engine.hold();
+      decoding.set_value();
+    }
+  };
+  auto running_handle = engine.submit(std::move(running_request));
+  ASSERT_EQ(decoding.get_future().wait_for(test::kWaitDeadline), std::future_status::ready);
   Collected waiting;
   std::atomic<int64_t> at_done{-1};
   auto r = request_for(prompt_of(141, 9), 5, &waiting);
-  r.on_event = [&, inner = r.on_event](const EngineEvent& e) {
-    if (e.kind == EngineEvent::Kind::done) at_done = forwards.load();
-    inner(e);
+  r.on_event = [&, record = r.on_event](const EngineEvent& e) {
+    if (e.kind == EngineEvent::Kind::done) {
+      at_done = forwards.load();
+      engine.hold();  // the running one stops after this step, still running
+    }
+    record(e);
   };
   auto handle = engine.submit(std::move(r));
-  std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_EQ(engine.stats().n_waiting, 1);
   const int64_t at_cancel = forwards.load();
   handle->cancel();
+  engine.release();
   waiting.wait();
   EXPECT_EQ(waiting.finish, "cancelled");
   EXPECT_TRUE(waiting.tokens.empty());
-  EXPECT_LE(at_done - at_cancel, 1);
+  EXPECT_EQ(at_done.load(), at_cancel);  // it left before the next forward
   EXPECT_EQ(running.finish, "");
   running_handle->cancel();
+  engine.release();
   running.wait();
   wait_idle(engine);
 }

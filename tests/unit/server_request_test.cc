@@ -54,6 +54,38 @@ TEST(ServerRequest, ParsesClaudeCodeRequests) {
     EXPECT_NO_THROW(parse_messages_request(fixture_body(name), {})) << name;
 }
 
+// A body that is not JSON, or holds a number no double can (1e999), is a
+// 400 naming the field where the bad value sits, never a 500.
+TEST(ServerRequest, BodyThatIsNotJsonNamesTheFieldWhereItCan) {
+  auto refused = [](const std::string& body) -> std::string {
+    try {
+      parse_request_body(body);
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status(), 400);
+      EXPECT_EQ(e.type(), "invalid_request_error");
+      return e.what();
+    }
+    return "(accepted)";
+  };
+  EXPECT_EQ(refused(R"({"model": "m", "max_tokens": 1e999})"),
+            "max_tokens: number out of range (number overflow parsing '1e999')");
+  EXPECT_EQ(refused(R"({"messages": [{"role": "user"}, {"content": [1, -1e999]}]})")
+                .rfind("messages.1.content.1: number out of range", 0),
+            0u);
+  EXPECT_EQ(refused(R"({"top_p": NaN})").rfind("top_p: request body is not valid JSON: ", 0), 0u);
+  EXPECT_EQ(refused(R"({"seed": -Infinity})").rfind("seed: request body is not valid JSON: ", 0),
+            0u);
+  EXPECT_EQ(refused("1e999"), "number out of range (number overflow parsing '1e999')");
+  // Errors of structure, not of a value, name no field.
+  EXPECT_EQ(refused(R"({"a": 1 "b": 2})").rfind("request body is not valid JSON: ", 0), 0u);
+  EXPECT_EQ(refused(R"({"a": 1, b: 2})").rfind("request body is not valid JSON: ", 0), 0u);
+  // Nor does a value nested too deep to be worth naming (a hostile body).
+  const std::string deep = refused(R"({"a": )" + std::string(100000, '[') + "NaN");
+  EXPECT_EQ(deep.rfind("request body is not valid JSON: ", 0), 0u) << deep.substr(0, 200);
+  EXPECT_LT(deep.size(), 500u);  // not the 100000 brackets nlohmann quotes
+  EXPECT_EQ(parse_request_body(R"({"x": [1, 2.5]})")["x"][1], 2.5);
+}
+
 TEST(ServerRequest, ValidationNamesThePath) {
   json b = minimal();
   b["messages"][0]["content"] = json::parse(R"([{"type":"text","text":"a"},{"type":"tool_use","id":"x","name":"f","input":{}}])");
