@@ -88,10 +88,19 @@ void Server::Impl::send_json(httplib::Response& res, int status, const json& bod
   res.set_content(dump_json(body), "application/json");
 }
 
-void Server::Impl::send_error(httplib::Response& res, const ApiError& error) {
+void Server::Impl::send_error(const httplib::Request& req, httplib::Response& res,
+                              const ApiError& error) {
   if (!res.has_header("request-id")) res.set_header("request-id", random_id("req_"));
-  send_json(res, error.status(),
-            error_envelope(error.type(), error.what(), res.get_header_value("request-id")));
+  const std::string id = res.get_header_value("request-id");
+  if (!should_retry(error.status())) res.set_header("x-should-retry", "false");
+  // Every error answer is in the log with its request id, which the client
+  // shows the user: a 401 from a wrong key or a 400 from a bad request is
+  // explained here, not only on the other side.
+  const auto level = error.status() >= 500 && error.status() != 529 ? spdlog::level::err
+                                                                     : spdlog::level::info;
+  spdlog::log(level, "{}: {} {} -> {} {}: {}", id, req.method, req.path, error.status(),
+              error.type(), error.what());
+  send_json(res, error.status(), error_envelope(error.type(), error.what(), id));
 }
 
 void Server::Impl::check_auth(const httplib::Request& req) const {
@@ -124,9 +133,7 @@ void Server::Impl::setup_routes() {
         if (authenticated) check_auth(req);
         (this->*method)(req, res);
       } catch (const std::exception& e) {
-        ApiError error = to_api_error(e);
-        if (error.status() == 500) spdlog::error("{} {}: {}", req.method, req.path, error.what());
-        send_error(res, error);
+        send_error(req, res, to_api_error(e));
       }
     };
   };
@@ -144,7 +151,7 @@ void Server::Impl::setup_routes() {
                     check_auth(req);
                     handle_hold(held, res);
                   } catch (const std::exception& e) {
-                    send_error(res, to_api_error(e));
+                    send_error(req, res, to_api_error(e));
                   }
                 });
     }
@@ -160,8 +167,8 @@ void Server::Impl::setup_routes() {
       [this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     int status = res.status;
-    send_error(res, ApiError(status, error_type_for_status(status),
-                             default_error_message(req, status, options.max_body_bytes)));
+    send_error(req, res, ApiError(status, error_type_for_status(status),
+                                  default_error_message(req, status, options.max_body_bytes)));
     return httplib::Server::HandlerResponse::Handled;
   }));
   http.set_exception_handler(
@@ -169,9 +176,9 @@ void Server::Impl::setup_routes() {
         try {
           std::rethrow_exception(ep);
         } catch (const std::exception& e) {
-          send_error(res, to_api_error(e));
+          send_error(req, res, to_api_error(e));
         } catch (...) {
-          send_error(res, ApiError(500, "api_error", "internal error"));
+          send_error(req, res, ApiError(500, "api_error", "internal error"));
         }
       });
 }
