@@ -48,9 +48,13 @@ RegisterCommand reg("bench", [](CLI::App& app) {
   app.description("Measure load time, prefill and decode tokens/s and peak memory");
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model, "model directory")->required();
-  app.add_option("--threads", o->threads, "worker threads (default: all cores)");
-  app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length")->check(CLI::PositiveNumber);
-  app.add_option("--gen-tokens", o->gen_tokens, "tokens to decode")->check(CLI::PositiveNumber);
+  add_threads_option(app, o->threads);
+  app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--gen-tokens", o->gen_tokens, "tokens to decode")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_flag("--json", o->json, "print one JSON object");
   app.add_flag("--mmap", o->mmap,
                "use the weights mapped from the page cache instead of read into memory");

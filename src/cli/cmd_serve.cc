@@ -73,9 +73,16 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "model directory or Hugging Face repo (ORG/NAME[@REV]); default: the bundled "
                  "stories260K")
       ->envname("PENSIEVE_MODEL");
-  app.add_option("--model-id", o->model_id, "name listed by GET /v1/models (default: folder name)");
-  app.add_option("--host", o->host, "address to bind")->envname("PENSIEVE_HOST");
-  app.add_option("--port", o->port, "port to bind")->envname("PENSIEVE_PORT");
+  app.add_option("--model-id", o->model_id,
+                 "name listed by GET /v1/models (default: ORG/NAME for a Hub model, else the "
+                 "folder's name)");
+  app.add_option("--host", o->host, "address to bind")
+      ->capture_default_str()
+      ->envname("PENSIEVE_HOST");
+  app.add_option("--port", o->port, "port to bind (0: any free port)")
+      ->capture_default_str()
+      ->envname("PENSIEVE_PORT")
+      ->check(CLI::Range(0, 65535));
   app.add_option("--ctx-size", o->ctx_size,
                  "tokens per sequence (default: the model's; 65536 for the bundled model)")
       ->check(CLI::PositiveNumber);
@@ -84,23 +91,34 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "config.json's sliding_window, and for the bundled model its 512 trained "
                  "positions, so that it still writes stories after a 30k-token Claude Code prompt)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--threads", o->threads, "compute threads (default: all cores)");
-  app.add_option("--parallel", o->parallel, "sequences decoded together")->check(CLI::Range(1, 256));
+  add_threads_option(app, o->threads);
+  app.add_option("--parallel", o->parallel, "sequences decoded together")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
   app.add_option("--batch-tokens", o->batch_tokens, "tokens per forward step (prompt chunk size)")
+      ->capture_default_str()
       ->check(CLI::Range(16, 65536));
   app.add_option("--kv-memory", o->kv_memory,
-                 "KV cache budget: GiB, or with a unit (512M, 2G); it must hold one full context "
-                 "(default: enough for --parallel full contexts, at most half of the memory "
-                 "available at start)");
+                 "KV cache budget: GiB, or with a unit (512M, 2G) (default: enough for --parallel "
+                 "full contexts, at most half of the memory available at start). When it cannot "
+                 "hold one full context, the model's context is shrunk to what it holds (and "
+                 "/health says so); an explicit --ctx-size is refused instead");
   app.add_flag("--mmap", o->mmap,
                "use the weights mapped from the page cache (instant load, pages the kernel may "
                "drop) instead of read into memory (faster decoding; the default)");
   app.add_flag("--no-prefix-cache", o->no_prefix_cache,
                "recompute every prompt instead of reusing earlier requests' KV blocks");
-  app.add_option("--api-key", o->api_key, "required x-api-key / Bearer token")
+  app.add_option("--api-key", o->api_key,
+                 "the keys clients must send (x-api-key or Authorization: Bearer), "
+                 "comma-separated; $PENSIEVE_API_KEY when not given (default: none, and then "
+                 "only local clients are served)")
       ->envname("PENSIEVE_API_KEY");
-  app.add_option("--http-threads", o->http_threads, "connections served at once");
-  app.add_option("--max-queue", o->max_queue, "generations running or waiting before 529");
+  app.add_option("--http-threads", o->http_threads, "connections served at once")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--max-queue", o->max_queue, "generations running or waiting before 529")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   app.add_option("--max-output-tokens", o->max_output_tokens,
                  "cap on the tokens of one response, whatever max_tokens asks (0: only the context "
                  "limits it; default 0, and 512 for the bundled model, whose stories end well "
@@ -110,7 +128,9 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "generations one client (API key, else address) may run at once before 429 "
                  "(0: no limit)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (413 above)");
+  app.add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (413 above)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
   // Not in --help: POST /test/hold and /test/release, for the end-to-end
   // tests that must keep a generation in flight while they probe.
   app.add_flag("--test-hooks", o->test_hooks)->group("");
