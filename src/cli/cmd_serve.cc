@@ -66,6 +66,44 @@ std::string bundled_model_dir() {
 }
 
 
+// A value as the shell takes it back: bare when it is plain, else in single quotes.
+std::string shell_word(const std::string& text) {
+  if (!text.empty() &&
+      text.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                             "_-.,:/@+=%") == std::string::npos)
+    return text;
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// The URL a client on this machine reaches the server at.
+std::string client_url(const std::string& host, int port) {
+  std::string h = host;
+  if (h == "0.0.0.0" || h.empty()) h = "127.0.0.1";
+  if (h == "::") h = "::1";
+  if (h.find(':') != std::string::npos) h = "[" + h + "]";
+  return fmt::format("http://{}:{}", h, port);
+}
+
+// The line that starts Claude Code against this server, to paste as it is:
+// - ANTHROPIC_AUTH_TOKEN, not ANTHROPIC_API_KEY: with a base URL alone
+//   Claude Code says "Not logged in", and with an API key interactive
+//   Claude Code first asks whether to use it ("No" preselected). The token
+//   is sent as "Authorization: Bearer", which the server takes as a key:
+//   the server's own key when it has one, else any word.
+// - ANTHROPIC_MODEL names the served model, and CLAUDE_CODE_MAX_CONTEXT_TOKENS
+//   its context: for a model name it does not know Claude Code assumes a
+//   1M-token window and would compact far too late (it reads the variable
+//   only for such names).
+std::string claude_command(const std::string& url, const std::string& key, const std::string& model,
+                           int64_t context) {
+  return fmt::format("ANTHROPIC_BASE_URL={} ANTHROPIC_AUTH_TOKEN={} ANTHROPIC_MODEL={} "
+                     "CLAUDE_CODE_MAX_CONTEXT_TOKENS={} claude",
+                     shell_word(url), shell_word(key.empty() ? "pensieve" : key),
+                     shell_word(model), context);
+}
+
 RegisterCommand reg("serve", [](CLI::App& app) {
   app.description("Serve the Anthropic Messages API (POST /v1/messages) on a local model");
   auto o = std::make_shared<Opts>();
@@ -254,9 +292,13 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     loading->stop();  // frees the port for the real server
     loading.reset();
     server.start();
+    const std::string url = client_url(o->host, server.port());
+    const std::string bound =
+        o->host.find(':') != std::string::npos ? "[" + o->host + "]" : o->host;
     std::printf("pensieve: serving %s on http://%s:%d (context %lld tokens)\n", id.c_str(),
-                o->host.c_str(), server.port(), static_cast<long long>(ctx));
-    std::printf("  ANTHROPIC_BASE_URL=http://%s:%d claude\n", o->host.c_str(), server.port());
+                bound.c_str(), server.port(), static_cast<long long>(ctx));
+    std::printf("  %s\n", claude_command(url, so.api_keys.empty() ? "" : so.api_keys.front(), id,
+                                         ctx).c_str());
     std::fflush(stdout);
     running.store(&server);
     server.wait();
