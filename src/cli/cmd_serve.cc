@@ -20,6 +20,7 @@
 #include "format/hf_config.h"
 #include "hub/hub.h"
 #include "hub/progress_printer.h"
+#include "hub/repo_id.h"
 #include "models/model.h"
 #include "server/engine_backend.h"
 #include "server/loading_server.h"
@@ -218,11 +219,23 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     } join_waiter{waiter, done};
     const bool bundled = o->model.empty();
     std::string dir = bundled ? bundled_model_dir() : o->model;
+    // The name clients see: --model-id, else ORG/NAME for a Hub model (not
+    // the commit its snapshot folder is named after), else the folder's name.
+    std::string id = o->model_id;
+    const bool from_hub = !bundled && !fs::exists(dir);
+    if (from_hub) {
+      // A path is a path: a missing one is not looked for on the Hub.
+      if (hub::looks_like_path(dir)) fail(ErrorKind::not_found, "--model {}: no such folder", dir);
+      if (id.empty()) id = hub::parse_repo_ref(dir).repo;
+    }
+    if (id.empty()) id = hub::repo_of_snapshot_dir(dir);
+    if (id.empty()) id = fs::path(dir).lexically_normal().filename().string();
+    if (id.empty()) id = fs::path(dir).lexically_normal().parent_path().filename().string();
     // Until the model is ready a stand-in answers /health with the progress.
     auto loading = std::make_unique<server::LoadingServer>(o->host, o->port);
     const int port = loading->port();
-    if (!bundled && !fs::exists(dir)) {
-      spdlog::info("{} is not a folder here: fetching it from the Hugging Face Hub", dir);
+    if (from_hub) {
+      spdlog::info("{} is not a folder here: taking it from the Hugging Face cache or Hub", dir);
       hub::ProgressPrinter printer(stderr, false);  // plain lines into the log
       dir = hub::ensure_model(dir, [&](const hub::PullProgress& p) {
         printer.update(p);
@@ -276,7 +289,6 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     eo.kv_memory_bytes = kv_memory_bytes;
     eo.prefix_cache = !o->no_prefix_cache;
     Engine engine(*model, eo);
-    const std::string id = o->model_id.empty() ? fs::path(dir).filename().string() : o->model_id;
     server::EngineBackend backend(id, engine, *tokenizer, std::move(chat), std::move(stop_ids));
     server::ServerOptions so;
     so.host = o->host;
