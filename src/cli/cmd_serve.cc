@@ -288,7 +288,9 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     eo.max_queue = o->max_queue;
     eo.kv_memory_bytes = kv_memory_bytes;
     eo.prefix_cache = !o->no_prefix_cache;
+    eo.fit_ctx_size = o->ctx_size == 0;  // the model's default shrinks to fit; the user's does not
     Engine engine(*model, eo);
+    ctx = engine.ctx_size();
     server::EngineBackend backend(id, engine, *tokenizer, std::move(chat), std::move(stop_ids));
     server::ServerOptions so;
     so.host = o->host;

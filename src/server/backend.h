@@ -53,6 +53,7 @@ struct ModelInfo {
   bool vision = false;        // accepts image input (no engine does yet: images get a 400)
   bool native_tools = false;  // the chat template renders `tools` and tool calls itself (Qwen)
   bool thinking = false;      // the template knows enable_thinking and the model writes <think>
+  std::string context_note;   // why context_size is less than the model's ("" when it is not)
 };
 
 // A tool the answer must call (tool_choice any/tool).

@@ -33,6 +33,7 @@ EngineBackend::EngineBackend(std::string model_id, Engine& engine, const Tokeniz
   info_.id = model_id;
   info_.display_name = model_id;
   info_.context_size = engine_.ctx_size();
+  info_.context_note = engine_.context_note();
   info_.vision = false;
   std::string all = chat_.template_source;
   for (const auto& [name, src] : chat_.named_templates) all += src;

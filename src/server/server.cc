@@ -183,30 +183,42 @@ void Server::Impl::setup_routes() {
       });
 }
 
+json Server::Impl::model_object(const std::string& id) const {
+  // Anthropic's model object; max_input_tokens and max_tokens as its API
+  // gives them, from the context actually served (context_note says why
+  // that is less than the model's, when it is).
+  const int64_t max_tokens = options.max_output_tokens > 0
+                                 ? std::min(options.max_output_tokens, info.context_size - 1)
+                                 : info.context_size - 1;
+  json m = {{"type", "model"}, {"id", id},
+            {"display_name", info.display_name.empty() ? info.id : info.display_name},
+            {"created_at", created_at}, {"max_input_tokens", info.context_size - 1},
+            {"max_tokens", max_tokens}, {"context_size", info.context_size}};
+  if (!info.context_note.empty()) m["context_note"] = info.context_note;
+  return m;
+}
+
 void Server::Impl::handle_models(const httplib::Request& req, httplib::Response& res) {
   json data = json::array();
   // One model; paging past it (after_id/before_id naming it) gives an empty page.
   if (req.get_param_value("after_id") != info.id && req.get_param_value("before_id") != info.id)
-    data.push_back({{"type", "model"}, {"id", info.id},
-                    {"display_name", info.display_name.empty() ? info.id : info.display_name},
-                    {"created_at", created_at}});
+    data.push_back(model_object(info.id));
   json first = data.empty() ? json(nullptr) : json(info.id);
   send_json(res, 200, {{"data", data}, {"first_id", first}, {"last_id", first}, {"has_more", false}});
 }
 
 void Server::Impl::handle_model(const httplib::Request& req, httplib::Response& res) {
   // Any model name is served by the loaded model, so any id resolves to it.
-  std::string id = req.matches[1];
-  send_json(res, 200, {{"type", "model"}, {"id", id},
-                       {"display_name", info.display_name.empty() ? info.id : info.display_name},
-                       {"created_at", created_at}});
+  send_json(res, 200, model_object(req.matches[1]));
 }
 
 void Server::Impl::handle_health(const httplib::Request& req, httplib::Response& res) {
   json engine = backend.stats();
   std::lock_guard<std::mutex> lock(slots_mutex);
-  json body = {{"status", "ok"}, {"model", info.id}, {"context_size", info.context_size},
-               {"n_inflight", n_inflight}, {"max_queue", options.max_queue}};
+  json body = {{"status", "ok"}, {"model", info.id}, {"context_size", info.context_size}};
+  if (!info.context_note.empty()) body["context_note"] = info.context_note;
+  body["n_inflight"] = n_inflight;
+  body["max_queue"] = options.max_queue;
   if (!engine.is_null()) body["engine"] = std::move(engine);
   send_json(res, 200, body);
 }

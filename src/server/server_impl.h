@@ -69,6 +69,7 @@ struct Server::Impl {
   // Route bodies; they throw ApiError (or anything) and the wrapper answers.
   void handle_messages(const httplib::Request& req, httplib::Response& res);
   void handle_count_tokens(const httplib::Request& req, httplib::Response& res);
+  nlohmann::ordered_json model_object(const std::string& id) const;
   void handle_models(const httplib::Request& req, httplib::Response& res);
   void handle_model(const httplib::Request& req, httplib::Response& res);
   void handle_health(const httplib::Request& req, httplib::Response& res);
