@@ -5,6 +5,7 @@
 // `pensieve synth-model` at test time) against the library in-process; and
 // `pensieve bench --json` on one of those.
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -307,10 +308,55 @@ TEST(SynthModel, WritesTheRequestedShapesAndShards) {
   EXPECT_EQ(bad_group.exit_code, 1);
   EXPECT_NE(bad_group.err.find("hidden size 96 is not a multiple of --group-size 128"), std::string::npos)
       << bad_group.err;
-  const auto bad_heads = test::run_pensieve("synth-model --like llama-3.2-1b --heads 6 --kv-heads 4 " + dir.file("bad2"));
+  const auto bad_heads = test::run_pensieve("synth-model --like llama-3.2-1b --format bf16 --heads 6 --kv-heads 4 " + dir.file("bad2"));
   EXPECT_EQ(bad_heads.exit_code, 1);
   EXPECT_NE(bad_heads.err.find("--heads (6) must be a multiple of --kv-heads (4)"), std::string::npos)
       << bad_heads.err;
+}
+
+// synth-model takes no silent defaults for what to imitate, and with
+// --tokenizer writes a folder serve can load (without one, it says so).
+TEST(SynthModel, NeedsLikeAndFormatAndServesWithATokenizer) {
+  test::TempDir dir;
+  auto r = test::run_pensieve("synth-model " + dir.file("a"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--like is required"), std::string::npos) << r.err;
+  r = test::run_pensieve("synth-model --like llama-3.2-1b " + dir.file("a"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--format is required"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.file("a")));
+
+  const std::string tiny = "--like llama-3.2-1b --format mlx-4bit --seed 5 --layers 1 --vocab 512 "
+                           "--hidden 64 --intermediate 128 --heads 2 --kv-heads 2 --head-dim 32 ";
+  const std::string tokenizer = test::data_path("tokenizers/tok512");
+  // Without a tokenizer: a note, and serve refuses the folder.
+  r = test::run_pensieve("synth-model " + tiny + dir.file("bare"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("has no tokenizer"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--tokenizer DIR"), std::string::npos) << r.err;
+  EXPECT_NE(test::run_pensieve("serve --port 0 --model " + dir.file("bare")).err.find("tokenizer"),
+            std::string::npos);
+  // A tokenizer with more tokens than the model has rows is refused.
+  r = test::run_pensieve("synth-model " + std::string(tiny).replace(tiny.find("--vocab 512"), 11, "--vocab 256") +
+                         "--tokenizer " + tokenizer + " " + dir.file("small"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("has 512 tokens, more than the model's vocabulary of 256"), std::string::npos)
+      << r.err;
+  // With one: the tokenizer files are copied and the model serves.
+  r = test::run_pensieve("synth-model " + tiny + "--tokenizer " + tokenizer + " " + dir.file("served"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    EXPECT_EQ(test::read_file(dir.file("served/") + f), test::read_file(tokenizer + "/" + f)) << f;
+  test::ServeProcess serve({"--model", dir.file("served"), "--port", "0", "--ctx-size", "256"});
+  ASSERT_TRUE(serve.wait_ready()) << serve.err();
+  httplib::Client client("127.0.0.1", serve.port());
+  auto answer = client.Post("/v1/messages",
+                            R"({"model":"m","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})",
+                            "application/json");
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, 200) << answer->body;
+  EXPECT_EQ(serve.stop(), 0) << serve.err();
 }
 
 // ---------------------------------------------------------------------------
