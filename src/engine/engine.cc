@@ -279,6 +279,15 @@ void Engine::start_sequence(Sequence& s) {
   }
   s.started = true;
   s.n_cached = std::min(s.n_computed, s.n_prompt);
+  // What this request writes into the cache: the full blocks of its prompt
+  // past the cached prefix. Counted now, once, so that the first event
+  // already carries the number every later one repeats (a client's usage
+  // must not change its mind between the start of an answer and its end).
+  s.n_cache_created =
+      s.publishing ? std::max<int64_t>(s.n_prompt / kernels::kKvBlockTokens * kernels::kKvBlockTokens -
+                                           s.n_cached,
+                                       0)
+                   : 0;
   n_prompt_tokens_ += s.n_prompt;
   n_cached_tokens_ += s.n_cached;
   EngineEvent e;
@@ -483,8 +492,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     Sequence& s = *plan[i].seq;
     s.n_computed += plan[i].n;
     s.kv.n_tokens = s.n_computed;
-    s.n_cache_created +=
-        publish_prefix(pool_, s.tokens, s.n_computed, s.kv, s.chain, s.publishing, s.n_prompt);
+    publish_prefix(pool_, s.tokens, s.n_computed, s.kv, s.chain, s.publishing, s.n_prompt);
     const bool reading_prompt = s.n_generated == 0;
     if (reading_prompt) {
       EngineEvent e;

@@ -60,7 +60,8 @@ struct EngineEvent {
   Kind kind = Kind::progress;
   int64_t n_prompt_done = 0;
   int64_t n_cached = 0;          // prompt tokens taken from the prefix cache (every event)
-  int64_t n_cache_created = 0;   // prompt tokens this request added to the cache so far
+  int64_t n_cache_created = 0;   // prompt tokens this request writes into the cache (full blocks
+                                 // past the cached prefix; known from the first event on)
   int32_t token = -1;
   std::string finish;  // done: "eos" | "max_tokens" | "cancelled"
   std::string error;

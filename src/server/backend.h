@@ -25,7 +25,8 @@
 // - submit() queues a generation and returns at once. on_event is then called
 //   from an engine thread, never concurrently for one generation, in order:
 //   optionally progress events (the first one should come as soon as the
-//   prefix-cache lookup is done, carrying n_cached), token events, and exactly
+//   prefix-cache lookup is done, carrying n_cached and n_cache_created, which
+//   later events repeat: usage is fixed when the answer starts), token events, and exactly
 //   one terminal event (done or error); nothing after it. on_event must not
 //   block: the server only queues the event. Generated EOS tokens are not
 //   reported as token events. Returns nullptr when the queue is full (-> 529).
@@ -81,7 +82,7 @@ struct GenerationEvent {
   Kind kind = Kind::progress;
   int64_t n_prompt_done = 0;  // progress: prompt tokens processed so far (cached ones included)
   int64_t n_cached = 0;       // prompt tokens reused from the prefix cache (any event may carry it)
-  int64_t n_cache_created = 0;  // prompt tokens this generation wrote into the prefix cache so far
+  int64_t n_cache_created = 0;  // prompt tokens this generation writes into the prefix cache
   int32_t token = -1;         // token: its id
   std::string text;           // token: newly completed UTF-8 text (may be empty mid-character)
   std::string finish;         // done: "eos" | "max_tokens" | "cancelled"
