@@ -22,6 +22,7 @@
 #include "hub/progress_printer.h"
 #include "hub/repo_id.h"
 #include "models/model.h"
+#include "server/auth.h"
 #include "server/engine_backend.h"
 #include "server/loading_server.h"
 #include "server/server.h"
@@ -295,7 +296,10 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     server::ServerOptions so;
     so.host = o->host;
     so.port = port;
-    if (!o->api_key.empty()) so.api_keys.push_back(o->api_key);
+    // --api-key reads $PENSIEVE_API_KEY itself (CLI11's envname), so the
+    // server's own look at the variable is off: one source, one rule.
+    so.api_keys = server::split_api_keys(o->api_key);
+    so.api_keys_from_env = false;
     so.n_http_threads = o->http_threads;
     so.max_queue = o->max_queue;
     so.max_per_client = o->max_per_client;
