@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <regex>
 #include <set>
+#include <sstream>
 
 #include "engine/session.h"
 #include "kernels/cpu/matmul.h"
@@ -396,6 +398,47 @@ TEST(BenchJson, PrintsEveryFieldWithSaneValues) {
   const auto bad = test::run_pensieve("bench --json --prompt-tokens 0 --model " + dir.path());
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.err.find("--prompt-tokens"), std::string::npos) << bad.err;
+}
+
+// generate prints what the README says it prints: its row in the commands
+// table names every key of the output.
+TEST(GenerateCommand, OutputKeysAreTheOnesTheReadmeNames) {
+  const std::string model = test::data_path("../../models/stories260K");
+  const json out = run_json("generate --threads 1 --max-tokens 4 --temperature 0 --model " + model +
+                            " --prompt 'Once upon a time'");
+  std::string row;
+  std::istringstream readme(test::read_file(test::data_path("../../README.md")));
+  for (std::string line; std::getline(readme, line);)
+    if (line.rfind("| `pensieve generate", 0) == 0) row = line;
+  ASSERT_FALSE(row.empty()) << "no generate row in the README's commands table";
+  ASSERT_EQ(out.size(), 3u) << out.dump();
+  for (const auto& [key, value] : out.items())
+    EXPECT_NE(row.find("\"" + key + "\""), std::string::npos) << key << " is not in: " << row;
+}
+
+// The text report of a tiny float model: its parameter count is not
+// "0.00B", and the prefill kernel named is the float one the weights take
+// (the VNNI and AMX kernels are for quantized weights only).
+TEST(BenchText, NamesTheParameterCountAndTheKernelOfFloatWeights) {
+  test::TempDir dir;
+  const auto synth = test::run_pensieve("synth-model --like llama-3.2-1b --format f32 --seed 3 --layers 1 "
+                                        "--vocab 512 --hidden 64 --intermediate 128 --heads 2 --kv-heads 2 "
+                                        "--head-dim 32 " + dir.path());
+  ASSERT_EQ(synth.exit_code, 0) << synth.err;
+  kernels::set_integer_kernels(false);
+  const std::string float_kernel = kernels::prefill_kernel_name();
+  kernels::set_integer_kernels(true);
+  const auto text = test::run_pensieve("bench --prompt-tokens 16 --gen-tokens 2 --threads 1 --model " +
+                                       dir.path());
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("(LlamaForCausalLM, f32, "), std::string::npos) << text.out;
+  EXPECT_EQ(text.out.find("0.00B params"), std::string::npos) << text.out;
+  EXPECT_TRUE(std::regex_search(text.out, std::regex(R"(, \d+\.\dK params\))"))) << text.out;
+  EXPECT_NE(text.out.find("prefill kernel " + float_kernel + ")"), std::string::npos) << text.out;
+  const json b = run_json("bench --json --prompt-tokens 16 --gen-tokens 2 --threads 1 --model " + dir.path());
+  EXPECT_EQ(b["prefill_kernel"], float_kernel);
+  EXPECT_NE(b["prefill_kernel"], "avx512-vnni");
+  EXPECT_NE(b["prefill_kernel"], "amx-int8");
 }
 
 // Splitting the work over threads changes nothing in the numbers.
