@@ -44,8 +44,11 @@ struct Opts {
   bool test_hooks = false;
 };
 
-// The bundled model ships in <repo>/models/stories260K; look for it next to
-// the binary (build tree or install prefix) and in PENSIEVE_HOME.
+// The bundled model: <prefix>/share/pensieve/models/stories260K next to
+// <prefix>/bin/pensieve, in an install (cmake --install, the .deb) and in
+// every build folder (cmake/Install.cmake copies it there), or
+// models/stories260K of the source tree above the binary; PENSIEVE_HOME
+// (a source tree, or an install prefix's share/pensieve) comes first.
 std::string bundled_model_dir() {
   std::vector<fs::path> roots;
   if (const char* home = std::getenv("PENSIEVE_HOME")) roots.emplace_back(home);
@@ -63,10 +66,11 @@ std::string bundled_model_dir() {
     if (fs::exists(dir / "config.json")) return dir.string();
   }
   fail(ErrorKind::not_found,
-       "no --model given and the bundled model (models/stories260K) was not found; set "
-       "PENSIEVE_HOME to the source folder or pass --model DIR");
+       "no --model given and the bundled model was not found (looked for "
+       "models/stories260K in PENSIEVE_HOME and for share/pensieve/models/stories260K in the "
+       "folders above {}); pass --model DIR or ORG/NAME, or set PENSIEVE_HOME",
+       n > 0 ? fs::path(std::string(exe, n)).parent_path().string() : std::string("the binary"));
 }
-
 
 // A value as the shell takes it back: bare when it is plain, else in single quotes.
 std::string shell_word(const std::string& text) {
