@@ -10,6 +10,7 @@ packages=(
   libpcre2-dev libtomlplusplus-dev libcurl4-openssl-dev libssl-dev
   libgtest-dev libgmock-dev
   libicu-dev zlib1g-dev
+  curl dpkg-dev  # the install test: cpack's .deb (dpkg-shlibdeps), serving from it
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -28,8 +28,8 @@ class HostBuffer final : public Buffer {
 CpuBackend::CpuBackend(int n_threads) : pool_(n_threads) {}
 
 std::string CpuBackend::description() const {
-  return std::string("cpu: ") + kernels::isa_name(kernels::active_isa()) + ", prefill kernel " +
-         kernels::prefill_kernel_name() + ", " + std::to_string(pool_.size()) + " threads";
+  return std::string("cpu: ") + kernels::isa_name(kernels::active_isa()) + ", " +
+         std::to_string(pool_.size()) + " threads";
 }
 
 std::unique_ptr<Buffer> CpuBackend::alloc(size_t bytes) {

@@ -14,6 +14,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/cpu_features.h"
 #include "models/model.h"
+#include "quant/weight_matrix.h"
 
 namespace pensieve::cli {
 namespace {
@@ -44,14 +45,40 @@ int64_t dir_safetensors_bytes(const std::string& dir) {
   return n;
 }
 
+// "260.2K", "12.5M", "3.82B": a parameter count at any scale.
+std::string format_count(int64_t n) {
+  if (n >= 1'000'000'000) return fmt::format("{:.2f}B", n / 1e9);
+  if (n >= 1'000'000) return fmt::format("{:.1f}M", n / 1e6);
+  if (n >= 1'000) return fmt::format("{:.1f}K", n / 1e3);
+  return std::to_string(n);
+}
+
+// The kernel prefill ran on. The integer kernels (VNNI, AMX) take quantized
+// weights only: float weights go through the f32 kernel of the ISA, which
+// prefill_kernel_name() names while the integer kernels are off.
+std::string prefill_kernel(const std::string& weight_format) {
+  const bool quantized = weight_format != weight_format_name(WeightFormat::f32) &&
+                         weight_format != weight_format_name(WeightFormat::f16) &&
+                         weight_format != weight_format_name(WeightFormat::bf16);
+  if (quantized || !kernels::integer_kernels_enabled()) return kernels::prefill_kernel_name();
+  kernels::set_integer_kernels(false);
+  std::string name = kernels::prefill_kernel_name();
+  kernels::set_integer_kernels(true);
+  return name;
+}
+
 RegisterCommand reg("bench", [](CLI::App& app) {
   app.description("Measure load time, prefill and decode tokens/s and peak memory");
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model, "model directory")->required();
-  app.add_option("--threads", o->threads, "worker threads (default: all cores)");
+  add_threads_option(app, o->threads);
+  app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--gen-tokens", o->gen_tokens, "tokens to decode")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   add_device_option(app, o->device);
-  app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length")->check(CLI::PositiveNumber);
-  app.add_option("--gen-tokens", o->gen_tokens, "tokens to decode")->check(CLI::PositiveNumber);
   app.add_flag("--json", o->json, "print one JSON object");
   app.add_flag("--mmap", o->mmap,
                "use the weights mapped from the page cache instead of read into memory");
@@ -84,6 +111,7 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     }
     const double decode_s = seconds_since(t0);
     const ModelInfo info = model->info();
+    const std::string kernel = prefill_kernel(info.weight_format);
     const int64_t kv_bytes = model->kv_bytes_per_block() * model->kv_blocks();
     const std::string out = fmt::format(
         "{{\"model\": \"{}\", \"device\": \"{}\", \"backend\": \"{}\", \"architecture\": \"{}\", \"weight_format\": \"{}\", "
@@ -92,9 +120,9 @@ RegisterCommand reg("bench", [](CLI::App& app) {
         "\"prefill_s\": {:.3f}, \"prefill_tok_s\": {:.2f}, \"gen_tokens\": {}, "
         "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"decode_weight_bytes_per_token\": {}, "
         "\"decode_read_gb_s\": {:.2f}, \"peak_rss_bytes\": {}}}",
-        o->model, model->backend().device(), model->backend().description(), c.architecture, info.weight_format, info.n_params,
-        dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()),
-        kernels::prefill_kernel_name(),
+        o->model, model->backend().device(), model->backend().description(), c.architecture,
+        info.weight_format, info.n_params,
+        dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()), kernel,
         model->backend().n_threads(),
         default_file_residency() == FileResidency::mapped ? "mapped" : "copied", load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
         o->gen_tokens, decode_s, o->gen_tokens / decode_s, info.decode_bytes_per_token,
@@ -102,8 +130,10 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     if (o->json) {
       std::printf("%s\n", out.c_str());
     } else {
-      std::printf("model        %s (%s, %s, %.2fB params)\n", o->model.c_str(), c.architecture.c_str(),
-                  info.weight_format.c_str(), info.n_params / 1e9);
+      std::printf("model        %s (%s, %s, %s params)\n", o->model.c_str(), c.architecture.c_str(),
+                  info.weight_format.c_str(), format_count(info.n_params).c_str());
+      std::printf("threads      %d (%s, prefill kernel %s)\n", model->backend().n_threads(),
+                  kernels::isa_name(kernels::active_isa()), kernel.c_str());
       std::printf("backend      %s\n", model->backend().description().c_str());
       std::printf("load         %.2f s\n", load_s);
       std::printf("prefill      %lld tokens in %.2f s = %.2f tok/s\n",

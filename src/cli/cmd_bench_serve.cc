@@ -103,18 +103,24 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
       "token with and without a cached shared prefix");
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model, "model directory")->required();
-  app.add_option("--threads", o->threads, "worker threads (default: all cores)");
+  add_threads_option(app, o->threads);
+  app.add_option("--streams", o->streams, "concurrent stream counts to measure, e.g. 1,4,8")
+      ->capture_default_str();
   add_device_option(app, o->device);
-  app.add_option("--streams", o->streams, "concurrent stream counts to measure, e.g. 1,4,8");
   app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length of each decode stream")
+      ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   app.add_option("--gen-tokens", o->gen_tokens, "tokens each decode stream generates")
+      ->capture_default_str()
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--prefix-tokens", o->prefix_tokens, "shared prefix of the TTFT test")
+      ->capture_default_str()
       ->check(CLI::Range(16, 1 << 22));
   app.add_option("--tail-tokens", o->tail_tokens, "distinct tokens after the shared prefix")
+      ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   app.add_option("--batch-tokens", o->batch_tokens, "tokens per forward step")
+      ->capture_default_str()
       ->check(CLI::Range(16, 65536));
   app.add_flag("--no-decode", o->skip_decode, "skip the concurrent decode measurement");
   app.add_flag("--no-prefix", o->skip_prefix, "skip the shared-prefix TTFT measurement");

@@ -48,13 +48,23 @@ RegisterCommand reg("generate", [](CLI::App& app) {
                                 "tokens such as BOS added as the tokenizer says)");
   tokens->excludes(prompt);
   prompt->excludes(tokens);
-  app.add_option("--max-tokens", o->max_tokens, "most tokens to generate")->check(CLI::NonNegativeNumber);
-  app.add_option("--temperature", o->temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", o->top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--top-k", o->top_k, "keep the k most likely tokens (0 = off)")->check(CLI::NonNegativeNumber);
-  app.add_option("--min-p", o->min_p, "drop tokens below min_p x p(best)")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--seed", o->seed, "random seed for sampling");
-  app.add_option("--threads", o->threads, "worker threads (default: all cores)");
+  app.add_option("--max-tokens", o->max_tokens, "most tokens to generate")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--temperature", o->temperature, "0 = greedy")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--top-p", o->top_p, "nucleus sampling mass")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--top-k", o->top_k, "keep the k most likely tokens (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--min-p", o->min_p, "drop tokens below min_p x p(best)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--seed", o->seed, "random seed for sampling")->capture_default_str();
+  add_threads_option(app, o->threads);
   add_device_option(app, o->device);
   app.add_option("--ctx-size", o->ctx_size, "context length (default: prompt + max tokens)");
   app.add_option("--sliding-window", o->sliding_window,

@@ -38,8 +38,9 @@ RegisterCommand reg("logits", [](CLI::App& app) {
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model, "model directory")->required();
   app.add_option("--tokens", o->tokens, "comma-separated token ids")->required();
-  app.add_option("--positions", o->positions, "comma-separated indices, 'all' or 'last'");
-  app.add_option("--threads", o->threads, "worker threads (default: all cores)");
+  app.add_option("--positions", o->positions, "comma-separated indices, 'all' or 'last'")
+      ->capture_default_str();
+  add_threads_option(app, o->threads);
   add_device_option(app, o->device);
   return std::function<int()>([o] {
     const std::vector<int> ids = parse_int_list(o->tokens, "--tokens");

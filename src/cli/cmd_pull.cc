@@ -44,6 +44,10 @@ RegisterCommand reg("pull", [](CLI::App& app) {
     hub::RepoRef ref = hub::parse_repo_ref(opts->model);
     if (!opts->revision.empty()) {
       hub::validate_revision(opts->revision);
+      // Two revisions that disagree: neither silently wins.
+      if (opts->model.find('@') != std::string::npos && ref.revision != opts->revision)
+        fail("--revision {} and {} name different revisions: give the revision once", opts->revision,
+             opts->model);
       ref.revision = opts->revision;
     }
     hub::HubOptions options = hub::HubOptions::from_env();

@@ -20,7 +20,9 @@
 #include "format/hf_config.h"
 #include "hub/hub.h"
 #include "hub/progress_printer.h"
+#include "hub/repo_id.h"
 #include "models/model.h"
+#include "server/auth.h"
 #include "server/engine_backend.h"
 #include "server/loading_server.h"
 #include "server/server.h"
@@ -43,8 +45,11 @@ struct Opts {
   bool test_hooks = false;
 };
 
-// The bundled model ships in <repo>/models/stories260K; look for it next to
-// the binary (build tree or install prefix) and in PENSIEVE_HOME.
+// The bundled model: <prefix>/share/pensieve/models/stories260K next to
+// <prefix>/bin/pensieve, in an install (cmake --install, the .deb) and in
+// every build folder (cmake/Install.cmake copies it there), or
+// models/stories260K of the source tree above the binary; PENSIEVE_HOME
+// (a source tree, or an install prefix's share/pensieve) comes first.
 std::string bundled_model_dir() {
   std::vector<fs::path> roots;
   if (const char* home = std::getenv("PENSIEVE_HOME")) roots.emplace_back(home);
@@ -62,10 +67,49 @@ std::string bundled_model_dir() {
     if (fs::exists(dir / "config.json")) return dir.string();
   }
   fail(ErrorKind::not_found,
-       "no --model given and the bundled model (models/stories260K) was not found; set "
-       "PENSIEVE_HOME to the source folder or pass --model DIR");
+       "no --model given and the bundled model was not found (looked for "
+       "models/stories260K in PENSIEVE_HOME and for share/pensieve/models/stories260K in the "
+       "folders above {}); pass --model DIR or ORG/NAME, or set PENSIEVE_HOME",
+       n > 0 ? fs::path(std::string(exe, n)).parent_path().string() : std::string("the binary"));
 }
 
+// A value as the shell takes it back: bare when it is plain, else in single quotes.
+std::string shell_word(const std::string& text) {
+  if (!text.empty() &&
+      text.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                             "_-.,:/@+=%") == std::string::npos)
+    return text;
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// The URL a client on this machine reaches the server at.
+std::string client_url(const std::string& host, int port) {
+  std::string h = host;
+  if (h == "0.0.0.0" || h.empty()) h = "127.0.0.1";
+  if (h == "::") h = "::1";
+  if (h.find(':') != std::string::npos) h = "[" + h + "]";
+  return fmt::format("http://{}:{}", h, port);
+}
+
+// The line that starts Claude Code against this server, to paste as it is:
+// - ANTHROPIC_AUTH_TOKEN, not ANTHROPIC_API_KEY: with a base URL alone
+//   Claude Code says "Not logged in", and with an API key interactive
+//   Claude Code first asks whether to use it ("No" preselected). The token
+//   is sent as "Authorization: Bearer", which the server takes as a key:
+//   the server's own key when it has one, else any word.
+// - ANTHROPIC_MODEL names the served model, and CLAUDE_CODE_MAX_CONTEXT_TOKENS
+//   its context: for a model name it does not know Claude Code assumes a
+//   1M-token window and would compact far too late (it reads the variable
+//   only for such names).
+std::string claude_command(const std::string& url, const std::string& key, const std::string& model,
+                           int64_t context) {
+  return fmt::format("ANTHROPIC_BASE_URL={} ANTHROPIC_AUTH_TOKEN={} ANTHROPIC_MODEL={} "
+                     "CLAUDE_CODE_MAX_CONTEXT_TOKENS={} claude",
+                     shell_word(url), shell_word(key.empty() ? "pensieve" : key),
+                     shell_word(model), context);
+}
 
 RegisterCommand reg("serve", [](CLI::App& app) {
   app.description("Serve the Anthropic Messages API (POST /v1/messages) on a local model");
@@ -74,9 +118,16 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "model directory or Hugging Face repo (ORG/NAME[@REV]); default: the bundled "
                  "stories260K")
       ->envname("PENSIEVE_MODEL");
-  app.add_option("--model-id", o->model_id, "name listed by GET /v1/models (default: folder name)");
-  app.add_option("--host", o->host, "address to bind")->envname("PENSIEVE_HOST");
-  app.add_option("--port", o->port, "port to bind")->envname("PENSIEVE_PORT");
+  app.add_option("--model-id", o->model_id,
+                 "name listed by GET /v1/models (default: ORG/NAME for a Hub model, else the "
+                 "folder's name)");
+  app.add_option("--host", o->host, "address to bind")
+      ->capture_default_str()
+      ->envname("PENSIEVE_HOST");
+  app.add_option("--port", o->port, "port to bind (0: any free port)")
+      ->capture_default_str()
+      ->envname("PENSIEVE_PORT")
+      ->check(CLI::Range(0, 65535));
   app.add_option("--ctx-size", o->ctx_size,
                  "tokens per sequence (default: the model's; 65536 for the bundled model)")
       ->check(CLI::PositiveNumber);
@@ -85,15 +136,19 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "config.json's sliding_window, and for the bundled model its 512 trained "
                  "positions, so that it still writes stories after a 30k-token Claude Code prompt)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--threads", o->threads, "compute threads (default: all cores)");
+  add_threads_option(app, o->threads);
+  app.add_option("--parallel", o->parallel, "sequences decoded together")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
   add_device_option(app, o->device);
-  app.add_option("--parallel", o->parallel, "sequences decoded together")->check(CLI::Range(1, 256));
   app.add_option("--batch-tokens", o->batch_tokens, "tokens per forward step (prompt chunk size)")
+      ->capture_default_str()
       ->check(CLI::Range(16, 65536));
   app.add_option("--kv-memory", o->kv_memory,
-                 "KV cache budget: GiB, or with a unit (512M, 2G); it must hold one full context "
-                 "(default: enough for --parallel full contexts, at most half of the memory "
-                 "available at start)");
+                 "KV cache budget: GiB, or with a unit (512M, 2G) (default: enough for --parallel "
+                 "full contexts, at most half of the memory available at start). When it cannot "
+                 "hold one full context, the model's context is shrunk to what it holds (and "
+                 "/health says so); an explicit --ctx-size is refused instead");
   app.add_option("--gpu-memory", o->gpu_memory,
                  "KV cache budget on the GPU (with --device cuda or auto on a GPU), as --kv-memory "
                  "takes it (default: enough for --parallel full contexts, at most half of the "
@@ -103,10 +158,17 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                "drop) instead of read into memory (faster decoding; the default)");
   app.add_flag("--no-prefix-cache", o->no_prefix_cache,
                "recompute every prompt instead of reusing earlier requests' KV blocks");
-  app.add_option("--api-key", o->api_key, "required x-api-key / Bearer token")
+  app.add_option("--api-key", o->api_key,
+                 "the keys clients must send (x-api-key or Authorization: Bearer), "
+                 "comma-separated; $PENSIEVE_API_KEY when not given (default: none, and then "
+                 "only local clients are served)")
       ->envname("PENSIEVE_API_KEY");
-  app.add_option("--http-threads", o->http_threads, "connections served at once");
-  app.add_option("--max-queue", o->max_queue, "generations running or waiting before 529");
+  app.add_option("--http-threads", o->http_threads, "connections served at once")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--max-queue", o->max_queue, "generations running or waiting before 529")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   app.add_option("--max-output-tokens", o->max_output_tokens,
                  "cap on the tokens of one response, whatever max_tokens asks (0: only the context "
                  "limits it; default 0, and 512 for the bundled model, whose stories end well "
@@ -116,7 +178,9 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "generations one client (API key, else address) may run at once before 429 "
                  "(0: no limit)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (413 above)");
+  app.add_option("--max-body-mb", o->max_body_mb, "largest request body in MiB (413 above)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
   // Not in --help: POST /test/hold and /test/release, for the end-to-end
   // tests that must keep a generation in flight while they probe.
   app.add_flag("--test-hooks", o->test_hooks)->group("");
@@ -173,11 +237,23 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     } join_waiter{waiter, done};
     const bool bundled = o->model.empty();
     std::string dir = bundled ? bundled_model_dir() : o->model;
+    // The name clients see: --model-id, else ORG/NAME for a Hub model (not
+    // the commit its snapshot folder is named after), else the folder's name.
+    std::string id = o->model_id;
+    const bool from_hub = !bundled && !fs::exists(dir);
+    if (from_hub) {
+      // A path is a path: a missing one is not looked for on the Hub.
+      if (hub::looks_like_path(dir)) fail(ErrorKind::not_found, "--model {}: no such folder", dir);
+      if (id.empty()) id = hub::parse_repo_ref(dir).repo;
+    }
+    if (id.empty()) id = hub::repo_of_snapshot_dir(dir);
+    if (id.empty()) id = fs::path(dir).lexically_normal().filename().string();
+    if (id.empty()) id = fs::path(dir).lexically_normal().parent_path().filename().string();
     // Until the model is ready a stand-in answers /health with the progress.
     auto loading = std::make_unique<server::LoadingServer>(o->host, o->port);
     const int port = loading->port();
-    if (!bundled && !fs::exists(dir)) {
-      spdlog::info("{} is not a folder here: fetching it from the Hugging Face Hub", dir);
+    if (from_hub) {
+      spdlog::info("{} is not a folder here: taking it from the Hugging Face cache or Hub", dir);
       hub::ProgressPrinter printer(stderr, false);  // plain lines into the log
       dir = hub::ensure_model(dir, [&](const hub::PullProgress& p) {
         printer.update(p);
@@ -233,13 +309,17 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     eo.max_queue = o->max_queue;
     eo.kv_memory_bytes = on_gpu ? gpu_memory_bytes : kv_memory_bytes;
     eo.prefix_cache = !o->no_prefix_cache;
+    eo.fit_ctx_size = o->ctx_size == 0;  // the model's default shrinks to fit; the user's does not
     Engine engine(*model, eo);
-    const std::string id = o->model_id.empty() ? fs::path(dir).filename().string() : o->model_id;
+    ctx = engine.ctx_size();
     server::EngineBackend backend(id, engine, *tokenizer, std::move(chat), std::move(stop_ids));
     server::ServerOptions so;
     so.host = o->host;
     so.port = port;
-    if (!o->api_key.empty()) so.api_keys.push_back(o->api_key);
+    // --api-key reads $PENSIEVE_API_KEY itself (CLI11's envname), so the
+    // server's own look at the variable is off: one source, one rule.
+    so.api_keys = server::split_api_keys(o->api_key);
+    so.api_keys_from_env = false;
     so.n_http_threads = o->http_threads;
     so.max_queue = o->max_queue;
     so.max_per_client = o->max_per_client;
@@ -250,9 +330,13 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     loading->stop();  // frees the port for the real server
     loading.reset();
     server.start();
+    const std::string url = client_url(o->host, server.port());
+    const std::string bound =
+        o->host.find(':') != std::string::npos ? "[" + o->host + "]" : o->host;
     std::printf("pensieve: serving %s on http://%s:%d (context %lld tokens)\n", id.c_str(),
-                o->host.c_str(), server.port(), static_cast<long long>(ctx));
-    std::printf("  ANTHROPIC_BASE_URL=http://%s:%d claude\n", o->host.c_str(), server.port());
+                bound.c_str(), server.port(), static_cast<long long>(ctx));
+    std::printf("  %s\n", claude_command(url, so.api_keys.empty() ? "" : so.api_keys.front(), id,
+                                         ctx).c_str());
     std::fflush(stdout);
     running.store(&server);
     server.wait();

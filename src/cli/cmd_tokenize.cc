@@ -92,7 +92,9 @@ RegisterCommand reg("tokenize", [](CLI::App& app) {
   app.add_flag("--special", opts->special, "add the post-processor's special tokens (BOS, ...)");
   app.add_flag("--skip-special", opts->skip_special, "with --decode: leave out special tokens");
   app.add_flag("--bench", opts->bench, "time loading and encoding; print JSON with milliseconds");
-  app.add_option("--runs", opts->runs, "with --bench: number of timed encodes")->check(
+  app.add_option("--runs", opts->runs, "with --bench: number of timed encodes")
+      ->capture_default_str()
+      ->check(
       CLI::PositiveNumber);
   return std::function<int()>([opts, text, file, decode] {
     opts->has_text = text->count() > 0;

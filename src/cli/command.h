@@ -30,4 +30,14 @@ void add_device_option(CLI::App& app, std::string& device);
 // Parses "5,17,42" into ids; throws Error naming the option on bad input.
 std::vector<int> parse_int_list(const std::string& text, const std::string& option);
 
+// --threads as every command that runs a model takes it: 0 (the default)
+// is one per core; a negative count is refused.
+CLI::Option* add_threads_option(CLI::App& app, int& threads);
+
+// The PENSIEVE_* variables that tune the kernels and threads (PENSIEVE_ISA,
+// PENSIEVE_PRECISE, ...) are read deep inside the libraries, where a value
+// they do not know is silently ignored; main() checks them first and throws
+// an Error naming the variable, its value and what is allowed.
+void check_environment();
+
 }  // namespace pensieve::cli

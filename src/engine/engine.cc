@@ -49,31 +49,56 @@ std::string format_bytes(int64_t bytes) {
 
 }  // namespace
 
-int64_t kv_pool_blocks(const EngineOptions& o, int64_t bytes_per_block, const MemoryInfo& memory) {
+KvPoolPlan plan_kv_pool(const EngineOptions& o, int64_t bytes_per_block, const MemoryInfo& memory) {
   if (bytes_per_block <= 0) fail(ErrorKind::internal, "KV block size {} bytes", bytes_per_block);
   const int64_t one_context = blocks_for(o.ctx_size + 1);
+  KvPoolPlan plan{0, o.ctx_size, ""};
+  std::string budget;  // what limited the pool, for the messages below
   if (o.kv_memory_bytes > 0) {
     if (memory.total > 0 && o.kv_memory_bytes > memory.total) {
       fail(ErrorKind::resource, "KV memory of {} is more than this machine's {} of RAM",
            format_bytes(o.kv_memory_bytes), format_bytes(memory.total));
     }
-    const int64_t blocks = o.kv_memory_bytes / bytes_per_block;
-    if (blocks < one_context) {
+    plan.blocks = o.kv_memory_bytes / bytes_per_block;
+    budget = fmt::format("--kv-memory gives {}", format_bytes(o.kv_memory_bytes));
+    if (plan.blocks >= one_context) return plan;
+    if (!o.fit_ctx_size) {
       fail("KV memory of {} holds {} blocks of {} tokens, but one {}-token context needs {} ({}): "
            "give it more memory (--kv-memory) or a shorter context (--ctx-size)",
-           format_bytes(o.kv_memory_bytes), blocks, kKvBlockTokens, o.ctx_size,
+           format_bytes(o.kv_memory_bytes), plan.blocks, kKvBlockTokens, o.ctx_size,
            one_context, format_bytes(one_context * bytes_per_block));
     }
-    return blocks;
+  } else {
+    plan.blocks = std::max(blocks_for(o.ctx_size) * std::max<int64_t>(o.max_running, 1), one_context);
+    if (memory.available <= 0) return plan;  // unknown: the full want
+    const int64_t share = static_cast<int64_t>(static_cast<double>(memory.available) *
+                                               kKvShareOfAvailableMemory);
+    plan.blocks = std::min(plan.blocks, share / bytes_per_block);
+    if (plan.blocks >= one_context) return plan;
+    budget = fmt::format("the automatic KV cache takes at most {} (half of the {} available)",
+                         format_bytes(share), format_bytes(memory.available));
+    if (!o.fit_ctx_size) {
+      fail(ErrorKind::resource,
+           "a {}-token context needs {} of KV cache, but {}: give a shorter context "
+           "(--ctx-size {} fits) or the KV cache more memory (--kv-memory)",
+           o.ctx_size, format_bytes(one_context * bytes_per_block), budget,
+           std::max<int64_t>(plan.blocks - 1, 0) * kKvBlockTokens);
+    }
   }
-  int64_t blocks = blocks_for(o.ctx_size) * std::max<int64_t>(o.max_running, 1);
-  if (memory.available > 0) {
-    const auto share = static_cast<int64_t>(static_cast<double>(memory.available) *
-                                            kKvShareOfAvailableMemory);
-    blocks = std::min(blocks, share / bytes_per_block);
+  // The default context does not fit: serve what does (the last position
+  // of a full context is the one generated token past it).
+  plan.ctx_size = std::max<int64_t>(plan.blocks - 1, 0) * kKvBlockTokens;
+  if (plan.ctx_size < kMinFittedContext) {
+    fail(ErrorKind::resource,
+         "the KV cache holds only {} tokens ({} blocks of {} bytes) and {}; a context of at least "
+         "{} tokens is needed: free some memory or give the KV cache more (--kv-memory)",
+         plan.ctx_size, plan.blocks, bytes_per_block, budget, kMinFittedContext);
   }
-  // One full-length sequence must always fit.
-  return std::max(blocks, one_context);
+  plan.note = fmt::format(
+      "context shrunk from {} to {} tokens to fit the KV cache: a full context needs {}, and {} "
+      "(--kv-memory or --ctx-size choose otherwise)",
+      o.ctx_size, plan.ctx_size, format_bytes(one_context * bytes_per_block), budget);
+  return plan;
 }
 
 int64_t parse_memory_size(std::string_view text) {
@@ -102,10 +127,14 @@ int64_t parse_memory_size(std::string_view text) {
 
 Engine::Engine(Model& model, const EngineOptions& options)
     : model_(model),
+      plan_(options.kv_blocks > 0
+                ? KvPoolPlan{options.kv_blocks, options.ctx_size, ""}
+                : plan_kv_pool(options, model.kv_bytes_per_block(), model.memory())),
       options_(options),
-      pool_(options.kv_blocks > 0
-                ? options.kv_blocks
-                : kv_pool_blocks(options, model.kv_bytes_per_block(), model.memory())) {
+      context_note_(plan_.note),
+      pool_(plan_.blocks) {
+  options_.ctx_size = plan_.ctx_size;
+  if (!context_note_.empty()) spdlog::warn("{}", context_note_);
   model_.allocate_kv(pool_.n_total());
   n_free_blocks_ = pool_.n_free();
   spdlog::info("engine: KV cache {} blocks of {} tokens ({:.1f} MiB reserved), context {}, batch {} "
@@ -210,6 +239,15 @@ void Engine::start_sequence(Sequence& s) {
   }
   s.started = true;
   s.n_cached = std::min(s.n_computed, s.n_prompt);
+  // What this request writes into the cache: the full blocks of its prompt
+  // past the cached prefix. Counted now, once, so that the first event
+  // already carries the number every later one repeats (a client's usage
+  // must not change its mind between the start of an answer and its end).
+  s.n_cache_created =
+      s.publishing ? std::max<int64_t>(s.n_prompt / kKvBlockTokens * kKvBlockTokens -
+                                           s.n_cached,
+                                       0)
+                   : 0;
   n_prompt_tokens_ += s.n_prompt;
   n_cached_tokens_ += s.n_cached;
   EngineEvent e;
@@ -414,8 +452,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     Sequence& s = *plan[i].seq;
     s.n_computed += plan[i].n;
     s.kv.n_tokens = s.n_computed;
-    s.n_cache_created +=
-        publish_prefix(pool_, s.tokens, s.n_computed, s.kv, s.chain, s.publishing, s.n_prompt);
+    publish_prefix(pool_, s.tokens, s.n_computed, s.kv, s.chain, s.publishing, s.n_prompt);
     const bool reading_prompt = s.n_generated == 0;
     if (reading_prompt) {
       EngineEvent e;

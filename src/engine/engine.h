@@ -50,6 +50,10 @@ struct EngineOptions {
   int64_t max_running = 8;          // sequences decoded together
   int64_t max_queue = 64;           // waiting requests before submit() refuses
   bool prefix_cache = true;         // reuse K/V of earlier requests' full blocks
+  // ctx_size is a default (the model's), not the user's: when one full
+  // context does not fit the KV memory, serve the context that fits instead
+  // of failing (plan_kv_pool).
+  bool fit_ctx_size = false;
 };
 
 struct EngineEvent {
@@ -57,7 +61,8 @@ struct EngineEvent {
   Kind kind = Kind::progress;
   int64_t n_prompt_done = 0;
   int64_t n_cached = 0;          // prompt tokens taken from the prefix cache (every event)
-  int64_t n_cache_created = 0;   // prompt tokens this request added to the cache so far
+  int64_t n_cache_created = 0;   // prompt tokens this request writes into the cache (full blocks
+                                 // past the cached prefix; known from the first event on)
   int32_t token = -1;
   std::string finish;  // done: "eos" | "max_tokens" | "cancelled"
   std::string error;
@@ -94,14 +99,29 @@ struct EngineStats {
 // The share of available memory an automatic KV pool may take.
 inline constexpr double kKvShareOfAvailableMemory = 0.5;
 
-// The KV pool's size in blocks when options.kv_blocks is 0. An explicit
-// kv_memory_bytes is taken as given, and is an error when it cannot hold
-// one full context (ctx_size tokens) or exceeds the machine's memory.
-// Automatic: enough for max_running full contexts, capped at
-// kKvShareOfAvailableMemory of the available memory, but never less than
-// one full context.
-int64_t kv_pool_blocks(const EngineOptions& options, int64_t bytes_per_block,
-                       const MemoryInfo& memory);
+// The smallest context plan_kv_pool shrinks to; below it the start fails.
+inline constexpr int64_t kMinFittedContext = 256;
+
+struct KvPoolPlan {
+  int64_t blocks = 0;    // the KV pool's size
+  int64_t ctx_size = 0;  // options.ctx_size, or what fits when it was shrunk
+  std::string note;      // one line saying why it was shrunk; "" when it was not
+};
+
+// The KV pool's size in blocks when options.kv_blocks is 0, and the context
+// it can serve. An explicit kv_memory_bytes is taken as given, and is an
+// error when it exceeds the machine's memory. Automatic: enough for
+// max_running full contexts, capped at kKvShareOfAvailableMemory of the
+// available memory (never more, however long the context). When the pool
+// cannot hold one full context (ctx_size tokens and the first generated
+// one), fit_ctx_size shrinks the context to what it holds, saying so in
+// `note`; otherwise that is an error saying what to change.
+KvPoolPlan plan_kv_pool(const EngineOptions& options, int64_t bytes_per_block,
+                        const MemoryInfo& memory);
+inline int64_t kv_pool_blocks(const EngineOptions& options, int64_t bytes_per_block,
+                              const MemoryInfo& memory) {
+  return plan_kv_pool(options, bytes_per_block, memory).blocks;
+}
 
 // A memory size as --kv-memory takes it: a number of GiB ("4", "0.5"), or
 // a number with a unit M/MB/MiB or G/GB/GiB (binary units, any case).
@@ -127,7 +147,10 @@ class Engine {
   void release();
   const EngineOptions& options() const { return options_; }
   const Model& model() const { return model_; }
+  // The context served: options.ctx_size, or less when it was shrunk to fit
+  // the KV memory (context_note() then says why).
   int64_t ctx_size() const { return options_.ctx_size; }
+  const std::string& context_note() const { return context_note_; }
 
  private:
   struct Sequence;
@@ -141,7 +164,9 @@ class Engine {
   void publish_stats();
 
   Model& model_;
+  KvPoolPlan plan_;  // before options_ and pool_: both are made from it
   EngineOptions options_;
+  std::string context_note_;
   KvBlockPool pool_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;

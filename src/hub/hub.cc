@@ -314,15 +314,47 @@ PullResult pull(const std::string& repo, const std::string& revision, const HubO
   return Puller(repo, revision, options, progress).run();
 }
 
+bool looks_like_path(const std::string& text) {
+  const char first = text.empty() ? '\0' : text.front();
+  return first == '/' || first == '.' || first == '~' ||
+         std::count(text.begin(), text.end(), '/') > 1;
+}
+
+std::string repo_of_snapshot_dir(const std::string& dir) {
+  fs::path p = fs::path(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();  // a trailing '/'
+  const fs::path snapshots = p.parent_path();
+  if (snapshots.filename() != "snapshots" || !is_commit_hash(p.filename().string())) return "";
+  return repo_from_folder_name(snapshots.parent_path().filename().string());
+}
+
 std::string ensure_model(const std::string& repo_or_dir, const HubOptions& options,
                          const ProgressCallback& progress) {
   std::error_code ec;
   if (fs::is_directory(repo_or_dir, ec)) return repo_or_dir;
-  const char first = repo_or_dir.empty() ? '\0' : repo_or_dir.front();
-  if (first == '/' || first == '.' || first == '~') {
+  if (looks_like_path(repo_or_dir)) {
     fail(ErrorKind::not_found, "model folder {} does not exist", repo_or_dir);
   }
   const RepoRef ref = parse_repo_ref(repo_or_dir);
+  const HubCache cache(cache_root(options));
+  const auto snapshot = cache.find_snapshot(ref.repo, ref.revision);
+  if (snapshot && snapshot_problem(*snapshot).empty()) {
+    // A commit never changes; offline, the cache is all there is.
+    if (options.offline || is_commit_hash(ref.revision)) return *snapshot;
+    HubOptions quick = options;
+    quick.max_attempts = 1;
+    quick.connect_timeout = std::min(options.connect_timeout, std::chrono::milliseconds(2000));
+    quick.stall_timeout = std::min(options.stall_timeout, std::chrono::seconds(5));
+    try {
+      const RevisionInfo info = HubClient(quick).revision_info(ref.repo, ref.revision);
+      if (cache.snapshot_dir(ref.repo, info.commit) == *snapshot) return *snapshot;
+      spdlog::info("{}@{} is now commit {}: pulling it", ref.repo, ref.revision, info.commit);
+    } catch (const Error& e) {
+      spdlog::warn("could not check {}@{} on the Hub ({}); using the cached snapshot {}", ref.repo,
+                   ref.revision, e.what(), *snapshot);
+      return *snapshot;
+    }
+  }
   return pull(ref.repo, ref.revision, options, progress).snapshot_dir;
 }
 

@@ -64,12 +64,24 @@ struct PullResult {
 PullResult pull(const std::string& repo, const std::string& revision, const HubOptions& options,
                 const ProgressCallback& progress = {});
 
-// The folder to load for `repo_or_dir`: an existing local folder (or a path
-// starting with '/', '.' or '~') is returned as it is; "ORG/NAME[@REVISION]"
-// is pulled, or taken from the cache when it is already complete there.
+// The folder to load for `repo_or_dir`: an existing local folder is returned
+// as it is, and a path that does not exist (looks_like_path) is an error;
+// "ORG/NAME[@REVISION]" is pulled. A complete snapshot already in the cache
+// answers at once with HF_HUB_OFFLINE or for a commit id, and otherwise
+// after one short look at the Hub (a few seconds at most, no retries): a
+// machine without network starts from the cache instead of retrying for
+// a quarter of a minute, and an online one still gets a newer commit.
 std::string ensure_model(const std::string& repo_or_dir, const HubOptions& options,
                          const ProgressCallback& progress = {});
 std::string ensure_model(const std::string& repo_or_dir, const ProgressCallback& progress = {});
+
+// Whether a --model argument names a path rather than a Hub repo: it starts
+// with '/', '.' or '~', or has more than one '/' (ORG/NAME has one).
+bool looks_like_path(const std::string& text);
+
+// "ORG/NAME" when dir is a snapshot folder of a Hub cache
+// (.../models--ORG--NAME/snapshots/COMMIT), else "".
+std::string repo_of_snapshot_dir(const std::string& dir);
 
 // The snapshot folder for (repo, revision) in the cache, or throws (not_found)
 // saying how to get it. No network.

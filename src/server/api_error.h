@@ -34,6 +34,17 @@ template <typename... Args>
 // The error type Anthropic uses for an HTTP status.
 std::string error_type_for_status(int status);
 
+// Whether a client may retry an answer with this status. Anthropic's API
+// says so in `x-should-retry`, which its SDKs (and so Claude Code) obey
+// before their own rule (retry 408, 409, 429 and 5xx): without it a 401
+// for a wrong key is retried with backoff for minutes before the user
+// sees it. False for the other 4xx; 408, 409, 429, 5xx and 529 may be
+// retried.
+bool should_retry(int status);
+
+// The reason phrase of a status line ("Overloaded" for 529).
+const char* status_reason(int status);
+
 nlohmann::ordered_json error_envelope(const std::string& type, const std::string& message,
                                       const std::string& request_id);
 

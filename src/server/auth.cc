@@ -47,11 +47,8 @@ bool is_loopback_address(const std::string& address) {
   return false;
 }
 
-std::vector<std::string> api_keys_from_env() {
+std::vector<std::string> split_api_keys(const std::string& all) {
   std::vector<std::string> keys;
-  const char* env = std::getenv("PENSIEVE_API_KEY");
-  if (!env) return keys;
-  std::string all(env);
   size_t pos = 0;
   while (pos <= all.size()) {
     size_t comma = all.find(',', pos);
@@ -61,6 +58,11 @@ std::vector<std::string> api_keys_from_env() {
     pos = comma + 1;
   }
   return keys;
+}
+
+std::vector<std::string> api_keys_from_env() {
+  const char* env = std::getenv("PENSIEVE_API_KEY");
+  return env == nullptr ? std::vector<std::string>{} : split_api_keys(env);
 }
 
 }  // namespace pensieve::server

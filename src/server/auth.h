@@ -20,7 +20,12 @@ bool key_accepted(const std::string& key, const std::vector<std::string>& keys);
 // 127.0.0.0/8, ::1, ::ffff:127.x.x.x and "localhost".
 bool is_loopback_address(const std::string& address);
 
-// $PENSIEVE_API_KEY split on commas, empty entries dropped.
+// The one rule for a list of keys, wherever it comes from (--api-key,
+// $PENSIEVE_API_KEY): comma-separated, empty entries dropped; so a key
+// cannot contain a comma.
+std::vector<std::string> split_api_keys(const std::string& text);
+
+// split_api_keys($PENSIEVE_API_KEY).
 std::vector<std::string> api_keys_from_env();
 
 }  // namespace pensieve::server

@@ -25,7 +25,8 @@
 // - submit() queues a generation and returns at once. on_event is then called
 //   from an engine thread, never concurrently for one generation, in order:
 //   optionally progress events (the first one should come as soon as the
-//   prefix-cache lookup is done, carrying n_cached), token events, and exactly
+//   prefix-cache lookup is done, carrying n_cached and n_cache_created, which
+//   later events repeat: usage is fixed when the answer starts), token events, and exactly
 //   one terminal event (done or error); nothing after it. on_event must not
 //   block: the server only queues the event. Generated EOS tokens are not
 //   reported as token events. Returns nullptr when the queue is full (-> 529).
@@ -53,6 +54,7 @@ struct ModelInfo {
   bool vision = false;        // accepts image input (no engine does yet: images get a 400)
   bool native_tools = false;  // the chat template renders `tools` and tool calls itself (Qwen)
   bool thinking = false;      // the template knows enable_thinking and the model writes <think>
+  std::string context_note;   // why context_size is less than the model's ("" when it is not)
 };
 
 // A tool the answer must call (tool_choice any/tool).
@@ -80,7 +82,7 @@ struct GenerationEvent {
   Kind kind = Kind::progress;
   int64_t n_prompt_done = 0;  // progress: prompt tokens processed so far (cached ones included)
   int64_t n_cached = 0;       // prompt tokens reused from the prefix cache (any event may carry it)
-  int64_t n_cache_created = 0;  // prompt tokens this generation wrote into the prefix cache so far
+  int64_t n_cache_created = 0;  // prompt tokens this generation writes into the prefix cache
   int32_t token = -1;         // token: its id
   std::string text;           // token: newly completed UTF-8 text (may be empty mid-character)
   std::string finish;         // done: "eos" | "max_tokens" | "cancelled"

@@ -17,27 +17,21 @@ class EngineGeneration : public Generation {
   std::shared_ptr<EngineHandle> handle_;
 };
 
-bool mentions(const std::string& source, const char* word) {
-  return source.find(word) != std::string::npos;
-}
-
 }  // namespace
 
 EngineBackend::EngineBackend(std::string model_id, Engine& engine, const Tokenizer& tokenizer,
                              chat::ChatConfig chat_config, std::vector<int32_t> stop_ids)
     : engine_(engine),
       tokenizer_(tokenizer),
-      chat_(std::move(chat_config)),
+      renderer_(std::move(chat_config)),
       stop_ids_(std::move(stop_ids)) {
-  if (chat_.parsed == nullptr && chat_.has_template()) chat_.prepare();
   info_.id = model_id;
   info_.display_name = model_id;
   info_.context_size = engine_.ctx_size();
+  info_.context_note = engine_.context_note();
   info_.vision = false;
-  std::string all = chat_.template_source;
-  for (const auto& [name, src] : chat_.named_templates) all += src;
-  info_.native_tools = mentions(all, "tools");
-  info_.thinking = mentions(all, "enable_thinking");
+  info_.native_tools = renderer_.native_tools();
+  info_.thinking = renderer_.thinking();
 }
 
 std::vector<int32_t> EngineBackend::tokenize(const std::string& text) const {
@@ -47,13 +41,7 @@ std::vector<int32_t> EngineBackend::tokenize(const std::string& text) const {
 std::string EngineBackend::render(const nlohmann::ordered_json& messages,
                                   const nlohmann::ordered_json* tools,
                                   const nlohmann::ordered_json& extra_vars) const {
-  bool add_generation_prompt = true;
-  nlohmann::ordered_json vars = nlohmann::ordered_json::object();
-  for (auto& [k, v] : extra_vars.items()) {
-    if (k == "add_generation_prompt") add_generation_prompt = v.is_boolean() ? v.get<bool>() : true;
-    else vars[k] = v;
-  }
-  return chat::render_chat(chat_, messages, tools, add_generation_prompt, vars);
+  return renderer_.render(messages, tools, extra_vars);
 }
 
 std::shared_ptr<Generation> EngineBackend::submit(GenerationRequest request,

@@ -10,6 +10,7 @@
 #include "engine/engine.h"
 #include "server/backend.h"
 #include "server/grammar_constraint.h"
+#include "server/template_renderer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace pensieve::server {
@@ -33,7 +34,7 @@ class EngineBackend : public Backend {
  private:
   Engine& engine_;
   const Tokenizer& tokenizer_;
-  chat::ChatConfig chat_;
+  TemplateRenderer renderer_;
   std::vector<int32_t> stop_ids_;
   ModelInfo info_;
   // Token texts for constrained decoding, built on the first forced tool call.

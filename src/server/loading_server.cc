@@ -7,6 +7,7 @@
 #include <httplib.h>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "server/api_error.h"
 #include "server/ids.h"
 #include "server/listen_socket.h"
@@ -37,21 +38,20 @@ LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::mak
   };
   s.http.Get("/health", health);
   s.http.Get("/", health);
-  auto not_ready = [&s](const httplib::Request&, httplib::Response& res) {
+  auto not_ready = [&s](const httplib::Request& req, httplib::Response& res) {
     std::string stage;
     {
       std::lock_guard<std::mutex> lock(s.mutex);
       stage = s.state.value("stage", "loading");
     }
     const std::string id = random_id("req_");
+    const std::string message =
+        "the model is not ready yet (" + stage + "); GET /health shows the progress";
+    spdlog::info("{}: {} {} -> 529 overloaded_error: {}", id, req.method, req.path, message);
     res.status = 529;
     res.set_header("request-id", id);
     res.set_header("retry-after", "1");
-    res.set_content(dump_json(error_envelope("overloaded_error",
-                                             "the model is not ready yet (" + stage +
-                                                 "); GET /health shows the progress",
-                                             id)),
-                    "application/json");
+    res.set_content(dump_json(error_envelope("overloaded_error", message, id)), "application/json");
   };
   s.http.Get(".*", not_ready);
   s.http.Post(".*", not_ready);

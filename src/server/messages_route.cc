@@ -78,6 +78,9 @@ struct Session {
   OutputParser parser;
   MessageBuilder builder;
   int64_t n_prompt = 0, n_cached = 0, n_created = 0, n_output = 0;
+  // Set once message_start is out: the input side of its usage is what
+  // message_delta repeats, whatever the engine reports afterwards.
+  bool input_usage_sent = false;
   bool finished = false;
   std::string stop_reason;
   std::optional<ApiError> error;
@@ -109,10 +112,15 @@ struct Session {
     spdlog::warn("{}: generation failed: {}", builder.id(), error->what());
   }
 
-  void take(const GenerationEvent& e, std::vector<json>& out) {
-    if (finished) return;
+  void note_cache(const GenerationEvent& e) {
+    if (input_usage_sent) return;
     n_cached = std::max(n_cached, e.n_cached);
     n_created = std::max(n_created, e.n_cache_created);
+  }
+
+  void take(const GenerationEvent& e, std::vector<json>& out) {
+    if (finished) return;
+    note_cache(e);
     std::vector<OutputPiece> pieces;
     switch (e.kind) {
       case GenerationEvent::Kind::progress: break;
@@ -230,7 +238,8 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms) {
     auto now = Clock::now();
     if (!started) {
       if (events.empty() && now - start < first_event_wait) continue;
-      for (const auto& e : events) s.n_cached = std::max(s.n_cached, e.n_cached);
+      for (const auto& e : events) s.note_cache(e);
+      s.input_usage_sent = true;
       if (!write(s.builder.message_start(s.usage())) || !write(ping)) {
         s.cancel();
         return false;

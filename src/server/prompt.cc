@@ -223,19 +223,28 @@ TemplateInput build_template_input(const MessagesRequest& request, const ModelIn
   return in;
 }
 
-Prompt build_prompt(const Backend& backend, const ModelInfo& info, const MessagesRequest& request) {
+Prompt render_prompt(const RenderFn& render, const ModelInfo& info, const MessagesRequest& request) {
   TemplateInput in = build_template_input(request, info);
   Prompt prompt;
-  prompt.text = backend.render(in.messages, in.tools.is_null() ? nullptr : &in.tools, in.extra_vars);
+  prompt.text = render(in.messages, in.tools.is_null() ? nullptr : &in.tools, in.extra_vars);
   if (in.thinking && in.prefill.empty()) {
     size_t end = prompt.text.find_last_not_of(" \n");
     std::string_view head(prompt.text.data(), end == std::string::npos ? 0 : end + 1);
     prompt.starts_in_thinking = head.size() >= 7 && head.substr(head.size() - 7) == "<think>";
   }
   prompt.text += in.prefill;
-  prompt.tokens = backend.tokenize(prompt.text);
   prompt.tools_active = in.tools_active;
   prompt.thinking = in.thinking;
+  return prompt;
+}
+
+Prompt build_prompt(const Backend& backend, const ModelInfo& info, const MessagesRequest& request) {
+  Prompt prompt = render_prompt(
+      [&backend](const json& messages, const json* tools, const json& vars) {
+        return backend.render(messages, tools, vars);
+      },
+      info, request);
+  prompt.tokens = backend.tokenize(prompt.text);
   return prompt;
 }
 

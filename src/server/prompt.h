@@ -12,6 +12,7 @@
 //   and its text is appended after the generation prompt.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,16 @@ struct Prompt {
   bool starts_in_thinking = false;  // the template already opened <think> in the prompt
 };
 
+// Renders messages, tools and template variables (Backend::render's contract).
+using RenderFn = std::function<std::string(const nlohmann::ordered_json& messages,
+                                           const nlohmann::ordered_json* tools,
+                                           const nlohmann::ordered_json& extra_vars)>;
+
+// The prompt's text (the template's rendering plus any prefill) and what the
+// answer is parsed for; `tokens` is left empty. `pensieve render` prints it.
+Prompt render_prompt(const RenderFn& render, const ModelInfo& info, const MessagesRequest& request);
+
+// render_prompt through the backend's template, then tokenized.
 Prompt build_prompt(const Backend& backend, const ModelInfo& info, const MessagesRequest& request);
 
 }  // namespace pensieve::server

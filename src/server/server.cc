@@ -88,10 +88,19 @@ void Server::Impl::send_json(httplib::Response& res, int status, const json& bod
   res.set_content(dump_json(body), "application/json");
 }
 
-void Server::Impl::send_error(httplib::Response& res, const ApiError& error) {
+void Server::Impl::send_error(const httplib::Request& req, httplib::Response& res,
+                              const ApiError& error) {
   if (!res.has_header("request-id")) res.set_header("request-id", random_id("req_"));
-  send_json(res, error.status(),
-            error_envelope(error.type(), error.what(), res.get_header_value("request-id")));
+  const std::string id = res.get_header_value("request-id");
+  if (!should_retry(error.status())) res.set_header("x-should-retry", "false");
+  // Every error answer is in the log with its request id, which the client
+  // shows the user: a 401 from a wrong key or a 400 from a bad request is
+  // explained here, not only on the other side.
+  const auto level = error.status() >= 500 && error.status() != 529 ? spdlog::level::err
+                                                                     : spdlog::level::info;
+  spdlog::log(level, "{}: {} {} -> {} {}: {}", id, req.method, req.path, error.status(),
+              error.type(), error.what());
+  send_json(res, error.status(), error_envelope(error.type(), error.what(), id));
 }
 
 void Server::Impl::check_auth(const httplib::Request& req) const {
@@ -124,9 +133,7 @@ void Server::Impl::setup_routes() {
         if (authenticated) check_auth(req);
         (this->*method)(req, res);
       } catch (const std::exception& e) {
-        ApiError error = to_api_error(e);
-        if (error.status() == 500) spdlog::error("{} {}: {}", req.method, req.path, error.what());
-        send_error(res, error);
+        send_error(req, res, to_api_error(e));
       }
     };
   };
@@ -144,7 +151,7 @@ void Server::Impl::setup_routes() {
                     check_auth(req);
                     handle_hold(held, res);
                   } catch (const std::exception& e) {
-                    send_error(res, to_api_error(e));
+                    send_error(req, res, to_api_error(e));
                   }
                 });
     }
@@ -160,8 +167,8 @@ void Server::Impl::setup_routes() {
       [this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     int status = res.status;
-    send_error(res, ApiError(status, error_type_for_status(status),
-                             default_error_message(req, status, options.max_body_bytes)));
+    send_error(req, res, ApiError(status, error_type_for_status(status),
+                                  default_error_message(req, status, options.max_body_bytes)));
     return httplib::Server::HandlerResponse::Handled;
   }));
   http.set_exception_handler(
@@ -169,37 +176,49 @@ void Server::Impl::setup_routes() {
         try {
           std::rethrow_exception(ep);
         } catch (const std::exception& e) {
-          send_error(res, to_api_error(e));
+          send_error(req, res, to_api_error(e));
         } catch (...) {
-          send_error(res, ApiError(500, "api_error", "internal error"));
+          send_error(req, res, ApiError(500, "api_error", "internal error"));
         }
       });
+}
+
+json Server::Impl::model_object(const std::string& id) const {
+  // Anthropic's model object; max_input_tokens and max_tokens as its API
+  // gives them, from the context actually served (context_note says why
+  // that is less than the model's, when it is).
+  const int64_t max_tokens = options.max_output_tokens > 0
+                                 ? std::min(options.max_output_tokens, info.context_size - 1)
+                                 : info.context_size - 1;
+  json m = {{"type", "model"}, {"id", id},
+            {"display_name", info.display_name.empty() ? info.id : info.display_name},
+            {"created_at", created_at}, {"max_input_tokens", info.context_size - 1},
+            {"max_tokens", max_tokens}, {"context_size", info.context_size}};
+  if (!info.context_note.empty()) m["context_note"] = info.context_note;
+  return m;
 }
 
 void Server::Impl::handle_models(const httplib::Request& req, httplib::Response& res) {
   json data = json::array();
   // One model; paging past it (after_id/before_id naming it) gives an empty page.
   if (req.get_param_value("after_id") != info.id && req.get_param_value("before_id") != info.id)
-    data.push_back({{"type", "model"}, {"id", info.id},
-                    {"display_name", info.display_name.empty() ? info.id : info.display_name},
-                    {"created_at", created_at}});
+    data.push_back(model_object(info.id));
   json first = data.empty() ? json(nullptr) : json(info.id);
   send_json(res, 200, {{"data", data}, {"first_id", first}, {"last_id", first}, {"has_more", false}});
 }
 
 void Server::Impl::handle_model(const httplib::Request& req, httplib::Response& res) {
   // Any model name is served by the loaded model, so any id resolves to it.
-  std::string id = req.matches[1];
-  send_json(res, 200, {{"type", "model"}, {"id", id},
-                       {"display_name", info.display_name.empty() ? info.id : info.display_name},
-                       {"created_at", created_at}});
+  send_json(res, 200, model_object(req.matches[1]));
 }
 
 void Server::Impl::handle_health(const httplib::Request& req, httplib::Response& res) {
   json engine = backend.stats();
   std::lock_guard<std::mutex> lock(slots_mutex);
-  json body = {{"status", "ok"}, {"model", info.id}, {"context_size", info.context_size},
-               {"n_inflight", n_inflight}, {"max_queue", options.max_queue}};
+  json body = {{"status", "ok"}, {"model", info.id}, {"context_size", info.context_size}};
+  if (!info.context_note.empty()) body["context_note"] = info.context_note;
+  body["n_inflight"] = n_inflight;
+  body["max_queue"] = options.max_queue;
   if (!engine.is_null()) body["engine"] = std::move(engine);
   send_json(res, 200, body);
 }

@@ -63,11 +63,13 @@ struct Server::Impl {
   void setup_routes();
   void check_auth(const httplib::Request& req) const;
   void send_json(httplib::Response& res, int status, const nlohmann::ordered_json& body);
-  void send_error(httplib::Response& res, const ApiError& error);
+  // The error envelope, x-should-retry, and a log line with the request id.
+  void send_error(const httplib::Request& req, httplib::Response& res, const ApiError& error);
 
   // Route bodies; they throw ApiError (or anything) and the wrapper answers.
   void handle_messages(const httplib::Request& req, httplib::Response& res);
   void handle_count_tokens(const httplib::Request& req, httplib::Response& res);
+  nlohmann::ordered_json model_object(const std::string& id) const;
   void handle_models(const httplib::Request& req, httplib::Response& res);
   void handle_model(const httplib::Request& req, httplib::Response& res);
   void handle_health(const httplib::Request& req, httplib::Response& res);

@@ -7,32 +7,14 @@
 // process that records each exchange, so the test can compare what Claude
 // Code printed with what the server actually streamed.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
-import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { claudeBinary, cleanEnv, run } from './support/claude.mjs';
 import { startServer } from './support/server.mjs';
 import { parseSse, replayStream } from './support/sse.mjs';
-
-const require = createRequire(import.meta.url);
-
-// The native executable: the platform package's `claude`, else the wrapper's
-// bin/claude.exe once its postinstall has copied the native binary over it.
-export function claudeBinary() {
-  const candidates = [];
-  try {
-    const dir = path.dirname(require.resolve(`@anthropic-ai/claude-code-${process.platform}-${process.arch}/package.json`));
-    candidates.push(path.join(dir, process.platform === 'win32' ? 'claude.exe' : 'claude'));
-  } catch { /* not installed for this platform */ }
-  try {
-    candidates.push(path.join(path.dirname(require.resolve('@anthropic-ai/claude-code/package.json')), 'bin', 'claude.exe'));
-  } catch { /* not installed */ }
-  // The wrapper's placeholder is a small script; the real binary is hundreds of MB.
-  return candidates.find((p) => existsSync(p) && statSync(p).size > 10_000_000);
-}
 
 // Forwards every request to `target` unchanged and keeps a copy of each
 // request and response body.
@@ -60,22 +42,6 @@ function recordingProxy(targetPort) {
   return new Promise((resolve) => proxy.listen(0, '127.0.0.1', () => resolve({ proxy, exchanges, port: proxy.address().port })));
 }
 
-function run(bin, args, { env, cwd, timeoutMs }) {
-  return new Promise((resolve) => {
-    const started = Date.now();
-    const child = spawn(bin, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, seconds: (Date.now() - started) / 1000 });
-    });
-  });
-}
-
 const bin = claudeBinary();
 let server;
 let recorder;
@@ -101,21 +67,10 @@ describe('claude -p', { skip: bin ? false : 'the Claude Code native binary is no
     recorder.exchanges.length = 0;
     // A clean environment: no user config, no network but the proxy, nothing
     // optional (updates, telemetry, error reports, feedback surveys).
-    const env = {
-      PATH: process.env.PATH,
-      HOME: home,
-      TMPDIR: os.tmpdir(),
-      LANG: 'C.UTF-8',
-      TERM: 'dumb',
+    const env = cleanEnv(home, {
       ANTHROPIC_BASE_URL: `http://127.0.0.1:${recorder.port}`,
       ANTHROPIC_API_KEY: 'pensieve-e2e-key',
-      DISABLE_AUTOUPDATER: '1',
-      DISABLE_TELEMETRY: '1',
-      DISABLE_ERROR_REPORTING: '1',
-      DISABLE_BUG_COMMAND: '1',
-      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
-      CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY: '1',
-    };
+    });
     // PENSIEVE_E2E_CLAUDE_WAIT_S lets a slow run finish (to see whether it
     // works at all and how long it takes); the 60 s limit is asserted anyway.
     const waitS = Math.max(60, Number(process.env.PENSIEVE_E2E_CLAUDE_WAIT_S) || 0);

@@ -5,11 +5,14 @@
 // `pensieve synth-model` at test time) against the library in-process; and
 // `pensieve bench --json` on one of those.
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <regex>
 #include <set>
+#include <sstream>
 
 #include "engine/session.h"
 #include "kernels/cpu/matmul.h"
@@ -307,10 +310,55 @@ TEST(SynthModel, WritesTheRequestedShapesAndShards) {
   EXPECT_EQ(bad_group.exit_code, 1);
   EXPECT_NE(bad_group.err.find("hidden size 96 is not a multiple of --group-size 128"), std::string::npos)
       << bad_group.err;
-  const auto bad_heads = test::run_pensieve("synth-model --like llama-3.2-1b --heads 6 --kv-heads 4 " + dir.file("bad2"));
+  const auto bad_heads = test::run_pensieve("synth-model --like llama-3.2-1b --format bf16 --heads 6 --kv-heads 4 " + dir.file("bad2"));
   EXPECT_EQ(bad_heads.exit_code, 1);
   EXPECT_NE(bad_heads.err.find("--heads (6) must be a multiple of --kv-heads (4)"), std::string::npos)
       << bad_heads.err;
+}
+
+// synth-model takes no silent defaults for what to imitate, and with
+// --tokenizer writes a folder serve can load (without one, it says so).
+TEST(SynthModel, NeedsLikeAndFormatAndServesWithATokenizer) {
+  test::TempDir dir;
+  auto r = test::run_pensieve("synth-model " + dir.file("a"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--like is required"), std::string::npos) << r.err;
+  r = test::run_pensieve("synth-model --like llama-3.2-1b " + dir.file("a"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--format is required"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.file("a")));
+
+  const std::string tiny = "--like llama-3.2-1b --format mlx-4bit --seed 5 --layers 1 --vocab 512 "
+                           "--hidden 64 --intermediate 128 --heads 2 --kv-heads 2 --head-dim 32 ";
+  const std::string tokenizer = test::data_path("tokenizers/tok512");
+  // Without a tokenizer: a note, and serve refuses the folder.
+  r = test::run_pensieve("synth-model " + tiny + dir.file("bare"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("has no tokenizer"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--tokenizer DIR"), std::string::npos) << r.err;
+  EXPECT_NE(test::run_pensieve("serve --port 0 --model " + dir.file("bare")).err.find("tokenizer"),
+            std::string::npos);
+  // A tokenizer with more tokens than the model has rows is refused.
+  r = test::run_pensieve("synth-model " + std::string(tiny).replace(tiny.find("--vocab 512"), 11, "--vocab 256") +
+                         "--tokenizer " + tokenizer + " " + dir.file("small"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("has 512 tokens, more than the model's vocabulary of 256"), std::string::npos)
+      << r.err;
+  // With one: the tokenizer files are copied and the model serves.
+  r = test::run_pensieve("synth-model " + tiny + "--tokenizer " + tokenizer + " " + dir.file("served"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    EXPECT_EQ(test::read_file(dir.file("served/") + f), test::read_file(tokenizer + "/" + f)) << f;
+  test::ServeProcess serve({"--model", dir.file("served"), "--port", "0", "--ctx-size", "256"});
+  ASSERT_TRUE(serve.wait_ready()) << serve.err();
+  httplib::Client client("127.0.0.1", serve.port());
+  auto answer = client.Post("/v1/messages",
+                            R"({"model":"m","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})",
+                            "application/json");
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, 200) << answer->body;
+  EXPECT_EQ(serve.stop(), 0) << serve.err();
 }
 
 // ---------------------------------------------------------------------------
@@ -350,6 +398,47 @@ TEST(BenchJson, PrintsEveryFieldWithSaneValues) {
   const auto bad = test::run_pensieve("bench --json --prompt-tokens 0 --model " + dir.path());
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.err.find("--prompt-tokens"), std::string::npos) << bad.err;
+}
+
+// generate prints what the README says it prints: its row in the commands
+// table names every key of the output.
+TEST(GenerateCommand, OutputKeysAreTheOnesTheReadmeNames) {
+  const std::string model = test::data_path("../../models/stories260K");
+  const json out = run_json("generate --threads 1 --max-tokens 4 --temperature 0 --model " + model +
+                            " --prompt 'Once upon a time'");
+  std::string row;
+  std::istringstream readme(test::read_file(test::data_path("../../README.md")));
+  for (std::string line; std::getline(readme, line);)
+    if (line.rfind("| `pensieve generate", 0) == 0) row = line;
+  ASSERT_FALSE(row.empty()) << "no generate row in the README's commands table";
+  ASSERT_EQ(out.size(), 3u) << out.dump();
+  for (const auto& [key, value] : out.items())
+    EXPECT_NE(row.find("\"" + key + "\""), std::string::npos) << key << " is not in: " << row;
+}
+
+// The text report of a tiny float model: its parameter count is not
+// "0.00B", and the prefill kernel named is the float one the weights take
+// (the VNNI and AMX kernels are for quantized weights only).
+TEST(BenchText, NamesTheParameterCountAndTheKernelOfFloatWeights) {
+  test::TempDir dir;
+  const auto synth = test::run_pensieve("synth-model --like llama-3.2-1b --format f32 --seed 3 --layers 1 "
+                                        "--vocab 512 --hidden 64 --intermediate 128 --heads 2 --kv-heads 2 "
+                                        "--head-dim 32 " + dir.path());
+  ASSERT_EQ(synth.exit_code, 0) << synth.err;
+  kernels::set_integer_kernels(false);
+  const std::string float_kernel = kernels::prefill_kernel_name();
+  kernels::set_integer_kernels(true);
+  const auto text = test::run_pensieve("bench --prompt-tokens 16 --gen-tokens 2 --threads 1 --model " +
+                                       dir.path());
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("(LlamaForCausalLM, f32, "), std::string::npos) << text.out;
+  EXPECT_EQ(text.out.find("0.00B params"), std::string::npos) << text.out;
+  EXPECT_TRUE(std::regex_search(text.out, std::regex(R"(, \d+\.\dK params\))"))) << text.out;
+  EXPECT_NE(text.out.find("prefill kernel " + float_kernel + ")"), std::string::npos) << text.out;
+  const json b = run_json("bench --json --prompt-tokens 16 --gen-tokens 2 --threads 1 --model " + dir.path());
+  EXPECT_EQ(b["prefill_kernel"], float_kernel);
+  EXPECT_NE(b["prefill_kernel"], "avx512-vnni");
+  EXPECT_NE(b["prefill_kernel"], "amx-int8");
 }
 
 // Splitting the work over threads changes nothing in the numbers.

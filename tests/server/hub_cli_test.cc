@@ -488,6 +488,69 @@ TEST_F(HubCli, ServePullsOnFirstUseWithProgressOnHealth) {
   EXPECT_NE(test::read_file(err_path).find("verified model.safetensors"), std::string::npos);
 }
 
+// A model the cache holds needs no network: with the Hub unreachable serve
+// starts from the cache within seconds (it used to retry for 15 s first),
+// with HF_HUB_OFFLINE=1 without asking the Hub at all. The model is listed
+// as ORG/NAME, not by its snapshot's commit, also when the snapshot folder
+// is given as the model's path.
+TEST_F(HubCli, ServeStartsFromTheCacheAtOnceWhenTheHubIsUnreachable) {
+  constexpr const char* kServable = "pensieve-test/qwen2-tiny-tok512";
+  test::FakeRepo servable = test::qwen2_tiny_repo();
+  servable.files["tokenizer.json"] = {test::read_file(test::data_path("tokenizers/tok512/tokenizer.json")), false, ""};
+  hub.add_repo(kServable, servable);
+  const auto pulled = test::run_pensieve(std::string("pull ") + kServable);
+  ASSERT_EQ(pulled.exit_code, 0) << pulled.err;
+  const std::string snapshot = pulled.out.substr(0, pulled.out.size() - 1);
+  const int n_api = hub.n_api_requests();
+
+  auto serve_and_check = [&](const std::string& model, const std::string& what) {
+    const auto t0 = std::chrono::steady_clock::now();
+    test::ServeProcess serve({"--model", model, "--port", "0", "--ctx-size", "256"});
+    ASSERT_TRUE(serve.wait_ready()) << what << "\n" << serve.err();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(seconds, 8.0) << what << "\n" << serve.err();
+    EXPECT_NE(serve.out().find(std::string("serving ") + kServable + " on "), std::string::npos)
+        << what << "\n" << serve.out();
+    EXPECT_NE(serve.out().find(std::string("ANTHROPIC_MODEL=") + kServable + " "), std::string::npos)
+        << serve.out();
+    httplib::Client client("127.0.0.1", serve.port());
+    auto models = client.Get("/v1/models");
+    ASSERT_TRUE(models);
+    EXPECT_EQ(nlohmann::json::parse(models->body)["data"][0]["id"], kServable) << what;
+    auto health = client.Get("/health");
+    ASSERT_TRUE(health);
+    EXPECT_EQ(nlohmann::json::parse(health->body)["model"], kServable) << what;
+    EXPECT_EQ(serve.stop(), 0) << what << "\n" << serve.err();
+  };
+
+  env.set("HF_ENDPOINT", "http://127.0.0.1:1");  // nothing listens there
+  serve_and_check(kServable, "Hub unreachable");
+  env.set("HF_HUB_OFFLINE", "1");
+  env.set("HF_ENDPOINT", hub.endpoint().c_str());
+  serve_and_check(kServable, "HF_HUB_OFFLINE=1");
+  serve_and_check(snapshot, "the snapshot folder as a path");
+  EXPECT_EQ(hub.n_api_requests(), n_api) << "offline, the Hub is never asked";
+  env.set("HF_HUB_OFFLINE", nullptr);
+  // Online and up to date: one question to the Hub, nothing downloaded.
+  const int n_gets = hub.n_gets(kWeights);
+  serve_and_check(kServable, "online");
+  EXPECT_EQ(hub.n_api_requests(), n_api + 1);
+  EXPECT_EQ(hub.n_gets(kWeights), n_gets);
+}
+
+// A --model that looks like a path is a path: a missing one is an error at
+// once, not a Hub lookup.
+TEST_F(HubCli, ServeTakesAMissingPathAsAPath) {
+  for (const char* path : {"/nonexistent", "./missing-model", "~/missing", "models/a/b"}) {
+    const auto r = test::run_pensieve(std::string("serve --port 0 --model '") + path + "'");
+    EXPECT_EQ(r.exit_code, 1) << path;
+    EXPECT_NE(r.err.find(std::string("error: --model ") + path + ": no such folder"), std::string::npos)
+        << r.err;
+    EXPECT_EQ(r.err.find("Hugging Face"), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(hub.n_api_requests(), 0);
+}
+
 // Ctrl-C while `serve` is still downloading ends it at once with 130, and
 // the partial file stays for the next run to resume.
 TEST_F(HubCli, ServeInterruptedWhileDownloadingExitsAndKeepsThePartialFile) {

@@ -19,6 +19,7 @@ struct Script {
   std::string finish = "eos";            // done event's finish
   std::string error;                     // non-empty: an error event instead of done
   int64_t n_cached = 0;                  // reported in the first progress event
+  int64_t n_cache_created = 0;           // reported with every token event (as if learnt late)
   int n_progress = 0;                    // progress events before the first token
   std::chrono::milliseconds progress_delay{0};
   std::chrono::milliseconds token_delay{0};
@@ -133,6 +134,7 @@ class ScriptedBackend : public Backend {
       e.kind = Kind::token;
       e.token = id++;
       e.text = piece;
+      e.n_cache_created = script.n_cache_created;
       emit(e);
     }
     while (script.until_cancelled && !gen.cancelled) {

@@ -115,6 +115,36 @@ TEST(ServerEngineCache, SecondRequestReadsTheSharedPrefix) {
   EXPECT_EQ(h["engine"]["prefix_cache"], true);
 }
 
+// A stream's message_start already has the split of the prompt that its
+// message_delta ends with: the engine counts the blocks a request will
+// write into the cache when it looks its prefix up.
+TEST(ServerEngineCache, StreamUsageIsTheSameAtStartAndEnd) {
+  Served s(true);
+  for (const char* question : {"Tell me about the dog.", "Tell me about the cat."}) {
+    json body = story_request(question);
+    body["stream"] = true;
+    httplib::Client c("127.0.0.1", s.server->port());
+    c.set_read_timeout(60, 0);
+    auto res = c.Post("/v1/messages", body.dump(), "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    const auto events = test::parse_sse(res->body);
+    ASSERT_FALSE(events.empty());
+    const json start = events.front().data["message"]["usage"];
+    json end;
+    for (const auto& e : events)
+      if (e.name == "message_delta") end = e.data["usage"];
+    ASSERT_TRUE(end.is_object()) << res->body;
+    for (const char* k : {"input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"})
+      EXPECT_EQ(start[k], end[k]) << question << " " << k << ": " << start << " vs " << end;
+    EXPECT_GT(start["cache_creation_input_tokens"].get<int64_t>() +
+                  start["cache_read_input_tokens"].get<int64_t>(),
+              100)
+        << start;
+    EXPECT_LT(start["input_tokens"].get<int64_t>(), 32) << start;
+  }
+}
+
 TEST(ServerEngineCache, OffReportsNoCacheUse) {
   Served s(false);
   const json first = s.post(story_request("Tell me about the dog."));

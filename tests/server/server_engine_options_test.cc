@@ -1,6 +1,10 @@
 // `pensieve serve --kv-memory`: sizes it cannot use are refused with a
-// clear error (and exit code 1) instead of being ignored or rounded up.
+// clear error (and exit code 1) instead of being ignored or rounded up; a
+// default context too long for the budget is shrunk to fit, and said so.
 #include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
 
 #include "support/test_support.h"
 
@@ -49,6 +53,33 @@ TEST(ServeKvMemory, ABudgetTooSmallForOneContextOrLargerThanRamIsRefused) {
   EXPECT_NE(error_line(r).find("error: KV memory of 100000.00 GiB is more than this machine's "),
             std::string::npos)
       << r.err;
+}
+
+// The bundled model's default context (65536 positions) needs 41 MiB of
+// K/V; in 1 MiB, 102 blocks of 16 tokens fit: it serves 101 x 16 = 1616.
+TEST(ServeKvMemory, ADefaultContextTooLongForTheBudgetIsShrunkAndSaidSo) {
+  test::ServeProcess serve({"--port", "0", "--kv-memory", "1M"});
+  ASSERT_TRUE(serve.wait_ready()) << serve.err();
+  const std::string note =
+      "context shrunk from 65536 to 1616 tokens to fit the KV cache: a full context needs 40.0 "
+      "MiB, and --kv-memory gives 1.0 MiB (--kv-memory or --ctx-size choose otherwise)";
+  // One line in the log, and the banner names the context served.
+  const std::string err = serve.err();
+  EXPECT_NE(err.find("warning " + note + "\n"), std::string::npos) << err;
+  EXPECT_NE(serve.out().find("(context 1616 tokens)"), std::string::npos) << serve.out();
+  httplib::Client client("127.0.0.1", serve.port());
+  auto health = client.Get("/health");
+  ASSERT_TRUE(health);
+  const auto h = nlohmann::json::parse(health->body);
+  EXPECT_EQ(h["context_size"], 1616);
+  EXPECT_EQ(h["context_note"], note);
+  auto models = client.Get("/v1/models");
+  ASSERT_TRUE(models);
+  const auto m = nlohmann::json::parse(models->body)["data"][0];
+  EXPECT_EQ(m["max_input_tokens"], 1615);
+  EXPECT_EQ(m["context_size"], 1616);
+  EXPECT_EQ(m["context_note"], note);
+  EXPECT_EQ(serve.stop(), 0) << serve.err();
 }
 
 }  // namespace

@@ -40,6 +40,28 @@ TEST_F(ServerTest, StreamsTextInAnthropicOrder) {
   EXPECT_EQ(message["usage"]["output_tokens"], 3);
 }
 
+// Anthropic's usage splits the prompt into input_tokens (neither read from
+// nor written to the cache), cache_read_input_tokens and
+// cache_creation_input_tokens, and message_start and message_delta give
+// the same split. A backend that learns the cache writes only as tokens
+// come must not make them disagree (it once made message_start say 17
+// input tokens and message_delta 0 input and 17 created).
+TEST_F(ServerTest, MessageStartAndMessageDeltaAgreeOnTheInputUsage) {
+  backend.set_script({.pieces = {"a", "b"}, .n_cached = 5, .n_cache_created = 16});
+  start();
+  auto events = stream(hello());
+  ASSERT_GE(events.size(), 3u);
+  json start_usage = events.front().data["message"]["usage"];
+  json delta_usage;
+  for (const auto& e : events)
+    if (e.name == "message_delta") delta_usage = e.data["usage"];
+  ASSERT_TRUE(delta_usage.is_object());
+  for (const char* k : {"input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"})
+    EXPECT_EQ(start_usage[k], delta_usage[k]) << k << "\n" << start_usage << "\n" << delta_usage;
+  EXPECT_EQ(delta_usage["cache_read_input_tokens"], 5);
+  EXPECT_EQ(delta_usage["output_tokens"], 2);
+}
+
 TEST_F(ServerTest, NonStreamingAnswerEqualsTheStream) {
   backend.set_script({.pieces = {"One ", "two", " three"}, .finish = "max_tokens", .n_cached = 2});
   start();

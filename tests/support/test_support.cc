@@ -3,8 +3,15 @@
 #include "backend/backend.h"
 #include "core/error.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <regex>
+#include <thread>
 
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +19,8 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+
+extern char** environ;
 
 namespace pensieve::test {
 namespace fs = std::filesystem;
@@ -81,6 +90,65 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   fs::remove_all(path_, ec);
+}
+
+ServeProcess::ServeProcess(std::vector<std::string> args) {
+  args.insert(args.begin(), {PENSIEVE_BINARY, "serve"});
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, dir_.file("out").c_str(), O_WRONLY | O_CREAT, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, dir_.file("err").c_str(), O_WRONLY | O_CREAT, 0644);
+  if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
+  posix_spawn_file_actions_destroy(&actions);
+}
+
+ServeProcess::~ServeProcess() {
+  if (pid_ <= 0 || exit_code_ >= 0) return;
+  kill(pid_, SIGTERM);
+  for (int i = 0; i < 200; ++i) {
+    if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+}
+
+std::string ServeProcess::out() const { return read_file(dir_.file("out")); }
+std::string ServeProcess::err() const { return read_file(dir_.file("err")); }
+
+bool ServeProcess::wait_ready(int timeout_s) {
+  if (pid_ <= 0) return false;
+  const std::regex banner(R"(serving \S+ on http://[^ ]*:(\d+))");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::smatch m;
+    const std::string text = out();
+    if (std::regex_search(text, m, banner)) {
+      port_ = std::stoi(m[1]);
+      return true;
+    }
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+int ServeProcess::stop() {
+  if (pid_ <= 0) return -1;
+  if (exit_code_ >= 0) return exit_code_;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return exit_code_;
 }
 
 std::string error_of(const std::function<void()>& fn) {

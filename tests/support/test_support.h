@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -38,6 +39,30 @@ class TempDir {
 };
 
 void write_file(const std::string& path, const std::string& contents);
+
+// `pensieve serve ARGS` as a child process, its stdout and stderr going to
+// files; the port comes from the banner serve prints once it listens.
+class ServeProcess {
+ public:
+  explicit ServeProcess(std::vector<std::string> args);
+  ~ServeProcess();  // stops it (SIGTERM, then SIGKILL)
+  ServeProcess(const ServeProcess&) = delete;
+  ServeProcess& operator=(const ServeProcess&) = delete;
+
+  // Waits until the banner is out; false when serve exited or time ran out.
+  bool wait_ready(int timeout_s = 60);
+  int port() const { return port_; }
+  std::string out() const;  // stdout so far
+  std::string err() const;  // stderr so far
+  // SIGTERM and wait: the exit code (128 + signal when killed).
+  int stop();
+
+ private:
+  TempDir dir_;
+  int pid_ = -1;
+  int port_ = 0;
+  int exit_code_ = -1;
+};
 
 // The message of the pensieve::Error that fn throws, or "(no error)".
 std::string error_of(const std::function<void()>& fn);

@@ -188,13 +188,15 @@ TEST(ChatConfig, BadFilesGiveClearErrors) {
   EXPECT_THROW(load_chat_config(dir.path()), Error);
 }
 
+// --raw: the template's own rendering of Hugging Face style messages
+// (tests/server/render_cli_test.cc has render as serve renders requests).
 TEST(RenderCommand, PrintsTheQwen3PromptExactly) {
   const ordered_json cases = read_ordered(test::data_path("chat-expected/qwen3.json"));
   TempDir dir;
   for (const auto& c : cases) {
     test::write_file(dir.file("messages.json"), c["messages"].dump());
-    std::string args = "render --model " + test::data_path("tokenizers/qwen3") + " --messages " +
-                       dir.file("messages.json");
+    std::string args = "render --raw --model " + test::data_path("tokenizers/qwen3") +
+                       " --messages " + dir.file("messages.json");
     if (!c["tools"].is_null()) {
       test::write_file(dir.file("tools.json"), c["tools"].dump());
       args += " --tools " + dir.file("tools.json");
@@ -211,8 +213,8 @@ TEST(RenderCommand, NoGenerationPromptAndErrors) {
   test::write_file(dir.file("messages.json"),
                    R"({"messages": [{"role": "user", "content": "Hi"}]})");
   test::RunResult r =
-      test::run_pensieve("render --model " + test::data_path("tokenizers/qwen3") + " --messages " +
-                         dir.file("messages.json") + " --no-generation-prompt");
+      test::run_pensieve("render --raw --model " + test::data_path("tokenizers/qwen3") +
+                         " --messages " + dir.file("messages.json") + " --no-generation-prompt");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "<|im_start|>user\nHi<|im_end|>\n");
 
@@ -225,7 +227,7 @@ TEST(RenderCommand, NoGenerationPromptAndErrors) {
   // The template's own raise_exception message reaches the user.
   test::write_file(dir.file("chat_template.jinja"), "{{ raise_exception('no tools here') }}");
   test::write_file(dir.file("m.json"), "[]");
-  r = test::run_pensieve("render --model " + dir.path() + " --messages " + dir.file("m.json"));
+  r = test::run_pensieve("render --raw --model " + dir.path() + " --messages " + dir.file("m.json"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "error: chat template: no tools here\n");
 }

@@ -54,10 +54,56 @@ TEST(KvMemory, AutomaticPoolTakesAShareOfAvailableMemory) {
   EXPECT_EQ(kv_pool_blocks(o, per_block, {.total = 64 * GiB, .available = GiB}),
             static_cast<int64_t>(GiB * kKvShareOfAvailableMemory) / per_block);
   EXPECT_EQ(kKvShareOfAvailableMemory, 0.5);
-  // Never less than one full context (4096 tokens + the first generated one).
-  EXPECT_EQ(kv_pool_blocks(o, per_block, {.total = 64 * GiB, .available = 100 * MiB}), 257);
   // Unknown memory: the full want.
   EXPECT_EQ(kv_pool_blocks(o, per_block, {}), 2048);
+  // Fewer sequences than the share holds: one full context each, and at
+  // least one full context (4096 tokens + the first generated one).
+  o.max_running = 1;
+  EXPECT_EQ(kv_pool_blocks(o, per_block, {.total = 64 * GiB, .available = 32 * GiB}), 257);
+}
+
+// The automatic pool never takes more than its share, however long the
+// context: Phi-3-mini's 131072 positions (384 KiB of K/V a token, 48 GiB a
+// context) on a machine with 23.5 GiB once reserved all 48 GiB.
+TEST(KvMemory, AutomaticPoolKeepsToItsShareEvenForOneLongContext) {
+  EngineOptions o;
+  o.ctx_size = 131072;
+  o.max_running = 4;
+  const int64_t per_block = 6 * MiB;  // 16 tokens x 384 KiB
+  const MemoryInfo machine{.total = 47 * GiB / 2, .available = 22 * GiB};
+  // The context is the user's (--ctx-size): refused, saying what fits.
+  EXPECT_EQ(error_of([&] { plan_kv_pool(o, per_block, machine); }),
+            "a 131072-token context needs 48.01 GiB of KV cache, but the automatic KV cache takes "
+            "at most 11.00 GiB (half of the 22.00 GiB available): give a shorter context "
+            "(--ctx-size 30016 fits) or the KV cache more memory (--kv-memory)");
+  // The context is the model's default: it is shrunk to what the share holds.
+  o.fit_ctx_size = true;
+  const KvPoolPlan plan = plan_kv_pool(o, per_block, machine);
+  EXPECT_EQ(plan.blocks, 11 * GiB / per_block);
+  EXPECT_LE(plan.blocks * per_block, machine.available / 2);
+  EXPECT_EQ(plan.ctx_size, (plan.blocks - 1) * B);
+  EXPECT_EQ(plan.ctx_size, 30016);
+  EXPECT_EQ(plan.note,
+            "context shrunk from 131072 to 30016 tokens to fit the KV cache: a full context needs "
+            "48.01 GiB, and the automatic KV cache takes at most 11.00 GiB (half of the 22.00 GiB "
+            "available) (--kv-memory or --ctx-size choose otherwise)");
+  // A context that fits is left alone.
+  o.ctx_size = 4096;
+  EXPECT_EQ(plan_kv_pool(o, per_block, machine).ctx_size, 4096);
+  EXPECT_EQ(plan_kv_pool(o, per_block, machine).note, "");
+  // An explicit budget too small for the default context shrinks it too.
+  o.ctx_size = 131072;
+  o.kv_memory_bytes = 3 * GiB;
+  const KvPoolPlan explicit_plan = plan_kv_pool(o, per_block, machine);
+  EXPECT_EQ(explicit_plan.blocks, 512);
+  EXPECT_EQ(explicit_plan.ctx_size, 511 * B);
+  EXPECT_NE(explicit_plan.note.find("--kv-memory gives 3.00 GiB"), std::string::npos)
+      << explicit_plan.note;
+  // Too little for even a short context: an error, not a useless server.
+  o.kv_memory_bytes = 0;
+  EXPECT_NE(error_of([&] { plan_kv_pool(o, per_block, {.total = GiB, .available = 40 * MiB}); })
+                .find("a context of at least 256 tokens is needed"),
+            std::string::npos);
 }
 
 TEST(KvMemory, ExplicitBudgetIsTakenAsGivenOrRefusedWithAReason) {

@@ -149,8 +149,11 @@ TEST(EngineScheduler, SecondRequestReusesTheFirstsFullBlocks) {
   ASSERT_FALSE(a.events.empty());
   EXPECT_EQ(a.events.front().kind, EngineEvent::Kind::progress);
   EXPECT_EQ(a.events.front().n_prompt_done, 0);
-  // The prompt's 3 full blocks were written into the cache.
+  // The prompt's 3 full blocks were written into the cache, and the first
+  // event already said so (a client's usage is fixed when its answer starts).
   EXPECT_EQ(a.events.back().n_cache_created, 3 * B);
+  EXPECT_EQ(a.events.front().n_cache_created, 3 * B);
+  for (const auto& e : a.events) EXPECT_EQ(e.n_cache_created, 3 * B);
   wait_idle(engine);
   const int64_t computed_before = model.n_tokens_computed;
 
