@@ -185,7 +185,11 @@ class CudaBackend final : public Backend {
     a.scale = scale;
     a.window = static_cast<int>(window);
     a.max_ctx = max_ctx_;
-    const int64_t need = cuda::attention_scratch_floats(n_rows_, a.n_heads, a.kv.head_dim, max_ctx_);
+    a.groups = groups_;
+    a.n_groups = n_groups_;
+    a.group_rows = group_rows_;
+    const int64_t need =
+        cuda::attention_scratch_floats(n_rows_, n_groups_, a.n_heads, a.kv.head_dim, max_ctx_);
     if (need > 0) {
       if (!partial_ || partial_->bytes() < static_cast<size_t>(need) * sizeof(float))
         grow(partial_, static_cast<size_t>(need) * sizeof(float));
@@ -254,7 +258,7 @@ class CudaBackend final : public Backend {
   std::vector<std::unique_ptr<Buffer>> retired_;
 
   // Decode graphs.
-  using GraphKey = std::tuple<int64_t, int64_t, int>;  // rows, logit rows, ctx bucket
+  using GraphKey = std::tuple<int64_t, int64_t, int, int64_t>;  // rows, logit rows, ctx bucket, groups
   struct Graph {
     cudaGraphExec_t exec = nullptr;
     uint64_t epoch = 0;
@@ -297,6 +301,9 @@ class CudaBackend final : public Backend {
                 *out_rows_ = nullptr;
   const float *cos_ = nullptr, *sin_ = nullptr;
   const cuda::GpuSeq* seqs_ = nullptr;
+  const int32_t* groups_ = nullptr;
+  int64_t n_groups_ = 0;
+  int group_rows_ = 1;
 };
 
 void CudaBackend::begin_step(const StepPlan& plan) {
@@ -329,14 +336,26 @@ void CudaBackend::begin_step(const StepPlan& plan) {
     for (int64_t r = s.q_row; r < s.q_row + s.n_q; ++r) row_seq[r] = static_cast<int32_t>(i);
     if (s.n_ctx > max_ctx_) max_ctx_ = static_cast<int>(s.n_ctx);
   }
-  const bool graph = graphs_enabled_ && n_rows_ <= cuda::kGemvMaxTokens && n_out_ > 0;
-  if (graph) {
+  const bool decode = n_rows_ <= cuda::kGemvMaxTokens;
+  const bool graph = graphs_enabled_ && decode && n_out_ > 0;
+  if (decode) {
     // Attention's split count comes from this bucket, so that one graph
-    // serves a range of context lengths.
+    // serves a range of context lengths (and a step computes the same with
+    // graphs on or off).
     int bucket = 256;
     while (bucket < max_ctx_) bucket *= 2;
     max_ctx_ = bucket;
   }
+  // Attention works on groups of rows of one sequence: 4 for prompts (each
+  // staged KV block serves 4 queries), 1 for decode. At most one group per
+  // row, so the layout depends on the row count alone.
+  group_rows_ = decode ? 1 : 4;
+  std::vector<int32_t> groups(static_cast<size_t>(n_rows_));
+  n_groups_ = 0;
+  for (const StepSeq& s : plan.seqs)
+    for (int64_t r = s.q_row; r < s.q_row + s.n_q; r += group_rows_)
+      groups[n_groups_++] = static_cast<int32_t>(
+          (r << 4) | std::min<int64_t>(group_rows_, s.q_row + s.n_q - r));
   // One packed copy, each array at a 16-byte boundary; the block tables,
   // whose length changes from step to step, go last.
   struct Part {
@@ -352,6 +371,7 @@ void CudaBackend::begin_step(const StepPlan& plan) {
       {plan.cos.data(), plan.cos.size() * 4},
       {plan.sin.data(), plan.sin.size() * 4},
       {seqs.data(), seqs.size() * sizeof(cuda::GpuSeq)},
+      {groups.data(), groups.size() * 4},
       {tables.data(), tables.size() * 4},
   };
   size_t total = 0;
@@ -376,9 +396,10 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   cos_ = reinterpret_cast<const float*>(base + parts[4].offset);
   sin_ = reinterpret_cast<const float*>(base + parts[5].offset);
   seqs_ = reinterpret_cast<const cuda::GpuSeq*>(base + parts[6].offset);
-  tables_ = reinterpret_cast<const int32_t*>(base + parts[7].offset);
+  groups_ = reinterpret_cast<const int32_t*>(base + parts[7].offset);
+  tables_ = reinterpret_cast<const int32_t*>(base + parts[8].offset);
   if (graph) {
-    key_ = {n_rows_, n_out_, max_ctx_};
+    key_ = {n_rows_, n_out_, max_ctx_, n_groups_};
     auto it = graphs_.find(key_);
     if (it != graphs_.end() && it->second.epoch == alloc_epoch_) {
       replaying_ = true;

@@ -181,17 +181,20 @@ TEST_F(CudaBackendTest, QkvPostAndAttentionMatchTheCpu) {
   const AttnCase cases[] = {
       {4, 4, 16, 0, false, false},  {8, 2, 64, 0, true, false},  {6, 3, 96, 0, false, true},
       {4, 1, 128, 0, false, false}, {8, 8, 96, 40, false, false}, {2, 2, 256, 0, true, true},
+      {4, 2, 20, 7, false, false},
   };
   // (n_past, n_new) per sequence: a fresh prompt, a chunk after a cached
   // prefix, decode rows at short and long depth.
   const std::vector<std::pair<int64_t, int64_t>> seq_shapes = {
       {0, 37}, {50, 21}, {17, 1}, {3000, 1}, {1234, 2}};
+  // Pass 2 decodes one more position of the last three: a step of 3 rows
+  // (the decode path: one row per warp, keys split over warps).
   for (const AttnCase& c : cases) {
     const int64_t hd = c.head_dim, qd = c.n_heads * hd, kvd = c.n_kv_heads * hd;
     const int64_t ld = qd + 2 * kvd, rot = hd;  // full rotary
     KvGeometry g{.n_layers = 2, .n_kv_heads = c.n_kv_heads, .head_dim = hd};
     int64_t n_blocks = 0;
-    for (auto [past, n] : seq_shapes) n_blocks += kv_blocks_for(past + n);
+    for (auto [past, n] : seq_shapes) n_blocks += kv_blocks_for(past + n + 1);
     cpu_->allocate_kv(g, n_blocks + 3);
     gpu_->allocate_kv(g, n_blocks + 3);
     // Block ids shuffled over the pool.
@@ -201,19 +204,24 @@ TEST_F(CudaBackendTest, QkvPostAndAttentionMatchTheCpu) {
     std::vector<std::vector<int32_t>> tables;
     size_t next = 0;
     for (auto [past, n] : seq_shapes) {
-      tables.emplace_back(ids.begin() + next, ids.begin() + next + kv_blocks_for(past + n));
+      tables.emplace_back(ids.begin() + next, ids.begin() + next + kv_blocks_for(past + n + 1));
       next += tables.back().size();
     }
-    // Two steps: first every position before n_past (as one prompt each),
-    // then the new rows; attention is compared on the second.
+    // Three steps: first every position before n_past (as one prompt each),
+    // then the new rows, then one decode row for the last three sequences;
+    // attention is compared on the last two.
     std::vector<float> ref_out, got_out, ref_q;
-    for (int pass = 0; pass < 2; ++pass) {
+    for (int pass = 0; pass < 3; ++pass) {
       StepPlan plan;
       plan.rot_dim = rot;
       int64_t r = 0;
       for (size_t si = 0; si < seq_shapes.size(); ++si) {
         const auto [past, n] = seq_shapes[si];
-        const int64_t from = pass == 0 ? 0 : past, to = pass == 0 ? past : past + n;
+        int64_t from = pass == 0 ? 0 : past, to = pass == 0 ? past : past + n;
+        if (pass == 2) {
+          from = past + n;
+          to = si >= 2 ? from + 1 : from;
+        }
         if (to == from) continue;
         plan.seqs.push_back({tables[si], to, r, to - from});
         for (int64_t pos = from; pos < to; ++pos, ++r) {
@@ -252,7 +260,7 @@ TEST_F(CudaBackendTest, QkvPostAndAttentionMatchTheCpu) {
                   .k_norm = c.qk_norm ? be->upload(kn) : nullptr, .eps = 1e-6f};
         be->qkv_post(p, qkv_p, q_p);
         be->attention(1, q_p, c.n_heads, scale, c.window, out_p);
-        if (pass == 1) {
+        if (pass >= 1) {
           if (on_cpu) {
             ref_out = out_host;
             ref_q = q_host;
@@ -260,13 +268,13 @@ TEST_F(CudaBackendTest, QkvPostAndAttentionMatchTheCpu) {
             got_out = from_gpu(out_p, out_host.size());
             // q after bias, norm and rope.
             EXPECT_LT(relative_error(ref_q, from_gpu(q_p, q_host.size())), 1e-5);
+            EXPECT_LT(relative_error(ref_out, got_out), 1e-4)
+                << "pass " << pass << " heads " << c.n_heads << "/" << c.n_kv_heads << " dim "
+                << c.head_dim << " window " << c.window;
           }
         }
       }
     }
-    EXPECT_LT(relative_error(ref_out, got_out), 1e-4)
-        << "heads " << c.n_heads << "/" << c.n_kv_heads << " dim " << c.head_dim << " window "
-        << c.window;
   }
 }
 

@@ -6,6 +6,7 @@
 // accumulates P·V for its own dimensions. Short batches over long contexts
 // (decode) split the keys over several warps and merge their partial
 // results (flash-decoding); prefill has rows enough to fill the card.
+#include <algorithm>
 #include <cfloat>
 
 #include "kernels/cuda/kernels.h"
@@ -120,6 +121,162 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a,
   }
 }
 
+// The staged kernel (head_dim a multiple of 16, at most 128): one warp per
+// (group of up to R query rows of one sequence, head, split). Each KV
+// block's K and V for the warp's head (2 · head_dim · 16 half floats,
+// contiguous) are copied into shared memory with 16-byte loads, the next
+// block's loads in flight while the current one is used; all R rows read
+// each staged block (R = 4 for prompts, 1 for decode). Scores: lane l takes
+// key l % 16 over half of the dimensions; P·V: each lane owns dimensions.
+constexpr int kStageMaxDim = 128;
+
+template <int DPL, int R>
+__global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(AttentionArgs a, int n_splits) {
+  __shared__ uint4 kv_shared[kWarps][2 * kStageMaxDim * 16 * 2 / 16];
+  __shared__ float q_shared[kWarps][R][kStageMaxDim];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t item = blockIdx.x * static_cast<int64_t>(kWarps) + warp;
+  if (item >= a.n_groups * a.n_heads * n_splits) return;
+  const int split = static_cast<int>(item % n_splits);
+  const int head = static_cast<int>((item / n_splits) % a.n_heads);
+  const int32_t packed = a.groups[item / n_splits / a.n_heads];
+  const int64_t row0 = packed >> 4;
+  const int count = packed & 15;
+  const int hd = a.kv.head_dim, nkv = a.kv.n_kv_heads;
+  const int kvh = head / (a.n_heads / nkv);
+  const GpuSeq seq = a.seqs[a.row_seq[row0]];
+  const int qpos0 = seq.n_ctx - seq.n_q + static_cast<int>(row0 - seq.q_row);
+  const int n_keys = qpos0 + count;  // the last row's position + 1
+  const int first = a.window > 0 && qpos0 - a.window + 1 > 0 ? qpos0 - a.window + 1 : 0;
+  const int b_first = first / 16, b_end = (n_keys + 15) / 16;
+  const int per_split = (b_end - b_first + n_splits - 1) / n_splits;
+  const int b0 = b_first + split * per_split;
+  const int b1 = min(b_end, b0 + per_split);
+
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const float* qr = a.q + ((row0 + (i < count ? i : 0)) * a.n_heads + head) * static_cast<int64_t>(hd);
+    for (int d = lane; d < hd; d += 32) q_shared[warp][i][d] = i < count ? qr[d] * a.scale : 0.f;
+  }
+  __syncwarp();
+
+  const int32_t* table = a.tables + seq.table_offset;
+  const int64_t head_stride = static_cast<int64_t>(hd) * 16;
+  // K of one block is hd·16 half floats = 2·hd 16-byte vectors: hd/16 per lane.
+  uint4 reg_k[kStageMaxDim / 16], reg_v[kStageMaxDim / 16];
+  const int per_lane = hd / 16;
+  auto fetch = [&](int b) {
+    const int64_t phys = table[b];
+    const uint4* kp = reinterpret_cast<const uint4*>(a.kv.k + (phys * nkv + kvh) * head_stride);
+    const uint4* vp = reinterpret_cast<const uint4*>(a.kv.v + (phys * nkv + kvh) * head_stride);
+#pragma unroll
+    for (int i = 0; i < kStageMaxDim / 16; ++i) {
+      if (i < per_lane) {
+        reg_k[i] = __ldg(kp + lane + 32 * i);
+        reg_v[i] = __ldg(vp + lane + 32 * i);
+      }
+    }
+  };
+  uint4* ks = kv_shared[warp];
+  uint4* vs = kv_shared[warp] + 2 * hd;  // K takes hd·16 halves = 2·hd vectors
+  const __half* kh = reinterpret_cast<const __half*>(ks);
+  const __half* vh = reinterpret_cast<const __half*>(vs);
+
+  float m[R], l[R], acc[R][DPL];
+  bool any[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    m[i] = -FLT_MAX;
+    l[i] = 0.f;
+    any[i] = false;
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) acc[i][k] = 0.f;
+  }
+  const int j = lane % 16, half_lane = lane / 16;
+  const int d_begin = half_lane * (hd / 2), d_end = d_begin + hd / 2;
+  if (b0 < b1) fetch(b0);
+  for (int b = b0; b < b1; ++b) {
+#pragma unroll
+    for (int i = 0; i < kStageMaxDim / 16; ++i) {
+      if (i < per_lane) {
+        ks[lane + 32 * i] = reg_k[i];
+        vs[lane + 32 * i] = reg_v[i];
+      }
+    }
+    __syncwarp();
+    if (b + 1 < b1) fetch(b + 1);
+    const int key = b * 16 + j;
+    float p[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      float part = 0.f;
+      for (int d = d_begin; d < d_end; ++d) part += q_shared[warp][i][d] * __half2float(kh[d * 16 + j]);
+      const float sc = part + __shfl_xor_sync(0xffffffffu, part, 16);
+      const int qpos = qpos0 + i;
+      const int first_i = a.window > 0 && qpos - a.window + 1 > 0 ? qpos - a.window + 1 : 0;
+      const bool valid = i < count && key <= qpos && key >= first_i;
+      p[i] = 0.f;
+      if (__any_sync(0xffffffffu, valid)) {
+        const float m_new = fmaxf(m[i], warp_max(valid ? sc : -FLT_MAX));
+        p[i] = valid ? __expf(sc - m_new) : 0.f;
+        const float corr = any[i] ? __expf(m[i] - m_new) : 0.f;
+        l[i] = l[i] * corr + warp_sum(lane < 16 ? p[i] : 0.f);
+#pragma unroll
+        for (int k = 0; k < DPL; ++k) acc[i][k] *= corr;
+        m[i] = m_new;
+        any[i] = true;
+      }
+    }
+#pragma unroll 4
+    for (int jj = 0; jj < 16; ++jj) {
+      float pj[R];
+      bool nonzero = false;
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        pj[i] = __shfl_sync(0xffffffffu, p[i], jj);
+        nonzero |= pj[i] != 0.f;
+      }
+      if (!nonzero) continue;
+#pragma unroll
+      for (int k = 0; k < DPL; ++k) {
+        const int d = lane + 32 * k;
+        if (d < hd) {
+          const float v = __half2float(vh[jj * hd + d]);
+#pragma unroll
+          for (int i = 0; i < R; ++i) acc[i][k] += pj[i] * v;
+        }
+      }
+    }
+    __syncwarp();
+  }
+
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    if (i >= count) break;
+    const int64_t rh = (row0 + i) * a.n_heads + head;
+    if (n_splits == 1) {
+      float* o = a.out + rh * hd;
+      const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+#pragma unroll
+      for (int k = 0; k < DPL; ++k) {
+        const int d = lane + 32 * k;
+        if (d < hd) o[d] = acc[i][k] * inv;
+      }
+    } else {
+      float* part = a.partial + (rh * n_splits + split) * static_cast<int64_t>(hd + 2);
+#pragma unroll
+      for (int k = 0; k < DPL; ++k) {
+        const int d = lane + 32 * k;
+        if (d < hd) part[d] = acc[i][k];
+      }
+      if (lane == 0) {
+        part[hd] = any[i] ? m[i] : -FLT_MAX;
+        part[hd + 1] = l[i];
+      }
+    }
+  }
+}
+
 // out[row][head] = Σ_s acc_s e^(m_s - M) / Σ_s l_s e^(m_s - M).
 __global__ void combine_kernel(AttentionArgs a, int n_splits) {
   const int64_t rh = blockIdx.x;  // row * n_heads + head
@@ -144,8 +301,11 @@ __global__ void combine_kernel(AttentionArgs a, int n_splits) {
 
 }  // namespace
 
-int64_t attention_scratch_floats(int64_t n_rows, int n_heads, int head_dim, int max_ctx) {
-  const int s = splits_for(n_rows, n_heads, max_ctx);
+int64_t attention_scratch_floats(int64_t n_rows, int64_t n_groups, int n_heads, int head_dim,
+                                 int max_ctx) {
+  // Partial results are per (row, head, split); the split count comes from
+  // the work items (groups, or rows for the plain kernel): the larger bound.
+  const int s = std::max(splits_for(n_rows, n_heads, max_ctx), splits_for(n_groups, n_heads, max_ctx));
   return s == 1 ? 0 : n_rows * n_heads * s * static_cast<int64_t>(head_dim + 2);
 }
 
@@ -159,16 +319,31 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
     throw Error(ErrorKind::unsupported, "CUDA attention: " + std::to_string(a.n_heads) +
                                             " heads over " + std::to_string(a.kv.n_kv_heads) +
                                             " KV heads");
-  const int n_splits = splits_for(a.n_rows, a.n_heads, a.max_ctx);
-  const int64_t items = a.n_rows * a.n_heads * n_splits;
-  const unsigned grid = blocks_for(items, kWarps);
+  const bool staged = hd % 16 == 0 && hd <= kStageMaxDim && a.groups != nullptr;
+  const int64_t n_items = staged ? a.n_groups : a.n_rows;
+  const int n_splits = splits_for(n_items, a.n_heads, a.max_ctx);
+  const unsigned grid = blocks_for(n_items * a.n_heads * n_splits, kWarps);
   const int dpl = (hd + 31) / 32;
-  switch (dpl) {
-    case 1: attention_kernel<1><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
-    case 2: attention_kernel<2><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
-    case 3: attention_kernel<3><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
-    case 4: attention_kernel<4><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
-    default: attention_kernel<8><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+  if (staged) {
+    const int r = a.group_rows;
+#define PENSIEVE_STAGED(D)                                                                       \
+  if (r == 1) attention_staged_kernel<D, 1><<<grid, kWarps * 32, 0, stream>>>(a, n_splits);      \
+  else attention_staged_kernel<D, 4><<<grid, kWarps * 32, 0, stream>>>(a, n_splits);
+    switch (dpl) {
+      case 1: PENSIEVE_STAGED(1) break;
+      case 2: PENSIEVE_STAGED(2) break;
+      case 3: PENSIEVE_STAGED(3) break;
+      default: PENSIEVE_STAGED(4) break;
+    }
+#undef PENSIEVE_STAGED
+  } else {
+    switch (dpl) {
+      case 1: attention_kernel<1><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+      case 2: attention_kernel<2><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+      case 3: attention_kernel<3><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+      case 4: attention_kernel<4><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+      default: attention_kernel<8><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+    }
   }
   PENSIEVE_CUDA_LAUNCHED("attention");
   if (n_splits > 1) {

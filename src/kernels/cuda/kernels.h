@@ -55,6 +55,11 @@ struct AttentionArgs {
   const int32_t* row_seq = nullptr;  // [T]
   const int32_t* tables = nullptr;
   int64_t n_rows = 0;
+  // Groups of up to group_rows consecutive rows of one sequence, each
+  // (first_row << 4) | count; the staged kernel takes a group per warp.
+  const int32_t* groups = nullptr;
+  int64_t n_groups = 0;
+  int group_rows = 1;
   int n_heads = 0;
   float scale = 1;
   int window = 0;
@@ -62,7 +67,8 @@ struct AttentionArgs {
   float* partial = nullptr;  // split-K scratch (attention_scratch_floats)
 };
 // Floats of split scratch attention() needs for this many rows and heads.
-int64_t attention_scratch_floats(int64_t n_rows, int n_heads, int head_dim, int max_ctx);
+int64_t attention_scratch_floats(int64_t n_rows, int64_t n_groups, int n_heads, int head_dim,
+                                 int max_ctx);
 void attention(const AttentionArgs& a, cudaStream_t stream);
 
 // --- matmul.cu
