@@ -74,7 +74,7 @@ void submit(Engine& engine, Waiter& waiter, Stream& s, std::vector<int32_t> prom
     if (e.kind == EngineEvent::Kind::token) {
       if (s.n_tokens++ == 0) s.first_token = Clock::now();
     } else if (e.kind == EngineEvent::Kind::done || e.kind == EngineEvent::Kind::error) {
-      s.finish = e.finish;
+      s.finish = std::string(finish_reason_name(e.finish));
       s.error = e.error;
       s.done_at = Clock::now();
       s.done = true;

@@ -86,12 +86,12 @@ RegisterCommand reg("generate", [](CLI::App& app) {
     // The same stop ids as `pensieve serve` wherever the directory has a
     // tokenizer (so Phi-3 stops at <|end|>, Qwen at <|im_end|>); config.json's
     // eos ids alone where it has only weights.
-    std::vector<int64_t> stop_ids = model->config().eos_token_ids;
+    const std::vector<int64_t>& eos = model->config().eos_token_ids;
+    std::vector<int32_t> stop_ids(eos.begin(), eos.end());
     if (!tokenizer && has_tokenizer(o->model)) tokenizer = Tokenizer::load(o->model);
     if (tokenizer) {
       const chat::ChatConfig chat = chat::load_chat_config(o->model);
-      const std::vector<int32_t> ids32 = chat::collect_stop_ids(stop_ids, *tokenizer, chat);
-      stop_ids.assign(ids32.begin(), ids32.end());
+      stop_ids = chat::collect_stop_ids(eos, *tokenizer, chat);
     }
     const int64_t ctx = o->ctx_size > 0 ? o->ctx_size : static_cast<int64_t>(ids.size()) + o->max_tokens;
     Session session(*model, ctx);
@@ -100,7 +100,7 @@ RegisterCommand reg("generate", [](CLI::App& app) {
     const GenerateResult r = generate(session, prompt, o->max_tokens, stop_ids, sp);
     std::string out = "{\"tokens\": [";
     for (size_t i = 0; i < r.tokens.size(); ++i) out += fmt::format("{}{}", i ? ", " : "", r.tokens[i]);
-    out += fmt::format("], \"stop_reason\": \"{}\"", r.stopped_on_eos ? "eos" : "max_tokens");
+    out += fmt::format("], \"stop_reason\": \"{}\"", finish_reason_name(r.finish));
     if (!o->prompt.empty()) {
       const nlohmann::json text = tokenizer->decode(r.tokens, true);
       out += ", \"text\": " + text.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/prefix_cache.h"
+#include "engine/stop_rule.h"
 #include "core/kv_geometry.h"
 
 namespace pensieve {
@@ -256,7 +257,7 @@ void Engine::start_sequence(Sequence& s) {
   emit(s, e);
 }
 
-void Engine::finish(Sequence& s, const std::string& reason) {
+void Engine::finish(Sequence& s, FinishReason reason) {
   release(s);
   s.done = true;
   publish_stats();  // whoever hears "done" sees the blocks back
@@ -325,7 +326,7 @@ void Engine::loop() {
       }
       n_running_ = static_cast<int64_t>(running_.size());  // with waiting_, under the lock
     }
-    for (auto& s : cancelled_waiting) finish(*s, "cancelled");
+    for (auto& s : cancelled_waiting) finish(*s, FinishReason::cancelled);
     try {
       step(running_);
     } catch (const std::exception& ex) {
@@ -343,14 +344,14 @@ void Engine::loop() {
     publish_stats();
   }
   // Shutting down: everything still known ends as cancelled.
-  for (auto& s : running_) finish(*s, "cancelled");
-  for (auto& s : waiting_) finish(*s, "cancelled");
+  for (auto& s : running_) finish(*s, FinishReason::cancelled);
+  for (auto& s : waiting_) finish(*s, FinishReason::cancelled);
 }
 
 void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
   // Cancelled requests leave before any work is spent on them.
   for (auto& s : running) {
-    if (!s->done && s->handle->cancelled()) finish(*s, "cancelled");
+    if (!s->done && s->handle->cancelled()) finish(*s, FinishReason::cancelled);
   }
   for (auto& s : running) {
     s->preempted = false;
@@ -426,7 +427,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
       const bool alone = std::all_of(by_age.begin(), by_age.end(), [&](const Sequence* o) {
         return o == s || o->kv.blocks.empty();
       });
-      if (alone) finish(*s, "max_tokens");  // the pool cannot hold it any longer
+      if (alone) finish(*s, FinishReason::max_tokens);  // the pool cannot hold it any longer
     }
   }
   plan.erase(std::remove_if(plan.begin(), plan.end(), [](const Planned& p) { return p.n == 0; }),
@@ -477,9 +478,9 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
       tok = s.sampler->sample(row, vocab);
     }
     if (constraint != nullptr) constraint->accept(tok);
-    const auto& stops = s.request.stop_ids;
-    if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
-      finish(s, "eos");
+    const StopRule rule{s.request.stop_ids, s.request.max_tokens, options_.ctx_size};
+    if (rule.is_stop(tok)) {
+      finish(s, FinishReason::eos);
       continue;
     }
     s.tokens.push_back(tok);
@@ -489,10 +490,9 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     e.token = tok;
     emit(s, e);
     if (constraint != nullptr && constraint->complete()) {
-      finish(s, "eos");
-    } else if (s.n_generated >= s.request.max_tokens ||
-        static_cast<int64_t>(s.tokens.size()) >= options_.ctx_size) {
-      finish(s, "max_tokens");
+      finish(s, FinishReason::eos);
+    } else if (auto end = rule.after_token(s.n_generated, static_cast<int64_t>(s.tokens.size()))) {
+      finish(s, *end);
     }
   }
 }

@@ -34,6 +34,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/finish_reason.h"
 #include "core/memory_info.h"
 #include "engine/constraint.h"
 #include "engine/kv_block_pool.h"
@@ -64,7 +65,7 @@ struct EngineEvent {
   int64_t n_cache_created = 0;   // prompt tokens this request writes into the cache (full blocks
                                  // past the cached prefix; known from the first event on)
   int32_t token = -1;
-  std::string finish;  // done: "eos" | "max_tokens" | "cancelled"
+  FinishReason finish = FinishReason::eos;  // done: why
   std::string error;
 };
 
@@ -156,7 +157,7 @@ class Engine {
   struct Sequence;
   void loop();
   void step(std::vector<std::unique_ptr<Sequence>>& running);
-  void finish(Sequence& s, const std::string& reason);
+  void finish(Sequence& s, FinishReason reason);
   void finish_with_error(Sequence& s, const std::string& error);
   void emit(Sequence& s, EngineEvent e);
   void start_sequence(Sequence& s);

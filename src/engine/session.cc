@@ -48,21 +48,27 @@ std::vector<float> Session::append(std::span<const int32_t> tokens, bool all_log
 }
 
 GenerateResult generate(Session& session, std::span<const int32_t> prompt, int64_t max_new,
-                        const std::vector<int64_t>& eos_ids, const SamplingParams& sampling) {
+                        const std::vector<int32_t>& stop_ids, const SamplingParams& sampling) {
   GenerateResult result;
   if (prompt.empty()) fail("generate needs at least one prompt token");
   if (max_new <= 0) return result;
+  const StopRule rule{stop_ids, max_new, session.max_positions()};
   Sampler sampler(sampling);
   std::vector<float> logits = session.append(prompt, false);
   const int64_t n_vocab = static_cast<int64_t>(logits.size());
-  for (int64_t i = 0; i < max_new; ++i) {
+  for (;;) {
     const int32_t tok = sampler.sample(logits.data(), n_vocab);
     result.tokens.push_back(tok);
-    if (std::find(eos_ids.begin(), eos_ids.end(), tok) != eos_ids.end()) {
-      result.stopped_on_eos = true;
+    if (rule.is_stop(tok)) {
+      result.finish = FinishReason::eos;
       break;
     }
-    if (i + 1 == max_new || session.n_tokens() >= session.max_positions()) break;
+    // The sequence holds the token once appended; the limit counts it.
+    const auto n_generated = static_cast<int64_t>(result.tokens.size());
+    if (auto end = rule.after_token(n_generated, session.n_tokens() + 1)) {
+      result.finish = *end;
+      break;
+    }
     const int32_t one[1] = {tok};
     logits = session.append(one, false);
   }

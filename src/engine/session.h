@@ -10,6 +10,7 @@
 
 #include "engine/kv_block_pool.h"
 #include "engine/sampler.h"
+#include "engine/stop_rule.h"
 #include "models/model.h"
 
 namespace pensieve {
@@ -35,12 +36,13 @@ class Session {
 };
 
 struct GenerateResult {
-  std::vector<int32_t> tokens;
-  bool stopped_on_eos = false;
+  std::vector<int32_t> tokens;  // generated; a stop token, if one ended it, comes last
+  FinishReason finish = FinishReason::max_tokens;
 };
 
-// Generates up to max_new tokens after prompt, stopping after an id in eos_ids.
+// Generates up to max_new tokens after prompt under the engine's StopRule
+// (engine/stop_rule.h): a token in stop_ids ends it (eos).
 GenerateResult generate(Session& session, std::span<const int32_t> prompt, int64_t max_new,
-                        const std::vector<int64_t>& eos_ids, const SamplingParams& sampling);
+                        const std::vector<int32_t>& stop_ids, const SamplingParams& sampling);
 
 }  // namespace pensieve

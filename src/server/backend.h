@@ -32,7 +32,7 @@
 //   reported as token events. Returns nullptr when the queue is full (-> 529).
 // - Generation::cancel() is thread-safe, idempotent, may be called after the
 //   generation ended, and makes the engine stop as soon as it can (a done
-//   event with finish "cancelled" may or may not follow; the server does not
+//   event with finish cancelled may or may not follow; the server does not
 //   wait for it).
 #pragma once
 
@@ -44,6 +44,8 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "core/finish_reason.h"
 
 namespace pensieve::server {
 
@@ -85,7 +87,7 @@ struct GenerationEvent {
   int64_t n_cache_created = 0;  // prompt tokens this generation writes into the prefix cache
   int32_t token = -1;         // token: its id
   std::string text;           // token: newly completed UTF-8 text (may be empty mid-character)
-  std::string finish;         // done: "eos" | "max_tokens" | "cancelled"
+  FinishReason finish = FinishReason::eos;  // done: why
   std::string error;          // error: what failed
 };
 

@@ -134,13 +134,13 @@ struct Session {
         }
         break;
       case GenerationEvent::Kind::done:
-        if (e.finish == "cancelled") {
+        if (e.finish == FinishReason::cancelled) {
           fail(ApiError(529, "overloaded_error", "the generation was cancelled by the engine"));
           break;
         }
         parser.finish(pieces);
         add_pieces(pieces, out);
-        end(e.finish == "max_tokens" ? "max_tokens"
+        end(e.finish == FinishReason::max_tokens ? "max_tokens"
             : builder.has_tool_use() ? "tool_use"
                                      : "end_turn",
             std::nullopt, out);

@@ -48,7 +48,7 @@ EngineRequest request_for(const std::vector<int32_t>& prompt, int64_t max_tokens
     switch (e.kind) {
       case EngineEvent::Kind::token: c->tokens.push_back(e.token); break;
       case EngineEvent::Kind::progress: ++c->progress_events; break;
-      case EngineEvent::Kind::done: c->finish = e.finish; c->done.set_value(); break;
+      case EngineEvent::Kind::done: c->finish = finish_reason_name(e.finish); c->done.set_value(); break;
       case EngineEvent::Kind::error: c->error = e.error; c->done.set_value(); break;
     }
   };

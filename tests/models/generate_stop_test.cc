@@ -23,7 +23,6 @@ using nlohmann::json;
 const std::string kStories = std::string(PENSIEVE_TEST_DATA) + "/../../models/stories260K";
 constexpr size_t kStoryLength = 346;  // greedy tokens from BOS up to and including the stop
 
-std::vector<int64_t> widen(const std::vector<int32_t>& ids) { return {ids.begin(), ids.end()}; }
 
 TEST(GenerateStop, GreedyStoriesStopsAtItsEndOfStory) {
   auto model = load_model(kStories, {.n_threads = 2});
@@ -35,8 +34,8 @@ TEST(GenerateStop, GreedyStoriesStopsAtItsEndOfStory) {
   const std::vector<int32_t> bos = {1};
 
   Session session(*model, 512);
-  const GenerateResult r = generate(session, bos, 500, widen(stop_ids), greedy);
-  EXPECT_TRUE(r.stopped_on_eos);
+  const GenerateResult r = generate(session, bos, 500, stop_ids, greedy);
+  EXPECT_EQ(r.finish, FinishReason::eos);
   ASSERT_EQ(r.tokens.size(), kStoryLength);
   EXPECT_EQ(r.tokens.back(), 1);
   const json ref = test::read_json(kStories + "/greedy-reference.json");
@@ -47,7 +46,7 @@ TEST(GenerateStop, GreedyStoriesStopsAtItsEndOfStory) {
   // With only config.json's eos id (2) the same greedy run goes on past the story.
   Session again(*model, 512);
   const GenerateResult on = generate(again, bos, 400, {2}, greedy);
-  EXPECT_FALSE(on.stopped_on_eos);
+  EXPECT_EQ(on.finish, FinishReason::max_tokens);
   ASSERT_EQ(on.tokens.size(), 400u);
   EXPECT_TRUE(std::equal(r.tokens.begin(), r.tokens.end(), on.tokens.begin()));
 }

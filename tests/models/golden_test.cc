@@ -111,7 +111,9 @@ TEST(GoldenStories, GeneratesTheReference200TokensFromBos) {
   SamplingParams greedy;
   greedy.temperature = 0;
   const auto result = generate(session, ids_of(ref["prompt_ids"]), 200,
-                               model->config().eos_token_ids, greedy);
+                               std::vector<int32_t>(model->config().eos_token_ids.begin(),
+                                                    model->config().eos_token_ids.end()),
+                               greedy);
   EXPECT_EQ(result.tokens, ids_of(ref["greedy_ids"]));
 }
 
@@ -208,6 +210,11 @@ TEST(GoldenStories, GenerateTakesATextPrompt) {
   EXPECT_NE(both.exit_code, 0);
 }
 
+// Two of our own paths (gemv and gemm) agree within this on the CPU; the
+// CUDA gemm's f16 operands widen it to 1e-3 (still far below the O(1) of a
+// wrong K/V entry or block).
+double path_tolerance(double cpu) { return test::device() == "cuda" ? 1e-3 : cpu; }
+
 // Decoding token by token through the KV cache gives the full forward's logits.
 TEST(Incremental, DecodeMatchesFullForward) {
   for (const char* name : {"qwen3-tiny-mlx-4bit", "phi3-tiny", "llama3-tiny-mlx-4bit"}) {
@@ -232,7 +239,10 @@ TEST(Incremental, DecodeMatchesFullForward) {
       // forward the gemm ones: the same integers, summed in another order.
       // These random tiny models amplify such rounding a few hundred times
       // (see model_formats_test.cc); a wrong KV entry moves logits by O(1).
-      EXPECT_LT(relative_max_diff(ref, got.data() + t * vocab), 2e-4) << name << " token " << t;
+      // On the GPU the gemm rounds its operands to f16 and the gemv does
+      // not: 2-4e-4 measured on the H100.
+      EXPECT_LT(relative_max_diff(ref, got.data() + t * vocab), path_tolerance(2e-4))
+          << name << " token " << t;
     }
   }
 }
@@ -275,7 +285,7 @@ TEST(Batched, BatchEqualsOneByOne) {
   ASSERT_EQ(together.size(), prompts.size() * vocab);
   for (size_t s = 0; s < prompts.size(); ++s) {
     std::vector<double> ref(alone[s].begin(), alone[s].end());
-    EXPECT_LT(relative_max_diff(ref, together.data() + s * vocab), 1e-4) << "sequence " << s;
+    EXPECT_LT(relative_max_diff(ref, together.data() + s * vocab), path_tolerance(1e-4)) << "sequence " << s;
   }
 }
 

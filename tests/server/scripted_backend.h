@@ -16,7 +16,7 @@ namespace pensieve::server::test {
 
 struct Script {
   std::vector<std::string> pieces;       // one token event each
-  std::string finish = "eos";            // done event's finish
+  FinishReason finish = FinishReason::eos;  // done event's finish
   std::string error;                     // non-empty: an error event instead of done
   int64_t n_cached = 0;                  // reported in the first progress event
   int64_t n_cache_created = 0;           // reported with every token event (as if learnt late)
@@ -109,7 +109,7 @@ class ScriptedBackend : public Backend {
 
   static void play(ScriptedGeneration& gen, const Script& script, const EventCallback& emit) {
     using Kind = GenerationEvent::Kind;
-    auto done = [&](const std::string& finish) {
+    auto done = [&](FinishReason finish) {
       GenerationEvent e;
       e.kind = Kind::done;
       e.finish = finish;
@@ -121,7 +121,7 @@ class ScriptedBackend : public Backend {
     first.n_prompt_done = script.n_cached;
     emit(first);
     for (int i = 0; i < script.n_progress; ++i) {
-      if (!sleep_unless_cancelled(gen, script.progress_delay)) return done("cancelled");
+      if (!sleep_unless_cancelled(gen, script.progress_delay)) return done(FinishReason::cancelled);
       GenerationEvent e;
       e.kind = Kind::progress;
       e.n_prompt_done = i + 1;
@@ -129,7 +129,7 @@ class ScriptedBackend : public Backend {
     }
     int32_t id = 0;
     for (const std::string& piece : script.pieces) {
-      if (!sleep_unless_cancelled(gen, script.token_delay)) return done("cancelled");
+      if (!sleep_unless_cancelled(gen, script.token_delay)) return done(FinishReason::cancelled);
       GenerationEvent e;
       e.kind = Kind::token;
       e.token = id++;
@@ -145,7 +145,7 @@ class ScriptedBackend : public Backend {
       e.text = "la ";
       emit(e);
     }
-    if (gen.cancelled) return done("cancelled");
+    if (gen.cancelled) return done(FinishReason::cancelled);
     if (!script.error.empty()) {
       GenerationEvent e;
       e.kind = Kind::error;

@@ -63,7 +63,7 @@ TEST_F(ServerTest, MessageStartAndMessageDeltaAgreeOnTheInputUsage) {
 }
 
 TEST_F(ServerTest, NonStreamingAnswerEqualsTheStream) {
-  backend.set_script({.pieces = {"One ", "two", " three"}, .finish = "max_tokens", .n_cached = 2});
+  backend.set_script({.pieces = {"One ", "two", " three"}, .finish = FinishReason::max_tokens, .n_cached = 2});
   start();
   auto res = post("/v1/messages", hello());
   ASSERT_TRUE(res);

@@ -51,7 +51,7 @@ EngineRequest request_for(std::vector<int32_t> prompt, int64_t max_tokens, Colle
     switch (e.kind) {
       case EngineEvent::Kind::token: c->tokens.push_back(e.token); ++c->n_tokens; break;
       case EngineEvent::Kind::progress: break;
-      case EngineEvent::Kind::done: c->finish = e.finish; c->done.set_value(); break;
+      case EngineEvent::Kind::done: c->finish = finish_reason_name(e.finish); c->done.set_value(); break;
       case EngineEvent::Kind::error: c->error = e.error; c->done.set_value(); break;
     }
   };
@@ -678,7 +678,7 @@ TEST(EngineScheduler, OldLongPromptFinishesDespiteAStreamOfShortRequests) {
     auto r = request_for(prompt_of(200 + i, 40), 4 + (i * 5) % 9, shorts.back().get());
     r.on_event = [&, inner = r.on_event](const EngineEvent& e) {
       inner(e);
-      if (e.kind == EngineEvent::Kind::done && e.finish != "cancelled" && !long_done) submit_short();
+      if (e.kind == EngineEvent::Kind::done && e.finish != FinishReason::cancelled && !long_done) submit_short();
     };
     ASSERT_NE(engine.submit(std::move(r)), nullptr);
   };

@@ -56,52 +56,92 @@ __device__ __forceinline__ void decode16(const uint4 raw, float* v) {
   }
 }
 
+// x is staged in shared memory 1024 columns at a time, each run of 32
+// floats padded by 16 bytes: a lane reads the 32 (or fewer) columns its
+// 16-byte weight load covers, and with the padding the 8 lanes of each
+// quarter-warp phase hit distinct banks. (Read straight from global memory,
+// each lane's 128-byte run was its own L1 wavefront: 32 per load, which
+// held the kernel to a tenth of the bandwidth.)
+constexpr int kGemvChunk = 1024;
+constexpr int kGemvRows = 2;  // rows per warp, their loads in flight together
+
+__device__ __forceinline__ int padded(int c) { return c + (c / 32) * 4; }
+
 template <int T, int FMT>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, float* y, int64_t ldy) {
   constexpr int V = values_per_load<FMT>();
   constexpr bool kQuant = FMT == kAffine4 || FMT == kAffine8;
-  const int lane = threadIdx.x % 32;
-  const int64_t r = blockIdx.x * static_cast<int64_t>(kGemvWarps) + threadIdx.x / 32;
-  if (r >= w.rows) return;
-  const uint4* row = reinterpret_cast<const uint4*>(w.data + r * w.row_bytes());
-  const int64_t n_loads = w.cols / V;
+  constexpr int kPasses = kGemvChunk / (32 * V);  // warp-wide loads per row per chunk
+  __shared__ __align__(16) float xs[T][kGemvChunk + kGemvChunk / 8];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t r0 = (blockIdx.x * static_cast<int64_t>(kGemvWarps) + warp) * kGemvRows;
   const int64_t n_groups = kQuant ? w.cols / w.group_size : 0;
-  float acc[T];
+  const int64_t row_bytes = w.row_bytes();
+  float acc[kGemvRows][T];
 #pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = 0.f;
-#pragma unroll 2
-  for (int64_t i = lane; i < n_loads; i += 32) {
-    const uint4 raw = __ldg(row + i);
-    float v[V];
-    decode16<FMT>(raw, v);
-    const int64_t c0 = i * V;
-    if constexpr (kQuant) {
-      const int64_t g = r * n_groups + c0 / w.group_size;
-      const float s = load_scale(w.scales, w.scale_type, g);
-      const float b = load_scale(w.biases, w.scale_type, g);
+  for (int i = 0; i < kGemvRows; ++i)
 #pragma unroll
-      for (int k = 0; k < V; ++k) v[k] = fmaf(s, v[k], b);
+    for (int t = 0; t < T; ++t) acc[i][t] = 0.f;
+
+  for (int64_t k0 = 0; k0 < w.cols; k0 += kGemvChunk) {
+    const int width = static_cast<int>(w.cols - k0 < kGemvChunk ? w.cols - k0 : kGemvChunk);
+    __syncthreads();  // the last chunk has been read
+    for (int e = threadIdx.x; e < T * (kGemvChunk / 4); e += kGemvWarps * 32) {
+      const int t = e / (kGemvChunk / 4), c = (e % (kGemvChunk / 4)) * 4;
+      const float4 v = c < width ? __ldg(reinterpret_cast<const float4*>(x + t * ldx + k0 + c))
+                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+      *reinterpret_cast<float4*>(&xs[t][padded(c)]) = v;
     }
+    __syncthreads();
 #pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const float4* xv = reinterpret_cast<const float4*>(x + t * ldx + c0);
-      float sum = 0.f;
+    for (int pass = 0; pass < kPasses; ++pass) {
+      const int c = (pass * 32 + lane) * V;  // this lane's first column in the chunk
+      if (c >= width) continue;
+      uint4 raw[kGemvRows];
 #pragma unroll
-      for (int k = 0; k < V / 4; ++k) {
-        const float4 xx = __ldg(xv + k);
-        sum = fmaf(v[4 * k], xx.x, sum);
-        sum = fmaf(v[4 * k + 1], xx.y, sum);
-        sum = fmaf(v[4 * k + 2], xx.z, sum);
-        sum = fmaf(v[4 * k + 3], xx.w, sum);
+      for (int i = 0; i < kGemvRows; ++i) {
+        const int64_t r = r0 + i;
+        raw[i] = r < w.rows ? __ldg(reinterpret_cast<const uint4*>(w.data + r * row_bytes) + (k0 + c) / V)
+                            : make_uint4(0, 0, 0, 0);
       }
-      acc[t] += sum;
+#pragma unroll
+      for (int i = 0; i < kGemvRows; ++i) {
+        const int64_t r = r0 + i;
+        if (r >= w.rows) continue;
+        float v[V];
+        decode16<FMT>(raw[i], v);
+        if constexpr (kQuant) {
+          const int64_t g = r * n_groups + (k0 + c) / w.group_size;
+          const float s = load_scale(w.scales, w.scale_type, g);
+          const float b = load_scale(w.biases, w.scale_type, g);
+#pragma unroll
+          for (int k = 0; k < V; ++k) v[k] = fmaf(s, v[k], b);
+        }
+#pragma unroll
+        for (int t = 0; t < T; ++t) {
+          const float4* xv = reinterpret_cast<const float4*>(&xs[t][padded(c)]);
+          float sum = 0.f;
+#pragma unroll
+          for (int k = 0; k < V / 4; ++k) {
+            const float4 xx = xv[k];
+            sum = fmaf(v[4 * k], xx.x, sum);
+            sum = fmaf(v[4 * k + 1], xx.y, sum);
+            sum = fmaf(v[4 * k + 2], xx.z, sum);
+            sum = fmaf(v[4 * k + 3], xx.w, sum);
+          }
+          acc[i][t] += sum;
+        }
+      }
     }
   }
 #pragma unroll
-  for (int t = 0; t < T; ++t) {
-    const float s = warp_sum(acc[t]);
-    if (lane == 0) y[t * ldy + r] = s;
+  for (int i = 0; i < kGemvRows; ++i) {
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      const float s = warp_sum(acc[i][t]);
+      if (lane == 0 && r0 + i < w.rows) y[t * ldy + r0 + i] = s;
+    }
   }
 }
 
@@ -122,7 +162,7 @@ __global__ void gemv_any_kernel(GpuWeight w, const float* x, int64_t ldx, int64_
 template <int FMT>
 void launch_gemv(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
                  int64_t ldy, cudaStream_t stream) {
-  const unsigned grid = blocks_for(w.rows, kGemvWarps);
+  const unsigned grid = blocks_for(w.rows, kGemvWarps * kGemvRows);
   const unsigned threads = kGemvWarps * 32;
   switch (n_tokens) {
 #define PENSIEVE_GEMV_CASE(T) \

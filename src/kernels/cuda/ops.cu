@@ -9,6 +9,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// A block per row: decode's few rows get wide blocks (each thread's share
+// of a row is a chain of dependent loads), prompts' many rows narrow ones.
+unsigned threads_for(int64_t n_rows) { return n_rows <= 8 ? 1024 : kThreads; }
+
 // Sum over the block (blockDim.x a multiple of 32, at most 1024).
 __device__ float block_sum(float v) {
   __shared__ float partial[32];
@@ -132,15 +136,16 @@ void embed(const GpuWeight& table, const int32_t* tokens, int64_t n_rows, float*
 void rms_norm(const float* x, const int32_t* rows, const float* w, int64_t n_rows, int64_t dim,
               float eps, float* out, cudaStream_t stream) {
   if (n_rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(n_rows), kThreads, 0, stream>>>(x, rows, w, dim, eps, out);
+  rms_norm_kernel<<<static_cast<unsigned>(n_rows), threads_for(n_rows), 0, stream>>>(x, rows, w, dim,
+                                                                                     eps, out);
   PENSIEVE_CUDA_LAUNCHED("rms_norm");
 }
 
 void add_rms_norm(float* x, const float* delta, const float* bias, const float* w, int64_t n_rows,
                   int64_t dim, float eps, float* h, cudaStream_t stream) {
   if (n_rows == 0) return;
-  add_rms_norm_kernel<<<static_cast<unsigned>(n_rows), kThreads, 0, stream>>>(x, delta, bias, w,
-                                                                              dim, eps, h);
+  add_rms_norm_kernel<<<static_cast<unsigned>(n_rows), threads_for(n_rows), 0, stream>>>(
+      x, delta, bias, w, dim, eps, h);
   PENSIEVE_CUDA_LAUNCHED("add_rms_norm");
 }
 
