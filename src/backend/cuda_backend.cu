@@ -420,7 +420,10 @@ std::string cuda_probe() {
   const cudaError_t err = cudaGetDeviceCount(&n);
   if (err != cudaSuccess) {
     cudaGetLastError();
-    return std::string("no usable NVIDIA driver (") + cudaGetErrorString(err) + ")";
+    // No libcuda at all reads as an "insufficient" driver to the runtime.
+    if (err == cudaErrorInsufficientDriver)
+      return "no NVIDIA driver found, or one older than this build's CUDA runtime needs";
+    return std::string("no usable NVIDIA GPU (") + cudaGetErrorString(err) + ")";
   }
   if (n == 0) return "no CUDA device";
   cudaDeviceProp prop{};
