@@ -58,7 +58,6 @@ struct StepSeq {
 // What one forward step computes, described on the host.
 struct StepPlan {
   std::vector<int32_t> tokens;     // [T] token ids
-  std::vector<int32_t> positions;  // [T]
   std::vector<int32_t> slots;      // [T] KV slot of each row: block * kKvBlockTokens + offset
   std::vector<float> cos, sin;     // [T][rot_dim/2] rotary tables per row
   int64_t rot_dim = 0;
@@ -88,7 +87,8 @@ class Backend {
   virtual int n_threads() const { return 1; }
   // Memory the KV pool may come from: the host's for the CPU, the card's for CUDA.
   virtual MemoryInfo memory() const = 0;
-  // Device memory this backend holds now (0 for the CPU).
+  // Device memory this backend holds now: weights, KV pool, scratch (0 for
+  // the CPU). bench --json reports it as device_memory_bytes.
   virtual int64_t bytes_allocated() const { return 0; }
 
   // --- Memory.

@@ -9,8 +9,9 @@
 namespace pensieve {
 
 int64_t KvStorage::bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim) {
-  return 2 * n_layers * n_kv_heads * head_dim * kernels::kKvBlockTokens *
-         static_cast<int64_t>(sizeof(kernels::KvElem));
+  static_assert(sizeof(kernels::KvElem) == 2, "KvGeometry counts half floats");
+  return KvGeometry{.n_layers = n_layers, .n_kv_heads = n_kv_heads, .head_dim = head_dim}
+      .bytes_per_block();
 }
 
 KvStorage::KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t n_blocks)

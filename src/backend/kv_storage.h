@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/backend.h"
 #include "kernels/cpu/attention.h"
 
 namespace pensieve {

@@ -119,14 +119,15 @@ RegisterCommand reg("bench", [](CLI::App& app) {
         "\"isa\": \"{}\", \"prefill_kernel\": \"{}\", \"threads\": {}, \"weights\": \"{}\", \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
         "\"prefill_s\": {:.3f}, \"prefill_tok_s\": {:.2f}, \"gen_tokens\": {}, "
         "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"decode_weight_bytes_per_token\": {}, "
-        "\"decode_read_gb_s\": {:.2f}, \"peak_rss_bytes\": {}}}",
+        "\"decode_read_gb_s\": {:.2f}, \"peak_rss_bytes\": {}, \"device_memory_bytes\": {}}}",
         o->model, model->backend().device(), model->backend().description(), c.architecture,
         info.weight_format, info.n_params,
         dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()), kernel,
         model->backend().n_threads(),
         default_file_residency() == FileResidency::mapped ? "mapped" : "copied", load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
         o->gen_tokens, decode_s, o->gen_tokens / decode_s, info.decode_bytes_per_token,
-        info.decode_bytes_per_token * (o->gen_tokens / decode_s) / 1e9, peak_rss_bytes());
+        info.decode_bytes_per_token * (o->gen_tokens / decode_s) / 1e9, peak_rss_bytes(),
+        model->backend().bytes_allocated());
     if (o->json) {
       std::printf("%s\n", out.c_str());
     } else {

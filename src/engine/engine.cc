@@ -18,6 +18,7 @@ namespace pensieve {
 
 struct Engine::Sequence {
   EngineRequest request;
+  StopRule stop;  // from the request, built once
   std::shared_ptr<EngineHandle> handle;
   std::vector<int32_t> tokens;  // prompt, then generated
   int64_t n_prompt = 0;
@@ -167,6 +168,7 @@ std::shared_ptr<EngineHandle> Engine::submit(EngineRequest request) {
   seq->tokens = request.prompt;
   seq->n_prompt = n;
   seq->sampler = std::make_unique<Sampler>(request.sampling);
+  seq->stop = StopRule{request.stop_ids, request.max_tokens, options_.ctx_size};
   seq->request = std::move(request);
   auto handle = seq->handle;
   {
@@ -478,8 +480,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
       tok = s.sampler->sample(row, vocab);
     }
     if (constraint != nullptr) constraint->accept(tok);
-    const StopRule rule{s.request.stop_ids, s.request.max_tokens, options_.ctx_size};
-    if (rule.is_stop(tok)) {
+    if (s.stop.is_stop(tok)) {
       finish(s, FinishReason::eos);
       continue;
     }
@@ -491,7 +492,7 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     emit(s, e);
     if (constraint != nullptr && constraint->complete()) {
       finish(s, FinishReason::eos);
-    } else if (auto end = rule.after_token(s.n_generated, static_cast<int64_t>(s.tokens.size()))) {
+    } else if (auto end = s.stop.after_token(s.n_generated, static_cast<int64_t>(s.tokens.size()))) {
       finish(s, *end);
     }
   }

@@ -193,7 +193,6 @@ void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>*
   // table; each sequence's block table; the rows whose logits are wanted.
   StepPlan& plan = plan_;
   plan.tokens.resize(T);
-  plan.positions.resize(T);
   plan.slots.resize(T);
   plan.cos.resize(T * half_rot);
   plan.sin.resize(T * half_rot);
@@ -216,7 +215,6 @@ void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>*
         }
         const int64_t pos = s.n_past + i;
         plan.tokens[r] = tok;
-        plan.positions[r] = static_cast<int32_t>(pos);
         plan.slots[r] = static_cast<int32_t>(s.block_table[pos / kKvBlockTokens] * kKvBlockTokens +
                                              pos % kKvBlockTokens);
         rope_.cos_sin(pos, seq_len, &plan.cos[r * half_rot], &plan.sin[r * half_rot]);

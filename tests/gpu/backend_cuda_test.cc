@@ -226,7 +226,6 @@ TEST_F(CudaBackendTest, QkvPostAndAttentionMatchTheCpu) {
         plan.seqs.push_back({tables[si], to, r, to - from});
         for (int64_t pos = from; pos < to; ++pos, ++r) {
           plan.tokens.push_back(0);
-          plan.positions.push_back(static_cast<int32_t>(pos));
           plan.slots.push_back(tables[si][pos / kKvBlockTokens] * kKvBlockTokens + pos % kKvBlockTokens);
           for (int64_t i = 0; i < rot / 2; ++i) {
             const double a = pos * std::pow(10000.0, -2.0 * i / rot);

@@ -392,6 +392,9 @@ TEST(BenchJson, PrintsEveryFieldWithSaneValues) {
     // The weights are prefaulted, so they are resident; a tiny model needs far less than a GiB more.
     EXPECT_GT(b["peak_rss_bytes"].get<int64_t>(), file_bytes);
     EXPECT_LT(b["peak_rss_bytes"].get<int64_t>(), file_bytes + (int64_t{1} << 30));
+    // GPU memory: none on the CPU; on a GPU at least the uploaded weights.
+    if (b["device"] == "cpu") EXPECT_EQ(b["device_memory_bytes"], 0);
+    else EXPECT_GT(b["device_memory_bytes"].get<int64_t>(), file_bytes / 2);
     // The prefill kernel it names is the one this CPU picks (same binary, same environment).
     EXPECT_EQ(b["prefill_kernel"], kernels::prefill_kernel_name());
   }

@@ -347,19 +347,6 @@ TEST_F(ServerTest, ASecondServerCannotTakeTheSamePort) {
   EXPECT_EQ(client()->Get("/health")->status, 200);  // the first one is untouched
 }
 
-// Raw socket helpers for clients httplib's client would not be.
-int connect_raw(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  return fd;
-}
-
 // Reads until the first response has fully arrived (by its Content-Length), or EOF/timeout.
 std::string read_response(int fd) {
   std::string out;

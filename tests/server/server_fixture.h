@@ -5,6 +5,10 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
 #include <memory>
 #include <string>
 
@@ -88,5 +92,19 @@ class ServerTest : public ::testing::Test {
     return body["error"]["message"].get<std::string>();
   }
 };
+
+// A loopback connection for clients httplib's client would not be (a 10 s
+// receive timeout, so a silent server fails the test instead of hanging it).
+inline int connect_raw(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
 
 }  // namespace pensieve::server::test

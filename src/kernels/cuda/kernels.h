@@ -76,9 +76,6 @@ void attention(const AttentionArgs& a, cudaStream_t stream);
 // (n_tokens <= 8) streams w once; more tokens take the tensor-core gemm.
 void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
             int64_t ldy, cudaStream_t stream);
-// The scalar reference: one thread per output, f32 throughout.
-void matmul_ref(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
-                int64_t ldy, cudaStream_t stream);
 constexpr int64_t kGemvMaxTokens = 8;
 
 }  // namespace pensieve::cuda

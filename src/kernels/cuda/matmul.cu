@@ -397,16 +397,6 @@ __global__ void __launch_bounds__(kBigThreads)
   }
 }
 
-__global__ void matmul_ref_kernel(GpuWeight w, const float* x, int64_t ldx, int64_t n_tokens,
-                                  float* y, int64_t ldy) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n_tokens * w.rows) return;
-  const int64_t t = i / w.rows, r = i % w.rows;
-  float sum = 0.f;
-  for (int64_t c = 0; c < w.cols; ++c) sum += weight_at(w, r, c) * x[t * ldx + c];
-  y[t * ldy + r] = sum;
-}
-
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace
@@ -458,14 +448,6 @@ void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, f
     default: gemm_kernel<kF32><<<grid, kGemmThreads, 0, stream>>>(w, x, ldx, n_tokens, y, ldy); break;
   }
   PENSIEVE_CUDA_LAUNCHED("gemm");
-}
-
-void matmul_ref(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
-                int64_t ldy, cudaStream_t stream) {
-  const int64_t n = n_tokens * w.rows;
-  if (n == 0) return;
-  matmul_ref_kernel<<<blocks_for(n, 128), 128, 0, stream>>>(w, x, ldx, n_tokens, y, ldy);
-  PENSIEVE_CUDA_LAUNCHED("matmul_ref");
 }
 
 }  // namespace pensieve::cuda
