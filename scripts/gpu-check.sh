@@ -13,6 +13,13 @@ mkdir -p "$out"
 tmp=$(mktemp -d)
 tar -C "$tmp" -xJf "$pack"
 export LD_LIBRARY_PATH="$tmp/pack/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# cuBLAS (loaded at run time for prompts) from the machine's CUDA toolkit or
+# its Python wheels, where the loader does not find it already.
+if ! ldconfig -p | grep -q 'libcublas.so.13'; then
+  cublas=$(find /usr/local/cuda*/lib64 /usr/local/lib/python3*/dist-packages/nvidia /usr/lib/python3*/site-packages/nvidia \
+             -name 'libcublas.so.13*' 2>/dev/null | head -1)
+  [ -n "$cublas" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$cublas")"
+fi
 bin="$tmp/pack/bin"
 # The test binaries name their data by the path they were built in.
 built_in=$(strings "$bin/models_tests" | grep -m1 -o '/[^ ]*/tests/data' | sed 's|/tests/data$||')
@@ -33,9 +40,16 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   model=/tmp/phi3-mini-4bit
   [ -f $model/config.json ] || "$bin/pensieve" synth-model --like phi-3-mini --format mlx-4bit $model >/dev/null 2>&1
   for args in "--prompt-tokens 512 --gen-tokens 256" "--prompt-tokens 4096 --gen-tokens 64" \
-              "--prompt-tokens 16384 --gen-tokens 64"; do
+              "--prompt-tokens 16384 --gen-tokens 64" "--prompt-tokens 20000 --gen-tokens 16"; do
     "$bin/pensieve" bench --device cuda --model $model $args --json 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
   done
+  # Per-operation times (graphs off): decode at 512 and prompt + decode at 16k.
+  PENSIEVE_CUDA_PROFILE=1 "$bin/pensieve" bench --device cuda --model $model --prompt-tokens 512 --gen-tokens 64 \
+    >/dev/null 2>"$out/profile-512.txt"
+  PENSIEVE_CUDA_PROFILE=1 "$bin/pensieve" bench --device cuda --model $model --prompt-tokens 16384 --gen-tokens 16 \
+    >/dev/null 2>"$out/profile-16k.txt"
+  "$bin/pensieve" bench-serve --device cuda --model $model --streams 1,8,32 --prompt-tokens 1024 \
+    --gen-tokens 128 --prefix-tokens 20000 >"$out/bench-serve.txt" 2>&1
 fi
 echo "=== summary"
 printf '%s\n' "${summary[@]}"
@@ -45,4 +59,5 @@ for l in open(sys.argv[1]):
     j=json.loads(l); print("bench prompt %5d: prefill %8.0f tok/s (%.3f s)  decode %7.1f tok/s  load %.1f s" % (j["prompt_tokens"], j["prefill_tok_s"], j["prefill_s"], j["decode_tok_s"], j["load_s"]))
 ' "$out/bench.jsonl"
 grep -h -E "Failure|error|Expected|Which is|relative" "$out"/*.log 2>/dev/null | head -40
+for f in "$out"/profile-*.txt "$out"/bench-serve.txt; do [ -f "$f" ] && { echo "=== $f"; grep -v '^\[' "$f" | head -60; }; done
 exit 0

@@ -85,6 +85,9 @@ class Backend {
   virtual std::string description() const = 0;
   // Compute threads on the host (1 for a device backend).
   virtual int n_threads() const { return 1; }
+  // Tokens per forward step this backend runs best with when nothing else
+  // decides (the prompt chunk size): a GPU wants larger steps.
+  virtual int64_t step_tokens() const { return 512; }
   // Memory the KV pool may come from: the host's for the CPU, the card's for CUDA.
   virtual MemoryInfo memory() const = 0;
   // Device memory this backend holds now: weights, KV pool, scratch (0 for

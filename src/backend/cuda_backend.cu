@@ -11,12 +11,15 @@
 // longest context, rounded up to a power of two). Its device pointers stay
 // valid because every buffer the step uses is allocated through alloc(),
 // which bumps an epoch; a graph from an older epoch is captured again.
-// PENSIEVE_CUDA_GRAPHS=0 turns graphs off.
+// PENSIEVE_CUDA_GRAPHS=0 turns graphs off; PENSIEVE_CUDA_PROFILE=1 times
+// every operation (graphs off) and prints the totals at exit.
 #include "backend/cuda_backend.h"
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <map>
 #include <tuple>
 #include <vector>
@@ -73,8 +76,17 @@ class CudaBackend final : public Backend {
     PENSIEVE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     name_ = prop.name;
     PENSIEVE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    cublas_ = cuda::cublas_open(stream_);
   }
   ~CudaBackend() override {
+    if (profiling_) {
+      try {
+        cudaStreamSynchronize(stream_);
+        print_profile();
+      } catch (...) {
+      }
+      for (cudaEvent_t e : events_) cudaEventDestroy(e);
+    }
     if (capturing_) {
       cudaGraph_t g = nullptr;
       cudaStreamEndCapture(stream_, &g);
@@ -84,30 +96,44 @@ class CudaBackend final : public Backend {
     buffers_.clear();
     kv_.reset();
     if (staging_ != nullptr) cudaFreeHost(staging_);
+    cuda::cublas_close(cublas_);
     cudaStreamDestroy(stream_);
   }
 
   const char* device() const override { return "cuda"; }
-  std::string description() const override { return "cuda: " + name_; }
+  std::string description() const override {
+    if (cublas_ == nullptr) return "cuda: " + name_ + " (prompts on the built-in gemm: " + cuda::cublas_unavailable_reason() + ")";
+    const int v = cuda::cublas_version(cublas_);
+    return "cuda: " + name_ + " (prompts on cuBLAS " + std::to_string(v / 10000) + "." +
+           std::to_string(v / 100 % 100) + ")";
+  }
   MemoryInfo memory() const override {
     size_t free_bytes = 0, total = 0;
     PENSIEVE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
     return {.total = static_cast<int64_t>(total), .available = static_cast<int64_t>(free_bytes)};
   }
   int64_t bytes_allocated() const override { return allocated_; }
+  // Prompt chunks of 2048 rows fill the card (32 tiles of 64 rows per head
+  // in attention, full cuBLAS tiles) with a few hundred MiB of activations.
+  int64_t step_tokens() const override { return 2048; }
 
   std::unique_ptr<Buffer> alloc(size_t bytes) override {
     ++alloc_epoch_;
     return std::make_unique<DeviceBuffer>(bytes, &allocated_);
   }
 
+  // Copies go on the backend's stream and are waited for. (A cudaMemcpy
+  // from pageable memory runs on the legacy default stream and returns once
+  // the source is staged, not landed: a kernel on this non-blocking stream
+  // could read the destination before it arrived, as run 3 of
+  // docs/cuda-notes.md saw.)
   void to_device(void* dst, const void* src, size_t bytes) override {
+    PENSIEVE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
     PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    PENSIEVE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
   }
   void to_host(void* dst, const void* src, size_t bytes) override {
+    PENSIEVE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    PENSIEVE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
   }
   WeightMatrix upload(const WeightMatrix& w) override {
     WeightMatrix d = w;
@@ -141,24 +167,38 @@ class CudaBackend final : public Backend {
   void begin_step(const StepPlan& plan) override;
   void embed(const WeightMatrix& table, float* x) override {
     if (replaying_) return;
+    Span span(this, "embed");
     cuda::embed(gpu_view(table), tokens_, n_rows_, x, stream_);
   }
   void rms_norm(const float* x, const float* w, int64_t n_rows, int64_t dim, float eps,
                 float* out) override {
     if (replaying_) return;
+    Span span(this, "rms_norm");
     cuda::rms_norm(x, nullptr, w, n_rows, dim, eps, out, stream_);
   }
   void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t ldx,
               int64_t n_rows, float* y, int64_t ldy) override {
     if (replaying_) return;
+    Span span(this, parts.size() == 1 ? "matmul " + std::to_string(parts[0]->rows) + "x" + std::to_string(parts[0]->cols) : "matmul (" + std::to_string(parts.size()) + " parts)");
     int64_t offset = 0;
     for (const WeightMatrix* w : parts) {
-      cuda::matmul(gpu_view(*w), x, ldx, n_rows, y + offset, ldy, stream_);
+      if (cublas_ != nullptr && n_rows >= cuda::kCublasMinTokens) {
+        const size_t w_bytes = static_cast<size_t>(w->rows * w->cols) * 2;
+        const size_t x_bytes = static_cast<size_t>(n_rows * w->cols) * 2;
+        if (!w16_ || w16_->bytes() < w_bytes) grow(w16_, w_bytes);
+        if (!x16_ || x16_->bytes() < x_bytes) grow(x16_, x_bytes);
+        cuda::matmul_cublas(cublas_, gpu_view(*w), x, ldx, n_rows, y + offset, ldy,
+                            static_cast<__half*>(w16_->data()), static_cast<__half*>(x16_->data()),
+                            stream_);
+      } else {
+        cuda::matmul(gpu_view(*w), x, ldx, n_rows, y + offset, ldy, stream_);
+      }
       offset += w->rows;
     }
   }
   void qkv_post(const QkvPost& p, float* qkv, float* q) override {
     if (replaying_) return;
+    Span span(this, "qkv_post");
     cuda::QkvPostArgs a;
     a.n_heads = static_cast<int>(p.n_heads);
     a.n_kv_heads = static_cast<int>(p.n_kv_heads);
@@ -173,6 +213,7 @@ class CudaBackend final : public Backend {
   void attention(int64_t layer_index, const float* q, int64_t n_heads, float scale, int64_t window,
                  float* out) override {
     if (replaying_) return;
+    Span span(this, "attention");
     cuda::AttentionArgs a;
     a.q = q;
     a.out = out;
@@ -188,6 +229,8 @@ class CudaBackend final : public Backend {
     a.groups = groups_;
     a.n_groups = n_groups_;
     a.group_rows = group_rows_;
+    a.tiles = n_tiles_ > 0 ? tiles_ : nullptr;
+    a.n_tiles = n_tiles_;
     const int64_t need =
         cuda::attention_scratch_floats(n_rows_, n_groups_, a.n_heads, a.kv.head_dim, max_ctx_);
     if (need > 0) {
@@ -200,14 +243,17 @@ class CudaBackend final : public Backend {
   void add_rms_norm(float* x, float* delta, const float* bias, const float* w, int64_t dim,
                     float eps, float* h) override {
     if (replaying_) return;
+    Span span(this, "add_rms_norm");
     cuda::add_rms_norm(x, delta, bias, w, n_rows_, dim, eps, h, stream_);
   }
   void silu_mul(const float* gu, int64_t n, float* out) override {
     if (replaying_) return;
+    Span span(this, "silu_mul");
     cuda::silu_mul(gu, n_rows_, n, out, stream_);
   }
   void add(float* x, float* delta, const float* bias, int64_t dim) override {
     if (replaying_) return;
+    Span span(this, "add");
     cuda::add_rms_norm(x, delta, bias, nullptr, n_rows_, dim, 0.f, nullptr, stream_);
   }
   void logits(const float* x, const float* norm, float eps,
@@ -220,6 +266,7 @@ class CudaBackend final : public Backend {
     if (!logits_ || logits_->bytes() < static_cast<size_t>(n * vocab) * sizeof(float))
       grow(logits_, static_cast<size_t>(n * vocab) * sizeof(float));
     if (!replaying_) {
+      Span span(this, "final rms_norm");
       cuda::rms_norm(x, out_rows_, norm, n, dim, eps, final_->f32(), stream_);
       matmul(lm_head, final_->f32(), dim, n, logits_->f32(), vocab);
     }
@@ -234,7 +281,7 @@ class CudaBackend final : public Backend {
  private:
   const void* copy_up(const void* host, size_t bytes) {
     buffers_.push_back(alloc(bytes));
-    PENSIEVE_CUDA_CHECK(cudaMemcpy(buffers_.back()->data(), host, bytes, cudaMemcpyHostToDevice));
+    to_device(buffers_.back()->data(), host, bytes);
     return buffers_.back()->data();
   }
   cuda::GpuKvLayer layer(int64_t i) const {
@@ -276,6 +323,59 @@ class CudaBackend final : public Backend {
     graph_ = entry.exec;
   }
 
+  // PENSIEVE_CUDA_PROFILE=1: every operation between two events (graphs
+  // off), summed per operation and step kind, printed when the backend goes.
+  struct Span {
+    CudaBackend* be;
+    size_t index = 0;
+    Span(CudaBackend* b, std::string name) : be(b->profiling_ ? b : nullptr) {
+      if (be == nullptr) return;
+      index = be->spans_.size();
+      if (be->events_.size() < 2 * (index + 1)) {
+        for (int i = 0; i < 2; ++i) {
+          cudaEvent_t e;
+          PENSIEVE_CUDA_CHECK(cudaEventCreate(&e));
+          be->events_.push_back(e);
+        }
+      }
+      be->spans_.push_back(std::move(name));
+      PENSIEVE_CUDA_CHECK(cudaEventRecord(be->events_[2 * index], be->stream_));
+    }
+    ~Span() {
+      if (be != nullptr) cudaEventRecord(be->events_[2 * index + 1], be->stream_);
+    }
+  };
+  struct ProfileEntry {
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  // Adds the finished step's spans to the totals (the stream is idle).
+  void collect_spans() {
+    for (size_t i = 0; i < spans_.size(); ++i) {
+      float ms = 0;
+      PENSIEVE_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[2 * i], events_[2 * i + 1]));
+      ProfileEntry& e = profile_[std::string(profile_decode_ ? "decode  " : "prefill ") + spans_[i]];
+      ++e.calls;
+      e.ms += ms;
+    }
+    spans_.clear();
+  }
+  void print_profile() {
+    collect_spans();
+    std::fprintf(stderr, "%-40s %8s %10s %10s\n", "cuda profile: step op", "calls", "total ms", "avg us");
+    for (const auto& [name, e] : profile_)
+      std::fprintf(stderr, "%-40s %8lld %10.3f %10.2f\n", name.c_str(), static_cast<long long>(e.calls),
+                   e.ms, 1000.0 * e.ms / static_cast<double>(e.calls));
+  }
+  bool profiling_ = [] {
+    const char* e = std::getenv("PENSIEVE_CUDA_PROFILE");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  bool profile_decode_ = false;
+  std::vector<cudaEvent_t> events_;
+  std::vector<std::string> spans_;
+  std::map<std::string, ProfileEntry> profile_;
+
   std::string name_;
   cudaStream_t stream_ = nullptr;
   uint64_t alloc_epoch_ = 0;
@@ -289,7 +389,8 @@ class CudaBackend final : public Backend {
   cudaGraphExec_t graph_ = nullptr;  // launched by this step's logits()
   int64_t allocated_ = 0;
   std::vector<std::unique_ptr<Buffer>> buffers_;  // weights and vectors
-  std::unique_ptr<Buffer> kv_, partial_, final_, logits_, meta_;
+  std::unique_ptr<Buffer> kv_, partial_, final_, logits_, meta_, w16_, x16_;
+  cuda::CublasContext* cublas_ = nullptr;
   KvGeometry geometry_;
   int64_t n_kv_blocks_ = 0;
   // The step's description: a pinned host copy and its device copy.
@@ -303,6 +404,12 @@ class CudaBackend final : public Backend {
   const cuda::GpuSeq* seqs_ = nullptr;
   const int32_t* groups_ = nullptr;
   int64_t n_groups_ = 0;
+  const int32_t* tiles_ = nullptr;
+  int64_t n_tiles_ = 0;
+  bool flash_enabled_ = [] {
+    const char* e = std::getenv("PENSIEVE_CUDA_FLASH");
+    return e == nullptr || std::string(e) != "0";
+  }();
   int group_rows_ = 1;
 };
 
@@ -319,6 +426,7 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   // it; a step without logits may not have).
   PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   retired_.clear();
+  if (profiling_) collect_spans();
   n_rows_ = plan.n_rows();
   n_out_ = static_cast<int64_t>(plan.out_rows.size());
   rot_dim_ = plan.rot_dim;
@@ -337,7 +445,8 @@ void CudaBackend::begin_step(const StepPlan& plan) {
     if (s.n_ctx > max_ctx_) max_ctx_ = static_cast<int>(s.n_ctx);
   }
   const bool decode = n_rows_ <= cuda::kGemvMaxTokens;
-  const bool graph = graphs_enabled_ && decode && n_out_ > 0;
+  const bool graph = graphs_enabled_ && !profiling_ && decode && n_out_ > 0;
+  profile_decode_ = decode;
   if (decode) {
     // Attention's split count comes from this bucket, so that one graph
     // serves a range of context lengths (and a step computes the same with
@@ -356,6 +465,15 @@ void CudaBackend::begin_step(const StepPlan& plan) {
     for (int64_t r = s.q_row; r < s.q_row + s.n_q; r += group_rows_)
       groups[n_groups_++] = static_cast<int32_t>(
           (r << 4) | std::min<int64_t>(group_rows_, s.q_row + s.n_q - r));
+  // Prompt steps: 64-row tiles of each sequence for the tensor-core kernel.
+  std::vector<int32_t> tiles;
+  if (!decode && flash_enabled_)
+    for (const StepSeq& s : plan.seqs)
+      for (int64_t r = s.q_row; r < s.q_row + s.n_q; r += cuda::kFlashTileRows) {
+        tiles.push_back(static_cast<int32_t>(r));
+        tiles.push_back(static_cast<int32_t>(std::min<int64_t>(cuda::kFlashTileRows, s.q_row + s.n_q - r)));
+      }
+  n_tiles_ = static_cast<int64_t>(tiles.size() / 2);
   // One packed copy, each array at a 16-byte boundary; the block tables,
   // whose length changes from step to step, go last.
   struct Part {
@@ -372,6 +490,7 @@ void CudaBackend::begin_step(const StepPlan& plan) {
       {plan.sin.data(), plan.sin.size() * 4},
       {seqs.data(), seqs.size() * sizeof(cuda::GpuSeq)},
       {groups.data(), groups.size() * 4},
+      {tiles.data(), tiles.size() * 4},
       {tables.data(), tables.size() * 4},
   };
   size_t total = 0;
@@ -397,7 +516,8 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   sin_ = reinterpret_cast<const float*>(base + parts[5].offset);
   seqs_ = reinterpret_cast<const cuda::GpuSeq*>(base + parts[6].offset);
   groups_ = reinterpret_cast<const int32_t*>(base + parts[7].offset);
-  tables_ = reinterpret_cast<const int32_t*>(base + parts[8].offset);
+  tiles_ = reinterpret_cast<const int32_t*>(base + parts[8].offset);
+  tables_ = reinterpret_cast<const int32_t*>(base + parts[9].offset);
   if (graph) {
     key_ = {n_rows_, n_out_, max_ctx_, n_groups_};
     auto it = graphs_.find(key_);

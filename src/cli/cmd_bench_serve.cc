@@ -31,7 +31,7 @@ struct Opts {
   std::string streams = "1,4,8";
   int64_t prompt_tokens = 64, gen_tokens = 64;
   int64_t prefix_tokens = 16384, tail_tokens = 32;
-  int64_t batch_tokens = 512;
+  int64_t batch_tokens = 0;  // 0: the backend's step size
   bool skip_decode = false, skip_prefix = false, json = false;
 };
 
@@ -119,8 +119,8 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
   app.add_option("--tail-tokens", o->tail_tokens, "distinct tokens after the shared prefix")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
-  app.add_option("--batch-tokens", o->batch_tokens, "tokens per forward step")
-      ->capture_default_str()
+  app.add_option("--batch-tokens", o->batch_tokens,
+                 "tokens per forward step (default: 512 on the CPU, 2048 on a GPU)")
       ->check(CLI::Range(16, 65536));
   app.add_flag("--no-decode", o->skip_decode, "skip the concurrent decode measurement");
   app.add_flag("--no-prefix", o->skip_prefix, "skip the shared-prefix TTFT measurement");
@@ -136,6 +136,7 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
     lo.prefault = true;
     auto model = load_model(o->model, lo);
     const ModelConfig& c = model->config();
+    if (o->batch_tokens == 0) o->batch_tokens = model->backend().step_tokens();
     std::string decode_json, prefix_json;
     const char* sep = "";
 

@@ -36,7 +36,7 @@ namespace fs = std::filesystem;
 struct Opts {
   std::string model, model_id, host = "127.0.0.1", api_key;
   int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16, max_per_client = 0;
-  int64_t ctx_size = 0, batch_tokens = 512, max_output_tokens = -1, sliding_window = -1;
+  int64_t ctx_size = 0, batch_tokens = 0, max_output_tokens = -1, sliding_window = -1;
   std::string kv_memory;  // parse_memory_size; empty: automatic
   std::string device = "auto", gpu_memory;
   size_t max_body_mb = 32;
@@ -141,8 +141,8 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
   add_device_option(app, o->device);
-  app.add_option("--batch-tokens", o->batch_tokens, "tokens per forward step (prompt chunk size)")
-      ->capture_default_str()
+  app.add_option("--batch-tokens", o->batch_tokens,
+                 "tokens per forward step (prompt chunk size) (default: 512 on the CPU, 2048 on a GPU)")
       ->check(CLI::Range(16, 65536));
   app.add_option("--kv-memory", o->kv_memory,
                  "KV cache budget: GiB, or with a unit (512M, 2G) (default: enough for --parallel "
@@ -305,7 +305,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     EngineOptions eo;
     eo.ctx_size = ctx;
     eo.max_running = o->parallel;
-    eo.max_batch_tokens = o->batch_tokens;
+    eo.max_batch_tokens = o->batch_tokens > 0 ? o->batch_tokens : model->backend().step_tokens();
     eo.max_queue = o->max_queue;
     eo.kv_memory_bytes = on_gpu ? gpu_memory_bytes : kv_memory_bytes;
     eo.prefix_cache = !o->no_prefix_cache;

@@ -10,7 +10,7 @@ namespace pensieve {
 Session::Session(Model& model, int64_t max_positions, int64_t chunk_tokens)
     : model_(model),
       max_positions_(max_positions),
-      chunk_tokens_(std::max<int64_t>(1, chunk_tokens)),
+      chunk_tokens_(chunk_tokens > 0 ? chunk_tokens : model.backend().step_tokens()),
       pool_((max_positions + kKvBlockTokens - 1) / kKvBlockTokens) {
   model_.allocate_kv(pool_.n_total());
 }

@@ -17,8 +17,9 @@ namespace pensieve {
 
 class Session {
  public:
-  // Allocates the model's KV storage for max_positions.
-  Session(Model& model, int64_t max_positions, int64_t chunk_tokens = 512);
+  // Allocates the model's KV storage for max_positions. chunk_tokens 0: the
+  // backend's step size.
+  Session(Model& model, int64_t max_positions, int64_t chunk_tokens = 0);
   ~Session();
 
   // Runs tokens after those already in the cache. Returns vocab-sized rows:

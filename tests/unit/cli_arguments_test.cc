@@ -134,7 +134,7 @@ TEST(CliArguments, HelpShowsTheDefaults) {
   };
   const std::string serve = help("serve");
   for (const char* d : {"--host TEXT=127.0.0.1", "--parallel INT:INT in [1 - 256]=4",
-                        "--batch-tokens INT:INT in [16 - 65536]=512", "--threads INT:NONNEGATIVE=0",
+                        "default: 512 on the CPU, 2048 on a GPU", "--threads INT:NONNEGATIVE=0",
                         "--http-threads INT:INT in [1 - 4096]=64",
                         "--max-body-mb UINT:INT in [1 - 65536]=32"})
     EXPECT_NE(serve.find(d), std::string::npos) << d << "\n" << serve;

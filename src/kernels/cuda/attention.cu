@@ -320,6 +320,10 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
     throw Error(ErrorKind::unsupported, "CUDA attention: " + std::to_string(a.n_heads) +
                                             " heads over " + std::to_string(a.kv.n_kv_heads) +
                                             " KV heads");
+  if (a.tiles != nullptr && a.n_tiles > 0 && flash_attention_supported(hd)) {
+    flash_attention(a, stream);
+    return;
+  }
   const bool staged = hd % 16 == 0 && hd <= kStageMaxDim && a.groups != nullptr;
   const int64_t n_items = staged ? a.n_groups : a.n_rows;
   const int n_splits = splits_for(n_items, a.n_heads, a.max_ctx);

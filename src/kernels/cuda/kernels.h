@@ -60,6 +60,10 @@ struct AttentionArgs {
   const int32_t* groups = nullptr;
   int64_t n_groups = 0;
   int group_rows = 1;
+  // Prompt steps: tiles of up to 64 consecutive rows of one sequence, each
+  // (first_row, count), for the tensor-core kernel (flash_attention.cu).
+  const int32_t* tiles = nullptr;
+  int64_t n_tiles = 0;
   int n_heads = 0;
   float scale = 1;
   int window = 0;
@@ -71,11 +75,33 @@ int64_t attention_scratch_floats(int64_t n_rows, int64_t n_groups, int n_heads, 
                                  int max_ctx);
 void attention(const AttentionArgs& a, cudaStream_t stream);
 
+// --- flash_attention.cu
+// The tensor-core prompt kernel over a.tiles (head dims 32, 64, 96, 128).
+bool flash_attention_supported(int head_dim);
+void flash_attention(const AttentionArgs& a, cudaStream_t stream);
+constexpr int kFlashTileRows = 64;
+
 // --- matmul.cu
 // y[t*ldy + r] = x[t] · w[r] for t < n_tokens, r < w.rows. The decode path
 // (n_tokens <= 8) streams w once; more tokens take the tensor-core gemm.
 void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
             int64_t ldy, cudaStream_t stream);
 constexpr int64_t kGemvMaxTokens = 8;
+
+// --- cublas_gemm.cu
+// cuBLAS, loaded at run time: "" when usable, else why not.
+std::string cublas_unavailable_reason();
+struct CublasContext;
+CublasContext* cublas_open(cudaStream_t stream);  // nullptr where unavailable
+void cublas_close(CublasContext* ctx);
+int cublas_version(const CublasContext* ctx);
+// matmul() through cuBLAS: w dequantized into w16 (rows·cols halves), x
+// rounded into x16 (n_tokens·cols halves), f32 accumulation.
+void matmul_cublas(CublasContext* ctx, const GpuWeight& w, const float* x, int64_t ldx,
+                   int64_t n_tokens, float* y, int64_t ldy, __half* w16, __half* x16,
+                   cudaStream_t stream);
+// Prompts of at least this many rows take cuBLAS (fewer: dequantizing the
+// weight costs more than the built-in gemm saves).
+constexpr int64_t kCublasMinTokens = 64;
 
 }  // namespace pensieve::cuda

@@ -15,7 +15,7 @@
 namespace pensieve::cuda {
 namespace {
 
-constexpr int kGemvWarps = 4;
+constexpr int kGemvWarps = 8;
 
 // Values one 16-byte load of a row holds.
 template <int FMT>
@@ -56,14 +56,24 @@ __device__ __forceinline__ void decode16(const uint4 raw, float* v) {
   }
 }
 
-// x is staged in shared memory 1024 columns at a time, each run of 32
-// floats padded by 16 bytes: a lane reads the 32 (or fewer) columns its
+// x is staged in shared memory a chunk of columns at a time, each run of
+// 32 floats padded by 16 bytes: a lane reads the 32 (or fewer) columns its
 // 16-byte weight load covers, and with the padding the 8 lanes of each
 // quarter-warp phase hit distinct banks. (Read straight from global memory,
 // each lane's 128-byte run was its own L1 wavefront: 32 per load, which
-// held the kernel to a tenth of the bandwidth.)
-constexpr int kGemvChunk = 1024;
+// held the kernel to a tenth of the bandwidth.) A warp issues every load of
+// its rows in the chunk (up to 4 a row) before it uses any, so enough bytes
+// are in flight to cover the memory latency; one or two tokens take chunks
+// of up to 4096 columns (Phi-3's 3072-wide rows in one).
 constexpr int kGemvRows = 2;  // rows per warp, their loads in flight together
+constexpr int kGemvPasses = 4;  // 16-byte loads per lane and row per chunk, at most
+
+template <int T, int FMT>
+constexpr int gemv_chunk() {
+  constexpr int by_regs = 32 * values_per_load<FMT>() * kGemvPasses;
+  constexpr int by_smem = T <= 2 ? 4096 : 1024;
+  return by_regs < by_smem ? by_regs : by_smem;
+}
 
 __device__ __forceinline__ int padded(int c) { return c + (c / 32) * 4; }
 
@@ -72,8 +82,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, float* y, int64_t ldy) {
   constexpr int V = values_per_load<FMT>();
   constexpr bool kQuant = FMT == kAffine4 || FMT == kAffine8;
-  constexpr int kPasses = kGemvChunk / (32 * V);  // warp-wide loads per row per chunk
-  __shared__ __align__(16) float xs[T][kGemvChunk + kGemvChunk / 8];
+  constexpr int kChunk = gemv_chunk<T, FMT>();
+  constexpr int kPasses = kChunk / (32 * V);  // warp-wide loads per row per chunk
+  __shared__ __align__(16) float xs[T][kChunk + kChunk / 8];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t r0 = (blockIdx.x * static_cast<int64_t>(kGemvWarps) + warp) * kGemvRows;
   const int64_t n_groups = kQuant ? w.cols / w.group_size : 0;
@@ -84,11 +95,24 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
     for (int t = 0; t < T; ++t) acc[i][t] = 0.f;
 
-  for (int64_t k0 = 0; k0 < w.cols; k0 += kGemvChunk) {
-    const int width = static_cast<int>(w.cols - k0 < kGemvChunk ? w.cols - k0 : kGemvChunk);
+  for (int64_t k0 = 0; k0 < w.cols; k0 += kChunk) {
+    const int width = static_cast<int>(w.cols - k0 < kChunk ? w.cols - k0 : kChunk);
+    // This chunk's weights first: their loads fly while x is staged.
+    uint4 raw[kPasses][kGemvRows];
+#pragma unroll
+    for (int pass = 0; pass < kPasses; ++pass) {
+      const int c = (pass * 32 + lane) * V;
+#pragma unroll
+      for (int i = 0; i < kGemvRows; ++i) {
+        const int64_t r = r0 + i;
+        raw[pass][i] = c < width && r < w.rows
+                           ? __ldg(reinterpret_cast<const uint4*>(w.data + r * row_bytes) + (k0 + c) / V)
+                           : make_uint4(0, 0, 0, 0);
+      }
+    }
     __syncthreads();  // the last chunk has been read
-    for (int e = threadIdx.x; e < T * (kGemvChunk / 4); e += kGemvWarps * 32) {
-      const int t = e / (kGemvChunk / 4), c = (e % (kGemvChunk / 4)) * 4;
+    for (int e = threadIdx.x; e < T * (kChunk / 4); e += kGemvWarps * 32) {
+      const int t = e / (kChunk / 4), c = (e % (kChunk / 4)) * 4;
       const float4 v = c < width ? __ldg(reinterpret_cast<const float4*>(x + t * ldx + k0 + c))
                                  : make_float4(0.f, 0.f, 0.f, 0.f);
       *reinterpret_cast<float4*>(&xs[t][padded(c)]) = v;
@@ -98,19 +122,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     for (int pass = 0; pass < kPasses; ++pass) {
       const int c = (pass * 32 + lane) * V;  // this lane's first column in the chunk
       if (c >= width) continue;
-      uint4 raw[kGemvRows];
-#pragma unroll
-      for (int i = 0; i < kGemvRows; ++i) {
-        const int64_t r = r0 + i;
-        raw[i] = r < w.rows ? __ldg(reinterpret_cast<const uint4*>(w.data + r * row_bytes) + (k0 + c) / V)
-                            : make_uint4(0, 0, 0, 0);
-      }
 #pragma unroll
       for (int i = 0; i < kGemvRows; ++i) {
         const int64_t r = r0 + i;
         if (r >= w.rows) continue;
         float v[V];
-        decode16<FMT>(raw[i], v);
+        decode16<FMT>(raw[pass][i], v);
         if constexpr (kQuant) {
           const int64_t g = r * n_groups + (k0 + c) / w.group_size;
           const float s = load_scale(w.scales, w.scale_type, g);
