@@ -136,6 +136,14 @@ class Backend {
                             int64_t dim, float eps, float* h) = 0;
   // out[r] = silu(gu[r][0..n)) * gu[r][n..2n).
   virtual void silu_mul(const float* gu, int64_t n, float* out) = 0;
+  // The MLP's end: act = silu_mul(gu), then y = act · downᵀ (rows of ldy).
+  // A backend may fuse the two (act is then scratch it need not write).
+  virtual void silu_mul_matmul(const float* gu, int64_t n, float* act, const WeightMatrix& down,
+                               float* y, int64_t ldy, int64_t n_rows) {
+    silu_mul(gu, n, act);
+    const WeightMatrix* part = &down;
+    matmul({&part, 1}, act, n, n_rows, y, ldy);
+  }
   // x += delta (+ bias), rows of dim (delta is scratch, as above).
   virtual void add(float* x, float* delta, const float* bias, int64_t dim) = 0;
   // Final norm and lm_head for plan.out_rows; the logits land on the host.

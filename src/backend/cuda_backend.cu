@@ -251,6 +251,15 @@ class CudaBackend final : public Backend {
     Span span(this, "silu_mul");
     cuda::silu_mul(gu, n_rows_, n, out, stream_);
   }
+  void silu_mul_matmul(const float* gu, int64_t n, float* act, const WeightMatrix& down, float* y,
+                       int64_t ldy, int64_t n_rows) override {
+    if (replaying_) return;
+    {
+      Span span(this, "silu + matmul " + std::to_string(down.rows) + "x" + std::to_string(down.cols));
+      if (fuse_silu_ && cuda::matmul_silu(gpu_view(down), gu, n_rows, y, ldy, stream_)) return;
+    }
+    Backend::silu_mul_matmul(gu, n, act, down, y, ldy, n_rows);
+  }
   void add(float* x, float* delta, const float* bias, int64_t dim) override {
     if (replaying_) return;
     Span span(this, "add");
@@ -406,6 +415,10 @@ class CudaBackend final : public Backend {
   int64_t n_groups_ = 0;
   const int32_t* tiles_ = nullptr;
   int64_t n_tiles_ = 0;
+  bool fuse_silu_ = [] {
+    const char* e = std::getenv("PENSIEVE_CUDA_FUSE");
+    return e == nullptr || std::string(e) != "0";
+  }();
   bool flash_enabled_ = [] {
     const char* e = std::getenv("PENSIEVE_CUDA_FLASH");
     return e == nullptr || std::string(e) != "0";

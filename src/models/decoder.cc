@@ -249,9 +249,7 @@ void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>*
     be.add_rms_norm(x, tmp, L.o_bias, L.ffn_norm, H, eps, h);
     const auto gu_parts = pointers(L.gate_up);
     be.matmul(gu_parts, h, H, T, gu, 2 * I);
-    be.silu_mul(gu, I, act);
-    const WeightMatrix* down_part = &L.down;
-    be.matmul({&down_part, 1}, act, I, T, tmp, H);
+    be.silu_mul_matmul(gu, I, act, L.down, tmp, H, T);
     // The residual, fused with the next layer's input norm.
     if (li + 1 < c.n_layers) be.add_rms_norm(x, tmp, nullptr, layers_[li + 1].attn_norm, H, eps, h);
     else be.add(x, tmp, nullptr, H);

@@ -87,6 +87,11 @@ constexpr int kFlashTileRows = 64;
 void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
             int64_t ldy, cudaStream_t stream);
 constexpr int64_t kGemvMaxTokens = 8;
+// Decode's MLP down projection: y = (silu(gate) · up) · wᵀ from the gate|up
+// rows gu (width 2·w.cols), without the activation in memory. False (and
+// nothing launched) where the fused gemv does not apply.
+bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y, int64_t ldy,
+                 cudaStream_t stream);
 
 // --- cublas_gemm.cu
 // cuBLAS, loaded at run time: "" when usable, else why not.

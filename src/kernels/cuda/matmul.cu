@@ -77,7 +77,10 @@ constexpr int gemv_chunk() {
 
 __device__ __forceinline__ int padded(int c) { return c + (c / 32) * 4; }
 
-template <int T, int FMT>
+// SILU: x is a gate|up row pair of width 2·cols and the gemv's input is
+// silu(gate) · up, computed as it is staged (as silu_mul computes it), so
+// the MLP's activation never goes through memory.
+template <int T, int FMT, bool SILU = false>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, float* y, int64_t ldy) {
   constexpr int V = values_per_load<FMT>();
@@ -113,8 +116,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     __syncthreads();  // the last chunk has been read
     for (int e = threadIdx.x; e < T * (kChunk / 4); e += kGemvWarps * 32) {
       const int t = e / (kChunk / 4), c = (e % (kChunk / 4)) * 4;
-      const float4 v = c < width ? __ldg(reinterpret_cast<const float4*>(x + t * ldx + k0 + c))
-                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+      float4 v = c < width ? __ldg(reinterpret_cast<const float4*>(x + t * ldx + k0 + c))
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+      if constexpr (SILU) {
+        if (c < width) {
+          const float4 u = __ldg(reinterpret_cast<const float4*>(x + t * ldx + w.cols + k0 + c));
+          v.x = v.x / (1.0f + expf(-v.x)) * u.x;
+          v.y = v.y / (1.0f + expf(-v.y)) * u.y;
+          v.z = v.z / (1.0f + expf(-v.z)) * u.z;
+          v.w = v.w / (1.0f + expf(-v.w)) * u.w;
+        }
+      }
       *reinterpret_cast<float4*>(&xs[t][padded(c)]) = v;
     }
     __syncthreads();
@@ -176,14 +188,14 @@ __global__ void gemv_any_kernel(GpuWeight w, const float* x, int64_t ldx, int64_
   }
 }
 
-template <int FMT>
+template <int FMT, bool SILU = false>
 void launch_gemv(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
                  int64_t ldy, cudaStream_t stream) {
   const unsigned grid = blocks_for(w.rows, kGemvWarps * kGemvRows);
   const unsigned threads = kGemvWarps * 32;
   switch (n_tokens) {
 #define PENSIEVE_GEMV_CASE(T) \
-  case T: gemv_kernel<T, FMT><<<grid, threads, 0, stream>>>(w, x, ldx, y, ldy); break;
+  case T: gemv_kernel<T, FMT, SILU><<<grid, threads, 0, stream>>>(w, x, ldx, y, ldy); break;
     PENSIEVE_GEMV_CASE(1)
     PENSIEVE_GEMV_CASE(2)
     PENSIEVE_GEMV_CASE(3)
@@ -417,6 +429,19 @@ __global__ void __launch_bounds__(kBigThreads)
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace
+
+bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y, int64_t ldy,
+                 cudaStream_t stream) {
+  const bool quant = w.format == kAffine4 || w.format == kAffine8;
+  const int v = w.format == kAffine4 ? values_per_load<kAffine4>() : values_per_load<kAffine8>();
+  if (!quant || n_tokens < 1 || n_tokens > kGemvMaxTokens || w.cols % v != 0 || !aligned16(w.data) ||
+      w.row_bytes() % 16 != 0 || !aligned16(gu) || w.cols % 4 != 0)
+    return false;
+  if (w.format == kAffine4) launch_gemv<kAffine4, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
+  else launch_gemv<kAffine8, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
+  PENSIEVE_CUDA_LAUNCHED("gemv silu");
+  return true;
+}
 
 void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
             int64_t ldy, cudaStream_t stream) {
