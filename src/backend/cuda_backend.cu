@@ -77,6 +77,7 @@ class CudaBackend final : public Backend {
     name_ = prop.name;
     PENSIEVE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     cublas_ = cuda::cublas_open(stream_);
+    if (cublas_ == nullptr) cublas_why_ = cuda::cublas_unavailable_reason();
   }
   ~CudaBackend() override {
     if (profiling_) {
@@ -102,7 +103,7 @@ class CudaBackend final : public Backend {
 
   const char* device() const override { return "cuda"; }
   std::string description() const override {
-    if (cublas_ == nullptr) return "cuda: " + name_ + " (prompts on the built-in gemm: " + cuda::cublas_unavailable_reason() + ")";
+    if (cublas_ == nullptr) return "cuda: " + name_ + " (prompts on the built-in gemm: " + cublas_why_ + ")";
     const int v = cuda::cublas_version(cublas_);
     return "cuda: " + name_ + " (prompts on cuBLAS " + std::to_string(v / 10000) + "." +
            std::to_string(v / 100 % 100) + ")";
@@ -275,8 +276,10 @@ class CudaBackend final : public Backend {
     if (!logits_ || logits_->bytes() < static_cast<size_t>(n * vocab) * sizeof(float))
       grow(logits_, static_cast<size_t>(n * vocab) * sizeof(float));
     if (!replaying_) {
-      Span span(this, "final rms_norm");
-      cuda::rms_norm(x, out_rows_, norm, n, dim, eps, final_->f32(), stream_);
+      {
+        Span span(this, "final rms_norm");
+        cuda::rms_norm(x, out_rows_, norm, n, dim, eps, final_->f32(), stream_);
+      }
       matmul(lm_head, final_->f32(), dim, n, logits_->f32(), vocab);
     }
     if (capturing_) finish_capture();
@@ -400,6 +403,7 @@ class CudaBackend final : public Backend {
   std::vector<std::unique_ptr<Buffer>> buffers_;  // weights and vectors
   std::unique_ptr<Buffer> kv_, partial_, final_, logits_, meta_, w16_, x16_;
   cuda::CublasContext* cublas_ = nullptr;
+  std::string cublas_why_;
   KvGeometry geometry_;
   int64_t n_kv_blocks_ = 0;
   // The step's description: a pinned host copy and its device copy.

@@ -29,15 +29,21 @@ class CudaBackendTest : public ::testing::Test {
   }
 
   // A host vector copied into a fresh GPU buffer (kept until the test ends).
-  float* on_gpu(const std::vector<float>& v) {
-    buffers_.push_back(gpu_->alloc(v.size() * sizeof(float)));
-    gpu_->to_device(buffers_.back()->data(), v.data(), v.size() * sizeof(float));
+  // Copies through the backend that uses the buffer (each backend waits for
+  // its own stream only).
+  float* on_gpu(const std::vector<float>& v, Backend* be = nullptr) {
+    if (be == nullptr) be = gpu_.get();
+    buffers_.push_back(be->alloc(v.size() * sizeof(float)));
+    be->to_device(buffers_.back()->data(), v.data(), v.size() * sizeof(float));
     return buffers_.back()->f32();
   }
-  float* gpu_zeros(size_t n) { return on_gpu(std::vector<float>(n, std::nanf(""))); }
-  std::vector<float> from_gpu(const float* p, size_t n) {
+  float* gpu_zeros(size_t n, Backend* be = nullptr) {
+    return on_gpu(std::vector<float>(n, std::nanf("")), be);
+  }
+  std::vector<float> from_gpu(const float* p, size_t n, Backend* be = nullptr) {
+    if (be == nullptr) be = gpu_.get();
     std::vector<float> out(n);
-    gpu_->to_host(out.data(), p, n * sizeof(float));
+    be->to_host(out.data(), p, n * sizeof(float));
     return out;
   }
 
@@ -146,7 +152,9 @@ TEST_F(CudaBackendTest, MatmulMatchesTheScalarReference) {
   for (const MatmulCase& c : cases) {
     const bool quant = c.group > 0;
     for (const int64_t rows : {1, 37, 300}) {
-      for (const int64_t cols : quant ? std::vector<int64_t>{128, 384} : std::vector<int64_t>{72, 100, 256}) {
+      // 5120 columns: the streaming gemv's wide rows (4-bit) and the
+      // chunked gemv's (8-bit rows past its 256 loads).
+      for (const int64_t cols : quant ? std::vector<int64_t>{128, 384, 5120} : std::vector<int64_t>{72, 100, 256}) {
         for (const int64_t tokens : quant ? std::vector<int64_t>{1, 3, 8, 9, 70, 130, 300}
                                           : std::vector<int64_t>{1, 3, 8, 9, 70}) {
           HostWeight hw = random_weight(rng_, c.format, c.scale_type, c.group, rows, cols);
@@ -156,10 +164,13 @@ TEST_F(CudaBackendTest, MatmulMatchesTheScalarReference) {
           const WeightMatrix dw = gpu->upload(hw.w);
           // An output row wider than the weight (ldy > rows), as q/k/v parts write.
           const int64_t ldy = rows + 5;
-          float* y = gpu_zeros(static_cast<size_t>(tokens * ldy));
+          float* y = gpu_zeros(static_cast<size_t>(tokens * ldy), gpu);
           const WeightMatrix* parts[] = {&dw};
-          gpu->matmul(parts, on_gpu(x), cols, tokens, y, ldy);
-          const std::vector<float> all = from_gpu(y, static_cast<size_t>(tokens * ldy));
+          // The second backend also takes the chunked gemv for decode rows.
+          if (gpu != gpu_.get()) setenv("PENSIEVE_CUDA_STREAM_GEMV", "0", 1);
+          gpu->matmul(parts, on_gpu(x, gpu), cols, tokens, y, ldy);
+          unsetenv("PENSIEVE_CUDA_STREAM_GEMV");
+          const std::vector<float> all = from_gpu(y, static_cast<size_t>(tokens * ldy), gpu);
           std::vector<float> got;
           for (int64_t t = 0; t < tokens; ++t)
             got.insert(got.end(), all.begin() + t * ldy, all.begin() + t * ldy + rows);

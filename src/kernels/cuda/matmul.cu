@@ -10,6 +10,8 @@
 //    pipelined 128x128 tiles for long prompts of MLX weights.
 #include <mma.h>
 
+#include <cstdlib>
+
 #include "kernels/cuda/kernels.h"
 
 namespace pensieve::cuda {
@@ -190,6 +192,10 @@ __global__ void gemv_any_kernel(GpuWeight w, const float* x, int64_t ldx, int64_
 
 template <int FMT, bool SILU = false>
 void launch_gemv(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+                 int64_t ldy, cudaStream_t stream);
+
+template <int FMT, bool SILU = false>
+void launch_gemv_chunked(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
                  int64_t ldy, cudaStream_t stream) {
   const unsigned grid = blocks_for(w.rows, kGemvWarps * kGemvRows);
   const unsigned threads = kGemvWarps * 32;
@@ -207,6 +213,192 @@ void launch_gemv(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_toke
 #undef PENSIEVE_GEMV_CASE
     default: throw Error(ErrorKind::internal, "gemv: " + std::to_string(n_tokens) + " tokens");
   }
+}
+
+// The streaming gemv: x (up to T_MAX tokens) staged in shared memory once
+// per block, whole rows wide, and each warp walking its rows with the next
+// row's weight loads (and scales) in flight while it computes the current
+// one. The grid is what the card holds at once, so x is read once per block
+// rather than once per 16 rows, and a warp always has a row of loads out.
+// Rows of at most 32·MAXL 16-byte loads (MAXL 4: 4-bit rows of 4096
+// columns; 8: 8192); wider rows, or x too large for shared memory, take
+// gemv_kernel above.
+constexpr int kStreamWarps = 8;
+
+// PENSIEVE_CUDA_STREAM_GEMV=0: the chunked gemv only (for comparisons).
+// (Read at every launch outside a graph replay, so a test can compare.)
+bool stream_gemv_enabled() {
+  const char* e = std::getenv("PENSIEVE_CUDA_STREAM_GEMV");
+  return e == nullptr || e[0] != '0';
+}
+
+template <int T_MAX, int FMT, int MAXL, bool SILU>
+__global__ void __launch_bounds__(kStreamWarps * 32)
+    gemv_stream_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, int n_tokens,
+                       float* y, int64_t ldy) {
+  constexpr int V = values_per_load<FMT>();
+  constexpr bool kQuant = FMT == kAffine4 || FMT == kAffine8;
+  extern __shared__ __align__(16) float xs_dyn[];
+  const int cols = static_cast<int>(w.cols);
+  const int pcols = padded(cols);
+  for (int e = threadIdx.x; e < n_tokens * (cols / 4); e += kStreamWarps * 32) {
+    const int t = e / (cols / 4), c = (e % (cols / 4)) * 4;
+    float4 v = __ldg(reinterpret_cast<const float4*>(x + t * ldx + c));
+    if constexpr (SILU) {
+      const float4 u = __ldg(reinterpret_cast<const float4*>(x + t * ldx + cols + c));
+      v.x = v.x / (1.0f + expf(-v.x)) * u.x;
+      v.y = v.y / (1.0f + expf(-v.y)) * u.y;
+      v.z = v.z / (1.0f + expf(-v.z)) * u.z;
+      v.w = v.w / (1.0f + expf(-v.w)) * u.w;
+    }
+    *reinterpret_cast<float4*>(&xs_dyn[t * pcols + padded(c)]) = v;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kStreamWarps;
+  const int64_t row_bytes = w.row_bytes();
+  const int n_loads = static_cast<int>(row_bytes / 16);
+  const int64_t n_groups = kQuant ? w.cols / w.group_size : 0;
+
+  uint4 cur[MAXL];
+  float cur_s[MAXL], cur_b[MAXL];
+  auto fetch = [&](int64_t r, uint4 (&raw)[MAXL], float (&sc)[MAXL], float (&bi)[MAXL]) {
+    const uint4* rowp = reinterpret_cast<const uint4*>(w.data + r * row_bytes);
+#pragma unroll
+    for (int p = 0; p < MAXL; ++p) {
+      const int idx = p * 32 + lane;
+      raw[p] = make_uint4(0, 0, 0, 0);
+      sc[p] = bi[p] = 0.f;
+      if (idx < n_loads) {
+        raw[p] = __ldg(rowp + idx);
+        if constexpr (kQuant) {
+          const int64_t g = r * n_groups + (static_cast<int64_t>(idx) * V) / w.group_size;
+          sc[p] = load_scale(w.scales, w.scale_type, g);
+          bi[p] = load_scale(w.biases, w.scale_type, g);
+        }
+      }
+    }
+  };
+  int64_t r = blockIdx.x * static_cast<int64_t>(kStreamWarps) + warp;
+  if (r < w.rows) fetch(r, cur, cur_s, cur_b);
+  __syncthreads();  // x is staged
+  for (; r < w.rows; r += stride) {
+    uint4 nxt[MAXL];
+    float nxt_s[MAXL], nxt_b[MAXL];
+    if (r + stride < w.rows) fetch(r + stride, nxt, nxt_s, nxt_b);
+    float acc[T_MAX];
+#pragma unroll
+    for (int t = 0; t < T_MAX; ++t) acc[t] = 0.f;
+#pragma unroll
+    for (int p = 0; p < MAXL; ++p) {
+      const int idx = p * 32 + lane;
+      if (idx >= n_loads) continue;
+      float v[V];
+      decode16<FMT>(cur[p], v);
+      if constexpr (kQuant) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[k] = fmaf(cur_s[p], v[k], cur_b[p]);
+      }
+      const int c = idx * V;
+#pragma unroll
+      for (int t = 0; t < T_MAX; ++t) {
+        if (t >= n_tokens) break;
+        const float4* xv = reinterpret_cast<const float4*>(&xs_dyn[t * pcols + padded(c)]);
+        float sum = 0.f;
+#pragma unroll
+        for (int k = 0; k < V / 4; ++k) {
+          const float4 xx = xv[k];
+          sum = fmaf(v[4 * k], xx.x, sum);
+          sum = fmaf(v[4 * k + 1], xx.y, sum);
+          sum = fmaf(v[4 * k + 2], xx.z, sum);
+          sum = fmaf(v[4 * k + 3], xx.w, sum);
+        }
+        acc[t] += sum;
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < T_MAX; ++t) {
+      if (t >= n_tokens) break;
+      const float s = warp_sum(acc[t]);
+      if (lane == 0) y[t * ldy + r] = s;
+    }
+#pragma unroll
+    for (int p = 0; p < MAXL; ++p) {
+      cur[p] = nxt[p];
+      cur_s[p] = nxt_s[p];
+      cur_b[p] = nxt_b[p];
+    }
+  }
+}
+
+constexpr size_t kStreamMaxSmem = 200 * 1024;
+
+int multiprocessors() {
+  static const int n = [] {
+    int dev = 0, sms = 0;
+    PENSIEVE_CUDA_CHECK(cudaGetDevice(&dev));
+    PENSIEVE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms;
+  }();
+  return n;
+}
+
+// The grid is the blocks the card runs at once with this much shared memory
+// (the attribute and occupancy queries are made once per kernel and size).
+template <int T_MAX, int FMT, int MAXL, bool SILU>
+void launch_stream(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+                   int64_t ldy, size_t smem, cudaStream_t stream) {
+  auto kernel = gemv_stream_kernel<T_MAX, FMT, MAXL, SILU>;
+  static bool configured = false;
+  static int per_sm = 0;
+  static size_t per_sm_smem = 0;
+  if (!configured) {
+    PENSIEVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(kStreamMaxSmem)));
+    configured = true;
+  }
+  if (per_sm == 0 || per_sm_smem != smem) {
+    PENSIEVE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
+                                                                      kStreamWarps * 32, smem));
+    per_sm_smem = smem;
+  }
+  const int64_t by_rows = (w.rows + kStreamWarps - 1) / kStreamWarps;
+  const int64_t resident = static_cast<int64_t>(multiprocessors()) * (per_sm > 0 ? per_sm : 1);
+  const auto grid = static_cast<unsigned>(by_rows < resident ? by_rows : resident);
+  kernel<<<grid, kStreamWarps * 32, smem, stream>>>(w, x, ldx, static_cast<int>(n_tokens), y, ldy);
+}
+
+template <int FMT, int MAXL, bool SILU>
+void launch_stream_t(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+                     int64_t ldy, size_t smem, cudaStream_t stream) {
+  if (n_tokens <= 1) launch_stream<1, FMT, MAXL, SILU>(w, x, ldx, n_tokens, y, ldy, smem, stream);
+  else if (n_tokens <= 2) launch_stream<2, FMT, MAXL, SILU>(w, x, ldx, n_tokens, y, ldy, smem, stream);
+  else if (n_tokens <= 4) launch_stream<4, FMT, MAXL, SILU>(w, x, ldx, n_tokens, y, ldy, smem, stream);
+  else launch_stream<8, FMT, MAXL, SILU>(w, x, ldx, n_tokens, y, ldy, smem, stream);
+}
+
+// The streaming gemv where it applies (FMT's rows fit MAXL loads a lane and
+// x fits shared memory); false otherwise.
+template <int FMT, bool SILU>
+bool try_stream(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+                int64_t ldy, cudaStream_t stream) {
+  if constexpr (FMT == kF32) {
+    return false;
+  } else {
+    const int64_t loads = w.row_bytes() / 16;
+    const size_t smem = static_cast<size_t>(n_tokens * padded(static_cast<int>(w.cols))) * sizeof(float);
+    if (w.cols % 4 != 0 || smem > kStreamMaxSmem || w.cols > (1 << 20)) return false;
+    if (loads <= 32 * 4) launch_stream_t<FMT, 4, SILU>(w, x, ldx, n_tokens, y, ldy, smem, stream);
+    else if (loads <= 32 * 8) launch_stream_t<FMT, 8, SILU>(w, x, ldx, n_tokens, y, ldy, smem, stream);
+    else return false;
+    return true;
+  }
+}
+
+template <int FMT, bool SILU>
+void launch_gemv(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
+                 int64_t ldy, cudaStream_t stream) {
+  if (stream_gemv_enabled() && try_stream<FMT, SILU>(w, x, ldx, n_tokens, y, ldy, stream)) return;
+  launch_gemv_chunked<FMT, SILU>(w, x, ldx, n_tokens, y, ldy, stream);
 }
 
 // --- Tensor-core gemm.
