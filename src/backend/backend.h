@@ -161,4 +161,14 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int n_threads);
 // driver, no device.
 std::string cuda_unavailable_reason();
 
+// Whether a model fits a device before any of it is uploaded: its weights,
+// the KV cache of the smallest context served, and the work space of a
+// step, against the device's free memory. "" when it fits, else one line
+// naming what is needed and what is free.
+std::string device_fit_problem(const std::string& device_name, int64_t weight_bytes,
+                               int64_t min_kv_bytes, int64_t workspace_bytes, int64_t available);
+// The work space set aside for a GPU step (activations of a 2048-token
+// prompt chunk, the f16 copy of one weight for cuBLAS, cuBLAS itself).
+inline constexpr int64_t kGpuWorkspaceBytes = int64_t{768} << 20;
+
 }  // namespace pensieve

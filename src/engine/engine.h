@@ -22,6 +22,8 @@
 // stays cached (evictable, LRU) instead of free.
 #pragma once
 
+#include "core/kv_geometry.h"
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -99,9 +101,6 @@ struct EngineStats {
 
 // The share of available memory an automatic KV pool may take.
 inline constexpr double kKvShareOfAvailableMemory = 0.5;
-
-// The smallest context plan_kv_pool shrinks to; below it the start fails.
-inline constexpr int64_t kMinFittedContext = 256;
 
 struct KvPoolPlan {
   int64_t blocks = 0;    // the KV pool's size

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/kv_geometry.h"
 #include "core/log.h"
 #include "models/rope.h"
 #include "models/weights.h"
@@ -266,8 +267,23 @@ void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>*
 std::unique_ptr<Model> build_decoder(ModelConfig config, const DecoderLayout& layout,
                                      std::shared_ptr<TensorStore> store,
                                      const LoadOptions& options) {
+  std::unique_ptr<Backend> backend = make_backend(options.device, options.n_threads);
+  if (std::string(backend->device()) != "cpu") {
+    // Refused before anything is uploaded, in one line naming the sizes.
+    const KvGeometry g{.n_layers = config.n_layers, .n_kv_heads = config.n_kv_heads,
+                       .head_dim = config.head_dim};
+    const int64_t min_kv = g.bytes_per_block() * kv_blocks_for(kMinFittedContext + 1);
+    const std::string problem =
+        device_fit_problem(backend->description(), static_cast<int64_t>(store->total_file_bytes()),
+                           min_kv, kGpuWorkspaceBytes, backend->memory().available);
+    if (!problem.empty()) {
+      if (options.device == "cuda") fail(ErrorKind::resource, "{}", problem);
+      spdlog::warn("{}: serving on the CPU instead", problem);
+      backend = make_backend("cpu", options.n_threads);
+    }
+  }
   return std::make_unique<DecoderModel>(std::move(config), layout, std::move(store),
-                                        make_backend(options.device, options.n_threads));
+                                        std::move(backend));
 }
 
 }  // namespace pensieve

@@ -12,6 +12,7 @@
 #include "support/test_support.h"
 #include "engine/engine.h"
 #include "kernels/cpu/attention.h"
+#include "backend/backend.h"
 #include "backend/kv_storage.h"
 #include "models/model.h"
 
@@ -127,6 +128,22 @@ TEST(KvMemory, ExplicitBudgetIsTakenAsGivenOrRefusedWithAReason) {
   o.kv_memory_bytes = 20 * GiB;
   EXPECT_EQ(error_of([&] { kv_pool_blocks(o, MiB, machine); }),
             "KV memory of 20.00 GiB is more than this machine's 16.00 GiB of RAM");
+}
+
+// A GPU that cannot hold the weights, the shortest context's KV cache and
+// the step work space refuses the model in one line naming every size.
+TEST(KvMemory, DeviceFitNamesWhatIsNeededAndWhatIsFree) {
+  EXPECT_EQ(device_fit_problem("cuda: H100", 2 * GiB, 100 * MiB, 768 * MiB, 80 * GiB), "");
+  EXPECT_EQ(device_fit_problem("cuda: H100", 2 * GiB, 100 * MiB, 768 * MiB, 0), "");  // unknown
+  const std::string p = device_fit_problem("cuda: H100", 20 * GiB, GiB, GiB / 2, 8 * GiB);
+  EXPECT_NE(p.find("does not fit cuda: H100"), std::string::npos) << p;
+  EXPECT_NE(p.find("needs 21.50 GiB"), std::string::npos) << p;
+  EXPECT_NE(p.find("weights 20.00 GiB"), std::string::npos) << p;
+  EXPECT_NE(p.find("8.00 GiB is free"), std::string::npos) << p;
+  EXPECT_EQ(p.find('\n'), std::string::npos);
+  // Exactly full fits; a byte over does not.
+  EXPECT_EQ(device_fit_problem("g", GiB, GiB, GiB, 3 * GiB), "");
+  EXPECT_NE(device_fit_problem("g", GiB, GiB, GiB + 1, 3 * GiB), "");
 }
 
 TEST(KvMemory, ParsesSizesAndRefusesBadOnes) {
