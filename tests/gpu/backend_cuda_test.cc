@@ -155,7 +155,7 @@ TEST_F(CudaBackendTest, MatmulMatchesTheScalarReference) {
       // 5120 columns: the streaming gemv's wide rows (4-bit) and the
       // chunked gemv's (8-bit rows past its 256 loads).
       for (const int64_t cols : quant ? std::vector<int64_t>{128, 384, 5120} : std::vector<int64_t>{72, 100, 256}) {
-        for (const int64_t tokens : quant ? std::vector<int64_t>{1, 3, 8, 9, 70, 130, 300}
+        for (const int64_t tokens : quant ? std::vector<int64_t>{1, 3, 8, 9, 20, 70, 130, 300}
                                           : std::vector<int64_t>{1, 3, 8, 9, 70}) {
           HostWeight hw = random_weight(rng_, c.format, c.scale_type, c.group, rows, cols);
           const std::vector<float> x = random_floats(rng_, static_cast<size_t>(tokens * cols));

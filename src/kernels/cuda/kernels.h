@@ -87,6 +87,9 @@ constexpr int kFlashTileRows = 64;
 void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
             int64_t ldy, cudaStream_t stream);
 constexpr int64_t kGemvMaxTokens = 8;
+// MLX weights with up to this many rows (many streams decoding) take the
+// gemv in groups of kGemvMaxTokens.
+constexpr int64_t kGemvBatchTokens = 32;
 // Decode's MLP down projection: y = (silu(gate) · up) · wᵀ from the gate|up
 // rows gu (width 2·w.cols), without the activation in memory. False (and
 // nothing launched) where the fused gemv does not apply.

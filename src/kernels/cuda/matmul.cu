@@ -10,6 +10,7 @@
 //    pipelined 128x128 tiles for long prompts of MLX weights.
 #include <mma.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "kernels/cuda/kernels.h"
@@ -77,7 +78,7 @@ constexpr int gemv_chunk() {
   return by_regs < by_smem ? by_regs : by_smem;
 }
 
-__device__ __forceinline__ int padded(int c) { return c + (c / 32) * 4; }
+__host__ __device__ __forceinline__ int padded(int c) { return c + (c / 32) * 4; }
 
 // SILU: x is a gate|up row pair of width 2·cols and the gemv's input is
 // silu(gate) · up, computed as it is staged (as silu_mul computes it), so
@@ -626,9 +627,15 @@ bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y
                  cudaStream_t stream) {
   const bool quant = w.format == kAffine4 || w.format == kAffine8;
   const int v = w.format == kAffine4 ? values_per_load<kAffine4>() : values_per_load<kAffine8>();
-  if (!quant || n_tokens < 1 || n_tokens > kGemvMaxTokens || w.cols % v != 0 || !aligned16(w.data) ||
+  if (!quant || n_tokens < 1 || n_tokens > kGemvBatchTokens || w.cols % v != 0 || !aligned16(w.data) ||
       w.row_bytes() % 16 != 0 || !aligned16(gu) || w.cols % 4 != 0)
     return false;
+  if (n_tokens > kGemvMaxTokens) {
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens)
+      matmul_silu(w, gu + t0 * 2 * w.cols, std::min<int64_t>(kGemvMaxTokens, n_tokens - t0),
+                  y + t0 * ldy, ldy, stream);
+    return true;
+  }
   if (w.format == kAffine4) launch_gemv<kAffine4, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
   else launch_gemv<kAffine8, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
   PENSIEVE_CUDA_LAUNCHED("gemv silu");
@@ -638,6 +645,16 @@ bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y
 void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
             int64_t ldy, cudaStream_t stream) {
   if (n_tokens == 0 || w.rows == 0) return;
+  if (n_tokens > kGemvMaxTokens && n_tokens <= kGemvBatchTokens &&
+      (w.format == kAffine4 || w.format == kAffine8)) {
+    // Many streams decoding (9-32 rows): the gemv over groups of 8 rows
+    // reads the weight once a group, where the tile gemm's few blocks of
+    // 64 rows (a few hundred for a 3072-wide model) wait on their loads.
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens)
+      matmul(w, x + t0 * ldx, ldx, std::min<int64_t>(kGemvMaxTokens, n_tokens - t0), y + t0 * ldy,
+             ldy, stream);
+    return;
+  }
   if (n_tokens <= kGemvMaxTokens) {
     int v = 0;
     switch (w.format) {
