@@ -50,6 +50,19 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     >/dev/null 2>"$out/profile-16k.txt"
   "$bin/pensieve" bench-serve --device cuda --model $model --streams 1,8,32 --prompt-tokens 1024 \
     --gen-tokens 128 --prefix-tokens 20000 >"$out/bench-serve.txt" 2>&1
+  # Claude Code's recorded requests through `pensieve serve` on the same
+  # shapes, with a real Phi-3 tokenizer: time to first token, cold and warm.
+  served=/tmp/phi3-mini-4bit-tok
+  [ -f $served/config.json ] || "$bin/pensieve" synth-model --like phi-3-mini --format mlx-4bit \
+    --tokenizer tests/data/tokenizers/phi3 $served >/dev/null 2>&1
+  "$bin/pensieve" serve --device cuda --model $served --port 18181 >"$out/serve.log" 2>&1 &
+  serve_pid=$!
+  for _ in $(seq 1 120); do
+    curl -s localhost:18181/health 2>/dev/null | grep -q '"status":"ok"' && break
+    sleep 0.5
+  done
+  python3 scripts/replay-claude-code.py --port 18181 >"$out/replay.jsonl" 2>&1
+  kill $serve_pid; wait $serve_pid 2>/dev/null
 fi
 echo "=== summary"
 printf '%s\n' "${summary[@]}"
@@ -59,5 +72,5 @@ for l in open(sys.argv[1]):
     j=json.loads(l); print("bench prompt %5d: prefill %8.0f tok/s (%.3f s)  decode %7.1f tok/s  load %.1f s" % (j["prompt_tokens"], j["prefill_tok_s"], j["prefill_s"], j["decode_tok_s"], j["load_s"]))
 ' "$out/bench.jsonl"
 grep -h -E "Failure|error|Expected|Which is|relative" "$out"/*.log 2>/dev/null | head -40
-for f in "$out"/profile-*.txt "$out"/bench-serve.txt; do [ -f "$f" ] && { echo "=== $f"; grep -v '^\[' "$f" | head -60; }; done
+for f in "$out"/profile-*.txt "$out"/bench-serve.txt "$out"/replay.jsonl; do [ -f "$f" ] && { echo "=== $f"; grep -v '^\[' "$f" | head -60; }; done
 exit 0
