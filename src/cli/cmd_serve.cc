@@ -308,6 +308,10 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     eo.max_batch_tokens = o->batch_tokens > 0 ? o->batch_tokens : model->backend().step_tokens();
     eo.max_queue = o->max_queue;
     eo.kv_memory_bytes = on_gpu ? gpu_memory_bytes : kv_memory_bytes;
+    if (on_gpu) {
+      eo.kv_memory_option = "--gpu-memory";
+      eo.memory_name = "GPU memory";
+    }
     eo.prefix_cache = !o->no_prefix_cache;
     eo.fit_ctx_size = o->ctx_size == 0;  // the model's default shrinks to fit; the user's does not
     Engine engine(*model, eo);

@@ -58,17 +58,17 @@ KvPoolPlan plan_kv_pool(const EngineOptions& o, int64_t bytes_per_block, const M
   std::string budget;  // what limited the pool, for the messages below
   if (o.kv_memory_bytes > 0) {
     if (memory.total > 0 && o.kv_memory_bytes > memory.total) {
-      fail(ErrorKind::resource, "KV memory of {} is more than this machine's {} of RAM",
-           format_bytes(o.kv_memory_bytes), format_bytes(memory.total));
+      fail(ErrorKind::resource, "KV memory of {} is more than this machine's {} of {}",
+           format_bytes(o.kv_memory_bytes), format_bytes(memory.total), o.memory_name);
     }
     plan.blocks = o.kv_memory_bytes / bytes_per_block;
-    budget = fmt::format("--kv-memory gives {}", format_bytes(o.kv_memory_bytes));
+    budget = fmt::format("{} gives {}", o.kv_memory_option, format_bytes(o.kv_memory_bytes));
     if (plan.blocks >= one_context) return plan;
     if (!o.fit_ctx_size) {
       fail("KV memory of {} holds {} blocks of {} tokens, but one {}-token context needs {} ({}): "
-           "give it more memory (--kv-memory) or a shorter context (--ctx-size)",
+           "give it more memory ({}) or a shorter context (--ctx-size)",
            format_bytes(o.kv_memory_bytes), plan.blocks, kKvBlockTokens, o.ctx_size,
-           one_context, format_bytes(one_context * bytes_per_block));
+           one_context, format_bytes(one_context * bytes_per_block), o.kv_memory_option);
     }
   } else {
     plan.blocks = std::max(blocks_for(o.ctx_size) * std::max<int64_t>(o.max_running, 1), one_context);
@@ -82,9 +82,9 @@ KvPoolPlan plan_kv_pool(const EngineOptions& o, int64_t bytes_per_block, const M
     if (!o.fit_ctx_size) {
       fail(ErrorKind::resource,
            "a {}-token context needs {} of KV cache, but {}: give a shorter context "
-           "(--ctx-size {} fits) or the KV cache more memory (--kv-memory)",
+           "(--ctx-size {} fits) or the KV cache more memory ({})",
            o.ctx_size, format_bytes(one_context * bytes_per_block), budget,
-           std::max<int64_t>(plan.blocks - 1, 0) * kKvBlockTokens);
+           std::max<int64_t>(plan.blocks - 1, 0) * kKvBlockTokens, o.kv_memory_option);
     }
   }
   // The default context does not fit: serve what does (the last position
@@ -93,13 +93,14 @@ KvPoolPlan plan_kv_pool(const EngineOptions& o, int64_t bytes_per_block, const M
   if (plan.ctx_size < kMinFittedContext) {
     fail(ErrorKind::resource,
          "the KV cache holds only {} tokens ({} blocks of {} bytes) and {}; a context of at least "
-         "{} tokens is needed: free some memory or give the KV cache more (--kv-memory)",
-         plan.ctx_size, plan.blocks, bytes_per_block, budget, kMinFittedContext);
+         "{} tokens is needed: free some memory or give the KV cache more ({})",
+         plan.ctx_size, plan.blocks, bytes_per_block, budget, kMinFittedContext, o.kv_memory_option);
   }
   plan.note = fmt::format(
       "context shrunk from {} to {} tokens to fit the KV cache: a full context needs {}, and {} "
-      "(--kv-memory or --ctx-size choose otherwise)",
-      o.ctx_size, plan.ctx_size, format_bytes(one_context * bytes_per_block), budget);
+      "({} or --ctx-size choose otherwise)",
+      o.ctx_size, plan.ctx_size, format_bytes(one_context * bytes_per_block), budget,
+      o.kv_memory_option);
   return plan;
 }
 

@@ -49,6 +49,8 @@ struct EngineOptions {
   int64_t ctx_size = 4096;          // most tokens one sequence may hold
   int64_t kv_blocks = 0;            // KV pool size in blocks; 0 = from kv_memory_bytes
   int64_t kv_memory_bytes = 0;      // 0 = automatic (kv_pool_blocks below)
+  // How messages name the budget and the memory it comes from.
+  std::string kv_memory_option = "--kv-memory", memory_name = "RAM";
   int64_t max_batch_tokens = 512;   // tokens per forward step
   int64_t max_running = 8;          // sequences decoded together
   int64_t max_queue = 64;           // waiting requests before submit() refuses

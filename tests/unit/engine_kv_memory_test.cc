@@ -128,6 +128,14 @@ TEST(KvMemory, ExplicitBudgetIsTakenAsGivenOrRefusedWithAReason) {
   o.kv_memory_bytes = 20 * GiB;
   EXPECT_EQ(error_of([&] { kv_pool_blocks(o, MiB, machine); }),
             "KV memory of 20.00 GiB is more than this machine's 16.00 GiB of RAM");
+  // On a GPU the messages name its budget option and memory.
+  o.kv_memory_option = "--gpu-memory";
+  o.memory_name = "GPU memory";
+  EXPECT_EQ(error_of([&] { kv_pool_blocks(o, MiB, machine); }),
+            "KV memory of 20.00 GiB is more than this machine's 16.00 GiB of GPU memory");
+  o.kv_memory_bytes = 10 * MiB;
+  EXPECT_NE(error_of([&] { kv_pool_blocks(o, MiB, machine); }).find("give it more memory (--gpu-memory)"),
+            std::string::npos);
 }
 
 // A GPU that cannot hold the weights, the shortest context's KV cache and
