@@ -152,8 +152,8 @@ TEST_F(CudaBackendTest, MatmulMatchesTheScalarReference) {
   for (const MatmulCase& c : cases) {
     const bool quant = c.group > 0;
     for (const int64_t rows : {1, 37, 300}) {
-      // 5120 columns: the streaming gemv's wide rows (4-bit) and the
-      // chunked gemv's (8-bit rows past its 256 loads).
+      // 5120 columns: the streaming gemv's wide rows (4-bit) and its
+      // fallback to the chunked gemv (8-bit rows past its 256 loads).
       for (const int64_t cols : quant ? std::vector<int64_t>{128, 384, 5120} : std::vector<int64_t>{72, 100, 256}) {
         for (const int64_t tokens : quant ? std::vector<int64_t>{1, 3, 8, 9, 20, 70, 130, 300}
                                           : std::vector<int64_t>{1, 3, 8, 9, 70}) {
@@ -166,8 +166,9 @@ TEST_F(CudaBackendTest, MatmulMatchesTheScalarReference) {
           const int64_t ldy = rows + 5;
           float* y = gpu_zeros(static_cast<size_t>(tokens * ldy), gpu);
           const WeightMatrix* parts[] = {&dw};
-          // The second backend also takes the chunked gemv for decode rows.
-          if (gpu != gpu_.get()) setenv("PENSIEVE_CUDA_STREAM_GEMV", "0", 1);
+          // The second backend also takes the streaming gemv (off by
+          // default) for decode rows.
+          if (gpu != gpu_.get()) setenv("PENSIEVE_CUDA_STREAM_GEMV", "1", 1);
           gpu->matmul(parts, on_gpu(x, gpu), cols, tokens, y, ldy);
           unsetenv("PENSIEVE_CUDA_STREAM_GEMV");
           const std::vector<float> all = from_gpu(y, static_cast<size_t>(tokens * ldy), gpu);
@@ -175,7 +176,9 @@ TEST_F(CudaBackendTest, MatmulMatchesTheScalarReference) {
           for (int64_t t = 0; t < tokens; ++t)
             got.insert(got.end(), all.begin() + t * ldy, all.begin() + t * ldy + rows);
           // Decode is f32 throughout; prefill rounds both operands to f16.
-          const double tol = tokens <= 8 ? 1e-5 : 2e-3;
+          // (f32 sums in another order than the reference's: a single
+          // output row with cancellation showed 1.2e-5.)
+          const double tol = tokens <= 8 ? 5e-5 : 2e-3;
           EXPECT_LT(relative_error(ref, got), tol)
               << weight_format_name(c.format) << " group " << c.group << " rows " << rows
               << " cols " << cols << " tokens " << tokens << " on " << gpu->description();

@@ -226,11 +226,15 @@ void launch_gemv_chunked(const GpuWeight& w, const float* x, int64_t ldx, int64_
 // gemv_kernel above.
 constexpr int kStreamWarps = 8;
 
-// PENSIEVE_CUDA_STREAM_GEMV=0: the chunked gemv only (for comparisons).
+// Off unless PENSIEVE_CUDA_STREAM_GEMV=1: on an H100 (run 6 of
+// docs/cuda-notes.md, alternated) decode ran at 251 tok/s with it and 295
+// with the chunked gemv. Kept, tested, for the work on decode: each warp
+// reads all of x from shared memory for every row, which at 1 token is as
+// many bytes as the weights and at 8 tokens eight times more.
 // (Read at every launch outside a graph replay, so a test can compare.)
 bool stream_gemv_enabled() {
   const char* e = std::getenv("PENSIEVE_CUDA_STREAM_GEMV");
-  return e == nullptr || e[0] != '0';
+  return e != nullptr && e[0] == '1';
 }
 
 template <int T_MAX, int FMT, int MAXL, bool SILU>
