@@ -331,7 +331,9 @@ struct HttpServer::Gate {
         }
       }
       for (int fd : to_close) server.close_connection(fd);
-      for (auto [fd, n_served] : ready) {
+      for (const auto& r : ready) {
+        const int fd = r.first;
+        const size_t n_served = r.second;
         server.workers_->enqueue([this, fd, n_served] { server.serve_connection(fd, n_served); });
       }
     }

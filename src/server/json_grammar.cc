@@ -130,6 +130,29 @@ bool is_hex(unsigned char c) {
 
 GrammarNode schema_grammar(const nlohmann::ordered_json& schema) { return schema_node(schema, 0); }
 
+namespace {
+
+// A call's arguments are a JSON object whatever input_schema says (the output
+// parser takes nothing else as a call): a schema that does not describe an
+// object (an enum, a string, ...) gets a free-form object instead.
+// (Found by the tool_grammar fuzz target: {"enum": ["a"]} made the grammar
+// force `"arguments": "a"`, which no tool call parses.)
+GrammarNode arguments_node(const json& schema) {
+  GrammarNode n = schema_node(schema, 0);
+  const bool object =
+      n.kind == Kind::any_object ||
+      (n.kind == Kind::sequence && !n.children.empty() && n.children[0].kind == Kind::literal &&
+       n.children[0].text.rfind('{', 0) == 0) ||
+      (n.kind == Kind::literal && n.text.rfind('{', 0) == 0);
+  return object ? n : make(Kind::any_object);
+}
+
+}  // namespace
+
+namespace {
+GrammarNode arguments_node(const json& schema);
+}  // namespace
+
 std::shared_ptr<const GrammarNode> tool_call_grammar(const std::vector<ForcedTool>& tools) {
   auto root = std::make_shared<GrammarNode>(make(Kind::sequence));
   root->children.push_back(make(Kind::literal, "<tool_call>\n{\"name\": \""));
@@ -140,7 +163,7 @@ std::shared_ptr<const GrammarNode> tool_call_grammar(const std::vector<ForcedToo
     options.push_back(name.substr(1) + ", \"arguments\": ");
     GrammarNode branch = make(Kind::sequence);
     branch.children.push_back(make(Kind::literal, options.back()));
-    branch.children.push_back(schema_node(t.input_schema, 0));
+    branch.children.push_back(arguments_node(t.input_schema));
     branches.push_back(std::move(branch));
   }
   root->children.push_back(make_choice(std::move(options), std::move(branches)));

@@ -160,6 +160,20 @@ TEST(JsonGrammar, ToolCallTakesOnlyTheAllowedToolsAndParses) {
   }
 }
 
+// Whatever input_schema says, a call's arguments are an object: the output
+// parser takes nothing else as a call. (A fuzz finding: an enum schema forced
+// "arguments": "a", and the answer came back as text.)
+TEST(JsonGrammar, ToolCallArgumentsAreAlwaysAnObject) {
+  for (const json& schema : {json{{"enum", {"a", "ab", 1}}}, json{{"type", "string"}}, json{{"const", 3}},
+                             json{{"type", "array"}}, json(nullptr)}) {
+    auto g = tool_call_grammar({{"t", schema}});
+    EXPECT_FALSE(prefix(g, "<tool_call>\n{\"name\": \"t\", \"arguments\": \"")) << schema.dump();
+    EXPECT_FALSE(prefix(g, "<tool_call>\n{\"name\": \"t\", \"arguments\": 1")) << schema.dump();
+    const std::string call = "<tool_call>\n{\"name\": \"t\", \"arguments\": {\"k\":[1]}}\n</tool_call>";
+    EXPECT_TRUE(matches(g, call)) << schema.dump();
+  }
+}
+
 // On the real tokenizer: every step offers some token, the ones allowed keep
 // the text a valid prefix, and following the highest allowed id (a stand-in
 // for a model) reaches a complete call.
