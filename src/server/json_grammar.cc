@@ -276,27 +276,76 @@ GrammarMatcher::Step GrammarMatcher::step(Frame& f, unsigned char c) {
     }
 
     case Kind::string:
+      // Only strings a JSON parser takes: valid UTF-8 (no overlong forms,
+      // no UTF-8 surrogates, nothing past U+10FFFF) and \u escapes whose
+      // surrogates come in pairs. Refused early, never at a dead end.
+      // (The tool_grammar fuzz target found 0xFF bytes and lone surrogates
+      // taken here, so that a complete call did not parse.)
+      // b: 0 before '"', 1 inside, 2 after '\', 3 \u digits (a: how many,
+      // lo: the value so far), 4 '\' of the low surrogate due, 5 its 'u',
+      // 6 its digits, 7 UTF-8 continuation bytes (a: how many left, lo..hi:
+      // the next one's range).
       switch (f.b) {
         case 0:
           return expect(f, c, '"', 1);
         case 1:
           if (c == '"') return Step::done;
-          if (c == '\\') f.b = 2;
-          else if (c < 0x20) return Step::refused;
+          if (c == '\\') {
+            f.b = 2;
+            return Step::taken;
+          }
+          if (c < 0x20) return Step::refused;
+          if (c < 0x80) return Step::taken;
+          f.lo = 0x80;
+          f.hi = 0xBF;
+          if (c >= 0xC2 && c <= 0xDF) f.a = 1;
+          else if (c >= 0xE0 && c <= 0xEF) f.a = 2;
+          else if (c >= 0xF0 && c <= 0xF4) f.a = 3;
+          else return Step::refused;
+          if (c == 0xE0) f.lo = 0xA0;
+          if (c == 0xED) f.hi = 0x9F;
+          if (c == 0xF0) f.lo = 0x90;
+          if (c == 0xF4) f.hi = 0x8F;
+          f.b = 7;
           return Step::taken;
         case 2:
           if (c == 'u') {
             f.b = 3;
             f.a = 0;
+            f.lo = 0;
             return Step::taken;
           }
           if (std::string_view("\"\\/bfnrt").find(static_cast<char>(c)) == std::string_view::npos)
             return Step::refused;
           f.b = 1;
           return Step::taken;
-        default:
+        case 3:
+        case 6: {
           if (!is_hex(c)) return Step::refused;
-          if (++f.a == 4) f.b = 1;
+          const int v = is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10;
+          f.lo = f.lo * 16 + v;
+          ++f.a;
+          if (f.b == 6) {  // DC00-DFFF only
+            if ((f.a == 1 && v != 0xD) || (f.a == 2 && v < 0xC)) return Step::refused;
+          } else if (f.a == 2 && f.lo >= 0xDC) {
+            return Step::refused;  // a low surrogate with no high one before it
+          }
+          if (f.a == 4) f.b = f.b == 3 && f.lo >= 0xD800 && f.lo <= 0xDBFF ? 4 : 1;
+          return Step::taken;
+        }
+        case 4:
+          return expect(f, c, '\\', 5);
+        case 5:
+          if (c != 'u') return Step::refused;
+          f.b = 6;
+          f.a = 0;
+          f.lo = 0;
+          return Step::taken;
+        default:  // 7
+          if (c < f.lo || c > f.hi) return Step::refused;
+          f.lo = 0x80;
+          f.hi = 0xBF;
+          if (--f.a == 0) f.b = 1;
           return Step::taken;
       }
 

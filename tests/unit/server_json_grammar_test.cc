@@ -174,6 +174,23 @@ TEST(JsonGrammar, ToolCallArgumentsAreAlwaysAnObject) {
   }
 }
 
+// Strings are what a JSON parser takes: valid UTF-8 and paired surrogate
+// escapes, refused at the first byte that cannot lead there (fuzz findings:
+// 0xFF and a lone \ud800 made complete calls that did not parse).
+TEST(JsonGrammar, StringsAreValidUtf8AndPairedSurrogates) {
+  auto g = in_array({{"type", "string"}});
+  EXPECT_TRUE(matches(g, "[\"a\u00e9\u20ac\U0001F600\"]"));
+  EXPECT_TRUE(matches(g, "[\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"]"));
+  EXPECT_TRUE(matches(g, R"(["\ud83d\ude00 \u0041"])"));
+  for (const char* bad : {"[\"\xff", "[\"\xc0", "[\"\xc3\x28", "[\"\xe0\x80", "[\"\xed\xa0",
+                          "[\"\xf4\x90", "[\"\xf5", "[\"\xc3\"", R"(["\udc)", R"(["\ud800")",
+                          R"(["\ud800\u0041)", R"(["\ud800\ud8)"})
+    EXPECT_FALSE(prefix(g, bad)) << bad;
+  // Every accepted prefix can still be completed.
+  EXPECT_TRUE(prefix(g, R"(["\ud800\udc)"));
+  EXPECT_TRUE(prefix(g, "[\"\xf0\x9f"));
+}
+
 // On the real tokenizer: every step offers some token, the ones allowed keep
 // the text a valid prefix, and following the highest allowed id (a stand-in
 // for a model) reaches a complete call.
