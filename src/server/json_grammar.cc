@@ -10,6 +10,10 @@ using Kind = GrammarNode::Kind;
 using json = nlohmann::ordered_json;
 
 constexpr int kMaxDigits = 16;
+// Exponents stay within two digits, so that every number is a finite double
+// (the tool_grammar fuzz target found 1e9999999999999999, which no JSON
+// parser takes).
+constexpr int kMaxExponentDigits = 2;
 constexpr int kMaxDepth = 8;
 
 GrammarNode make(Kind kind, std::string text = {}) {
@@ -357,7 +361,7 @@ GrammarMatcher::Step GrammarMatcher::step(Frame& f, unsigned char c) {
       const bool can_end = f.b == 2 || f.b == 3 || f.b == 5 || f.b == 8;
       auto digit_in = [&](int state) {
         if (f.b != state) f.a = 0;
-        if (++f.a > kMaxDigits) return false;
+        if (++f.a > (state == 8 ? kMaxExponentDigits : kMaxDigits)) return false;
         f.b = state;
         return true;
       };

@@ -186,6 +186,10 @@ TEST(JsonGrammar, StringsAreValidUtf8AndPairedSurrogates) {
                           "[\"\xf4\x90", "[\"\xf5", "[\"\xc3\"", R"(["\udc)", R"(["\ud800")",
                           R"(["\ud800\u0041)", R"(["\ud800\ud8)"})
     EXPECT_FALSE(prefix(g, bad)) << bad;
+  // Numbers stay finite doubles: exponents of two digits at most.
+  auto numbers = in_array({{"type", "number"}});
+  EXPECT_TRUE(matches(numbers, "[1e99,-2.5E-12]"));
+  EXPECT_FALSE(matches(numbers, "[1e999]"));
   // Every accepted prefix can still be completed.
   EXPECT_TRUE(prefix(g, R"(["\ud800\udc)"));
   EXPECT_TRUE(prefix(g, "[\"\xf0\x9f"));
