@@ -33,6 +33,8 @@ size_t default_max_connections() {
 
 namespace {
 
+thread_local int t_current_socket = -1;
+
 bool iequals_prefix(std::string_view text, std::string_view prefix) {
   if (text.size() < prefix.size()) return false;
   for (size_t i = 0; i < prefix.size(); ++i)
@@ -489,10 +491,15 @@ bool HttpServer::serve_one(httplib::Stream& strm, bool close_connection) {
   return ok && !connection_closed && !close_connection;
 }
 
+int HttpServer::current_socket() { return t_current_socket; }
+
 void HttpServer::serve_connection(int fd, size_t n_served) {
   DeadlineStream strm(fd, limits_);
   const bool last = n_served + 1 >= limits_.keep_alive_max_count || stopping_;
-  if (serve_one(strm, last) && !stopping_ && gate_) {
+  t_current_socket = fd;
+  const bool keep = serve_one(strm, last);
+  t_current_socket = -1;
+  if (keep && !stopping_ && gate_) {
     gate_->add(fd, n_served + 1);
   } else {
     close_connection(fd);

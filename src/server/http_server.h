@@ -97,6 +97,11 @@ class HttpServer : public httplib::Server {
   // has made listen_after_bind() return. Idempotent.
   void stop_connections();
 
+  // The socket of the connection the calling thread is answering (a route
+  // handler's), or -1 (httplib 0.11 hands a handler no socket). It stays
+  // open, and this thread's, until the handler returns.
+  static int current_socket();
+
   // Connections open now (in the gate or with a worker).
   size_t n_connections() const { return n_open_.load(); }
 

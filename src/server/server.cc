@@ -263,6 +263,10 @@ void Server::start() {
          "bind to 127.0.0.1, or pass --allow-no-key to serve anyone who can reach it",
          s.options.host);
   std::signal(SIGPIPE, SIG_IGN);
+  // spdlog's registry is a function-local static of the (shared) library:
+  // made here, before the server's threads exist, every thread that logs is
+  // ordered after its construction (which ThreadSanitizer can then see).
+  (void)spdlog::default_logger_raw();
 
   s.created_at = now_rfc3339();
   s.prepare_routes();
