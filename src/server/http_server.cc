@@ -17,7 +17,6 @@
 #include <set>
 
 #include "core/log.h"
-#include "core/error.h"
 #include "server/task_queue.h"
 
 namespace pensieve::server {

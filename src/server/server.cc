@@ -10,7 +10,6 @@
 #include "server/ids.h"
 #include "server/listen_socket.h"
 #include "server/server_impl.h"
-#include "server/task_queue.h"
 
 namespace pensieve::server {
 
