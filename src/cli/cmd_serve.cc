@@ -1,5 +1,6 @@
 // pensieve serve: the Anthropic Messages API on a local model.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -43,6 +44,9 @@ struct Opts {
   bool no_prefix_cache = false;
   bool mmap = false;
   bool test_hooks = false;
+  bool allow_no_key = false;
+  int header_timeout = 10, read_timeout = 30;
+  size_t max_connections = 0;
 };
 
 // The bundled model: <prefix>/share/pensieve/models/stories260K next to
@@ -111,6 +115,16 @@ std::string claude_command(const std::string& url, const std::string& key, const
                      shell_word(model), context);
 }
 
+// Each connection is a file descriptor: lift the soft limit to the hard one
+// so that thousands of idle clients do not run the server out of them.
+void raise_open_file_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
 RegisterCommand reg("serve", [](CLI::App& app) {
   app.description("Serve the Anthropic Messages API (POST /v1/messages) on a local model");
   auto o = std::make_shared<Opts>();
@@ -163,7 +177,25 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "comma-separated; $PENSIEVE_API_KEY when not given (default: none, and then "
                  "only local clients are served)")
       ->envname("PENSIEVE_API_KEY");
-  app.add_option("--http-threads", o->http_threads, "connections served at once")
+  app.add_flag("--allow-no-key", o->allow_no_key,
+               "serve clients on any address without an API key (without this flag, a server "
+               "with no key refuses to bind a non-loopback address and answers only local "
+               "clients)");
+  app.add_option("--header-timeout", o->header_timeout,
+                 "seconds a client has to send its request line and headers (slow or stalled "
+                 "clients are closed after it)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600));
+  app.add_option("--read-timeout", o->read_timeout,
+                 "seconds a client may stall while sending its body, or while not reading the "
+                 "answer, before it is dropped")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600));
+  app.add_option("--max-connections", o->max_connections,
+                 "open connections at most; a new one past it closes the connection that has "
+                 "waited longest without sending a request (0: the open-file limit less 128)")
+      ->capture_default_str();
+  app.add_option("--http-threads", o->http_threads, "requests read or answered at once")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
   app.add_option("--max-queue", o->max_queue, "generations running or waiting before 529")
@@ -202,6 +234,14 @@ RegisterCommand reg("serve", [](CLI::App& app) {
         fail("--gpu-memory: {}", e.what());
       }
     }
+    // Before anything is loaded: a server without a key only binds loopback.
+    if (server::split_api_keys(o->api_key).empty() && !o->allow_no_key &&
+        !server::is_loopback_address(o->host))
+      fail("refusing to listen on {} without an API key: pass --api-key (or set "
+           "PENSIEVE_API_KEY), bind to 127.0.0.1, or pass --allow-no-key to serve anyone who can "
+           "reach it",
+           o->host);
+    raise_open_file_limit();
     // SIGINT/SIGTERM are taken by one thread with sigwait (below), so block
     // them before any other thread exists.
     sigset_t set;
@@ -300,6 +340,12 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     if (c.sliding_window > 0 && c.sliding_window < ctx)
       spdlog::info("attention window: the last {} positions", c.sliding_window);
     auto tokenizer = Tokenizer::load(dir);
+    // A tokenizer with more tokens than the model has embeddings is another
+    // model's: its ids would index past the embedding table.
+    if (tokenizer->vocab_size() > c.vocab_size)
+      fail("{}/tokenizer.json has {} tokens but {}/config.json's vocab_size is {}: the tokenizer "
+           "belongs to another model",
+           dir, tokenizer->vocab_size(), dir, c.vocab_size);
     chat::ChatConfig chat = chat::load_chat_config(dir);
     std::vector<int32_t> stop_ids = chat::collect_stop_ids(c.eos_token_ids, *tokenizer, chat);
     EngineOptions eo;
@@ -330,6 +376,11 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     so.max_output_tokens = o->max_output_tokens >= 0 ? o->max_output_tokens : (bundled ? 512 : 0);
     so.max_body_bytes = o->max_body_mb << 20;
     so.test_hooks = o->test_hooks;
+    so.allow_no_key = o->allow_no_key;
+    so.header_timeout_s = o->header_timeout;
+    so.read_timeout_s = o->read_timeout;
+    so.write_timeout_s = o->read_timeout;
+    so.max_connections = o->max_connections;
     server::Server server(backend, so);
     loading->stop();  // frees the port for the real server
     loading.reset();

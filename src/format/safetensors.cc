@@ -202,7 +202,10 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
 
 const TensorView& TensorStore::get(const std::string& name) const {
   auto it = index_.find(name);
-  if (it == index_.end()) fail(ErrorKind::not_found, "{}: missing tensor '{}'", dir_, name);
+  if (it == index_.end())
+    fail(ErrorKind::not_found,
+         "{}: missing tensor '{}' (the weights lack a tensor that config.json's model has)", dir_,
+         name);
   return *it->second;
 }
 

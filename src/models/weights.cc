@@ -16,8 +16,9 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 
 void expect_shape(const TensorStore& store, const TensorView& t, std::vector<int64_t> shape) {
   if (t.shape != shape) {
-    fail("{}: tensor '{}' has shape {}, expected {}", *t.file, t.name, shape_str(t.shape),
-         shape_str(shape));
+    fail("{}: tensor '{}' has shape {}, but {}/config.json makes it {} (the config and the "
+         "weights disagree)",
+         *t.file, t.name, shape_str(t.shape), store.dir(), shape_str(shape));
   }
 }
 
@@ -91,7 +92,9 @@ WeightMatrix load_linear(const TensorStore& store, const ModelConfig& config,
 std::vector<float> load_vector(const TensorStore& store, const std::string& name, int64_t n) {
   const TensorView& t = store.get(name);
   if (t.n_elements() != n || t.shape.size() != 1) {
-    fail("{}: tensor '{}' has shape {}, expected [{}]", *t.file, name, shape_str(t.shape), n);
+    fail("{}: tensor '{}' has shape {}, but {}/config.json makes it [{}] (the config and the "
+         "weights disagree)",
+         *t.file, name, shape_str(t.shape), store.dir(), n);
   }
   std::vector<float> out(n);
   for (int64_t i = 0; i < n; ++i) {

@@ -10,6 +10,10 @@ using Kind = GrammarNode::Kind;
 using json = nlohmann::ordered_json;
 
 constexpr int kMaxDigits = 16;
+// Exponents stay within two digits, so that every number is a finite double
+// (the tool_grammar fuzz target found 1e9999999999999999, which no JSON
+// parser takes).
+constexpr int kMaxExponentDigits = 2;
 constexpr int kMaxDepth = 8;
 
 GrammarNode make(Kind kind, std::string text = {}) {
@@ -130,6 +134,29 @@ bool is_hex(unsigned char c) {
 
 GrammarNode schema_grammar(const nlohmann::ordered_json& schema) { return schema_node(schema, 0); }
 
+namespace {
+
+// A call's arguments are a JSON object whatever input_schema says (the output
+// parser takes nothing else as a call): a schema that does not describe an
+// object (an enum, a string, ...) gets a free-form object instead.
+// (Found by the tool_grammar fuzz target: {"enum": ["a"]} made the grammar
+// force `"arguments": "a"`, which no tool call parses.)
+GrammarNode arguments_node(const json& schema) {
+  GrammarNode n = schema_node(schema, 0);
+  const bool object =
+      n.kind == Kind::any_object ||
+      (n.kind == Kind::sequence && !n.children.empty() && n.children[0].kind == Kind::literal &&
+       n.children[0].text.rfind('{', 0) == 0) ||
+      (n.kind == Kind::literal && n.text.rfind('{', 0) == 0);
+  return object ? n : make(Kind::any_object);
+}
+
+}  // namespace
+
+namespace {
+GrammarNode arguments_node(const json& schema);
+}  // namespace
+
 std::shared_ptr<const GrammarNode> tool_call_grammar(const std::vector<ForcedTool>& tools) {
   auto root = std::make_shared<GrammarNode>(make(Kind::sequence));
   root->children.push_back(make(Kind::literal, "<tool_call>\n{\"name\": \""));
@@ -140,7 +167,7 @@ std::shared_ptr<const GrammarNode> tool_call_grammar(const std::vector<ForcedToo
     options.push_back(name.substr(1) + ", \"arguments\": ");
     GrammarNode branch = make(Kind::sequence);
     branch.children.push_back(make(Kind::literal, options.back()));
-    branch.children.push_back(schema_node(t.input_schema, 0));
+    branch.children.push_back(arguments_node(t.input_schema));
     branches.push_back(std::move(branch));
   }
   root->children.push_back(make_choice(std::move(options), std::move(branches)));
@@ -253,27 +280,76 @@ GrammarMatcher::Step GrammarMatcher::step(Frame& f, unsigned char c) {
     }
 
     case Kind::string:
+      // Only strings a JSON parser takes: valid UTF-8 (no overlong forms,
+      // no UTF-8 surrogates, nothing past U+10FFFF) and \u escapes whose
+      // surrogates come in pairs. Refused early, never at a dead end.
+      // (The tool_grammar fuzz target found 0xFF bytes and lone surrogates
+      // taken here, so that a complete call did not parse.)
+      // b: 0 before '"', 1 inside, 2 after '\', 3 \u digits (a: how many,
+      // lo: the value so far), 4 '\' of the low surrogate due, 5 its 'u',
+      // 6 its digits, 7 UTF-8 continuation bytes (a: how many left, lo..hi:
+      // the next one's range).
       switch (f.b) {
         case 0:
           return expect(f, c, '"', 1);
         case 1:
           if (c == '"') return Step::done;
-          if (c == '\\') f.b = 2;
-          else if (c < 0x20) return Step::refused;
+          if (c == '\\') {
+            f.b = 2;
+            return Step::taken;
+          }
+          if (c < 0x20) return Step::refused;
+          if (c < 0x80) return Step::taken;
+          f.lo = 0x80;
+          f.hi = 0xBF;
+          if (c >= 0xC2 && c <= 0xDF) f.a = 1;
+          else if (c >= 0xE0 && c <= 0xEF) f.a = 2;
+          else if (c >= 0xF0 && c <= 0xF4) f.a = 3;
+          else return Step::refused;
+          if (c == 0xE0) f.lo = 0xA0;
+          if (c == 0xED) f.hi = 0x9F;
+          if (c == 0xF0) f.lo = 0x90;
+          if (c == 0xF4) f.hi = 0x8F;
+          f.b = 7;
           return Step::taken;
         case 2:
           if (c == 'u') {
             f.b = 3;
             f.a = 0;
+            f.lo = 0;
             return Step::taken;
           }
           if (std::string_view("\"\\/bfnrt").find(static_cast<char>(c)) == std::string_view::npos)
             return Step::refused;
           f.b = 1;
           return Step::taken;
-        default:
+        case 3:
+        case 6: {
           if (!is_hex(c)) return Step::refused;
-          if (++f.a == 4) f.b = 1;
+          const int v = is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10;
+          f.lo = f.lo * 16 + v;
+          ++f.a;
+          if (f.b == 6) {  // DC00-DFFF only
+            if ((f.a == 1 && v != 0xD) || (f.a == 2 && v < 0xC)) return Step::refused;
+          } else if (f.a == 2 && f.lo >= 0xDC) {
+            return Step::refused;  // a low surrogate with no high one before it
+          }
+          if (f.a == 4) f.b = f.b == 3 && f.lo >= 0xD800 && f.lo <= 0xDBFF ? 4 : 1;
+          return Step::taken;
+        }
+        case 4:
+          return expect(f, c, '\\', 5);
+        case 5:
+          if (c != 'u') return Step::refused;
+          f.b = 6;
+          f.a = 0;
+          f.lo = 0;
+          return Step::taken;
+        default:  // 7
+          if (c < f.lo || c > f.hi) return Step::refused;
+          f.lo = 0x80;
+          f.hi = 0xBF;
+          if (--f.a == 0) f.b = 1;
           return Step::taken;
       }
 
@@ -285,7 +361,7 @@ GrammarMatcher::Step GrammarMatcher::step(Frame& f, unsigned char c) {
       const bool can_end = f.b == 2 || f.b == 3 || f.b == 5 || f.b == 8;
       auto digit_in = [&](int state) {
         if (f.b != state) f.a = 0;
-        if (++f.a > kMaxDigits) return false;
+        if (++f.a > (state == 8 ? kMaxExponentDigits : kMaxDigits)) return false;
         f.b = state;
         return true;
       };

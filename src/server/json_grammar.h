@@ -9,7 +9,9 @@
 // `required` lists them; optional ones are left out); a list of types or
 // anyOf/oneOf take the first alternative; anything else (no type, free-form
 // objects, nesting past 8 levels) is any JSON value. No whitespace outside
-// strings; numbers have at most 16 digits per part.
+// strings; numbers have at most 16 digits per part and exponents at most 2
+// (always a finite double); strings are valid UTF-8 with paired surrogate
+// escapes.
 //
 // GrammarMatcher is a small copyable pushdown state: feed() one byte at a
 // time (a copy, to try bytes that may be refused).

@@ -9,13 +9,14 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "server/api_error.h"
+#include "server/http_server.h"
 #include "server/ids.h"
 #include "server/listen_socket.h"
 
 namespace pensieve::server {
 
 struct LoadingServer::Impl {
-  httplib::Server http;
+  HttpServer http;  // the same connection gate as the real server (http_server.h)
   std::thread thread;
   std::mutex mutex;
   nlohmann::ordered_json state = nlohmann::ordered_json::object();
@@ -65,6 +66,14 @@ LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::mak
   }
   if (s.port <= 0) fail(ErrorKind::resource, "cannot listen on {}:{}: address in use or not available", host, port);
   s.listen_socket.raise_backlog();
+  s.http.set_limits({.n_threads = 8}, [](int status, const std::string& message) {
+    const std::string id = random_id("req_");
+    const std::string body = dump_json(error_envelope(error_type_for_status(status), message, id));
+    return fmt::format("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
+                       "request-id: {}\r\nConnection: close\r\n\r\n{}",
+                       status, status_reason(status), body.size(), id, body);
+  });
+  s.http.start_connections();
   // Bound already: connections queue in the backlog until the loop accepts them.
   s.thread = std::thread([&s] { s.http.listen_after_bind(); });
   // stop() only interrupts a running loop: wait until it runs.
@@ -86,6 +95,7 @@ void LoadingServer::stop() {
   s.stopped = true;
   s.http.stop();
   if (s.thread.joinable()) s.thread.join();
+  s.http.stop_connections();
 }
 
 }  // namespace pensieve::server

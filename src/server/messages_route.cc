@@ -1,11 +1,8 @@
 // POST /v1/messages and /v1/messages/count_tokens: parse, render, tokenize,
 // submit to the Backend and answer as JSON or as an SSE stream.
 #include <arpa/inet.h>
-#include <dirent.h>
-#include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -151,46 +148,6 @@ struct Session {
     }
   }
 };
-
-// The socket of the connection `req` came on, or -1. httplib (0.11) hands
-// a handler no socket, so it is found by the connection's addresses: the
-// one socket here whose local port and peer are the request's. It stays
-// open, and this thread's, until the handler returns.
-int connection_socket(const httplib::Request& req) {
-  auto numeric_host = [](const sockaddr_storage& addr, socklen_t len, int* port) {
-    char host[NI_MAXHOST], serv[NI_MAXSERV];
-    if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, host, sizeof host, serv,
-                    sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-      return std::string();
-    *port = std::atoi(serv);
-    return std::string(host);
-  };
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return -1;
-  int found = -1;
-  while (const dirent* entry = readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(entry->d_name, &end, 10);
-    if (end == entry->d_name || *end != '\0' || fd == dirfd(dir)) continue;
-    struct stat st {};
-    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage local{}, peer{};
-    socklen_t local_len = sizeof local, peer_len = sizeof peer;
-    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
-        getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0)
-      continue;
-    int local_port = -1, peer_port = -1;
-    numeric_host(local, local_len, &local_port);
-    const std::string peer_host = numeric_host(peer, peer_len, &peer_port);
-    if (local_port == req.local_port && peer_port == req.remote_port &&
-        peer_host == req.remote_addr) {
-      found = static_cast<int>(fd);
-      break;
-    }
-  }
-  closedir(dir);
-  return found;
-}
 
 // Whether the client hung up: its end of the connection is closed (or
 // broken). Unread bytes (a pipelined next request) do not count.
@@ -339,7 +296,7 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
 
   // Nothing is written until the answer is complete, so a client that
   // hangs up is noticed by watching its socket, and its generation cancelled.
-  const int fd = connection_socket(req);
+  const int fd = HttpServer::current_socket();
   if (fd < 0)
     spdlog::debug("{}: connection socket not found: a disconnect goes unnoticed",
                   session->builder.id());

@@ -1,5 +1,6 @@
 #include "server/request.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -345,9 +346,69 @@ std::string path_of_parse_failure(const std::string& body) {
 
 }  // namespace
 
+// Nesting past this is refused: no request needs it (tool schemas nest a
+// few levels), and every level costs the template and the grammar a frame.
+constexpr size_t kMaxDepth = 64;
+
+// What parse_request_body's callback refuses, with the path where.
+struct BodyRefused {
+  std::string path;
+  std::string message;
+};
+
 json parse_request_body(const std::string& body) {
+  // One pass that also refuses what JSON parsers disagree on or what costs
+  // without bound: a key twice in one object (nlohmann keeps the last, other
+  // parsers the first: the client and we would read different requests) and
+  // nesting deeper than kMaxDepth. Frames follow the path for the message.
+  struct Frame {
+    bool array = false;
+    size_t n_items = 0;
+    std::string key;
+    std::vector<std::string> keys;  // object: the keys so far
+  };
+  std::vector<Frame> frames;
+  auto path_here = [&frames](bool with_key) {
+    std::string path;
+    const size_t n = std::min(frames.size(), kMaxNamedDepth);
+    for (size_t i = 0; i < n; ++i) {
+      const Frame& f = frames[i];
+      if (i + 1 == frames.size() && !with_key) break;
+      path = f.array ? join_path(path, f.n_items) : join_path(path, f.key);
+    }
+    return path;
+  };
+  const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        if (static_cast<size_t>(depth) >= kMaxDepth)
+          throw BodyRefused{path_here(true), fmt::format("nested deeper than {} levels", kMaxDepth)};
+        frames.push_back({event == json::parse_event_t::array_start, 0, "", {}});
+        break;
+      case json::parse_event_t::key: {
+        Frame& f = frames.back();
+        f.key = parsed.get<std::string>();
+        if (std::find(f.keys.begin(), f.keys.end(), f.key) != f.keys.end())
+          throw BodyRefused{path_here(true), "duplicate key in a JSON object"};
+        f.keys.push_back(f.key);
+        break;
+      }
+      case json::parse_event_t::value:
+        if (!frames.empty() && frames.back().array) ++frames.back().n_items;
+        break;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        frames.pop_back();
+        if (!frames.empty() && frames.back().array) ++frames.back().n_items;
+        break;
+    }
+    return true;
+  };
   try {
-    return json::parse(body);
+    return json::parse(body, check);
+  } catch (const BodyRefused& refused) {
+    invalid_request(refused.path, "{}", refused.message);
   } catch (const json::exception& e) {
     // A parse_error for bad syntax, or out_of_range 406 for a number no
     // double holds (1e999): both are the client's, never a 500.
@@ -360,12 +421,14 @@ json parse_request_body(const std::string& body) {
     if (what.size() > kMaxShown) what = what.substr(0, 200) + " ... " + what.substr(what.size() - 150);
     constexpr int kNumberOverflow = 406;
     const bool overflow = e.id == kNumberOverflow;
-    // A value that is not JSON (NaN, Infinity, 1e, a bare word) is named by
-    // its field, as a wrong value is; other syntax errors have no field.
+    // A value that is not JSON (NaN, Infinity, 1e, a bare word, a string
+    // with bad UTF-8 or a lone surrogate) is named by its field, as a wrong
+    // value is; other syntax errors have no field.
     const bool bad_value =
         overflow || (what.find("while parsing value") != std::string::npos &&
                      (what.find("invalid literal") != std::string::npos ||
-                      what.find("invalid number") != std::string::npos));
+                      what.find("invalid number") != std::string::npos ||
+                      what.find("invalid string") != std::string::npos));
     const std::string path = bad_value ? path_of_parse_failure(body) : "";
     if (overflow) invalid_request(path, "number out of range ({})", what);
     invalid_request(path, "request body is not valid JSON: {}", what);

@@ -10,7 +10,6 @@
 #include "server/ids.h"
 #include "server/listen_socket.h"
 #include "server/server_impl.h"
-#include "server/task_queue.h"
 
 namespace pensieve::server {
 
@@ -112,7 +111,9 @@ void Server::Impl::check_auth(const httplib::Request& req) const {
                                n_header_bytes, options.max_header_bytes));
   if (keys.empty()) {
     // No key configured: start() only allows loopback binding, but the
-    // peer address is checked as well in case of proxies or odd routes.
+    // peer address is checked as well in case of proxies or odd routes
+    // (unless the operator said --allow-no-key).
+    if (options.allow_no_key) return;
     if (!is_loopback_address(req.remote_addr))
       throw ApiError(401, "authentication_error", "this server only accepts local clients");
     return;
@@ -183,6 +184,20 @@ void Server::Impl::setup_routes() {
       });
 }
 
+std::string Server::Impl::gate_error_response(int status, const std::string& message) {
+  // The connection gate answers these before a worker reads the request
+  // (408: it did not arrive in time, 413: its Content-Length is too large).
+  const std::string id = random_id("req_");
+  const std::string type = error_type_for_status(status);
+  spdlog::info("{}: -> {} {}: {}", id, status, type, message);
+  const std::string body = dump_json(error_envelope(type, message, id));
+  return fmt::format("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: {}\r\nrequest-id: {}\r\n{}"
+                     "Connection: close\r\n\r\n{}",
+                     status, status_reason(status), body.size(), id,
+                     should_retry(status) ? "" : "x-should-retry: false\r\n", body);
+}
+
 json Server::Impl::model_object(const std::string& id) const {
   // Anthropic's model object; max_input_tokens and max_tokens as its API
   // gives them, from the context actually served (context_note says why
@@ -218,6 +233,7 @@ void Server::Impl::handle_health(const httplib::Request& req, httplib::Response&
   json body = {{"status", "ok"}, {"model", info.id}, {"context_size", info.context_size}};
   if (!info.context_note.empty()) body["context_note"] = info.context_note;
   body["n_inflight"] = n_inflight;
+  body["n_connections"] = http.n_connections();
   body["max_queue"] = options.max_queue;
   if (!engine.is_null()) body["engine"] = std::move(engine);
   send_json(res, 200, body);
@@ -241,22 +257,32 @@ void Server::start() {
   s.keys = s.options.api_keys;
   if (s.options.api_keys_from_env)
     for (auto& k : api_keys_from_env()) s.keys.push_back(k);
-  if (s.keys.empty() && !is_loopback_address(s.options.host))
-    fail("refusing to listen on {} without an API key: set PENSIEVE_API_KEY (or pass a key), "
-         "or bind to 127.0.0.1",
+  if (s.keys.empty() && !is_loopback_address(s.options.host) && !s.options.allow_no_key)
+    fail("refusing to listen on {} without an API key: pass --api-key (or set PENSIEVE_API_KEY), "
+         "bind to 127.0.0.1, or pass --allow-no-key to serve anyone who can reach it",
          s.options.host);
   std::signal(SIGPIPE, SIG_IGN);
+  // spdlog's registry is a function-local static of the (shared) library:
+  // made here, before the server's threads exist, every thread that logs is
+  // ordered after its construction (which ThreadSanitizer can then see).
+  (void)spdlog::default_logger_raw();
 
   s.created_at = now_rfc3339();
-  s.setup_routes();
-  s.http.set_payload_max_length(s.options.max_body_bytes);
-  s.http.set_read_timeout(s.options.read_timeout_s, 0);
-  s.http.set_write_timeout(s.options.write_timeout_s, 0);
-  s.http.set_keep_alive_timeout(s.options.keep_alive_timeout_s);
-  s.http.set_keep_alive_max_count(1000);
+  s.prepare_routes();
+  ConnectionLimits limits;
+  limits.n_threads = s.options.n_http_threads;
+  limits.max_connections = s.options.max_connections;
+  limits.header_timeout_s = s.options.header_timeout_s;
+  limits.keep_alive_timeout_s = s.options.keep_alive_timeout_s;
+  limits.read_timeout_s = s.options.read_timeout_s;
+  limits.request_timeout_s = s.options.request_timeout_s;
+  limits.write_timeout_s = s.options.write_timeout_s;
+  limits.max_header_bytes = s.options.max_header_bytes;
+  limits.max_body_bytes = s.options.max_body_bytes;
+  s.http.set_limits(limits, [&s](int status, const std::string& message) {
+    return s.gate_error_response(status, message);
+  });
   s.http.set_tcp_nodelay(true);  // SSE deltas are small and latency matters
-  int n_threads = s.options.n_http_threads;
-  s.http.new_task_queue = [n_threads] { return new ElasticTaskQueue(n_threads); };
 
   s.listen_socket.install(s.http);
   if (s.options.port == 0) {
@@ -269,6 +295,7 @@ void Server::start() {
     s.bound_port = s.options.port;
   }
   s.listen_socket.raise_backlog();
+  s.http.start_connections();
   s.running = true;
   s.stopping = false;
   s.listen_thread = std::thread([&s] {
@@ -306,6 +333,29 @@ void Server::stop() {
   }
   s.http.stop();
   s.listen_thread.join();
+  s.http.stop_connections();
+}
+
+void Server::Impl::prepare_routes() {
+  if (routes_ready) return;
+  routes_ready = true;
+  setup_routes();
+}
+
+void Server::serve_stream(httplib::Stream& strm) {
+  Impl& s = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(s.state_mutex);
+    if (!s.routes_ready) {
+      s.keys = s.options.api_keys;
+      s.created_at = now_rfc3339();
+      s.http.set_limits({.max_header_bytes = s.options.max_header_bytes,
+                         .max_body_bytes = s.options.max_body_bytes},
+                        nullptr);
+    }
+    s.prepare_routes();
+  }
+  for (int i = 0; i < 100 && s.http.serve_one(strm, false);) ++i;
 }
 
 int Server::port() const { return impl_->bound_port; }

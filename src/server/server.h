@@ -17,19 +17,30 @@
 
 #include "server/backend.h"
 
+namespace httplib {
+class Stream;
+}
+
 namespace pensieve::server {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                        // 0 picks a free port (see Server::port())
   std::vector<std::string> api_keys;      // accepted x-api-key / Bearer values
+  // Without a key the server only listens on loopback and only answers
+  // loopback peers; true serves any address without a key (--allow-no-key).
+  bool allow_no_key = false;
   bool api_keys_from_env = true;          // also accept $PENSIEVE_API_KEY (comma-separated)
   size_t max_body_bytes = 32u << 20;      // larger bodies get 413
   size_t max_header_bytes = 64u << 10;    // all request headers together; more gets 431
-  int n_http_threads = 64;                // most connections served at once
+  int n_http_threads = 64;                // requests read or answered at once
+  size_t max_connections = 0;             // open connections (0: from the file limit); the
+                                          // longest-waiting idle one makes room for a new one
+  int header_timeout_s = 10;              // request line + headers must arrive within this
   int max_queue = 16;                     // generations running or waiting; more get 529
   int max_per_client = 0;                 // generations per API key/address; more get 429 (0: off)
   int read_timeout_s = 30;                // a client stalled this long while sending is dropped
+  int request_timeout_s = 120;            // ... or still sending its body after this long
   int write_timeout_s = 30;               // ... or while not reading
   int keep_alive_timeout_s = 5;
   int ping_interval_ms = 5000;            // SSE ping when nothing else was sent for this long
@@ -58,6 +69,11 @@ class Server {
   void stop();
 
   int port() const;  // the bound port (after start())
+
+  // Serves the requests read from `strm` (one connection, until it closes or
+  // asks to) through the routes a socket gets, without listening: the HTTP
+  // fuzz target (tests/fuzz/fuzz_http.cc) feeds bytes through it.
+  void serve_stream(httplib::Stream& strm);
   const ServerOptions& options() const;
 
   struct Impl;

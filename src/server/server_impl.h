@@ -12,6 +12,7 @@
 #include <httplib.h>
 
 #include "server/api_error.h"
+#include "server/http_server.h"
 #include "server/listen_socket.h"
 #include "server/server.h"
 
@@ -44,7 +45,7 @@ struct Server::Impl {
   std::vector<std::string> keys;
   std::string created_at;  // RFC 3339, for the models list
 
-  httplib::Server http;
+  HttpServer http;  // httplib with the connection gate (server/http_server.h)
   std::thread listen_thread;
   int bound_port = -1;
   ListenSocket listen_socket;
@@ -60,7 +61,10 @@ struct Server::Impl {
   std::map<std::string, int> n_inflight_by_client;
   std::set<std::shared_ptr<EventChannel>> channels;  // to abort on stop()
 
+  bool routes_ready = false;
+  void prepare_routes();  // setup_routes() once
   void setup_routes();
+  std::string gate_error_response(int status, const std::string& message);
   void check_auth(const httplib::Request& req) const;
   void send_json(httplib::Response& res, int status, const nlohmann::ordered_json& body);
   // The error envelope, x-should-retry, and a log line with the request id.

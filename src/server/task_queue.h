@@ -1,7 +1,8 @@
-// httplib runs each connection on one task-queue thread for its whole
-// keep-alive life, and an SSE stream holds its thread until the answer ends.
-// A fixed pool would make new clients wait behind long streams, so this queue
-// starts a thread whenever none is idle, up to a maximum.
+// The workers of the connection gate (server/http_server.h): each job reads
+// one request that has arrived and answers it, and an SSE stream holds its
+// thread until the answer ends. A fixed pool would make new clients wait
+// behind long streams, so this queue starts a thread whenever none is idle,
+// up to a maximum.
 #pragma once
 
 #include <condition_variable>

@@ -48,6 +48,11 @@ BpeModel::BpeModel(Vocab vocab, const Merges& merges, BpeOptions options, const 
     if (id < 0) at.key("vocab").invalid(fmt::format("has a negative id for '{}'", token));
     max_id = std::max(max_id, id);
   }
+  // Ids are (nearly) dense: the tables below are sized by the largest one,
+  // so a stray huge id would take gigabytes (a fuzz finding: 888888863 in a
+  // 500-token vocabulary).
+  if (int64_t{max_id} >= int64_t(vocab.size()) + kMaxIdGap)
+    at.key("vocab").invalid(fmt::format("has id {}, far past its {} tokens", max_id, vocab.size()));
   id_to_token_.resize(static_cast<size_t>(max_id + 1));
   id_present_.assign(id_to_token_.size(), false);
   for (auto& [token, id] : vocab) {

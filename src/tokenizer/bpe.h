@@ -15,6 +15,10 @@
 
 namespace pensieve::tok {
 
+// How far past the number of tokens an id may be: vocabularies are dense up
+// to a few gaps, and tables are sized by the largest id.
+inline constexpr int64_t kMaxIdGap = 1 << 16;
+
 struct BpeOptions {
   std::optional<std::string> unk_token;
   bool fuse_unk = false;

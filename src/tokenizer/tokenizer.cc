@@ -139,6 +139,13 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
   t->vocab_size_ = t->model_->id_end();
   for (size_t i = 0; i < t->added_.size(); ++i) {
     const tok::AddedToken& a = t->added_[i];
+    // Ids index tables sized by the vocabulary: one far past the model's
+    // and the other added tokens would make them gigabytes (fuzz finding).
+    const int64_t id_limit = int64_t{t->model_->id_end()} + int64_t(t->added_.size()) + tok::kMaxIdGap;
+    if (a.id >= id_limit)
+      root.key("added_tokens").index(i).key("id").invalid(fmt::format(
+          "{} is far past the vocabulary ({} model tokens, {} added)", a.id,
+          t->model_->id_end(), t->added_.size()));
     t->added_by_id_[a.id] = i;
     t->added_by_content_[a.content] = a.id;
     t->vocab_size_ = std::max(t->vocab_size_, a.id + 1);

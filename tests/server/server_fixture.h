@@ -34,6 +34,12 @@ class ServerTest : public ::testing::Test {
     options.api_keys_from_env = false;
     server = std::make_unique<Server>(backend, options);
     server->start();
+    // One request from this thread before any test thread exists: cpp-httplib's
+    // client sets up function-local static regexes on first use, inside Debian's
+    // libcpp-httplib, which ThreadSanitizer does not instrument; two test threads
+    // racing to that first use look like a data race to it (ctest --preset
+    // tsan). Done here, every later use is ordered after it by thread creation.
+    client()->Get("/health");
   }
 
   std::unique_ptr<httplib::Client> client() {

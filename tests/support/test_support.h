@@ -52,6 +52,7 @@ class ServeProcess {
   // Waits until the banner is out; false when serve exited or time ran out.
   bool wait_ready(int timeout_s = 60);
   int port() const { return port_; }
+  int pid() const { return pid_; }
   std::string out() const;  // stdout so far
   std::string err() const;  // stderr so far
   // SIGTERM and wait: the exit code (128 + signal when killed).

@@ -118,7 +118,8 @@ TEST_F(ModelErrors, WrongShape) {
   c["intermediate_size"] = 384;  // tensors say 320
   write_config(c);
   expect_error({dir_.file("model.safetensors"),
-                "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [320, 16], expected [384, 16]"});
+                "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [320, 16], but " +
+                    dir_.path() + "/config.json makes it [384, 16]"});
 }
 
 TEST_F(ModelErrors, MissingTensor) {

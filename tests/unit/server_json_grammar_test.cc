@@ -160,6 +160,41 @@ TEST(JsonGrammar, ToolCallTakesOnlyTheAllowedToolsAndParses) {
   }
 }
 
+// Whatever input_schema says, a call's arguments are an object: the output
+// parser takes nothing else as a call. (A fuzz finding: an enum schema forced
+// "arguments": "a", and the answer came back as text.)
+TEST(JsonGrammar, ToolCallArgumentsAreAlwaysAnObject) {
+  for (const json& schema : {json{{"enum", {"a", "ab", 1}}}, json{{"type", "string"}}, json{{"const", 3}},
+                             json{{"type", "array"}}, json(nullptr)}) {
+    auto g = tool_call_grammar({{"t", schema}});
+    EXPECT_FALSE(prefix(g, "<tool_call>\n{\"name\": \"t\", \"arguments\": \"")) << schema.dump();
+    EXPECT_FALSE(prefix(g, "<tool_call>\n{\"name\": \"t\", \"arguments\": 1")) << schema.dump();
+    const std::string call = "<tool_call>\n{\"name\": \"t\", \"arguments\": {\"k\":[1]}}\n</tool_call>";
+    EXPECT_TRUE(matches(g, call)) << schema.dump();
+  }
+}
+
+// Strings are what a JSON parser takes: valid UTF-8 and paired surrogate
+// escapes, refused at the first byte that cannot lead there (fuzz findings:
+// 0xFF and a lone \ud800 made complete calls that did not parse).
+TEST(JsonGrammar, StringsAreValidUtf8AndPairedSurrogates) {
+  auto g = in_array({{"type", "string"}});
+  EXPECT_TRUE(matches(g, "[\"a\u00e9\u20ac\U0001F600\"]"));
+  EXPECT_TRUE(matches(g, "[\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"]"));
+  EXPECT_TRUE(matches(g, R"(["\ud83d\ude00 \u0041"])"));
+  for (const char* bad : {"[\"\xff", "[\"\xc0", "[\"\xc3\x28", "[\"\xe0\x80", "[\"\xed\xa0",
+                          "[\"\xf4\x90", "[\"\xf5", "[\"\xc3\"", R"(["\udc)", R"(["\ud800")",
+                          R"(["\ud800\u0041)", R"(["\ud800\ud8)"})
+    EXPECT_FALSE(prefix(g, bad)) << bad;
+  // Numbers stay finite doubles: exponents of two digits at most.
+  auto numbers = in_array({{"type", "number"}});
+  EXPECT_TRUE(matches(numbers, "[1e99,-2.5E-12]"));
+  EXPECT_FALSE(matches(numbers, "[1e999]"));
+  // Every accepted prefix can still be completed.
+  EXPECT_TRUE(prefix(g, R"(["\ud800\udc)"));
+  EXPECT_TRUE(prefix(g, "[\"\xf0\x9f"));
+}
+
 // On the real tokenizer: every step offers some token, the ones allowed keep
 // the text a valid prefix, and following the highest allowed id (a stand-in
 // for a model) reaches a complete call.

@@ -79,10 +79,22 @@ TEST(ServerRequest, BodyThatIsNotJsonNamesTheFieldWhereItCan) {
   // Errors of structure, not of a value, name no field.
   EXPECT_EQ(refused(R"({"a": 1 "b": 2})").rfind("request body is not valid JSON: ", 0), 0u);
   EXPECT_EQ(refused(R"({"a": 1, b: 2})").rfind("request body is not valid JSON: ", 0), 0u);
-  // Nor does a value nested too deep to be worth naming (a hostile body).
+  // A hostile body nested 100000 deep is refused at 64 levels, naming the
+  // start of its path only.
   const std::string deep = refused(R"({"a": )" + std::string(100000, '[') + "NaN");
-  EXPECT_EQ(deep.rfind("request body is not valid JSON: ", 0), 0u) << deep.substr(0, 200);
+  EXPECT_EQ(deep.rfind("a.0.0.0.0", 0), 0u) << deep.substr(0, 200);
+  EXPECT_NE(deep.find(": nested deeper than 64 levels"), std::string::npos) << deep.substr(0, 200);
   EXPECT_LT(deep.size(), 500u);  // not the 100000 brackets nlohmann quotes
+  // A key twice in one object is refused, naming it (parsers disagree on
+  // which one wins).
+  EXPECT_EQ(refused(R"({"model": "m", "x": {"a": 1, "a": 2}})"), "x.a: duplicate key in a JSON object");
+  EXPECT_EQ(refused(R"({"a": [{"b": 1}, {"b": 1, "c": 2, "b": 3}]})"),
+            "a.1.b: duplicate key in a JSON object");
+  // A string that is not UTF-8, or a lone surrogate, is named by its field.
+  EXPECT_EQ(refused("{\"system\": \"a\xff\"}").rfind("system: request body is not valid JSON: ", 0), 0u);
+  EXPECT_EQ(refused(R"({"stop_sequences": ["x", "\ud800"]})")
+                .rfind("stop_sequences.1: request body is not valid JSON: ", 0),
+            0u);
   EXPECT_EQ(parse_request_body(R"({"x": [1, 2.5]})")["x"][1], 2.5);
 }
 

@@ -270,6 +270,22 @@ TEST(Load, DirectoryFileAndGzip) {
 
 using test::error_of;
 
+// Ids size the tokenizer's tables: one far past the vocabulary is refused,
+// not allocated (fuzz findings: 888888863 in a 500-token vocabulary asked for
+// 28 GB; an added token with id INT32_MAX overflowed the vocabulary size).
+TEST(Errors, IdsFarPastTheVocabularyAreRefused) {
+  using ::testing::HasSubstr;
+  json j = bpe_json({"a", "b"});
+  j["model"]["vocab"]["c"] = 888888863;
+  EXPECT_THAT(error_of([&] { make(j); }), HasSubstr("model.vocab has id 888888863, far past its 3 tokens"));
+  j = bpe_json({"a", "b"});
+  j["added_tokens"] = json::array({{{"id", 2147483647}, {"content", "<x>"}, {"special", true}}});
+  EXPECT_THAT(error_of([&] { make(j); }),
+              HasSubstr("added_tokens[0].id 2147483647 is far past the vocabulary"));
+  j["added_tokens"][0]["id"] = 2;  // right after the model's ids: fine
+  EXPECT_EQ(make(j)->vocab_size(), 3);
+}
+
 TEST(Errors, BadFilesNameWhatAndWhere) {
   using ::testing::HasSubstr;
   EXPECT_THAT(error_of([] { Tokenizer::from_json("{\"model\": {", "tokenizer.json"); }),
