@@ -180,7 +180,10 @@ class CudaBackend final : public Backend {
   void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t ldx,
               int64_t n_rows, float* y, int64_t ldy) override {
     if (replaying_) return;
-    Span span(this, parts.size() == 1 ? "matmul " + std::to_string(parts[0]->rows) + "x" + std::to_string(parts[0]->cols) : "matmul (" + std::to_string(parts.size()) + " parts)");
+    // (The name is built only when profiling: matmul runs every layer.)
+    Span span(this, !profiling_ ? std::string()
+                    : parts.size() == 1 ? "matmul " + std::to_string(parts[0]->rows) + "x" + std::to_string(parts[0]->cols)
+                                        : "matmul (" + std::to_string(parts.size()) + " parts)");
     int64_t offset = 0;
     for (const WeightMatrix* w : parts) {
       if (cublas_ != nullptr && n_rows >= cuda::kCublasMinTokens) {
@@ -256,7 +259,8 @@ class CudaBackend final : public Backend {
                        int64_t ldy, int64_t n_rows) override {
     if (replaying_) return;
     {
-      Span span(this, "silu + matmul " + std::to_string(down.rows) + "x" + std::to_string(down.cols));
+      Span span(this, profiling_ ? "silu + matmul " + std::to_string(down.rows) + "x" + std::to_string(down.cols)
+                                 : std::string());
       if (fuse_silu_ && cuda::matmul_silu(gpu_view(down), gu, n_rows, y, ldy, stream_)) return;
     }
     Backend::silu_mul_matmul(gu, n, act, down, y, ldy, n_rows);

@@ -307,43 +307,6 @@ void check_tool_results(const std::vector<Message>& messages) {
 // thousands deep).
 constexpr size_t kMaxNamedDepth = 32;
 
-// The JSON path of the value where parsing `body` fails ("max_tokens",
-// "messages.0.content"): parsed again, following the keys and indices up
-// to the failure. "" at the top level or when nested too deep to name.
-std::string path_of_parse_failure(const std::string& body) {
-  struct Frame {
-    bool array = false;
-    size_t n_items = 0;  // array: items complete so far, the failing one's index
-    std::string key;     // object: the key being read
-  };
-  std::vector<Frame> frames;
-  const json::parser_callback_t follow = [&](int, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start: frames.push_back({false, 0, ""}); break;
-      case json::parse_event_t::array_start: frames.push_back({true, 0, ""}); break;
-      case json::parse_event_t::key: frames.back().key = parsed.get<std::string>(); break;
-      case json::parse_event_t::value:
-        if (!frames.empty() && frames.back().array) ++frames.back().n_items;
-        break;
-      case json::parse_event_t::object_end:
-      case json::parse_event_t::array_end:
-        frames.pop_back();
-        if (!frames.empty() && frames.back().array) ++frames.back().n_items;
-        break;
-    }
-    return true;
-  };
-  try {
-    [[maybe_unused]] const json parsed = json::parse(body, follow);
-  } catch (const json::exception&) {
-    // Expected: it failed the first time. The frames say where.
-  }
-  if (frames.size() > kMaxNamedDepth) return "";
-  std::string path;
-  for (const Frame& f : frames) path = f.array ? join_path(path, f.n_items) : join_path(path, f.key);
-  return path;
-}
-
 }  // namespace
 
 // Nesting past this is refused: no request needs it (tool schemas nest a
@@ -429,7 +392,9 @@ json parse_request_body(const std::string& body) {
                      (what.find("invalid literal") != std::string::npos ||
                       what.find("invalid number") != std::string::npos ||
                       what.find("invalid string") != std::string::npos));
-    const std::string path = bad_value ? path_of_parse_failure(body) : "";
+    // The frames stand where parsing stopped: the failing value's path
+    // (none when nested too deep to name).
+    const std::string path = bad_value && frames.size() <= kMaxNamedDepth ? path_here(true) : "";
     if (overflow) invalid_request(path, "number out of range ({})", what);
     invalid_request(path, "request body is not valid JSON: {}", what);
   }

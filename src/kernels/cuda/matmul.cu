@@ -80,6 +80,29 @@ constexpr int gemv_chunk() {
 
 __host__ __device__ __forceinline__ int padded(int c) { return c + (c / 32) * 4; }
 
+// Σ v[k]·xs[k] over one 16-byte load's V values, xs in staged (padded)
+// shared memory.
+template <int V>
+__device__ __forceinline__ float dot_staged(const float* v, const float* xs) {
+  const float4* xv = reinterpret_cast<const float4*>(xs);
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < V / 4; ++k) {
+    const float4 xx = xv[k];
+    sum = fmaf(v[4 * k], xx.x, sum);
+    sum = fmaf(v[4 * k + 1], xx.y, sum);
+    sum = fmaf(v[4 * k + 2], xx.z, sum);
+    sum = fmaf(v[4 * k + 3], xx.w, sum);
+  }
+  return sum;
+}
+
+// silu(g) · u per lane, as silu_mul computes it.
+__device__ __forceinline__ float4 silu_mul4(float4 g, float4 u) {
+  return make_float4(g.x / (1.0f + expf(-g.x)) * u.x, g.y / (1.0f + expf(-g.y)) * u.y,
+                     g.z / (1.0f + expf(-g.z)) * u.z, g.w / (1.0f + expf(-g.w)) * u.w);
+}
+
 // SILU: x is a gate|up row pair of width 2·cols and the gemv's input is
 // silu(gate) · up, computed as it is staged (as silu_mul computes it), so
 // the MLP's activation never goes through memory.
@@ -122,13 +145,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
       float4 v = c < width ? __ldg(reinterpret_cast<const float4*>(x + t * ldx + k0 + c))
                            : make_float4(0.f, 0.f, 0.f, 0.f);
       if constexpr (SILU) {
-        if (c < width) {
-          const float4 u = __ldg(reinterpret_cast<const float4*>(x + t * ldx + w.cols + k0 + c));
-          v.x = v.x / (1.0f + expf(-v.x)) * u.x;
-          v.y = v.y / (1.0f + expf(-v.y)) * u.y;
-          v.z = v.z / (1.0f + expf(-v.z)) * u.z;
-          v.w = v.w / (1.0f + expf(-v.w)) * u.w;
-        }
+        if (c < width) v = silu_mul4(v, __ldg(reinterpret_cast<const float4*>(x + t * ldx + w.cols + k0 + c)));
       }
       *reinterpret_cast<float4*>(&xs[t][padded(c)]) = v;
     }
@@ -151,19 +168,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
           for (int k = 0; k < V; ++k) v[k] = fmaf(s, v[k], b);
         }
 #pragma unroll
-        for (int t = 0; t < T; ++t) {
-          const float4* xv = reinterpret_cast<const float4*>(&xs[t][padded(c)]);
-          float sum = 0.f;
-#pragma unroll
-          for (int k = 0; k < V / 4; ++k) {
-            const float4 xx = xv[k];
-            sum = fmaf(v[4 * k], xx.x, sum);
-            sum = fmaf(v[4 * k + 1], xx.y, sum);
-            sum = fmaf(v[4 * k + 2], xx.z, sum);
-            sum = fmaf(v[4 * k + 3], xx.w, sum);
-          }
-          acc[i][t] += sum;
-        }
+        for (int t = 0; t < T; ++t) acc[i][t] += dot_staged<V>(v, &xs[t][padded(c)]);
       }
     }
   }
@@ -249,13 +254,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32)
   for (int e = threadIdx.x; e < n_tokens * (cols / 4); e += kStreamWarps * 32) {
     const int t = e / (cols / 4), c = (e % (cols / 4)) * 4;
     float4 v = __ldg(reinterpret_cast<const float4*>(x + t * ldx + c));
-    if constexpr (SILU) {
-      const float4 u = __ldg(reinterpret_cast<const float4*>(x + t * ldx + cols + c));
-      v.x = v.x / (1.0f + expf(-v.x)) * u.x;
-      v.y = v.y / (1.0f + expf(-v.y)) * u.y;
-      v.z = v.z / (1.0f + expf(-v.z)) * u.z;
-      v.w = v.w / (1.0f + expf(-v.w)) * u.w;
-    }
+    if constexpr (SILU) v = silu_mul4(v, __ldg(reinterpret_cast<const float4*>(x + t * ldx + cols + c)));
     *reinterpret_cast<float4*>(&xs_dyn[t * pcols + padded(c)]) = v;
   }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -307,17 +306,7 @@ __global__ void __launch_bounds__(kStreamWarps * 32)
 #pragma unroll
       for (int t = 0; t < T_MAX; ++t) {
         if (t >= n_tokens) break;
-        const float4* xv = reinterpret_cast<const float4*>(&xs_dyn[t * pcols + padded(c)]);
-        float sum = 0.f;
-#pragma unroll
-        for (int k = 0; k < V / 4; ++k) {
-          const float4 xx = xv[k];
-          sum = fmaf(v[4 * k], xx.x, sum);
-          sum = fmaf(v[4 * k + 1], xx.y, sum);
-          sum = fmaf(v[4 * k + 2], xx.z, sum);
-          sum = fmaf(v[4 * k + 3], xx.w, sum);
-        }
-        acc[t] += sum;
+        acc[t] += dot_staged<V>(v, &xs_dyn[t * pcols + padded(c)]);
       }
     }
 #pragma unroll
