@@ -2,8 +2,11 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/sock_diag.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
@@ -13,6 +16,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <set>
 
@@ -49,14 +53,22 @@ class InlineTaskQueue : public httplib::TaskQueue {
   void shutdown() override {}
 };
 
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+
 // A socket read and written with timeouts; reads also stop at a deadline.
 // Unbuffered, so a request is read to its last byte and no further: the
 // next one on the connection stays in the socket for the gate.
+//
+// skip_continue: the gate has dealt with the request's `Expect:
+// 100-continue` (it sent the 100 itself, or the body arrived without one),
+// so httplib's own 100, the first thing it writes for such a request, is
+// dropped: a client sees one 100 at most.
 class DeadlineStream : public httplib::Stream {
  public:
-  DeadlineStream(int fd, const ConnectionLimits& limits)
+  DeadlineStream(int fd, const ConnectionLimits& limits, bool skip_continue)
       : fd_(fd), limits_(limits),
-        read_deadline_(Clock::now() + std::chrono::seconds(limits.request_timeout_s)) {}
+        read_deadline_(Clock::now() + std::chrono::seconds(limits.request_timeout_s)),
+        skip_continue_(skip_continue) {}
 
   bool is_readable() const override { return wait(POLLIN, limits_.read_timeout_s * 1000); }
   bool is_writable() const override {
@@ -82,6 +94,10 @@ class DeadlineStream : public httplib::Stream {
     return n;
   }
   ssize_t write(const char* ptr, size_t size) override {
+    if (skip_continue_) {
+      skip_continue_ = false;
+      if (std::string_view(ptr, size) == kContinue) return static_cast<ssize_t>(size);
+    }
     if (!wait(POLLOUT, limits_.write_timeout_s * 1000)) return -1;
     ssize_t n;
     do n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
@@ -125,7 +141,51 @@ class DeadlineStream : public httplib::Stream {
   int fd_;
   const ConnectionLimits& limits_;
   Clock::time_point read_deadline_;
+  bool skip_continue_;
 };
+
+// Whether the kernel will take no more of this connection's request until
+// someone reads it: its receive buffer is full, or it has dropped segments
+// since `drops_before` (it could not keep them: the buffer or TCP's memory
+// ran out, so the client is sending and cannot get on). Linux offers no
+// more window once the buffer's free space falls below 1/16 of it or below
+// one segment (tcp_select_window; free space counted in window units, at
+// least half the memory it takes); this says full a little before that
+// (1/8, two segments), since a request handed to a worker a little early
+// costs little and one left waiting for a window that never opens gets a
+// 408. Where the socket cannot say, it counts as full (a worker reads it,
+// as before the gate waited for bodies).
+bool receive_buffer_full(int fd, uint32_t drops_before) {
+  uint32_t mem[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof mem;
+  if (::getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0 ||
+      len < sizeof(uint32_t) * (SK_MEMINFO_DROPS + 1))
+    return true;
+  if (mem[SK_MEMINFO_DROPS] != drops_before) return true;
+  const uint64_t rcvbuf = mem[SK_MEMINFO_RCVBUF];
+  const uint64_t used = uint64_t{mem[SK_MEMINFO_RMEM_ALLOC]} + mem[SK_MEMINFO_BACKLOG];
+  constexpr uint64_t kMaxSegment = 65535;
+  if (used + rcvbuf / 8 + 2 * kMaxSegment < rcvbuf) return false;  // room whatever the segment size
+  tcp_info info{};
+  socklen_t info_len = sizeof info;
+  const uint64_t mss = ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &info_len) == 0 && info.tcpi_rcv_mss > 0
+                           ? std::min<uint64_t>(info.tcpi_rcv_mss, kMaxSegment)
+                           : kMaxSegment;
+  return used + rcvbuf / 8 + 2 * mss >= rcvbuf;
+}
+
+uint32_t receive_drops(int fd) {
+  uint32_t mem[SK_MEMINFO_VARS] = {};
+  socklen_t len = sizeof mem;
+  if (::getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0 ||
+      len < sizeof(uint32_t) * (SK_MEMINFO_DROPS + 1))
+    return 0;
+  return mem[SK_MEMINFO_DROPS];
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && iequals_prefix(a, b);
+}
 
 }  // namespace
 
@@ -170,23 +230,53 @@ PeekedRequest peek_request(std::string_view bytes) {
     } else if (name.size() == 18 && iequals_prefix(name, "transfer-encoding:")) {
       out.chunked = true;
     } else if (name.size() == 7 && iequals_prefix(name, "expect:")) {
-      out.expect_continue = true;
+      // httplib answers only this one expectation (and only spelt in lower
+      // case; the gate answers it in any case).
+      if (iequals(value, "100-continue")) out.expect_continue = true;
     }
   }
-  const std::string_view body = bytes.substr(out.headers_end);
-  if (bad_length || out.expect_continue) {
+  if (bad_length) {
     out.body_complete = true;  // nothing to wait for: httplib answers it
   } else if (out.chunked) {
-    // The last chunk, "0\r\n" and the empty trailer line (a chunk's data
-    // may hold the same bytes: then the worker simply waits for the rest).
-    out.body_complete = body.rfind("0\r\n\r\n", 0) == 0 || body.find("\r\n0\r\n\r\n") != std::string_view::npos;
+    out.body_complete = scan_chunks(bytes, out.headers_end).state != ChunkScan::incomplete;
   } else {
+    const std::string_view body = bytes.substr(out.headers_end);
     out.body_complete = !out.has_content_length || body.size() >= out.content_length;
   }
   return out;
 }
 
-// The epoll thread where connections wait for their headers.
+ChunkScan scan_chunks(std::string_view bytes, size_t at) {
+  constexpr size_t kMaxLine = 4096;  // a chunk-size line with room for extensions
+  for (;;) {
+    const size_t eol = bytes.find("\r\n", at);
+    if (eol == std::string_view::npos)
+      return {bytes.size() - std::min(at, bytes.size()) > kMaxLine ? ChunkScan::malformed : ChunkScan::incomplete,
+              at, bytes.size() + 1};
+    if (eol - at > kMaxLine) return {ChunkScan::malformed, at};
+    // chunk-size in hex, then nothing, an extension or white space.
+    unsigned long long size = 0;
+    size_t i = at;
+    for (; i < eol && std::isxdigit(static_cast<unsigned char>(bytes[i])); ++i) {
+      if (size >> 56) return {ChunkScan::malformed, at};  // no body is that large
+      const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(bytes[i])));
+      size = size * 16 + static_cast<unsigned>(c <= '9' ? c - '0' : c - 'a' + 10);
+    }
+    if (i == at || (i < eol && bytes[i] != ';' && bytes[i] != ' ' && bytes[i] != '\t'))
+      return {ChunkScan::malformed, at};
+    const size_t data = eol + 2;
+    if (size == 0) {
+      // The last chunk, then the empty line (httplib takes no trailers).
+      if (bytes.size() < data + 2) return {ChunkScan::incomplete, at, data + 2};
+      return {bytes.compare(data, 2, "\r\n") == 0 ? ChunkScan::complete : ChunkScan::malformed, at};
+    }
+    if (size > bytes.size() || bytes.size() - data < size + 2) return {ChunkScan::incomplete, at, data + size + 2};
+    if (bytes.compare(data + size, 2, "\r\n") != 0) return {ChunkScan::malformed, at};
+    at = data + size + 2;
+  }
+}
+
+// The epoll thread where connections wait for their requests.
 struct HttpServer::Gate {
   struct Conn {
     Clock::time_point since;     // entered the gate
@@ -194,8 +284,20 @@ struct HttpServer::Gate {
     size_t n_served = 0;         // requests answered on this connection
     bool keep_alive_idle = false;  // back after a response, nothing sent yet
     bool head_complete = false;  // headers in, waiting for the body
-    size_t n_peeked = 0;         // bytes waiting in the socket at the last look
+    size_t n_queued = 0;         // bytes waiting in the socket at the last look
     bool draining = false;       // answered 408/413: discarding what the client still sends
+    // Once the headers are in:
+    size_t request_bytes = 0;    // headers and Content-Length body
+    bool chunked = false;        // the body's end is its last chunk
+    ChunkScan chunks;            // how far the chunked body has been followed
+    bool expect_continue = false;
+    bool continue_sent = false;  // the gate wrote its 100 Continue
+    uint32_t drops = 0;          // the socket's dropped segments when the headers came in
+  };
+  struct Ready {
+    int fd;
+    size_t n_served;
+    bool skip_continue;
   };
 
   HttpServer& server;
@@ -206,6 +308,7 @@ struct HttpServer::Gate {
   std::map<int, Conn> conns;                      // fd -> state
   std::set<std::pair<Clock::time_point, int>> by_age;  // (since, fd) of conns
   bool stopped = false;
+  size_t header_peek = 0;  // how much a look at the headers peeks
   std::vector<char> peek_buf;
 
   explicit Gate(HttpServer& s) : server(s) {
@@ -217,7 +320,8 @@ struct HttpServer::Gate {
     ev.events = EPOLLIN;
     ev.data.fd = wake_fd;
     epoll_ctl(epoll_fd, EPOLL_CTL_ADD, wake_fd, &ev);
-    peek_buf.resize(server.limits_.max_header_bytes + 8192);
+    header_peek = server.limits_.max_header_bytes + 8192;
+    peek_buf.resize(std::max(header_peek, kGateChunkedBytes));
   }
   ~Gate() {
     if (epoll_fd >= 0) ::close(epoll_fd);
@@ -286,13 +390,14 @@ struct HttpServer::Gate {
   void run() {
     std::vector<epoll_event> events(256);
     auto next_sweep = Clock::now();
+    auto next_recheck = next_sweep;
     for (;;) {
       const int n = epoll_wait(epoll_fd, events.data(), static_cast<int>(events.size()), 250);
       if (n < 0 && errno != EINTR) {
         spdlog::error("connection gate: epoll_wait: {}", std::strerror(errno));
         break;
       }
-      std::vector<std::pair<int, size_t>> ready;  // handed to workers
+      std::vector<Ready> ready;  // handed to workers
       std::vector<int> to_close;
       {
         std::lock_guard<std::mutex> lock(mutex);
@@ -304,17 +409,24 @@ struct HttpServer::Gate {
             while (::read(wake_fd, &v, sizeof v) > 0) {}
             continue;
           }
-          examine(fd, ready, to_close);
+          examine(fd, events[i].events, ready, to_close);
         }
         const auto now = Clock::now();
         if (now >= next_sweep) {
           next_sweep = now + std::chrono::milliseconds(250);
-          std::vector<int> expired;
-          for (auto& [fd, c] : conns)
-            if (c.deadline <= now) expired.push_back(fd);
+          const bool recheck = now >= next_recheck;
+          if (recheck) next_recheck = now + std::chrono::seconds(1);
+          std::vector<int> expired, waiting;
+          for (auto& [fd, c] : conns) {
+            if (c.deadline <= now) {
+              expired.push_back(fd);
+            } else if (recheck && c.head_complete && !c.draining) {
+              waiting.push_back(fd);
+            }
+          }
           for (int fd : expired) {
             Conn& c = conns[fd];
-            if (c.draining || c.keep_alive_idle || c.n_peeked == 0) {
+            if (c.draining || c.keep_alive_idle || c.n_queued == 0) {
               forget(fd);  // nothing asked: nothing to answer
               to_close.push_back(fd);
             } else {
@@ -329,19 +441,23 @@ struct HttpServer::Gate {
               }
             }
           }
+          // Segments of a body that the kernel dropped (TCP out of memory)
+          // wake no one: look at waiting bodies again now and then.
+          for (int fd : waiting) {
+            auto it = conns.find(fd);
+            if (it != conns.end()) look_at_body(fd, it->second, now, false, ready, to_close);
+          }
         }
       }
       for (int fd : to_close) server.close_connection(fd);
-      for (const auto& r : ready) {
-        const int fd = r.first;
-        const size_t n_served = r.second;
-        server.workers_->enqueue([this, fd, n_served] { server.serve_connection(fd, n_served); });
+      for (const Ready& r : ready) {
+        server.workers_->enqueue([this, r] { server.serve_connection(r.fd, r.n_served, r.skip_continue); });
       }
     }
   }
 
   // Caller holds mutex. Decides what a readable connection needs.
-  void examine(int fd, std::vector<std::pair<int, size_t>>& ready, std::vector<int>& to_close) {
+  void examine(int fd, uint32_t events, std::vector<Ready>& ready, std::vector<int>& to_close) {
     auto it = conns.find(fd);
     if (it == conns.end()) return;
     Conn& c = it->second;
@@ -356,7 +472,12 @@ struct HttpServer::Gate {
         return;
       }
     }
-    const ssize_t n = ::recv(fd, peek_buf.data(), peek_buf.size(), MSG_PEEK | MSG_DONTWAIT);
+    const bool peer_done = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+    if (c.head_complete) {
+      look_at_body(fd, c, Clock::now(), peer_done, ready, to_close);
+      return;
+    }
+    const ssize_t n = ::recv(fd, peek_buf.data(), header_peek, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
     if (n <= 0) {  // closed by the client, or an error
       forget(fd);
@@ -368,14 +489,16 @@ struct HttpServer::Gate {
       c.keep_alive_idle = false;
       c.deadline = now + std::chrono::seconds(server.limits_.header_timeout_s);
     }
-    const bool progressed = static_cast<size_t>(n) > c.n_peeked;
-    c.n_peeked = static_cast<size_t>(n);
-    const std::string_view bytes(peek_buf.data(), static_cast<size_t>(n));
-    const PeekedRequest peeked = peek_request(bytes);
-    const bool full = static_cast<size_t>(n) >= peek_buf.size();
-    if (peeked.headers_end == 0 && !full) return;  // wait for the rest of the headers
-    if (peeked.headers_end != 0 && peeked.has_content_length &&
-        peeked.content_length > server.limits_.max_body_bytes) {
+    c.n_queued = static_cast<size_t>(n);
+    const PeekedRequest peeked = peek_request(std::string_view(peek_buf.data(), static_cast<size_t>(n)));
+    if (peeked.headers_end == 0) {
+      // Wait for the rest of the headers, unless they already fill the
+      // header limit: then a worker answers them (httplib refuses them).
+      if (static_cast<size_t>(n) >= header_peek) hand_over(fd, c, ready);
+      return;
+    }
+    if (peeked.has_content_length && peeked.content_length > server.limits_.max_body_bytes) {
+      // Before any 100 Continue: the client need not send the body at all.
       answer(fd, c, 413, fmt::format("request body exceeds the limit of {} bytes (Content-Length: {})",
                                      server.limits_.max_body_bytes, peeked.content_length));
       if (!c.draining) {
@@ -384,20 +507,78 @@ struct HttpServer::Gate {
       }
       return;
     }
-    const size_t body_bytes = peeked.headers_end == 0 ? 0 : static_cast<size_t>(n) - peeked.headers_end;
-    if (peeked.headers_end != 0 && !peeked.body_complete && !full && body_bytes < kGateBodyBytes) {
-      // A small body still on its way: it may stall read_timeout_s at a time,
-      // and all of the request must be in within request_timeout_s.
-      if (!c.head_complete || progressed) {
-        c.head_complete = true;
-        c.deadline = std::min(now + std::chrono::seconds(server.limits_.read_timeout_s),
-                              c.since + std::chrono::seconds(server.limits_.request_timeout_s));
-      }
+    c.head_complete = true;
+    c.expect_continue = peeked.expect_continue;
+    if (peeked.body_complete) {
+      hand_over(fd, c, ready);
       return;
     }
-    const size_t n_served = c.n_served;
+    // A body on its way: it may stall read_timeout_s at a time, and all of
+    // the request must be in within request_timeout_s.
+    c.chunked = peeked.chunked;
+    c.chunks = {ChunkScan::incomplete, peeked.headers_end, peeked.headers_end + 1};
+    c.request_bytes = peeked.headers_end + static_cast<size_t>(peeked.content_length);
+    c.drops = receive_drops(fd);
+    c.n_queued = 0;  // counts as progress: the deadline starts now
+    look_at_body(fd, c, now, peer_done, ready, to_close);
+  }
+
+  // Caller holds mutex. A connection whose headers are in and whose body
+  // is not: hands it over once the body is in the socket, once the socket
+  // can hold no more of it, or once the client has stopped sending (shut
+  // down or reset: a worker answers what there is, or finds it gone); else
+  // waits (and asks for the body of an Expect: 100-continue request).
+  void look_at_body(int fd, Conn& c, Clock::time_point now, bool peer_done, std::vector<Ready>& ready,
+                    std::vector<int>& to_close) {
+    int queued_int = 0;
+    if (::ioctl(fd, FIONREAD, &queued_int) != 0) {
+      forget(fd);
+      to_close.push_back(fd);
+      return;
+    }
+    const size_t queued = static_cast<size_t>(std::max(0, queued_int));
+    if (queued > c.n_queued) {
+      c.n_queued = queued;
+      c.deadline = std::min(now + std::chrono::seconds(server.limits_.read_timeout_s),
+                            c.since + std::chrono::seconds(server.limits_.request_timeout_s));
+    }
+    bool arrived = false;
+    if (!c.chunked) {
+      arrived = queued >= c.request_bytes;
+    } else if (queued >= c.chunks.need) {
+      // Something new past where the scan stopped: follow the chunks
+      // further, through what the gate looks through.
+      if (c.chunks.need > kGateChunkedBytes) {
+        arrived = true;  // its end lies past that: a worker reads it
+      } else {
+        const ssize_t n = ::recv(fd, peek_buf.data(), std::min(queued, kGateChunkedBytes), MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0) {
+          c.chunks = scan_chunks(std::string_view(peek_buf.data(), static_cast<size_t>(n)), c.chunks.at);
+          arrived = c.chunks.state != ChunkScan::incomplete || c.chunks.need > kGateChunkedBytes;
+        }
+      }
+    }
+    if (arrived || peer_done || receive_buffer_full(fd, c.drops)) {
+      hand_over(fd, c, ready);
+      return;
+    }
+    if (c.expect_continue && !c.continue_sent) {
+      c.continue_sent = true;
+      const ssize_t n = ::send(fd, kContinue.data(), kContinue.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n != static_cast<ssize_t>(kContinue.size())) {  // an empty send buffer takes it whole
+        forget(fd);
+        to_close.push_back(fd);
+      }
+    }
+  }
+
+  // Caller holds mutex.
+  void hand_over(int fd, Conn& c, std::vector<Ready>& ready) {
+    // Headers in with Expect: 100-continue: the 100 was sent here, or the
+    // body came (or fills the socket) without one.
+    const Ready r{fd, c.n_served, c.head_complete && c.expect_continue};
     forget(fd);
-    ready.emplace_back(fd, n_served);
+    ready.push_back(r);
   }
 
   // Answers an error from the gate (408, 413): takes what the client has
@@ -467,6 +648,11 @@ void HttpServer::stop_connections() {
   gate_.reset();
 }
 
+int HttpServer::receive_buffer_bytes() const {
+  const size_t request = limits_.max_header_bytes + limits_.max_body_bytes + (64u << 10);
+  return static_cast<int>(std::min<size_t>(request, INT_MAX / 2));
+}
+
 bool HttpServer::process_and_close_socket(socket_t sock) {
   // On httplib's accept thread (InlineTaskQueue): only hand the socket over.
   ++n_open_;
@@ -474,6 +660,10 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
     close_connection(sock);
     return false;
   }
+  // Room for a whole request in the socket, so that it can wait in the gate
+  // (usually inherited from the listening socket already, ListenSocket).
+  const int rcvbuf = receive_buffer_bytes();
+  ::setsockopt(sock, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
   gate_->add(sock, 0);
   return true;
 }
@@ -492,8 +682,8 @@ bool HttpServer::serve_one(httplib::Stream& strm, bool close_connection) {
 
 int HttpServer::current_socket() { return t_current_socket; }
 
-void HttpServer::serve_connection(int fd, size_t n_served) {
-  DeadlineStream strm(fd, limits_);
+void HttpServer::serve_connection(int fd, size_t n_served, bool skip_continue) {
+  DeadlineStream strm(fd, limits_, skip_continue);
   const bool last = n_served + 1 >= limits_.keep_alive_max_count || stopping_;
   t_current_socket = fd;
   const bool keep = serve_one(strm, last);

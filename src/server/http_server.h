@@ -8,20 +8,31 @@
 // thread. Here:
 //
 // - accepted and idle keep-alive connections wait in one epoll thread (the
-//   gate), which costs a file descriptor and a few bytes each; the gate peeks
-//   at the socket and hands a connection to a worker only when its request
-//   has arrived: the request line and headers, and the body too when it is
-//   smaller than kGateBodyBytes (a larger one once that much of it is
-//   there), or the headers fill the header limit;
+//   gate), which costs a file descriptor and a few bytes each; the gate looks
+//   at the socket without reading it and hands a connection to a worker only
+//   when its whole request has arrived: the request line and headers (peeked)
+//   and then the whole Content-Length body (counted in the socket's receive
+//   queue, ioctl FIONREAD; each connection's receive buffer is enlarged,
+//   SO_RCVBUF, receive_buffer_bytes(), so that a large request fits), or a
+//   chunked body up to its last chunk (the first kGateChunkedBytes of the
+//   request are looked through). It hands a request over before its body is
+//   in only when the body cannot be held there: the receive buffer is full
+//   (the kernel takes no more until someone reads: waiting on would only
+//   end in a 408), the chunked body runs past kGateChunkedBytes, the client
+//   has shut down its side, or the headers fill the header limit;
+// - `Expect: 100-continue`: the gate itself answers `100 Continue` once the
+//   headers are in (and the Content-Length is within the limit) and then
+//   waits for the body like any other; the worker does not send a second 100;
 // - the headers must be complete within `header_timeout_s` of the
 //   connection opening (or of its first byte after a keep-alive response),
-//   and a body waiting in the gate may stall for `read_timeout_s` at most;
-//   past either the gate answers 408 itself and closes. Idle keep-alive
-//   connections close after `keep_alive_timeout_s`;
+//   and a body waiting in the gate may stall for `read_timeout_s` at most
+//   (and take `request_timeout_s` in all); past either the gate answers 408
+//   itself and closes. Idle keep-alive connections close after
+//   `keep_alive_timeout_s`;
 // - a request whose Content-Length exceeds `max_body_bytes` gets its 413
-//   from the gate without a worker or reading the body;
-// - a worker reads the rest of a large body under `read_timeout_s` per read
-//   and `request_timeout_s` in all, answers, and goes back to the pool; a
+//   from the gate without a worker or reading the body (and without a 100);
+// - a worker reads a request under `read_timeout_s` per read and
+//   `request_timeout_s` in all, answers, and goes back to the pool; a
 //   keep-alive connection returns to the gate;
 // - at most `max_connections` connections are open: a new one beyond that
 //   closes the connection that has waited longest in the gate (one that sent
@@ -38,6 +49,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -71,13 +83,29 @@ struct PeekedRequest {
   bool has_content_length = false;
   unsigned long long content_length = 0;
   bool chunked = false;          // Transfer-Encoding: chunked
-  bool expect_continue = false;  // Expect: 100-continue (the body follows httplib's 100)
-  bool body_complete = false;    // the whole body is among the bytes
+  bool expect_continue = false;  // Expect: 100-continue (the client waits for a 100 before its body)
+  bool body_complete = false;    // the whole body is among the bytes (or malformed: httplib judges it)
 };
 
-// Bodies up to this size wait in the gate until they have fully arrived.
-inline constexpr size_t kGateBodyBytes = 16u << 10;
 PeekedRequest peek_request(std::string_view bytes);
+
+// Follows a chunked body's framing through `bytes` (the request from its
+// first byte) from `at`, the offset of a chunk-size line. Chunk data is
+// skipped by its size, so data that looks like a last chunk does not end
+// the body. Malformed: httplib will refuse it (or read it differently), so
+// there is nothing to wait for.
+struct ChunkScan {
+  enum State { incomplete, complete, malformed } state = incomplete;
+  size_t at = 0;    // the chunk-size line where the scan stopped: go on from here
+  size_t need = 0;  // incomplete: the request's length at which the scan can get further
+};
+ChunkScan scan_chunks(std::string_view bytes, size_t at);
+
+// How much of a chunked request (headers and body) the gate looks through
+// for its last chunk: a chunked body's end can only be found by peeking at
+// everything before it, again as more arrives, so the gate hands a longer
+// one to a worker rather than copy ever more bytes per look.
+inline constexpr size_t kGateChunkedBytes = 256u << 10;
 
 class HttpServer : public httplib::Server {
  public:
@@ -105,6 +133,11 @@ class HttpServer : public httplib::Server {
   // Connections open now (in the gate or with a worker).
   size_t n_connections() const { return n_open_.load(); }
 
+  // The receive buffer (SO_RCVBUF) asked for each connection: a whole
+  // request of the largest size allowed, so that it can wait in the gate
+  // without being read; the kernel caps it at net.core.rmem_max.
+  int receive_buffer_bytes() const;
+
   // One request read from `strm` and answered into it, as a worker does
   // (the HTTP fuzz target feeds bytes through this). False when the
   // connection should close.
@@ -113,7 +146,7 @@ class HttpServer : public httplib::Server {
  private:
   struct Gate;
   bool process_and_close_socket(socket_t sock) override;
-  void serve_connection(int fd, size_t n_served);
+  void serve_connection(int fd, size_t n_served, bool skip_continue);
   void close_connection(int fd);
 
   ConnectionLimits limits_;

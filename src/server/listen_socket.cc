@@ -9,14 +9,15 @@
 
 namespace pensieve::server {
 
-void ListenSocket::install(httplib::Server& http) {
+void ListenSocket::install(httplib::Server& http, int receive_buffer) {
   fd_ = -1;
   fixed_ = false;
   // httplib calls the hook on each listening socket it tries (one per
   // resolved address) before bind; the last one tried is the one bound.
-  http.set_socket_options([this](int fd) {
+  http.set_socket_options([this, receive_buffer](int fd) {
     int yes = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    if (receive_buffer > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
     if (!fixed_) fd_ = fd;
   });
 }

@@ -18,8 +18,12 @@ namespace pensieve::server {
 class ListenSocket {
  public:
   // Sets SO_REUSEADDR (rebinding over TIME_WAIT only) instead of httplib's
-  // SO_REUSEPORT, and records the listening socket's fd.
-  void install(httplib::Server& http);
+  // SO_REUSEPORT, and records the listening socket's fd. receive_buffer:
+  // SO_RCVBUF for the connections it accepts (they inherit it), when not 0.
+  // Set on the listening socket, it is in place before a connection starts,
+  // so the kernel sizes the connection's window limit to it (set only
+  // after accept, the window limit stays that of the default buffer).
+  void install(httplib::Server& http, int receive_buffer = 0);
   // Listens again with the system's maximum backlog (on Linux this only
   // updates the backlog of the listening socket). Returns false, with a
   // warning logged, where that failed; the server still works.

@@ -56,7 +56,7 @@ LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::mak
   };
   s.http.Get(".*", not_ready);
   s.http.Post(".*", not_ready);
-  s.listen_socket.install(s.http);
+  s.listen_socket.install(s.http, s.http.receive_buffer_bytes());
   if (port == 0) {
     s.port = s.http.bind_to_any_port(host);
   } else if (s.http.bind_to_port(host, port)) {

@@ -284,7 +284,7 @@ void Server::start() {
   });
   s.http.set_tcp_nodelay(true);  // SSE deltas are small and latency matters
 
-  s.listen_socket.install(s.http);
+  s.listen_socket.install(s.http, s.http.receive_buffer_bytes());
   if (s.options.port == 0) {
     s.bound_port = s.http.bind_to_any_port(s.options.host);
     if (s.bound_port < 0) fail(ErrorKind::resource, "cannot listen on {}", s.options.host);

@@ -1,6 +1,7 @@
 // Hostile and broken clients against the real `pensieve serve` (the bundled
-// model): slow and stalled senders, absurd lengths, piles of idle
-// connections, malformed JSON, wrong keys, broken model folders
+// model): slow and stalled senders (small, large and chunked bodies, and
+// Expect: 100-continue), absurd lengths, piles of idle connections,
+// malformed JSON, wrong keys, broken model folders
 // (docs/reliability.md, "Hostile clients").
 //
 // No test waits for time to pass: the server's timeouts are set far beyond
@@ -19,6 +20,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -67,6 +69,53 @@ std::string read_all(int fd) {
   return out;
 }
 
+// What the server sends up to the end of one response's headers (a 100
+// Continue, say), and no further.
+std::string read_head(int fd) {
+  std::string out;
+  char c;
+  while (out.size() < 65536 && (out.size() < 4 || out.compare(out.size() - 4, 4, "\r\n\r\n") != 0)) {
+    if (::recv(fd, &c, 1, 0) != 1) break;
+    out += c;
+  }
+  return out;
+}
+
+const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+
+// A POST's request line and headers for a body of `length` bytes.
+std::string post_head(const std::string& path, size_t length, const std::string& more = "") {
+  return "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+         std::to_string(length) + "\r\n" + more + "\r\n";
+}
+
+// A valid count_tokens request, padded with JSON white space to `size`
+// bytes (Claude Code's requests are 50-200 KB).
+std::string count_tokens_body(size_t size = 0) {
+  const std::string rest = R"("model":"m","messages":[{"role":"user","content":"Once upon a time"}]})";
+  return "{" + std::string(size > rest.size() + 1 ? size - rest.size() - 1 : 0, ' ') + rest;
+}
+
+// `body` as chunks of `chunk` bytes, without the last chunk.
+std::string chunks_of(const std::string& body, size_t chunk) {
+  std::string out;
+  for (size_t at = 0; at < body.size(); at += chunk) {
+    const std::string part = body.substr(at, chunk);
+    char size[32];
+    std::snprintf(size, sizeof size, "%zx\r\n", part.size());
+    out += size + part + "\r\n";
+  }
+  return out;
+}
+
+// input_tokens of a whole HTTP/1.1 200 response, or -1.
+int64_t input_tokens(const std::string& response) {
+  if (response.rfind("HTTP/1.1 200", 0) != 0) return -1;
+  const size_t body = response.find("\r\n\r\n");
+  json j = json::parse(response.substr(body + 4), nullptr, false);
+  return j.is_object() && j.contains("input_tokens") ? j["input_tokens"].get<int64_t>() : -1;
+}
+
 int64_t rss_kib(int pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -100,7 +149,7 @@ void expect_served(int port, const std::string& what) {
 
 json health(int port) {
   auto res = client(port)->Get("/health");
-  return res && res->status == 200 ? json::parse(res->body) : json();
+  return res && res->status == 200 ? json::parse(res->body) : json::object();  // {} when it got no answer
 }
 
 class HostileClients : public ::testing::Test {
@@ -204,6 +253,185 @@ TEST_F(HostileClients, StalledBodyGets408AfterTheReadTimeout) {
   EXPECT_EQ(response.rfind("HTTP/1.1 408", 0), 0u) << response;
   EXPECT_NE(response.find("\"type\":\"error\""), std::string::npos) << response;
   EXPECT_NE(response.find("stalled"), std::string::npos) << response;
+}
+
+// Requests of Claude Code's size (300 KB) that stop after 100 KB, more of
+// them than request threads, the read timeout far past the test: their
+// bodies wait in the gate (the socket's receive queue), not in a worker, so
+// others are served. Before, a body over 16 KiB went to a worker at once,
+// and these held both threads until the read timeout.
+TEST_F(HostileClients, LargeBodiesThatStallHoldNoWorker) {
+  start({"--http-threads", "2", "--read-timeout", "600"});
+  const std::string part = count_tokens_body(300'000).substr(0, 100'000);
+  for (int i = 0; i < 8; ++i) {
+    int fd = open_connection();
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, post_head("/v1/messages/count_tokens", 300'000) + part));
+  }
+  ASSERT_TRUE(test::wait_until([&] { return health(serve->port()).value("n_connections", 0) >= 8; }));
+  expect_served(serve->port(), "with 8 large bodies stalled after 100 KB");
+}
+
+// The same with chunked bodies: 100 KB of chunks and no last chunk.
+TEST_F(HostileClients, ChunkedBodiesThatStallHoldNoWorker) {
+  start({"--http-threads", "2", "--read-timeout", "600"});
+  const std::string part = chunks_of(count_tokens_body(100'000), 10'000);
+  for (int i = 0; i < 8; ++i) {
+    int fd = open_connection();
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, "POST /v1/messages/count_tokens HTTP/1.1\r\nHost: x\r\n"
+                             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                                 part));
+  }
+  ASSERT_TRUE(test::wait_until([&] { return health(serve->port()).value("n_connections", 0) >= 8; }));
+  expect_served(serve->port(), "with 8 chunked bodies stalled after 100 KB");
+}
+
+// Stalled large bodies, more than request threads, each get their 408 from
+// the gate once the read timeout passes.
+TEST_F(HostileClients, StalledLargeBodiesGet408AfterTheReadTimeout) {
+  start({"--http-threads", "1", "--read-timeout", "1"});
+  const std::string part = count_tokens_body(300'000).substr(0, 100'000);
+  std::vector<int> stalled;
+  for (int i = 0; i < 3; ++i) {
+    int fd = open_connection();
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, post_head("/v1/messages/count_tokens", 300'000) + part));
+    stalled.push_back(fd);
+  }
+  for (int fd : stalled) {
+    const std::string response = read_all(fd);  // the server closes it; 30 s is the test's bound
+    EXPECT_EQ(response.rfind("HTTP/1.1 408", 0), 0u) << response.substr(0, 300);
+    EXPECT_NE(response.find("the request body stalled for 1 s"), std::string::npos) << response.substr(0, 300);
+  }
+}
+
+// A 300 KB request is answered as a small one is: sent whole, sent in two
+// parts, and chunked (100 KB within what the gate follows, 300 KB past it).
+TEST_F(HostileClients, LargeBodiesAreAnswered) {
+  start({});
+  auto small = client(serve->port())->Post("/v1/messages/count_tokens", count_tokens_body(), "application/json");
+  ASSERT_TRUE(small);
+  ASSERT_EQ(small->status, 200) << small->body;
+  const int64_t expected = json::parse(small->body)["input_tokens"];
+  const std::string body = count_tokens_body(300'000);
+  ASSERT_EQ(body.size(), 300'000u);
+
+  auto res = client(serve->port())->Post("/v1/messages/count_tokens", body, "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["input_tokens"], expected);
+
+  int fd = open_connection();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, post_head("/v1/messages/count_tokens", body.size(), "Connection: close\r\n") +
+                               body.substr(0, 100'000)));
+  ASSERT_TRUE(send_all(fd, body.substr(100'000)));
+  EXPECT_EQ(input_tokens(read_all(fd)), expected) << "sent in two parts";
+
+  for (size_t size : {100'000, 300'000}) {
+    fd = open_connection();
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, "POST /v1/messages/count_tokens HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                                 chunks_of(count_tokens_body(size), 16'000) + "0\r\n\r\n"));
+    EXPECT_EQ(input_tokens(read_all(fd)), expected) << "chunked, " << size << " bytes";
+  }
+}
+
+// A body larger than the connection's receive buffer can hold (twice
+// net.core.rmem_max, the most the kernel grants) cannot wait in the gate
+// whole: once the buffer is full the gate hands it to a worker, which reads
+// the rest. Had the gate waited for it, the client would stall on a closed
+// window and get a 408 after the read timeout.
+TEST_F(HostileClients, BodyLargerThanTheReceiveBufferIsAnswered) {
+  std::ifstream in("/proc/sys/net/core/rmem_max");
+  size_t rmem_max = 0;
+  if (!(in >> rmem_max)) GTEST_SKIP() << "no /proc/sys/net/core/rmem_max";
+  if (rmem_max > (64u << 20)) GTEST_SKIP() << "net.core.rmem_max is " << rmem_max << ": the body would be too large";
+  const size_t size = 2 * rmem_max + (1u << 20);
+  start({"--max-body-mb", std::to_string(size / (1u << 20) + 1)});
+  auto small = client(serve->port())->Post("/v1/messages/count_tokens", count_tokens_body(), "application/json");
+  ASSERT_TRUE(small);
+  const int64_t expected = json::parse(small->body)["input_tokens"];
+  int fd = open_connection();
+  ASSERT_GE(fd, 0);
+  const std::string body = count_tokens_body(size);
+  std::string response;
+  std::thread reader([&] { response = read_all(fd); });
+  EXPECT_TRUE(send_all(fd, post_head("/v1/messages/count_tokens", size, "Connection: close\r\n") + body));
+  reader.join();
+  EXPECT_EQ(input_tokens(response), expected) << size << " bytes: " << response.substr(0, 300);
+}
+
+// Expect: 100-continue: one 100 Continue (the gate's; httplib's own is not
+// sent again), then the body, then the answer.
+TEST_F(HostileClients, ExpectContinueGetsOne100ThenTheAnswer) {
+  start({});
+  auto small = client(serve->port())->Post("/v1/messages/count_tokens", count_tokens_body(), "application/json");
+  ASSERT_TRUE(small);
+  const int64_t expected = json::parse(small->body)["input_tokens"];
+  for (size_t size : {0, 300'000}) {
+    const std::string body = count_tokens_body(size);
+    int fd = open_connection();
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, post_head("/v1/messages/count_tokens", body.size(),
+                                       "Expect: 100-continue\r\nConnection: close\r\n")));
+    EXPECT_EQ(read_head(fd), kContinue) << size << " bytes";
+    ASSERT_TRUE(send_all(fd, body));
+    const std::string response = read_all(fd);
+    EXPECT_EQ(input_tokens(response), expected) << size << " bytes: " << response.substr(0, 300);
+    EXPECT_EQ(response.find("100 Continue"), std::string::npos) << "a second 100: " << response.substr(0, 300);
+  }
+  // The body sent without waiting for the 100: no 100 at all.
+  int fd = open_connection();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, post_head("/v1/messages/count_tokens", count_tokens_body().size(),
+                                     "Expect: 100-continue\r\nConnection: close\r\n") +
+                               count_tokens_body()));
+  const std::string response = read_all(fd);
+  EXPECT_EQ(input_tokens(response), expected) << response.substr(0, 300);
+}
+
+// A Content-Length over the body limit gets its 413 and no 100: the client
+// need not send the body at all.
+TEST_F(HostileClients, ExpectContinueOverTheBodyLimitIs413Without100) {
+  start({"--max-body-mb", "1"});
+  int fd = open_connection();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, post_head("/v1/messages", 2u << 20, "Expect: 100-continue\r\n")));
+  const std::string response = read_all(fd);
+  EXPECT_EQ(response.rfind("HTTP/1.1 413", 0), 0u) << response;
+  EXPECT_EQ(response.find("100 Continue"), std::string::npos) << response;
+  EXPECT_NE(response.find("\"request_too_large\""), std::string::npos) << response;
+}
+
+// A client that asks for the 100 and then never sends its body gets its 408
+// after the read timeout ...
+TEST_F(HostileClients, ExpectContinueWithoutTheBodyGets408) {
+  start({"--read-timeout", "1"});
+  int fd = open_connection();
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(send_all(fd, post_head("/v1/messages", 1000, "Expect: 100-continue\r\n")));
+  const std::string response = read_all(fd);
+  ASSERT_EQ(response.rfind(kContinue, 0), 0u) << response;
+  EXPECT_EQ(response.compare(kContinue.size(), 12, "HTTP/1.1 408"), 0) << response;
+  EXPECT_NE(response.find("the request body stalled for 1 s"), std::string::npos) << response;
+}
+
+// ... and, with the read timeout far past the test, holds no worker while
+// it waits: more such clients than request threads (each has its 100, so
+// each is waiting for its body), and others are still served. Before, such
+// a request went to a worker, which sent the 100 and waited for the body.
+TEST_F(HostileClients, ExpectContinueClientsThatNeverSendTheirBodyHoldNoWorker) {
+  start({"--http-threads", "2", "--read-timeout", "600"});
+  for (int i = 0; i < 8; ++i) {
+    int fd = open_connection();
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(send_all(fd, post_head("/v1/messages", 300'000, "Expect: 100-continue\r\n")));
+    ASSERT_EQ(read_head(fd), kContinue) << "client " << i;
+  }
+  expect_served(serve->port(), "with 8 clients that never send the body after their 100");
 }
 
 // A 2 GB Content-Length is refused from the headers (413, the Anthropic

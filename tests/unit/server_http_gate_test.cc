@@ -1,5 +1,6 @@
 // The connection gate's look at a request's first bytes (server/http_server.h):
-// when the headers end, the Content-Length, whether the body has arrived.
+// when the headers end, the Content-Length, whether the body has arrived,
+// and how it follows a chunked body's framing.
 #include <gtest/gtest.h>
 
 #include "server/http_server.h"
@@ -48,12 +49,54 @@ TEST(PeekRequest, ChunkedBodyEndsWithTheLastChunk) {
   EXPECT_FALSE(peek_request(head + "3\r\nabc\r\n").body_complete);
   EXPECT_TRUE(peek_request(head + "3\r\nabc\r\n0\r\n\r\n").body_complete);
   EXPECT_TRUE(peek_request(head + "0\r\n\r\n").body_complete);
+  EXPECT_FALSE(peek_request(head + "3\r\nabc\r\n0\r\n").body_complete);
+  // Chunk data that looks like the last chunk is only data.
+  EXPECT_FALSE(peek_request(head + "A\r\nx\r\n0\r\n\r\nyy").body_complete);
+  EXPECT_TRUE(peek_request(head + "A\r\nx\r\n0\r\n\r\nyyy\r\n0\r\n\r\n").body_complete);
 }
 
-TEST(PeekRequest, ExpectContinueIsDispatchedAtOnce) {
-  PeekedRequest p = peek_request("POST / HTTP/1.1\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n");
+TEST(ScanChunks, GoesOnFromWhereItStopped) {
+  const std::string head = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const std::string body = "5;ext=1\r\nhello\r\n1F\r\n" + std::string(31, 'x') + "\r\n0\r\n\r\n";
+  const std::string all = head + body;
+  ChunkScan scan{ChunkScan::incomplete, head.size(), head.size() + 1};
+  size_t n_scans = 0;
+  // Byte by byte, scanning only where the last scan said it can get further.
+  for (size_t n = head.size(); n <= all.size(); ++n) {
+    if (n < scan.need) continue;
+    ++n_scans;
+    scan = scan_chunks(std::string_view(all).substr(0, n), scan.at);
+    if (n < all.size()) {
+      ASSERT_EQ(scan.state, ChunkScan::incomplete) << n;
+      EXPECT_GT(scan.need, n);
+    }
+  }
+  EXPECT_EQ(scan.state, ChunkScan::complete);
+  // The 31 bytes of the second chunk were waited for, not scanned byte by byte.
+  EXPECT_LT(n_scans, body.size() - 30);
+}
+
+TEST(ScanChunks, MalformedFramingIsLeftToHttplib) {
+  const std::string head = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (const std::string body : {"zz\r\n", "\r\n", "3\r\nabcXY", "0\r\nTrailer: x\r\n\r\n",
+                                 "-3\r\nabc\r\n", "3x\r\nabc\r\n", "FFFFFFFFFFFFFFFFFF\r\n"}) {
+    EXPECT_EQ(scan_chunks(head + body, head.size()).state, ChunkScan::malformed) << body;
+    EXPECT_TRUE(peek_request(head + body).body_complete) << body;  // a worker answers it at once
+  }
+  EXPECT_EQ(scan_chunks(head + std::string(5000, '1'), head.size()).state, ChunkScan::malformed);
+  EXPECT_EQ(scan_chunks(head + std::string(100, '1'), head.size()).state, ChunkScan::incomplete);
+}
+
+TEST(PeekRequest, ExpectContinueWaitsForTheBody) {
+  const std::string head = "POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+  PeekedRequest p = peek_request(head);
   EXPECT_TRUE(p.expect_continue);
-  EXPECT_TRUE(p.body_complete);  // the client waits for httplib's 100 before its body
+  EXPECT_FALSE(p.body_complete);  // the gate sends the 100 and waits
+  EXPECT_TRUE(peek_request(head + "abcde").body_complete);
+  EXPECT_TRUE(peek_request("POST / HTTP/1.1\r\nexpect:  100-Continue \r\n\r\n").expect_continue);
+  PeekedRequest other = peek_request("POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: fries\r\n\r\n");
+  EXPECT_FALSE(other.expect_continue);
+  EXPECT_FALSE(other.body_complete);
 }
 
 }  // namespace
