@@ -62,6 +62,10 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     sleep 0.5
   done
   python3 scripts/replay-claude-code.py --port 18181 >"$out/replay.jsonl" 2>&1
+  # The server's memory on the card, as the driver counts it, against the
+  # KV budget its log names.
+  nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader >"$out/serve-memory.txt" 2>&1
+  grep -h "KV cache" "$out/serve.log" >>"$out/serve-memory.txt"
   kill $serve_pid; wait $serve_pid 2>/dev/null
 fi
 echo "=== summary"
@@ -70,7 +74,11 @@ printf '%s\n' "${summary[@]}"
 import json,sys
 for l in open(sys.argv[1]):
     j=json.loads(l); print("bench prompt %5d: prefill %8.0f tok/s (%.3f s)  decode %7.1f tok/s  load %.1f s" % (j["prompt_tokens"], j["prefill_tok_s"], j["prefill_s"], j["decode_tok_s"], j["load_s"]))
+    mib=lambda k: j.get(k,0)/2**20
+    print("  memory MiB: weights file %.0f, KV %.0f, allocated by the backend %.0f, in use on the card %.0f (over weights + KV: %.0f)" % (
+        mib("model_file_bytes"), mib("kv_cache_bytes"), mib("device_memory_bytes"), mib("device_used_bytes"),
+        mib("device_used_bytes") - mib("model_file_bytes") - mib("kv_cache_bytes")))
 ' "$out/bench.jsonl"
 grep -h -E "Failure|error|Expected|Which is|relative" "$out"/*.log 2>/dev/null | head -40
-for f in "$out"/profile-*.txt "$out"/bench-serve.txt "$out"/replay.jsonl; do [ -f "$f" ] && { echo "=== $f"; grep -v '^\[' "$f" | head -60; }; done
+for f in "$out"/profile-*.txt "$out"/bench-serve.txt "$out"/replay.jsonl "$out"/serve-memory.txt; do [ -f "$f" ] && { echo "=== $f"; grep -v '^\[' "$f" | head -60; }; done
 exit 0

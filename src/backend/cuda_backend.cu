@@ -370,7 +370,7 @@ class CudaBackend final : public Backend {
     for (size_t i = 0; i < spans_.size(); ++i) {
       float ms = 0;
       PENSIEVE_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[2 * i], events_[2 * i + 1]));
-      ProfileEntry& e = profile_[std::string(profile_decode_ ? "decode  " : "prefill ") + spans_[i]];
+      ProfileEntry& e = profile_[profile_label_ + spans_[i]];
       ++e.calls;
       e.ms += ms;
     }
@@ -387,7 +387,8 @@ class CudaBackend final : public Backend {
     const char* e = std::getenv("PENSIEVE_CUDA_PROFILE");
     return e != nullptr && std::string(e) == "1";
   }();
-  bool profile_decode_ = false;
+  // Steps by rows: "decode" (graphs' sizes), "batch" (many streams decoding), "prefill".
+  std::string profile_label_;
   std::vector<cudaEvent_t> events_;
   std::vector<std::string> spans_;
   std::map<std::string, ProfileEntry> profile_;
@@ -467,7 +468,7 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   }
   const bool decode = n_rows_ <= cuda::kGemvMaxTokens;
   const bool graph = graphs_enabled_ && !profiling_ && decode && n_out_ > 0;
-  profile_decode_ = decode;
+  profile_label_ = decode ? "decode  " : n_rows_ <= cuda::kGemvBatchTokens ? "batch   " : "prefill ";
   if (decode) {
     // Attention's split count comes from this bucket, so that one graph
     // serves a range of context lengths (and a step computes the same with

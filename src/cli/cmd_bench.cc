@@ -124,13 +124,22 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     const ModelInfo info = model->info();
     const std::string kernel = prefill_kernel(info.weight_format);
     const int64_t kv_bytes = model->kv_bytes_per_block() * model->kv_blocks();
+    // The card's memory in use at the end (on a GPU of its own, this
+    // process's: context, library work space and caching included), to
+    // hold against device_memory_bytes (what the backend allocated).
+    int64_t device_used = 0;
+    if (on_gpu) {
+      const MemoryInfo m = model->backend().memory();
+      device_used = m.total - m.available;
+    }
     const std::string out = fmt::format(
         "{{\"model\": \"{}\", \"device\": \"{}\", \"backend\": \"{}\", \"architecture\": \"{}\", \"weight_format\": \"{}\", "
         "\"n_params\": {}, \"model_file_bytes\": {}, \"kv_cache_bytes\": {}, "
         "\"isa\": \"{}\", \"prefill_kernel\": \"{}\", \"threads\": {}, \"weights\": \"{}\", \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
         "\"prefill_s\": {:.3f}, \"prefill_tok_s\": {:.2f}, \"gen_tokens\": {}, "
         "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"decode_weight_bytes_per_token\": {}, "
-        "\"decode_read_gb_s\": {:.2f}, \"peak_rss_bytes\": {}, \"device_memory_bytes\": {}, \"warmup\": {}}}",
+        "\"decode_read_gb_s\": {:.2f}, \"peak_rss_bytes\": {}, \"device_memory_bytes\": {}, \"device_used_bytes\": {}, "
+        "\"warmup\": {}}}",
         o->model, model->backend().device(), model->backend().description(), c.architecture,
         info.weight_format, info.n_params,
         dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()), kernel,
@@ -138,7 +147,7 @@ RegisterCommand reg("bench", [](CLI::App& app) {
         default_file_residency() == FileResidency::mapped ? "mapped" : "copied", load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
         o->gen_tokens, decode_s, o->gen_tokens / decode_s, info.decode_bytes_per_token,
         info.decode_bytes_per_token * (o->gen_tokens / decode_s) / 1e9, peak_rss_bytes(),
-        model->backend().bytes_allocated(), on_gpu ? "true" : "false");
+        model->backend().bytes_allocated(), device_used, on_gpu ? "true" : "false");
     if (o->json) {
       std::printf("%s\n", out.c_str());
     } else {

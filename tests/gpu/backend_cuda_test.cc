@@ -166,25 +166,80 @@ TEST_F(CudaBackendTest, MatmulMatchesTheScalarReference) {
           const int64_t ldy = rows + 5;
           float* y = gpu_zeros(static_cast<size_t>(tokens * ldy), gpu);
           const WeightMatrix* parts[] = {&dw};
-          // The second backend also takes the streaming gemv (off by
-          // default) for decode rows.
-          if (gpu != gpu_.get()) setenv("PENSIEVE_CUDA_STREAM_GEMV", "1", 1);
+          // The second backend takes the f32 gemvs for 4-bit decode rows
+          // (the int8 gemv off), the streaming one (off by default) included.
+          if (gpu != gpu_.get()) {
+            setenv("PENSIEVE_CUDA_STREAM_GEMV", "1", 1);
+            setenv("PENSIEVE_CUDA_GEMV_Q4", "0", 1);
+          }
           gpu->matmul(parts, on_gpu(x, gpu), cols, tokens, y, ldy);
           unsetenv("PENSIEVE_CUDA_STREAM_GEMV");
+          unsetenv("PENSIEVE_CUDA_GEMV_Q4");
           const std::vector<float> all = from_gpu(y, static_cast<size_t>(tokens * ldy), gpu);
           std::vector<float> got;
           for (int64_t t = 0; t < tokens; ++t)
             got.insert(got.end(), all.begin() + t * ldy, all.begin() + t * ldy + rows);
-          // Decode is f32 throughout; prefill rounds both operands to f16.
-          // (f32 sums in another order than the reference's: a single
-          // output row with cancellation showed 1.2e-5.)
-          const double tol = tokens <= 8 ? 5e-5 : 2e-3;
+          // Decode is f32 throughout, but for 4-bit weights on the default
+          // backend: x as two int8 levels (~3e-5 alone), as the CPU's
+          // integer kernels, which are held to 1e-4; prefill rounds both
+          // operands to f16. (f32 sums in another order than the
+          // reference's: a single output row with cancellation showed 1.2e-5.)
+          const bool q4 = c.format == WeightFormat::affine4 && gpu == gpu_.get();
+          const double tol = tokens <= 8 ? (q4 ? 1e-4 : 5e-5) : 2e-3;
           EXPECT_LT(relative_error(ref, got), tol)
               << weight_format_name(c.format) << " group " << c.group << " rows " << rows
               << " cols " << cols << " tokens " << tokens << " on " << gpu->description();
           for (int64_t t = 0; t < tokens; ++t)  // the columns past the weight stay untouched
             for (int64_t r = rows; r < ldy; ++r) ASSERT_TRUE(std::isnan(all[t * ldy + r]));
         }
+      }
+    }
+  }
+}
+
+// The 4-bit decode gemv with more rows than the card's resident warps (each
+// warp walks several rows) and rows of several column chunks, and the MLP's
+// fused silu(gate)·up gemv for both quantized formats, against the scalar
+// reference. Each is also run with the int8 gemv off (the f32 gemvs).
+TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
+  struct Case { WeightFormat format; ScaleType st; int group; int64_t rows, cols; bool silu; };
+  const Case cases[] = {
+      {WeightFormat::affine4, ScaleType::bf16, 64, 20000, 384, false},
+      {WeightFormat::affine4, ScaleType::f16, 128, 700, 8320, false},
+      {WeightFormat::affine4, ScaleType::bf16, 64, 301, 8192, true},
+      {WeightFormat::affine4, ScaleType::f32, 32, 5000, 96, true},
+      {WeightFormat::affine8, ScaleType::bf16, 64, 301, 3072, true},
+  };
+  for (const Case& c : cases) {
+    for (const int64_t tokens : {1, 2, 5, 8, 13}) {
+      for (const char* q4 : {"1", "0"}) {
+        HostWeight hw = random_weight(rng_, c.format, c.st, c.group, c.rows, c.cols);
+        const int64_t ldx = c.silu ? 2 * c.cols : c.cols;
+        const std::vector<float> gu = random_floats(rng_, static_cast<size_t>(tokens * ldx));
+        // The reference's input: x itself, or silu(gate) · up.
+        std::vector<float> x(static_cast<size_t>(tokens * c.cols));
+        for (int64_t t = 0; t < tokens; ++t)
+          for (int64_t k = 0; k < c.cols; ++k) {
+            const float g = gu[t * ldx + k];
+            x[t * c.cols + k] = c.silu ? g / (1.0f + std::exp(-g)) * gu[t * ldx + c.cols + k] : g;
+          }
+        std::vector<float> ref(static_cast<size_t>(tokens * c.rows));
+        kernels::matmul_ref(hw.w, x.data(), c.cols, tokens, ref.data(), c.rows);
+        const WeightMatrix dw = gpu_->upload(hw.w);
+        float* y = gpu_zeros(static_cast<size_t>(tokens * c.rows));
+        setenv("PENSIEVE_CUDA_GEMV_Q4", q4, 1);
+        if (c.silu) {
+          float* act = gpu_zeros(static_cast<size_t>(tokens * c.cols));
+          gpu_->silu_mul_matmul(on_gpu(gu), c.cols, act, dw, y, c.rows, tokens);
+        } else {
+          const WeightMatrix* parts[] = {&dw};
+          gpu_->matmul(parts, on_gpu(gu), ldx, tokens, y, c.rows);
+        }
+        unsetenv("PENSIEVE_CUDA_GEMV_Q4");
+        const double tol = c.format == WeightFormat::affine4 && q4[0] == '1' ? 1e-4 : 5e-5;
+        EXPECT_LT(relative_error(ref, from_gpu(y, ref.size())), tol)
+            << weight_format_name(c.format) << " group " << c.group << " rows " << c.rows << " cols "
+            << c.cols << " tokens " << tokens << " silu " << c.silu << " int8 gemv " << q4;
       }
     }
   }

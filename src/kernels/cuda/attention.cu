@@ -33,6 +33,7 @@ int splits_for(int64_t n_rows, int n_heads, int max_ctx) {
 
 template <int DPL>  // head dimensions per lane: ceil(head_dim / 32)
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a, int n_splits) {
+  pdl_trigger();  // a dependent gemv may start fetching its weights
   __shared__ float q_shared[kWarps][kMaxHeadDim];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t item = blockIdx.x * static_cast<int64_t>(kWarps) + warp;
@@ -134,6 +135,7 @@ constexpr int kStageMaxDim = 128;
 
 template <int DPL, int R>
 __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(AttentionArgs a, int n_splits) {
+  pdl_trigger();  // a dependent gemv may start fetching its weights
   __shared__ uint4 kv_shared[kWarps][2 * kStageMaxDim * 16 * 2 / 16];
   __shared__ float q_shared[kWarps][R][kStageMaxDim];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -281,6 +283,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
 
 // out[row][head] = Σ_s acc_s e^(m_s - M) / Σ_s l_s e^(m_s - M).
 __global__ void combine_kernel(AttentionArgs a, int n_splits) {
+  pdl_trigger();  // a dependent gemv may start fetching its weights
   const int64_t rh = blockIdx.x;  // row * n_heads + head
   const int hd = a.kv.head_dim;
   const float* part = a.partial + rh * n_splits * static_cast<int64_t>(hd + 2);

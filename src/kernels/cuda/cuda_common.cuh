@@ -92,6 +92,21 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// silu(g) · u per lane, as silu_mul computes it.
+__device__ __forceinline__ float4 silu_mul4(float4 g, float4 u) {
+  return make_float4(g.x / (1.0f + expf(-g.x)) * u.x, g.y / (1.0f + expf(-g.y)) * u.y,
+                     g.z / (1.0f + expf(-g.z)) * u.z, g.w / (1.0f + expf(-g.w)) * u.w);
+}
+
+// Programmatic dependent launch (sm_90). A kernel launched as a dependent
+// (gemv_q4.cu) may start while the kernel before it still runs, and must
+// call pdl_wait() before it touches anything that kernel reads or writes;
+// pdl_trigger() lets such a dependent start once every block of the calling
+// kernel has called it (without it: once they have exited). Both are no-ops
+// where no dependent launch is involved.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;"); }
+
 inline unsigned blocks_for(int64_t n, int64_t per_block) {
   return static_cast<unsigned>((n + per_block - 1) / per_block);
 }

@@ -96,6 +96,15 @@ constexpr int64_t kGemvBatchTokens = 32;
 bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y, int64_t ldy,
                  cudaStream_t stream);
 
+// --- gemv_q4.cu
+// Decode rows (1 to kGemvMaxTokens) of a 4-bit weight on int8 dot products,
+// x staged as two int8 levels per 32 columns (silu: x is gate|up rows of
+// width 2·w.cols, as matmul_silu). False (nothing launched) where it does
+// not apply: another format, groups not a multiple of 32, unaligned
+// pointers, x too wide for shared memory, or PENSIEVE_CUDA_GEMV_Q4=0.
+bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
+             bool silu, cudaStream_t stream);
+bool gemv_q4_enabled();
 // --- cublas_gemm.cu
 // cuBLAS, loaded at run time: "" when usable, else why not.
 std::string cublas_unavailable_reason();

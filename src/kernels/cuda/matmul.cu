@@ -97,12 +97,6 @@ __device__ __forceinline__ float dot_staged(const float* v, const float* xs) {
   return sum;
 }
 
-// silu(g) · u per lane, as silu_mul computes it.
-__device__ __forceinline__ float4 silu_mul4(float4 g, float4 u) {
-  return make_float4(g.x / (1.0f + expf(-g.x)) * u.x, g.y / (1.0f + expf(-g.y)) * u.y,
-                     g.z / (1.0f + expf(-g.z)) * u.z, g.w / (1.0f + expf(-g.w)) * u.w);
-}
-
 // SILU: x is a gate|up row pair of width 2·cols and the gemv's input is
 // silu(gate) · up, computed as it is staged (as silu_mul computes it), so
 // the MLP's activation never goes through memory.
@@ -629,6 +623,7 @@ bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y
                   y + t0 * ldy, ldy, stream);
     return true;
   }
+  if (gemv_q4(w, gu, 2 * w.cols, n_tokens, y, ldy, /*silu=*/true, stream)) return true;
   if (w.format == kAffine4) launch_gemv<kAffine4, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
   else launch_gemv<kAffine8, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
   PENSIEVE_CUDA_LAUNCHED("gemv silu");
@@ -649,6 +644,7 @@ void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, f
     return;
   }
   if (n_tokens <= kGemvMaxTokens) {
+    if (gemv_q4(w, x, ldx, n_tokens, y, ldy, /*silu=*/false, stream)) return;
     int v = 0;
     switch (w.format) {
       case kAffine4: v = values_per_load<kAffine4>(); break;

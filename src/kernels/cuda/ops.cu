@@ -31,6 +31,7 @@ __device__ float block_sum(float v) {
 }
 
 __global__ void embed_kernel(GpuWeight table, const int32_t* tokens, int64_t dim, float* x) {
+  pdl_trigger();  // a dependent gemv may start fetching its weights
   const int64_t r = blockIdx.x;
   const int64_t tok = tokens[r];
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) x[r * dim + c] = weight_at(table, tok, c);
@@ -38,6 +39,7 @@ __global__ void embed_kernel(GpuWeight table, const int32_t* tokens, int64_t dim
 
 __global__ void rms_norm_kernel(const float* x, const int32_t* rows, const float* w, int64_t dim,
                                 float eps, float* out) {
+  pdl_trigger();  // a dependent gemv may start fetching its weights
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows ? rows[r] : r) * dim;
   float ss = 0.f;
@@ -48,6 +50,7 @@ __global__ void rms_norm_kernel(const float* x, const int32_t* rows, const float
 
 __global__ void add_rms_norm_kernel(float* x, const float* delta, const float* bias,
                                     const float* w, int64_t dim, float eps, float* h) {
+  pdl_trigger();  // a dependent gemv may start fetching its weights
   const int64_t r = blockIdx.x;
   float* xr = x + r * dim;
   const float* dr = delta + r * dim;
@@ -64,6 +67,7 @@ __global__ void add_rms_norm_kernel(float* x, const float* delta, const float* b
 }
 
 __global__ void silu_mul_kernel(const float* gu, int64_t n, float* out) {
+  pdl_trigger();  // a dependent gemv may start fetching its weights
   const int64_t r = blockIdx.y;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
@@ -75,6 +79,7 @@ __global__ void silu_mul_kernel(const float* gu, int64_t n, float* out) {
 // heads, the rest v heads.
 __global__ void qkv_post_kernel(QkvPostArgs a, float* qkv, const float* cos, const float* sin,
                                 const int32_t* slots, int64_t n_rows, float* q, GpuKvLayer kv) {
+  pdl_trigger();  // a dependent gemv may start fetching its weights
   const int n_slots = a.n_heads + 2 * a.n_kv_heads;
   const int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   if (item >= n_rows * n_slots) return;
