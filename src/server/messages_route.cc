@@ -67,7 +67,12 @@ struct Session {
   Session(OutputParserOptions parser_options, std::string model, int64_t n_prompt)
       : parser(std::move(parser_options)), builder(random_id("msg_"), std::move(model)),
         n_prompt(n_prompt) {}
-  ~Session() { cancel(); }
+  ~Session() {
+    cancel();
+    if (metrics != nullptr && generation)
+      metrics->record_generation({.n_prompt = n_prompt, .n_cached = n_cached, .n_output = n_output,
+                                  .ttft_s = ttft_s, .inter_token_s = std::move(inter_token_s)});
+  }
 
   std::shared_ptr<EventChannel> channel = std::make_shared<EventChannel>();
   std::unique_ptr<InflightSlot> slot;
@@ -82,6 +87,12 @@ struct Session {
   std::string stop_reason;
   std::optional<ApiError> error;
   Clock::time_point started = Clock::now();
+  // For GET /metrics (recorded when the session ends): time to the first
+  // token and between tokens, as this thread receives them.
+  Metrics* metrics = nullptr;
+  double ttft_s = -1;
+  Clock::time_point last_token;
+  std::vector<double> inter_token_s;
 
   Usage usage() const { return make_usage(n_prompt, n_cached, n_output, n_created); }
 
@@ -121,7 +132,11 @@ struct Session {
     std::vector<OutputPiece> pieces;
     switch (e.kind) {
       case GenerationEvent::Kind::progress: break;
-      case GenerationEvent::Kind::token:
+      case GenerationEvent::Kind::token: {
+        const Clock::time_point now = Clock::now();
+        if (n_output == 0) ttft_s = std::chrono::duration<double>(now - started).count();
+        else inter_token_s.push_back(std::chrono::duration<double>(now - last_token).count());
+        last_token = now;
         ++n_output;
         parser.feed(e.text, pieces);
         add_pieces(pieces, out);
@@ -130,6 +145,7 @@ struct Session {
           end("stop_sequence", parser.stop_sequence(), out);
         }
         break;
+      }
       case GenerationEvent::Kind::done:
         if (e.finish == FinishReason::cancelled) {
           fail(ApiError(529, "overloaded_error", "the generation was cancelled by the engine"));
@@ -269,6 +285,7 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
   parser_options.thinking = prompt.thinking;
   parser_options.starts_in_thinking = prompt.starts_in_thinking;
   auto session = std::make_shared<Session>(std::move(parser_options), request.model, n_prompt);
+  session->metrics = &metrics;
 
   std::string client = presented_key(req.get_header_value("x-api-key"),
                                      req.get_header_value("Authorization"));

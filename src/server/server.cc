@@ -143,6 +143,7 @@ void Server::Impl::setup_routes() {
   http.Get("/v1/models", route(&Impl::handle_models, true));
   http.Get(R"(/v1/models/([^/]+))", route(&Impl::handle_model, true));
   http.Get("/health", route(&Impl::handle_health, false));
+  http.Get("/metrics", route(&Impl::handle_metrics, true));
   http.Get("/", route(&Impl::handle_health, false));  // HEAD / is served by GET handlers
   if (options.test_hooks) {
     for (const bool held : {true, false}) {
@@ -158,6 +159,10 @@ void Server::Impl::setup_routes() {
     }
   }
 
+  // Every answer httplib writes, errors included, for GET /metrics.
+  http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    metrics.record_request(Metrics::route_label(req.method, req.path), res.status);
+  });
   http.set_pre_routing_handler([](const httplib::Request&, httplib::Response& res) {
     res.set_header("request-id", random_id("req_"));
     return httplib::Server::HandlerResponse::Unhandled;
@@ -189,6 +194,7 @@ std::string Server::Impl::gate_error_response(int status, const std::string& mes
   // (408: it did not arrive in time, 413: its Content-Length is too large).
   const std::string id = random_id("req_");
   const std::string type = error_type_for_status(status);
+  metrics.record_request("gate", status);
   spdlog::info("{}: -> {} {}: {}", id, status, type, message);
   const std::string body = dump_json(error_envelope(type, message, id));
   return fmt::format("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n"
@@ -237,6 +243,18 @@ void Server::Impl::handle_health(const httplib::Request& req, httplib::Response&
   body["max_queue"] = options.max_queue;
   if (!engine.is_null()) body["engine"] = std::move(engine);
   send_json(res, 200, body);
+}
+
+void Server::Impl::handle_metrics(const httplib::Request& req, httplib::Response& res) {
+  (void)req;
+  const json engine = backend.stats();
+  int inflight = 0;
+  {
+    std::lock_guard<std::mutex> lock(slots_mutex);
+    inflight = n_inflight;
+  }
+  res.status = 200;
+  res.set_content(metrics.render(engine, inflight, http.n_connections()), "text/plain; version=0.0.4");
 }
 
 void Server::Impl::handle_hold(bool held, httplib::Response& res) {

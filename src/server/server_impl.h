@@ -14,6 +14,7 @@
 #include "server/api_error.h"
 #include "server/http_server.h"
 #include "server/listen_socket.h"
+#include "server/metrics.h"
 #include "server/server.h"
 
 namespace pensieve::server {
@@ -44,6 +45,7 @@ struct Server::Impl {
   ModelInfo info;
   std::vector<std::string> keys;
   std::string created_at;  // RFC 3339, for the models list
+  Metrics metrics{info.id};  // GET /metrics
 
   HttpServer http;  // httplib with the connection gate (server/http_server.h)
   std::thread listen_thread;
@@ -77,6 +79,7 @@ struct Server::Impl {
   void handle_models(const httplib::Request& req, httplib::Response& res);
   void handle_model(const httplib::Request& req, httplib::Response& res);
   void handle_health(const httplib::Request& req, httplib::Response& res);
+  void handle_metrics(const httplib::Request& req, httplib::Response& res);
   void handle_hold(bool held, httplib::Response& res);
 };
 

@@ -3,7 +3,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <map>
+#include <fmt/format.h>
+
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "core/error.h"
@@ -52,6 +56,86 @@ TEST_F(ServerTest, ModelsListAndRetrieve) {
   // Any requested name is served by the loaded model.
   json other = json::parse(client()->Get("/v1/models/claude-opus-5-5")->body);
   EXPECT_EQ(other["id"], "claude-opus-5-5");
+}
+
+// GET /metrics as Prometheus text: sample name with labels -> value.
+std::map<std::string, double> scrape(httplib::Client& c, const httplib::Headers& headers = {}) {
+  auto res = c.Get("/metrics", headers);
+  EXPECT_TRUE(res);
+  std::map<std::string, double> out;
+  if (!res) return out;
+  EXPECT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(res->get_header_value("Content-Type").rfind("text/plain; version=0.0.4", 0), 0u);
+  std::istringstream in(res->body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t sp = line.rfind(' ');
+    EXPECT_NE(sp, std::string::npos) << line;
+    if (sp == std::string::npos) continue;
+    EXPECT_FALSE(out.count(line.substr(0, sp))) << "a sample twice: " << line;
+    out[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
+  }
+  return out;
+}
+
+TEST_F(ServerTest, MetricsCountRequestsTokensAndLatencies) {
+  backend.set_script({.pieces = {"Hel", "lo", " there", "!"}, .n_cached = 5});
+  start();
+  auto c = client();
+  const auto before = scrape(*c);
+  const std::string m = "{model=\"scripted-1\"}";
+  EXPECT_EQ(before.at("pensieve_generations_total" + m), 0);
+  EXPECT_EQ(before.at("pensieve_time_to_first_token_seconds_count" + m), 0);
+
+  auto plain = post("/v1/messages", hello());
+  ASSERT_TRUE(plain);
+  ASSERT_EQ(plain->status, 200) << plain->body;
+  const json usage = json::parse(plain->body)["usage"];
+  const auto events = stream(hello());
+  ASSERT_FALSE(events.empty());
+  expect_error(post_raw("/v1/messages", "{not json"), 400, "invalid_request_error");
+  EXPECT_EQ(c->Get("/no/such/route")->status, 404);
+  EXPECT_EQ(c->Get("/v1/models/anything")->status, 200);
+
+  const auto after = scrape(*c);
+  const auto req = [&](const char* route, int status) {
+    const std::string key = fmt::format("pensieve_requests_total{{model=\"scripted-1\",route=\"{}\",status=\"{}\"}}",
+                                        route, status);
+    return after.count(key) ? after.at(key) : 0.0;
+  };
+  EXPECT_EQ(req("/v1/messages", 200), 2);
+  EXPECT_EQ(req("/v1/messages", 400), 1);
+  EXPECT_EQ(req("other", 404), 1);
+  EXPECT_EQ(req("/v1/models/{id}", 200), 1);
+  EXPECT_EQ(req("/metrics", 200), 1);  // the first scrape (each is counted once answered)
+  const int64_t n_prompt = usage["input_tokens"].get<int64_t>() + usage["cache_read_input_tokens"].get<int64_t>() +
+                           usage["cache_creation_input_tokens"].get<int64_t>();
+  EXPECT_EQ(usage["output_tokens"], 4);
+  EXPECT_EQ(after.at("pensieve_generations_total" + m), 2);
+  EXPECT_EQ(after.at("pensieve_generated_tokens_total" + m), 8);
+  EXPECT_EQ(after.at("pensieve_prompt_tokens_total" + m), 2 * n_prompt);  // the same prompt twice
+  EXPECT_EQ(after.at("pensieve_prompt_cached_tokens_total" + m), 10);
+  EXPECT_EQ(after.at("pensieve_prefix_cache_hits_total" + m), 2);
+  // One first token and three gaps per generation; buckets are cumulative.
+  EXPECT_EQ(after.at("pensieve_time_to_first_token_seconds_count" + m), 2);
+  EXPECT_EQ(after.at("pensieve_inter_token_latency_seconds_count" + m), 6);
+  EXPECT_EQ(after.at("pensieve_inter_token_latency_seconds_bucket{model=\"scripted-1\",le=\"+Inf\"}"), 6);
+  EXPECT_LE(after.at("pensieve_time_to_first_token_seconds_bucket{model=\"scripted-1\",le=\"0.025\"}"),
+            after.at("pensieve_time_to_first_token_seconds_bucket{model=\"scripted-1\",le=\"300\"}"));
+  EXPECT_GT(after.at("pensieve_time_to_first_token_seconds_sum" + m), 0);
+  EXPECT_EQ(after.at("pensieve_inflight_requests" + m), 0);
+  // The scripted backend has no engine counters: no engine samples.
+  EXPECT_EQ(after.count("pensieve_queue_depth" + m), 0u);
+}
+
+TEST_F(ServerTest, MetricsNeedTheKeyWhenOneIsSet) {
+  ServerOptions o;
+  o.api_keys = {"sk-metrics-key"};
+  start(o);
+  auto c = client();
+  expect_error(c->Get("/metrics"), 401, "authentication_error");
+  EXPECT_EQ(c->Get("/metrics", {{"Authorization", "Bearer sk-metrics-key"}})->status, 200);
 }
 
 TEST_F(ServerTest, HealthAndHead) {

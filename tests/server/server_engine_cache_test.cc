@@ -113,6 +113,39 @@ TEST(ServerEngineCache, SecondRequestReadsTheSharedPrefix) {
   EXPECT_EQ(h["engine"]["kv_blocks_free"].get<int64_t>() + h["engine"]["kv_blocks_cached"].get<int64_t>(), 200);
   EXPECT_GT(h["engine"]["kv_blocks_cached"].get<int64_t>(), 0);
   EXPECT_EQ(h["engine"]["prefix_cache"], true);
+
+  // GET /metrics tells the same story: three generations, two of them
+  // reading from the cache, their prompt and output tokens, the idle
+  // engine's KV blocks by state.
+  httplib::Client c("127.0.0.1", s.server->port());
+  auto res = c.Get("/metrics");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  const std::string& text = res->body;
+  auto sample = [&](const std::string& name) -> double {
+    const std::string key = name + " ";
+    const size_t at = text.find("\n" + key);
+    EXPECT_NE(at, std::string::npos) << name << " not in\n" << text;
+    return at == std::string::npos ? -1 : std::stod(text.substr(at + 1 + key.size()));
+  };
+  const std::string m = "{model=\"stories260K\"";
+  EXPECT_EQ(sample("pensieve_generations_total" + m + "}"), 3);
+  EXPECT_EQ(sample("pensieve_prefix_cache_hits_total" + m + "}"), 2);
+  EXPECT_EQ(sample("pensieve_prompt_tokens_total" + m + "}"),
+            prompt_total(u1) + prompt_total(u2) + prompt_total(again["usage"]));
+  EXPECT_EQ(sample("pensieve_prompt_cached_tokens_total" + m + "}"),
+            u2["cache_read_input_tokens"].get<int64_t>() + again["usage"]["cache_read_input_tokens"].get<int64_t>());
+  EXPECT_EQ(sample("pensieve_generated_tokens_total" + m + "}"),
+            u1["output_tokens"].get<int64_t>() + u2["output_tokens"].get<int64_t>() +
+                again["usage"]["output_tokens"].get<int64_t>());
+  EXPECT_EQ(sample("pensieve_kv_blocks" + m + ",state=\"used\"}"), 0);
+  EXPECT_EQ(sample("pensieve_kv_blocks" + m + ",state=\"cached\"}"), h["engine"]["kv_blocks_cached"].get<double>());
+  EXPECT_EQ(sample("pensieve_kv_blocks" + m + ",state=\"free\"}"), h["engine"]["kv_blocks_free"].get<double>());
+  EXPECT_EQ(sample("pensieve_running_sequences" + m + "}"), 0);
+  EXPECT_EQ(sample("pensieve_queue_depth" + m + "}"), 0);
+  EXPECT_GT(sample("pensieve_engine_steps_total" + m + "}"), 0);
+  EXPECT_EQ(sample("pensieve_preemptions_total" + m + "}"), 0);
+  EXPECT_EQ(sample("pensieve_requests_total" + m + ",route=\"/v1/messages\",status=\"200\"}"), 3);
 }
 
 // A stream's message_start already has the split of the prompt that its

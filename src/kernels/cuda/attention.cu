@@ -169,8 +169,17 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
   // K of one block is hd·16 half floats = 2·hd 16-byte vectors: hd/16 per lane.
   uint4 reg_k[kStageMaxDim / 16], reg_v[kStageMaxDim / 16];
   const int per_lane = hd / 16;
+  // The split's block ids, 32 at a time, one per lane: a block's loads then
+  // wait for one memory latency, not for the table's and then their own.
+  int table_base = -1;
+  int32_t lane_phys = 0;
   auto fetch = [&](int b) {
-    const int64_t phys = table[b];
+    const int base = b0 + ((b - b0) & ~31);
+    if (base != table_base) {
+      table_base = base;
+      lane_phys = base + lane < b1 ? table[base + lane] : 0;
+    }
+    const int64_t phys = __shfl_sync(0xffffffffu, lane_phys, (b - b0) & 31);
     const uint4* kp = reinterpret_cast<const uint4*>(a.kv.k + (phys * nkv + kvh) * head_stride);
     const uint4* vp = reinterpret_cast<const uint4*>(a.kv.v + (phys * nkv + kvh) * head_stride);
 #pragma unroll
