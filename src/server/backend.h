@@ -57,6 +57,7 @@ struct ModelInfo {
   bool native_tools = false;  // the chat template renders `tools` and tool calls itself (Qwen)
   bool thinking = false;      // the template knows enable_thinking and the model writes <think>
   std::string context_note;   // why context_size is less than the model's ("" when it is not)
+  bool prefix_cache = true;   // prompts are kept for reuse (usage reports cache writes)
 };
 
 // A tool the answer must call (tool_choice any/tool).

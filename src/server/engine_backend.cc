@@ -29,6 +29,7 @@ EngineBackend::EngineBackend(std::string model_id, Engine& engine, const Tokeniz
   info_.display_name = model_id;
   info_.context_size = engine_.ctx_size();
   info_.context_note = engine_.context_note();
+  info_.prefix_cache = engine_.options().prefix_cache;
   info_.vision = false;
   info_.native_tools = renderer_.native_tools();
   info_.thinking = renderer_.thinking();

@@ -19,11 +19,11 @@ json Usage::to_json() const {
           {"output_tokens", output_tokens}};
 }
 
-Usage make_usage(int64_t n_prompt, int64_t n_cached, int64_t n_output, int64_t n_created) {
+Usage make_usage(int64_t n_prompt, int64_t n_cached, int64_t n_output, int64_t n_breakpoint) {
   Usage u;
   u.cache_read_input_tokens = std::clamp<int64_t>(n_cached, 0, n_prompt);
   u.cache_creation_input_tokens =
-      std::clamp<int64_t>(n_created, 0, n_prompt - u.cache_read_input_tokens);
+      std::clamp<int64_t>(n_breakpoint - u.cache_read_input_tokens, 0, n_prompt - u.cache_read_input_tokens);
   u.input_tokens = n_prompt - u.cache_read_input_tokens - u.cache_creation_input_tokens;
   u.output_tokens = n_output;
   return u;

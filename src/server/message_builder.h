@@ -24,10 +24,15 @@ struct Usage {
   nlohmann::ordered_json to_json() const;
 };
 
-// Usage for a prompt of n_prompt tokens of which n_cached were read from the
-// prefix cache and n_created written into it by this request. As Anthropic
-// counts them, the three input fields add up to the prompt.
-Usage make_usage(int64_t n_prompt, int64_t n_cached, int64_t n_output, int64_t n_created = 0);
+// Usage as Anthropic counts it, for a prompt of n_prompt tokens of which
+// n_cached were read from the prefix cache and the first n_breakpoint lie
+// before the request's last cache_control breakpoint:
+// cache_read_input_tokens = the cached ones, cache_creation_input_tokens =
+// the rest before the breakpoint (what a cache write would cover), and
+// input_tokens = the tokens after it. The three add up to the prompt. (The
+// prefix cache reads without breakpoints too, so a request with none can
+// still read some.)
+Usage make_usage(int64_t n_prompt, int64_t n_cached, int64_t n_output, int64_t n_breakpoint = 0);
 
 class MessageBuilder {
  public:

@@ -79,7 +79,7 @@ struct Session {
   std::shared_ptr<Generation> generation;
   OutputParser parser;
   MessageBuilder builder;
-  int64_t n_prompt = 0, n_cached = 0, n_created = 0, n_output = 0;
+  int64_t n_prompt = 0, n_cached = 0, n_breakpoint = 0, n_output = 0;
   // Set once message_start is out: the input side of its usage is what
   // message_delta repeats, whatever the engine reports afterwards.
   bool input_usage_sent = false;
@@ -94,7 +94,7 @@ struct Session {
   Clock::time_point last_token;
   std::vector<double> inter_token_s;
 
-  Usage usage() const { return make_usage(n_prompt, n_cached, n_output, n_created); }
+  Usage usage() const { return make_usage(n_prompt, n_cached, n_output, n_breakpoint); }
 
   void cancel() {
     if (generation && !finished) generation->cancel();
@@ -123,7 +123,6 @@ struct Session {
   void note_cache(const GenerationEvent& e) {
     if (input_usage_sent) return;
     n_cached = std::max(n_cached, e.n_cached);
-    n_created = std::max(n_created, e.n_cache_created);
   }
 
   void take(const GenerationEvent& e, std::vector<json>& out) {
@@ -286,6 +285,8 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
   parser_options.starts_in_thinking = prompt.starts_in_thinking;
   auto session = std::make_shared<Session>(std::move(parser_options), request.model, n_prompt);
   session->metrics = &metrics;
+  // Nothing is written where the engine keeps no prompts.
+  session->n_breakpoint = info.prefix_cache ? prompt.n_breakpoint_tokens : 0;
 
   std::string client = presented_key(req.get_header_value("x-api-key"),
                                      req.get_header_value("Authorization"));

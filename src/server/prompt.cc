@@ -1,5 +1,6 @@
 #include "server/prompt.h"
 
+#include <algorithm>
 #include <cctype>
 #include <map>
 
@@ -223,7 +224,9 @@ TemplateInput build_template_input(const MessagesRequest& request, const ModelIn
   return in;
 }
 
-Prompt render_prompt(const RenderFn& render, const ModelInfo& info, const MessagesRequest& request) {
+namespace {
+
+Prompt render_text(const RenderFn& render, const ModelInfo& info, const MessagesRequest& request) {
   TemplateInput in = build_template_input(request, info);
   Prompt prompt;
   prompt.text = render(in.messages, in.tools.is_null() ? nullptr : &in.tools, in.extra_vars);
@@ -238,6 +241,66 @@ Prompt render_prompt(const RenderFn& render, const ModelInfo& info, const Messag
   return prompt;
 }
 
+// Marks the last cache_control breakpoint (Anthropic's order: tools, system,
+// messages; a top-level cache_control means the last block) with a sentinel
+// in a copy of the request; false when there is none. A breakpoint on a
+// block whose text the sentinel cannot follow (a tool_use) moves to the
+// prompt's end.
+constexpr std::string_view kBreakpointSentinel = "<<pensieve:cache-breakpoint>>";
+
+enum class Mark { none, placed, at_end };
+
+Mark mark_last_breakpoint(MessagesRequest& r) {
+  const std::string s(kBreakpointSentinel);
+  for (size_t m = r.messages.size(); m-- > 0;) {
+    auto& content = r.messages[m].content;
+    for (size_t b = content.size(); b-- > 0;) {
+      const bool last = m + 1 == r.messages.size() && b + 1 == content.size();
+      if (!content[b].cache_breakpoint && !(last && r.cache_at_end)) continue;
+      switch (content[b].type) {
+        case ContentBlock::Type::text:
+        case ContentBlock::Type::tool_result:
+        case ContentBlock::Type::thinking: content[b].text += s; return Mark::placed;
+        default: return Mark::at_end;
+      }
+    }
+  }
+  if (r.cache_at_end) return Mark::at_end;
+  for (size_t i = r.system.size(); i-- > 0;) {
+    if (i < r.system_cache_breakpoints.size() && r.system_cache_breakpoints[i]) {
+      r.system[i] += s;
+      return Mark::placed;
+    }
+  }
+  for (size_t i = r.tools.size(); i-- > 0;) {
+    if (r.tools[i].cache_breakpoint) {
+      r.tools[i].description += s;
+      return Mark::placed;
+    }
+  }
+  return Mark::none;
+}
+
+}  // namespace
+
+Prompt render_prompt(const RenderFn& render, const ModelInfo& info, const MessagesRequest& request) {
+  MessagesRequest marked = request;
+  const Mark mark = mark_last_breakpoint(marked);
+  // The marked rendering first, so the real one is the renderer's last.
+  std::string text = mark == Mark::placed ? render_text(render, info, marked).text : std::string();
+  Prompt prompt = render_text(render, info, request);
+  if (mark == Mark::none) return prompt;
+  prompt.breakpoint_chars = prompt.text.size();
+  if (mark == Mark::at_end) return prompt;
+  // The sentinel's place in the same rendering; where the template moved,
+  // dropped, escaped or repeated it (or the rest differs), the prompt's end.
+  const size_t at = text.find(kBreakpointSentinel);
+  if (at == std::string::npos || text.find(kBreakpointSentinel, at + 1) != std::string::npos) return prompt;
+  text.erase(at, kBreakpointSentinel.size());
+  if (text == prompt.text) prompt.breakpoint_chars = at;
+  return prompt;
+}
+
 Prompt build_prompt(const Backend& backend, const ModelInfo& info, const MessagesRequest& request) {
   Prompt prompt = render_prompt(
       [&backend](const json& messages, const json* tools, const json& vars) {
@@ -245,6 +308,16 @@ Prompt build_prompt(const Backend& backend, const ModelInfo& info, const Message
       },
       info, request);
   prompt.tokens = backend.tokenize(prompt.text);
+  // The tokens before the breakpoint: all but those of the text after it
+  // (tokenized alone, so to within a token where one spans the boundary;
+  // that text is the short end of a prompt, as clients place breakpoints).
+  const auto n = static_cast<int64_t>(prompt.tokens.size());
+  if (prompt.breakpoint_chars >= prompt.text.size()) {
+    prompt.n_breakpoint_tokens = prompt.breakpoint_chars > 0 ? n : 0;
+  } else if (prompt.breakpoint_chars > 0) {
+    const auto after = static_cast<int64_t>(backend.tokenize(prompt.text.substr(prompt.breakpoint_chars)).size());
+    prompt.n_breakpoint_tokens = std::clamp<int64_t>(n - after, 0, n);
+  }
   return prompt;
 }
 

@@ -48,6 +48,10 @@ struct Prompt {
   bool tools_active = false;
   bool thinking = false;
   bool starts_in_thinking = false;  // the template already opened <think> in the prompt
+  // Where the request's last cache_control breakpoint falls: the characters
+  // of `text` before it (0: no breakpoint), and (build_prompt) the tokens.
+  size_t breakpoint_chars = 0;
+  int64_t n_breakpoint_tokens = 0;
 };
 
 // Renders messages, tools and template variables (Backend::render's contract).

@@ -138,12 +138,21 @@ std::string tool_result_text(const json& content, const std::string& path,
   return text;
 }
 
+// A cache_control object (any type: only its position matters here).
+bool cache_control(const json& object, const std::string& path) {
+  const json* c = optional_field(object, "cache_control");
+  if (c == nullptr) return false;
+  get_object(*c, join_path(path, "cache_control"));
+  return true;
+}
+
 std::optional<ContentBlock> parse_block(const json& j, const std::string& path,
                                         const std::string& role, const ParseOptions& options) {
   const json& block = get_object(j, path);
   const std::string& type =
       get_string(required_field(block, path, "type"), join_path(path, "type"));
   ContentBlock out;
+  out.cache_breakpoint = cache_control(block, path);
   if (type == "text") {
     out.type = ContentBlock::Type::text;
     out.text = get_string(required_field(block, path, "text"), join_path(path, "text"));
@@ -209,19 +218,22 @@ Message parse_message(const json& j, const std::string& path, const ParseOptions
   return out;
 }
 
-std::vector<std::string> parse_system(const json& j) {
-  if (j.is_string()) return {j.get<std::string>()};
+void parse_system(const json& j, MessagesRequest& req) {
+  if (j.is_string()) {
+    req.system = {j.get<std::string>()};
+    req.system_cache_breakpoints = {false};
+    return;
+  }
   expect(j.is_array(), j, "system", "a string or an array of text blocks");
-  std::vector<std::string> out;
   for (size_t i = 0; i < j.size(); ++i) {
     std::string path = join_path("system", i);
     const json& block = get_object(j[i], path);
     const std::string& type =
         get_string(required_field(block, path, "type"), join_path(path, "type"));
     if (type != "text") invalid_request(join_path(path, "type"), "Input should be 'text'");
-    out.push_back(get_string(required_field(block, path, "text"), join_path(path, "text")));
+    req.system.push_back(get_string(required_field(block, path, "text"), join_path(path, "text")));
+    req.system_cache_breakpoints.push_back(cache_control(block, path));
   }
-  return out;
 }
 
 std::vector<Tool> parse_tools(const json& j) {
@@ -248,6 +260,7 @@ std::vector<Tool> parse_tools(const json& j) {
     }
     if (const json* d = optional_field(tool, "defer_loading"))
       t.deferred = get_bool(*d, join_path(path, "defer_loading"));
+    t.cache_breakpoint = cache_control(tool, path);
     out.push_back(std::move(t));
   }
   return out;
@@ -418,7 +431,8 @@ MessagesRequest parse_messages_request(const json& body, const ParseOptions& opt
     req.messages.push_back(parse_message(messages[i], join_path("messages", i), options));
   check_tool_results(req.messages);
 
-  if (const json* s = optional_field(body, "system")) req.system = parse_system(*s);
+  if (const json* s = optional_field(body, "system")) parse_system(*s, req);
+  req.cache_at_end = cache_control(body, "");
   if (const json* s = optional_field(body, "stop_sequences")) {
     get_array(*s, "stop_sequences");
     for (size_t i = 0; i < s->size(); ++i) {

@@ -1,8 +1,9 @@
 // The body of POST /v1/messages (and /v1/messages/count_tokens) parsed into
 // C++ structs. Validation errors are ApiError 400 naming the JSON path
-// ("messages.1.content.0.type: ..."), as Anthropic's are. Unknown fields,
-// cache_control and null optional fields are ignored; unknown content block
-// types in the history are skipped (Claude Code may send newer ones).
+// ("messages.1.content.0.type: ..."), as Anthropic's are. Unknown fields
+// and null optional fields are ignored; unknown content block types in the
+// history are skipped (Claude Code may send newer ones). cache_control marks
+// are kept only as positions, for usage (the prefix cache needs none).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,7 @@ struct ContentBlock {
   std::string tool_use_id;                // tool_result
   bool is_error = false;                  // tool_result
   std::string signature;                  // thinking
+  bool cache_breakpoint = false;          // has cache_control
 };
 
 struct Message {
@@ -36,6 +38,7 @@ struct Tool {
   std::string description;
   nlohmann::ordered_json input_schema;  // JSON Schema object
   bool deferred = false;                // defer_loading: not shown to the model
+  bool cache_breakpoint = false;        // has cache_control
 };
 
 struct ToolChoice {
@@ -50,6 +53,8 @@ enum class ThinkingMode { disabled, enabled, adaptive };
 struct MessagesRequest {
   std::string model;
   std::vector<std::string> system;  // the text of each system block, in order
+  std::vector<bool> system_cache_breakpoints;  // per system block: has cache_control
+  bool cache_at_end = false;        // top-level cache_control: a breakpoint after the last block
   std::vector<Message> messages;
   int64_t max_tokens = 0;           // 0 for count_tokens
   std::vector<std::string> stop_sequences;

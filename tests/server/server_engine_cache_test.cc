@@ -68,14 +68,22 @@ struct Served {
   std::unique_ptr<Server> server;
 };
 
-json story_request(const std::string& question) {
+// Cache breakpoints where Claude Code puts them: on the system prompt and
+// on the last user block.
+json story_request(const std::string& question, bool breakpoints = true) {
   std::string system;
   for (int i = 0; i < 20; ++i) system += "Once upon a time there was a little dog. ";
-  return {{"model", "stories260K"},
-          {"max_tokens", 12},
-          {"temperature", 0},
-          {"system", system},
-          {"messages", {{{"role", "user"}, {"content", question}}}}};
+  json body = {{"model", "stories260K"},
+               {"max_tokens", 12},
+               {"temperature", 0},
+               {"system", system},
+               {"messages", {{{"role", "user"}, {"content", question}}}}};
+  if (breakpoints) {
+    const json mark = {{"type", "ephemeral"}};
+    body["system"] = json::array({{{"type", "text"}, {"text", system}, {"cache_control", mark}}});
+    body["messages"][0]["content"] = json::array({{{"type", "text"}, {"text", question}, {"cache_control", mark}}});
+  }
+  return body;
 }
 
 int64_t prompt_total(const json& usage) {
@@ -148,9 +156,32 @@ TEST(ServerEngineCache, SecondRequestReadsTheSharedPrefix) {
   EXPECT_EQ(sample("pensieve_requests_total" + m + ",route=\"/v1/messages\",status=\"200\"}"), 3);
 }
 
+// Without a cache_control breakpoint nothing counts as a cache write (as
+// Anthropic counts it), though the prefix cache still reads what it has;
+// with one only on the system prompt, the write ends there.
+TEST(ServerEngineCache, CacheWritesEndAtTheLastBreakpoint) {
+  Served s(true);
+  const json plain = s.post(story_request("Tell me about the dog.", false));
+  EXPECT_EQ(plain["usage"]["cache_creation_input_tokens"], 0);
+  EXPECT_EQ(plain["usage"]["cache_read_input_tokens"], 0);
+  EXPECT_EQ(plain["usage"]["input_tokens"], prompt_total(plain["usage"]));
+  const json again = s.post(story_request("Tell me about the dog.", false));
+  EXPECT_GT(again["usage"]["cache_read_input_tokens"].get<int64_t>(), 100);
+  EXPECT_EQ(again["usage"]["cache_creation_input_tokens"], 0);
+
+  json system_only = story_request("Tell me about the cat.");
+  system_only["messages"][0]["content"][0].erase("cache_control");
+  const json u = s.post(system_only)["usage"];
+  const json full = s.post(story_request("Tell me about the cat."))["usage"];
+  // The question and the template's turn markers come after the system
+  // breakpoint: more input_tokens than with the breakpoint on the question.
+  EXPECT_GT(u["input_tokens"].get<int64_t>(), full["input_tokens"].get<int64_t>());
+  EXPECT_GT(u["input_tokens"].get<int64_t>(), 3);
+  EXPECT_EQ(prompt_total(u), prompt_total(full));
+}
+
 // A stream's message_start already has the split of the prompt that its
-// message_delta ends with: the engine counts the blocks a request will
-// write into the cache when it looks its prefix up.
+// message_delta ends with.
 TEST(ServerEngineCache, StreamUsageIsTheSameAtStartAndEnd) {
   Served s(true);
   for (const char* question : {"Tell me about the dog.", "Tell me about the cat."}) {

@@ -266,17 +266,90 @@ TEST(ServerMessageBuilder, EventsAndFinalMessageAgree) {
 }
 
 TEST(ServerMessageBuilder, UsageSplitsThePromptIntoReadCreatedAndUncached) {
-  // 100 prompt tokens: 48 read from the prefix cache, 32 written into it.
-  Usage u = make_usage(100, 48, 7, 32);
+  // 100 prompt tokens: 48 read from the prefix cache, the last breakpoint
+  // after token 80: 32 written, 20 after the breakpoint.
+  Usage u = make_usage(100, 48, 7, 80);
   EXPECT_EQ(u.cache_read_input_tokens, 48);
   EXPECT_EQ(u.cache_creation_input_tokens, 32);
   EXPECT_EQ(u.input_tokens, 20);
   EXPECT_EQ(u.output_tokens, 7);
+  // No breakpoint: nothing written, the cache still read.
+  u = make_usage(100, 48, 7, 0);
+  EXPECT_EQ(u.cache_creation_input_tokens, 0);
+  EXPECT_EQ(u.input_tokens, 52);
+  // A breakpoint inside the cached part writes nothing.
+  u = make_usage(100, 48, 7, 32);
+  EXPECT_EQ(u.cache_creation_input_tokens, 0);
+  EXPECT_EQ(u.input_tokens, 52);
   // Never more than the prompt, never negative.
   u = make_usage(10, 16, 1, 16);
   EXPECT_EQ(u.cache_read_input_tokens, 10);
   EXPECT_EQ(u.cache_creation_input_tokens, 0);
   EXPECT_EQ(u.input_tokens, 0);
+}
+
+// Where the last cache_control breakpoint falls in the rendered prompt, in
+// Anthropic's order (tools, system, messages), with a renderer that keeps
+// content as it is and one that rewrites it.
+TEST(ServerPrompt, CacheBreakpointPositions) {
+  const auto parse = [](const char* body) {
+    return parse_messages_request(json::parse(body), {});
+  };
+  const RenderFn plain = [](const json& messages, const json* tools, const json&) {
+    std::string out = tools ? tools->dump() + "|" : "";
+    for (const auto& m : messages) out += "<" + m["role"].get<std::string>() + ">" + m["content"].get<std::string>();
+    return out + "<assistant>";
+  };
+  const ModelInfo info = model(true);
+  // On the last user block: just before the generation prompt.
+  Prompt p = render_prompt(plain, info, parse(R"({"model":"m","max_tokens":5,"system":"S",
+    "messages":[{"role":"user","content":[{"type":"text","text":"hello","cache_control":{"type":"ephemeral"}}]}]})"));
+  EXPECT_EQ(p.text, "<system>S<user>hello<assistant>");
+  EXPECT_EQ(p.text.substr(0, p.breakpoint_chars), "<system>S<user>hello");
+  // On the system prompt only (the later block carries none).
+  p = render_prompt(plain, info, parse(R"({"model":"m","max_tokens":5,
+    "system":[{"type":"text","text":"S1"},{"type":"text","text":"S2","cache_control":{"type":"ephemeral"}}],
+    "messages":[{"role":"user","content":"hello"}]})"));
+  EXPECT_EQ(p.text.substr(0, p.breakpoint_chars), "<system>S1\nS2");
+  // The last of several: the message's, not the system's.
+  p = render_prompt(plain, info, parse(R"({"model":"m","max_tokens":5,
+    "system":[{"type":"text","text":"S","cache_control":{"type":"ephemeral"}}],
+    "messages":[{"role":"user","content":[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}},
+      {"type":"text","text":"b"}]}]})"));
+  EXPECT_EQ(p.text.substr(0, p.breakpoint_chars), "<system>S<user>a");
+  // A tool's: inside the tools' rendering.
+  p = render_prompt(plain, info, parse(R"({"model":"m","max_tokens":5,
+    "tools":[{"name":"T","description":"d","input_schema":{"type":"object"},"cache_control":{"type":"ephemeral"}}],
+    "messages":[{"role":"user","content":"hello"}]})"));
+  EXPECT_LT(p.breakpoint_chars, p.text.find('|'));
+  EXPECT_EQ(p.text.substr(p.breakpoint_chars - 1, 1), "d");
+  // Top-level cache_control: after the last block.
+  p = render_prompt(plain, info, parse(R"({"model":"m","max_tokens":5,"cache_control":{"type":"ephemeral"},
+    "messages":[{"role":"user","content":"hello"}]})"));
+  EXPECT_EQ(p.text.substr(0, p.breakpoint_chars), "<user>hello");
+  // On a tool_use block (no text to follow): the whole prompt.
+  p = render_prompt(plain, model(false), parse(R"({"model":"m","max_tokens":5,
+    "tools":[{"name":"T","input_schema":{"type":"object"}}],
+    "messages":[{"role":"user","content":"hello"},
+      {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"T","input":{},"cache_control":{"type":"ephemeral"}}]},
+      {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"ok"}]}]})"));
+  EXPECT_EQ(p.breakpoint_chars, p.text.size());
+  // None: 0.
+  p = render_prompt(plain, info, parse(R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hello"}]})"));
+  EXPECT_EQ(p.breakpoint_chars, 0u);
+  // A template that rewrites content (here: upper case) loses the sentinel:
+  // the breakpoint falls back to the prompt's end.
+  const RenderFn shouting = [&](const json& messages, const json* tools, const json& vars) {
+    std::string s = plain(messages, tools, vars);
+    for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return s;
+  };
+  p = render_prompt(shouting, info, parse(R"({"model":"m","max_tokens":5,
+    "messages":[{"role":"user","content":[{"type":"text","text":"hello","cache_control":{"type":"ephemeral"}}]}]})"));
+  EXPECT_EQ(p.breakpoint_chars, p.text.size());
+  // cache_control must be an object.
+  EXPECT_THROW(parse(R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":[
+    {"type":"text","text":"x","cache_control":"yes"}]}]})"), ApiError);
 }
 
 TEST(ServerRequest, MinPExtension) {
