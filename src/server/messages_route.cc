@@ -69,9 +69,16 @@ struct Session {
         n_prompt(n_prompt) {}
   ~Session() {
     cancel();
-    if (metrics != nullptr && generation)
-      metrics->record_generation({.n_prompt = n_prompt, .n_cached = n_cached, .n_output = n_output,
-                                  .ttft_s = ttft_s, .inter_token_s = std::move(inter_token_s)});
+    record();  // a generation that never finished (client gone, shutdown)
+  }
+
+  // Into GET /metrics once, when the answer is complete and before its end
+  // is written (so a client that has it sees it in the next scrape).
+  void record() {
+    if (recorded || metrics == nullptr || !generation) return;
+    recorded = true;
+    metrics->record_generation({.n_prompt = n_prompt, .n_cached = n_cached, .n_output = n_output,
+                                .ttft_s = ttft_s, .inter_token_s = std::move(inter_token_s)});
   }
 
   std::shared_ptr<EventChannel> channel = std::make_shared<EventChannel>();
@@ -90,6 +97,7 @@ struct Session {
   // For GET /metrics (recorded when the session ends): time to the first
   // token and between tokens, as this thread receives them.
   Metrics* metrics = nullptr;
+  bool recorded = false;
   double ttft_s = -1;
   Clock::time_point last_token;
   std::vector<double> inter_token_s;
@@ -109,6 +117,7 @@ struct Session {
     stop_reason = reason;
     builder.finish(reason, stop_sequence, usage(), out);
     finished = true;
+    record();
     spdlog::info("{}: {} prompt tokens ({} cached), {} output tokens, {}, {:.2f} s", builder.id(),
                  n_prompt, n_cached, n_output, reason,
                  std::chrono::duration<double>(Clock::now() - started).count());
@@ -117,6 +126,7 @@ struct Session {
   void fail(ApiError e) {
     error = std::move(e);
     finished = true;
+    record();
     spdlog::warn("{}: generation failed: {}", builder.id(), error->what());
   }
 

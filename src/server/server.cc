@@ -136,6 +136,7 @@ void Server::Impl::setup_routes() {
       } catch (const std::exception& e) {
         send_error(req, res, to_api_error(e));
       }
+      count(req, res);
     };
   };
   http.Post("/v1/messages", route(&Impl::handle_messages, true));
@@ -159,10 +160,6 @@ void Server::Impl::setup_routes() {
     }
   }
 
-  // Every answer httplib writes, errors included, for GET /metrics.
-  http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    metrics.record_request(Metrics::route_label(req.method, req.path), res.status);
-  });
   http.set_pre_routing_handler([](const httplib::Request&, httplib::Response& res) {
     res.set_header("request-id", random_id("req_"));
     return httplib::Server::HandlerResponse::Unhandled;
@@ -175,6 +172,7 @@ void Server::Impl::setup_routes() {
     int status = res.status;
     send_error(req, res, ApiError(status, error_type_for_status(status),
                                   default_error_message(req, status, options.max_body_bytes)));
+    count(req, res);
     return httplib::Server::HandlerResponse::Handled;
   }));
   http.set_exception_handler(
@@ -186,6 +184,7 @@ void Server::Impl::setup_routes() {
         } catch (...) {
           send_error(req, res, ApiError(500, "api_error", "internal error"));
         }
+        count(req, res);
       });
 }
 
@@ -243,6 +242,13 @@ void Server::Impl::handle_health(const httplib::Request& req, httplib::Response&
   body["max_queue"] = options.max_queue;
   if (!engine.is_null()) body["engine"] = std::move(engine);
   send_json(res, 200, body);
+}
+
+// Counted once the answer's status is known and before it is written, so a
+// client that has its answer sees it in the next scrape.
+void Server::Impl::count(const httplib::Request& req, const httplib::Response& res) {
+  // A streamed answer's status is left unset (-1) for httplib to make 200.
+  metrics.record_request(Metrics::route_label(req.method, req.path), res.status == -1 ? 200 : res.status);
 }
 
 void Server::Impl::handle_metrics(const httplib::Request& req, httplib::Response& res) {

@@ -80,6 +80,7 @@ struct Server::Impl {
   void handle_model(const httplib::Request& req, httplib::Response& res);
   void handle_health(const httplib::Request& req, httplib::Response& res);
   void handle_metrics(const httplib::Request& req, httplib::Response& res);
+  void count(const httplib::Request& req, const httplib::Response& res);  // for GET /metrics
   void handle_hold(bool held, httplib::Response& res);
 };
 
