@@ -29,6 +29,9 @@ void check_environment() {
     const std::string v = value(flag);
     if (!v.empty() && v != "0" && v != "1") fail("{}='{}': use 0 or 1", flag, v);
   }
+  if (const std::string v = value("PENSIEVE_INT8_LEVELS"); !v.empty() && v != "1" && v != "2") {
+    fail("PENSIEVE_INT8_LEVELS='{}': use 1 (default) or 2", v);
+  }
 }
 
 CLI::Option* add_threads_option(CLI::App& app, int& threads) {

@@ -59,6 +59,13 @@ class CliFixture : public ::testing::TestWithParam<const char*> {
   json reference() const {
     return test::read_json(test::data_path(std::string("reference/") + GetParam() + ".json"));
   }
+  // The binary runs with the default settings: MLX weights take one int8
+  // activation level where the CPU has AVX-512 VNNI (1 % of the logit
+  // range; golden_test.cc says why), everything else 1e-3.
+  double tolerance() const {
+    const bool quantized = std::string(GetParam()).ends_with("-mlx-4bit");
+    return quantized && kernels::integer_kernels_enabled() && kernels::int8_activation_levels() == 1 ? 1e-2 : 1e-3;
+  }
 };
 
 TEST_P(CliFixture, LogitsAtTheStoredPositionsMatchTransformers) {
@@ -80,18 +87,31 @@ TEST_P(CliFixture, LogitsAtTheStoredPositionsMatchTransformers) {
     const auto expected = ref["last_logits"][keys[i]].get<std::vector<double>>();
     const auto got = out["logits"][i].get<std::vector<double>>();
     ASSERT_EQ(got.size(), expected.size()) << "a full-vocabulary row";
-    EXPECT_LT(relative_max_diff(expected, got), 1e-3) << GetParam() << " position " << keys[i];
+    EXPECT_LT(relative_max_diff(expected, got), tolerance()) << GetParam() << " position " << keys[i];
   }
 }
 
 TEST_P(CliFixture, GreedyGenerationPrintsTheReferenceContinuation) {
   const json ref = reference();
   const auto input = ref["input_ids"].get<std::vector<int32_t>>();
-  const auto expected = ref["greedy_continuation"].get<std::vector<int32_t>>();
+  auto expected = ref["greedy_continuation"].get<std::vector<int32_t>>();
   ASSERT_EQ(expected.size(), 24u);
   const json out = run_json("generate --threads 2 --model " + model_dir() + " --tokens " +
                             id_list(input) + " --max-tokens 24 --temperature 0");
-  EXPECT_EQ(out["tokens"].get<std::vector<int32_t>>(), expected) << GetParam();
+  auto got = out["tokens"].get<std::vector<int32_t>>();
+  ASSERT_EQ(got.size(), 24u);
+  // Up to the first near tie of the reference (golden_test.cc): with one
+  // int8 level phi3-tiny-mlx-4bit's step 11 (margin 0.2 % of the range) may
+  // go the other way.
+  const auto last = ref["last_logits"][std::to_string(input.size() - 1)].get<std::vector<double>>();
+  const auto [lo, hi] = std::minmax_element(last.begin(), last.end());
+  const auto margins = ref["greedy_margins"].get<std::vector<double>>();
+  size_t n = 0;
+  const bool one_level = tolerance() > 1e-3;  // the others keep all 24
+  while (n < margins.size() && (!one_level || margins[n] >= 2 * tolerance() * (*hi - *lo))) ++n;
+  expected.resize(n);
+  got.resize(n);
+  EXPECT_EQ(got, expected) << GetParam() << " (the first " << n << " tokens)";
   EXPECT_EQ(out["stop_reason"], "max_tokens");
   EXPECT_FALSE(out.contains("text")) << "token ids in, token ids out";
 }
@@ -118,7 +138,7 @@ TEST_P(CliFixture, PositionsAllAndLastAgreeWithListedPositions) {
   EXPECT_EQ(listed["logits"][2], all["logits"][1]);
   // And they are the reference's logits, so the rows are not just consistent but right.
   const auto expected = ref["last_logits"][std::to_string(n - 1)].get<std::vector<double>>();
-  EXPECT_LT(relative_max_diff(expected, last["logits"][0].get<std::vector<double>>()), 1e-3);
+  EXPECT_LT(relative_max_diff(expected, last["logits"][0].get<std::vector<double>>()), tolerance());
 }
 
 TEST_P(CliFixture, PositionPastTheEndIsAnError) {
@@ -170,6 +190,12 @@ class CliSynthetic : public ::testing::TestWithParam<SynthCase> {
     vocab_ = model_->config().vocab_size;
     for (int i = 0; i < 19; ++i) prompt_.push_back((i * 131 + 7) % static_cast<int32_t>(vocab_));
   }
+  // How far incremental decoding and a full forward may be apart, as a
+  // fraction of the logit range (see IncrementalDecodingEqualsTheFullForward).
+  double rounding(bool integer) const {
+    if (!integer || !model_->config().quant.quantized()) return 1e-4;
+    return kernels::int8_activation_levels() == 1 ? 5e-2 : 1e-3;
+  }
   // One in-process forward over tokens, logits for every position.
   std::vector<float> full_forward(const std::vector<int32_t>& tokens) {
     Session s(*model_, static_cast<int64_t>(tokens.size()));
@@ -215,9 +241,9 @@ TEST_P(CliSynthetic, GreedyTokensAreTheArgmaxChainOfTheLogits) {
     if (generated[i] == best) continue;
     // Incremental and full forwards may round differently (see below): a
     // different token is only acceptable when it ties the best within that rounding.
-    const double rounding = model_->config().quant.quantized() ? 1e-3 : 1e-5;
     const auto [lo, hi] = std::minmax_element(row, row + vocab_);
-    EXPECT_LT(row[best] - row[generated[i]], rounding * (*hi - *lo))
+    const double r = model_->config().quant.quantized() ? rounding(kernels::integer_kernels_enabled()) : 1e-5;
+    EXPECT_LT(row[best] - row[generated[i]], r * (*hi - *lo))
         << GetParam().name << " step " << i << ": generated " << generated[i] << ", argmax " << best;
   }
   // The chain is not trivially constant: random models move between tokens.
@@ -228,13 +254,18 @@ TEST_P(CliSynthetic, GreedyTokensAreTheArgmaxChainOfTheLogits) {
 // logits: to the cache's half-float rounding with f32 kernels (a K or V a few
 // f32 ulps apart between the two paths can round to neighbouring halves:
 // up to 4e-5 of the range measured), and within the int8 activation rounding
-// where MLX weights take the integer (VNNI) kernels, whose decode and prefill
-// paths quantize activations differently.
+// where MLX weights take the integer (VNNI) kernels: 1e-3 with two levels;
+// with one, such a difference can move an activation a whole int8 step, so
+// the two paths are about as far apart as each is from the f32 kernels,
+// which on these random models is up to 2.8e-2 (llama_mlx8; two levels:
+// 4e-4; they amplify changes more than the fixtures do).
 TEST_P(CliSynthetic, IncrementalDecodingEqualsTheFullForward) {
   const bool saved = kernels::integer_kernels_enabled();
-  for (const bool integer : {false, true}) {
+  for (const int mode : {0, 2, 1}) {  // f32 kernels, then int8 activations in 2 levels and in 1
+    const bool integer = mode != 0;
     kernels::set_integer_kernels(integer);
-    const double tolerance = integer && model_->config().quant.quantized() ? 1e-3 : 1e-4;
+    kernels::set_int8_activation_levels(integer ? mode : 1);
+    const double tolerance = rounding(integer);
     const std::vector<float> expected = full_forward(prompt_);
     Session inc(*model_, static_cast<int64_t>(prompt_.size()));
     const std::span<const int32_t> tokens(prompt_);
@@ -248,10 +279,12 @@ TEST_P(CliSynthetic, IncrementalDecodingEqualsTheFullForward) {
       const std::vector<double> ref(expected.begin() + t * vocab_, expected.begin() + (t + 1) * vocab_);
       const std::vector<double> row(got.begin() + t * vocab_, got.begin() + (t + 1) * vocab_);
       EXPECT_LT(relative_max_diff(ref, row), tolerance)
-          << GetParam().name << " token " << t << (integer ? " (integer kernels)" : " (f32 kernels)");
+          << GetParam().name << " token " << t << (integer ? " (integer kernels, int8 levels " : " (f32 kernels")
+          << (integer ? std::to_string(mode) : "") << ")";
     }
   }
   kernels::set_integer_kernels(saved);
+  kernels::set_int8_activation_levels(1);
 }
 
 const std::string kTiny = " --layers 2 --vocab 384";

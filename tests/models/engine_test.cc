@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "engine/session.h"
+#include "kernels/cpu/matmul.h"
 #include "support/test_support.h"
 #include "support/wait_until.h"
 
@@ -37,6 +38,35 @@ std::vector<int32_t> run_alone(Model& model, const std::vector<int32_t>& prompt,
   SamplingParams greedy;
   greedy.temperature = 0;
   return generate(session, prompt, n, {}, greedy).tokens;
+}
+
+// Batched tokens against the same request run alone. A batch rounds
+// differently (other prompt chunks; the gemm where alone takes the gemv):
+// f32 kernels and two int8 activation levels keep the greedy tokens equal,
+// but one int8 level (the default for MLX weights with AVX-512 VNNI) moves
+// these random models' logits by up to ~1 % of their range either way
+// (golden_test.cc), which can flip a near tie. So there the tokens must
+// agree up to the first difference, and that one must be a near tie of the
+// request alone: the batched token within 2 % of the range of the best.
+void expect_same_or_near_tie(Model& model, const std::vector<int32_t>& prompt,
+                             const std::vector<int32_t>& alone, const std::vector<int32_t>& batched,
+                             const std::string& what) {
+  const bool one_level = model.config().quant.quantized() && test::device() == "cpu" &&
+                         kernels::integer_kernels_enabled() && kernels::int8_activation_levels() == 1;
+  if (!one_level || batched == alone) {
+    EXPECT_EQ(batched, alone) << what;
+    return;
+  }
+  ASSERT_EQ(batched.size(), alone.size()) << what;
+  size_t k = 0;
+  while (alone[k] == batched[k]) ++k;
+  std::vector<int32_t> context = prompt;
+  context.insert(context.end(), alone.begin(), alone.begin() + k);
+  Session session(model, static_cast<int64_t>(context.size()));
+  const auto row = session.append(context, false);
+  const auto [lo, hi] = std::minmax_element(row.begin(), row.end());
+  EXPECT_LT(row[alone[k]] - row[batched[k]], 2e-2 * (*hi - *lo))
+      << what << ": step " << k << " took " << batched[k] << " where alone took " << alone[k];
 }
 
 EngineRequest request_for(const std::vector<int32_t>& prompt, int64_t max_tokens, Collected* c) {
@@ -100,25 +130,31 @@ TEST_P(EngineTest, EightPromptsTogetherMatchEachAlone) {
   o.kv_blocks = GetParam().kv_blocks > 0 ? GetParam().kv_blocks : 128;
   o.max_batch_tokens = 40;  // forces the longer prompts into several chunks
   o.max_running = 8;
-  Engine engine(*model, o);
   std::vector<std::unique_ptr<Collected>> results;
-  for (int i = 0; i < 8; ++i) {
-    results.push_back(std::make_unique<Collected>());
-    ASSERT_NE(engine.submit(request_for(make_prompt(i, vocab), 12, results.back().get())), nullptr);
+  {
+    Engine engine(*model, o);
+    for (int i = 0; i < 8; ++i) {
+      results.push_back(std::make_unique<Collected>());
+      ASSERT_NE(engine.submit(request_for(make_prompt(i, vocab), 12, results.back().get())), nullptr);
+    }
+    for (int i = 0; i < 8; ++i) {
+      ASSERT_EQ(results[i]->done.get_future().wait_for(std::chrono::seconds(60)),
+                std::future_status::ready);
+      EXPECT_EQ(results[i]->error, "");
+      EXPECT_EQ(results[i]->finish, "max_tokens");
+      EXPECT_GE(results[i]->progress_events, 1);
+    }
+    wait_idle(engine);
+    const auto s = engine.stats();
+    EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, s.n_blocks_total);
+    if (GetParam().kv_blocks > 0) {
+      EXPECT_GT(s.n_preemptions, 0) << "the small pool should force preemption";
+    }
   }
+  // With the engine gone: a near tie is checked with a Session of its own.
   for (int i = 0; i < 8; ++i) {
-    ASSERT_EQ(results[i]->done.get_future().wait_for(std::chrono::seconds(60)),
-              std::future_status::ready);
-    EXPECT_EQ(results[i]->error, "");
-    EXPECT_EQ(results[i]->finish, "max_tokens");
-    EXPECT_EQ(results[i]->tokens, expected[i]) << "request " << i;
-    EXPECT_GE(results[i]->progress_events, 1);
-  }
-  wait_idle(engine);
-  const auto s = engine.stats();
-  EXPECT_EQ(s.n_blocks_free + s.n_blocks_cached, s.n_blocks_total);
-  if (GetParam().kv_blocks > 0) {
-    EXPECT_GT(s.n_preemptions, 0) << "the small pool should force preemption";
+    expect_same_or_near_tie(*model, make_prompt(i, vocab), expected[i], results[i]->tokens,
+                            "request " + std::to_string(i));
   }
 }
 

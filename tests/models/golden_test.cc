@@ -10,6 +10,7 @@
 
 #include "engine/session.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/matmul.h"
 #include "models/model.h"
 #include "support/test_support.h"
 
@@ -32,9 +33,37 @@ double relative_max_diff(const std::vector<double>& ref, const float* got) {
 
 std::vector<int32_t> ids_of(const json& j) { return j.get<std::vector<int32_t>>(); }
 
+// How close to transformers a model's logits must be, as a fraction of the
+// logit range. MLX weights on a CPU with AVX-512 VNNI take the integer
+// kernels, whose activations are int8 in one level by default: that moves
+// the logits of these random tiny models by 0.3-0.9 % of their range (they
+// amplify any change a few hundred times; llama.cpp's Q8 activations move
+// the same models by 0.5-0.9 %), hence the 1 %. With two levels
+// (PENSIEVE_INT8_LEVELS=2), f32 kernels and the GPU: 1e-4 measured.
+bool one_int8_level(const Model& model) {
+  return model.config().quant.quantized() && test::device() == "cpu" &&
+         kernels::integer_kernels_enabled() && kernels::int8_activation_levels() == 1;
+}
+double logit_tolerance(const Model& model) { return one_int8_level(model) ? 1e-2 : 1e-3; }
+
+// The first step of the reference's greedy continuation whose margin (best
+// minus second logit) is within twice the logits' error, taken as
+// `tolerance` times the range of the last prompt position's logits; the
+// continuation's size if none is.
+size_t tied_step(const json& ref, double tolerance) {
+  const auto last = ref["last_logits"][std::to_string(ref["input_ids"].size() - 1)].get<std::vector<double>>();
+  const auto [lo, hi] = std::minmax_element(last.begin(), last.end());
+  const auto margins = ref["greedy_margins"].get<std::vector<double>>();
+  for (size_t i = 0; i < margins.size(); ++i) {
+    if (margins[i] < 2 * tolerance * (*hi - *lo)) return i;
+  }
+  return margins.size();
+}
+
 struct GoldenParam {
   std::string model;
   kernels::Isa isa;
+  int int8_levels = 1;  // for MLX weights on the integer kernels (AVX-512 VNNI)
 };
 
 class Golden : public ::testing::TestWithParam<GoldenParam> {
@@ -44,8 +73,12 @@ class Golden : public ::testing::TestWithParam<GoldenParam> {
       GTEST_SKIP() << "CPU lacks " << kernels::isa_name(GetParam().isa);
     }
     kernels::set_active_isa(GetParam().isa);
+    kernels::set_int8_activation_levels(GetParam().int8_levels);
   }
-  void TearDown() override { kernels::set_active_isa(kernels::best_isa()); }
+  void TearDown() override {
+    kernels::set_active_isa(kernels::best_isa());
+    kernels::set_int8_activation_levels(1);
+  }
 };
 
 TEST_P(Golden, LogitsAndGreedyTokensMatchTransformers) {
@@ -54,6 +87,7 @@ TEST_P(Golden, LogitsAndGreedyTokensMatchTransformers) {
   auto model = load_model(test::data_path("models/" + name), {.n_threads = 2, .device = test::device()});
   const int64_t vocab = model->config().vocab_size;
   const auto input = ids_of(ref["input_ids"]);
+  const double tolerance = logit_tolerance(*model);
 
   Session session(*model, static_cast<int64_t>(input.size()) + 32);
   const std::vector<float> logits = session.append(input, true);
@@ -62,22 +96,35 @@ TEST_P(Golden, LogitsAndGreedyTokensMatchTransformers) {
     const auto expected = row.get<std::vector<double>>();
     ASSERT_EQ(static_cast<int64_t>(expected.size()), vocab);
     const double d = relative_max_diff(expected, logits.data() + std::stoi(pos) * vocab);
-    EXPECT_LT(d, 1e-3) << name << " position " << pos;
+    EXPECT_LT(d, tolerance) << name << " position " << pos;
+    std::printf("[ fidelity ] %s %s int8 levels %d position %s: %.2e of the logit range\n", name.c_str(),
+                kernels::isa_name(GetParam().isa), GetParam().int8_levels, pos.c_str(), d);
   }
 
   Session gen_session(*model, static_cast<int64_t>(input.size()) + 32);
   SamplingParams greedy;
   greedy.temperature = 0;
   const auto result = generate(gen_session, input, 24, {}, greedy);
-  EXPECT_EQ(result.tokens, ids_of(ref["greedy_continuation"])) << name;
+  auto expected = ids_of(ref["greedy_continuation"]);
+  // A step whose best two logits are closer than the logits' error may pick
+  // the other one, and the continuation is another one from there. With
+  // one int8 level that happens: phi3-tiny-mlx-4bit's step 11 has a margin
+  // of 0.016 (0.2 % of the range), its logits move by up to 0.9 %. The
+  // other paths (1e-3) keep all 24 tokens.
+  const size_t n = one_int8_level(*model) ? tied_step(ref, tolerance) : expected.size();
+  expected.resize(std::min(expected.size(), n));
+  ASSERT_GE(result.tokens.size(), expected.size());
+  EXPECT_EQ(std::vector<int32_t>(result.tokens.begin(), result.tokens.begin() + expected.size()), expected)
+      << name << " (the first " << expected.size() << " tokens; a near tie follows)";
 }
 
 std::vector<GoldenParam> all_params() {
   std::vector<GoldenParam> out;
-  for (const char* m : kModels) {
+  for (const std::string m : kModels) {
     out.push_back({m, kernels::Isa::scalar});
     out.push_back({m, kernels::Isa::avx2});
     out.push_back({m, kernels::Isa::avx512});
+    if (m.ends_with("-mlx-4bit")) out.push_back({m, kernels::Isa::avx512, 2});
   }
   return out;
 }
@@ -85,6 +132,7 @@ std::vector<GoldenParam> all_params() {
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(all_params()),
                          [](const auto& info) {
                            std::string n = info.param.model + "_" + kernels::isa_name(info.param.isa);
+                           if (info.param.int8_levels == 2) n += "_int8x2";
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;
                          });
@@ -92,15 +140,21 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(all_params()),
 // Phi-3 past original_max_position_embeddings: the long rope factors apply.
 TEST(GoldenLong, Phi3LongContextUsesLongFactors) {
   for (const char* name : {"phi3-tiny", "phi3-tiny-mlx-4bit"}) {
-    const json ref = test::read_json(test::data_path(std::string("reference/") + name + ".json"));
-    ASSERT_TRUE(ref.contains("long"));
-    const auto input = ids_of(ref["long"]["input_ids"]);
-    auto model = load_model(test::data_path(std::string("models/") + name), {.n_threads = 2, .device = test::device()});
-    Session session(*model, static_cast<int64_t>(input.size()));
-    const auto logits = session.append(input, false);
-    const auto expected = ref["long"]["last_logits"].get<std::vector<double>>();
-    EXPECT_LT(relative_max_diff(expected, logits.data()), 1e-3) << name;
+    for (int levels : {1, 2}) {
+      kernels::set_int8_activation_levels(levels);
+      const json ref = test::read_json(test::data_path(std::string("reference/") + name + ".json"));
+      ASSERT_TRUE(ref.contains("long"));
+      const auto input = ids_of(ref["long"]["input_ids"]);
+      auto model = load_model(test::data_path(std::string("models/") + name), {.n_threads = 2, .device = test::device()});
+      Session session(*model, static_cast<int64_t>(input.size()));
+      const auto logits = session.append(input, false);
+      const auto expected = ref["long"]["last_logits"].get<std::vector<double>>();
+      const double d = relative_max_diff(expected, logits.data());
+      EXPECT_LT(d, logit_tolerance(*model)) << name << " int8 levels " << levels;
+      std::printf("[ fidelity ] %s long, int8 levels %d: %.2e of the logit range\n", name, levels, d);
+    }
   }
+  kernels::set_int8_activation_levels(1);
 }
 
 TEST(GoldenStories, GeneratesTheReference200TokensFromBos) {
@@ -217,7 +271,9 @@ double path_tolerance(double cpu) { return test::device() == "cuda" ? 1e-3 : cpu
 
 // Decoding token by token through the KV cache gives the full forward's logits.
 TEST(Incremental, DecodeMatchesFullForward) {
+  for (const int levels : {2, 1})
   for (const char* name : {"qwen3-tiny-mlx-4bit", "phi3-tiny", "llama3-tiny-mlx-4bit"}) {
+    kernels::set_int8_activation_levels(levels);
     auto model = load_model(test::data_path(std::string("models/") + name), {.n_threads = 2, .device = test::device()});
     const int64_t vocab = model->config().vocab_size;
     std::vector<int32_t> tokens;
@@ -241,10 +297,16 @@ TEST(Incremental, DecodeMatchesFullForward) {
       // (see model_formats_test.cc); a wrong KV entry moves logits by O(1).
       // On the GPU the gemm rounds its operands to f16 and the gemv does
       // not: 2-4e-4 measured on the H100.
-      EXPECT_LT(relative_max_diff(ref, got.data() + t * vocab), path_tolerance(2e-4))
-          << name << " token " << t;
+      // With one int8 level a rounding difference upstream can move an
+      // activation to the neighbouring int8 step (1/127 of its group's
+      // max), so the two paths sit about as far apart as each sits from
+      // the exact result (up to 3.8e-3 measured): the 1 % of the fixtures.
+      EXPECT_LT(relative_max_diff(ref, got.data() + t * vocab),
+                one_int8_level(*model) ? 1e-2 : path_tolerance(2e-4))
+          << name << " token " << t << " int8 levels " << levels;
     }
   }
+  kernels::set_int8_activation_levels(1);
 }
 
 // Several sequences of different lengths in one forward call give each one's own results.

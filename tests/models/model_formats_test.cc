@@ -17,6 +17,7 @@
 #include "engine/session.h"
 #include "format/safetensors.h"
 #include "format/safetensors_writer.h"
+#include "kernels/cpu/matmul.h"
 #include "models/model.h"
 #include "support/test_support.h"
 
@@ -281,14 +282,24 @@ TEST_P(Quantization, QuantizedKernelsComputeTheDequantizedModel) {
   EXPECT_EQ(model->info().weight_format,
             fmt::format("mlx-affine-{}bit (group {})", c.bits, c.group));
   EXPECT_TRUE(model->config().quant.quantized());
-  const auto quantized = all_logits(quant.path(), input);
+  const auto dequantized = all_logits(dequant.path(), input);
   const auto source = all_logits(src, input);
   const int64_t vocab = model->config().vocab_size;
-  // 2e-4: the integer kernels' activations carry ~1e-5 relative error, and
-  // these random tiny models amplify any change a few hundred times (a 1-ulp
-  // change to silu moves qwen3-tiny's logits by 5e-5 of their range).
-  EXPECT_LT(worst_row_diff(all_logits(dequant.path(), input), quantized, vocab), 2e-4);
-  const double to_source = worst_row_diff(source, quantized, vocab);
+  // Two int8 activation levels: 2e-4, the integer kernels' activations carry
+  // ~1e-5 relative error, and these random tiny models amplify any change a
+  // few hundred times (a 1-ulp change to silu moves qwen3-tiny's logits by
+  // 5e-5 of their range).
+  kernels::set_int8_activation_levels(2);
+  const auto two_levels = all_logits(quant.path(), input);
+  EXPECT_LT(worst_row_diff(dequantized, two_levels, vocab), 2e-4);
+  // One level (the default): int8 rounding of the activations, amplified
+  // alike; 1 % as for the fixtures (golden_test.cc). Without the integer
+  // kernels (no VNNI) the same 2e-4.
+  kernels::set_int8_activation_levels(1);
+  const auto quantized = all_logits(quant.path(), input);
+  EXPECT_LT(worst_row_diff(dequantized, quantized, vocab), kernels::integer_kernels_enabled() ? 1e-2 : 2e-4);
+  // What quantizing the weights did, apart from the activations' rounding.
+  const double to_source = worst_row_diff(source, two_levels, vocab);
   EXPECT_LT(to_source, c.max_diff_to_source);
   EXPECT_GT(to_source, 0.0) << "the weights really were quantized";
 }
@@ -306,6 +317,83 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(info.param.bits) + "bit_group" + std::to_string(info.param.group) +
              "_" + dtype_name(info.param.scale_dtype) + "_scales";
     });
+
+// ---------------------------------------------------------------------------
+// A trained model quantized to MLX 4-bit (stories260K, group 64; its 172-wide
+// down_proj stays f32): what one int8 activation level (the default) does to
+// it, against the f32 kernels (PENSIEVE_PRECISE=1) on the same weights.
+// The random fixtures only bound the logits; this is the drift a user would
+// see: the mean log-likelihood of the f32 model's greedy story (llama2.c's,
+// 200 tokens from BOS) and the greedy story the 4-bit model writes itself.
+// The numbers are in docs/benchmarks.md.
+
+struct StoryScore {
+  double mean_log_likelihood = 0;  // of the reference story's 200 tokens
+  std::vector<int32_t> greedy;     // 200 tokens from BOS
+};
+
+StoryScore score_story(const std::string& dir, const std::vector<int32_t>& story) {
+  auto model = load_model(dir, {.n_threads = 2});
+  const int64_t vocab = model->config().vocab_size;
+  StoryScore out;
+  {
+    Session s(*model, static_cast<int64_t>(story.size()));
+    const auto logits = s.append(story, true);
+    for (size_t t = 0; t + 1 < story.size(); ++t) {
+      const float* row = logits.data() + t * vocab;
+      const double top = *std::max_element(row, row + vocab);
+      double z = 0;
+      for (int64_t v = 0; v < vocab; ++v) z += std::exp(row[v] - top);
+      out.mean_log_likelihood += row[story[t + 1]] - top - std::log(z);
+    }
+    out.mean_log_likelihood /= static_cast<double>(story.size() - 1);
+  }
+  Session s(*model, static_cast<int64_t>(story.size()) + 1);
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  out.greedy = generate(s, std::span<const int32_t>(story).first(1), static_cast<int64_t>(story.size()) - 1,
+                        {}, greedy).tokens;
+  return out;
+}
+
+TEST(Stories260KFourBit, OneInt8LevelDriftsLessThanHalfAPercent) {
+  const std::string src = test::data_path("../../models/stories260K");
+  const json ref = test::read_json(src + "/greedy-reference.json");
+  std::vector<int32_t> story = ref["prompt_ids"].get<std::vector<int32_t>>();
+  for (int32_t id : ref["greedy_ids"]) story.push_back(id);
+  ASSERT_EQ(story.size(), 201u);
+  test::TempDir quant;
+  rewrite_model(src, quant.path(), {.float_dtype = DType::F32, .bits = 4, .group = 64});
+
+  kernels::set_integer_kernels(false);
+  const StoryScore precise = score_story(quant.path(), story);
+  kernels::set_integer_kernels(true);
+  kernels::set_int8_activation_levels(2);
+  const StoryScore two = score_story(quant.path(), story);
+  kernels::set_int8_activation_levels(1);
+  const StoryScore one = score_story(quant.path(), story);
+  const StoryScore original = score_story(src, story);
+
+  auto agreeing = [&](const StoryScore& a) {  // leading greedy tokens equal to the precise path's
+    size_t n = 0;
+    while (n < a.greedy.size() && n < precise.greedy.size() && a.greedy[n] == precise.greedy[n]) ++n;
+    return n;
+  };
+  auto drift = [&](const StoryScore& a) {
+    return std::abs(a.mean_log_likelihood - precise.mean_log_likelihood) / std::abs(precise.mean_log_likelihood);
+  };
+  std::printf("[ stories260K 4-bit ] mean log-likelihood of the reference story: f32 model %.5f, "
+              "4-bit f32 kernels %.5f, one int8 level %.5f (%.3f %% apart), two levels %.5f (%.4f %%)\n",
+              original.mean_log_likelihood, precise.mean_log_likelihood, one.mean_log_likelihood,
+              100 * drift(one), two.mean_log_likelihood, 100 * drift(two));
+  std::printf("[ stories260K 4-bit ] greedy tokens from BOS equal to the f32 kernels' before the first "
+              "difference: one level %zu of %zu, two levels %zu\n",
+              agreeing(one), precise.greedy.size(), agreeing(two));
+  if (!kernels::integer_kernels_enabled()) GTEST_SKIP() << "no integer kernels on this CPU: all paths are f32";
+  EXPECT_LT(drift(one), 5e-3);
+  EXPECT_LT(drift(two), 1e-3);
+  EXPECT_GT(drift(one), 0.0) << "one level really rounds";
+}
 
 // ---------------------------------------------------------------------------
 // MistralForCausalLM: Llama's layout; sliding_window null means full attention.

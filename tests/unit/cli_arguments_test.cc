@@ -94,6 +94,15 @@ TEST(CliArguments, TuningVariablesAreChecked) {
     ScopedEnv env(flag, "yes");
     expect_refused(run_pensieve(tokenize), {std::string(flag) + "='yes'", "use 0 or 1"}, flag);
   }
+  for (const char* levels : {"0", "3", "two"}) {
+    ScopedEnv env("PENSIEVE_INT8_LEVELS", levels);
+    expect_refused(run_pensieve(tokenize),
+                   {std::string("PENSIEVE_INT8_LEVELS='") + levels + "'", "use 1 (default) or 2"}, levels);
+  }
+  for (const char* levels : {"1", "2"}) {
+    ScopedEnv env("PENSIEVE_INT8_LEVELS", levels);
+    EXPECT_EQ(run_pensieve(tokenize).exit_code, 0) << levels;
+  }
 }
 
 TEST(CliArguments, PullRefusesTwoDifferentRevisions) {

@@ -88,11 +88,36 @@ double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
 // x (n_tokens rows of cols) quantized for the integer kernels, in the gemv
 // layout and as the gemm's 16-token tiles.
 std::pair<QuantizedActivations, QuantizedActivationTiles> quantized_input(
-    const std::vector<float>& x, int64_t cols, int64_t n_tokens, int group) {
+    const std::vector<float>& x, int64_t cols, int64_t n_tokens, int group, int levels) {
   std::pair<QuantizedActivations, QuantizedActivationTiles> q;
-  quantize_activations(x.data(), cols, n_tokens, cols, group, &q.first);
+  quantize_activations(x.data(), cols, n_tokens, cols, group, levels, &q.first);
   tile_activations(q.first, &q.second);
   return q;
+}
+
+// What one int8 level may move y[t][r] by: each activation is rounded to
+// the nearest step of its group's max|x| / 127, so by at most max|x| / 254,
+// and the kernels compute exactly Σ_c w[r][c]·(rounded x) (the bias term
+// takes the sum of the rounded activations, see matmul_impl.h), so y moves
+// by at most Σ_c |w[r][c]| times that. [t][r], rows apart by ldy.
+std::vector<double> one_level_bound(const WeightMatrix& w, const float* x, int64_t ldx,
+                                    int64_t n_tokens, int64_t ldy) {
+  std::vector<double> bound(static_cast<size_t>(n_tokens * ldy), 0.0);
+  std::vector<float> row(w.cols);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    dequantize_row_ref(w, r, row.data());
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      for (int64_t c0 = 0; c0 < w.cols; c0 += w.group_size) {
+        double amax = 0, wsum = 0;
+        for (int64_t c = c0; c < c0 + w.group_size; ++c) {
+          amax = std::max(amax, static_cast<double>(std::abs(x[t * ldx + c])));
+          wsum += std::abs(row[c]);
+        }
+        bound[t * ldy + r] += wsum * amax / 254;
+      }
+    }
+  }
+  return bound;
 }
 
 struct MatmulCase {
@@ -106,6 +131,7 @@ class MatmulVsReference : public ::testing::TestWithParam<MatmulCase> {
     set_matmul_path_for_tests(MatmulPath::automatic);
     set_integer_kernels(true);
     set_amx_kernels(true);
+    set_int8_activation_levels(1);
     set_active_isa(best_isa());
   }
 };
@@ -140,33 +166,51 @@ TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
             }
           }
         }
-        struct Variant { Isa isa; MatmulPath path; bool integer; bool amx; double tol; };
+        // One int8 level is held to what its rounding can move each output
+        // by (one_level_bound) plus f32 rounding; the other paths to a
+        // fraction of the magnitude.
+        const std::vector<double> bound =
+            quant ? one_level_bound(rw.w, x.data(), ldx, n_tokens, ldy) : std::vector<double>();
+        struct Variant { Isa isa; MatmulPath path; bool integer; bool amx; int levels; double tol; };
         const Variant variants[] = {
-            {Isa::scalar, MatmulPath::automatic, false, false, 1e-6},
-            {Isa::avx2, MatmulPath::gemv, false, false, 1e-6},
-            {Isa::avx2, MatmulPath::gemm, false, false, 1e-6},
-            {Isa::avx512, MatmulPath::gemv, false, false, 1e-6},
-            {Isa::avx512, MatmulPath::gemm, false, false, 1e-6},
-            {Isa::avx512, MatmulPath::gemm, true, false, 1e-4},  // int16 activations, VNNI
-            {Isa::avx512, MatmulPath::gemm, true, true, 1e-4},   // the same on AMX tiles
-            {Isa::avx512, MatmulPath::gemv, true, false, 1e-4},
+            {Isa::scalar, MatmulPath::automatic, false, false, 1, 1e-6},
+            {Isa::avx2, MatmulPath::gemv, false, false, 1, 1e-6},
+            {Isa::avx2, MatmulPath::gemm, false, false, 1, 1e-6},
+            {Isa::avx512, MatmulPath::gemv, false, false, 1, 1e-6},
+            {Isa::avx512, MatmulPath::gemm, false, false, 1, 1e-6},
+            {Isa::avx512, MatmulPath::gemm, true, false, 2, 1e-4},  // int16 activations, VNNI
+            {Isa::avx512, MatmulPath::gemm, true, true, 2, 1e-4},   // the same on AMX tiles
+            {Isa::avx512, MatmulPath::gemv, true, false, 2, 1e-4},
+            {Isa::avx512, MatmulPath::gemm, true, false, 1, 1e-5},  // int8 activations (the default)
+            {Isa::avx512, MatmulPath::gemm, true, true, 1, 1e-5},
+            {Isa::avx512, MatmulPath::gemv, true, false, 1, 1e-5},
         };
         for (const Variant& v : variants) {
           if (set_active_isa(v.isa) != v.isa) continue;
           set_matmul_path_for_tests(v.path);
           set_integer_kernels(v.integer);
           set_amx_kernels(v.amx);
+          set_int8_activation_levels(v.levels);
           if (v.amx && !amx_kernels_enabled()) continue;  // no AMX here
+          const bool one_level = v.integer && v.levels == 1 && quant;
           std::vector<float> got(n_tokens * ldy, 0.f);
           matmul(rw.w, x.data(), ldx, n_tokens, got.data(), ldy, pool);
-          double err = 0;
-          for (int64_t t = 0; t < n_tokens; ++t)
-            for (int64_t r = 0; r < rows; ++r)
-              err = std::max(err, static_cast<double>(std::abs(got[t * ldy + r] - ref[t * ldy + r])));
+          double err = 0, over_bound = 0;
+          for (int64_t t = 0; t < n_tokens; ++t) {
+            for (int64_t r = 0; r < rows; ++r) {
+              double e = std::abs(got[t * ldy + r] - ref[t * ldy + r]);
+              if (one_level) {
+                over_bound = std::max(over_bound, e - bound[t * ldy + r]);
+                e = std::max(0.0, e - bound[t * ldy + r]);
+              }
+              err = std::max(err, e);
+            }
+          }
           EXPECT_LT(err / magnitude, v.tol)
               << weight_format_name(format) << " group " << group << " rows " << rows << " cols "
               << cols << " tokens " << n_tokens << " isa " << isa_name(v.isa) << " path "
-              << static_cast<int>(v.path) << " integer " << v.integer << " amx " << v.amx;
+              << static_cast<int>(v.path) << " integer " << v.integer << " amx " << v.amx
+              << " levels " << v.levels << (one_level ? " (error past the rounding bound)" : "");
         }
       }
     }
@@ -209,28 +253,50 @@ TEST(MatmulParts, MixedFormatsLandAtTheirOffsets) {
       }
       offset += w->rows;
     }
-    matmul(parts, x.data(), ldx, n_tokens, got.data(), ldy, pool);
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      for (int64_t r = 0; r < total; ++r) {
-        ASSERT_NEAR(got[t * ldy + r], want[t * ldy + r], 1e-4f * size[t * ldy + r])
-            << "tokens " << n_tokens << " token " << t << " row " << r;
+    // The rounding bound of one int8 level where a part's weights take it
+    // (zero for the bf16 part and under two levels).
+    std::vector<double> bound(n_tokens * ldy, 0.0);
+    offset = 0;
+    for (const WeightMatrix* w : parts) {
+      if (w->quantized()) {
+        const auto b = one_level_bound(*w, x.data(), ldx, n_tokens, ldy);
+        for (int64_t t = 0; t < n_tokens; ++t)
+          for (int64_t r = 0; r < w->rows; ++r) bound[t * ldy + offset + r] = b[t * ldy + r];
       }
-      for (int64_t r = total; r < ldy; ++r) ASSERT_EQ(got[t * ldy + r], 7.f) << "past the parts";
+      offset += w->rows;
+    }
+    for (int levels : {1, 2}) {
+      set_int8_activation_levels(levels);
+      const bool one = levels == 1 && integer_kernels_enabled();
+      std::fill(got.begin(), got.end(), 7.f);
+      matmul(parts, x.data(), ldx, n_tokens, got.data(), ldy, pool);
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        for (int64_t r = 0; r < total; ++r) {
+          ASSERT_NEAR(got[t * ldy + r], want[t * ldy + r],
+                      1e-4f * size[t * ldy + r] + (one ? bound[t * ldy + r] : 0.0))
+              << "tokens " << n_tokens << " token " << t << " row " << r << " levels " << levels;
+        }
+        for (int64_t r = total; r < ldy; ++r) ASSERT_EQ(got[t * ldy + r], 7.f) << "past the parts";
+      }
     }
   }
+  set_int8_activation_levels(1);
 }
 
 // The integer kernel reproduces the scalar model of its own arithmetic
 // (same quantized activations, exact integer dots) to f32 rounding.
+// Both level counts: the same integers, so the same floats up to the order
+// of the f32 additions.
 TEST(IntegerKernel, MatchesItsScalarModel) {
   if (!cpu_features().avx512vnni) GTEST_SKIP() << "no AVX-512 VNNI";
   std::mt19937 rng(99);
+  for (int levels : {1, 2})
   for (auto format : {WeightFormat::affine4, WeightFormat::affine8}) {
     for (int group : {32, 64, 128}) {
       const int64_t rows = 13, cols = 11 * group, n_tokens = 37;  // several K blocks, 3 token tiles
       RandomWeight rw(format, rows, cols, group, rng);
       const auto [qa, tiles] = quantized_input(random_vector(static_cast<size_t>(n_tokens * cols), rng),
-                                               cols, n_tokens, group);
+                                               cols, n_tokens, group, levels);
       std::vector<float> want(n_tokens * rows), got(n_tokens * rows, -1.f);
       vnni_reference_rows(rw.w, 0, rows, qa, want.data(), rows);
       const int64_t ldt = 48 + 5;  // 3 tiles of tokens, rows spaced wider than needed
@@ -239,7 +305,8 @@ TEST(IntegerKernel, MatchesItsScalarModel) {
       // Transposed to token order in two token ranges, one past a tile edge.
       avx512::transpose_rows_to_tokens(yt.data(), ldt, rows, 0, 19, got.data(), rows);
       avx512::transpose_rows_to_tokens(yt.data(), ldt, rows, 19, n_tokens, got.data(), rows);
-      EXPECT_LT(rel_error(got, want), 1e-5) << weight_format_name(format) << " group " << group;
+      EXPECT_LT(rel_error(got, want), 1e-5)
+          << weight_format_name(format) << " group " << group << " levels " << levels;
     }
   }
 }
@@ -252,6 +319,7 @@ TEST(IntegerKernel, MatchesItsScalarModel) {
 TEST(IntegerKernel, AmxEqualsVnniBitForBit) {
   if (!amx_kernels_enabled()) GTEST_SKIP() << "no AMX-INT8 here";
   std::mt19937 rng(314);
+  for (int levels : {1, 2})
   for (auto format : {WeightFormat::affine4, WeightFormat::affine8}) {
     for (int group : {32, 64, 128}) {
       for (int64_t rows : {13, 37, 64}) {
@@ -259,7 +327,7 @@ TEST(IntegerKernel, AmxEqualsVnniBitForBit) {
           const int64_t cols = 7 * group;
           RandomWeight rw(format, rows, cols, group, rng);
           const auto [qa, tiles] = quantized_input(
-              random_vector(static_cast<size_t>(n_tokens * cols), rng), cols, n_tokens, group);
+              random_vector(static_cast<size_t>(n_tokens * cols), rng), cols, n_tokens, group, levels);
           const int64_t ldt = (n_tokens + 15) / 16 * 16;
           std::vector<float> vnni(rows * ldt, 0.f), tile(rows * ldt, 0.f);
           avx512::vnni_gemm(rw.w, 0, rows, tiles, vnni.data(), ldt);
@@ -272,7 +340,7 @@ TEST(IntegerKernel, AmxEqualsVnniBitForBit) {
             for (int64_t t = 0; t < n_tokens; ++t) {
               ASSERT_EQ(tile[r * ldt + t], vnni[r * ldt + t])
                   << weight_format_name(format) << " group " << group << " rows " << rows
-                  << " tokens " << n_tokens << " at " << r << "," << t;
+                  << " tokens " << n_tokens << " levels " << levels << " at " << r << "," << t;
               ASSERT_NEAR(tile[r * ldt + t], want[t * rows + r], 1e-4f * (1.f + std::abs(want[t * rows + r])));
             }
           }
@@ -290,22 +358,28 @@ TEST(IntegerKernel, ParallelTileQuantizationEqualsTheSerialSteps) {
     ThreadPool pool(threads);
     for (int group : {32, 64, 128}) {
       for (int64_t n_tokens : {1, 16, 37}) {
+        // 2 then 1: a second level left over from an earlier call must go.
+        for (int levels : {2, 1}) {
         const int64_t cols = 5 * group, ldx = cols + 3;
         const auto x = random_vector(static_cast<size_t>(n_tokens * ldx), rng);
         QuantizedActivations qa;
-        quantize_activations(x.data(), ldx, n_tokens, cols, group, &qa);
+        quantize_activations(x.data(), ldx, n_tokens, cols, group, levels, &qa);
         QuantizedActivationTiles want, got;
         tile_activations(qa, &want);
         got.q1.assign(want.q1.size(), 99);  // stale contents must be overwritten
+        got.q2.assign(want.q1.size(), 99);
         got.scale.assign(want.scale.size(), 5.f);
-        quantize_activation_tiles(x.data(), ldx, n_tokens, cols, group, &got, pool);
+        quantize_activation_tiles(x.data(), ldx, n_tokens, cols, group, levels, &got, pool);
         const std::string what = "threads " + std::to_string(threads) + " group " +
-                                 std::to_string(group) + " tokens " + std::to_string(n_tokens);
+                                 std::to_string(group) + " tokens " + std::to_string(n_tokens) +
+                                 " levels " + std::to_string(levels);
         EXPECT_EQ(got.n_tokens, n_tokens) << what;
+        EXPECT_EQ(got.levels, levels) << what;
         EXPECT_EQ(got.q1, want.q1) << what;
         EXPECT_EQ(got.q2, want.q2) << what;
         EXPECT_EQ(got.scale, want.scale) << what;
         EXPECT_EQ(got.sum, want.sum) << what;
+        }
       }
     }
   }
@@ -316,6 +390,7 @@ TEST(IntegerKernel, ParallelTileQuantizationEqualsTheSerialSteps) {
 TEST(IntegerKernel, GemvMatchesItsScalarModel) {
   if (!cpu_features().avx512vnni) GTEST_SKIP() << "no AVX-512 VNNI";
   std::mt19937 rng(77);
+  for (int levels : {1, 2})
   for (auto format : {WeightFormat::affine4, WeightFormat::affine8}) {
     for (int group : {32, 64, 128}) {
       for (int64_t n_tokens = 1; n_tokens <= 4; ++n_tokens) {
@@ -323,14 +398,14 @@ TEST(IntegerKernel, GemvMatchesItsScalarModel) {
         RandomWeight rw(format, rows, cols, group, rng);
         const auto x = random_vector(static_cast<size_t>(n_tokens * cols), rng);
         QuantizedActivations natural, ordered;
-        quantize_activations(x.data(), cols, n_tokens, cols, group, &natural);
-        quantize_activations(x.data(), cols, n_tokens, cols, group, &ordered,
+        quantize_activations(x.data(), cols, n_tokens, cols, group, levels, &natural);
+        quantize_activations(x.data(), cols, n_tokens, cols, group, levels, &ordered,
                              format == WeightFormat::affine4);
         std::vector<float> want(n_tokens * rows), got(n_tokens * rows, -1.f);
         vnni_reference_rows(rw.w, 0, rows, natural, want.data(), rows);
         avx512::vnni_gemv(rw.w, 0, rows, ordered, 0, n_tokens, got.data(), rows);
-        EXPECT_LT(rel_error(got, want), 1e-5)
-            << weight_format_name(format) << " group " << group << " tokens " << n_tokens;
+        EXPECT_LT(rel_error(got, want), 1e-5) << weight_format_name(format) << " group " << group
+                                              << " tokens " << n_tokens << " levels " << levels;
       }
     }
   }
@@ -345,7 +420,7 @@ TEST(IntegerKernel, TwoLevelQuantizationIsSixteenBitAccurate) {
       auto x = random_vector(static_cast<size_t>(5 * group), rng);
       x[7] = 40.f;  // an outlier channel
       QuantizedActivations q;
-      quantize_activations(x.data(), 5 * group, 1, 5 * group, group, &q);
+      quantize_activations(x.data(), 5 * group, 1, 5 * group, group, 2, &q);
       for (int64_t g = 0; g < 5; ++g) {
         float amax = 0.f, sum = 0.f;
         for (int64_t c = g * group; c < (g + 1) * group; ++c) {
@@ -364,15 +439,56 @@ TEST(IntegerKernel, TwoLevelQuantizationIsSixteenBitAccurate) {
   set_active_isa(best_isa());
 }
 
+// One int8 level reproduces each activation to within half a step, max|x| / 254 of its group's max.
+TEST(IntegerKernel, OneLevelQuantizationIsHalfAStepAccurate) {
+  std::mt19937 rng(4);
+  for (Isa isa : {Isa::scalar, Isa::avx512}) {
+    if (set_active_isa(isa) != isa) continue;
+    for (int group : {32, 64, 128}) {
+      auto x = random_vector(static_cast<size_t>(5 * group), rng);
+      x[7] = 40.f;  // an outlier channel
+      QuantizedActivations q;
+      quantize_activations(x.data(), 5 * group, 1, 5 * group, group, 1, &q);
+      EXPECT_TRUE(q.q2.empty());
+      for (int64_t g = 0; g < 5; ++g) {
+        float amax = 0.f, sum = 0.f;
+        for (int64_t c = g * group; c < (g + 1) * group; ++c) {
+          amax = std::max(amax, std::abs(x[c]));
+          sum += x[c];
+        }
+        EXPECT_FLOAT_EQ(q.scale[g], amax / 127.f);
+        int32_t qsum = 0;
+        for (int64_t c = g * group; c < (g + 1) * group; ++c) {
+          EXPECT_LE(std::abs(q.scale[g] * q.q1[c] - x[c]), amax / 254.f * 1.001f)
+              << isa_name(isa) << " group " << group << " column " << c;
+          EXPECT_GE(q.q1[c], -127);
+          qsum += q.q1[c];
+        }
+        // The bias term's sum is that of the rounded values, exactly.
+        EXPECT_EQ(q.sum[g], q.scale[g] * static_cast<float>(qsum)) << isa_name(isa) << " group " << group;
+        EXPECT_NEAR(q.sum[g], sum, group * amax / 254.f);
+      }
+    }
+  }
+  set_active_isa(best_isa());
+}
+
 TEST(IntegerKernel, ZeroActivationsGiveZeroNotNan) {
   std::mt19937 rng(5);
   RandomWeight rw(WeightFormat::affine4, 9, 64, 64, rng);
   std::vector<float> x(20 * 64, 0.f), y(20 * 9, 1.f);
   ThreadPool pool(1);
-  set_matmul_path_for_tests(MatmulPath::gemm);
-  matmul(rw.w, x.data(), 64, 20, y.data(), 9, pool);
+  for (int levels : {1, 2}) {
+    set_int8_activation_levels(levels);
+    for (MatmulPath path : {MatmulPath::gemm, MatmulPath::gemv}) {
+      set_matmul_path_for_tests(path);
+      std::fill(y.begin(), y.end(), 1.f);
+      matmul(rw.w, x.data(), 64, 20, y.data(), 9, pool);
+      for (float v : y) EXPECT_EQ(v, 0.f) << "levels " << levels;
+    }
+  }
   set_matmul_path_for_tests(MatmulPath::automatic);
-  for (float v : y) EXPECT_EQ(v, 0.f);
+  set_int8_activation_levels(1);
 }
 
 // Attention over a paged cache with scattered block tables, several

@@ -73,7 +73,21 @@ std::atomic<int>& amx_flag() {
   static std::atomic<int> flag{on_unless_env("PENSIEVE_AMX", '0')};
   return flag;
 }
+
+std::atomic<int>& levels_flag() {
+  static std::atomic<int> flag{[] {
+    const char* env = std::getenv("PENSIEVE_INT8_LEVELS");
+    return env != nullptr && env[0] == '2' ? 2 : 1;
+  }()};
+  return flag;
+}
 }  // namespace
+
+int int8_activation_levels() { return levels_flag().load(std::memory_order_relaxed); }
+void set_int8_activation_levels(int levels) {
+  if (levels != 1 && levels != 2) fail(ErrorKind::internal, "int8 activation levels: {} (1 or 2)", levels);
+  levels_flag().store(levels);
+}
 
 bool integer_kernels_enabled() {
   return integer_flag().load(std::memory_order_relaxed) != 0 && cpu_features().avx512vnni &&
@@ -89,8 +103,9 @@ bool amx_kernels_enabled() {
 void set_amx_kernels(bool enabled) { amx_flag().store(enabled ? 1 : 0); }
 
 const char* prefill_kernel_name() {
-  if (amx_kernels_enabled()) return "amx-int8";
-  if (integer_kernels_enabled()) return "avx512-vnni";
+  const bool two = int8_activation_levels() == 2;
+  if (amx_kernels_enabled()) return two ? "amx-int8-2level" : "amx-int8";
+  if (integer_kernels_enabled()) return two ? "avx512-vnni-2level" : "avx512-vnni";
   switch (active_isa()) {
     case Isa::avx512: return "avx512-f32";
     case Isa::avx2: return "avx2-f32";
@@ -170,6 +185,7 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   }
 
   const bool integer = integer_kernels_enabled();
+  const int levels = int8_activation_levels();
   auto integer_ok = [&](const WeightMatrix& w) {
     return integer && w.quantized() && (!use_gemv || w.cols % 64 == 0);
   };
@@ -201,10 +217,10 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
       if (std::find(ready.begin(), ready.end(), key) != ready.end()) continue;
       ready.push_back(key);
       if (use_gemv) {
-        quantize_activations(x, ldx, n_tokens, cols, w->group_size, &slot(gemv_forms, gemv_key(*w)),
-                             w->format == WeightFormat::affine4);
+        quantize_activations(x, ldx, n_tokens, cols, w->group_size, levels,
+                             &slot(gemv_forms, gemv_key(*w)), w->format == WeightFormat::affine4);
       } else {
-        quantize_activation_tiles(x, ldx, n_tokens, cols, w->group_size,
+        quantize_activation_tiles(x, ldx, n_tokens, cols, w->group_size, levels,
                                   &slot(tile_forms, w->group_size), pool);
       }
     } else if (use_gemv) {
@@ -302,9 +318,23 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
 }
 
 namespace {
-// Scalar twin of avx512::quantize_group_i8x2 (same rounding: to nearest, ties to even).
-void quantize_group_scalar(const float* x, int64_t n, int8_t* q1, int8_t* q2, float* scale,
-                           float* sum) {
+// Scalar twins of avx512::quantize_group_i8 and _i8x2 (same rounding: to
+// nearest, ties to even).
+void quantize_group_scalar(const float* x, int64_t n, int8_t* q1, float* scale, float* sum) {
+  float amax = 0.f;
+  for (int64_t c = 0; c < n; ++c) amax = std::max(amax, std::abs(x[c]));
+  const float d = amax / 127.f, inv = d > 0 ? 1.f / d : 0.f;
+  int32_t qsum = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    q1[c] = static_cast<int8_t>(std::clamp(std::nearbyint(x[c] * inv), -127.f, 127.f));
+    qsum += q1[c];
+  }
+  *scale = d;
+  *sum = d * static_cast<float>(qsum);
+}
+
+void quantize_group_scalar_x2(const float* x, int64_t n, int8_t* q1, int8_t* q2, float* scale,
+                              float* sum) {
   float amax = 0.f, s = 0.f;
   for (int64_t c = 0; c < n; ++c) {
     amax = std::max(amax, std::abs(x[c]));
@@ -321,35 +351,44 @@ void quantize_group_scalar(const float* x, int64_t n, int8_t* q1, int8_t* q2, fl
     q2[c] = static_cast<int8_t>(std::clamp(b, -127.f, 127.f));
   }
 }
+
+// One group of one token to `levels` int8 levels (q2 unused with one).
+void quantize_group(const float* x, int64_t n, int levels, int8_t* q1, int8_t* q2, float* scale,
+                    float* sum) {
+  const bool fast = active_isa() == Isa::avx512 && n % 16 == 0;
+  if (levels == 1) {
+    if (fast) avx512::quantize_group_i8(x, n, q1, scale, sum);
+    else quantize_group_scalar(x, n, q1, scale, sum);
+  } else {
+    if (fast) avx512::quantize_group_i8x2(x, n, q1, q2, scale, sum);
+    else quantize_group_scalar_x2(x, n, q1, q2, scale, sum);
+  }
+}
 }  // namespace
 
 void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
-                          int64_t group, QuantizedActivations* out, bool nibble_order) {
+                          int64_t group, int levels, QuantizedActivations* out, bool nibble_order) {
   const int64_t n_groups = cols / group;
   out->n_tokens = n_tokens;
   out->cols = cols;
   out->group = group;
+  out->levels = levels;
   out->q1.resize(static_cast<size_t>(n_tokens * cols));
-  out->q2.resize(static_cast<size_t>(n_tokens * cols));
+  out->q2.resize(levels == 2 ? static_cast<size_t>(n_tokens * cols) : 0);
   out->scale.resize(static_cast<size_t>(n_tokens * n_groups));
   out->sum.resize(static_cast<size_t>(n_tokens * n_groups));
-  const bool fast = active_isa() == Isa::avx512 && group % 16 == 0;
   for (int64_t t = 0; t < n_tokens; ++t) {
     const float* xr = x + t * ldx;
     int8_t* q1 = out->q1.data() + t * cols;
-    int8_t* q2 = out->q2.data() + t * cols;
+    int8_t* q2 = levels == 2 ? out->q2.data() + t * cols : nullptr;
     for (int64_t g = 0; g < n_groups; ++g) {
       const int64_t c = g * group;
-      float* sc = &out->scale[t * n_groups + g];
-      float* sm = &out->sum[t * n_groups + g];
-      if (fast) {
-        avx512::quantize_group_i8x2(xr + c, group, q1 + c, q2 + c, sc, sm);
-      } else {
-        quantize_group_scalar(xr + c, group, q1 + c, q2 + c, sc, sm);
-      }
+      quantize_group(xr + c, group, levels, q1 + c, q2 != nullptr ? q2 + c : nullptr,
+                     &out->scale[t * n_groups + g], &out->sum[t * n_groups + g]);
     }
     if (nibble_order) {  // per 64 columns: even ones first, then odd
       for (int8_t* q : {q1, q2}) {
+        if (q == nullptr) continue;
         int8_t tmp[64];
         for (int64_t base = 0; base + 64 <= cols; base += 64) {
           for (int64_t i = 0; i < 32; ++i) {
@@ -365,11 +404,13 @@ void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t
 
 void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* out) {
   const int64_t n_tiles = (a.n_tokens + 15) / 16, quads = a.cols / 4, n_groups = a.cols / a.group;
+  const bool two = a.levels == 2;
   out->n_tokens = a.n_tokens;
   out->cols = a.cols;
   out->group = a.group;
+  out->levels = a.levels;
   out->q1.assign(static_cast<size_t>(n_tiles * quads * 16), 0);
-  out->q2.assign(static_cast<size_t>(n_tiles * quads * 16), 0);
+  out->q2.assign(two ? static_cast<size_t>(n_tiles * quads * 16) : 0, 0);
   out->scale.assign(static_cast<size_t>(n_tiles * n_groups * 16), 0.f);
   out->sum.assign(static_cast<size_t>(n_tiles * n_groups * 16), 0.f);
   for (int64_t t = 0; t < a.n_tokens; ++t) {
@@ -378,6 +419,7 @@ void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* o
       int32_t quad;
       std::memcpy(&quad, a.q1.data() + t * a.cols + 4 * k4, 4);
       out->q1[(tile * quads + k4) * 16 + lane] = quad;
+      if (!two) continue;
       std::memcpy(&quad, a.q2.data() + t * a.cols + 4 * k4, 4);
       out->q2[(tile * quads + k4) * 16 + lane] = quad;
     }
@@ -389,46 +431,46 @@ void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* o
 }
 
 void quantize_activation_tiles(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
-                               int64_t group, QuantizedActivationTiles* out, ThreadPool& pool) {
+                               int64_t group, int levels, QuantizedActivationTiles* out,
+                               ThreadPool& pool) {
   const int64_t n_tiles = (n_tokens + 15) / 16, quads = cols / 4, n_groups = cols / group;
+  const bool two = levels == 2;
   out->n_tokens = n_tokens;
   out->cols = cols;
   out->group = group;
+  out->levels = levels;
   out->q1.resize(static_cast<size_t>(n_tiles * quads * 16));
-  out->q2.resize(static_cast<size_t>(n_tiles * quads * 16));
+  out->q2.resize(two ? static_cast<size_t>(n_tiles * quads * 16) : 0);
   out->scale.resize(static_cast<size_t>(n_tiles * n_groups * 16));
   out->sum.resize(static_cast<size_t>(n_tiles * n_groups * 16));
-  const bool fast = active_isa() == Isa::avx512 && group % 16 == 0;
   pool.parallel_for(n_tiles, 1, [&](int64_t b, int64_t e) {
     thread_local AlignedVector<int8_t> q1, q2;
     q1.resize(static_cast<size_t>(cols));
     q2.resize(static_cast<size_t>(cols));
     for (int64_t tile = b; tile < e; ++tile) {
       int32_t* t1 = out->q1.data() + tile * quads * 16;
-      int32_t* t2 = out->q2.data() + tile * quads * 16;
+      int32_t* t2 = two ? out->q2.data() + tile * quads * 16 : nullptr;
       float* tsc = out->scale.data() + tile * n_groups * 16;
       float* tsm = out->sum.data() + tile * n_groups * 16;
       for (int64_t lane = 0; lane < 16; ++lane) {
         const int64_t t = tile * 16 + lane;
         if (t >= n_tokens) {  // padding tokens: zero activations, zero scale
-          for (int64_t k4 = 0; k4 < quads; ++k4) t1[k4 * 16 + lane] = t2[k4 * 16 + lane] = 0;
+          for (int64_t k4 = 0; k4 < quads; ++k4) {
+            t1[k4 * 16 + lane] = 0;
+            if (two) t2[k4 * 16 + lane] = 0;
+          }
           for (int64_t g = 0; g < n_groups; ++g) tsc[g * 16 + lane] = tsm[g * 16 + lane] = 0.f;
           continue;
         }
         const float* xr = x + t * ldx;
         for (int64_t g = 0; g < n_groups; ++g) {
           const int64_t c = g * group;
-          float* sc = &tsc[g * 16 + lane];
-          float* sm = &tsm[g * 16 + lane];
-          if (fast) {
-            avx512::quantize_group_i8x2(xr + c, group, q1.data() + c, q2.data() + c, sc, sm);
-          } else {
-            quantize_group_scalar(xr + c, group, q1.data() + c, q2.data() + c, sc, sm);
-          }
+          quantize_group(xr + c, group, levels, q1.data() + c, q2.data() + c, &tsc[g * 16 + lane],
+                         &tsm[g * 16 + lane]);
         }
         for (int64_t k4 = 0; k4 < quads; ++k4) {
           std::memcpy(&t1[k4 * 16 + lane], q1.data() + 4 * k4, 4);
-          std::memcpy(&t2[k4 * 16 + lane], q2.data() + 4 * k4, 4);
+          if (two) std::memcpy(&t2[k4 * 16 + lane], q2.data() + 4 * k4, 4);
         }
       }
     }
@@ -439,6 +481,7 @@ void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,
                          const QuantizedActivations& a, float* y, int64_t ldy) {
   const int64_t n_groups = w.n_groups(), bits = w.bits(), per_word = 32 / bits;
   const uint32_t mask = (1u << bits) - 1;
+  const bool two = a.levels == 2;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.row_bytes();
     for (int64_t t = 0; t < a.n_tokens; ++t) {
@@ -449,7 +492,8 @@ void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,
           uint32_t word;
           std::memcpy(&word, row + (c / per_word) * 4, 4);
           const int32_t q = static_cast<int32_t>((word >> ((c % per_word) * bits)) & mask);
-          dot += q * (254 * a.q1[t * a.cols + c] + a.q2[t * a.cols + c]);
+          const int32_t xq = two ? 254 * a.q1[t * a.cols + c] + a.q2[t * a.cols + c] : a.q1[t * a.cols + c];
+          dot += q * xq;
         }
         acc += w.scale(r, g) * a.scale[t * n_groups + g] * static_cast<float>(dot) +
                w.bias(r, g) * a.sum[t * n_groups + g];

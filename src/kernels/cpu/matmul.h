@@ -40,13 +40,21 @@ constexpr int64_t kGemvMaxTokens = 8;
 bool integer_kernels_enabled();
 void set_integer_kernels(bool enabled);
 
+// How many int8 levels those activations take (matmul_impl.h): 1 by
+// default (x ≈ d·q, one vpdpbusd per 4 products); 2 with
+// PENSIEVE_INT8_LEVELS=2 (or set_int8_activation_levels(2)), twice the
+// integer work for 16-bit accuracy.
+int int8_activation_levels();
+void set_int8_activation_levels(int levels);
+
 // AMX (int8 tiles) for the integer prefill kernel: on where the CPU has
 // AMX-INT8 and Linux grants the tile state, unless PENSIEVE_AMX=0 (or
 // set_amx_kernels(false)). Same results as the AVX-512 VNNI kernel.
 bool amx_kernels_enabled();
 void set_amx_kernels(bool enabled);
 // Which kernel a prefill matmul of MLX affine weights uses now:
-// "amx-int8", "avx512-vnni", "avx512-f32", "avx2-f32" or "scalar".
+// "amx-int8", "avx512-vnni", "avx512-f32", "avx2-f32" or "scalar"; the
+// integer ones with "-2level" appended under two int8 levels.
 const char* prefill_kernel_name();
 
 // Forces one path regardless of n_tokens (tests compare both to the reference).

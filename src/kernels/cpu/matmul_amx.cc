@@ -5,9 +5,10 @@
 // tile A, one row of the unpacked panel per tile row) times 16 tokens (s8,
 // tile B: the activation tiles' layout, 4 consecutive columns of a token per
 // 32-bit element, is exactly what TDPBUSD expects) into a 16x16 int32 tile,
-// once per activation level. The group epilogue (levels combined, row scale
-// times token scale, bias times Σx) runs in AVX-512 in the same order as the
-// VNNI kernel's, so both give the same floats.
+// once per activation level (one by default, two with PENSIEVE_INT8_LEVELS=2).
+// The group epilogue (levels combined, row scale times token scale, bias
+// times Σx) runs in AVX-512 in the same order as the VNNI kernel's, so both
+// give the same floats.
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -55,8 +56,76 @@ void configure(int kbytes) {
   configured = kbytes;
 }
 
+// The VNNI kernel's combine: i1, or 254·i1 + i2, as f32.
+template <int L>
 inline __m512 combine(__m512i i1, __m512i i2) {
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(254.f), _mm512_cvtepi32_ps(i2));
+  if constexpr (L == 1) {
+    return _mm512_cvtepi32_ps(i1);
+  } else {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(254.f), _mm512_cvtepi32_ps(i2));
+  }
+}
+
+template <int L>
+void gemm_i8_levels(const WeightMatrix& w, int64_t n_rows, int64_t padded, const uint8_t* wq,
+                    const float* sc, const float* bi, const QuantizedActivationTiles& a, float* yt,
+                    int64_t ldt, int kbytes) {
+  const int64_t cols = w.cols, group = w.group_size, n_groups = w.n_groups();
+  const int64_t quads = cols / 4, n_tiles = (a.n_tokens + 15) / 16;
+  alignas(64) int32_t dots[4][16][16];  // [block·2 + level][row][token]
+  alignas(64) float facc[32][16];
+  for (int64_t tile = 0; tile < n_tiles; ++tile) {
+    const int32_t* x1 = a.q1.data() + tile * quads * 16;
+    const int32_t* x2 = L == 2 ? a.q2.data() + tile * quads * 16 : nullptr;
+    const float* dx = a.scale.data() + tile * n_groups * 16;
+    const float* xs = a.sum.data() + tile * n_groups * 16;
+    for (int64_t rb = 0; rb < padded; rb += 32) {
+      const uint8_t* wa = wq + rb * cols;
+      const uint8_t* wb = wa + 16 * cols;
+      for (int r = 0; r < 32; ++r) _mm512_store_ps(facc[r], _mm512_setzero_ps());
+      for (int64_t g = 0; g < n_groups; ++g) {
+        _tile_zero(0);
+        _tile_zero(2);
+        if constexpr (L == 2) {
+          _tile_zero(1);
+          _tile_zero(3);
+        }
+        for (int64_t c = g * group; c < (g + 1) * group; c += kbytes) {
+          _tile_loadd(4, wa + c, cols);
+          _tile_loadd(5, wb + c, cols);
+          _tile_loadd(6, x1 + c / 4 * 16, 64);
+          _tile_dpbusd(0, 4, 6);
+          _tile_dpbusd(2, 5, 6);
+          if constexpr (L == 2) {
+            _tile_loadd(7, x2 + c / 4 * 16, 64);
+            _tile_dpbusd(1, 4, 7);
+            _tile_dpbusd(3, 5, 7);
+          }
+        }
+        _tile_stored(0, dots[0], 64);
+        _tile_stored(2, dots[2], 64);
+        if constexpr (L == 2) {
+          _tile_stored(1, dots[1], 64);
+          _tile_stored(3, dots[3], 64);
+        }
+        const __m512 d = _mm512_loadu_ps(dx + g * 16);  // std::vector, not 64-byte aligned
+        const __m512 s = _mm512_loadu_ps(xs + g * 16);
+        const float* scg = sc + (rb * n_groups + g);
+        const float* big = bi + (rb * n_groups + g);
+        for (int r = 0; r < 32; ++r) {
+          const int blk = r / 16 * 2, rr = r % 16;
+          const __m512i i2 = L == 2 ? _mm512_load_si512(dots[blk + 1][rr]) : _mm512_setzero_si512();
+          const __m512 v = combine<L>(_mm512_load_si512(dots[blk][rr]), i2);
+          const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(scg[r * n_groups]), d);
+          __m512 f = _mm512_fmadd_ps(v, scale, _mm512_load_ps(facc[r]));
+          f = _mm512_fmadd_ps(_mm512_set1_ps(big[r * n_groups]), s, f);
+          _mm512_store_ps(facc[r], f);
+        }
+      }
+      const int64_t live = std::min<int64_t>(32, n_rows - rb);
+      for (int64_t r = 0; r < live; ++r) _mm512_storeu_ps(yt + (rb + r) * ldt + tile * 16, _mm512_load_ps(facc[r]));
+    }
+  }
 }
 
 }  // namespace
@@ -87,53 +156,10 @@ void gemm_i8(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActiv
   std::fill(sc.begin() + n_rows * n_groups, sc.begin() + padded * n_groups, 0.f);
   std::fill(bi.begin() + n_rows * n_groups, bi.begin() + padded * n_groups, 0.f);
   configure(kbytes);
-  const int64_t quads = cols / 4, n_tiles = (a.n_tokens + 15) / 16;
-  alignas(64) int32_t dots[4][16][16];
-  alignas(64) float facc[32][16];
-  for (int64_t tile = 0; tile < n_tiles; ++tile) {
-    const int32_t* x1 = a.q1.data() + tile * quads * 16;
-    const int32_t* x2 = a.q2.data() + tile * quads * 16;
-    const float* dx = a.scale.data() + tile * n_groups * 16;
-    const float* xs = a.sum.data() + tile * n_groups * 16;
-    for (int64_t rb = 0; rb < padded; rb += 32) {
-      const uint8_t* wa = wq.data() + rb * cols;
-      const uint8_t* wb = wa + 16 * cols;
-      for (int r = 0; r < 32; ++r) _mm512_store_ps(facc[r], _mm512_setzero_ps());
-      for (int64_t g = 0; g < n_groups; ++g) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t c = g * group; c < (g + 1) * group; c += kbytes) {
-          _tile_loadd(4, wa + c, cols);
-          _tile_loadd(5, wb + c, cols);
-          _tile_loadd(6, x1 + c / 4 * 16, 64);
-          _tile_loadd(7, x2 + c / 4 * 16, 64);
-          _tile_dpbusd(0, 4, 6);
-          _tile_dpbusd(1, 4, 7);
-          _tile_dpbusd(2, 5, 6);
-          _tile_dpbusd(3, 5, 7);
-        }
-        _tile_stored(0, dots[0], 64);
-        _tile_stored(1, dots[1], 64);
-        _tile_stored(2, dots[2], 64);
-        _tile_stored(3, dots[3], 64);
-        const __m512 d = _mm512_loadu_ps(dx + g * 16);  // std::vector, not 64-byte aligned
-        const __m512 s = _mm512_loadu_ps(xs + g * 16);
-        const float* scg = sc.data() + (rb * n_groups + g);
-        const float* big = bi.data() + (rb * n_groups + g);
-        for (int r = 0; r < 32; ++r) {
-          const int blk = r / 16 * 2, rr = r % 16;
-          const __m512 v = combine(_mm512_load_si512(dots[blk][rr]), _mm512_load_si512(dots[blk + 1][rr]));
-          const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(scg[r * n_groups]), d);
-          __m512 f = _mm512_fmadd_ps(v, scale, _mm512_load_ps(facc[r]));
-          f = _mm512_fmadd_ps(_mm512_set1_ps(big[r * n_groups]), s, f);
-          _mm512_store_ps(facc[r], f);
-        }
-      }
-      const int64_t live = std::min<int64_t>(32, n_rows - rb);
-      for (int64_t r = 0; r < live; ++r) _mm512_storeu_ps(yt + (rb + r) * ldt + tile * 16, _mm512_load_ps(facc[r]));
-    }
+  if (a.levels == 2) {
+    gemm_i8_levels<2>(w, n_rows, padded, wq.data(), sc.data(), bi.data(), a, yt, ldt, kbytes);
+  } else {
+    gemm_i8_levels<1>(w, n_rows, padded, wq.data(), sc.data(), bi.data(), a, yt, ldt, kbytes);
   }
 }
 

@@ -21,26 +21,41 @@ void permute_x_for_q4(const float* x, int64_t cols, float* out);
 void transpose_tokens(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols, float* xt,
                       int64_t tile0, int64_t tile1);
 
-// Activations for the integer kernels, per (token, group of `group` columns),
-// in two int8 levels so that the u8 x s8 instruction (vpdpbusd, twice the
-// rate of the 16-bit one) keeps 16-bit accuracy:
-//   x ≈ d·(254·q1 + q2),  d = max|x| / (127·254),  q1, q2 in [-127, 127]
-// (the remainder after q1 is at most half a q1 step = 127·d, so q2 never saturates),
-// with Σx kept exactly as `sum`. (A single int8 level moves logits by ~1e-2
-// of their range, which fails the transformers comparison.)
+// Activations for the integer kernels, per (token, weight group of `group`
+// columns), in int8 for the u8 x s8 instruction (vpdpbusd, twice the rate
+// of the 16-bit one), one or two levels deep:
+//   1 level (the default):  x ≈ d·q1,             d = max|x| / 127
+//   2 levels:               x ≈ d·(254·q1 + q2),  d = max|x| / (127·254)
+// with q1, q2 in [-127, 127] (the remainder after q1 is at most half a q1
+// step = 127·d, so q2 never saturates). `scale` is d in both cases: the
+// unit of the integer q1 or 254·q1 + q2.
+//
+// `sum` is what the weights' bias term b multiplies (w = s·q + b, q >= 0).
+// With two levels it is Σx exactly. With one level it is Σ d·q1, the sum of
+// the rounded activations: then each activation's rounding error meets its
+// whole weight s·q + b, which is centred on zero, rather than s·q alone,
+// which spans [0, 2·max|w|] for a centred group. That halves what one level
+// moves the logits by (at most 1.3-2.4 % -> 0.6-0.9 % of their range on the
+// fixture models; llama.cpp's Q8 activations, whose weights are symmetric,
+// land at 0.5-0.9 % on the same models) for no work in the kernels.
+// Two levels keep 16-bit accuracy (~1e-5 of the f32 path; the transformers
+// comparison at 1e-3, PENSIEVE_INT8_LEVELS=2) at twice the integer work.
 struct QuantizedActivations {
   int64_t n_tokens = 0, cols = 0, group = 0;
-  AlignedVector<int8_t> q1, q2;  // [token][cols]; per 64 columns [even | odd] in nibble order
+  int levels = 1;
+  AlignedVector<int8_t> q1, q2;  // [token][cols]; per 64 columns [even | odd] in nibble order; q2 only with 2 levels
   std::vector<float> scale;    // d, [token][cols/group]
   std::vector<float> sum;      // [token][cols/group]
 };
 void quantize_activations(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
-                          int64_t group, QuantizedActivations* out, bool nibble_order = false);
+                          int64_t group, int levels, QuantizedActivations* out,
+                          bool nibble_order = false);
 
 // The same transposed into 16-token tiles for the gemm kernel (natural order).
 struct QuantizedActivationTiles {
   int64_t n_tokens = 0, cols = 0, group = 0;
-  AlignedVector<int32_t> q1, q2;  // [tile][cols/4][16]: 4 consecutive int8 per token
+  int levels = 1;
+  AlignedVector<int32_t> q1, q2;  // [tile][cols/4][16]: 4 consecutive int8 per token; q2 only with 2 levels
   std::vector<float> scale;     // [tile][cols/group][16]
   std::vector<float> sum;       // [tile][cols/group][16]
 };
@@ -50,15 +65,18 @@ void tile_activations(const QuantizedActivations& a, QuantizedActivationTiles* o
 // pool's threads (the same numbers as the serial reference, tested; one
 // thread would otherwise do this while the others wait).
 void quantize_activation_tiles(const float* x, int64_t ldx, int64_t n_tokens, int64_t cols,
-                               int64_t group, QuantizedActivationTiles* out, ThreadPool& pool);
+                               int64_t group, int levels, QuantizedActivationTiles* out,
+                               ThreadPool& pool);
 
 // Scalar reference for the integer kernels' arithmetic (same quantized
-// activations in natural order, exact integer dots): y for rows [r0, r1).
+// activations in natural order, either level count, exact integer dots):
+// y for rows [r0, r1).
 void vnni_reference_rows(const WeightMatrix& w, int64_t r0, int64_t r1,
                          const QuantizedActivations& natural, float* y, int64_t ldy);
 
 namespace avx512 {
-// One activation group (n % 16 == 0) to the two int8 levels above.
+// One activation group (n % 16 == 0) to one or two int8 levels (above).
+void quantize_group_i8(const float* x, int64_t n, int8_t* q1, float* scale, float* sum);
 void quantize_group_i8x2(const float* x, int64_t n, int8_t* q1, int8_t* q2, float* scale,
                          float* sum);
 // Rows [r0, r1) x tokens [t0, t0 + n_tokens) (n_tokens <= 4), activations in

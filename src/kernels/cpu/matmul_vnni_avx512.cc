@@ -1,12 +1,13 @@
 // Integer kernels for MLX affine weights (AVX-512 VNNI), decode and prefill.
 //
-// Activations are quantized per (token, weight group) in two int8 levels:
-//   x ≈ d·(254·q1 + q2),  Σx kept exactly as xsum  (see matmul_impl.h).
+// Activations are quantized per (token, weight group) in one or two int8
+// levels (L, see matmul_impl.h), with the sum xsum that the bias term takes:
+//   L = 1: x ≈ d·q1, xsum = d·Σq1;  L = 2: x ≈ d·(254·q1 + q2), xsum = Σx.
 // With w = s·q + b (q unsigned, 4 or 8 bits), one group's contribution is
-//   s·d·(254·Σ q·q1 + Σ q·q2) + b·xsum,
+//   s·d·Σ q·q1 + b·xsum,  or  s·d·(254·Σ q·q1 + Σ q·q2) + b·xsum,
 // and Σ q·q1, Σ q·q2 are what vpdpbusd (u8 × s8 → i32, 64 products per
-// instruction, two per cycle) computes. The two levels keep 16-bit accuracy
-// (~1e-5 of f32) at the 8-bit instruction rate.
+// instruction, two per cycle) computes. One level is the default; the
+// second doubles the integer work for 16-bit accuracy (~1e-5 of f32).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -28,9 +29,14 @@ inline __m512i dpbusd(__m512i acc, __m512i w_u8, __m512i x_s8) {
   return acc;
 }
 
-// 254·i1 + i2 as f32 (the two activation levels' integer dots).
+// The levels' integer dots as one f32 in units of d: i1, or 254·i1 + i2.
+template <int L>
 inline __m512 combine(__m512i i1, __m512i i2) {
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(254.f), _mm512_cvtepi32_ps(i2));
+  if constexpr (L == 1) {
+    return _mm512_cvtepi32_ps(i1);
+  } else {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(254.f), _mm512_cvtepi32_ps(i2));
+  }
 }
 
 inline __mmask16 tail_mask(int64_t n) {
@@ -96,7 +102,7 @@ void unpack_row_u8(const WeightMatrix& w, const uint8_t* row, int64_t cols, uint
 // per 64-byte vector. Partial sums live in `fbuf` between calls (the caller
 // walks K in blocks so that a block of activations stays in L1 while every
 // row of the panel passes over it); the last block writes y.
-template <int NR, int MT>
+template <int NR, int MT, int L>
 void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi, int64_t n_groups,
                int64_t group, int64_t g0, int64_t g1, const int32_t* x1, const int32_t* x2,
                const float* dx, const float* xs, int64_t tile_stride_q, int64_t tile_stride_g,
@@ -114,7 +120,7 @@ void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi
       __m512i xv1[MT], xv2[MT];
       for (int m = 0; m < MT; ++m) {
         xv1[m] = _mm512_loadu_si512(x1 + m * tile_stride_q + k4 * 16);
-        xv2[m] = _mm512_loadu_si512(x2 + m * tile_stride_q + k4 * 16);
+        if constexpr (L == 2) xv2[m] = _mm512_loadu_si512(x2 + m * tile_stride_q + k4 * 16);
       }
       for (int r = 0; r < NR; ++r) {
         int32_t quad;
@@ -122,7 +128,7 @@ void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi
         const __m512i wb = _mm512_set1_epi32(quad);
         for (int m = 0; m < MT; ++m) {
           i1[r][m] = dpbusd(i1[r][m], wb, xv1[m]);
-          i2[r][m] = dpbusd(i2[r][m], wb, xv2[m]);
+          if constexpr (L == 2) i2[r][m] = dpbusd(i2[r][m], wb, xv2[m]);
         }
       }
     }
@@ -130,7 +136,7 @@ void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi
       const __m512 d = _mm512_loadu_ps(dx + m * tile_stride_g + g * 16);
       const __m512 s = _mm512_loadu_ps(xs + m * tile_stride_g + g * 16);
       for (int r = 0; r < NR; ++r) {
-        const __m512 v = combine(i1[r][m], i2[r][m]);
+        const __m512 v = combine<L>(i1[r][m], i2[r][m]);
         const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(sc[r * n_groups + g]), d);
         facc[r][m] = _mm512_fmadd_ps(v, scale, facc[r][m]);
         facc[r][m] = _mm512_fmadd_ps(_mm512_set1_ps(bi[r * n_groups + g]), s, facc[r][m]);
@@ -148,12 +154,14 @@ void vnni_tile(const uint8_t* wq, int64_t cols, const float* sc, const float* bi
 
 // All rows of a panel x 16*MT tokens, K in blocks of about kKBlockBytes of
 // activations so each block is read from L2 once and then hit in L1.
-template <int MT>
+template <int MT, int L>
 void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc, const float* bi,
                int64_t n_groups, int64_t group, const int32_t* x1, const int32_t* x2,
                const float* dx, const float* xs, int64_t sq, int64_t sg, float* yt, int64_t ldt) {
   constexpr int NR = 4;
-  constexpr int64_t kKBlockCols = 256;  // 256 columns x 16*MT tokens x 2 levels: 16-64 KiB
+  // A block's activations: 256 columns x 16*MT tokens x L levels, 4-16 KiB
+  // (512 columns for one level measured the same).
+  constexpr int64_t kKBlockCols = 256;
   const int64_t groups_per_block = std::max<int64_t>(1, kKBlockCols / group);
   thread_local std::vector<float> fbuf;
   fbuf.resize(static_cast<size_t>((n_rows + NR) * MT * 16));
@@ -163,9 +171,9 @@ void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc,
     int64_t r = 0;
     auto call = [&](auto nr_tag) {
       constexpr int N = decltype(nr_tag)::value;
-      vnni_tile<N, MT>(wq + r * cols, cols, sc + r * n_groups, bi + r * n_groups, n_groups, group,
-                       g0, g1, x1, x2, dx, xs, sq, sg, fbuf.data() + r * MT * 16, first, last,
-                       yt + r * ldt, ldt);
+      vnni_tile<N, MT, L>(wq + r * cols, cols, sc + r * n_groups, bi + r * n_groups, n_groups,
+                          group, g0, g1, x1, x2, dx, xs, sq, sg, fbuf.data() + r * MT * 16, first,
+                          last, yt + r * ldt, ldt);
     };
     for (; r + NR <= n_rows; r += NR) call(std::integral_constant<int, NR>{});
     switch (n_rows - r) {
@@ -189,7 +197,7 @@ void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc,
 // Lanes of a 64-column chunk for group 32: 4-bit, lanes 0-3 and 8-11 hold the
 // first group (even and odd columns), 4-7 and 12-15 the second; 8-bit, lanes
 // 0-7 the first and 8-15 the second.
-template <int R, int T, bool Q4, int G>
+template <int R, int T, bool Q4, int G, int L>
 void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a, int64_t t0,
                 float* comb, float* bi, float* y, int64_t ldy) {
   const int64_t cols = w.cols, n_groups = w.n_groups();
@@ -209,7 +217,7 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
   const float* xscale = a.scale.data() + t0 * n_groups;
   const float* xsum = a.sum.data() + t0 * n_groups;
   const int8_t* q1 = a.q1.data() + t0 * cols;
-  const int8_t* q2 = a.q2.data() + t0 * cols;
+  const int8_t* q2 = L == 2 ? a.q2.data() + t0 * cols : nullptr;
   for (int i = 0; i < R; ++i) {
     float* sc = comb + i * T * n_groups;  // row i's scales land in its token-0 slot first
     row_scales_f32(w, r + i, sc, bi + i * n_groups);
@@ -247,7 +255,7 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
       __m512i xa1[T], xa2[T];
       for (int t = 0; t < T; ++t) {
         xa1[t] = _mm512_loadu_si512(q1 + t * cols + c);
-        xa2[t] = _mm512_loadu_si512(q2 + t * cols + c);
+        if constexpr (L == 2) xa2[t] = _mm512_loadu_si512(q2 + t * cols + c);
       }
       for (int i = 0; i < R; ++i) {
         if ((c & 127) == 0) {  // one line ahead per 2 chunks: the next block's rows
@@ -263,14 +271,14 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
         }
         for (int t = 0; t < T; ++t) {
           i1[i][t] = dpbusd(i1[i][t], wv, xa1[t]);
-          i2[i][t] = dpbusd(i2[i][t], wv, xa2[t]);
+          if constexpr (L == 2) i2[i][t] = dpbusd(i2[i][t], wv, xa2[t]);
         }
       }
     }
     for (int i = 0; i < R; ++i) {
       for (int t = 0; t < T; ++t) {
         const float* cb = comb + (i * T + t) * n_groups + g;
-        const __m512 v = combine(i1[i][t], i2[i][t]);
+        const __m512 v = combine<L>(i1[i][t], i2[i][t]);
         const __m512 scale = g32 ? _mm512_mask_blend_ps(second, _mm512_set1_ps(cb[0]), _mm512_set1_ps(cb[1]))
                                  : _mm512_set1_ps(cb[0]);
         facc[i][t] = _mm512_fmadd_ps(v, scale, facc[i][t]);
@@ -287,10 +295,12 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
   }
 }
 
-template <int T, bool Q4>
+template <int T, bool Q4, int L>
 void gemv_rows_i8(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedActivations& a,
                   int64_t t0, float* y, int64_t ldy) {
-  constexpr int R = T <= 2 ? 4 : (T == 3 ? 2 : 1);
+  // Rows at once: as many as the registers hold (integer and f32
+  // accumulators for R·T pairs, T activation vectors per level).
+  constexpr int R = T <= 2 ? 4 : (T == 3 ? 2 : (L == 1 ? 2 : 1));
   const int64_t n_groups = w.n_groups();
   thread_local std::vector<float> scratch;
   scratch.resize(static_cast<size_t>(R * (T + 1) * n_groups));
@@ -299,8 +309,8 @@ void gemv_rows_i8(const WeightMatrix& w, int64_t r0, int64_t r1, const Quantized
   int64_t r = r0;
   auto run = [&](auto g_tag) {
     constexpr int G = decltype(g_tag)::value;
-    for (; r + R <= r1; r += R) gemv_block<R, T, Q4, G>(w, r, a, t0, comb, bi, y, ldy);
-    for (; r < r1; ++r) gemv_block<1, T, Q4, G>(w, r, a, t0, comb, bi, y, ldy);
+    for (; r + R <= r1; r += R) gemv_block<R, T, Q4, G, L>(w, r, a, t0, comb, bi, y, ldy);
+    for (; r < r1; ++r) gemv_block<1, T, Q4, G, L>(w, r, a, t0, comb, bi, y, ldy);
   };
   switch (w.group_size) {
     case 32: return run(std::integral_constant<int, 32>{});
@@ -311,6 +321,23 @@ void gemv_rows_i8(const WeightMatrix& w, int64_t r0, int64_t r1, const Quantized
 }
 
 }  // namespace
+
+void quantize_group_i8(const float* x, int64_t n, int8_t* q1, float* scale, float* sum) {
+  __m512 amax = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(x + c)));
+  const float d = _mm512_reduce_max_ps(amax) / 127.f;
+  const __m512 inv = _mm512_set1_ps(d > 0 ? 1.f / d : 0.f);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  __m512i qsum = _mm512_setzero_si512();
+  for (int64_t c = 0; c < n; c += 16) {
+    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + c), inv));
+    q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+    qsum = _mm512_add_epi32(qsum, q);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q1 + c), _mm512_cvtepi32_epi8(q));
+  }
+  *scale = d;
+  *sum = d * static_cast<float>(_mm512_reduce_add_epi32(qsum));
+}
 
 void quantize_group_i8x2(const float* x, int64_t n, int8_t* q1, int8_t* q2, float* scale,
                          float* sum) {
@@ -343,11 +370,20 @@ void vnni_gemv(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
                int64_t t0, int64_t n_tokens, float* y, int64_t ldy) {
   const bool q4 = w.format == WeightFormat::affine4;
   float* yt = y + t0 * ldy;
+  auto run = [&](auto t_tag, auto l_tag) {
+    constexpr int T = decltype(t_tag)::value, L = decltype(l_tag)::value;
+    if (q4) gemv_rows_i8<T, true, L>(w, r0, r1, a, t0, yt, ldy);
+    else gemv_rows_i8<T, false, L>(w, r0, r1, a, t0, yt, ldy);
+  };
+  auto with_levels = [&](auto t_tag) {
+    if (a.levels == 2) run(t_tag, std::integral_constant<int, 2>{});
+    else run(t_tag, std::integral_constant<int, 1>{});
+  };
   switch (n_tokens) {
-    case 1: return q4 ? gemv_rows_i8<1, true>(w, r0, r1, a, t0, yt, ldy) : gemv_rows_i8<1, false>(w, r0, r1, a, t0, yt, ldy);
-    case 2: return q4 ? gemv_rows_i8<2, true>(w, r0, r1, a, t0, yt, ldy) : gemv_rows_i8<2, false>(w, r0, r1, a, t0, yt, ldy);
-    case 3: return q4 ? gemv_rows_i8<3, true>(w, r0, r1, a, t0, yt, ldy) : gemv_rows_i8<3, false>(w, r0, r1, a, t0, yt, ldy);
-    default: return q4 ? gemv_rows_i8<4, true>(w, r0, r1, a, t0, yt, ldy) : gemv_rows_i8<4, false>(w, r0, r1, a, t0, yt, ldy);
+    case 1: return with_levels(std::integral_constant<int, 1>{});
+    case 2: return with_levels(std::integral_constant<int, 2>{});
+    case 3: return with_levels(std::integral_constant<int, 3>{});
+    default: return with_levels(std::integral_constant<int, 4>{});
   }
 }
 
@@ -371,19 +407,25 @@ void vnni_gemm(const WeightMatrix& w, int64_t r0, int64_t r1, const QuantizedAct
   wq.resize(n_rows * cols);
   unpack_panel(w, r0, n_rows, wq.data(), sc.data(), bi.data());
   const int64_t sq = cols / 4 * 16, sg = n_groups * 16;
-  int64_t t = 0;
-  for (; t + 32 <= a.n_tokens; t += 32) {
-    const int64_t tile = t / 16;
-    vnni_rows<2>(wq.data(), n_rows, cols, sc.data(), bi.data(), n_groups, group,
-                 a.q1.data() + tile * sq, a.q2.data() + tile * sq, a.scale.data() + tile * sg,
-                 a.sum.data() + tile * sg, sq, sg, yt + t, ldt);
-  }
-  for (; t < a.n_tokens; t += 16) {
-    const int64_t tile = t / 16;
-    vnni_rows<1>(wq.data(), n_rows, cols, sc.data(), bi.data(), n_groups, group,
-                 a.q1.data() + tile * sq, a.q2.data() + tile * sq, a.scale.data() + tile * sg,
-                 a.sum.data() + tile * sg, sq, sg, yt + t, ldt);
-  }
+  auto run = [&](auto l_tag) {
+    constexpr int L = decltype(l_tag)::value;
+    const int32_t* x2 = L == 2 ? a.q2.data() : nullptr;
+    int64_t t = 0;
+    for (; t + 32 <= a.n_tokens; t += 32) {
+      const int64_t tile = t / 16;
+      vnni_rows<2, L>(wq.data(), n_rows, cols, sc.data(), bi.data(), n_groups, group,
+                      a.q1.data() + tile * sq, L == 2 ? x2 + tile * sq : nullptr,
+                      a.scale.data() + tile * sg, a.sum.data() + tile * sg, sq, sg, yt + t, ldt);
+    }
+    for (; t < a.n_tokens; t += 16) {
+      const int64_t tile = t / 16;
+      vnni_rows<1, L>(wq.data(), n_rows, cols, sc.data(), bi.data(), n_groups, group,
+                      a.q1.data() + tile * sq, L == 2 ? x2 + tile * sq : nullptr,
+                      a.scale.data() + tile * sg, a.sum.data() + tile * sg, sq, sg, yt + t, ldt);
+    }
+  };
+  if (a.levels == 2) run(std::integral_constant<int, 2>{});
+  else run(std::integral_constant<int, 1>{});
 }
 
 void transpose_rows_to_tokens(const float* yt, int64_t ldt, int64_t n_rows, int64_t t0, int64_t t1,
