@@ -204,7 +204,8 @@ RegisterCommand reg("serve", [](CLI::App& app) {
   app.add_option("--max-output-tokens", o->max_output_tokens,
                  "cap on the tokens of one response, whatever max_tokens asks (0: only the context "
                  "limits it; default 0, and 512 for the bundled model, whose stories end well "
-                 "before that and which writes noise past its 512 trained positions)")
+                 "before that and which writes noise past its 512 trained positions); an answer it cuts "
+                 "ends as end_turn")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-per-client", o->max_per_client,
                  "generations one client (API key, else address) may run at once before 429 "

@@ -98,6 +98,7 @@ struct Session {
   // token and between tokens, as this thread receives them.
   Metrics* metrics = nullptr;
   bool recorded = false;
+  bool server_capped = false;  // the server's cap, not the request's, limits the answer
   double ttft_s = -1;
   Clock::time_point last_token;
   std::vector<double> inter_token_s;
@@ -162,7 +163,7 @@ struct Session {
         }
         parser.finish(pieces);
         add_pieces(pieces, out);
-        end(e.finish == FinishReason::max_tokens ? "max_tokens"
+        end(e.finish == FinishReason::max_tokens && !server_capped ? "max_tokens"
             : builder.has_tool_use() ? "tool_use"
                                      : "end_turn",
             std::nullopt, out);
@@ -272,7 +273,12 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
   GenerationRequest gen;
   gen.prompt = std::move(prompt.tokens);
   gen.max_tokens = std::min(request.max_tokens, info.context_size - n_prompt);
-  if (options.max_output_tokens > 0) gen.max_tokens = std::min(gen.max_tokens, options.max_output_tokens);
+  // The server's own cap (--max-output-tokens) ends an answer as the model
+  // ending it would: end_turn, not max_tokens. A client told max_tokens
+  // when it asked for more asks the model to go on (Claude Code does,
+  // a few times, then fails with "exceeded the output token maximum").
+  const bool server_capped = options.max_output_tokens > 0 && options.max_output_tokens < gen.max_tokens;
+  if (server_capped) gen.max_tokens = options.max_output_tokens;
   gen.temperature = static_cast<float>(request.temperature.value_or(1.0));
   gen.top_p = static_cast<float>(request.top_p.value_or(1.0));
   gen.top_k = static_cast<int>(std::min<int64_t>(request.top_k.value_or(0), INT32_MAX));
@@ -295,6 +301,7 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
   parser_options.starts_in_thinking = prompt.starts_in_thinking;
   auto session = std::make_shared<Session>(std::move(parser_options), request.model, n_prompt);
   session->metrics = &metrics;
+  session->server_capped = server_capped;
   // Nothing is written where the engine keeps no prompts.
   session->n_breakpoint = info.prefix_cache ? prompt.n_breakpoint_tokens : 0;
 

@@ -64,8 +64,7 @@ Metrics::Metrics(std::string model)
       ttft_({0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}),
       itl_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}) {}
 
-std::string Metrics::route_label(const std::string& method, const std::string& path) {
-  (void)method;
+std::string Metrics::route_label(const std::string& path) {
   static const char* const kExact[] = {"/v1/messages", "/v1/messages/count_tokens", "/v1/models",
                                        "/health",      "/",                         "/metrics",
                                        "/test/hold",   "/test/release"};

@@ -24,7 +24,6 @@ class Histogram {
   void observe(double v);
   // Prometheus lines for `name` with `labels` (`key="value",...`, may be empty).
   void write(std::string& out, const std::string& name, const std::string& labels) const;
-  int64_t count() const { return count_; }
 
  private:
   std::vector<double> bounds_;
@@ -54,7 +53,7 @@ class Metrics {
 
   // The route a path is counted under: a registered pattern, or "other"
   // (so a client cannot grow the label set without bound).
-  static std::string route_label(const std::string& method, const std::string& path);
+  static std::string route_label(const std::string& path);
 
  private:
   const std::string model_;

@@ -248,7 +248,7 @@ void Server::Impl::handle_health(const httplib::Request& req, httplib::Response&
 // client that has its answer sees it in the next scrape.
 void Server::Impl::count(const httplib::Request& req, const httplib::Response& res) {
   // A streamed answer's status is left unset (-1) for httplib to make 200.
-  metrics.record_request(Metrics::route_label(req.method, req.path), res.status == -1 ? 200 : res.status);
+  metrics.record_request(Metrics::route_label(req.path), res.status == -1 ? 200 : res.status);
 }
 
 void Server::Impl::handle_metrics(const httplib::Request& req, httplib::Response& res) {

@@ -129,6 +129,26 @@ TEST_F(ServerTest, MetricsCountRequestsTokensAndLatencies) {
   EXPECT_EQ(after.count("pensieve_queue_depth" + m), 0u);
 }
 
+// The server's own output cap ends an answer as end_turn (a client told
+// max_tokens asks for more); the request's max_tokens still gives max_tokens.
+TEST_F(ServerTest, TheServersOutputCapEndsTheTurn) {
+  backend.set_script({.pieces = {"a", "b"}, .finish = FinishReason::max_tokens});
+  ServerOptions o;
+  o.max_output_tokens = 2;
+  start(o);
+  json body = hello();
+  body["max_tokens"] = 100;  // more than the cap: the cap ends it
+  auto res = post("/v1/messages", body);
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["stop_reason"], "end_turn");
+  EXPECT_EQ(backend.last_request().max_tokens, 2);
+  body["max_tokens"] = 2;  // the request's own limit
+  res = post("/v1/messages", body);
+  ASSERT_TRUE(res);
+  EXPECT_EQ(json::parse(res->body)["stop_reason"], "max_tokens");
+}
+
 TEST_F(ServerTest, MetricsNeedTheKeyWhenOneIsSet) {
   ServerOptions o;
   o.api_keys = {"sk-metrics-key"};

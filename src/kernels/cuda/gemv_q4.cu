@@ -216,16 +216,6 @@ bool pdl_enabled() {
   return e == nullptr || e[0] != '0';
 }
 
-int multiprocessor_count() {
-  static const int n = [] {
-    int dev = 0, sms = 0;
-    PENSIEVE_CUDA_CHECK(cudaGetDevice(&dev));
-    PENSIEVE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return sms;
-  }();
-  return n;
-}
-
 // Blocks of one kernel the card holds at once with this much shared memory
 // (the attribute set and the occupancy asked once per kernel and size).
 template <int T, bool SILU>

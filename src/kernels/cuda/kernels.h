@@ -96,6 +96,8 @@ constexpr int64_t kGemvBatchTokens = 32;
 bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y, int64_t ldy,
                  cudaStream_t stream);
 
+// The current device's multiprocessors (asked once).
+int multiprocessor_count();
 // --- gemv_q4.cu
 // Decode rows (1 to kGemvMaxTokens) of a 4-bit weight on int8 dot products,
 // x staged as two int8 levels per 32 columns (silu: x is gate|up rows of

@@ -320,16 +320,6 @@ __global__ void __launch_bounds__(kStreamWarps * 32)
 
 constexpr size_t kStreamMaxSmem = 200 * 1024;
 
-int multiprocessors() {
-  static const int n = [] {
-    int dev = 0, sms = 0;
-    PENSIEVE_CUDA_CHECK(cudaGetDevice(&dev));
-    PENSIEVE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return sms;
-  }();
-  return n;
-}
-
 // The grid is the blocks the card runs at once with this much shared memory
 // (the attribute and occupancy queries are made once per kernel and size).
 template <int T_MAX, int FMT, int MAXL, bool SILU>
@@ -350,7 +340,7 @@ void launch_stream(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_to
     per_sm_smem = smem;
   }
   const int64_t by_rows = (w.rows + kStreamWarps - 1) / kStreamWarps;
-  const int64_t resident = static_cast<int64_t>(multiprocessors()) * (per_sm > 0 ? per_sm : 1);
+  const int64_t resident = static_cast<int64_t>(multiprocessor_count()) * (per_sm > 0 ? per_sm : 1);
   const auto grid = static_cast<unsigned>(by_rows < resident ? by_rows : resident);
   kernel<<<grid, kStreamWarps * 32, smem, stream>>>(w, x, ldx, static_cast<int>(n_tokens), y, ldy);
 }
@@ -609,6 +599,16 @@ __global__ void __launch_bounds__(kBigThreads)
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace
+
+int multiprocessor_count() {
+  static const int n = [] {
+    int dev = 0, sms = 0;
+    PENSIEVE_CUDA_CHECK(cudaGetDevice(&dev));
+    PENSIEVE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms;
+  }();
+  return n;
+}
 
 bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y, int64_t ldy,
                  cudaStream_t stream) {
