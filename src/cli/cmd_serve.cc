@@ -14,6 +14,7 @@
 #include "chat/chat_config.h"
 #include "chat/stop_ids.h"
 #include "cli/command.h"
+#include "cli/config_file.h"
 #include "core/error.h"
 #include "core/mmap_file.h"
 #include "core/log.h"
@@ -35,6 +36,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct Opts {
+  std::string config;
   std::string model, model_id, host = "127.0.0.1", api_key;
   int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16, max_per_client = 0;
   int64_t ctx_size = 0, batch_tokens = 0, max_output_tokens = -1, sliding_window = -1;
@@ -75,6 +77,21 @@ std::string bundled_model_dir() {
        "models/stories260K in PENSIEVE_HOME and for share/pensieve/models/stories260K in the "
        "folders above {}); pass --model DIR or ORG/NAME, or set PENSIEVE_HOME",
        n > 0 ? fs::path(std::string(exe, n)).parent_path().string() : std::string("the binary"));
+}
+
+// --kv-memory and --gpu-memory are checked when parsed (from the command
+// line, the environment or a config file), before anything loads.
+CLI::Validator memory_size_check() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        try {
+          parse_memory_size(v);
+          return "";
+        } catch (const Error& e) {
+          return e.what();
+        }
+      },
+      "SIZE");
 }
 
 // A value as the shell takes it back: bare when it is plain, else in single quotes.
@@ -128,6 +145,10 @@ void raise_open_file_limit() {
 RegisterCommand reg("serve", [](CLI::App& app) {
   app.description("Serve the Anthropic Messages API (POST /v1/messages) on a local model");
   auto o = std::make_shared<Opts>();
+  app.add_option("--config", o->config,
+                 "TOML file of these options (keys: their long names, e.g. port = 8080); default: "
+                 "$PENSIEVE_CONFIG, else $XDG_CONFIG_HOME/pensieve/config.toml if it exists. "
+                 "Flags and environment variables win over it; `pensieve config` shows the result");
   app.add_option("--model", o->model,
                  "model directory or Hugging Face repo (ORG/NAME[@REV]); default: the bundled "
                  "stories260K")
@@ -162,11 +183,13 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                  "KV cache budget: GiB, or with a unit (512M, 2G) (default: enough for --parallel "
                  "full contexts, at most half of the memory available at start). When it cannot "
                  "hold one full context, the model's context is shrunk to what it holds (and "
-                 "/health says so); an explicit --ctx-size is refused instead");
+                 "/health says so); an explicit --ctx-size is refused instead")
+      ->check(memory_size_check());
   app.add_option("--gpu-memory", o->gpu_memory,
                  "KV cache budget on the GPU (with --device cuda or auto on a GPU), as --kv-memory "
                  "takes it (default: enough for --parallel full contexts, at most half of the "
-                 "GPU memory free after the weights)");
+                 "GPU memory free after the weights)")
+      ->check(memory_size_check());
   app.add_flag("--mmap", o->mmap,
                "use the weights mapped from the page cache (instant load, pages the kernel may "
                "drop) instead of read into memory (faster decoding; the default)");
@@ -217,7 +240,9 @@ RegisterCommand reg("serve", [](CLI::App& app) {
   // Not in --help: POST /test/hold and /test/release, for the end-to-end
   // tests that must keep a generation in flight while they probe.
   app.add_flag("--test-hooks", o->test_hooks)->group("");
-  return std::function<int()>([o] {
+  return std::function<int()>([o, self = &app] {
+    ConfigFile config(config_file_path(o->config));
+    config.apply(*self);
     if (o->mmap) set_default_file_residency(FileResidency::mapped);
     // Bad values fail before anything is downloaded or loaded.
     int64_t kv_memory_bytes = 0, gpu_memory_bytes = 0;
@@ -284,7 +309,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     const bool from_hub = !bundled && !fs::exists(dir);
     if (from_hub) {
       // A path is a path: a missing one is not looked for on the Hub.
-      if (hub::looks_like_path(dir)) fail(ErrorKind::not_found, "--model {}: no such folder", dir);
+      if (hub::looks_like_path(dir)) fail(ErrorKind::not_found, "--model {}: no such folder{}", dir, config.origin("model"));
       if (id.empty()) id = hub::parse_repo_ref(dir).repo;
     }
     if (id.empty()) id = hub::repo_of_snapshot_dir(dir);

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "cli/command.h"
+#include "cli/config_file.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -84,6 +85,7 @@ std::string command_word(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   using namespace pensieve;
+  cli::set_command_line(argc, argv);
   CLI::App app{"Pensieve: a local LLM server that speaks the Anthropic Messages API", "pensieve"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "pensieve 0.1.0");

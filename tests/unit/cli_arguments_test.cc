@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
+#include <sstream>
 #include <optional>
 
 #include "support/test_support.h"
@@ -33,7 +35,7 @@ class ScopedEnv {
 
 // Exit code 1, nothing on stdout, and exactly one line on stderr that
 // contains every one of `parts`.
-void expect_refused(const test::RunResult& r, std::initializer_list<std::string> parts,
+void expect_refused(const test::RunResult& r, const std::vector<std::string>& parts,
                     const std::string& what) {
   EXPECT_EQ(r.exit_code, 1) << what << "\n" << r.err;
   EXPECT_EQ(r.out, "") << what;
@@ -161,6 +163,125 @@ TEST(CliArguments, ParseErrorsAreOneLine) {
                  "unknown option");
   expect_refused(run_pensieve("logits --tokens 1"), {"--model is required", "pensieve logits --help"},
                  "missing option");
+}
+
+// --- The config file (docs/config.example.toml).
+
+// `pensieve config`'s line for `key`: "key = value  # source".
+std::string config_line(const std::string& out, const std::string& key) {
+  size_t at = 0;
+  while ((at = out.find(key + " = ", at)) != std::string::npos) {
+    if (at == 0 || out[at - 1] == '\n') return out.substr(at, out.find('\n', at) - at);
+    ++at;
+  }
+  return "";
+}
+
+TEST(CliConfig, FlagsWinOverTheEnvironmentWhichWinsOverTheFile) {
+  test::TempDir dir;
+  test::write_file(dir.file("c.toml"),
+                   "# comment\nport = 9090\nctx_size = 4096\nhost = \"127.0.0.2\"\nmmap = true\n"
+                   "api-key = [\"k1\", \"k2\"]\nkv-memory = 2\n");
+  ScopedEnv env("PENSIEVE_PORT", "7000");
+  const auto r = run_pensieve("config --config " + dir.file("c.toml") + " --host 127.0.0.3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("# config file: " + dir.file("c.toml")), std::string::npos) << r.out;
+  const std::string file = dir.file("c.toml");
+  EXPECT_NE(config_line(r.out, "host").find("\"127.0.0.3\""), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "host").find("# command line"), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "port").find("7000"), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "port").find("# environment PENSIEVE_PORT"), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "ctx-size").find("4096"), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "ctx-size").find("# " + file + ":3"), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "mmap").find("true"), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "api-key").find("\"k1,k2\""), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "kv-memory").find(file + ":7"), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "parallel").find("4"), std::string::npos) << r.out;
+  EXPECT_NE(config_line(r.out, "parallel").find("# default"), std::string::npos) << r.out;
+}
+
+TEST(CliConfig, TheFileComesFromTheFlagThenTheVariableThenXdg) {
+  test::TempDir dir;
+  test::write_file(dir.file("a.toml"), "port = 1111\n");
+  test::write_file(dir.file("b.toml"), "port = 2222\n");
+  std::filesystem::create_directories(dir.file("xdg/pensieve"));
+  test::write_file(dir.file("xdg/pensieve/config.toml"), "port = 3333\n");
+  ScopedEnv xdg("XDG_CONFIG_HOME", dir.file("xdg").c_str());
+  EXPECT_NE(config_line(run_pensieve("config").out, "port").find("3333"), std::string::npos);
+  ScopedEnv var("PENSIEVE_CONFIG", dir.file("b.toml").c_str());
+  EXPECT_NE(config_line(run_pensieve("config").out, "port").find("2222"), std::string::npos);
+  EXPECT_NE(config_line(run_pensieve("config --config " + dir.file("a.toml")).out, "port").find("1111"),
+            std::string::npos);
+  // An explicit file that is missing is an error, not silently skipped.
+  expect_refused(run_pensieve("config --config " + dir.file("nope.toml")), {"nope.toml", "no such file"},
+                 "missing --config");
+  ScopedEnv missing("PENSIEVE_CONFIG", dir.file("gone.toml").c_str());
+  expect_refused(run_pensieve("serve"), {"PENSIEVE_CONFIG", "gone.toml", "no such file"}, "missing variable");
+}
+
+TEST(CliConfig, BadFilesNameTheFileLineAndKeyAndTheServerDoesNotStart) {
+  test::TempDir dir;
+  const std::string f = dir.file("c.toml");
+  const struct {
+    std::string text;
+    std::vector<std::string> parts;
+  } cases[] = {
+      {"port = 8081\nportt = 1\n", {f + ":2", "unknown key 'portt'", "ctx-size"}},
+      {"\n\nport = \"x\"\n", {f + ":3", "port must be an integer, not a string"}},
+      {"mmap = \"yes\"\n", {f + ":1", "mmap must be true or false, not a string"}},
+      {"host = 5.5\nhost2 = 1\n", {f + ":2", "unknown key 'host2'"}},
+      {"device = true\n", {f + ":1", "device must be a string, not a boolean"}},
+      {"port = 99999\n", {f + ":1", "port", "99999", "0 to 65535"}},
+      {"device = \"tpu\"\n", {f + ":1", "device", "tpu"}},
+      {"kv-memory = \"lots\"\n", {f + ":1", "kv-memory", "'lots' is not a memory size"}},
+      {"parallel = 0\n", {f + ":1", "parallel"}},
+      {"port = 1\nport = 2\n", {f + ":2", "port"}},  // not TOML: a key twice
+      {"port = [\n", {f + ":"}},
+      {"[models.x]\npath = \"y\"\n", {f + ":1", "unknown key 'models'"}},
+      {"test-hooks = true\n", {f + ":1", "unknown key 'test-hooks'"}},
+  };
+  for (const auto& c : cases) {
+    test::write_file(f, c.text);
+    // Refused by serve before it loads anything, and by config alike. (Were
+    // the file taken, serve would fail on the missing model, not listen.)
+    expect_refused(run_pensieve("serve --model /no/such/guard --config " + f), c.parts, c.text);
+    expect_refused(run_pensieve("config --config " + f), c.parts, c.text);
+  }
+  // A value from the file that fails later names the file too.
+  test::write_file(f, "model = \"/no/such/model\"\n");
+  expect_refused(run_pensieve("serve --config " + f), {"/no/such/model", "no such folder", f + ":1"}, "model");
+}
+
+TEST(CliConfig, ServeRunsWithTheFilesValues) {
+  test::TempDir dir;
+  test::write_file(dir.file("c.toml"), "model-id = \"from-the-file\"\nctx-size = 2048\nport = 0\n");
+  test::ServeProcess serve({"--config", dir.file("c.toml")});
+  ASSERT_TRUE(serve.wait_ready()) << serve.err();
+  EXPECT_NE(serve.out().find("serving from-the-file on"), std::string::npos) << serve.out();
+  EXPECT_NE(serve.out().find("(context 2048 tokens)"), std::string::npos) << serve.out();
+  EXPECT_EQ(serve.stop(), 0);
+}
+
+// The documented example stays true: with every commented `key = value`
+// line turned on, each key is an option and each value one it takes.
+TEST(CliConfig, TheExampleFileHasOnlyRealKeysAndValues) {
+  const std::string example = test::read_file(test::data_path("../../docs/config.example.toml"));
+  std::string on;
+  int n_keys = 0;
+  std::istringstream in(example);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("# ", 0) == 0 && line.find(" = ") != std::string::npos && line.find(' ', 2) > 2 &&
+        line.find(' ', 2) == line.find(" = ")) {
+      on += line.substr(2) + "\n";
+      ++n_keys;
+    }
+  }
+  EXPECT_GE(n_keys, 24);  // every serve option
+  test::TempDir dir;
+  test::write_file(dir.file("all.toml"), on);
+  const auto r = run_pensieve("config --config " + dir.file("all.toml"));
+  ASSERT_EQ(r.exit_code, 0) << r.err << "\n" << on;
+  EXPECT_EQ(r.out.find("not set"), std::string::npos) << "an option the example leaves out:\n" << r.out;
 }
 
 }  // namespace

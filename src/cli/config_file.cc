@@ -1,0 +1,244 @@
+#include "cli/config_file.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+
+#include <toml++/toml.h>
+
+#include "core/error.h"
+
+namespace pensieve::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::string>& command_line() {
+  static std::vector<std::string> words;
+  return words;
+}
+
+bool on_command_line(const CLI::Option& opt) {
+  for (const std::string& name : opt.get_lnames()) {
+    const std::string flag = "--" + name;
+    for (const std::string& w : command_line())
+      if (w == flag || w.rfind(flag + "=", 0) == 0) return true;
+  }
+  return false;
+}
+
+bool is_flag(const CLI::Option& opt) { return opt.get_expected_max() == 0; }
+
+// The option's value kind from CLI11's type name ("INT", "UINT:..." etc).
+enum class Kind { flag, integer, number, text };
+Kind kind_of(const CLI::Option& opt) {
+  if (is_flag(opt)) return Kind::flag;
+  const std::string t = opt.get_type_name();
+  if (t.rfind("INT", 0) == 0 || t.rfind("UINT", 0) == 0) return Kind::integer;
+  if (t.rfind("FLOAT", 0) == 0) return Kind::number;
+  return Kind::text;
+}
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::flag: return "true or false";
+    case Kind::integer: return "an integer";
+    case Kind::number: return "a number";
+    default: return "a string";
+  }
+}
+
+const char* toml_type_name(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::table: return "a table";
+    default: return "a date or time";
+  }
+}
+
+std::string number_text(double v) { return fmt::format("{}", v); }
+
+// The node as the option's command-line text, or nullopt when its type
+// does not fit the option.
+std::optional<std::string> option_text(const toml::node& n, Kind kind) {
+  switch (kind) {
+    case Kind::flag:
+      if (auto b = n.value_exact<bool>()) return *b ? "true" : "false";
+      return std::nullopt;
+    case Kind::integer:
+      if (auto i = n.value_exact<int64_t>()) return std::to_string(*i);
+      return std::nullopt;
+    case Kind::number:
+      if (auto i = n.value_exact<int64_t>()) return std::to_string(*i);
+      if (auto d = n.value_exact<double>()) return number_text(*d);
+      return std::nullopt;
+    case Kind::text:
+      if (auto s = n.value_exact<std::string>()) return *s;
+      if (auto i = n.value_exact<int64_t>()) return std::to_string(*i);
+      if (auto d = n.value_exact<double>()) return number_text(*d);
+      if (const toml::array* a = n.as_array()) {  // a list: the comma-separated form
+        std::string joined;
+        for (const toml::node& item : *a) {
+          auto s = item.value_exact<std::string>();
+          if (!s) return std::nullopt;
+          joined += (joined.empty() ? "" : ",") + *s;
+        }
+        return joined;
+      }
+      return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
+        else out += c;
+    }
+  }
+  return out + "\"";
+}
+
+// An option's text as a TOML value of its kind.
+std::string toml_value(const std::string& text, Kind kind) {
+  if (kind == Kind::flag) {
+    // A flag's result is "true", a count, or a word CLI11 takes for a boolean.
+    const bool on = !(text.empty() || text == "0" || text == "false" || text == "off" || text == "no");
+    return on ? "true" : "false";
+  }
+  if (kind == Kind::integer || kind == Kind::number) return text;
+  return toml_string(text);
+}
+
+std::string normalized_key(std::string key) {
+  std::replace(key.begin(), key.end(), '_', '-');
+  return key;
+}
+
+}  // namespace
+
+void set_command_line(int argc, char** argv) {
+  command_line().assign(argv + (argc > 0 ? 1 : 0), argv + argc);
+}
+
+bool configurable(const CLI::Option& opt) {
+  if (opt.get_group().empty() || opt.get_lnames().empty()) return false;  // hidden
+  const std::string& name = opt.get_lnames().front();
+  return name != "config" && name != "help";
+}
+
+std::string config_file_path(const std::string& flag) {
+  if (!flag.empty()) {
+    if (!fs::exists(flag)) fail(ErrorKind::not_found, "--config {}: no such file", flag);
+    return flag;
+  }
+  if (const char* env = std::getenv("PENSIEVE_CONFIG"); env != nullptr && env[0] != '\0') {
+    if (!fs::exists(env)) fail(ErrorKind::not_found, "PENSIEVE_CONFIG={}: no such file", env);
+    return env;
+  }
+  fs::path dir;
+  if (const char* xdg = std::getenv("XDG_CONFIG_HOME"); xdg != nullptr && xdg[0] == '/') dir = xdg;
+  else if (const char* home = std::getenv("HOME"); home != nullptr && home[0] != '\0') dir = fs::path(home) / ".config";
+  else return "";
+  const fs::path file = dir / "pensieve" / "config.toml";
+  return fs::exists(file) ? file.string() : "";
+}
+
+ConfigFile::ConfigFile(std::string path) : path_(std::move(path)) {
+  if (path_.empty()) return;
+  try {
+    table_ = toml::parse_file(path_);
+  } catch (const toml::parse_error& e) {
+    fail("{}:{}:{}: {}", path_, e.source().begin.line, e.source().begin.column, e.description());
+  }
+  for (const auto& [key, node] : table_)
+    entries_.push_back({std::string(key.str()), static_cast<int>(key.source().begin.line)});
+  std::sort(entries_.begin(), entries_.end(), [](const Entry& a, const Entry& b) { return a.line < b.line; });
+}
+
+void ConfigFile::apply(CLI::App& app) {
+  if (path_.empty()) return;
+  struct Planned {
+    CLI::Option* opt;
+    std::string text;
+    const Entry* entry;
+  };
+  std::vector<Planned> plan;
+  std::vector<std::string> names;
+  for (const CLI::Option* o : app.get_options())
+    if (configurable(*o)) names.push_back(o->get_lnames().front());
+  std::sort(names.begin(), names.end());
+  for (const Entry& e : entries_) {
+    const std::string name = normalized_key(e.key);
+    CLI::Option* opt = app.get_option_no_throw("--" + name);
+    if (opt == nullptr || !configurable(*opt)) {
+      std::string list;
+      for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+      fail("{}:{}: unknown key '{}' (the keys are the long options of pensieve {}: {})", path_, e.line, e.key,
+           app.get_name(), list);
+    }
+    const toml::node& node = *table_.get(e.key);
+    const Kind kind = kind_of(*opt);
+    const std::optional<std::string> text = option_text(node, kind);
+    if (!text) fail("{}:{}: {} must be {}, not {}", path_, e.line, e.key, kind_name(kind), toml_type_name(node));
+    plan.push_back({opt, *text, &e});
+  }
+  // Every key is known and typed right before any value is applied.
+  for (const Planned& p : plan) {
+    if (p.opt->count() > 0) continue;  // the command line or the environment set it
+    try {
+      p.opt->clear();
+      p.opt->add_result(p.text);
+      p.opt->run_callback();
+    } catch (const CLI::Error& err) {
+      fail("{}:{}: {}: {}", path_, p.entry->line, p.entry->key, err.what());
+    }
+    applied_.push_back(p.opt->get_lnames().front());
+  }
+}
+
+std::string ConfigFile::origin(const std::string& key) const {
+  if (std::find(applied_.begin(), applied_.end(), key) == applied_.end()) return "";
+  for (const Entry& e : entries_)
+    if (normalized_key(e.key) == key) return fmt::format(" (from {}:{})", path_, e.line);
+  return "";
+}
+
+std::vector<OptionSource> ConfigFile::describe(const CLI::App& app) const {
+  std::vector<OptionSource> out;
+  for (const CLI::Option* o : app.get_options()) {
+    if (!configurable(*o)) continue;
+    OptionSource s;
+    s.key = o->get_lnames().front();
+    const Kind kind = kind_of(*o);
+    if (o->count() > 0) {
+      std::string text;
+      for (const std::string& r : o->results()) text += (text.empty() ? "" : ",") + r;
+      s.value = toml_value(text, kind);
+      const std::string from_file = origin(s.key);
+      if (!from_file.empty()) s.source = from_file.substr(7, from_file.size() - 8);  // FILE:LINE
+      else if (on_command_line(*o)) s.source = "command line";
+      else if (!o->get_envname().empty()) s.source = "environment " + o->get_envname();
+      else s.source = "command line";
+    } else {
+      s.value = o->get_default_str().empty() ? std::string() : toml_value(o->get_default_str(), kind);
+      if (is_flag(*o) && s.value.empty()) s.value = "false";
+      s.source = "default";
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace pensieve::cli
