@@ -30,6 +30,11 @@ foreach(f ${PENSIEVE_BUNDLED_MODEL_FILES})
   install(FILES ${PENSIEVE_BUNDLED_MODEL}/${f} DESTINATION ${PENSIEVE_MODEL_SUBDIR})
 endforeach()
 install(FILES ${PROJECT_SOURCE_DIR}/README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+# systemd user units (socket activation): PREFIX/lib/systemd/user, where
+# systemd looks for them under /usr and /usr/local.
+install(FILES ${PROJECT_SOURCE_DIR}/packaging/systemd/pensieve.service
+              ${PROJECT_SOURCE_DIR}/packaging/systemd/pensieve.socket
+        DESTINATION lib/systemd/user)
 
 # cpack -G DEB (in the build folder): pensieve_VERSION_ARCH.deb installing
 # into /usr, with its library dependencies found by dpkg-shlibdeps.

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake ninja-build pkg-config git
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libspdlog-dev libfmt-dev
-  libpcre2-dev libtomlplusplus-dev libcurl4-openssl-dev libssl-dev
+  libpcre2-dev libtomlplusplus-dev libcurl4-openssl-dev libssl-dev libsystemd-dev
   libgtest-dev libgmock-dev
   libicu-dev zlib1g-dev
   curl dpkg-dev  # the install test: cpack's .deb (dpkg-shlibdeps), serving from it

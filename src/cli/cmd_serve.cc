@@ -28,6 +28,7 @@
 #include "server/engine_backend.h"
 #include "server/loading_server.h"
 #include "server/server.h"
+#include "server/systemd.h"
 #include "tokenizer/tokenizer.h"
 
 namespace pensieve::cli {
@@ -260,6 +261,15 @@ RegisterCommand reg("serve", [](CLI::App& app) {
         fail("--gpu-memory: {}", e.what());
       }
     }
+    // A socket systemd passed (socket activation) replaces --host/--port.
+    const int inherited = server::inherited_listen_socket();
+    if (inherited >= 0) {
+      const server::SocketAddress at = server::local_address(inherited);
+      spdlog::info("listening on the socket systemd passed ({}:{}); --host and --port are not used", at.host,
+                   at.port);
+      o->host = at.host;
+      o->port = at.port;
+    }
     // Before anything is loaded: a server without a key only binds loopback.
     if (server::split_api_keys(o->api_key).empty() && !o->allow_no_key &&
         !server::is_loopback_address(o->host))
@@ -316,7 +326,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     if (id.empty()) id = fs::path(dir).lexically_normal().filename().string();
     if (id.empty()) id = fs::path(dir).lexically_normal().parent_path().filename().string();
     // Until the model is ready a stand-in answers /health with the progress.
-    auto loading = std::make_unique<server::LoadingServer>(o->host, o->port);
+    auto loading = std::make_unique<server::LoadingServer>(o->host, o->port, inherited);
     const int port = loading->port();
     if (from_hub) {
       spdlog::info("{} is not a folder here: taking it from the Hugging Face cache or Hub", dir);
@@ -392,6 +402,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     server::ServerOptions so;
     so.host = o->host;
     so.port = port;
+    so.listen_fd = inherited;
     // --api-key reads $PENSIEVE_API_KEY itself (CLI11's envname), so the
     // server's own look at the variable is off: one source, one rule.
     so.api_keys = server::split_api_keys(o->api_key);
@@ -420,7 +431,9 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                                          ctx).c_str());
     std::fflush(stdout);
     running.store(&server);
+    server::notify_ready(fmt::format("serving {} on {}", id, url));
     server.wait();
+    server::notify_stopping();
     running.store(nullptr);
     return 0;
   });

@@ -668,6 +668,33 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
   return true;
 }
 
+void HttpServer::accept_on(int fd) {
+  stop_accepting_ = false;
+  accepting_ = true;
+  while (!stop_accepting_) {
+    // Woken at least every 100 ms to see stop_accepting().
+    pollfd p{fd, POLLIN, 0};
+    const int n = ::poll(&p, 1, 100);
+    if (n < 0 && errno != EINTR) {
+      spdlog::error("the inherited listening socket failed: {}", std::strerror(errno));
+      break;
+    }
+    if (n <= 0 || stop_accepting_) continue;
+    const int sock = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (sock < 0) {
+      // Out of descriptors: the connection waits in the backlog meanwhile.
+      if (errno == EMFILE || errno == ENFILE) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
+    }
+    int yes = 1;  // as set_tcp_nodelay(true) does for httplib's loop (fails harmlessly off TCP)
+    ::setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+    process_and_close_socket(sock);
+  }
+  accepting_ = false;
+}
+
+void HttpServer::stop_accepting() { stop_accepting_ = true; }
+
 void HttpServer::close_connection(int fd) {
   ::shutdown(fd, SHUT_RDWR);
   ::close(fd);

@@ -125,6 +125,16 @@ class HttpServer : public httplib::Server {
   // has made listen_after_bind() return. Idempotent.
   void stop_connections();
 
+  // A listening socket made elsewhere (systemd's socket activation), used
+  // instead of one bound here: accept_on(fd) accepts from it and hands each
+  // connection to the gate as httplib's own accept loop does, until
+  // stop_accepting(); call start_connections() first. The socket stays
+  // open (another accept_on() may take it over, as the real server takes
+  // over from the loading stand-in).
+  void accept_on(int fd);
+  void stop_accepting();
+  bool accepting() const { return accepting_.load(); }
+
   // The socket of the connection the calling thread is answering (a route
   // handler's), or -1 (httplib 0.11 hands a handler no socket). It stays
   // open, and this thread's, until the handler returns.
@@ -155,6 +165,7 @@ class HttpServer : public httplib::Server {
   std::unique_ptr<httplib::TaskQueue> workers_;
   std::atomic<size_t> n_open_{0};
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> accepting_{false}, stop_accepting_{false};
 };
 
 }  // namespace pensieve::server

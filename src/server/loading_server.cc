@@ -12,6 +12,7 @@
 #include "server/http_server.h"
 #include "server/ids.h"
 #include "server/listen_socket.h"
+#include "server/systemd.h"
 
 namespace pensieve::server {
 
@@ -22,11 +23,13 @@ struct LoadingServer::Impl {
   nlohmann::ordered_json state = nlohmann::ordered_json::object();
   int port = 0;
   bool stopped = false;
+  int listen_fd = -1;
   ListenSocket listen_socket;
 };
 
-LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::make_unique<Impl>()) {
+LoadingServer::LoadingServer(const std::string& host, int port, int listen_fd) : impl_(std::make_unique<Impl>()) {
   Impl& s = *impl_;
+  s.listen_fd = listen_fd;
   auto health = [&s](const httplib::Request&, httplib::Response& res) {
     nlohmann::ordered_json body = {{"status", "loading"}};
     {
@@ -56,16 +59,20 @@ LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::mak
   };
   s.http.Get(".*", not_ready);
   s.http.Post(".*", not_ready);
-  s.listen_socket.install(s.http, s.http.receive_buffer_bytes());
-  if (port == 0) {
-    s.port = s.http.bind_to_any_port(host);
-  } else if (s.http.bind_to_port(host, port)) {
-    s.port = port;
+  if (listen_fd >= 0) {
+    s.port = local_address(listen_fd).port;
   } else {
-    s.port = -1;
+    s.listen_socket.install(s.http, s.http.receive_buffer_bytes());
+    if (port == 0) {
+      s.port = s.http.bind_to_any_port(host);
+    } else if (s.http.bind_to_port(host, port)) {
+      s.port = port;
+    } else {
+      s.port = -1;
+    }
+    if (s.port <= 0) fail(ErrorKind::resource, "cannot listen on {}:{}: address in use or not available", host, port);
+    s.listen_socket.raise_backlog();
   }
-  if (s.port <= 0) fail(ErrorKind::resource, "cannot listen on {}:{}: address in use or not available", host, port);
-  s.listen_socket.raise_backlog();
   s.http.set_limits({.n_threads = 8}, [](int status, const std::string& message) {
     const std::string id = random_id("req_");
     const std::string body = dump_json(error_envelope(error_type_for_status(status), message, id));
@@ -75,6 +82,11 @@ LoadingServer::LoadingServer(const std::string& host, int port) : impl_(std::mak
   });
   s.http.start_connections();
   // Bound already: connections queue in the backlog until the loop accepts them.
+  if (listen_fd >= 0) {
+    s.thread = std::thread([&s] { s.http.accept_on(s.listen_fd); });
+    while (!s.http.accepting()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return;
+  }
   s.thread = std::thread([&s] { s.http.listen_after_bind(); });
   // stop() only interrupts a running loop: wait until it runs.
   while (!s.http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -93,7 +105,8 @@ void LoadingServer::stop() {
   Impl& s = *impl_;
   if (s.stopped) return;
   s.stopped = true;
-  s.http.stop();
+  if (s.listen_fd >= 0) s.http.stop_accepting();
+  else s.http.stop();
   if (s.thread.joinable()) s.thread.join();
   s.http.stop_connections();
 }

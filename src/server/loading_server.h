@@ -15,8 +15,10 @@ namespace pensieve::server {
 
 class LoadingServer {
  public:
-  // Binds host:port (port 0 picks a free one) and serves on a thread.
-  LoadingServer(const std::string& host, int port);
+  // Binds host:port (port 0 picks a free one) and serves on a thread; with
+  // listen_fd >= 0 (a socket systemd passed) accepts from that instead and
+  // leaves it open for the real server.
+  LoadingServer(const std::string& host, int port, int listen_fd = -1);
   ~LoadingServer();
   LoadingServer(const LoadingServer&) = delete;
   LoadingServer& operator=(const LoadingServer&) = delete;
@@ -25,7 +27,7 @@ class LoadingServer {
   // What /health reports next to {"status": "loading"}: e.g.
   // {"stage": "download", "download": {"bytes_done": .., "bytes_total": .., ...}}.
   void set_state(nlohmann::ordered_json state);
-  // Stops serving and releases the port; idempotent.
+  // Stops serving and releases the port (not an inherited socket); idempotent.
   void stop();
 
  private:

@@ -9,6 +9,7 @@
 #include "server/auth.h"
 #include "server/ids.h"
 #include "server/listen_socket.h"
+#include "server/systemd.h"
 #include "server/server_impl.h"
 
 namespace pensieve::server {
@@ -308,29 +309,37 @@ void Server::start() {
   });
   s.http.set_tcp_nodelay(true);  // SSE deltas are small and latency matters
 
-  s.listen_socket.install(s.http, s.http.receive_buffer_bytes());
-  if (s.options.port == 0) {
-    s.bound_port = s.http.bind_to_any_port(s.options.host);
-    if (s.bound_port < 0) fail(ErrorKind::resource, "cannot listen on {}", s.options.host);
+  const bool adopted = s.options.listen_fd >= 0;
+  if (adopted) {
+    const SocketAddress at = local_address(s.options.listen_fd);
+    s.options.host = at.host;
+    s.bound_port = at.port;
   } else {
-    if (!s.http.bind_to_port(s.options.host, s.options.port))
-      fail(ErrorKind::resource, "cannot listen on {}:{} (in use, or not an address of this machine)",
-           s.options.host, s.options.port);
-    s.bound_port = s.options.port;
+    s.listen_socket.install(s.http, s.http.receive_buffer_bytes());
+    if (s.options.port == 0) {
+      s.bound_port = s.http.bind_to_any_port(s.options.host);
+      if (s.bound_port < 0) fail(ErrorKind::resource, "cannot listen on {}", s.options.host);
+    } else {
+      if (!s.http.bind_to_port(s.options.host, s.options.port))
+        fail(ErrorKind::resource, "cannot listen on {}:{} (in use, or not an address of this machine)",
+             s.options.host, s.options.port);
+      s.bound_port = s.options.port;
+    }
+    s.listen_socket.raise_backlog();
   }
-  s.listen_socket.raise_backlog();
   s.http.start_connections();
   s.running = true;
   s.stopping = false;
-  s.listen_thread = std::thread([&s] {
-    s.http.listen_after_bind();
+  s.listen_thread = std::thread([&s, adopted] {
+    if (adopted) s.http.accept_on(s.options.listen_fd);
+    else s.http.listen_after_bind();
     std::lock_guard<std::mutex> lock(s.state_mutex);
     s.running = false;
     s.stopped_cv.notify_all();
   });
   // httplib's stop() does nothing until listening has begun: wait for it so
   // that a stop() right after start() cannot be lost.
-  while (!s.http.is_running()) {
+  while (!(adopted ? s.http.accepting() : s.http.is_running())) {
     lock.unlock();
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
     lock.lock();
@@ -355,7 +364,8 @@ void Server::stop() {
     std::lock_guard<std::mutex> lock(s.slots_mutex);
     for (auto& channel : s.channels) channel->abort();
   }
-  s.http.stop();
+  if (s.options.listen_fd >= 0) s.http.stop_accepting();
+  else s.http.stop();
   s.listen_thread.join();
   s.http.stop_connections();
 }

@@ -26,6 +26,8 @@ namespace pensieve::server {
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                        // 0 picks a free port (see Server::port())
+  int listen_fd = -1;                     // a listening socket made elsewhere (systemd): served
+                                          // instead of binding host:port, and left open
   std::vector<std::string> api_keys;      // accepted x-api-key / Bearer values
   // Without a key the server only listens on loopback and only answers
   // loopback peers; true serves any address without a key (--allow-no-key).

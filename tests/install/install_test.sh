@@ -62,4 +62,13 @@ grep -q "Depends: .*libcurl" <<<"$info" || fail "the .deb lists no library depen
 dpkg-deb -x "$deb" "$work/root"
 [ -f "$work/root/usr/share/pensieve/models/stories260K/config.json" ] ||
   fail "the .deb has no /usr/share/pensieve/models/stories260K"
+for unit in pensieve.service pensieve.socket; do
+  [ -f "$work/root/usr/lib/systemd/user/$unit" ] || fail "the .deb has no /usr/lib/systemd/user/$unit"
+done
+if command -v systemd-analyze >/dev/null; then
+  # The units as systemd reads them (ExecStart's bare name is looked up on
+  # systemd's own PATH; the unpacked binary is not there, so only syntax).
+  systemd-analyze verify --man=no "$work/root/usr/lib/systemd/user/pensieve.socket" 2>&1 |
+    grep -v "Command pensieve is not executable\|not found\|pensieve.service" && fail "systemd-analyze verify" || true
+fi
 serve_from "$work/root/usr/bin/pensieve"
