@@ -8,11 +8,13 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <functional>
 
 #include "core/log.h"
 #include "server/auth.h"
 #include "server/ids.h"
 #include "server/message_builder.h"
+#include "server/openai.h"
 #include "server/prompt.h"
 #include "server/request.h"
 #include "server/server_impl.h"
@@ -190,13 +192,55 @@ json error_event(const ApiError& e) {
   return {{"type", "error"}, {"error", {{"type", e.type()}, {"message", e.what()}}}};
 }
 
-// Writes the SSE answer; returns false when the client went away.
-bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms) {
-  auto write = [&](const json& event) {
-    std::string text = sse_event(event);
+// How a stream reaches its client: Anthropic's SSE events as they are, or
+// translated (OpenAI's chunks). Each returns false when the client is gone.
+struct StreamWriter {
+  std::function<bool(httplib::DataSink&, const json&)> event;  // one Messages event
+  std::function<bool(httplib::DataSink&)> ping;
+  std::function<void(httplib::DataSink&, const ApiError&)> error;
+  std::function<void(httplib::DataSink&)> end;  // after the last event
+};
+
+StreamWriter anthropic_writer() {
+  StreamWriter w;
+  w.event = [](httplib::DataSink& sink, const json& event) {
+    const std::string text = sse_event(event);
     return sink.write(text.data(), text.size());
   };
-  const json ping = {{"type", "ping"}};
+  w.ping = [e = w.event](httplib::DataSink& sink) { return e(sink, json{{"type", "ping"}}); };
+  w.error = [e = w.event](httplib::DataSink& sink, const ApiError& err) { e(sink, error_event(err)); };
+  w.end = [](httplib::DataSink&) {};
+  return w;
+}
+
+bool write_data(httplib::DataSink& sink, const std::string& payload) {
+  const std::string text = "data: " + payload + "\n\n";
+  return sink.write(text.data(), text.size());
+}
+
+// OpenAI's stream: `data: {chunk}` lines, a comment line as the keep-alive,
+// an error as `data: {"error": ...}`, and `data: [DONE]` at the end.
+StreamWriter openai_writer(std::shared_ptr<ChatChunker> chunker) {
+  StreamWriter w;
+  w.event = [chunker](httplib::DataSink& sink, const json& event) {
+    std::vector<json> chunks;
+    chunker->add(event, chunks);
+    for (const json& c : chunks)
+      if (!write_data(sink, dump_json(c))) return false;
+    return true;
+  };
+  w.ping = [](httplib::DataSink& sink) {
+    static const std::string comment = ": ping\n\n";
+    return sink.write(comment.data(), comment.size());
+  };
+  w.error = [](httplib::DataSink& sink, const ApiError& err) { write_data(sink, dump_json(openai_error(err))); };
+  w.end = [](httplib::DataSink& sink) { write_data(sink, "[DONE]"); };
+  return w;
+}
+
+// Writes the SSE answer; returns false when the client went away.
+bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms, const StreamWriter& w) {
+  auto write = [&](const json& event) { return w.event(sink, event); };
   const auto ping_interval = std::chrono::milliseconds(std::max(1, ping_interval_ms));
   // message_start waits briefly for the engine's first event, which tells
   // how much of the prompt came from the cache.
@@ -210,7 +254,7 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms) {
     s.channel->wait(events, Clock::now() + std::min<Clock::duration>(kPollInterval, ping_interval));
     if (s.channel->aborted()) {
       s.cancel();
-      write(error_event(ApiError(529, "overloaded_error", "server is shutting down")));
+      w.error(sink, ApiError(529, "overloaded_error", "server is shutting down"));
       sink.done();
       return true;
     }
@@ -223,7 +267,7 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms) {
       if (events.empty() && now - start < first_event_wait) continue;
       for (const auto& e : events) s.note_cache(e);
       s.input_usage_sent = true;
-      if (!write(s.builder.message_start(s.usage())) || !write(ping)) {
+      if (!write(s.builder.message_start(s.usage())) || !w.ping(sink)) {
         s.cancel();
         return false;
       }
@@ -241,12 +285,13 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms) {
       last_write = now;
     }
     if (s.finished) {
-      if (s.error) write(error_event(*s.error));
+      if (s.error) w.error(sink, *s.error);
+      else w.end(sink);
       sink.done();
       return true;
     }
     if (now - last_write >= ping_interval) {
-      if (!write(ping)) {
+      if (!w.ping(sink)) {
         s.cancel();
         return false;
       }
@@ -260,6 +305,17 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms) {
 void Server::Impl::handle_messages(const httplib::Request& req, httplib::Response& res) {
   json body = parse_request_body(req.body);
   MessagesRequest request = parse_messages_request(body, {true, info.vision});
+  answer(req, res, request, nullptr);
+}
+
+void Server::Impl::handle_chat_completions(const httplib::Request& req, httplib::Response& res) {
+  json body = parse_request_body(req.body);
+  ChatRequest chat = parse_chat_request(body);
+  answer(req, res, chat.messages, &chat);
+}
+
+void Server::Impl::answer(const httplib::Request& req, httplib::Response& res, MessagesRequest& request,
+                          const ChatRequest* chat) {
   if (request.thinking != ThinkingMode::disabled &&
       (request.tool_choice.type == ToolChoice::Type::any ||
        request.tool_choice.type == ToolChoice::Type::tool))
@@ -272,7 +328,9 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
 
   GenerationRequest gen;
   gen.prompt = std::move(prompt.tokens);
-  gen.max_tokens = std::min(request.max_tokens, info.context_size - n_prompt);
+  // OpenAI's max_tokens is optional: the rest of the context.
+  gen.max_tokens = request.max_tokens > 0 ? std::min(request.max_tokens, info.context_size - n_prompt)
+                                          : info.context_size - n_prompt;
   // The server's own cap (--max-output-tokens) ends an answer as the model
   // ending it would: end_turn, not max_tokens. A client told max_tokens
   // when it asked for more asks the model to go on (Claude Code does,
@@ -316,14 +374,21 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
   if (!session->generation)
     throw ApiError(529, "overloaded_error", "Overloaded: the engine's queue is full");
 
+  const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
+                              std::chrono::system_clock::now().time_since_epoch()).count();
+  const std::string chat_id = "chatcmpl-" + session->builder.id().substr(4);
   if (request.stream) {
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
     int ping_ms = options.ping_interval_ms;
+    StreamWriter writer = chat == nullptr ? anthropic_writer()
+                                          : openai_writer(std::make_shared<ChatChunker>(
+                                                chat_id, request.model, created, chat->include_usage,
+                                                chat->json_response));
     res.set_chunked_content_provider(
         "text/event-stream",
-        [session, ping_ms](size_t, httplib::DataSink& sink) {
-          return stream_answer(*session, sink, ping_ms);
+        [session, ping_ms, writer](size_t, httplib::DataSink& sink) {
+          return stream_answer(*session, sink, ping_ms, writer);
         },
         [session](bool) { session->cancel(); });
     return;
@@ -350,7 +415,8 @@ void Server::Impl::handle_messages(const httplib::Request& req, httplib::Respons
     out.clear();
   }
   if (session->error) throw *session->error;
-  send_json(res, 200, session->builder.message());
+  if (chat != nullptr) send_json(res, 200, chat_completion(session->builder.message(), chat_id, created, chat->json_response));
+  else send_json(res, 200, session->builder.message());
 }
 
 void Server::Impl::handle_count_tokens(const httplib::Request& req, httplib::Response& res) {

@@ -100,7 +100,9 @@ void Server::Impl::send_error(const httplib::Request& req, httplib::Response& re
                                                                      : spdlog::level::info;
   spdlog::log(level, "{}: {} {} -> {} {}: {}", id, req.method, req.path, error.status(),
               error.type(), error.what());
-  send_json(res, error.status(), error_envelope(error.type(), error.what(), id));
+  // OpenAI's routes answer in OpenAI's error shape (its SDK reads error.message).
+  if (req.path.rfind("/v1/chat/", 0) == 0) send_json(res, error.status(), openai_error(error));
+  else send_json(res, error.status(), error_envelope(error.type(), error.what(), id));
 }
 
 void Server::Impl::check_auth(const httplib::Request& req) const {
@@ -142,6 +144,7 @@ void Server::Impl::setup_routes() {
   };
   http.Post("/v1/messages", route(&Impl::handle_messages, true));
   http.Post("/v1/messages/count_tokens", route(&Impl::handle_count_tokens, true));
+  http.Post("/v1/chat/completions", route(&Impl::handle_chat_completions, true));
   http.Get("/v1/models", route(&Impl::handle_models, true));
   http.Get(R"(/v1/models/([^/]+))", route(&Impl::handle_model, true));
   http.Get("/health", route(&Impl::handle_health, false));
@@ -211,9 +214,12 @@ json Server::Impl::model_object(const std::string& id) const {
   const int64_t max_tokens = options.max_output_tokens > 0
                                  ? std::min(options.max_output_tokens, info.context_size - 1)
                                  : info.context_size - 1;
+  // One object both SDKs read: Anthropic's fields (type, display_name,
+  // created_at) and OpenAI's (object, created, owned_by).
   json m = {{"type", "model"}, {"id", id},
             {"display_name", info.display_name.empty() ? info.id : info.display_name},
-            {"created_at", created_at}, {"max_input_tokens", info.context_size - 1},
+            {"created_at", created_at}, {"object", "model"}, {"created", created_unix},
+            {"owned_by", "pensieve"}, {"max_input_tokens", info.context_size - 1},
             {"max_tokens", max_tokens}, {"context_size", info.context_size}};
   if (!info.context_note.empty()) m["context_note"] = info.context_note;
   return m;
@@ -225,7 +231,7 @@ void Server::Impl::handle_models(const httplib::Request& req, httplib::Response&
   if (req.get_param_value("after_id") != info.id && req.get_param_value("before_id") != info.id)
     data.push_back(model_object(info.id));
   json first = data.empty() ? json(nullptr) : json(info.id);
-  send_json(res, 200, {{"data", data}, {"first_id", first}, {"last_id", first}, {"has_more", false}});
+  send_json(res, 200, {{"object", "list"}, {"data", data}, {"first_id", first}, {"last_id", first}, {"has_more", false}});
 }
 
 void Server::Impl::handle_model(const httplib::Request& req, httplib::Response& res) {
@@ -293,6 +299,8 @@ void Server::start() {
   (void)spdlog::default_logger_raw();
 
   s.created_at = now_rfc3339();
+  s.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
+                       std::chrono::system_clock::now().time_since_epoch()).count();
   s.prepare_routes();
   ConnectionLimits limits;
   limits.n_threads = s.options.n_http_threads;
@@ -383,6 +391,8 @@ void Server::serve_stream(httplib::Stream& strm) {
     if (!s.routes_ready) {
       s.keys = s.options.api_keys;
       s.created_at = now_rfc3339();
+      s.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count();
       s.http.set_limits({.max_header_bytes = s.options.max_header_bytes,
                          .max_body_bytes = s.options.max_body_bytes},
                         nullptr);

@@ -15,6 +15,8 @@
 #include "server/http_server.h"
 #include "server/listen_socket.h"
 #include "server/metrics.h"
+#include "server/openai.h"
+#include "server/request.h"
 #include "server/server.h"
 
 namespace pensieve::server {
@@ -45,6 +47,7 @@ struct Server::Impl {
   ModelInfo info;
   std::vector<std::string> keys;
   std::string created_at;  // RFC 3339, for the models list
+  int64_t created_unix = 0;  // the same, in seconds (OpenAI's "created")
   Metrics metrics{info.id};  // GET /metrics
 
   HttpServer http;  // httplib with the connection gate (server/http_server.h)
@@ -74,6 +77,11 @@ struct Server::Impl {
 
   // Route bodies; they throw ApiError (or anything) and the wrapper answers.
   void handle_messages(const httplib::Request& req, httplib::Response& res);
+  // POST /v1/chat/completions: OpenAI's face on the same generation (openai.h).
+  void handle_chat_completions(const httplib::Request& req, httplib::Response& res);
+  // A parsed request answered as Messages (chat null) or as Chat Completions.
+  void answer(const httplib::Request& req, httplib::Response& res, MessagesRequest& request,
+              const ChatRequest* chat);
   void handle_count_tokens(const httplib::Request& req, httplib::Response& res);
   nlohmann::ordered_json model_object(const std::string& id) const;
   void handle_models(const httplib::Request& req, httplib::Response& res);

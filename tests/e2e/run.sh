@@ -8,7 +8,7 @@ if ! command -v node >/dev/null; then
   echo "e2e: node is not installed: skipping (scripts/setup.sh installs it)"
   exit 77
 fi
-if [ ! -d node_modules/@anthropic-ai/sdk ] || [ ! -d node_modules/@anthropic-ai/claude-code ]; then
+if [ ! -d node_modules/@anthropic-ai/sdk ] || [ ! -d node_modules/@anthropic-ai/claude-code ] || [ ! -d node_modules/openai ]; then
   echo "e2e: tests/e2e/node_modules is missing: skipping (run: cd tests/e2e && npm ci --no-audit --no-fund --ignore-scripts)"
   exit 77
 fi
