@@ -24,17 +24,18 @@ TEST(ServeKvMemory, ValuesThatAreNotSizesAreRefusedBeforeLoading) {
   for (const char* bad : {"abc", "4X", "nan"}) {
     const auto r = run_pensieve(std::string("serve --port 0 --kv-memory ") + bad);
     EXPECT_EQ(r.exit_code, 1) << bad;
+    // Checked while the command line is parsed (as a config file's value is).
     EXPECT_EQ(error_line(r), "error: --kv-memory: '" + std::string(bad) +
                                  "' is not a memory size: give a number of GiB (like 4 or 0.5) "
-                                 "or a number with M or G (like 512M)");
+                                 "or a number with M or G (like 512M) (see pensieve serve --help)");
     // Nothing was loaded first.
     EXPECT_EQ(r.err.find("stories260K"), std::string::npos) << r.err;
   }
   for (const char* bad : {"0", "-1"}) {
     const auto r = run_pensieve(std::string("serve --port 0 --kv-memory=") + bad);
     EXPECT_EQ(r.exit_code, 1) << bad;
-    EXPECT_EQ(error_line(r),
-              "error: --kv-memory: memory size '" + std::string(bad) + "' must be more than 0");
+    EXPECT_EQ(error_line(r), "error: --kv-memory: memory size '" + std::string(bad) +
+                                 "' must be more than 0 (see pensieve serve --help)");
   }
 }
 
