@@ -33,7 +33,8 @@ int splits_for(int64_t n_rows, int n_heads, int max_ctx) {
 
 template <int DPL>  // head dimensions per lane: ceil(head_dim / 32)
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a, int n_splits) {
-  pdl_trigger();  // a dependent gemv may start fetching its weights
+  pdl_wait();  // launched as a dependent
+  pdl_trigger();
   __shared__ float q_shared[kWarps][kMaxHeadDim];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t item = blockIdx.x * static_cast<int64_t>(kWarps) + warp;
@@ -135,7 +136,8 @@ constexpr int kStageMaxDim = 128;
 
 template <int DPL, int R>
 __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(AttentionArgs a, int n_splits) {
-  pdl_trigger();  // a dependent gemv may start fetching its weights
+  pdl_wait();  // launched as a dependent
+  pdl_trigger();
   __shared__ uint4 kv_shared[kWarps][2 * kStageMaxDim * 16 * 2 / 16];
   __shared__ float q_shared[kWarps][R][kStageMaxDim];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -292,7 +294,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
 
 // out[row][head] = Σ_s acc_s e^(m_s - M) / Σ_s l_s e^(m_s - M).
 __global__ void combine_kernel(AttentionArgs a, int n_splits) {
-  pdl_trigger();  // a dependent gemv may start fetching its weights
+  pdl_wait();  // launched as a dependent
+  pdl_trigger();
   const int64_t rh = blockIdx.x;  // row * n_heads + head
   const int hd = a.kv.head_dim;
   const float* part = a.partial + rh * n_splits * static_cast<int64_t>(hd + 2);
@@ -345,8 +348,8 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   if (staged) {
     const int r = a.group_rows;
 #define PENSIEVE_STAGED(D)                                                                       \
-  if (r == 1) attention_staged_kernel<D, 1><<<grid, kWarps * 32, 0, stream>>>(a, n_splits);      \
-  else attention_staged_kernel<D, 4><<<grid, kWarps * 32, 0, stream>>>(a, n_splits);
+  if (r == 1) launch_dependent(attention_staged_kernel<D, 1>, grid, kWarps * 32, 0, stream, a, n_splits); \
+  else launch_dependent(attention_staged_kernel<D, 4>, grid, kWarps * 32, 0, stream, a, n_splits);
     switch (dpl) {
       case 1: PENSIEVE_STAGED(1) break;
       case 2: PENSIEVE_STAGED(2) break;
@@ -356,16 +359,16 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
 #undef PENSIEVE_STAGED
   } else {
     switch (dpl) {
-      case 1: attention_kernel<1><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
-      case 2: attention_kernel<2><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
-      case 3: attention_kernel<3><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
-      case 4: attention_kernel<4><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
-      default: attention_kernel<8><<<grid, kWarps * 32, 0, stream>>>(a, n_splits); break;
+      case 1: launch_dependent(attention_kernel<1>, grid, kWarps * 32, 0, stream, a, n_splits); break;
+      case 2: launch_dependent(attention_kernel<2>, grid, kWarps * 32, 0, stream, a, n_splits); break;
+      case 3: launch_dependent(attention_kernel<3>, grid, kWarps * 32, 0, stream, a, n_splits); break;
+      case 4: launch_dependent(attention_kernel<4>, grid, kWarps * 32, 0, stream, a, n_splits); break;
+      default: launch_dependent(attention_kernel<8>, grid, kWarps * 32, 0, stream, a, n_splits); break;
     }
   }
   PENSIEVE_CUDA_LAUNCHED("attention");
   if (n_splits > 1) {
-    combine_kernel<<<static_cast<unsigned>(a.n_rows * a.n_heads), 128, 0, stream>>>(a, n_splits);
+    launch_dependent(combine_kernel, static_cast<unsigned>(a.n_rows * a.n_heads), 128, 0, stream, a, n_splits);
     PENSIEVE_CUDA_LAUNCHED("attention combine");
   }
 }

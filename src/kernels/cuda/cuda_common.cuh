@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "core/error_type.h"
@@ -99,13 +100,42 @@ __device__ __forceinline__ float4 silu_mul4(float4 g, float4 u) {
 }
 
 // Programmatic dependent launch (sm_90). A kernel launched as a dependent
-// (gemv_q4.cu) may start while the kernel before it still runs, and must
-// call pdl_wait() before it touches anything that kernel reads or writes;
-// pdl_trigger() lets such a dependent start once every block of the calling
-// kernel has called it (without it: once they have exited). Both are no-ops
-// where no dependent launch is involved.
+// (launch_dependent below) may start while the kernel before it still runs,
+// and must call pdl_wait() before it touches anything that kernel, or any
+// before it, reads or writes (every dependent waits, so waiting covers the
+// whole chain); pdl_trigger() lets the next dependent start once every
+// block of the calling kernel has called it (without it: once they have
+// exited). Both are no-ops where no dependent launch is involved. The small
+// kernels wait first and then trigger, so at most the next kernel is
+// launched ahead; the 4-bit gemv loads its first weights before it waits.
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;"); }
+
+// PENSIEVE_CUDA_PDL=0 launches every kernel after the one before it ends
+// (read at every launch outside a graph replay).
+inline bool pdl_enabled() {
+  const char* e = std::getenv("PENSIEVE_CUDA_PDL");
+  return e == nullptr || e[0] != '0';
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent
+// of the kernel before it on the stream. Only for kernels that follow a
+// kernel (not a copy) and call pdl_wait() first.
+template <typename... KArgs, typename... Args>
+void launch_dependent(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                      Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  PENSIEVE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...));
+}
 
 inline unsigned blocks_for(int64_t n, int64_t per_block) {
   return static_cast<unsigned>((n + per_block - 1) / per_block);

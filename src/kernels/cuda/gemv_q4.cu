@@ -1,25 +1,28 @@
 // Decode's gemv for 4-bit MLX weights on integer dot products.
 //
-// Each block first stages x (up to 8 tokens) in shared memory as two int8
-// levels per 32 columns, as the CPU's integer kernels do
-// (kernels/cpu/matmul_impl.h):
+// x (up to 8 tokens) is staged in shared memory as two int8 levels per 32
+// columns, as the CPU's integer kernels can (kernels/cpu/matmul_impl.h):
 //   x ≈ d·(254·q1 + q2),  d = max|x| / (127·254),  q1, q2 in [-127, 127],
-// with Σx kept exactly. A row's 16-byte load is 32 nibbles of one weight
+// with Σx kept exactly. Each block quantizes all of x itself (run 8's ncu:
+// about as many instructions as the dot products), or, with
+// PENSIEVE_CUDA_GEMV_Q4=3, a small kernel quantizes it once per gemv into
+// a scratch buffer that each block copies (not yet measured on a GPU). A row's 16-byte load is 32 nibbles of one weight
 // group, so for each load and token
 //   Σ (s·n + b)·x = s·d·(254·Σ n·q1 + Σ n·q2) + b·Σx,
 // where the two sums are 8 dp4a each on the nibbles masked in place (the
 // even ones with 0x0F0F0F0F, the odd ones after a 4-bit shift; x's bytes are
 // staged in that order). Per weight this is about one instruction, against
 // the five or more of dequantizing to f32 (whose int-to-float conversions
-// run at an eighth of the FMA rate): the f32 gemv was bound by its
-// instructions at a quarter of the memory bandwidth.
+// run at an eighth of the FMA rate).
 //
-// Each warp walks (row, chunk of up to 4096 columns) units with the next
-// unit's loads (and scales) in flight while it computes the current one;
-// the grid is sized so every warp has the same number of rows and the card
-// holds every block at once. The kernel is launched as a programmatic
-// dependent: its first weights are loaded (and the rest asked into L2)
-// while the kernel before it, which writes x, still runs.
+// Each warp owns a run of consecutive rows and takes them two at a time,
+// both rows' loads in flight together and each staged x vector serving
+// both; the group index is a shift and the scale type a template parameter
+// (a run-time division and a switch per load were most of the instructions
+// before). The grid is sized so that every block is resident at once. The
+// gemv is launched as a programmatic dependent: its first weights are
+// loaded (and the rest of its rows asked into L2) while the kernel before
+// it, which writes x, still runs.
 #include <algorithm>
 #include <cstdlib>
 
@@ -29,7 +32,7 @@ namespace pensieve::cuda {
 namespace {
 
 constexpr int kQ4Warps = 8;
-constexpr int kQ4Loads = 4;  // 16-byte loads per lane and row per chunk
+constexpr int kPairLoads = 2;  // 16-byte loads per lane and row per chunk (both rows' in flight at once)
 constexpr size_t kQ4MaxSmem = 200 * 1024;
 
 // Round to nearest even for |v| < 2^22 without the conversion unit.
@@ -93,176 +96,220 @@ __device__ void stage_x(const float* __restrict__ x, int cols, uint4* q, float2*
   }
 }
 
-template <int T, bool SILU>
-__global__ void __launch_bounds__(kQ4Warps * 32)
-    gemv_q4_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, float* __restrict__ y,
-                   int64_t ldy, int rows_per_warp) {
+// x quantized once for a whole gemv (grid: one block per token) into
+// global memory in the staged layout: q[T][4][nblk], then ds[T][nblk]. The
+// gemv's blocks copy it (6.9 KB a token for 3072 columns) instead of each
+// quantizing all of x again, which cost as many instructions as the dot
+// products.
+template <bool SILU>
+__global__ void quantize_x_kernel(const float* __restrict__ x, int64_t ldx, int cols, int n_tokens, uint4* q) {
+  pdl_wait();  // launched as a dependent
+  pdl_trigger();
+  const int nblk = cols / 32;
+  const int t = blockIdx.y;
+  float2* ds = reinterpret_cast<float2*>(q + static_cast<int64_t>(n_tokens) * 4 * nblk);
+  stage_x<SILU>(x + t * ldx, cols, q + t * 4 * nblk, ds + t * nblk, nblk);
+}
+
+// A group's scale or bias, its type fixed at compile time (bf16 is its top
+// 16 bits of an f32).
+template <int ST>
+__device__ __forceinline__ float scale_at(const void* p, int64_t i) {
+  if constexpr (ST == kScaleF32) {
+    return __ldg(static_cast<const float*>(p) + i);
+  } else if constexpr (ST == kScaleF16) {
+    return __half2float(__ldg(static_cast<const __half*>(p) + i));
+  } else {
+    return __uint_as_float(static_cast<uint32_t>(__ldg(static_cast<const unsigned short*>(p) + i)) << 16);
+  }
+}
+
+// Two rows at a time: each warp owns a run of consecutive rows and takes
+// them in pairs, both rows' loads in flight together, and every staged x
+// vector read from shared memory serves both rows. The group of a 32-column
+// block is its index shifted (group sizes are powers of two), in 32-bit
+// arithmetic from the row's first group.
+template <int T, bool SILU, int ST, bool PREQ>
+__global__ void __launch_bounds__(kQ4Warps * 32, T == 1 ? 4 : T == 2 ? 3 : 2)
+    gemv_q4_pair_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, const uint4* __restrict__ xq_global,
+                        float* __restrict__ y, int64_t ldy, int rows_per_warp, int group_shift) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int cols = static_cast<int>(w.cols);
   const int nblk = cols / 32;
-  uint4* xq = reinterpret_cast<uint4*>(smem);                // [T][4][nblk]
+  uint4* xq = reinterpret_cast<uint4*>(smem);                  // [T][4][nblk]
   float2* xds = reinterpret_cast<float2*>(xq + T * 4 * nblk);  // [T][nblk]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kQ4Warps;
-  const int blocks_per_group = w.group_size / 32;
-  const int64_t n_groups = w.cols / w.group_size;
-  const int nchunk = (nblk + 32 * kQ4Loads - 1) / (32 * kQ4Loads);
+  const int64_t r_begin = (static_cast<int64_t>(blockIdx.x) * kQ4Warps + warp) * rows_per_warp;
+  const int64_t r_end = min(r_begin + rows_per_warp, w.rows);
+  const int n_groups = nblk >> group_shift;
+  const int nchunk = (nblk + 32 * kPairLoads - 1) / (32 * kPairLoads);
+  const int64_t row_bytes = cols / 2;
 
-  uint4 cur[kQ4Loads], nxt[kQ4Loads];
-  float cur_s[kQ4Loads], cur_b[kQ4Loads], nxt_s[kQ4Loads], nxt_b[kQ4Loads];
-  auto fetch = [&](int64_t r, int chunk, uint4 (&raw)[kQ4Loads], float (&sc)[kQ4Loads],
-                   float (&bi)[kQ4Loads]) {
-    const uint4* rowp = reinterpret_cast<const uint4*>(w.data + r * (w.cols / 2));
+  // A warp with one row left computes its second slot on zeros.
+  uint4 raw0[kPairLoads] = {}, raw1[kPairLoads] = {};
+  float s0[kPairLoads] = {}, b0[kPairLoads] = {}, s1[kPairLoads] = {}, b1[kPairLoads] = {};
+  auto fetch = [&](int64_t r, int chunk, uint4 (&raw)[kPairLoads], float (&sc)[kPairLoads], float (&bi)[kPairLoads]) {
+    const uint4* rowp = reinterpret_cast<const uint4*>(w.data + r * row_bytes);
+    const int64_t g0 = r * n_groups;
 #pragma unroll
-    for (int p = 0; p < kQ4Loads; ++p) {
-      const int b = (chunk * kQ4Loads + p) * 32 + lane;
+    for (int p = 0; p < kPairLoads; ++p) {
+      const int b = (chunk * kPairLoads + p) * 32 + lane;
       raw[p] = make_uint4(0, 0, 0, 0);
       sc[p] = bi[p] = 0.f;
       if (b < nblk) {
         raw[p] = __ldg(rowp + b);
-        const int64_t g = r * n_groups + b / blocks_per_group;
-        sc[p] = load_scale(w.scales, w.scale_type, g);
-        bi[p] = load_scale(w.biases, w.scale_type, g);
+        sc[p] = scale_at<ST>(w.scales, g0 + (b >> group_shift));
+        bi[p] = scale_at<ST>(w.biases, g0 + (b >> group_shift));
       }
     }
   };
 
-  int64_t row = blockIdx.x * static_cast<int64_t>(kQ4Warps) + warp;
-  int64_t last_row = row + static_cast<int64_t>(rows_per_warp - 1) * stride;
-  if (last_row >= w.rows) last_row = w.rows - 1;
-  int chunk = 0;
-  // Only weights are read before pdl_wait(): launched as a dependent, this
-  // runs while the kernel that writes x finishes. The first unit goes to
-  // registers, the rest of the warp's rows are asked into L2.
-  if (row < w.rows) fetch(row, 0, cur, cur_s, cur_b);
-  for (int64_t r = row; r <= last_row; r += stride) {
-    const char* rowp = reinterpret_cast<const char*>(w.data + r * (w.cols / 2));
-    for (int64_t off = (r == row ? 32 * kQ4Loads * 16 : 0) + lane * 128; off < w.cols / 2; off += 32 * 128)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(rowp + off));
+  // Weights only before pdl_wait(): the first pair to registers, the rest of
+  // the warp's rows (contiguous bytes) asked into L2.
+  if (r_begin < r_end) {
+    fetch(r_begin, 0, raw0, s0, b0);
+    if (r_begin + 1 < r_end) fetch(r_begin + 1, 0, raw1, s1, b1);
+    const char* first = reinterpret_cast<const char*>(w.data) + r_begin * row_bytes;
+    const int64_t skip = nchunk == 1 ? 2 * row_bytes : 32 * kPairLoads * 16;
+    for (int64_t off = skip + lane * 128; off < (r_end - r_begin) * row_bytes; off += 32 * 128)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(first + off));
   }
   pdl_wait();
+  pdl_trigger();
+  if constexpr (PREQ) {
+    const float2* gds = reinterpret_cast<const float2*>(xq_global + T * 4 * nblk);
+    for (int i = threadIdx.x; i < T * 4 * nblk; i += blockDim.x) xq[i] = xq_global[i];
+    for (int i = threadIdx.x; i < T * nblk; i += blockDim.x) xds[i] = gds[i];
+  } else {
 #pragma unroll
-  for (int t = 0; t < T; ++t) stage_x<SILU>(x + t * ldx, cols, xq + t * 4 * nblk, xds + t * nblk, nblk);
+    for (int t = 0; t < T; ++t) stage_x<SILU>(x + t * ldx, cols, xq + t * 4 * nblk, xds + t * nblk, nblk);
+  }
   __syncthreads();
 
-  float acc[T];
+  for (int64_t r = r_begin; r < r_end; r += 2) {
+    const bool two = r + 1 < r_end;
+    float acc0[T], acc1[T];
 #pragma unroll
-  for (int t = 0; t < T; ++t) acc[t] = 0.f;
-  while (row <= last_row) {
-    // The next unit's loads go out before this one is used.
-    const bool row_done = chunk + 1 == nchunk;
-    const int64_t next_row = row_done ? row + stride : row;
-    const int next_chunk = row_done ? 0 : chunk + 1;
-    if (next_row <= last_row) fetch(next_row, next_chunk, nxt, nxt_s, nxt_b);
-#pragma unroll
-    for (int p = 0; p < kQ4Loads; ++p) {
-      const int b = (chunk * kQ4Loads + p) * 32 + lane;
-      if (b >= nblk) continue;
-      const uint32_t words[4] = {cur[p].x, cur[p].y, cur[p].z, cur[p].w};
-      int lo[4], hi[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        lo[i] = static_cast<int>(words[i] & 0x0F0F0F0Fu);
-        hi[i] = static_cast<int>((words[i] >> 4) & 0x0F0F0F0Fu);
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = 0.f;
+    for (int chunk = 0; chunk < nchunk; ++chunk) {
+      if (r != r_begin || chunk != 0) {
+        fetch(r, chunk, raw0, s0, b0);
+        if (two) fetch(r + 1, chunk, raw1, s1, b1);
       }
 #pragma unroll
-      for (int t = 0; t < T; ++t) {
-        const uint4* xt = xq + t * 4 * nblk + b;
-        const uint4 a0 = xt[0], a1 = xt[nblk], c0 = xt[2 * nblk], c1 = xt[3 * nblk];
-        int s1 = __dp4a(lo[0], static_cast<int>(a0.x), 0);
-        s1 = __dp4a(hi[0], static_cast<int>(a0.y), s1);
-        s1 = __dp4a(lo[1], static_cast<int>(a0.z), s1);
-        s1 = __dp4a(hi[1], static_cast<int>(a0.w), s1);
-        s1 = __dp4a(lo[2], static_cast<int>(a1.x), s1);
-        s1 = __dp4a(hi[2], static_cast<int>(a1.y), s1);
-        s1 = __dp4a(lo[3], static_cast<int>(a1.z), s1);
-        s1 = __dp4a(hi[3], static_cast<int>(a1.w), s1);
-        int s2 = __dp4a(lo[0], static_cast<int>(c0.x), 0);
-        s2 = __dp4a(hi[0], static_cast<int>(c0.y), s2);
-        s2 = __dp4a(lo[1], static_cast<int>(c0.z), s2);
-        s2 = __dp4a(hi[1], static_cast<int>(c0.w), s2);
-        s2 = __dp4a(lo[2], static_cast<int>(c1.x), s2);
-        s2 = __dp4a(hi[2], static_cast<int>(c1.y), s2);
-        s2 = __dp4a(lo[3], static_cast<int>(c1.z), s2);
-        s2 = __dp4a(hi[3], static_cast<int>(c1.w), s2);
-        const float2 ds = xds[t * nblk + b];
-        // |254·s1 + s2| < 2^24: exact in f32.
-        acc[t] = fmaf(cur_s[p] * ds.x, static_cast<float>(254 * s1 + s2), fmaf(cur_b[p], ds.y, acc[t]));
-      }
-    }
-    if (row_done) {
+      for (int p = 0; p < kPairLoads; ++p) {
+        const int b = (chunk * kPairLoads + p) * 32 + lane;
+        if (b >= nblk) continue;
+        int lo0[4], hi0[4], lo1[4], hi1[4];
+        {
+          const uint32_t w0[4] = {raw0[p].x, raw0[p].y, raw0[p].z, raw0[p].w};
+          const uint32_t w1[4] = {raw1[p].x, raw1[p].y, raw1[p].z, raw1[p].w};
 #pragma unroll
-      for (int t = 0; t < T; ++t) {
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) y[t * ldy + row] = s;
-        acc[t] = 0.f;
+          for (int i = 0; i < 4; ++i) {
+            lo0[i] = static_cast<int>(w0[i] & 0x0F0F0F0Fu);
+            hi0[i] = static_cast<int>((w0[i] >> 4) & 0x0F0F0F0Fu);
+            lo1[i] = static_cast<int>(w1[i] & 0x0F0F0F0Fu);
+            hi1[i] = static_cast<int>((w1[i] >> 4) & 0x0F0F0F0Fu);
+          }
+        }
+#pragma unroll
+        for (int t = 0; t < T; ++t) {
+          const uint4* xt = xq + t * 4 * nblk + b;
+          const uint4 a0 = xt[0], a1 = xt[nblk], c0 = xt[2 * nblk], c1 = xt[3 * nblk];
+          const int xa[8] = {static_cast<int>(a0.x), static_cast<int>(a0.y), static_cast<int>(a0.z),
+                             static_cast<int>(a0.w), static_cast<int>(a1.x), static_cast<int>(a1.y),
+                             static_cast<int>(a1.z), static_cast<int>(a1.w)};
+          const int xc[8] = {static_cast<int>(c0.x), static_cast<int>(c0.y), static_cast<int>(c0.z),
+                             static_cast<int>(c0.w), static_cast<int>(c1.x), static_cast<int>(c1.y),
+                             static_cast<int>(c1.z), static_cast<int>(c1.w)};
+          const float2 ds = xds[t * nblk + b];
+          int p1 = 0, p2 = 0, q1 = 0, q2 = 0;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            p1 = __dp4a(hi0[i], xa[2 * i + 1], __dp4a(lo0[i], xa[2 * i], p1));
+            p2 = __dp4a(hi0[i], xc[2 * i + 1], __dp4a(lo0[i], xc[2 * i], p2));
+            q1 = __dp4a(hi1[i], xa[2 * i + 1], __dp4a(lo1[i], xa[2 * i], q1));
+            q2 = __dp4a(hi1[i], xc[2 * i + 1], __dp4a(lo1[i], xc[2 * i], q2));
+          }
+          // |254·p1 + p2| < 2^24: exact in f32.
+          acc0[t] = fmaf(s0[p] * ds.x, static_cast<float>(254 * p1 + p2), fmaf(b0[p], ds.y, acc0[t]));
+          acc1[t] = fmaf(s1[p] * ds.x, static_cast<float>(254 * q1 + q2), fmaf(b1[p], ds.y, acc1[t]));
+        }
       }
     }
-    row = next_row;
-    chunk = next_chunk;
 #pragma unroll
-    for (int p = 0; p < kQ4Loads; ++p) {
-      cur[p] = nxt[p];
-      cur_s[p] = nxt_s[p];
-      cur_b[p] = nxt_b[p];
+    for (int t = 0; t < T; ++t) {
+      const float v0 = warp_sum(acc0[t]);
+      const float v1 = warp_sum(acc1[t]);
+      if (lane == 0) {
+        y[t * ldy + r] = v0;
+        if (two) y[t * ldy + r + 1] = v1;
+      }
     }
   }
 }
 
-// Launched as a programmatic dependent of the kernel before (sm_90) unless
-// PENSIEVE_CUDA_PDL=0 (read at every launch outside a graph replay).
-bool pdl_enabled() {
-  const char* e = std::getenv("PENSIEVE_CUDA_PDL");
-  return e == nullptr || e[0] != '0';
-}
-
-// Blocks of one kernel the card holds at once with this much shared memory
-// (the attribute set and the occupancy asked once per kernel and size).
-template <int T, bool SILU>
-void launch(const GpuWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, size_t smem,
-            cudaStream_t stream) {
-  auto kernel = gemv_q4_kernel<T, SILU>;
+// Blocks of Kernel the card holds at once per multiprocessor with this much
+// shared memory (the attribute set once, the occupancy asked once per size).
+template <auto Kernel>
+int blocks_per_sm(size_t smem) {
   static bool configured = false;
   static int per_sm = 0;
   static size_t per_sm_smem = 0;
   if (!configured) {
-    PENSIEVE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    PENSIEVE_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kQ4MaxSmem)));
     configured = true;
   }
   if (per_sm_smem != smem) {
-    PENSIEVE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kQ4Warps * 32, smem));
+    PENSIEVE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, kQ4Warps * 32, smem));
     per_sm_smem = smem;
   }
-  // Every warp gets the same number of rows, as few as lets the whole grid
-  // be resident (each block stages x once, so fewer blocks stage less).
-  const int64_t resident_warps = static_cast<int64_t>(multiprocessor_count()) * std::max(per_sm, 1) * kQ4Warps;
-  const int64_t rows_per_warp = (w.rows + resident_warps - 1) / resident_warps;
-  const auto grid = blocks_for(w.rows, kQ4Warps * rows_per_warp);
-  const int rpw = static_cast<int>(rows_per_warp);
-  if (!pdl_enabled()) {
-    kernel<<<grid, kQ4Warps * 32, smem, stream>>>(w, x, ldx, y, ldy, rpw);
+  return std::max(per_sm, 1);
+}
+
+// Every warp gets the same number of rows, as few as lets the whole grid be
+// resident (each block stages x once, so fewer blocks stage less).
+int rows_per_warp(int64_t rows, int per_sm) {
+  const int64_t resident_warps = static_cast<int64_t>(multiprocessor_count()) * per_sm * kQ4Warps;
+  return static_cast<int>((rows + resident_warps - 1) / resident_warps);
+}
+
+template <int T, bool SILU, int ST>
+void launch_pairs(const GpuWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, size_t smem,
+                  int group_shift, uint4* scratch, cudaStream_t stream) {
+  if (scratch != nullptr) {
+    const int cols = static_cast<int>(w.cols);
+    launch_dependent(quantize_x_kernel<SILU>, dim3(1, T), std::min(1024, std::max(32, cols / 8)), 0, stream, x, ldx,
+                     cols, T, scratch);
+    constexpr auto kernel = gemv_q4_pair_kernel<T, SILU, ST, true>;
+    const int rpw = rows_per_warp(w.rows, blocks_per_sm<kernel>(smem));
+    launch_dependent(kernel, blocks_for(w.rows, static_cast<int64_t>(kQ4Warps) * rpw), kQ4Warps * 32, smem, stream,
+                     w, x, ldx, scratch, y, ldy, rpw, group_shift);
     return;
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(kQ4Warps * 32);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  PENSIEVE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, w, x, ldx, y, ldy, rpw));
+  constexpr auto kernel = gemv_q4_pair_kernel<T, SILU, ST, false>;
+  const int rpw = rows_per_warp(w.rows, blocks_per_sm<kernel>(smem));
+  launch_dependent(kernel, blocks_for(w.rows, static_cast<int64_t>(kQ4Warps) * rpw), kQ4Warps * 32, smem, stream, w,
+                   x, ldx, scratch, y, ldy, rpw, group_shift);
+}
+
+template <int T, bool SILU>
+void launch(const GpuWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, size_t smem,
+            int group_shift, uint4* scratch, cudaStream_t stream) {
+  switch (w.scale_type) {
+    case kScaleF32: return launch_pairs<T, SILU, kScaleF32>(w, x, ldx, y, ldy, smem, group_shift, scratch, stream);
+    case kScaleF16: return launch_pairs<T, SILU, kScaleF16>(w, x, ldx, y, ldy, smem, group_shift, scratch, stream);
+    default: return launch_pairs<T, SILU, kScaleBF16>(w, x, ldx, y, ldy, smem, group_shift, scratch, stream);
+  }
 }
 
 template <bool SILU>
 void launch_t(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-              size_t smem, cudaStream_t stream) {
+              size_t smem, int group_shift, uint4* scratch, cudaStream_t stream) {
   switch (n_tokens) {
 #define PENSIEVE_Q4_CASE(T) \
-  case T: launch<T, SILU>(w, x, ldx, y, ldy, smem, stream); break;
+  case T: launch<T, SILU>(w, x, ldx, y, ldy, smem, group_shift, scratch, stream); break;
     PENSIEVE_Q4_CASE(1)
     PENSIEVE_Q4_CASE(2)
     PENSIEVE_Q4_CASE(3)
@@ -276,15 +323,21 @@ void launch_t(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens,
   }
 }
 
-}  // namespace
-
-bool gemv_q4_enabled() {
+// PENSIEVE_CUDA_GEMV_Q4: 0 turns the int8 gemv off (the f32 gemv runs), 3
+// quantizes x once per gemv (not yet measured on a GPU: opt-in until it
+// is), anything else (the default) makes each block quantize x itself.
+int gemv_q4_mode() {
   const char* e = std::getenv("PENSIEVE_CUDA_GEMV_Q4");
-  return e == nullptr || e[0] != '0';
+  if (e == nullptr || e[0] == '\0') return 2;
+  return e[0] == '0' ? 0 : e[0] == '3' ? 3 : 2;
 }
 
+}  // namespace
+
+bool gemv_q4_enabled() { return gemv_q4_mode() != 0; }
+
 bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-             bool silu, cudaStream_t stream) {
+             bool silu, void* scratch, cudaStream_t stream) {
   const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
   if (w.format != kAffine4 || n_tokens < 1 || n_tokens > kGemvMaxTokens || w.group_size % 32 != 0 ||
       w.cols % w.group_size != 0 || w.cols > (1 << 24) || !aligned16(w.data) || !aligned16(x) ||
@@ -292,8 +345,17 @@ bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, 
     return false;
   const size_t smem = static_cast<size_t>(n_tokens) * static_cast<size_t>(w.cols / 32) * (64 + 8);
   if (smem > kQ4MaxSmem) return false;
-  if (silu) launch_t<true>(w, x, ldx, n_tokens, y, ldy, smem, stream);
-  else launch_t<false>(w, x, ldx, n_tokens, y, ldy, smem, stream);
+  // The group index is a shift: group sizes of 32 · 2^k.
+  int group_shift = -1;
+  for (int k = 0; k < 8; ++k)
+    if (w.group_size == (32 << k)) group_shift = k;
+  if (group_shift < 0) return false;
+  const int mode = gemv_q4_mode();
+  // The quantized x fits the scratch wherever it fits shared memory.
+  static_assert(kGemvScratchBytes >= kQ4MaxSmem);
+  uint4* q = mode == 3 ? static_cast<uint4*>(scratch) : nullptr;
+  if (silu) launch_t<true>(w, x, ldx, n_tokens, y, ldy, smem, group_shift, q, stream);
+  else launch_t<false>(w, x, ldx, n_tokens, y, ldy, smem, group_shift, q, stream);
   PENSIEVE_CUDA_LAUNCHED("gemv_q4");
   return true;
 }

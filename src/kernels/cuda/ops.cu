@@ -31,7 +31,7 @@ __device__ float block_sum(float v) {
 }
 
 __global__ void embed_kernel(GpuWeight table, const int32_t* tokens, int64_t dim, float* x) {
-  pdl_trigger();  // a dependent gemv may start fetching its weights
+  pdl_trigger();  // the next kernel may launch (embed follows the step's copies: a plain launch)
   const int64_t r = blockIdx.x;
   const int64_t tok = tokens[r];
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) x[r * dim + c] = weight_at(table, tok, c);
@@ -39,7 +39,8 @@ __global__ void embed_kernel(GpuWeight table, const int32_t* tokens, int64_t dim
 
 __global__ void rms_norm_kernel(const float* x, const int32_t* rows, const float* w, int64_t dim,
                                 float eps, float* out) {
-  pdl_trigger();  // a dependent gemv may start fetching its weights
+  pdl_wait();  // launched as a dependent
+  pdl_trigger();
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows ? rows[r] : r) * dim;
   float ss = 0.f;
@@ -50,7 +51,8 @@ __global__ void rms_norm_kernel(const float* x, const int32_t* rows, const float
 
 __global__ void add_rms_norm_kernel(float* x, const float* delta, const float* bias,
                                     const float* w, int64_t dim, float eps, float* h) {
-  pdl_trigger();  // a dependent gemv may start fetching its weights
+  pdl_wait();  // launched as a dependent
+  pdl_trigger();
   const int64_t r = blockIdx.x;
   float* xr = x + r * dim;
   const float* dr = delta + r * dim;
@@ -67,7 +69,8 @@ __global__ void add_rms_norm_kernel(float* x, const float* delta, const float* b
 }
 
 __global__ void silu_mul_kernel(const float* gu, int64_t n, float* out) {
-  pdl_trigger();  // a dependent gemv may start fetching its weights
+  pdl_wait();  // launched as a dependent
+  pdl_trigger();
   const int64_t r = blockIdx.y;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
@@ -79,7 +82,8 @@ __global__ void silu_mul_kernel(const float* gu, int64_t n, float* out) {
 // heads, the rest v heads.
 __global__ void qkv_post_kernel(QkvPostArgs a, float* qkv, const float* cos, const float* sin,
                                 const int32_t* slots, int64_t n_rows, float* q, GpuKvLayer kv) {
-  pdl_trigger();  // a dependent gemv may start fetching its weights
+  pdl_wait();  // launched as a dependent
+  pdl_trigger();
   const int n_slots = a.n_heads + 2 * a.n_kv_heads;
   const int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   if (item >= n_rows * n_slots) return;
@@ -141,23 +145,23 @@ void embed(const GpuWeight& table, const int32_t* tokens, int64_t n_rows, float*
 void rms_norm(const float* x, const int32_t* rows, const float* w, int64_t n_rows, int64_t dim,
               float eps, float* out, cudaStream_t stream) {
   if (n_rows == 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(n_rows), threads_for(n_rows), 0, stream>>>(x, rows, w, dim,
-                                                                                     eps, out);
+  launch_dependent(rms_norm_kernel, static_cast<unsigned>(n_rows), threads_for(n_rows), 0, stream, x, rows, w,
+                   dim, eps, out);
   PENSIEVE_CUDA_LAUNCHED("rms_norm");
 }
 
 void add_rms_norm(float* x, const float* delta, const float* bias, const float* w, int64_t n_rows,
                   int64_t dim, float eps, float* h, cudaStream_t stream) {
   if (n_rows == 0) return;
-  add_rms_norm_kernel<<<static_cast<unsigned>(n_rows), threads_for(n_rows), 0, stream>>>(
-      x, delta, bias, w, dim, eps, h);
+  launch_dependent(add_rms_norm_kernel, static_cast<unsigned>(n_rows), threads_for(n_rows), 0, stream, x, delta,
+                   bias, w, dim, eps, h);
   PENSIEVE_CUDA_LAUNCHED("add_rms_norm");
 }
 
 void silu_mul(const float* gu, int64_t n_rows, int64_t n, float* out, cudaStream_t stream) {
   if (n_rows == 0) return;
   const dim3 grid(blocks_for(n, kThreads), static_cast<unsigned>(n_rows));
-  silu_mul_kernel<<<grid, kThreads, 0, stream>>>(gu, n, out);
+  launch_dependent(silu_mul_kernel, grid, kThreads, 0, stream, gu, n, out);
   PENSIEVE_CUDA_LAUNCHED("silu_mul");
 }
 
@@ -167,8 +171,8 @@ void qkv_post(const QkvPostArgs& a, float* qkv, const float* cos, const float* s
   if (n_rows == 0) return;
   const int64_t items = n_rows * (a.n_heads + 2 * a.n_kv_heads);
   constexpr int kWarps = 4;
-  qkv_post_kernel<<<blocks_for(items, kWarps), kWarps * 32, 0, stream>>>(a, qkv, cos, sin, slots,
-                                                                         n_rows, q, kv);
+  launch_dependent(qkv_post_kernel, blocks_for(items, kWarps), kWarps * 32, 0, stream, a, qkv, cos, sin, slots,
+                   n_rows, q, kv);
   PENSIEVE_CUDA_LAUNCHED("qkv_post");
 }
 
