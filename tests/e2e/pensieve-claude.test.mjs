@@ -4,6 +4,7 @@
 //   exits with Claude Code's code;
 // - with a server running where the config file says, it uses that one and
 //   leaves it running;
+// - a server that cannot start (a broken config) is one error line saying why;
 // - with no `claude` on PATH it says how to install it and starts nothing.
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -90,6 +91,23 @@ describe('pensieve claude', { skip: bin ? false : 'the Claude Code native binary
     } finally {
       const { code } = await server.stop();
       assert.equal(code, 0, server.log);
+    }
+  });
+
+  it('says in one line why the server it started did not come up', { timeout: 60_000 }, async () => {
+    const broken = mkdtempSync(path.join(os.tmpdir(), 'pensieve-claude-broken-'));
+    try {
+      const config = path.join(broken, 'config.toml');
+      writeFileSync(config, 'model = "/no/such/model"\n');
+      const r = await run(pensieveBinary(), ['claude', '-p', 'hi'], {
+        env: userEnv(broken, { extra: { PENSIEVE_CONFIG: config } }), cwd: broken, timeoutMs: 30_000,
+      });
+      assert.equal(r.code, 1, r.stderr);
+      const errors = r.stderr.split('\n').filter((l) => l.startsWith('error: '));
+      assert.equal(errors.length, 1, r.stderr);
+      assert.match(errors[0], /the server did not start \(exit 1\).*--model \/no\/such\/model: no such folder \(from .*config\.toml:1\)/);
+    } finally {
+      rmSync(broken, { recursive: true, force: true });
     }
   });
 
