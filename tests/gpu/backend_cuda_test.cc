@@ -227,7 +227,8 @@ TEST_F(CudaBackendTest, MatmulMatchesTheScalarReference) {
 // The 4-bit decode gemv with more rows than the card's resident warps (each
 // warp walks several rows) and rows of several column chunks, and the MLP's
 // fused silu(gate)·up gemv for both quantized formats, against the scalar
-// reference. Each is also run with the int8 gemv off (the f32 gemvs).
+// reference. Each runs with the int8 gemv quantizing x per block (2), once
+// per gemv (3), and off (0: the f32 gemvs).
 TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
   struct Case { WeightFormat format; ScaleType st; int group; int64_t rows, cols; bool silu; };
   const Case cases[] = {
@@ -239,7 +240,7 @@ TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
   };
   for (const Case& c : cases) {
     for (const int64_t tokens : {1, 2, 5, 8, 13}) {
-      for (const char* q4 : {"1", "0"}) {
+      for (const char* q4 : {"2", "3", "0"}) {
         HostWeight hw = random_weight(rng_, c.format, c.st, c.group, c.rows, c.cols);
         const int64_t ldx = c.silu ? 2 * c.cols : c.cols;
         const std::vector<float> gu = random_floats(rng_, static_cast<size_t>(tokens * ldx));

@@ -280,8 +280,9 @@ void launch_pairs(const GpuWeight& w, const float* x, int64_t ldx, float* y, int
                   int group_shift, uint4* scratch, cudaStream_t stream) {
   if (scratch != nullptr) {
     const int cols = static_cast<int>(w.cols);
-    launch_dependent(quantize_x_kernel<SILU>, dim3(1, T), std::min(1024, std::max(32, cols / 8)), 0, stream, x, ldx,
-                     cols, T, scratch);
+    // Whole warps (stage_x's shuffles take every lane), 8 values a thread.
+    const int threads = std::min(1024, (cols / 8 + 31) / 32 * 32);
+    launch_dependent(quantize_x_kernel<SILU>, dim3(1, T), threads, 0, stream, x, ldx, cols, T, scratch);
     constexpr auto kernel = gemv_q4_pair_kernel<T, SILU, ST, true>;
     const int rpw = rows_per_warp(w.rows, blocks_per_sm<kernel>(smem));
     launch_dependent(kernel, blocks_for(w.rows, static_cast<int64_t>(kQ4Warps) * rpw), kQ4Warps * 32, smem, stream,
