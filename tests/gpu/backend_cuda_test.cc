@@ -264,7 +264,9 @@ TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
           gpu_->matmul(parts, on_gpu(gu), ldx, tokens, y, c.rows);
         }
         unsetenv("PENSIEVE_CUDA_GEMV_Q4");
-        const double tol = c.format == WeightFormat::affine4 && q4[0] == '1' ? 1e-4 : 5e-5;
+        // The int8 gemv (modes 2 and 3) rounds x to two int8 levels: run 9
+        // measured 5.0-6.6e-5 on 96-wide rows; the f32 gemv (0) stays at 5e-5.
+        const double tol = c.format == WeightFormat::affine4 && q4[0] != '0' ? 1e-4 : 5e-5;
         EXPECT_LT(relative_error(ref, from_gpu(y, ref.size())), tol)
             << weight_format_name(c.format) << " group " << c.group << " rows " << c.rows << " cols "
             << c.cols << " tokens " << tokens << " silu " << c.silu << " int8 gemv " << q4;

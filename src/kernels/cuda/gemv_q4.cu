@@ -6,7 +6,8 @@
 // with Σx kept exactly. Each block quantizes all of x itself (run 8's ncu:
 // about as many instructions as the dot products), or, with
 // PENSIEVE_CUDA_GEMV_Q4=3, a small kernel quantizes it once per gemv into
-// a scratch buffer that each block copies (not yet measured on a GPU). A row's 16-byte load is 32 nibbles of one weight
+// a scratch buffer that each block copies (run 9: no faster at one token,
+// where the blocks' quantization overlaps the kernel before). A row's 16-byte load is 32 nibbles of one weight
 // group, so for each load and token
 //   Σ (s·n + b)·x = s·d·(254·Σ n·q1 + Σ n·q2) + b·Σx,
 // where the two sums are 8 dp4a each on the nibbles masked in place (the
@@ -325,8 +326,9 @@ void launch_t(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens,
 }
 
 // PENSIEVE_CUDA_GEMV_Q4: 0 turns the int8 gemv off (the f32 gemv runs), 3
-// quantizes x once per gemv (not yet measured on a GPU: opt-in until it
-// is), anything else (the default) makes each block quantize x itself.
+// quantizes x once per gemv (run 9: 415.4 / 410.6 tok/s against the
+// default's 417.4 / 418.4), anything else (the default) makes each block
+// quantize x itself.
 int gemv_q4_mode() {
   const char* e = std::getenv("PENSIEVE_CUDA_GEMV_Q4");
   if (e == nullptr || e[0] == '\0') return 2;
