@@ -341,7 +341,8 @@ RegisterCommand reg("claude", [](CLI::App& app) {
                                  [](const Command& c) { return c.name == "serve"; });
     if (it == commands().end()) fail(ErrorKind::internal, "no serve command");
     CLI::App serve{"", "serve"};
-    it->setup(serve);
+    // The action is not run, but holds the variables the options write to.
+    const auto keep_alive = it->setup(serve);
     serve.parse(std::vector<std::string>{});
     ConfigFile config(config_file_path(""));
     config.apply(serve);

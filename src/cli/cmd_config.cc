@@ -22,7 +22,8 @@ RegisterCommand reg("config", [](CLI::App& app) {
                                  [](const Command& c) { return c.name == "serve"; });
     if (it == commands().end()) fail(ErrorKind::internal, "no serve command");
     CLI::App serve{"", "serve"};
-    it->setup(serve);  // its action is not run
+    // Its action is not run, but holds the variables the options write to.
+    const auto keep_alive = it->setup(serve);
     std::vector<std::string> words = self->remaining();
     std::reverse(words.begin(), words.end());  // CLI11 parses a vector from its back
     try {
