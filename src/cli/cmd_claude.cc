@@ -95,14 +95,6 @@ int free_loopback_port() {
   return ntohs(addr.sin_port);
 }
 
-std::string loopback_url(const std::string& host, int port) {
-  std::string h = host;
-  if (h.empty() || h == "0.0.0.0") h = "127.0.0.1";
-  if (h == "::") h = "::1";
-  if (h.find(':') != std::string::npos) h = "[" + h + "]";
-  return fmt::format("http://{}:{}", h, port);
-}
-
 hub::HttpResponse get(hub::HttpClient& http, const std::string& url, const std::string& key) {
   hub::HttpRequest req;
   req.url = url;
@@ -337,23 +329,16 @@ RegisterCommand reg("claude", [](CLI::App& app) {
            "@anthropic-ai/claude-code` (Node.js 18 or later), then run `pensieve claude` again");
     // serve's options as `pensieve serve` alone would take them: config
     // file, environment, defaults.
-    const auto it = std::find_if(commands().begin(), commands().end(),
-                                 [](const Command& c) { return c.name == "serve"; });
-    if (it == commands().end()) fail(ErrorKind::internal, "no serve command");
-    CLI::App serve{"", "serve"};
-    // The action is not run, but holds the variables the options write to.
-    const auto keep_alive = it->setup(serve);
-    serve.parse(std::vector<std::string>{});
-    ConfigFile config(config_file_path(""));
-    config.apply(serve);
-    const std::string host = serve.get_option("--host")->as<std::string>();
-    const int port = serve.get_option("--port")->as<int>();
-    std::string keys = serve.get_option("--api-key")->count() > 0 ? serve.get_option("--api-key")->as<std::string>() : "";
+    const auto serve = parse_serve_options({});
+    const std::string host = serve->text("host");
+    const int port = std::stoi(serve->text("port"));
+    const std::string keys = serve->text("api-key");
     const std::string configured_key = keys.substr(0, keys.find(','));
+    const ConfigFile& config = *serve->config;
 
     Progress progress;
     std::optional<Target> target;
-    if (port > 0) target = probe(loopback_url(host, port), configured_key.empty() ? "pensieve" : configured_key, progress);
+    if (port > 0) target = probe(client_url(host, port), configured_key.empty() ? "pensieve" : configured_key, progress);
     pid_t server = -1;
     if (target) {
       std::fprintf(stderr, "pensieve: using the server at %s (%s, context %lld tokens)\n", target->url.c_str(),
@@ -369,7 +354,7 @@ RegisterCommand reg("claude", [](CLI::App& app) {
       unsetenv("PENSIEVE_API_KEY");
       server = start_server(args, log);
       std::fprintf(stderr, "pensieve: starting a server for this session (log: %s)\n", log.c_str());
-      const std::string url = loopback_url("127.0.0.1", p);
+      const std::string url = client_url("127.0.0.1", p);
       for (;;) {
         int status = 0;
         if (waitpid(server, &status, WNOHANG) == server) {

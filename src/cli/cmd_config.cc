@@ -18,27 +18,11 @@ RegisterCommand reg("config", [](CLI::App& app) {
       "value and where it came from: command line, environment, config file, or default");
   app.prefix_command();  // every word after `config` is serve's
   return std::function<int()>([self = &app] {
-    const auto it = std::find_if(commands().begin(), commands().end(),
-                                 [](const Command& c) { return c.name == "serve"; });
-    if (it == commands().end()) fail(ErrorKind::internal, "no serve command");
-    CLI::App serve{"", "serve"};
-    // Its action is not run, but holds the variables the options write to.
-    const auto keep_alive = it->setup(serve);
-    std::vector<std::string> words = self->remaining();
-    std::reverse(words.begin(), words.end());  // CLI11 parses a vector from its back
-    try {
-      serve.parse(words);
-    } catch (const CLI::ParseError& e) {
-      fail("{}", e.what());
-    }
-    std::string flag;
-    if (const CLI::Option* c = serve.get_option_no_throw("--config"); c != nullptr && c->count() > 0)
-      flag = c->results().front();
-    ConfigFile config(config_file_path(flag));
-    config.apply(serve);
+    const auto serve = parse_serve_options(self->remaining());
+    const ConfigFile& config = *serve->config;
     std::printf("# pensieve serve: the effective configuration\n");
     std::printf("# config file: %s\n", config.path().empty() ? "none" : config.path().c_str());
-    const std::vector<OptionSource> sources = config.describe(serve);
+    const std::vector<OptionSource> sources = config.describe(serve->app);
     size_t width = 0;
     for (const auto& s : sources) width = std::max(width, s.key.size() + 3 + s.value.size());
     for (const auto& s : sources) {

@@ -106,15 +106,6 @@ std::string shell_word(const std::string& text) {
   return out + "'";
 }
 
-// The URL a client on this machine reaches the server at.
-std::string client_url(const std::string& host, int port) {
-  std::string h = host;
-  if (h == "0.0.0.0" || h.empty()) h = "127.0.0.1";
-  if (h == "::") h = "::1";
-  if (h.find(':') != std::string::npos) h = "[" + h + "]";
-  return fmt::format("http://{}:{}", h, port);
-}
-
 // The line that starts Claude Code against this server, to paste as it is:
 // - ANTHROPIC_AUTH_TOKEN, not ANTHROPIC_API_KEY: with a base URL alone
 //   Claude Code says "Not logged in", and with an API key interactive

@@ -6,6 +6,7 @@
 
 #include <toml++/toml.h>
 
+#include "cli/command.h"
 #include "core/error.h"
 
 namespace pensieve::cli {
@@ -208,11 +209,16 @@ void ConfigFile::apply(CLI::App& app) {
   }
 }
 
-std::string ConfigFile::origin(const std::string& key) const {
-  if (std::find(applied_.begin(), applied_.end(), key) == applied_.end()) return "";
+const ConfigFile::Entry* ConfigFile::applied_entry(const std::string& key) const {
+  if (std::find(applied_.begin(), applied_.end(), key) == applied_.end()) return nullptr;
   for (const Entry& e : entries_)
-    if (normalized_key(e.key) == key) return fmt::format(" (from {}:{})", path_, e.line);
-  return "";
+    if (normalized_key(e.key) == key) return &e;
+  return nullptr;
+}
+
+std::string ConfigFile::origin(const std::string& key) const {
+  const Entry* e = applied_entry(key);
+  return e == nullptr ? "" : fmt::format(" (from {}:{})", path_, e->line);
 }
 
 std::vector<OptionSource> ConfigFile::describe(const CLI::App& app) const {
@@ -226,8 +232,7 @@ std::vector<OptionSource> ConfigFile::describe(const CLI::App& app) const {
       std::string text;
       for (const std::string& r : o->results()) text += (text.empty() ? "" : ",") + r;
       s.value = toml_value(text, kind);
-      const std::string from_file = origin(s.key);
-      if (!from_file.empty()) s.source = from_file.substr(7, from_file.size() - 8);  // FILE:LINE
+      if (const Entry* e = applied_entry(s.key)) s.source = fmt::format("{}:{}", path_, e->line);
       else if (on_command_line(*o)) s.source = "command line";
       else if (!o->get_envname().empty()) s.source = "environment " + o->get_envname();
       else s.source = "command line";
@@ -239,6 +244,40 @@ std::vector<OptionSource> ConfigFile::describe(const CLI::App& app) const {
     out.push_back(std::move(s));
   }
   return out;
+}
+
+std::unique_ptr<ServeOptions> parse_serve_options(std::vector<std::string> words) {
+  const auto it = std::find_if(commands().begin(), commands().end(),
+                               [](const Command& c) { return c.name == "serve"; });
+  if (it == commands().end()) fail(ErrorKind::internal, "no serve command");
+  auto out = std::make_unique<ServeOptions>();
+  out->action = it->setup(out->app);
+  std::reverse(words.begin(), words.end());  // CLI11 parses a vector from its back
+  try {
+    out->app.parse(words);
+  } catch (const CLI::ParseError& e) {
+    fail("{}", e.what());
+  }
+  out->config = std::make_unique<ConfigFile>(config_file_path(out->text("config")));
+  out->config->apply(out->app);
+  return out;
+}
+
+std::string ServeOptions::text(const std::string& name) const {
+  const CLI::Option* o = app.get_option_no_throw("--" + name);
+  if (o == nullptr) return "";
+  if (o->count() == 0) return o->get_default_str();
+  std::string joined;
+  for (const std::string& r : o->results()) joined += (joined.empty() ? "" : ",") + r;
+  return joined;
+}
+
+std::string client_url(const std::string& host, int port) {
+  std::string h = host;
+  if (h == "0.0.0.0" || h.empty()) h = "127.0.0.1";
+  if (h == "::") h = "::1";
+  if (h.find(':') != std::string::npos) h = "[" + h + "]";
+  return fmt::format("http://{}:{}", h, port);
 }
 
 }  // namespace pensieve::cli

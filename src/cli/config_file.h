@@ -8,6 +8,8 @@
 // flags > environment > file > defaults.
 #pragma once
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -62,7 +64,24 @@ class ConfigFile {
   toml::table table_;
   std::vector<Entry> entries_;  // in file order
   std::vector<std::string> applied_;
+  // The entry that set option `key`, or null when the file did not.
+  const Entry* applied_entry(const std::string& key) const;
 };
+
+// serve's options as `pensieve serve WORDS...` would take them (command line,
+// environment, config file, defaults), without running serve. The App holds
+// pointers into the variables serve's action owns, so both live here.
+struct ServeOptions {
+  CLI::App app{"", "serve"};
+  std::function<int()> action;  // not run: it owns the variables
+  std::unique_ptr<ConfigFile> config;
+  std::string text(const std::string& name) const;  // the value of --name
+};
+std::unique_ptr<ServeOptions> parse_serve_options(std::vector<std::string> words);
+
+// The URL a client on this machine reaches a server bound to host:port at
+// (0.0.0.0 and :: are reached over loopback).
+std::string client_url(const std::string& host, int port);
 
 // The options a config file may set: the long names of `app`'s visible
 // options less --config and --help.
