@@ -195,7 +195,7 @@ class CudaBackend final : public Backend {
                             static_cast<__half*>(w16_->data()), static_cast<__half*>(x16_->data()),
                             stream_);
       } else {
-        cuda::matmul(gpu_view(*w), x, ldx, n_rows, y + offset, ldy, gemv_scratch(), stream_);
+        cuda::matmul(gpu_view(*w), x, ldx, n_rows, y + offset, ldy, stream_);
       }
       offset += w->rows;
     }
@@ -261,7 +261,7 @@ class CudaBackend final : public Backend {
     {
       Span span(this, profiling_ ? "silu + matmul " + std::to_string(down.rows) + "x" + std::to_string(down.cols)
                                  : std::string());
-      if (fuse_silu_ && cuda::matmul_silu(gpu_view(down), gu, n_rows, y, ldy, gemv_scratch(), stream_)) return;
+      if (fuse_silu_ && cuda::matmul_silu(gpu_view(down), gu, n_rows, y, ldy, stream_)) return;
     }
     Backend::silu_mul_matmul(gu, n, act, down, y, ldy, n_rows);
   }
@@ -314,11 +314,6 @@ class CudaBackend final : public Backend {
 
   // Replaces a step buffer by a larger one. The old one is freed at the next
   // begin_step: cudaFree waits for the device, which a capture forbids.
-  // Where the 4-bit gemv quantizes its x (once per backend).
-  void* gemv_scratch() {
-    if (!gemv_scratch_) gemv_scratch_ = alloc(cuda::kGemvScratchBytes);
-    return gemv_scratch_->data();
-  }
   void grow(std::unique_ptr<Buffer>& b, size_t bytes) {
     if (b) retired_.push_back(std::move(b));
     b = alloc(bytes);
@@ -411,7 +406,7 @@ class CudaBackend final : public Backend {
   cudaGraphExec_t graph_ = nullptr;  // launched by this step's logits()
   int64_t allocated_ = 0;
   std::vector<std::unique_ptr<Buffer>> buffers_;  // weights and vectors
-  std::unique_ptr<Buffer> kv_, partial_, final_, logits_, meta_, w16_, x16_, gemv_scratch_;
+  std::unique_ptr<Buffer> kv_, partial_, final_, logits_, meta_, w16_, x16_;
   cuda::CublasContext* cublas_ = nullptr;
   std::string cublas_why_;
   KvGeometry geometry_;

@@ -227,8 +227,7 @@ TEST_F(CudaBackendTest, MatmulMatchesTheScalarReference) {
 // The 4-bit decode gemv with more rows than the card's resident warps (each
 // warp walks several rows) and rows of several column chunks, and the MLP's
 // fused silu(gate)·up gemv for both quantized formats, against the scalar
-// reference. Each runs with the int8 gemv quantizing x per block (2), once
-// per gemv (3), and off (0: the f32 gemvs).
+// reference. Each is also run with the int8 gemv off (the f32 gemvs).
 TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
   struct Case { WeightFormat format; ScaleType st; int group; int64_t rows, cols; bool silu; };
   const Case cases[] = {
@@ -240,7 +239,7 @@ TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
   };
   for (const Case& c : cases) {
     for (const int64_t tokens : {1, 2, 5, 8, 13}) {
-      for (const char* q4 : {"2", "3", "0"}) {
+      for (const char* q4 : {"1", "0"}) {
         HostWeight hw = random_weight(rng_, c.format, c.st, c.group, c.rows, c.cols);
         const int64_t ldx = c.silu ? 2 * c.cols : c.cols;
         const std::vector<float> gu = random_floats(rng_, static_cast<size_t>(tokens * ldx));
@@ -264,8 +263,8 @@ TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
           gpu_->matmul(parts, on_gpu(gu), ldx, tokens, y, c.rows);
         }
         unsetenv("PENSIEVE_CUDA_GEMV_Q4");
-        // The int8 gemv (modes 2 and 3) rounds x to two int8 levels: run 9
-        // measured 5.0-6.6e-5 on 96-wide rows; the f32 gemv (0) stays at 5e-5.
+        // The int8 gemv rounds x to two int8 levels: run 9 measured
+        // 5.0-6.6e-5 on 96-wide rows; the f32 gemv (0) stays at 5e-5.
         const double tol = c.format == WeightFormat::affine4 && q4[0] != '0' ? 1e-4 : 5e-5;
         EXPECT_LT(relative_error(ref, from_gpu(y, ref.size())), tol)
             << weight_format_name(c.format) << " group " << c.group << " rows " << c.rows << " cols "

@@ -4,10 +4,9 @@
 // columns, as the CPU's integer kernels can (kernels/cpu/matmul_impl.h):
 //   x ≈ d·(254·q1 + q2),  d = max|x| / (127·254),  q1, q2 in [-127, 127],
 // with Σx kept exactly. Each block quantizes all of x itself (run 8's ncu:
-// about as many instructions as the dot products), or, with
-// PENSIEVE_CUDA_GEMV_Q4=3, a small kernel quantizes it once per gemv into
-// a scratch buffer that each block copies (run 9: no faster at one token,
-// where the blocks' quantization overlaps the kernel before). A row's 16-byte load is 32 nibbles of one weight
+// about as many instructions as the dot products; run 9 measured x
+// quantized once per gemv by a small kernel no faster, since with
+// dependent launches the blocks' quantization overlaps the kernel before). A row's 16-byte load is 32 nibbles of one weight
 // group, so for each load and token
 //   Σ (s·n + b)·x = s·d·(254·Σ n·q1 + Σ n·q2) + b·Σx,
 // where the two sums are 8 dp4a each on the nibbles masked in place (the
@@ -97,21 +96,6 @@ __device__ void stage_x(const float* __restrict__ x, int cols, uint4* q, float2*
   }
 }
 
-// x quantized once for a whole gemv (grid: one block per token) into
-// global memory in the staged layout: q[T][4][nblk], then ds[T][nblk]. The
-// gemv's blocks copy it (6.9 KB a token for 3072 columns) instead of each
-// quantizing all of x again, which cost as many instructions as the dot
-// products.
-template <bool SILU>
-__global__ void quantize_x_kernel(const float* __restrict__ x, int64_t ldx, int cols, int n_tokens, uint4* q) {
-  pdl_wait();  // launched as a dependent
-  pdl_trigger();
-  const int nblk = cols / 32;
-  const int t = blockIdx.y;
-  float2* ds = reinterpret_cast<float2*>(q + static_cast<int64_t>(n_tokens) * 4 * nblk);
-  stage_x<SILU>(x + t * ldx, cols, q + t * 4 * nblk, ds + t * nblk, nblk);
-}
-
 // A group's scale or bias, its type fixed at compile time (bf16 is its top
 // 16 bits of an f32).
 template <int ST>
@@ -130,10 +114,10 @@ __device__ __forceinline__ float scale_at(const void* p, int64_t i) {
 // vector read from shared memory serves both rows. The group of a 32-column
 // block is its index shifted (group sizes are powers of two), in 32-bit
 // arithmetic from the row's first group.
-template <int T, bool SILU, int ST, bool PREQ>
+template <int T, bool SILU, int ST>
 __global__ void __launch_bounds__(kQ4Warps * 32, T == 1 ? 4 : T == 2 ? 3 : 2)
-    gemv_q4_pair_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, const uint4* __restrict__ xq_global,
-                        float* __restrict__ y, int64_t ldy, int rows_per_warp, int group_shift) {
+    gemv_q4_pair_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, float* __restrict__ y,
+                        int64_t ldy, int rows_per_warp, int group_shift) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int cols = static_cast<int>(w.cols);
   const int nblk = cols / 32;
@@ -177,14 +161,8 @@ __global__ void __launch_bounds__(kQ4Warps * 32, T == 1 ? 4 : T == 2 ? 3 : 2)
   }
   pdl_wait();
   pdl_trigger();
-  if constexpr (PREQ) {
-    const float2* gds = reinterpret_cast<const float2*>(xq_global + T * 4 * nblk);
-    for (int i = threadIdx.x; i < T * 4 * nblk; i += blockDim.x) xq[i] = xq_global[i];
-    for (int i = threadIdx.x; i < T * nblk; i += blockDim.x) xds[i] = gds[i];
-  } else {
 #pragma unroll
-    for (int t = 0; t < T; ++t) stage_x<SILU>(x + t * ldx, cols, xq + t * 4 * nblk, xds + t * nblk, nblk);
-  }
+  for (int t = 0; t < T; ++t) stage_x<SILU>(x + t * ldx, cols, xq + t * 4 * nblk, xds + t * nblk, nblk);
   __syncthreads();
 
   for (int64_t r = r_begin; r < r_end; r += 2) {
@@ -278,40 +256,29 @@ int rows_per_warp(int64_t rows, int per_sm) {
 
 template <int T, bool SILU, int ST>
 void launch_pairs(const GpuWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, size_t smem,
-                  int group_shift, uint4* scratch, cudaStream_t stream) {
-  if (scratch != nullptr) {
-    const int cols = static_cast<int>(w.cols);
-    // Whole warps (stage_x's shuffles take every lane), 8 values a thread.
-    const int threads = std::min(1024, (cols / 8 + 31) / 32 * 32);
-    launch_dependent(quantize_x_kernel<SILU>, dim3(1, T), threads, 0, stream, x, ldx, cols, T, scratch);
-    constexpr auto kernel = gemv_q4_pair_kernel<T, SILU, ST, true>;
-    const int rpw = rows_per_warp(w.rows, blocks_per_sm<kernel>(smem));
-    launch_dependent(kernel, blocks_for(w.rows, static_cast<int64_t>(kQ4Warps) * rpw), kQ4Warps * 32, smem, stream,
-                     w, x, ldx, scratch, y, ldy, rpw, group_shift);
-    return;
-  }
-  constexpr auto kernel = gemv_q4_pair_kernel<T, SILU, ST, false>;
+                  int group_shift, cudaStream_t stream) {
+  constexpr auto kernel = gemv_q4_pair_kernel<T, SILU, ST>;
   const int rpw = rows_per_warp(w.rows, blocks_per_sm<kernel>(smem));
   launch_dependent(kernel, blocks_for(w.rows, static_cast<int64_t>(kQ4Warps) * rpw), kQ4Warps * 32, smem, stream, w,
-                   x, ldx, scratch, y, ldy, rpw, group_shift);
+                   x, ldx, y, ldy, rpw, group_shift);
 }
 
 template <int T, bool SILU>
 void launch(const GpuWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, size_t smem,
-            int group_shift, uint4* scratch, cudaStream_t stream) {
+            int group_shift, cudaStream_t stream) {
   switch (w.scale_type) {
-    case kScaleF32: return launch_pairs<T, SILU, kScaleF32>(w, x, ldx, y, ldy, smem, group_shift, scratch, stream);
-    case kScaleF16: return launch_pairs<T, SILU, kScaleF16>(w, x, ldx, y, ldy, smem, group_shift, scratch, stream);
-    default: return launch_pairs<T, SILU, kScaleBF16>(w, x, ldx, y, ldy, smem, group_shift, scratch, stream);
+    case kScaleF32: return launch_pairs<T, SILU, kScaleF32>(w, x, ldx, y, ldy, smem, group_shift, stream);
+    case kScaleF16: return launch_pairs<T, SILU, kScaleF16>(w, x, ldx, y, ldy, smem, group_shift, stream);
+    default: return launch_pairs<T, SILU, kScaleBF16>(w, x, ldx, y, ldy, smem, group_shift, stream);
   }
 }
 
 template <bool SILU>
 void launch_t(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-              size_t smem, int group_shift, uint4* scratch, cudaStream_t stream) {
+              size_t smem, int group_shift, cudaStream_t stream) {
   switch (n_tokens) {
 #define PENSIEVE_Q4_CASE(T) \
-  case T: launch<T, SILU>(w, x, ldx, y, ldy, smem, group_shift, scratch, stream); break;
+  case T: launch<T, SILU>(w, x, ldx, y, ldy, smem, group_shift, stream); break;
     PENSIEVE_Q4_CASE(1)
     PENSIEVE_Q4_CASE(2)
     PENSIEVE_Q4_CASE(3)
@@ -325,22 +292,16 @@ void launch_t(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens,
   }
 }
 
-// PENSIEVE_CUDA_GEMV_Q4: 0 turns the int8 gemv off (the f32 gemv runs), 3
-// quantizes x once per gemv (run 9: 415.4 / 410.6 tok/s against the
-// default's 417.4 / 418.4), anything else (the default) makes each block
-// quantize x itself.
-int gemv_q4_mode() {
-  const char* e = std::getenv("PENSIEVE_CUDA_GEMV_Q4");
-  if (e == nullptr || e[0] == '\0') return 2;
-  return e[0] == '0' ? 0 : e[0] == '3' ? 3 : 2;
-}
-
 }  // namespace
 
-bool gemv_q4_enabled() { return gemv_q4_mode() != 0; }
+// PENSIEVE_CUDA_GEMV_Q4=0 turns the int8 gemv off (the f32 gemv runs).
+bool gemv_q4_enabled() {
+  const char* e = std::getenv("PENSIEVE_CUDA_GEMV_Q4");
+  return e == nullptr || e[0] != '0';
+}
 
 bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-             bool silu, void* scratch, cudaStream_t stream) {
+             bool silu, cudaStream_t stream) {
   const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
   if (w.format != kAffine4 || n_tokens < 1 || n_tokens > kGemvMaxTokens || w.group_size % 32 != 0 ||
       w.cols % w.group_size != 0 || w.cols > (1 << 24) || !aligned16(w.data) || !aligned16(x) ||
@@ -353,12 +314,8 @@ bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, 
   for (int k = 0; k < 8; ++k)
     if (w.group_size == (32 << k)) group_shift = k;
   if (group_shift < 0) return false;
-  const int mode = gemv_q4_mode();
-  // The quantized x fits the scratch wherever it fits shared memory.
-  static_assert(kGemvScratchBytes >= kQ4MaxSmem);
-  uint4* q = mode == 3 ? static_cast<uint4*>(scratch) : nullptr;
-  if (silu) launch_t<true>(w, x, ldx, n_tokens, y, ldy, smem, group_shift, q, stream);
-  else launch_t<false>(w, x, ldx, n_tokens, y, ldy, smem, group_shift, q, stream);
+  if (silu) launch_t<true>(w, x, ldx, n_tokens, y, ldy, smem, group_shift, stream);
+  else launch_t<false>(w, x, ldx, n_tokens, y, ldy, smem, group_shift, stream);
   PENSIEVE_CUDA_LAUNCHED("gemv_q4");
   return true;
 }

@@ -84,11 +84,8 @@ constexpr int kFlashTileRows = 64;
 // --- matmul.cu
 // y[t*ldy + r] = x[t] · w[r] for t < n_tokens, r < w.rows. The decode path
 // (n_tokens <= 8) streams w once; more tokens take the tensor-core gemm.
-// scratch: kGemvScratchBytes of device memory the 4-bit gemv quantizes x
-// into (null: each of its blocks quantizes x itself).
 void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
-            int64_t ldy, void* scratch, cudaStream_t stream);
-constexpr size_t kGemvScratchBytes = 200 * 1024;
+            int64_t ldy, cudaStream_t stream);
 constexpr int64_t kGemvMaxTokens = 8;
 // MLX weights with up to this many rows (many streams decoding) take the
 // gemv in groups of kGemvMaxTokens.
@@ -97,7 +94,7 @@ constexpr int64_t kGemvBatchTokens = 32;
 // rows gu (width 2·w.cols), without the activation in memory. False (and
 // nothing launched) where the fused gemv does not apply.
 bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y, int64_t ldy,
-                 void* scratch, cudaStream_t stream);
+                 cudaStream_t stream);
 
 // The current device's multiprocessors (asked once).
 int multiprocessor_count();
@@ -108,7 +105,7 @@ int multiprocessor_count();
 // not apply: another format, groups not a multiple of 32, unaligned
 // pointers, x too wide for shared memory, or PENSIEVE_CUDA_GEMV_Q4=0.
 bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-             bool silu, void* scratch, cudaStream_t stream);
+             bool silu, cudaStream_t stream);
 bool gemv_q4_enabled();
 // --- cublas_gemm.cu
 // cuBLAS, loaded at run time: "" when usable, else why not.

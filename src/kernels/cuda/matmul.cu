@@ -611,7 +611,7 @@ int multiprocessor_count() {
 }
 
 bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y, int64_t ldy,
-                 void* scratch, cudaStream_t stream) {
+                 cudaStream_t stream) {
   const bool quant = w.format == kAffine4 || w.format == kAffine8;
   const int v = w.format == kAffine4 ? values_per_load<kAffine4>() : values_per_load<kAffine8>();
   if (!quant || n_tokens < 1 || n_tokens > kGemvBatchTokens || w.cols % v != 0 || !aligned16(w.data) ||
@@ -620,10 +620,10 @@ bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y
   if (n_tokens > kGemvMaxTokens) {
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens)
       matmul_silu(w, gu + t0 * 2 * w.cols, std::min<int64_t>(kGemvMaxTokens, n_tokens - t0),
-                  y + t0 * ldy, ldy, scratch, stream);
+                  y + t0 * ldy, ldy, stream);
     return true;
   }
-  if (gemv_q4(w, gu, 2 * w.cols, n_tokens, y, ldy, /*silu=*/true, scratch, stream)) return true;
+  if (gemv_q4(w, gu, 2 * w.cols, n_tokens, y, ldy, /*silu=*/true, stream)) return true;
   if (w.format == kAffine4) launch_gemv<kAffine4, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
   else launch_gemv<kAffine8, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
   PENSIEVE_CUDA_LAUNCHED("gemv silu");
@@ -631,7 +631,7 @@ bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y
 }
 
 void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y,
-            int64_t ldy, void* scratch, cudaStream_t stream) {
+            int64_t ldy, cudaStream_t stream) {
   if (n_tokens == 0 || w.rows == 0) return;
   if (n_tokens > kGemvMaxTokens && n_tokens <= kGemvBatchTokens &&
       (w.format == kAffine4 || w.format == kAffine8)) {
@@ -640,11 +640,11 @@ void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, f
     // 64 rows (a few hundred for a 3072-wide model) wait on their loads.
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemvMaxTokens)
       matmul(w, x + t0 * ldx, ldx, std::min<int64_t>(kGemvMaxTokens, n_tokens - t0), y + t0 * ldy,
-             ldy, scratch, stream);
+             ldy, stream);
     return;
   }
   if (n_tokens <= kGemvMaxTokens) {
-    if (gemv_q4(w, x, ldx, n_tokens, y, ldy, /*silu=*/false, scratch, stream)) return;
+    if (gemv_q4(w, x, ldx, n_tokens, y, ldy, /*silu=*/false, stream)) return;
     int v = 0;
     switch (w.format) {
       case kAffine4: v = values_per_load<kAffine4>(); break;
