@@ -39,7 +39,7 @@ std::string read_text(const fs::path& path) {
 ordered_json read_json_file(const fs::path& path) {
   try {
     return ordered_json::parse(read_text(path));
-  } catch (const ordered_json::parse_error& e) {
+  } catch (const ordered_json::exception& e) {  // parse_error, or out_of_range for 1e400
     fail("{}: invalid JSON: {}", path.string(), e.what());
   }
 }

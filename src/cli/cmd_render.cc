@@ -36,7 +36,7 @@ ordered_json read_json_arg(const std::string& path, const std::string& option) {
   ss << in.rdbuf();
   try {
     return ordered_json::parse(ss.str());
-  } catch (const ordered_json::parse_error& e) {
+  } catch (const ordered_json::exception& e) {  // parse_error, or out_of_range for 1e400
     fail("{}: {}: invalid JSON: {}", option, path, e.what());
   }
 }
@@ -109,7 +109,7 @@ RegisterCommand reg("render", [](CLI::App& app) {
         const std::string value = kv.substr(eq + 1);
         try {
           vars[kv.substr(0, eq)] = ordered_json::parse(value);
-        } catch (const ordered_json::parse_error&) {
+        } catch (const ordered_json::exception&) {
           vars[kv.substr(0, eq)] = value;  // a bare word is taken as a string
         }
       }
