@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "chat/chat_config.h"
@@ -16,6 +18,7 @@
 #include "cli/command.h"
 #include "cli/config_file.h"
 #include "core/error.h"
+#include "core/memory_info.h"
 #include "core/mmap_file.h"
 #include "core/log.h"
 #include "engine/engine.h"
@@ -24,6 +27,7 @@
 #include "hub/progress_printer.h"
 #include "hub/repo_id.h"
 #include "models/model.h"
+#include "server/api_error.h"
 #include "server/auth.h"
 #include "server/engine_backend.h"
 #include "server/loading_server.h"
@@ -38,7 +42,8 @@ namespace fs = std::filesystem;
 
 struct Opts {
   std::string config;
-  std::string model, model_id, host = "127.0.0.1", api_key;
+  std::string model, model_id, aliases, host = "127.0.0.1", api_key;
+  std::string default_model, haiku_model, sonnet_model, opus_model, models_memory;
   int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16, max_per_client = 0;
   int64_t ctx_size = 0, batch_tokens = 0, max_output_tokens = -1, sliding_window = -1;
   std::string kv_memory;  // parse_memory_size; empty: automatic
@@ -134,6 +139,228 @@ void raise_open_file_limit() {
   }
 }
 
+// One model the server may serve: where it is and how to serve it.
+struct ModelSpec {
+  std::string id;
+  std::string source;             // a directory or ORG/NAME[@REV]; "" = the bundled model
+  std::string where;              // where it was configured, for messages ("--model", "FILE:LINE")
+  int64_t ctx_size = 0;           // 0: the model's (65536 for the bundled model)
+  int64_t sliding_window = -1;
+  int64_t kv_memory_bytes = 0;    // 0: automatic
+};
+
+// Everything that serves one loaded model. Members go in reverse: the
+// backend, then the engine (its thread joined), the tokenizer, the weights.
+class ServedModel : public server::LoadedModel {
+ public:
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<server::EngineBackend> served;
+
+  server::Backend& backend() override { return *served; }
+  int64_t memory_bytes() const override {
+    const int64_t kv = model->kv_blocks() * model->kv_bytes_per_block();
+    const int64_t device = model->backend().bytes_allocated();  // the GPU's: all of it
+    return device > 0 ? device : model->info().weight_bytes + kv;
+  }
+};
+
+// Loads the configured models for the registry: downloads a Hub model the
+// first time, reads the weights, plans the KV pool, starts the engine.
+class ServeLoader : public server::ModelLoader {
+ public:
+  ServeLoader(const Opts& o, int64_t kv_memory_bytes, int64_t gpu_memory_bytes)
+      : o_(o), kv_memory_bytes_(kv_memory_bytes), gpu_memory_bytes_(gpu_memory_bytes) {}
+
+  void add(ModelSpec spec) { specs_.push_back(std::move(spec)); }
+  const std::vector<ModelSpec>& specs() const { return specs_; }
+  // While set, downloads and loads report their progress to it (/health).
+  void set_loading_server(server::LoadingServer* loading) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    loading_ = loading;
+  }
+  std::string device_name() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return device_name_;
+  }
+
+  int64_t estimate_bytes(const server::ModelEntry& entry) override {
+    const std::string dir = local_dir(spec(entry.id));
+    int64_t bytes = 0;
+    std::error_code ec;
+    for (const auto& f : fs::directory_iterator(dir, ec))
+      if (f.path().extension() == ".safetensors") bytes += static_cast<int64_t>(f.file_size(ec));
+    return bytes + spec(entry.id).kv_memory_bytes;
+  }
+
+  int64_t available_bytes() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (device_name_ == "cuda" && probe_) return probe_->memory().available;
+    return read_memory_info().available;
+  }
+
+  std::unique_ptr<server::LoadedModel> load(const server::ModelEntry& entry) override {
+    const ModelSpec& sp = spec(entry.id);
+    const std::string dir = local_dir(sp);
+    report({{"stage", "load"}, {"model", dir}});
+    const bool bundled = sp.source.empty();
+    int64_t window = sp.sliding_window;
+    // stories260K was trained on 512 positions. Claude Code's first request is
+    // ~32k tokens in its 512-piece vocabulary: attending over all of them the
+    // model never ends a story (it writes noise until the output cap); with
+    // each layer attending over at most the last 512 positions it stays in
+    // the regime it was trained in (RoPE only sees relative distances) and
+    // ends its stories as it learned to.
+    if (window < 0 && bundled) window = load_model_config(dir).max_position_embeddings;
+    auto out = std::make_unique<ServedModel>();
+    out->model = load_model(dir, {.n_threads = o_.threads, .prefault = true, .sliding_window = window,
+                                  .device = o_.device});
+    const ModelConfig& c = out->model->config();
+    const bool on_gpu = std::string(out->model->backend().device()) == "cuda";
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (device_name_.empty()) {
+        device_name_ = on_gpu ? "cuda" : "cpu";
+        if (on_gpu) probe_ = make_backend("cuda", 1);
+        spdlog::info("backend: {}", out->model->backend().description());
+        if (!on_gpu && o_.device == "auto") spdlog::info("no GPU: {}", cuda_unavailable_reason());
+      }
+    }
+    int64_t ctx = sp.ctx_size;
+    if (ctx == 0) ctx = bundled ? 65536 : c.max_position_embeddings;
+    if (ctx > c.max_position_embeddings &&
+        (c.sliding_window == 0 || c.sliding_window > c.max_position_embeddings)) {
+      spdlog::warn("{}: context {} is longer than the {} positions {} was trained on; quality may "
+                   "drop (--sliding-window {} keeps attention within them)",
+                   entry.id, ctx, c.max_position_embeddings, c.architecture, c.max_position_embeddings);
+    }
+    if (c.sliding_window > 0 && c.sliding_window < ctx)
+      spdlog::info("{}: attention window: the last {} positions", entry.id, c.sliding_window);
+    out->tokenizer = Tokenizer::load(dir);
+    // A tokenizer with more tokens than the model has embeddings is another
+    // model's: its ids would index past the embedding table.
+    if (out->tokenizer->vocab_size() > c.vocab_size)
+      fail("{}/tokenizer.json has {} tokens but {}/config.json's vocab_size is {}: the tokenizer "
+           "belongs to another model",
+           dir, out->tokenizer->vocab_size(), dir, c.vocab_size);
+    chat::ChatConfig chat = chat::load_chat_config(dir);
+    std::vector<int32_t> stop_ids = chat::collect_stop_ids(c.eos_token_ids, *out->tokenizer, chat);
+    EngineOptions eo;
+    eo.ctx_size = ctx;
+    eo.max_running = o_.parallel;
+    eo.max_batch_tokens = o_.batch_tokens > 0 ? o_.batch_tokens : out->model->backend().step_tokens();
+    eo.max_queue = o_.max_queue;
+    eo.kv_memory_bytes = sp.kv_memory_bytes > 0 ? sp.kv_memory_bytes
+                         : on_gpu               ? gpu_memory_bytes_
+                                                : kv_memory_bytes_;
+    if (on_gpu) {
+      eo.kv_memory_option = "--gpu-memory";
+      eo.memory_name = "GPU memory";
+    }
+    eo.prefix_cache = !o_.no_prefix_cache;
+    eo.fit_ctx_size = sp.ctx_size == 0;  // the model's default shrinks to fit; the user's does not
+    out->engine = std::make_unique<Engine>(*out->model, eo);
+    out->served = std::make_unique<server::EngineBackend>(entry.id, *out->engine, *out->tokenizer,
+                                                          std::move(chat), std::move(stop_ids));
+    return out;
+  }
+
+  // The folder a spec's model is in, downloading a Hub model the first time.
+  std::string local_dir(const ModelSpec& sp) {
+    if (sp.source.empty()) return bundled_model_dir();
+    if (fs::exists(sp.source)) return sp.source;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (auto it = downloaded_.find(sp.id); it != downloaded_.end()) return it->second;
+    }
+    spdlog::info("{} is not a folder here: taking it from the Hugging Face cache or Hub", sp.source);
+    hub::ProgressPrinter printer(stderr, false);  // plain lines into the log
+    const std::string dir = hub::ensure_model(sp.source, [&](const hub::PullProgress& p) {
+      printer.update(p);
+      report({{"stage", "download"},
+              {"download",
+               {{"repo", p.repo},
+                {"file", p.file},
+                {"file_index", p.file_index},
+                {"n_files", p.n_files},
+                {"bytes_done", p.bytes_done},
+                {"bytes_total", p.bytes_total},
+                {"percent", p.bytes_total > 0 ? 100.0 * static_cast<double>(p.bytes_done) /
+                                                    static_cast<double>(p.bytes_total)
+                                              : 0.0}}}});
+    });
+    printer.finish();
+    std::lock_guard<std::mutex> lock(mutex_);
+    downloaded_[sp.id] = dir;
+    return dir;
+  }
+
+  const ModelSpec& spec(const std::string& id) const {
+    for (const auto& sp : specs_)
+      if (sp.id == id) return sp;
+    fail(ErrorKind::internal, "no model spec for {}", id);
+  }
+
+ private:
+  void report(nlohmann::ordered_json state) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (loading_ != nullptr) loading_->set_state(std::move(state));
+  }
+
+  const Opts& o_;
+  int64_t kv_memory_bytes_, gpu_memory_bytes_;
+  std::vector<ModelSpec> specs_;
+  mutable std::mutex mutex_;
+  server::LoadingServer* loading_ = nullptr;
+  std::string device_name_;              // of the first model loaded
+  std::unique_ptr<Backend> probe_;       // asks the GPU for its free memory
+  std::map<std::string, std::string> downloaded_;  // id -> its Hub snapshot folder
+};
+
+// The name clients see for the top-level model: --model-id, else ORG/NAME
+// for a Hub model (not the commit its snapshot folder is named after), else
+// the folder's name.
+std::string model_id_for(const std::string& source, const std::string& given, const std::string& bundled_dir) {
+  if (!given.empty()) return given;
+  const std::string dir = source.empty() ? bundled_dir : source;
+  std::string id;
+  if (!source.empty() && !fs::exists(source)) id = hub::parse_repo_ref(source).repo;
+  if (id.empty()) id = hub::repo_of_snapshot_dir(dir);
+  if (id.empty()) id = fs::path(dir).lexically_normal().filename().string();
+  if (id.empty()) id = fs::path(dir).lexically_normal().parent_path().filename().string();
+  return id;
+}
+
+// What the listing shows before a model is loaded: its configured context,
+// else its config.json's (for a folder here), else unknown (0).
+int64_t context_hint(const ModelSpec& sp, const std::string& bundled_dir) {
+  if (sp.ctx_size > 0) return sp.ctx_size;
+  if (sp.source.empty()) return 65536;
+  (void)bundled_dir;
+  if (!fs::exists(fs::path(sp.source) / "config.json")) return 0;
+  try {
+    return load_model_config(sp.source).max_position_embeddings;
+  } catch (const Error&) {
+    return 0;  // loading it will say what is wrong
+  }
+}
+
+std::vector<std::string> split_names(const std::string& text) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    std::string name = text.substr(start, end - start);
+    while (!name.empty() && name.front() == ' ') name.erase(name.begin());
+    while (!name.empty() && name.back() == ' ') name.pop_back();
+    if (!name.empty()) out.push_back(name);
+    start = end + 1;
+  }
+  return out;
+}
+
 RegisterCommand reg("serve", [](CLI::App& app) {
   app.description("Serve the Anthropic Messages API (POST /v1/messages) on a local model");
   auto o = std::make_shared<Opts>();
@@ -148,6 +375,25 @@ RegisterCommand reg("serve", [](CLI::App& app) {
   app.add_option("--model-id", o->model_id,
                  "name listed by GET /v1/models (default: ORG/NAME for a Hub model, else the "
                  "folder's name)");
+  app.add_option("--aliases", o->aliases,
+                 "more names for --model, comma-separated (e.g. gpt-4o-mini for tools that insist "
+                 "on a name); a config file's [models.NAME] tables add more models, each with "
+                 "its own aliases");
+  app.add_option("--default-model", o->default_model,
+                 "the model (a name or alias) loaded at start and answering claude-* names of no "
+                 "family below (default: --model when given, else the first [models.NAME] table)");
+  app.add_option("--haiku-model", o->haiku_model,
+                 "the model answering claude-*haiku* names, e.g. Claude Code's background requests "
+                 "(default: the default model)");
+  app.add_option("--sonnet-model", o->sonnet_model,
+                 "the model answering claude-*sonnet* names (default: the default model)");
+  app.add_option("--opus-model", o->opus_model,
+                 "the model answering claude-*opus* names (default: the default model)");
+  app.add_option("--models-memory", o->models_memory,
+                 "memory all loaded models may hold together (weights and KV caches), as "
+                 "--kv-memory takes it; loading one more unloads the least recently used idle "
+                 "model when it would not fit (default: what is free when a model is loaded)")
+      ->check(memory_size_check());
   app.add_option("--host", o->host, "address to bind")
       ->capture_default_str()
       ->envname("PENSIEVE_HOST");
@@ -302,94 +548,86 @@ RegisterCommand reg("serve", [](CLI::App& app) {
         t.join();
       }
     } join_waiter{waiter, done};
-    const bool bundled = o->model.empty();
-    std::string dir = bundled ? bundled_model_dir() : o->model;
-    // The name clients see: --model-id, else ORG/NAME for a Hub model (not
-    // the commit its snapshot folder is named after), else the folder's name.
-    std::string id = o->model_id;
-    const bool from_hub = !bundled && !fs::exists(dir);
-    if (from_hub) {
+    // The models: --model (or, with no [models.NAME] table, the bundled
+    // one) first, then the tables.
+    const std::vector<ModelTable> tables = config.models();
+    int64_t models_memory_bytes = 0;
+    if (!o->models_memory.empty()) models_memory_bytes = parse_memory_size(o->models_memory);
+    ServeLoader loader(*o, kv_memory_bytes, gpu_memory_bytes);
+    std::vector<server::ModelEntry> entries;
+    const bool top_level = !o->model.empty() || tables.empty();
+    const bool bundled = o->model.empty() && tables.empty();
+    const std::string bundled_dir = bundled ? bundled_model_dir() : std::string();
+    auto check_source = [&](const std::string& source, const std::string& where) {
       // A path is a path: a missing one is not looked for on the Hub.
-      if (hub::looks_like_path(dir)) fail(ErrorKind::not_found, "--model {}: no such folder{}", dir, config.origin("model"));
-      if (id.empty()) id = hub::parse_repo_ref(dir).repo;
+      if (!source.empty() && !fs::exists(source) && hub::looks_like_path(source))
+        fail(ErrorKind::not_found, "{} {}: no such folder", where, source);
+    };
+    if (top_level) {
+      ModelSpec sp;
+      sp.source = o->model;
+      sp.where = "--model";
+      check_source(sp.source, "--model" + config.origin("model"));
+      sp.id = model_id_for(sp.source, o->model_id, bundled_dir);
+      sp.ctx_size = o->ctx_size;
+      sp.sliding_window = o->sliding_window;
+      server::ModelEntry e{.id = sp.id, .aliases = split_names(o->aliases)};
+      e.context_size_hint = context_hint(sp, bundled_dir);
+      // The bundled model's stories end well before 512 tokens, and past its
+      // 512 trained positions it writes noise.
+      e.max_output_tokens = o->max_output_tokens >= 0 ? o->max_output_tokens : (bundled ? 512 : 0);
+      entries.push_back(std::move(e));
+      loader.add(std::move(sp));
+    } else if (!o->aliases.empty()) {
+      fail("--aliases{} names more names for --model, which is not given: put the aliases in the "
+           "[models.NAME] table of the model they are for",
+           config.origin("aliases"));
     }
-    if (id.empty()) id = hub::repo_of_snapshot_dir(dir);
-    if (id.empty()) id = fs::path(dir).lexically_normal().filename().string();
-    if (id.empty()) id = fs::path(dir).lexically_normal().parent_path().filename().string();
-    // Until the model is ready a stand-in answers /health with the progress.
+    for (const ModelTable& t : tables) {
+      ModelSpec sp;
+      sp.id = t.name;
+      sp.source = t.model;
+      sp.where = t.where;
+      check_source(sp.source, t.where + ": models." + t.name + ".model");
+      sp.ctx_size = t.ctx_size;
+      sp.sliding_window = t.sliding_window;
+      sp.kv_memory_bytes = t.kv_memory.empty() ? 0 : parse_memory_size(t.kv_memory);
+      server::ModelEntry e{.id = t.name, .aliases = t.aliases, .display_name = t.display_name,
+                           .load_at_start = t.load_at_start};
+      e.context_size_hint = context_hint(sp, bundled_dir);
+      e.max_output_tokens = t.max_output_tokens;
+      entries.push_back(std::move(e));
+      loader.add(std::move(sp));
+    }
+    server::RegistryOptions ro;
+    ro.default_model = o->default_model;
+    ro.haiku = o->haiku_model;
+    ro.sonnet = o->sonnet_model;
+    ro.opus = o->opus_model;
+    ro.memory_budget = models_memory_bytes;
+    std::unique_ptr<server::ModelRegistry> registry;
+    try {
+      registry = std::make_unique<server::ModelRegistry>(std::move(entries), loader, ro);
+    } catch (const Error& e) {
+      fail("{}{}", e.what(), config.path().empty() ? "" : " (config file " + config.path() + ")");
+    }
+    const std::string id = registry->default_model().id;
+    // Until the models loaded at start are ready a stand-in answers /health
+    // with the progress.
     auto loading = std::make_unique<server::LoadingServer>(o->host, o->port, inherited);
     const int port = loading->port();
-    if (from_hub) {
-      spdlog::info("{} is not a folder here: taking it from the Hugging Face cache or Hub", dir);
-      hub::ProgressPrinter printer(stderr, false);  // plain lines into the log
-      dir = hub::ensure_model(dir, [&](const hub::PullProgress& p) {
-        printer.update(p);
-        loading->set_state({{"stage", "download"},
-                            {"download",
-                             {{"repo", p.repo},
-                              {"file", p.file},
-                              {"file_index", p.file_index},
-                              {"n_files", p.n_files},
-                              {"bytes_done", p.bytes_done},
-                              {"bytes_total", p.bytes_total},
-                              {"percent", p.bytes_total > 0 ? 100.0 * static_cast<double>(p.bytes_done) /
-                                                                  static_cast<double>(p.bytes_total)
-                                                            : 0.0}}}});
-      });
-      printer.finish();
-    }
-    loading->set_state({{"stage", "load"}, {"model", dir}});
     if (bundled) {
       spdlog::info("serving the bundled stories260K model (a 260K-parameter story writer for first "
                    "runs and tests); pass --model DIR for a real model");
     }
-    int64_t window = o->sliding_window;
-    // stories260K was trained on 512 positions. Claude Code's first request is
-    // ~32k tokens in its 512-piece vocabulary: attending over all of them the
-    // model never ends a story (it writes noise until the output cap); with
-    // each layer attending over at most the last 512 positions it stays in
-    // the regime it was trained in (RoPE only sees relative distances) and
-    // ends its stories as it learned to.
-    if (window < 0 && bundled) window = load_model_config(dir).max_position_embeddings;
-    auto model = load_model(dir, {.n_threads = o->threads, .prefault = true, .sliding_window = window, .device = o->device});
-    const ModelConfig& c = model->config();
-    const bool on_gpu = std::string(model->backend().device()) == "cuda";
-    spdlog::info("backend: {}", model->backend().description());
-    if (!on_gpu && o->device == "auto") spdlog::info("no GPU: {}", cuda_unavailable_reason());
-    int64_t ctx = o->ctx_size;
-    if (ctx == 0) ctx = bundled ? 65536 : c.max_position_embeddings;
-    if (ctx > c.max_position_embeddings &&
-        (c.sliding_window == 0 || c.sliding_window > c.max_position_embeddings)) {
-      spdlog::warn("context {} is longer than the {} positions {} was trained on; quality may drop "
-                   "(--sliding-window {} keeps attention within them)",
-                   ctx, c.max_position_embeddings, c.architecture, c.max_position_embeddings);
+    loader.set_loading_server(loading.get());
+    try {
+      registry->load_at_start();
+    } catch (const server::ApiError& e) {
+      throw Error(ErrorKind::invalid_input, e.what());  // one line, as any other start failure
     }
-    if (c.sliding_window > 0 && c.sliding_window < ctx)
-      spdlog::info("attention window: the last {} positions", c.sliding_window);
-    auto tokenizer = Tokenizer::load(dir);
-    // A tokenizer with more tokens than the model has embeddings is another
-    // model's: its ids would index past the embedding table.
-    if (tokenizer->vocab_size() > c.vocab_size)
-      fail("{}/tokenizer.json has {} tokens but {}/config.json's vocab_size is {}: the tokenizer "
-           "belongs to another model",
-           dir, tokenizer->vocab_size(), dir, c.vocab_size);
-    chat::ChatConfig chat = chat::load_chat_config(dir);
-    std::vector<int32_t> stop_ids = chat::collect_stop_ids(c.eos_token_ids, *tokenizer, chat);
-    EngineOptions eo;
-    eo.ctx_size = ctx;
-    eo.max_running = o->parallel;
-    eo.max_batch_tokens = o->batch_tokens > 0 ? o->batch_tokens : model->backend().step_tokens();
-    eo.max_queue = o->max_queue;
-    eo.kv_memory_bytes = on_gpu ? gpu_memory_bytes : kv_memory_bytes;
-    if (on_gpu) {
-      eo.kv_memory_option = "--gpu-memory";
-      eo.memory_name = "GPU memory";
-    }
-    eo.prefix_cache = !o->no_prefix_cache;
-    eo.fit_ctx_size = o->ctx_size == 0;  // the model's default shrinks to fit; the user's does not
-    Engine engine(*model, eo);
-    ctx = engine.ctx_size();
-    server::EngineBackend backend(id, engine, *tokenizer, std::move(chat), std::move(stop_ids));
+    loader.set_loading_server(nullptr);
+    const int64_t ctx = registry->loaded_info(registry->default_model())->context_size;
     server::ServerOptions so;
     so.host = o->host;
     so.port = port;
@@ -401,7 +639,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     so.n_http_threads = o->http_threads;
     so.max_queue = o->max_queue;
     so.max_per_client = o->max_per_client;
-    so.max_output_tokens = o->max_output_tokens >= 0 ? o->max_output_tokens : (bundled ? 512 : 0);
+    so.max_output_tokens = 0;  // per model (ModelEntry::max_output_tokens)
     so.max_body_bytes = o->max_body_mb << 20;
     so.test_hooks = o->test_hooks;
     so.allow_no_key = o->allow_no_key;
@@ -409,7 +647,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     so.read_timeout_s = o->read_timeout;
     so.write_timeout_s = o->read_timeout;
     so.max_connections = o->max_connections;
-    server::Server server(backend, so);
+    server::Server server(*registry, so);
     loading->stop();  // frees the port for the real server
     loading.reset();
     server.start();
@@ -418,6 +656,15 @@ RegisterCommand reg("serve", [](CLI::App& app) {
         o->host.find(':') != std::string::npos ? "[" + o->host + "]" : o->host;
     std::printf("pensieve: serving %s on http://%s:%d (context %lld tokens)\n", id.c_str(),
                 bound.c_str(), server.port(), static_cast<long long>(ctx));
+    if (registry->entries().size() > 1) {
+      std::string others;
+      for (const auto& e : registry->entries()) {
+        if (e.id == id) continue;
+        others += fmt::format("{}{} ({})", others.empty() ? "" : ", ", e.id,
+                              registry->loaded_info(e) ? "loaded" : "loads on first use");
+      }
+      std::printf("  and %s\n", others.c_str());
+    }
     std::printf("  %s\n", claude_command(url, so.api_keys.empty() ? "" : so.api_keys.front(), id,
                                          ctx).c_str());
     std::fflush(stdout);

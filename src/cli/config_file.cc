@@ -8,6 +8,7 @@
 
 #include "cli/command.h"
 #include "core/error.h"
+#include "engine/engine.h"
 
 namespace pensieve::cli {
 namespace {
@@ -163,13 +164,107 @@ ConfigFile::ConfigFile(std::string path) : path_(std::move(path)) {
   } catch (const toml::parse_error& e) {
     fail("{}:{}:{}: {}", path_, e.source().begin.line, e.source().begin.column, e.description());
   }
-  for (const auto& [key, node] : table_)
+  for (const auto& [key, node] : table_) {
+    if (key.str() == "models") continue;  // the model tables: models()
     entries_.push_back({std::string(key.str()), static_cast<int>(key.source().begin.line)});
+  }
   std::sort(entries_.begin(), entries_.end(), [](const Entry& a, const Entry& b) { return a.line < b.line; });
+}
+
+const std::vector<std::string>& model_table_keys() {
+  static const std::vector<std::string> keys = {
+      "model", "aliases", "display-name", "ctx-size", "sliding-window", "max-output-tokens",
+      "kv-memory", "load-at-start"};
+  return keys;
+}
+
+std::vector<ModelTable> ConfigFile::models() const {
+  std::vector<ModelTable> out;
+  const toml::node* all = table_.get("models");
+  if (all == nullptr) return out;
+  const auto line_of = [](const toml::node& n) { return static_cast<int>(n.source().begin.line); };
+  const toml::table* tables = all->as_table();
+  if (tables == nullptr)
+    fail("{}:{}: models must be tables ([models.NAME] with model = \"DIR or ORG/NAME\"), not {}", path_,
+         line_of(*all), toml_type_name(*all));
+  for (const auto& [name_key, node] : *tables) {
+    const std::string name(name_key.str());
+    const int line = static_cast<int>(name_key.source().begin.line);
+    const toml::table* t = node.as_table();
+    if (t == nullptr)
+      fail("{}:{}: models.{} must be a table ([models.{}] with model = ...), not {}", path_, line, name, name,
+           toml_type_name(node));
+    ModelTable m;
+    m.name = name;
+    m.where = fmt::format("{}:{}", path_, line);
+    m.line = line;
+    if (name.empty() || name.find_first_of(" \t\r\n/") != std::string::npos)
+      fail("{}:{}: models.\"{}\": a model's name must be a word without spaces or slashes", path_, line, name);
+    for (const auto& [k, v] : *t) {
+      const std::string key = normalized_key(std::string(k.str()));
+      const int at = static_cast<int>(k.source().begin.line);
+      const auto bad = [&](const char* what) {
+        fail("{}:{}: models.{}.{} must be {}, not {}", path_, at, name, k.str(), what, toml_type_name(v));
+      };
+      const auto integer = [&](int64_t min) {
+        auto i = v.value_exact<int64_t>();
+        if (!i) bad("an integer");
+        if (*i < min) fail("{}:{}: models.{}.{} must be at least {}, not {}", path_, at, name, k.str(), min, *i);
+        return *i;
+      };
+      const auto text = [&] {
+        auto x = v.value_exact<std::string>();
+        if (!x) bad("a string");
+        return *x;
+      };
+      if (key == "model") {
+        m.model = text();
+        if (m.model.empty()) fail("{}:{}: models.{}.model is empty", path_, at, name);
+      } else if (key == "aliases") {
+        const toml::array* a = v.as_array();
+        if (a == nullptr) bad("an array of strings");
+        for (const toml::node& item : *a) {
+          auto x = item.value_exact<std::string>();
+          if (!x || x->empty()) bad("an array of names (non-empty strings)");
+          m.aliases.push_back(*x);
+        }
+      } else if (key == "display-name") {
+        m.display_name = text();
+      } else if (key == "ctx-size") {
+        m.ctx_size = integer(1);
+      } else if (key == "sliding-window") {
+        m.sliding_window = integer(0);
+      } else if (key == "max-output-tokens") {
+        m.max_output_tokens = integer(0);
+      } else if (key == "kv-memory") {
+        m.kv_memory = text();
+        try {
+          parse_memory_size(m.kv_memory);
+        } catch (const Error& e) {
+          fail("{}:{}: models.{}.kv-memory: {}", path_, at, name, e.what());
+        }
+      } else if (key == "load-at-start") {
+        auto b = v.value_exact<bool>();
+        if (!b) bad("true or false");
+        m.load_at_start = *b;
+      } else {
+        std::string list;
+        for (const auto& n : model_table_keys()) list += (list.empty() ? "" : ", ") + n;
+        fail("{}:{}: unknown key '{}' in [models.{}] (the keys are: {})", path_, at, k.str(), name, list);
+      }
+    }
+    if (m.model.empty())
+      fail("{}:{}: [models.{}] has no model = \"DIR or ORG/NAME\" (the folder or Hugging Face repo to serve)",
+           path_, line, name);
+    out.push_back(std::move(m));
+  }
+  std::sort(out.begin(), out.end(), [](const ModelTable& a, const ModelTable& b) { return a.line < b.line; });
+  return out;
 }
 
 void ConfigFile::apply(CLI::App& app) {
   if (path_.empty()) return;
+  (void)models();  // every model table checked before anything is applied
   struct Planned {
     CLI::Option* opt;
     std::string text;

@@ -34,6 +34,24 @@ struct OptionSource {
   std::string source;  // "command line", "environment PENSIEVE_PORT", "FILE:LINE", "default"
 };
 
+// A [models.NAME] table: one more model the server serves by NAME.
+struct ModelTable {
+  std::string name;                  // NAME, the model's id
+  std::string where;                 // "FILE:LINE" of its [models.NAME]
+  int line = 0;
+  std::string model;                 // a directory or a Hub repo (ORG/NAME[@REV])
+  std::vector<std::string> aliases;  // more names for it
+  std::string display_name;          // "" = NAME
+  int64_t ctx_size = 0;              // 0: the model's
+  int64_t sliding_window = -1;       // -1: config.json's
+  int64_t max_output_tokens = 0;     // 0: no cap but the context
+  std::string kv_memory;             // "" automatic
+  bool load_at_start = false;
+};
+
+// The keys a [models.NAME] table takes.
+const std::vector<std::string>& model_table_keys();
+
 class ConfigFile {
  public:
   // Reads `path` ("" reads nothing). Throws Error naming the file, line and
@@ -54,6 +72,11 @@ class ConfigFile {
 
   // " (from FILE:LINE)" when `key` came from the file, else "".
   std::string origin(const std::string& key) const;
+
+  // The [models.NAME] tables in file order. Throws Error naming the file,
+  // line and key for an unknown key, a value of the wrong type or an
+  // impossible one (apply() checks them too, before anything is filled).
+  std::vector<ModelTable> models() const;
 
  private:
   struct Entry {

@@ -79,10 +79,13 @@ struct Session {
   void record() {
     if (recorded || metrics == nullptr || !generation) return;
     recorded = true;
-    metrics->record_generation({.n_prompt = n_prompt, .n_cached = n_cached, .n_output = n_output,
+    metrics->record_generation(model ? model->entry.id : std::string(), {.n_prompt = n_prompt, .n_cached = n_cached, .n_output = n_output,
                                 .ttft_s = ttft_s, .inter_token_s = std::move(inter_token_s)});
   }
 
+  // The model, held until the session is gone (declared first: released
+  // after the generation below, which its engine runs).
+  std::shared_ptr<ModelLease> model;
   std::shared_ptr<EventChannel> channel = std::make_shared<EventChannel>();
   std::unique_ptr<InflightSlot> slot;
   std::shared_ptr<Generation> generation;
@@ -302,20 +305,50 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms, co
 
 }  // namespace
 
+namespace {
+
+// The request parsed for the model it names, and that model held. The body
+// is checked before a model that is not loaded yet is loaded for it: as
+// though the model took images, and again once it is loaded when it does not.
+template <typename Parse>
+auto parse_for_model(ModelRegistry& models, const ModelEntry* entry, Parse parse)
+    -> std::pair<decltype(parse(false)), std::shared_ptr<ModelLease>> {
+  const std::optional<ModelInfo> known = entry ? models.loaded_info(*entry) : std::nullopt;
+  auto request = parse(known ? known->vision : entry != nullptr);
+  if (entry == nullptr) throw ApiError(500, "api_error", "the request parsed without a model");
+  std::shared_ptr<ModelLease> lease;
+  try {
+    lease = models.acquire(*entry);
+  } catch (const ApiError&) {
+    throw;
+  } catch (const std::exception& e) {
+    // The model's fault, not the request's, whatever the loader threw.
+    throw ApiError(500, "api_error", fmt::format("model {} could not be loaded: {}", entry->id, e.what()));
+  }
+  if (!known && !lease->info.vision) request = parse(false);
+  return {std::move(request), std::move(lease)};
+}
+
+}  // namespace
+
 void Server::Impl::handle_messages(const httplib::Request& req, httplib::Response& res) {
   json body = parse_request_body(req.body);
-  MessagesRequest request = parse_messages_request(body, {true, info.vision});
-  answer(req, res, request, nullptr);
+  auto [request, model] = parse_for_model(models, model_named(body), [&](bool vision) {
+    return parse_messages_request(body, {true, vision});
+  });
+  answer(req, res, request, nullptr, std::move(model));
 }
 
 void Server::Impl::handle_chat_completions(const httplib::Request& req, httplib::Response& res) {
   json body = parse_request_body(req.body);
-  ChatRequest chat = parse_chat_request(body);
-  answer(req, res, chat.messages, &chat);
+  auto [chat, model] = parse_for_model(models, model_named(body), [&](bool) { return parse_chat_request(body); });
+  answer(req, res, chat.messages, &chat, std::move(model));
 }
 
 void Server::Impl::answer(const httplib::Request& req, httplib::Response& res, MessagesRequest& request,
-                          const ChatRequest* chat) {
+                          const ChatRequest* chat, std::shared_ptr<ModelLease> model) {
+  Backend& backend = model->backend;
+  const ModelInfo& info = model->info;
   if (request.thinking != ThinkingMode::disabled &&
       (request.tool_choice.type == ToolChoice::Type::any ||
        request.tool_choice.type == ToolChoice::Type::tool))
@@ -335,8 +368,11 @@ void Server::Impl::answer(const httplib::Request& req, httplib::Response& res, M
   // ending it would: end_turn, not max_tokens. A client told max_tokens
   // when it asked for more asks the model to go on (Claude Code does,
   // a few times, then fails with "exceeded the output token maximum").
-  const bool server_capped = options.max_output_tokens > 0 && options.max_output_tokens < gen.max_tokens;
-  if (server_capped) gen.max_tokens = options.max_output_tokens;
+  int64_t cap = 0;
+  for (const int64_t c : {options.max_output_tokens, model->entry.max_output_tokens})
+    if (c > 0) cap = cap > 0 ? std::min(cap, c) : c;
+  const bool server_capped = cap > 0 && cap < gen.max_tokens;
+  if (server_capped) gen.max_tokens = cap;
   gen.temperature = static_cast<float>(request.temperature.value_or(1.0));
   gen.top_p = static_cast<float>(request.top_p.value_or(1.0));
   gen.top_k = static_cast<int>(std::min<int64_t>(request.top_k.value_or(0), INT32_MAX));
@@ -357,8 +393,11 @@ void Server::Impl::answer(const httplib::Request& req, httplib::Response& res, M
   parser_options.tool_calls = prompt.tools_active;
   parser_options.thinking = prompt.thinking;
   parser_options.starts_in_thinking = prompt.starts_in_thinking;
-  auto session = std::make_shared<Session>(std::move(parser_options), request.model, n_prompt);
+  // Answers carry the model's own id, whichever of its names was asked for
+  // (as Anthropic's API answers an alias with the model it stands for).
+  auto session = std::make_shared<Session>(std::move(parser_options), model->entry.id, n_prompt);
   session->metrics = &metrics;
+  session->model = model;
   session->server_capped = server_capped;
   // Nothing is written where the engine keeps no prompts.
   session->n_breakpoint = info.prefix_cache ? prompt.n_breakpoint_tokens : 0;
@@ -383,7 +422,7 @@ void Server::Impl::answer(const httplib::Request& req, httplib::Response& res, M
     int ping_ms = options.ping_interval_ms;
     StreamWriter writer = chat == nullptr ? anthropic_writer()
                                           : openai_writer(std::make_shared<ChatChunker>(
-                                                chat_id, request.model, created, chat->include_usage,
+                                                chat_id, model->entry.id, created, chat->include_usage,
                                                 chat->json_response));
     res.set_chunked_content_provider(
         "text/event-stream",
@@ -421,8 +460,10 @@ void Server::Impl::answer(const httplib::Request& req, httplib::Response& res, M
 
 void Server::Impl::handle_count_tokens(const httplib::Request& req, httplib::Response& res) {
   json body = parse_request_body(req.body);
-  MessagesRequest request = parse_messages_request(body, {false, info.vision});
-  Prompt prompt = build_prompt(backend, info, request);
+  auto [request, model] = parse_for_model(models, model_named(body), [&](bool vision) {
+    return parse_messages_request(body, {false, vision});
+  });
+  Prompt prompt = build_prompt(model->backend, model->info, request);
   send_json(res, 200, {{"input_tokens", prompt.tokens.size()}});
 }
 

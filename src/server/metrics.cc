@@ -59,10 +59,11 @@ void Histogram::write(std::string& out, const std::string& name, const std::stri
   out += fmt::format("{}_count{{{}}} {}\n", name, labels, count_);
 }
 
-Metrics::Metrics(std::string model)
-    : model_(std::move(model)),
-      ttft_({0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}),
-      itl_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}) {}
+Metrics::PerModel::PerModel()
+    : ttft({0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}),
+      itl({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}) {}
+
+Metrics::Metrics(std::string model) : model_(std::move(model)) { models_[model_]; }
 
 std::string Metrics::route_label(const std::string& path) {
   static const char* const kExact[] = {"/v1/messages", "/v1/messages/count_tokens", "/v1/models",
@@ -79,59 +80,78 @@ void Metrics::record_request(const std::string& route, int status) {
   ++requests_[{route, status}];
 }
 
-void Metrics::record_generation(const GenerationRecord& g) {
+void Metrics::record_generation(const std::string& model, const GenerationRecord& g) {
   std::lock_guard<std::mutex> lock(mutex_);
-  ++n_generations_;
-  n_prompt_ += g.n_prompt;
-  n_cached_ += g.n_cached;
-  n_output_ += g.n_output;
-  if (g.n_cached > 0) ++n_cache_hits_;
-  if (g.ttft_s >= 0) ttft_.observe(g.ttft_s);
-  for (const double d : g.inter_token_s) itl_.observe(d);
+  PerModel& m = models_[model];
+  ++m.n_generations;
+  m.n_prompt += g.n_prompt;
+  m.n_cached += g.n_cached;
+  m.n_output += g.n_output;
+  if (g.n_cached > 0) ++m.n_cache_hits;
+  if (g.ttft_s >= 0) m.ttft.observe(g.ttft_s);
+  for (const double d : g.inter_token_s) m.itl.observe(d);
 }
 
-std::string Metrics::render(const nlohmann::ordered_json& engine, int64_t n_inflight,
-                            int64_t n_connections) const {
-  const std::string m = "model=\"" + escape_label(model_) + "\"";
+std::string Metrics::render(const std::vector<std::pair<std::string, nlohmann::ordered_json>>& engines,
+                            int64_t n_inflight, int64_t n_connections) const {
+  const auto label = [](const std::string& model) { return "model=\"" + escape_label(model) + "\""; };
+  const std::string m = label(model_);
   std::string out;
   std::lock_guard<std::mutex> lock(mutex_);
   header(out, "pensieve_requests_total", "counter", "HTTP requests answered, by route and status.");
   for (const auto& [key, n] : requests_)
     out += fmt::format("pensieve_requests_total{{{},route=\"{}\",status=\"{}\"}} {}\n", m,
                        escape_label(key.first), key.second, n);
-  const auto counter = [&](const char* name, const char* help, int64_t v) {
-    header(out, name, "counter", help);
-    out += fmt::format("{}{{{}}} {}\n", name, m, v);
+  // One family at a time, a sample per model.
+  const auto per_model = [&](const char* name, const char* type, const char* help, auto value) {
+    header(out, name, type, help);
+    for (const auto& [model, pm] : models_) out += fmt::format("{}{{{}}} {}\n", name, label(model), value(pm));
   };
+  per_model("pensieve_generations_total", "counter", "Generations finished or failed.",
+            [](const PerModel& p) { return p.n_generations; });
+  per_model("pensieve_prompt_tokens_total", "counter",
+            "Prompt tokens of finished generations, cached ones included.",
+            [](const PerModel& p) { return p.n_prompt; });
+  per_model("pensieve_prompt_cached_tokens_total", "counter", "Prompt tokens read from the prefix cache.",
+            [](const PerModel& p) { return p.n_cached; });
+  per_model("pensieve_generated_tokens_total", "counter", "Tokens generated.",
+            [](const PerModel& p) { return p.n_output; });
+  per_model("pensieve_prefix_cache_hits_total", "counter",
+            "Generations that read part of their prompt from the prefix cache.",
+            [](const PerModel& p) { return p.n_cache_hits; });
+  header(out, "pensieve_time_to_first_token_seconds", "histogram",
+         "From the request's arrival to its first generated token.");
+  for (const auto& [model, pm] : models_) pm.ttft.write(out, "pensieve_time_to_first_token_seconds", label(model));
+  header(out, "pensieve_inter_token_latency_seconds", "histogram", "Between successive generated tokens.");
+  for (const auto& [model, pm] : models_) pm.itl.write(out, "pensieve_inter_token_latency_seconds", label(model));
   const auto gauge = [&](const char* name, const char* help, int64_t v) {
     header(out, name, "gauge", help);
     out += fmt::format("{}{{{}}} {}\n", name, m, v);
   };
-  counter("pensieve_generations_total", "Generations finished or failed.", n_generations_);
-  counter("pensieve_prompt_tokens_total", "Prompt tokens of finished generations, cached ones included.", n_prompt_);
-  counter("pensieve_prompt_cached_tokens_total", "Prompt tokens read from the prefix cache.", n_cached_);
-  counter("pensieve_generated_tokens_total", "Tokens generated.", n_output_);
-  counter("pensieve_prefix_cache_hits_total", "Generations that read part of their prompt from the prefix cache.",
-          n_cache_hits_);
-  header(out, "pensieve_time_to_first_token_seconds", "histogram",
-         "From the request's arrival to its first generated token.");
-  ttft_.write(out, "pensieve_time_to_first_token_seconds", m);
-  header(out, "pensieve_inter_token_latency_seconds", "histogram", "Between successive generated tokens.");
-  itl_.write(out, "pensieve_inter_token_latency_seconds", m);
   gauge("pensieve_inflight_requests", "Generations being answered.", n_inflight);
   gauge("pensieve_open_connections", "Client connections open.", n_connections);
-  if (engine.is_object()) {
-    gauge("pensieve_queue_depth", "Sequences waiting for the engine.", stat(engine, "n_waiting"));
-    gauge("pensieve_running_sequences", "Sequences the engine is running.", stat(engine, "n_running"));
-    header(out, "pensieve_kv_blocks", "gauge", "KV cache blocks by state (used + cached + free = the pool).");
+  header(out, "pensieve_model_loaded", "gauge", "1 for each model in memory.");
+  for (const auto& [model, engine] : engines) out += fmt::format("pensieve_model_loaded{{{}}} 1\n", label(model));
+  // The engines' figures, for the loaded models that have an engine.
+  std::vector<std::pair<std::string, const nlohmann::ordered_json*>> with;
+  for (const auto& [model, engine] : engines)
+    if (engine.is_object()) with.emplace_back(label(model), &engine);
+  if (with.empty()) return out;
+  const auto engine_family = [&](const char* name, const char* type, const char* help, const char* key) {
+    header(out, name, type, help);
+    for (const auto& [l, e] : with) out += fmt::format("{}{{{}}} {}\n", name, l, stat(*e, key));
+  };
+  engine_family("pensieve_queue_depth", "gauge", "Sequences waiting for the engine.", "n_waiting");
+  engine_family("pensieve_running_sequences", "gauge", "Sequences the engine is running.", "n_running");
+  header(out, "pensieve_kv_blocks", "gauge", "KV cache blocks by state (used + cached + free = the pool).");
+  for (const auto& [l, e] : with)
     for (const auto& [state, key] : {std::pair{"used", "kv_blocks_used"}, std::pair{"cached", "kv_blocks_cached"},
                                      std::pair{"free", "kv_blocks_free"}})
-      out += fmt::format("pensieve_kv_blocks{{{},state=\"{}\"}} {}\n", m, state, stat(engine, key));
-    counter("pensieve_engine_steps_total", "Engine steps run.", stat(engine, "n_steps"));
-    counter("pensieve_preemptions_total", "Sequences preempted for KV memory.", stat(engine, "n_preemptions"));
-    counter("pensieve_prefix_cache_evictions_total", "Cached KV blocks evicted for new ones.",
-            stat(engine, "n_evictions"));
-  }
+      out += fmt::format("pensieve_kv_blocks{{{},state=\"{}\"}} {}\n", l, state, stat(*e, key));
+  engine_family("pensieve_engine_steps_total", "counter", "Engine steps run.", "n_steps");
+  engine_family("pensieve_preemptions_total", "counter", "Sequences preempted for KV memory.", "n_preemptions");
+  engine_family("pensieve_prefix_cache_evictions_total", "counter", "Cached KV blocks evicted for new ones.",
+                "n_evictions");
   return out;
 }
 

@@ -45,11 +45,13 @@ class Metrics {
 
   // Every answered request; route is the path pattern (route_label()).
   void record_request(const std::string& route, int status);
-  void record_generation(const GenerationRecord& g);
-  // The exposition: this object's counters and the engine's (its /health
-  // stats object, null when there is none) as gauges and counters.
-  std::string render(const nlohmann::ordered_json& engine_stats, int64_t n_inflight,
-                     int64_t n_connections) const;
+  void record_generation(const std::string& model, const GenerationRecord& g);
+  // The exposition: this object's counters (generations per model) and each
+  // loaded model's engine (its /health stats object, null when it has none)
+  // as gauges and counters. Requests, in-flight requests and connections are
+  // the server's, labelled with the default model.
+  std::string render(const std::vector<std::pair<std::string, nlohmann::ordered_json>>& engines,
+                     int64_t n_inflight, int64_t n_connections) const;
 
   // The route a path is counted under: a registered pattern, or "other"
   // (so a client cannot grow the label set without bound).
@@ -59,8 +61,12 @@ class Metrics {
   const std::string model_;
   mutable std::mutex mutex_;
   std::map<std::pair<std::string, int>, int64_t> requests_;
-  int64_t n_generations_ = 0, n_prompt_ = 0, n_cached_ = 0, n_output_ = 0, n_cache_hits_ = 0;
-  Histogram ttft_, itl_;
+  struct PerModel {
+    PerModel();
+    int64_t n_generations = 0, n_prompt = 0, n_cached = 0, n_output = 0, n_cache_hits = 0;
+    Histogram ttft, itl;
+  };
+  std::map<std::string, PerModel> models_;  // the default model's always, others once used
 };
 
 }  // namespace pensieve::server

@@ -379,7 +379,7 @@ json openai_error(const ApiError& e) {
   std::string type = e.type();
   switch (e.status()) {
     case 401: code = "invalid_api_key"; break;
-    case 404: code = "not_found"; break;
+    case 404: code = std::string_view(e.what()).rfind("model: ", 0) == 0 ? "model_not_found" : "not_found"; break;
     case 429: code = "rate_limit_exceeded"; break;
     default: break;
   }

@@ -80,8 +80,32 @@ std::string default_error_message(const httplib::Request& req, int status, size_
 
 }  // namespace
 
-Server::Impl::Impl(Backend& backend_, ServerOptions options_)
-    : backend(backend_), options(std::move(options_)), info(backend.info()) {}
+namespace {
+
+std::unique_ptr<ModelLoader> lend(Backend& backend) {
+  auto loader = std::make_unique<LendingLoader>();
+  loader->lend(backend.info().id, backend);
+  return loader;
+}
+
+std::vector<ModelEntry> one_entry(const Backend& backend) {
+  const ModelInfo info = backend.info();
+  if (info.context_size <= 0) fail(ErrorKind::internal, "model {}: context size {}", info.id, info.context_size);
+  return {ModelEntry{.id = info.id, .display_name = info.display_name}};
+}
+
+}  // namespace
+
+Server::Impl::Impl(ModelRegistry& models_, ServerOptions options_)
+    : models(models_), options(std::move(options_)) {}
+
+Server::Impl::Impl(Backend& backend, ServerOptions options_)
+    : own_loader(lend(backend)),
+      own_registry(std::make_unique<ModelRegistry>(one_entry(backend), *own_loader)),
+      models(*own_registry),
+      options(std::move(options_)) {
+  models.load_at_start();
+}
 
 void Server::Impl::send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -207,43 +231,127 @@ std::string Server::Impl::gate_error_response(int status, const std::string& mes
                      should_retry(status) ? "" : "x-should-retry: false\r\n", body);
 }
 
-json Server::Impl::model_object(const std::string& id) const {
-  // Anthropic's model object; max_input_tokens and max_tokens as its API
-  // gives them, from the context actually served (context_note says why
-  // that is less than the model's, when it is).
-  const int64_t max_tokens = options.max_output_tokens > 0
-                                 ? std::min(options.max_output_tokens, info.context_size - 1)
-                                 : info.context_size - 1;
+json Server::Impl::model_object(const ModelListing& listed) const {
+  const ModelEntry& e = *listed.model;
+  const std::optional<ModelInfo> info = models.loaded_info(e);
   // One object both SDKs read: Anthropic's fields (type, display_name,
   // created_at) and OpenAI's (object, created, owned_by).
-  json m = {{"type", "model"}, {"id", id},
-            {"display_name", info.display_name.empty() ? info.id : info.display_name},
+  json m = {{"type", "model"}, {"id", listed.id},
+            {"display_name", !e.display_name.empty() ? e.display_name
+                             : info && !info->display_name.empty() ? info->display_name
+                                                                   : e.id},
             {"created_at", created_at}, {"object", "model"}, {"created", created_unix},
-            {"owned_by", "pensieve"}, {"max_input_tokens", info.context_size - 1},
-            {"max_tokens", max_tokens}, {"context_size", info.context_size}};
-  if (!info.context_note.empty()) m["context_note"] = info.context_note;
+            {"owned_by", "pensieve"}};
+  if (listed.kind != ModelListing::Kind::model) m["alias_of"] = e.id;
+  m["loaded"] = info.has_value();
+  // max_input_tokens and max_tokens as Anthropic's API gives them, from the
+  // context actually served (context_note says why that is less than the
+  // model's, when it is); before a model is loaded, from its configuration.
+  const int64_t context = info ? info->context_size : e.context_size_hint;
+  if (context > 0) {
+    int64_t max_tokens = context - 1;
+    for (const int64_t cap : {options.max_output_tokens, e.max_output_tokens})
+      if (cap > 0) max_tokens = std::min(max_tokens, cap);
+    m["max_input_tokens"] = context - 1;
+    m["max_tokens"] = max_tokens;
+    m["context_size"] = context;
+  }
+  if (info && !info->context_note.empty()) m["context_note"] = info->context_note;
   return m;
 }
 
+ApiError Server::Impl::unknown_model(const std::string& name) const {
+  std::string served;
+  for (const auto& l : models.listing())
+    if (l.kind == ModelListing::Kind::model) served += (served.empty() ? "" : ", ") + l.id;
+  return ApiError(404, "not_found_error",
+                  fmt::format("model: {} (this server serves {}, their aliases (GET /v1/models), "
+                              "and claude-* names)",
+                              name, served));
+}
+
+const ModelEntry* Server::Impl::model_named(const json& body) const {
+  if (!body.is_object()) return nullptr;
+  auto it = body.find("model");
+  if (it == body.end() || !it->is_string()) return nullptr;
+  const std::string& name = it->get_ref<const std::string&>();
+  if (const ModelEntry* e = models.resolve(name)) return e;
+  throw unknown_model(name);
+}
+
 void Server::Impl::handle_models(const httplib::Request& req, httplib::Response& res) {
+  // Anthropic's pagination: limit (1-1000, default 20), after_id, before_id.
+  // A client that sends no anthropic-version (OpenAI's SDK) gets the whole
+  // list unless it asks for a limit: OpenAI's list has no pages.
+  const auto& all = models.listing();
+  size_t limit = req.has_header("anthropic-version") ? 20 : all.size();
+  if (req.has_param("limit")) {
+    const std::string text = req.get_param_value("limit");
+    char* end = nullptr;
+    const long v = std::strtol(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || v < 1 || v > 1000)
+      invalid_request("limit", "must be an integer from 1 to 1000, got '{}'", text);
+    limit = static_cast<size_t>(v);
+  }
+  auto position = [&](const char* param) -> size_t {
+    const std::string id = req.get_param_value(param);
+    for (size_t i = 0; i < all.size(); ++i)
+      if (all[i].id == id) return i;
+    invalid_request(param, "no model is listed as '{}'", id);
+  };
+  if (req.has_param("after_id") && req.has_param("before_id"))
+    invalid_request("", "after_id and before_id cannot be given together");
+  size_t begin = 0, end = all.size();
+  if (req.has_param("after_id")) {
+    begin = position("after_id") + 1;
+    end = std::min(all.size(), begin + limit);
+  } else if (req.has_param("before_id")) {
+    end = position("before_id");
+    begin = end > limit ? end - limit : 0;
+  } else {
+    end = std::min(all.size(), limit);
+  }
   json data = json::array();
-  // One model; paging past it (after_id/before_id naming it) gives an empty page.
-  if (req.get_param_value("after_id") != info.id && req.get_param_value("before_id") != info.id)
-    data.push_back(model_object(info.id));
-  json first = data.empty() ? json(nullptr) : json(info.id);
-  send_json(res, 200, {{"object", "list"}, {"data", data}, {"first_id", first}, {"last_id", first}, {"has_more", false}});
+  for (size_t i = begin; i < end; ++i) data.push_back(model_object(all[i]));
+  // has_more: more in the direction being paged.
+  const bool more = req.has_param("before_id") ? begin > 0 : end < all.size();
+  json first = begin < end ? json(all[begin].id) : json(nullptr);
+  json last = begin < end ? json(all[end - 1].id) : json(nullptr);
+  send_json(res, 200, {{"object", "list"}, {"data", data}, {"first_id", first}, {"last_id", last},
+                       {"has_more", more}});
 }
 
 void Server::Impl::handle_model(const httplib::Request& req, httplib::Response& res) {
-  // Any model name is served by the loaded model, so any id resolves to it.
-  send_json(res, 200, model_object(req.matches[1]));
+  const std::string name = req.matches[1];
+  for (const auto& l : models.listing())
+    if (l.id == name) return send_json(res, 200, model_object(l));
+  // A name resolve() maps (a claude-* family name, another case) is
+  // described as the model it reaches, under the name asked for.
+  if (const ModelEntry* e = models.resolve(name))
+    return send_json(res, 200, model_object({name, e, ModelListing::Kind::alias}));
+  throw unknown_model(name);
 }
 
 void Server::Impl::handle_health(const httplib::Request& req, httplib::Response& res) {
-  json engine = backend.stats();
+  // The default model's figures at the top (what one-model clients read),
+  // then every model's state.
+  const ModelEntry& main = models.default_model();
+  json engine = nullptr;
+  models.for_each_loaded([&](const ModelEntry& e, Backend& b) {
+    if (&e == &main) engine = b.stats();
+  });
+  const std::optional<ModelInfo> info = models.loaded_info(main);
+  json body = {{"status", "ok"}, {"model", main.id}};
+  if (info) {
+    body["context_size"] = info->context_size;
+    if (!info->context_note.empty()) body["context_note"] = info->context_note;
+  }
+  json status = models.status();
+  body["default_model"] = status["default"];
+  body["models"] = std::move(status["models"]);
+  body["model_memory"] = std::move(status["memory"]);
+  body["claude_families"] = std::move(status["families"]);
   std::lock_guard<std::mutex> lock(slots_mutex);
-  json body = {{"status", "ok"}, {"model", info.id}, {"context_size", info.context_size}};
-  if (!info.context_note.empty()) body["context_note"] = info.context_note;
   body["n_inflight"] = n_inflight;
   body["n_connections"] = http.n_connections();
   body["max_queue"] = options.max_queue;
@@ -260,21 +368,26 @@ void Server::Impl::count(const httplib::Request& req, const httplib::Response& r
 
 void Server::Impl::handle_metrics(const httplib::Request& req, httplib::Response& res) {
   (void)req;
-  const json engine = backend.stats();
+  std::vector<std::pair<std::string, json>> engines;
+  models.for_each_loaded([&](const ModelEntry& e, Backend& b) { engines.emplace_back(e.id, b.stats()); });
   int inflight = 0;
   {
     std::lock_guard<std::mutex> lock(slots_mutex);
     inflight = n_inflight;
   }
   res.status = 200;
-  res.set_content(metrics.render(engine, inflight, http.n_connections()), "text/plain; version=0.0.4");
+  res.set_content(metrics.render(engines, inflight, http.n_connections()), "text/plain; version=0.0.4");
 }
 
 void Server::Impl::handle_hold(bool held, httplib::Response& res) {
-  if (!backend.set_held(held))
-    throw ApiError(404, "not_found_error", "this backend cannot hold its generations");
+  bool any = false;
+  models.for_each_loaded([&](const ModelEntry&, Backend& b) { any = b.set_held(held) || any; });
+  if (!any) throw ApiError(404, "not_found_error", "no loaded model can hold its generations");
   send_json(res, 200, {{"held", held}});
 }
+
+Server::Server(ModelRegistry& models, ServerOptions options)
+    : impl_(std::make_unique<Impl>(models, std::move(options))) {}
 
 Server::Server(Backend& backend, ServerOptions options)
     : impl_(std::make_unique<Impl>(backend, std::move(options))) {}
@@ -353,7 +466,7 @@ void Server::start() {
     lock.lock();
     if (!s.running) fail(ErrorKind::internal, "the HTTP server stopped while starting");
   }
-  spdlog::info("serving {} on http://{}:{} ({})", s.info.id, s.options.host, s.bound_port,
+  spdlog::info("serving {} on http://{}:{} ({})", s.models.default_model().id, s.options.host, s.bound_port,
                s.keys.empty() ? "no API key: local clients only" : "API key required");
 }
 

@@ -1,8 +1,9 @@
 // The Anthropic Messages API over HTTP: POST /v1/messages (JSON or SSE),
 // POST /v1/messages/count_tokens, GET /v1/models[/{id}], HEAD / and
-// GET /health, in front of any Backend (src/server/backend.h).
+// GET /health, in front of the models of a ModelRegistry (each a Backend,
+// src/server/backend.h), or of one Backend.
 //
-//   pensieve::server::Server server(backend, options);
+//   pensieve::server::Server server(registry, options);  // or (backend, options)
 //   server.start();   // binds; throws pensieve::Error when it cannot or must not
 //   server.wait();    // until stop() (e.g. from a signal handler thread)
 //
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "server/backend.h"
+#include "server/model_registry.h"
 
 namespace httplib {
 class Stream;
@@ -47,7 +49,7 @@ struct ServerOptions {
   int keep_alive_timeout_s = 5;
   int ping_interval_ms = 5000;            // SSE ping when nothing else was sent for this long
   int64_t max_output_tokens = 0;          // server-wide cap on a response's tokens (0: context only)
-  // Tests only: POST /test/hold and /test/release hold the backend's
+  // Tests only: POST /test/hold and /test/release hold the loaded models'
   // generations where they are and let them go (Backend::set_held), so a
   // test can keep a request in flight by construction.
   bool test_hooks = false;
@@ -55,6 +57,9 @@ struct ServerOptions {
 
 class Server {
  public:
+  // Serves the registry's models by name (it must outlive the server).
+  Server(ModelRegistry& models, ServerOptions options);
+  // Serves one backend: its id and claude-* names reach it, others get 404.
   Server(Backend& backend, ServerOptions options);
   ~Server();
   Server(const Server&) = delete;

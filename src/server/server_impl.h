@@ -40,15 +40,17 @@ class EventChannel {
 };
 
 struct Server::Impl {
-  Impl(Backend& backend, ServerOptions options);
+  Impl(ModelRegistry& models, ServerOptions options);
+  Impl(Backend& backend, ServerOptions options);  // a registry of this one backend
 
-  Backend& backend;
+  std::unique_ptr<ModelLoader> own_loader;      // Impl(Backend&): lends the backend
+  std::unique_ptr<ModelRegistry> own_registry;
+  ModelRegistry& models;
   ServerOptions options;
-  ModelInfo info;
   std::vector<std::string> keys;
   std::string created_at;  // RFC 3339, for the models list
   int64_t created_unix = 0;  // the same, in seconds (OpenAI's "created")
-  Metrics metrics{info.id};  // GET /metrics
+  Metrics metrics{models.default_model().id};  // GET /metrics
 
   HttpServer http;  // httplib with the connection gate (server/http_server.h)
   std::thread listen_thread;
@@ -79,11 +81,17 @@ struct Server::Impl {
   void handle_messages(const httplib::Request& req, httplib::Response& res);
   // POST /v1/chat/completions: OpenAI's face on the same generation (openai.h).
   void handle_chat_completions(const httplib::Request& req, httplib::Response& res);
+  // The model a request body's "model" names: 404 not_found_error when it
+  // names none (null when the field is missing or not a string: the
+  // request parser says so).
+  const ModelEntry* model_named(const nlohmann::ordered_json& body) const;
+  // 404 not_found_error "model: NAME", with the names that are served.
+  ApiError unknown_model(const std::string& name) const;
   // A parsed request answered as Messages (chat null) or as Chat Completions.
   void answer(const httplib::Request& req, httplib::Response& res, MessagesRequest& request,
-              const ChatRequest* chat);
+              const ChatRequest* chat, std::shared_ptr<ModelLease> model);
   void handle_count_tokens(const httplib::Request& req, httplib::Response& res);
-  nlohmann::ordered_json model_object(const std::string& id) const;
+  nlohmann::ordered_json model_object(const ModelListing& listed) const;
   void handle_models(const httplib::Request& req, httplib::Response& res);
   void handle_model(const httplib::Request& req, httplib::Response& res);
   void handle_health(const httplib::Request& req, httplib::Response& res);

@@ -138,7 +138,7 @@ describe('400 invalid_request_error', () => {
     const m = /^prompt is too long: (\d+) tokens > (\d+) maximum$/.exec(message);
     assert.ok(m, message);
     assert.equal(Number(m[2]), context_size - 1);
-    const { input_tokens } = await sdk(server).messages.countTokens({ model: 'x', messages: [{ role: 'user', content: long }] });
+    const { input_tokens } = await sdk(server).messages.countTokens({ model: 'claude-x', messages: [{ role: 'user', content: long }] });
     assert.equal(Number(m[1]), input_tokens, 'the count in the message is the prompt count_tokens measures');
     await stillServing();
   });
@@ -149,7 +149,7 @@ describe('401 authentication_error', () => {
     await rawError(postRaw(keyed, '/v1/messages', JSON.stringify(hello())), 401, 'authentication_error');
     await sdkError(sdk(keyed, { apiKey: 'wrong' }).messages.create(hello()), 401, 'authentication_error', Anthropic.AuthenticationError);
     await sdkError(sdk(keyed, { apiKey: 'e2e-secre' }).models.list(), 401, 'authentication_error');
-    await sdkError(sdk(keyed, { apiKey: null, authToken: 'wrong' }).messages.countTokens({ model: 'x', messages: hello().messages }), 401, 'authentication_error');
+    await sdkError(sdk(keyed, { apiKey: null, authToken: 'wrong' }).messages.countTokens({ model: 'claude-x', messages: hello().messages }), 401, 'authentication_error');
     await stillServing(keyed, { apiKey: 'e2e-secret' });
     await stillServing(keyed, { apiKey: null, authToken: 'e2e-secret' });
     assert.equal((await fetch(`${keyed.url}/health`)).status, 200, '/health needs no key');
@@ -170,7 +170,7 @@ describe('413 request_too_large', () => {
   it('a body over --max-body-mb', async () => {
     const big = 'x'.repeat(1_200_000);
     await sdkError(sdk(server).messages.create(hello({ messages: [{ role: 'user', content: big }] })), 413, 'request_too_large');
-    await sdkError(sdk(server).messages.countTokens({ model: 'x', messages: [{ role: 'user', content: big }] }), 413, 'request_too_large');
+    await sdkError(sdk(server).messages.countTokens({ model: 'claude-x', messages: [{ role: 'user', content: big }] }), 413, 'request_too_large');
     await stillServing();
   });
 });

@@ -13,7 +13,9 @@ let server;
 let client;
 
 before(async () => {
-  server = await startServer(['--api-key', KEY]);
+  // gpt-4o-mini is an alias of the served model (--aliases): OpenAI tools
+  // that insist on their own model name reach it by that name.
+  server = await startServer(['--api-key', KEY, '--aliases', 'gpt-4o-mini']);
   client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: KEY, maxRetries: 0, timeout: 60_000 });
 });
 
@@ -146,14 +148,26 @@ describe('OpenAI Chat Completions', () => {
     assert.equal(typeof JSON.parse(c.message.content).name, 'string');
   });
 
-  it('lists the model in the shape the SDK reads', async () => {
+  it('lists the model and its names in the shape the SDK reads', async () => {
     const ids = [];
     for await (const m of client.models.list()) {
       assert.equal(m.object, 'model');
       assert.equal(typeof m.created, 'number');
       ids.push(m.id);
     }
-    assert.deepEqual(ids, [server.health.model]);
+    const id = server.health.model;
+    assert.deepEqual(ids, [id, 'gpt-4o-mini', `claude-${id.toLowerCase()}`]);
+    const r = await client.chat.completions.create(story());
+    assert.equal(r.model, id, 'the alias is answered by the model, under its own id');
+  });
+
+  it('answers an unknown model with a 404 model_not_found', async () => {
+    await assert.rejects(client.chat.completions.create(story({ model: 'gpt-nothing' })), (e) => {
+      assert.ok(e instanceof OpenAI.NotFoundError, String(e));
+      assert.equal(e.code, 'model_not_found');
+      assert.match(e.error.message, /^model: gpt-nothing/);
+      return true;
+    });
   });
 
   it('answers errors in OpenAI shape: a wrong key, n > 1, a bad message', async () => {

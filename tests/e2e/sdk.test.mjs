@@ -66,14 +66,14 @@ describe('messages.create', () => {
     assert.equal(message.type, 'message');
     assert.equal(message.role, 'assistant');
     assert.match(message.id, /^msg_/);
-    assert.equal(message.model, 'claude-e2e-model', 'the requested model name is echoed');
+    assert.equal(message.model, server.health.model, 'answered by the served model, under its own id');
     assert.ok(['end_turn', 'max_tokens'].includes(message.stop_reason), message.stop_reason);
     assert.equal(message.stop_sequence, null);
     assert.equal(message.content.length, 1);
     assert.equal(message.content[0].type, 'text');
     assert.ok(message.content[0].text.trim().length > 0, 'the model wrote something');
     assert.ok(message.usage.output_tokens > 0 && message.usage.output_tokens <= 40, JSON.stringify(message.usage));
-    const { input_tokens } = await client.messages.countTokens({ model: 'x', messages: story().messages });
+    const { input_tokens } = await client.messages.countTokens({ model: 'claude-x', messages: story().messages });
     assert.equal(promptTokens(message.usage), input_tokens, 'usage counts exactly the prompt count_tokens measures');
   });
 
@@ -149,7 +149,7 @@ describe('messages.stream', () => {
     assert.equal(text(final), text(plain));
     assert.equal(final.usage.output_tokens, plain.usage.output_tokens);
     assert.equal(promptTokens(final.usage), promptTokens(plain.usage));
-    assert.equal(final.model, 'claude-e2e-model');
+    assert.equal(final.model, server.health.model);
   });
 
   it('works with create({stream: true}) as an async iterator', async () => {
@@ -203,11 +203,11 @@ describe('messages.countTokens', () => {
     const b = await client.messages.countTokens({ model: 'claude-e2e-model', messages, system: 'You are a storyteller who loves dogs.' });
     assert.ok(b.input_tokens > a.input_tokens);
     const longer = [{ role: 'user', content: 'Tell me a story about a little dog. '.repeat(10) }];
-    assert.ok((await client.messages.countTokens({ model: 'x', messages: longer })).input_tokens > a.input_tokens + 50);
+    assert.ok((await client.messages.countTokens({ model: 'claude-x', messages: longer })).input_tokens > a.input_tokens + 50);
     // The billing line Claude Code puts first in `system` changes with every
     // request and is not part of the prompt.
     const billed = await client.messages.countTokens({
-      model: 'x', messages,
+      model: 'claude-x', messages,
       system: [{ type: 'text', text: 'x-anthropic-billing-header: cc_version=9.9.9; cch=12345;' }, { type: 'text', text: 'You are a storyteller who loves dogs.' }],
     });
     assert.equal(billed.input_tokens, b.input_tokens);
@@ -216,7 +216,7 @@ describe('messages.countTokens', () => {
   it('answers a burst of 50 at once', async () => {
     const started = Date.now();
     const counts = await Promise.all(Array.from({ length: 50 }, (_, i) =>
-      client.messages.countTokens({ model: 'x', messages: [{ role: 'user', content: `Story number ${i}` }] })));
+      client.messages.countTokens({ model: 'claude-x', messages: [{ role: 'user', content: `Story number ${i}` }] })));
     assert.equal(counts.length, 50);
     for (const c of counts) assert.ok(c.input_tokens > 0);
     assert.ok(Date.now() - started < 20_000, `took ${Date.now() - started} ms`);
@@ -224,31 +224,41 @@ describe('messages.countTokens', () => {
 });
 
 describe('models', () => {
-  it('lists the loaded model', async () => {
+  // One model: its id, then claude-<id> for Claude Code's model picker
+  // (which lists only ids starting with "claude").
+  it('lists the served model and its claude- name, a page at a time', async () => {
     const page = await client.models.list();
-    assert.equal(page.data.length, 1);
-    const [m] = page.data;
+    const id = server.health.model;
+    const claudeId = `claude-${id.toLowerCase()}`;
+    assert.deepEqual(page.data.map((m) => m.id), [id, claudeId]);
+    const [m, alias] = page.data;
     assert.equal(m.type, 'model');
-    assert.equal(m.id, server.health.model);
     assert.equal(typeof m.display_name, 'string');
     assert.ok(!Number.isNaN(Date.parse(m.created_at)), m.created_at);
+    assert.equal(alias.alias_of, id);
     assert.equal(page.has_more, false);
-    assert.equal(page.first_id, m.id);
-    assert.equal(page.last_id, m.id);
+    assert.equal(page.first_id, id);
+    assert.equal(page.last_id, claudeId);
     const all = [];
-    for await (const model of client.models.list({ limit: 20 })) all.push(model.id);
-    assert.deepEqual(all, [m.id], 'auto-pagination ends after the one model');
-    const after = await client.models.list({ after_id: m.id });
-    assert.deepEqual(after.data, []);
+    for await (const model of client.models.list({ limit: 1 })) all.push(model.id);
+    assert.deepEqual(all, [id, claudeId], 'auto-pagination walks one id a page');
+    const first = await client.models.list({ limit: 1 });
+    assert.equal(first.has_more, true);
+    assert.deepEqual((await client.models.list({ after_id: claudeId })).data, []);
+    assert.deepEqual((await client.models.list({ before_id: claudeId })).data.map((x) => x.id), [id]);
   });
 
-  it('retrieves any model name (all are served by the loaded model)', async () => {
+  it('retrieves served names and claude-* names; an unknown name is a 404', async () => {
     for (const id of [server.health.model, 'claude-opus-4-1', 'claude-haiku-9']) {
       const m = await client.models.retrieve(id);
       assert.equal(m.type, 'model');
       assert.equal(m.id, id);
       assert.ok(!Number.isNaN(Date.parse(m.created_at)));
     }
+    await assert.rejects(client.models.retrieve('gpt-nothing'), (e) => e instanceof Anthropic.NotFoundError &&
+      e.error.error.type === 'not_found_error' && /gpt-nothing/.test(e.error.error.message));
+    await assert.rejects(client.messages.create({ ...story(), model: 'llama-nothing' }),
+      (e) => e instanceof Anthropic.NotFoundError && /model: llama-nothing/.test(e.error.error.message));
   });
 });
 

@@ -35,7 +35,7 @@ serve_from() {
   grep -q '"status":"ok"' <<<"$health" || fail "/health of $bin: $health"
   local answer
   answer=$(curl -sf "http://127.0.0.1:$port/v1/messages" -H 'content-type: application/json' \
-    -d '{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"Hello"}]}') ||
+    -d '{"model":"claude-m","max_tokens":8,"messages":[{"role":"user","content":"Hello"}]}') ||
     fail "POST /v1/messages to $bin"
   grep -q '"type":"message"' <<<"$answer" || fail "answer of $bin: $answer"
   kill "$pid"

@@ -387,7 +387,7 @@ TEST(SynthModel, NeedsLikeAndFormatAndServesWithATokenizer) {
   ASSERT_TRUE(serve.wait_ready()) << serve.err();
   httplib::Client client("127.0.0.1", serve.port());
   auto answer = client.Post("/v1/messages",
-                            R"({"model":"m","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})",
+                            R"({"model":"claude-m","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})",
                             "application/json");
   ASSERT_TRUE(answer);
   EXPECT_EQ(answer->status, 200) << answer->body;

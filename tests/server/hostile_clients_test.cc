@@ -92,7 +92,7 @@ std::string post_head(const std::string& path, size_t length, const std::string&
 // A valid count_tokens request, padded with JSON white space to `size`
 // bytes (Claude Code's requests are 50-200 KB).
 std::string count_tokens_body(size_t size = 0) {
-  const std::string rest = R"("model":"m","messages":[{"role":"user","content":"Once upon a time"}]})";
+  const std::string rest = R"("model":"claude-m","messages":[{"role":"user","content":"Once upon a time"}]})";
   return "{" + std::string(size > rest.size() + 1 ? size - rest.size() - 1 : 0, ' ') + rest;
 }
 
@@ -132,7 +132,7 @@ std::unique_ptr<httplib::Client> client(int port) {
   return c;
 }
 
-const std::string kHello = R"({"model":"m","max_tokens":4,"messages":[{"role":"user","content":"Once"}]})";
+const std::string kHello = R"({"model":"claude-m","max_tokens":4,"messages":[{"role":"user","content":"Once"}]})";
 
 // The server answers an ordinary client: /health and a generation, each
 // within the client's 30 s (an answer takes well under a second here).
@@ -507,22 +507,22 @@ TEST_F(HostileClients, MalformedJsonIs400NamingTheField) {
   start({});
   std::string deep = "\"x\"";
   for (int i = 0; i < 100; ++i) deep = "[" + deep + "]";
-  const std::string head = R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":)";
+  const std::string head = R"({"model":"claude-m","max_tokens":5,"messages":[{"role":"user","content":)";
   const std::vector<BadBody> cases = {
       {"malformed UTF-8", head + "\"ab\xff\xfe\"}]}", "messages.0.content", "UTF-8"},
       {"overlong UTF-8", head + "\"\xc0\xaf\"}]}", "messages.0.content", "UTF-8"},
       {"lone high surrogate", head + R"("a\ud800b"}]})", "messages.0.content", "surrogate"},
       {"lone low surrogate", head + R"("\udc00"}]})", "messages.0.content", "surrogate"},
       {"100-deep content", head + deep + "}]}", "messages.0.content", "nested deeper than 64"},
-      {"1e999 max_tokens", R"({"model":"m","max_tokens":1e999,"messages":[]})", "max_tokens", "out of range"},
-      {"huge integer", R"({"model":"m","max_tokens":123456789012345678901234567890,"messages":[{"role":"user","content":"a"}]})",
+      {"1e999 max_tokens", R"({"model":"claude-m","max_tokens":1e999,"messages":[]})", "max_tokens", "out of range"},
+      {"huge integer", R"({"model":"claude-m","max_tokens":123456789012345678901234567890,"messages":[{"role":"user","content":"a"}]})",
        "max_tokens", "out of range"},
-      {"huge temperature", R"({"model":"m","max_tokens":5,"temperature":1e308,"messages":[{"role":"user","content":"a"}]})",
+      {"huge temperature", R"({"model":"claude-m","max_tokens":5,"temperature":1e308,"messages":[{"role":"user","content":"a"}]})",
        "temperature", "between"},
-      {"NaN", R"({"model":"m","max_tokens":5,"temperature":NaN,"messages":[]})", "temperature", "not valid JSON"},
-      {"Infinity", R"({"model":"m","max_tokens":Infinity,"messages":[]})", "max_tokens", "not valid JSON"},
-      {"-Infinity", R"({"model":"m","max_tokens":5,"top_p":-Infinity,"messages":[]})", "top_p", "not valid JSON"},
-      {"duplicate key", R"({"model":"m","max_tokens":5,"max_tokens":6,"messages":[{"role":"user","content":"a"}]})",
+      {"NaN", R"({"model":"claude-m","max_tokens":5,"temperature":NaN,"messages":[]})", "temperature", "not valid JSON"},
+      {"Infinity", R"({"model":"claude-m","max_tokens":Infinity,"messages":[]})", "max_tokens", "not valid JSON"},
+      {"-Infinity", R"({"model":"claude-m","max_tokens":5,"top_p":-Infinity,"messages":[]})", "top_p", "not valid JSON"},
+      {"duplicate key", R"({"model":"claude-m","max_tokens":5,"max_tokens":6,"messages":[{"role":"user","content":"a"}]})",
        "max_tokens", "duplicate key"},
       {"nested duplicate key", head + R"("a","role":"assistant"}]})", "messages.0.role", "duplicate key"},
   };

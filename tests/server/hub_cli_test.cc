@@ -445,7 +445,7 @@ TEST_F(HubCli, ServePullsOnFirstUseWithProgressOnHealth) {
           saw_progress = true;
         }
         if (!saw_529) {
-          auto api = client.Post("/v1/messages", R"({"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]})",
+          auto api = client.Post("/v1/messages", R"({"model":"claude-m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]})",
                                  "application/json");
           ASSERT_TRUE(api);
           EXPECT_EQ(api->status, 529);
@@ -470,7 +470,7 @@ TEST_F(HubCli, ServePullsOnFirstUseWithProgressOnHealth) {
   }
   ASSERT_FALSE(exited) << test::read_file(err_path);
   ASSERT_TRUE(ready) << test::read_file(err_path);
-  auto answer = client.Post("/v1/messages", R"({"model":"m","max_tokens":3,"messages":[{"role":"user","content":"hi"}]})",
+  auto answer = client.Post("/v1/messages", R"({"model":"claude-m","max_tokens":3,"messages":[{"role":"user","content":"hi"}]})",
                             "application/json");
   ASSERT_TRUE(answer);
   EXPECT_EQ(answer->status, 200) << answer->body;

@@ -25,7 +25,7 @@ TEST(ApiKeyList, IsSplitOnCommas) {
 int status_with_key(int port, const std::string& key) {
   httplib::Client client("127.0.0.1", port);
   auto res = client.Post("/v1/messages", {{"x-api-key", key}},
-                         R"({"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]})",
+                         R"({"model":"claude-m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]})",
                          "application/json");
   return res ? res->status : -1;
 }

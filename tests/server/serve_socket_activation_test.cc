@@ -113,7 +113,7 @@ TEST(ServeSocketActivation, ServesOnTheSocketSystemdPassed) {
   }
   ASSERT_EQ(status, 200) << c.err();
   auto res = client.Post("/v1/messages",
-                         R"({"model":"m","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})",
+                         R"({"model":"claude-m","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})",
                          "application/json");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200) << res->body;

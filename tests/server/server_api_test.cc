@@ -36,26 +36,30 @@ TEST_F(ServerTest, ModelsListAndRetrieve) {
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200) << res->body;
   json list = json::parse(res->body);
-  ASSERT_EQ(list["data"].size(), 1u);
+  ASSERT_EQ(list["data"].size(), 2u) << list;  // the model and claude-scripted-1
+  EXPECT_EQ(list["data"][1]["id"], "claude-scripted-1");
+  EXPECT_EQ(list["data"][1]["alias_of"], "scripted-1");
   EXPECT_EQ(list["data"][0]["type"], "model");
   EXPECT_EQ(list["data"][0]["id"], "scripted-1");
   EXPECT_EQ(list["data"][0]["display_name"], "Scripted Model");
   EXPECT_TRUE(std::regex_match(list["data"][0]["created_at"].get<std::string>(),
                                std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")));
   EXPECT_EQ(list["first_id"], "scripted-1");
-  EXPECT_EQ(list["last_id"], "scripted-1");
+  EXPECT_EQ(list["last_id"], "claude-scripted-1");
   EXPECT_EQ(list["has_more"], false);
 
-  json after = json::parse(client()->Get("/v1/models?after_id=scripted-1")->body);
+  json after = json::parse(client()->Get("/v1/models?after_id=claude-scripted-1")->body);
   EXPECT_EQ(after["data"], json::array());
   EXPECT_TRUE(after["first_id"].is_null());
 
   json one = json::parse(client()->Get("/v1/models/scripted-1")->body);
   EXPECT_EQ(one["id"], "scripted-1");
   EXPECT_EQ(one["type"], "model");
-  // Any requested name is served by the loaded model.
+  // A claude-* name is served by the default model.
   json other = json::parse(client()->Get("/v1/models/claude-opus-5-5")->body);
   EXPECT_EQ(other["id"], "claude-opus-5-5");
+  EXPECT_EQ(other["alias_of"], "scripted-1");
+  expect_error(client()->Get("/v1/models/gpt-4o"), 404, "not_found_error");
 }
 
 // GET /metrics as Prometheus text: sample name with labels -> value.
@@ -96,7 +100,7 @@ TEST_F(ServerTest, MetricsCountRequestsTokensAndLatencies) {
   ASSERT_FALSE(events.empty());
   expect_error(post_raw("/v1/messages", "{not json"), 400, "invalid_request_error");
   EXPECT_EQ(c->Get("/no/such/route")->status, 404);
-  EXPECT_EQ(c->Get("/v1/models/anything")->status, 200);
+  EXPECT_EQ(c->Get("/v1/models/claude-anything")->status, 200);
 
   const auto after = scrape(*c);
   const auto req = [&](const char* route, int status) {
@@ -283,7 +287,7 @@ TEST_F(ServerTest, UnrepresentableNumbersAre400sNamingTheField) {
   start();
   const std::string messages = R"("messages": [{"role": "user", "content": "Hi"}])";
   auto body_with = [&](const std::string& field, const std::string& value) {
-    std::string body = R"({"model": "m", )" + messages;
+    std::string body = R"({"model": "claude-m", )" + messages;
     if (field != "max_tokens") body += R"(, "max_tokens": 10)";
     return body + ", \"" + field + "\": " + value + "}";
   };

@@ -36,7 +36,7 @@ class ClaudeCodeTest : public ServerTest {
     // Claude Code accepts gzip/br, but an event stream must never be compressed.
     EXPECT_EQ(res->get_header_value("Content-Encoding"), "");
     json message = replay_stream(parse_sse(res->body));
-    EXPECT_EQ(message["model"], "claude-opus-5-5");
+    EXPECT_EQ(message["model"], "scripted-1");  // claude-opus-5-5 reaches the default model
     return message;
   }
 };

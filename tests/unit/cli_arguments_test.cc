@@ -237,7 +237,17 @@ TEST(CliConfig, BadFilesNameTheFileLineAndKeyAndTheServerDoesNotStart) {
       {"parallel = 0\n", {f + ":1", "parallel"}},
       {"port = 1\nport = 2\n", {f + ":2", "port"}},  // not TOML: a key twice
       {"port = [\n", {f + ":"}},
-      {"[models.x]\npath = \"y\"\n", {f + ":1", "unknown key 'models'"}},
+      {"[models.x]\npath = \"y\"\n", {f + ":2", "unknown key 'path' in [models.x]", "model, aliases"}},
+      {"[models.x]\nctx-size = 64\n", {f + ":1", "[models.x] has no model ="}},
+      {"[models.x]\nmodel = \"d\"\nctx-size = \"big\"\n", {f + ":3", "models.x.ctx-size must be an integer, not a string"}},
+      {"[models.x]\nmodel = \"d\"\nctx-size = 0\n", {f + ":3", "models.x.ctx-size must be at least 1"}},
+      {"[models.x]\nmodel = \"d\"\naliases = \"a\"\n", {f + ":3", "models.x.aliases must be an array"}},
+      {"[models.x]\nmodel = \"d\"\naliases = [\"a\", 5]\n", {f + ":3", "models.x.aliases must be an array of names"}},
+      {"[models.x]\nmodel = \"d\"\nkv-memory = \"lots\"\n", {f + ":3", "models.x.kv-memory", "'lots' is not a memory size"}},
+      {"[models.x]\nmodel = \"d\"\nload-at-start = 1\n", {f + ":3", "models.x.load-at-start must be true or false"}},
+      {"models = 5\n", {f + ":1", "models must be tables"}},
+      {"[models]\nx = 5\n", {f + ":2", "models.x must be a table"}},
+      {"models-memory = \"lots\"\n", {f + ":1", "models-memory", "'lots' is not a memory size"}},
       {"test-hooks = true\n", {f + ":1", "unknown key 'test-hooks'"}},
   };
   for (const auto& c : cases) {
@@ -276,7 +286,7 @@ TEST(CliConfig, TheExampleFileHasOnlyRealKeysAndValues) {
       ++n_keys;
     }
   }
-  EXPECT_GE(n_keys, 24);  // every serve option
+  EXPECT_GE(n_keys, 30);  // every serve option
   test::TempDir dir;
   test::write_file(dir.file("all.toml"), on);
   const auto r = run_pensieve("config --config " + dir.file("all.toml"));
