@@ -86,18 +86,19 @@ ModelRegistry::ModelRegistry(std::vector<ModelEntry> entries, ModelLoader& loade
     : entries_(std::move(entries)), loader_(loader), options_(std::move(options)) {
   if (entries_.empty()) fail("no model to serve");
   // Every name once, across ids and aliases (compared without case, as resolve() may).
-  std::map<std::string, std::string> owner;  // lower(name) -> model id
-  auto claim = [&](const std::string& name, const std::string& id) {
+  std::map<std::string, std::pair<size_t, std::string>> owner;  // lower(name) -> (entry, model id)
+  auto claim = [&](const std::string& name, size_t i) {
+    const std::string& id = entries_[i].id;
     if (name.empty()) fail("model {}: an empty name", id);
-    auto [it, fresh] = owner.emplace(lower(name), id);
-    if (!fresh) {
-      if (it->second == id) fail("model {}: the name '{}' is given twice", id, name);
-      fail("the name '{}' is given to two models: {} and {}", name, it->second, id);
-    }
+    auto [it, fresh] = owner.emplace(lower(name), std::pair{i, id});
+    if (fresh) return;
+    if (it->second.first == i) fail("model {}: the name '{}' is given twice", id, name);
+    if (it->second.second == id) fail("two models are named '{}'", id);
+    fail("the name '{}' is given to two models: {} and {}", name, it->second.second, id);
   };
-  for (const auto& e : entries_) claim(e.id, e.id);
-  for (const auto& e : entries_)
-    for (const auto& a : e.aliases) claim(a, e.id);
+  for (size_t i = 0; i < entries_.size(); ++i) claim(entries_[i].id, i);
+  for (size_t i = 0; i < entries_.size(); ++i)
+    for (const auto& a : entries_[i].aliases) claim(a, i);
   auto index_of = [&](const std::string& name, const std::string& what) -> size_t {
     for (size_t i = 0; i < entries_.size(); ++i) {
       if (entries_[i].id == name) return i;
@@ -126,8 +127,8 @@ ModelRegistry::ModelRegistry(std::vector<ModelEntry> entries, ModelLoader& loade
     for (const auto& a : e.aliases) listing_.push_back({a, &e, ModelListing::Kind::alias});
     if (lower(e.id).rfind("claude", 0) == 0) continue;
     const std::string c = claude_id(e.id);
-    if (auto [it, fresh] = owner.emplace(lower(c), e.id); !fresh)
-      spdlog::warn("model {}: not listed as {}, which names {}", e.id, c, it->second);
+    if (auto [it, fresh] = owner.emplace(lower(c), std::pair{i, e.id}); !fresh)
+      spdlog::warn("model {}: not listed as {}, which names {}", e.id, c, it->second.second);
     else
       listing_.push_back({c, &e, ModelListing::Kind::claude});
   }
