@@ -48,6 +48,9 @@ using json = nlohmann::json;
 struct Target {
   std::string url, key, model;
   int64_t context = 0;
+  // The models the server answers Claude's families with (--haiku-model ...;
+  // the served model when it names none).
+  std::string haiku, sonnet, opus;
 };
 
 // `claude` on PATH, or "".
@@ -171,7 +174,12 @@ std::optional<Target> probe(const std::string& url, const std::string& key, Prog
       spdlog::info("the server at {} does not take this configuration's key (HTTP {})", url, m.status);
       return std::nullopt;
     }
-    return Target{url, key, body->value("model", std::string()), body->value("context_size", int64_t{0})};
+    Target t{url, key, body->value("model", std::string()), body->value("context_size", int64_t{0})};
+    const auto families = body->find("claude_families");
+    const bool known = families != body->end() && families->is_object();
+    for (auto [name, out] : {std::pair{"haiku", &t.haiku}, std::pair{"sonnet", &t.sonnet}, std::pair{"opus", &t.opus}})
+      *out = known ? families->value(name, t.model) : t.model;
+    return t;
   }
 }
 
@@ -243,19 +251,20 @@ void forward_signal(int sig) {
   if (g_claude_pid > 0) kill(g_claude_pid, sig);
 }
 
-// Claude Code's variables for `t`: every model name it asks for is the
-// served model, the context it compacts before is the server's, and its
-// optional traffic (telemetry, error reports, updates) is off.
+// Claude Code's variables for `t`: the model names it asks for are the
+// served models (the default one, and the server's choice for each family),
+// the context it compacts before is the server's, and its optional traffic
+// (telemetry, error reports, updates) is off.
 std::vector<std::pair<std::string, std::string>> claude_environment(const Target& t) {
   const std::string ctx = std::to_string(t.context);
   return {
       {"ANTHROPIC_BASE_URL", t.url},
       {"ANTHROPIC_AUTH_TOKEN", t.key},
       {"ANTHROPIC_MODEL", t.model},
-      {"ANTHROPIC_DEFAULT_HAIKU_MODEL", t.model},
-      {"ANTHROPIC_DEFAULT_SONNET_MODEL", t.model},
-      {"ANTHROPIC_DEFAULT_OPUS_MODEL", t.model},
-      {"ANTHROPIC_SMALL_FAST_MODEL", t.model},
+      {"ANTHROPIC_DEFAULT_HAIKU_MODEL", t.haiku},
+      {"ANTHROPIC_DEFAULT_SONNET_MODEL", t.sonnet},
+      {"ANTHROPIC_DEFAULT_OPUS_MODEL", t.opus},
+      {"ANTHROPIC_SMALL_FAST_MODEL", t.haiku},
       {"CLAUDE_CODE_SUBAGENT_MODEL", t.model},
       {"CLAUDE_CODE_MAX_CONTEXT_TOKENS", ctx},
       {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"},

@@ -558,16 +558,16 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     const bool top_level = !o->model.empty() || tables.empty();
     const bool bundled = o->model.empty() && tables.empty();
     const std::string bundled_dir = bundled ? bundled_model_dir() : std::string();
-    auto check_source = [&](const std::string& source, const std::string& where) {
-      // A path is a path: a missing one is not looked for on the Hub.
+    // A path is a path: a missing one is not looked for on the Hub.
+    auto check_source = [&](const std::string& source, const std::string& where, const std::string& origin) {
       if (!source.empty() && !fs::exists(source) && hub::looks_like_path(source))
-        fail(ErrorKind::not_found, "{} {}: no such folder", where, source);
+        fail(ErrorKind::not_found, "{} {}: no such folder{}", where, source, origin);
     };
     if (top_level) {
       ModelSpec sp;
       sp.source = o->model;
       sp.where = "--model";
-      check_source(sp.source, "--model" + config.origin("model"));
+      check_source(sp.source, "--model", config.origin("model"));
       sp.id = model_id_for(sp.source, o->model_id, bundled_dir);
       sp.ctx_size = o->ctx_size;
       sp.sliding_window = o->sliding_window;
@@ -588,7 +588,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       sp.id = t.name;
       sp.source = t.model;
       sp.where = t.where;
-      check_source(sp.source, t.where + ": models." + t.name + ".model");
+      check_source(sp.source, t.where + ": models." + t.name + ".model", "");
       sp.ctx_size = t.ctx_size;
       sp.sliding_window = t.sliding_window;
       sp.kv_memory_bytes = t.kv_memory.empty() ? 0 : parse_memory_size(t.kv_memory);
