@@ -31,6 +31,23 @@ RegisterCommand reg("config", [](CLI::App& app) {
       std::printf("%-*s  # %s\n", static_cast<int>(width + 2), line.c_str(),
                   s.value.empty() ? "not set (decided at start)" : s.source.c_str());
     }
+    // The model tables, as the file gives them (keys left out take the
+    // model's own values at load).
+    for (const ModelTable& t : config.models()) {
+      std::printf("\n[models.%s]  # %s\n", t.name.c_str(), t.where.c_str());
+      std::printf("model = %s\n", toml_string(t.model).c_str());
+      if (!t.aliases.empty()) {
+        std::string list;
+        for (const auto& a : t.aliases) list += (list.empty() ? "" : ", ") + toml_string(a);
+        std::printf("aliases = [%s]\n", list.c_str());
+      }
+      if (!t.display_name.empty()) std::printf("display-name = %s\n", toml_string(t.display_name).c_str());
+      if (t.ctx_size > 0) std::printf("ctx-size = %lld\n", static_cast<long long>(t.ctx_size));
+      if (t.sliding_window >= 0) std::printf("sliding-window = %lld\n", static_cast<long long>(t.sliding_window));
+      if (t.max_output_tokens > 0) std::printf("max-output-tokens = %lld\n", static_cast<long long>(t.max_output_tokens));
+      if (!t.kv_memory.empty()) std::printf("kv-memory = %s\n", toml_string(t.kv_memory).c_str());
+      std::printf("load-at-start = %s\n", t.load_at_start ? "true" : "false");
+    }
     return 0;
   });
 });

@@ -96,22 +96,6 @@ std::optional<std::string> option_text(const toml::node& n, Kind kind) {
   return std::nullopt;
 }
 
-std::string toml_string(const std::string& s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
-        else out += c;
-    }
-  }
-  return out + "\"";
-}
-
 // An option's text as a TOML value of its kind.
 std::string toml_value(const std::string& text, Kind kind) {
   if (kind == Kind::flag) {
@@ -129,6 +113,22 @@ std::string normalized_key(std::string key) {
 }
 
 }  // namespace
+
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
+        else out += c;
+    }
+  }
+  return out + "\"";
+}
 
 void set_command_line(int argc, char** argv) {
   command_line().assign(argv + (argc > 0 ? 1 : 0), argv + argc);

@@ -49,6 +49,9 @@ struct ModelTable {
   bool load_at_start = false;
 };
 
+// `s` as a TOML basic string, quoted and escaped.
+std::string toml_string(const std::string& s);
+
 // The keys a [models.NAME] table takes.
 const std::vector<std::string>& model_table_keys();
 

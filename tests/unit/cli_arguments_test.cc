@@ -262,6 +262,19 @@ TEST(CliConfig, BadFilesNameTheFileLineAndKeyAndTheServerDoesNotStart) {
   expect_refused(run_pensieve("serve --config " + f), {"/no/such/model", "no such folder", f + ":1"}, "model");
 }
 
+TEST(CliConfig, ConfigPrintsTheModelTablesWithWhereTheyAre) {
+  test::TempDir dir;
+  const std::string f = dir.file("c.toml");
+  test::write_file(f, "port = 9000\n\n[models.small]\nmodel = \"Qwen/Qwen2.5-0.5B-Instruct\"\n"
+                      "aliases = [\"gpt-4o-mini\", \"s\"]\nctx-size = 8192\nload_at_start = true\n");
+  const auto r = run_pensieve("config --config " + f);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("[models.small]  # " + f + ":3\nmodel = \"Qwen/Qwen2.5-0.5B-Instruct\"\n"
+                       "aliases = [\"gpt-4o-mini\", \"s\"]\nctx-size = 8192\nload-at-start = true\n"),
+            std::string::npos)
+      << r.out;
+}
+
 TEST(CliConfig, ServeRunsWithTheFilesValues) {
   test::TempDir dir;
   test::write_file(dir.file("c.toml"), "model-id = \"from-the-file\"\nctx-size = 2048\nport = 0\n");
