@@ -1,0 +1,255 @@
+#include "engine/kv_disk_store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace pensieve {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr char kMagic[8] = {'P', 'S', 'V', 'K', 'V', 'B', '1', '\0'};
+constexpr uint32_t kVersion = 1;
+constexpr const char* kSuffix = ".kvb";
+constexpr const char* kTmpPrefix = ".tmp-";
+constexpr auto kStaleTmp = std::chrono::minutes(10);
+
+struct Header {
+  char magic[8];
+  uint32_t version;
+  uint32_t n_tokens;
+  uint64_t fingerprint_id;
+  uint64_t hash;
+  uint64_t parent;
+  uint64_t payload_bytes;
+  uint32_t payload_crc;
+  uint32_t header_crc;  // of everything above and the tokens
+};
+static_assert(sizeof(Header) == 56);
+
+uint32_t crc_of(const void* data, size_t n, uint32_t crc = 0) {
+  const auto* p = static_cast<const Bytef*>(data);
+  while (n > 0) {  // zlib takes uInt lengths
+    const uInt chunk = static_cast<uInt>(std::min<size_t>(n, 1u << 30));
+    crc = static_cast<uint32_t>(crc32(crc, p, chunk));
+    p += chunk;
+    n -= chunk;
+  }
+  return crc;
+}
+
+uint32_t header_crc(const Header& h, std::span<const int32_t> tokens) {
+  return crc_of(tokens.data(), tokens.size_bytes(), crc_of(&h, offsetof(Header, header_crc)));
+}
+
+bool write_all(int fd, const void* data, size_t n) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+bool read_all(int fd, void* data, size_t n) {
+  auto* p = static_cast<char*>(data);
+  while (n > 0) {
+    const ssize_t r = ::read(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool is_kv_block_file(const fs::path& p) { return p.extension() == kSuffix; }
+
+}  // namespace
+
+uint64_t fingerprint_id(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (const unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+KvDiskStore::KvDiskStore(std::string dir, std::string fingerprint, int64_t max_bytes)
+    : fingerprint_id_(fingerprint_id(fingerprint)), max_bytes_(max_bytes) {
+  folder_ = (fs::path(dir) / fmt::format("{:016x}", fingerprint_id_)).string();
+  std::error_code ec;
+  fs::create_directories(folder_, ec);
+  if (ec) fail(ErrorKind::resource, "prefix cache folder {}: {}", folder_, ec.message());
+  // The full fingerprint beside the blocks: for people, and to catch two
+  // fingerprints with one id (then this store is refused, not mixed in).
+  const fs::path named = fs::path(folder_) / "fingerprint.txt";
+  std::ifstream in(named);
+  if (in) {
+    std::string there((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (there != fingerprint)
+      fail(ErrorKind::resource, "prefix cache folder {} holds another fingerprint ({}), not {}", folder_, there,
+           fingerprint);
+  } else {
+    const std::string tmp = folder_ + "/" + kTmpPrefix + "fingerprint-" + std::to_string(::getpid());
+    std::ofstream(tmp) << fingerprint;
+    fs::rename(tmp, named, ec);
+    if (ec) fail(ErrorKind::resource, "prefix cache folder {}: {}", folder_, ec.message());
+  }
+  const auto now = fs::file_time_type::clock::now();
+  for (const auto& f : fs::directory_iterator(folder_, ec)) {
+    const std::string name = f.path().filename().string();
+    if (name.rfind(kTmpPrefix, 0) == 0 && now - f.last_write_time(ec) > kStaleTmp) fs::remove(f.path(), ec);
+  }
+  counted_ = bytes_on_disk();
+}
+
+std::string KvDiskStore::path_of(uint64_t hash) const { return fmt::format("{}/{:016x}{}", folder_, hash, kSuffix); }
+
+int64_t KvDiskStore::bytes_on_disk() const {
+  int64_t total = 0;
+  std::error_code ec;
+  for (const auto& f : fs::directory_iterator(folder_, ec))
+    if (is_kv_block_file(f.path())) total += static_cast<int64_t>(f.file_size(ec));
+  return total;
+}
+
+int64_t KvDiskStore::n_damaged() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return n_damaged_;
+}
+
+bool KvDiskStore::put(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens,
+                      std::span<const std::byte> payload) {
+  const std::string path = path_of(hash);
+  if (::access(path.c_str(), F_OK) == 0) return true;
+  Header h{};
+  std::memcpy(h.magic, kMagic, sizeof kMagic);
+  h.version = kVersion;
+  h.n_tokens = static_cast<uint32_t>(tokens.size());
+  h.fingerprint_id = fingerprint_id_;
+  h.hash = hash;
+  h.parent = parent;
+  h.payload_bytes = payload.size();
+  h.payload_crc = crc_of(payload.data(), payload.size());
+  h.header_crc = header_crc(h, tokens);
+  uint64_t n = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    n = ++n_tmp_;
+  }
+  const std::string tmp = fmt::format("{}/{}{}-{}-{:016x}", folder_, kTmpPrefix, ::getpid(), n, hash);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    spdlog::warn("prefix cache: cannot write {}: {}", tmp, std::strerror(errno));
+    return false;
+  }
+  const bool ok = write_all(fd, &h, sizeof h) && write_all(fd, tokens.data(), tokens.size_bytes()) &&
+                  write_all(fd, payload.data(), payload.size());
+  const int saved = errno;
+  const bool closed = ::close(fd) == 0;
+  if (!ok || !closed || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    spdlog::warn("prefix cache: cannot write {}: {}", path, std::strerror(ok ? errno : saved));
+    ::unlink(tmp.c_str());
+    return false;
+  }
+  bool over = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    written_since_trim_ += static_cast<int64_t>(sizeof h + tokens.size_bytes() + payload.size());
+    over = counted_ + written_since_trim_ > max_bytes_;
+  }
+  if (over) trim();
+  return true;
+}
+
+bool KvDiskStore::get(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens,
+                      std::span<std::byte> out) {
+  const std::string path = path_of(hash);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  Header h{};
+  std::vector<int32_t> stored;
+  std::string damage;
+  bool match = false;
+  if (!read_all(fd, &h, sizeof h)) {
+    damage = "shorter than its header";
+  } else if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion) {
+    damage = "not a block file of this version";
+  } else if (h.n_tokens > (1u << 20)) {
+    damage = "an impossible token count";
+  } else {
+    stored.resize(h.n_tokens);
+    if (!read_all(fd, stored.data(), stored.size() * sizeof(int32_t))) damage = "truncated in its tokens";
+    else if (header_crc(h, stored) != h.header_crc) damage = "a header checksum mismatch";
+  }
+  if (damage.empty()) {
+    // An intact file for another block (a hash collision) is not this one.
+    match = h.fingerprint_id == fingerprint_id_ && h.hash == hash && h.parent == parent &&
+            h.payload_bytes == out.size() && std::equal(stored.begin(), stored.end(), tokens.begin(), tokens.end());
+    if (match) {
+      if (!read_all(fd, out.data(), out.size())) damage = "truncated in its payload";
+      else if (crc_of(out.data(), out.size()) != h.payload_crc) damage = "a payload checksum mismatch";
+      else {
+        char extra = 0;
+        if (::read(fd, &extra, 1) != 0) damage = "longer than its header says";
+      }
+    }
+  }
+  ::close(fd);
+  if (!damage.empty()) {
+    spdlog::warn("prefix cache: {} is damaged ({}): removed", path, damage);
+    ::unlink(path.c_str());
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++n_damaged_;
+    return false;
+  }
+  if (match) ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // most recently used now
+  return match;
+}
+
+void KvDiskStore::trim() {
+  struct File {
+    fs::path path;
+    fs::file_time_type used;
+    int64_t bytes;
+  };
+  std::vector<File> files;
+  int64_t total = 0;
+  std::error_code ec;
+  for (const auto& f : fs::directory_iterator(folder_, ec)) {
+    if (!is_kv_block_file(f.path())) continue;
+    File file{f.path(), f.last_write_time(ec), static_cast<int64_t>(f.file_size(ec))};
+    if (ec) continue;  // another writer's trim removed it
+    total += file.bytes;
+    files.push_back(std::move(file));
+  }
+  std::sort(files.begin(), files.end(), [](const File& a, const File& b) { return a.used < b.used; });
+  for (const File& f : files) {
+    if (total <= max_bytes_) break;
+    fs::remove(f.path, ec);
+    total -= f.bytes;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  counted_ = total;
+  written_since_trim_ = 0;
+}
+
+}  // namespace pensieve

@@ -1,0 +1,205 @@
+// The prefix cache's disk tier (engine/kv_disk_store.h): blocks come back
+// byte for byte, only for the same fingerprint, hash, parent and tokens;
+// damaged files (flipped bytes, truncated, garbage) are removed and never
+// returned; a full disk fails a write without leaving anything; the least
+// recently used files go past the size limit; two stores share a folder.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "engine/kv_disk_store.h"
+#include "support/test_support.h"
+
+namespace pensieve {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::byte> random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::byte> out(n);
+  for (auto& b : out) b = static_cast<std::byte>(rng() & 0xff);
+  return out;
+}
+
+std::vector<int32_t> tokens_of(int32_t first) {
+  std::vector<int32_t> t(16);
+  for (int i = 0; i < 16; ++i) t[i] = first + i;
+  return t;
+}
+
+// 1000 bytes: not a multiple of anything the store could rely on.
+constexpr size_t kPayload = 1000;
+
+std::string file_of(const KvDiskStore& s, uint64_t hash) {
+  return s.folder() + "/" + fmt::format("{:016x}.kvb", hash);
+}
+
+TEST(KvDiskStore, BlocksComeBackOnlyForTheirFingerprintHashParentAndTokens) {
+  test::TempDir dir;
+  const auto payload = random_bytes(kPayload, 1);
+  const auto tokens = tokens_of(7);
+  {
+    KvDiskStore s(dir.path(), "model A; kv f16 v1; window 0", 1 << 20);
+    EXPECT_TRUE(s.put(0xabc, 0x123, tokens, payload));
+    EXPECT_TRUE(s.put(0xabc, 0x123, tokens, payload));  // there already: nothing to do
+  }
+  KvDiskStore again(dir.path(), "model A; kv f16 v1; window 0", 1 << 20);  // a restart
+  std::vector<std::byte> out(kPayload);
+  ASSERT_TRUE(again.get(0xabc, 0x123, tokens, out));
+  EXPECT_EQ(out, payload);
+  EXPECT_FALSE(again.get(0xabd, 0x123, tokens, out)) << "another hash";
+  EXPECT_FALSE(again.get(0xabc, 0x124, tokens, out)) << "another parent: a hash collision";
+  EXPECT_FALSE(again.get(0xabc, 0x123, tokens_of(8), out)) << "other tokens";
+  std::vector<std::byte> other_size(kPayload + 4);
+  EXPECT_FALSE(again.get(0xabc, 0x123, tokens, other_size)) << "another payload size";
+  EXPECT_TRUE(again.get(0xabc, 0x123, tokens, out)) << "a collision miss leaves the block alone";
+  KvDiskStore other(dir.path(), "model B; kv f16 v1; window 0", 1 << 20);
+  EXPECT_NE(other.folder(), again.folder());
+  EXPECT_FALSE(other.get(0xabc, 0x123, tokens, out)) << "another model never sees it";
+  EXPECT_EQ(again.n_damaged(), 0);
+}
+
+TEST(KvDiskStore, DamagedFilesAreRemovedAndNeverReturned) {
+  test::TempDir dir;
+  KvDiskStore s(dir.path(), "fp", 1 << 20);
+  const auto payload = random_bytes(kPayload, 2);
+  const auto tokens = tokens_of(1);
+  std::vector<std::byte> out(kPayload);
+  const auto damage = [&](const std::function<void(const std::string&)>& how) {
+    ASSERT_TRUE(s.put(0x42, 0, tokens, payload));
+    how(file_of(s, 0x42));
+    EXPECT_FALSE(s.get(0x42, 0, tokens, out));
+    EXPECT_FALSE(fs::exists(file_of(s, 0x42)));
+  };
+  const auto flip = [](size_t at) {
+    return [at](const std::string& path) {
+      std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(static_cast<std::streamoff>(at));
+      char c = 0;
+      f.read(&c, 1);
+      f.seekp(static_cast<std::streamoff>(at));
+      c = static_cast<char>(c ^ 0x10);
+      f.write(&c, 1);
+    };
+  };
+  damage(flip(56 + 64 + 500));  // a payload byte
+  damage(flip(60));             // a token
+  damage(flip(28));             // the header's hash
+  damage([](const std::string& path) { fs::resize_file(path, fs::file_size(path) - 1); });  // truncated
+  damage([](const std::string& path) { fs::resize_file(path, 30); });                       // torn header
+  damage([](const std::string& path) { fs::resize_file(path, fs::file_size(path) + 8); });  // too long
+  damage([](const std::string& path) { std::ofstream(path, std::ios::trunc) << "not a block at all, just text"; });
+  EXPECT_EQ(s.n_damaged(), 7);
+  // And it is written again and read again afterwards.
+  ASSERT_TRUE(s.put(0x42, 0, tokens, payload));
+  ASSERT_TRUE(s.get(0x42, 0, tokens, out));
+  EXPECT_EQ(out, payload);
+}
+
+TEST(KvDiskStore, AWriteThatCannotFinishLeavesNothingAndThrowsNothing) {
+  test::TempDir dir;
+  KvDiskStore s(dir.path(), "fp", 1 << 20);
+  const auto payload = random_bytes(kPayload, 3);
+  // A file-size limit below one block: writes fail with EFBIG as on a full disk.
+  struct sigaction old_action {};
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigaction(SIGXFSZ, &ignore, &old_action);
+  rlimit old_limit{};
+  getrlimit(RLIMIT_FSIZE, &old_limit);
+  rlimit small = old_limit;
+  small.rlim_cur = 512;
+  setrlimit(RLIMIT_FSIZE, &small);
+  const bool written = s.put(0x7, 0, tokens_of(0), payload);
+  setrlimit(RLIMIT_FSIZE, &old_limit);
+  sigaction(SIGXFSZ, &old_action, nullptr);
+  EXPECT_FALSE(written);
+  std::vector<std::string> names;
+  for (const auto& f : fs::directory_iterator(s.folder())) names.push_back(f.path().filename().string());
+  EXPECT_EQ(names, std::vector<std::string>{"fingerprint.txt"}) << "no block, no temporary file";
+  std::vector<std::byte> out(kPayload);
+  EXPECT_FALSE(s.get(0x7, 0, tokens_of(0), out));
+  // A folder that cannot be made is an error when the store is opened.
+  test::write_file(dir.file("a-file"), "x");
+  EXPECT_NE(test::error_of([&] { KvDiskStore bad(dir.file("a-file"), "fp", 1 << 20); }).find("prefix cache folder"),
+            std::string::npos);
+}
+
+TEST(KvDiskStore, TheLeastRecentlyUsedFilesGoPastTheLimit) {
+  test::TempDir dir;
+  const int64_t file_bytes = 56 + 64 + kPayload;
+  KvDiskStore s(dir.path(), "fp", 3 * file_bytes);
+  const auto payload = random_bytes(kPayload, 4);
+  const auto now = fs::file_time_type::clock::now();
+  for (uint64_t h = 1; h <= 3; ++h) {
+    ASSERT_TRUE(s.put(h, 0, tokens_of(static_cast<int32_t>(h)), payload));
+    // Explicit ages (file times are coarse): 1 oldest, 3 newest.
+    fs::last_write_time(file_of(s, h), now - std::chrono::seconds(40 - 10 * h));
+  }
+  std::vector<std::byte> out(kPayload);
+  ASSERT_TRUE(s.get(1, 0, tokens_of(1), out));  // 1 is now the most recently used
+  ASSERT_TRUE(s.put(4, 0, tokens_of(4), payload));
+  EXPECT_TRUE(fs::exists(file_of(s, 1)));
+  EXPECT_FALSE(fs::exists(file_of(s, 2))) << "the least recently used goes";
+  EXPECT_TRUE(fs::exists(file_of(s, 3)));
+  EXPECT_TRUE(fs::exists(file_of(s, 4)));
+  EXPECT_EQ(s.bytes_on_disk(), 3 * file_bytes);
+}
+
+TEST(KvDiskStore, StaleTemporaryFilesAreClearedAndAnotherFingerprintIsRefused) {
+  test::TempDir dir;
+  std::string folder;
+  {
+    KvDiskStore s(dir.path(), "fp", 1 << 20);
+    folder = s.folder();
+  }
+  // A writer killed mid-write leaves its temporary file; a live writer's is recent.
+  test::write_file(folder + "/.tmp-999-1-00000000000000aa", "half a bl");
+  test::write_file(folder + "/.tmp-999-2-00000000000000bb", "being written");
+  fs::last_write_time(folder + "/.tmp-999-1-00000000000000aa",
+                      fs::file_time_type::clock::now() - std::chrono::hours(1));
+  KvDiskStore s(dir.path(), "fp", 1 << 20);
+  EXPECT_FALSE(fs::exists(folder + "/.tmp-999-1-00000000000000aa"));
+  EXPECT_TRUE(fs::exists(folder + "/.tmp-999-2-00000000000000bb"));
+  std::vector<std::byte> out(4);
+  EXPECT_FALSE(s.get(0xaa, 0, tokens_of(0), out));
+  // The folder of "fp" claimed by another fingerprint (an id collision) is refused.
+  test::write_file(folder + "/fingerprint.txt", "something else");
+  EXPECT_NE(test::error_of([&] { KvDiskStore x(dir.path(), "fp", 1 << 20); }).find("holds another fingerprint"),
+            std::string::npos);
+}
+
+TEST(KvDiskStore, TwoStoresShareAFolder) {
+  test::TempDir dir;
+  KvDiskStore a(dir.path(), "fp", 64 << 20), b(dir.path(), "fp", 64 << 20);
+  constexpr int kBlocks = 64;
+  const auto writer = [&](KvDiskStore& s, uint32_t seed) {
+    for (int i = 0; i < kBlocks; ++i)  // both write every block, in opposite orders
+      EXPECT_TRUE(s.put(seed == 1 ? i : kBlocks - 1 - i, 0, tokens_of(seed == 1 ? i : kBlocks - 1 - i),
+                        random_bytes(kPayload, seed == 1 ? i : kBlocks - 1 - i)));
+  };
+  std::thread t1(writer, std::ref(a), 1), t2(writer, std::ref(b), 2);
+  t1.join();
+  t2.join();
+  std::vector<std::byte> out(kPayload);
+  for (int i = 0; i < kBlocks; ++i) {
+    ASSERT_TRUE(b.get(i, 0, tokens_of(i), out)) << i;
+    EXPECT_EQ(out, random_bytes(kPayload, i)) << i;
+  }
+  EXPECT_EQ(a.n_damaged() + b.n_damaged(), 0);
+  int n_tmp = 0;
+  for (const auto& f : fs::directory_iterator(a.folder())) n_tmp += f.path().filename().string().rfind(".tmp", 0) == 0;
+  EXPECT_EQ(n_tmp, 0);
+}
+
+}  // namespace
+}  // namespace pensieve
