@@ -110,6 +110,17 @@ class Backend {
   virtual void allocate_kv(const KvGeometry& geometry, int64_t n_blocks) = 0;
   virtual int64_t kv_blocks() const = 0;
   virtual void commit_kv() = 0;
+  // One KV block (every layer's K then V, KvGeometry::bytes_per_block bytes)
+  // to or from host memory, for the prefix cache's disk tier; false where the
+  // backend cannot (then there is no disk tier).
+  virtual bool read_kv_block(int32_t block, std::byte* host_out) {
+    (void)block, (void)host_out;
+    return false;
+  }
+  virtual bool write_kv_block(int32_t block, const std::byte* host_in) {
+    (void)block, (void)host_in;
+    return false;
+  }
 
   // --- One forward step: begin_step, then the operations in order, each
   // over the plan's T rows unless it says otherwise.

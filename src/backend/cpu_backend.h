@@ -29,6 +29,16 @@ class CpuBackend final : public Backend {
   const float* upload(const std::vector<float>& v) override;
   void allocate_kv(const KvGeometry& geometry, int64_t n_blocks) override;
   int64_t kv_blocks() const override { return kv_ ? kv_->n_blocks() : 0; }
+  bool read_kv_block(int32_t block, std::byte* host_out) override {
+    if (!kv_) return false;
+    kv_->read_block(block, host_out);
+    return true;
+  }
+  bool write_kv_block(int32_t block, const std::byte* host_in) override {
+    if (!kv_) return false;
+    kv_->write_block(block, host_in);
+    return true;
+  }
   void commit_kv() override {
     if (kv_) kv_->commit();
   }

@@ -42,6 +42,28 @@ KvStorage::~KvStorage() {
   if (base_ != nullptr) ::munmap(base_, bytes_);
 }
 
+void KvStorage::read_block(int64_t block, std::byte* out) const {
+  if (block < 0 || block >= n_blocks_) fail(ErrorKind::internal, "KV block {} of {}", block, n_blocks_);
+  for (int64_t i = 0; i < n_layers_; ++i) {
+    const kernels::KvLayerView v = layer(i);
+    const size_t bytes = static_cast<size_t>(v.block_elems()) * sizeof(kernels::KvElem);
+    std::memcpy(out, v.k + block * v.block_elems(), bytes);
+    std::memcpy(out + bytes, v.v + block * v.block_elems(), bytes);
+    out += 2 * bytes;
+  }
+}
+
+void KvStorage::write_block(int64_t block, const std::byte* in) {
+  if (block < 0 || block >= n_blocks_) fail(ErrorKind::internal, "KV block {} of {}", block, n_blocks_);
+  for (int64_t i = 0; i < n_layers_; ++i) {
+    const kernels::KvLayerView v = layer(i);
+    const size_t bytes = static_cast<size_t>(v.block_elems()) * sizeof(kernels::KvElem);
+    std::memcpy(v.k + block * v.block_elems(), in, bytes);
+    std::memcpy(v.v + block * v.block_elems(), in + bytes, bytes);
+    in += 2 * bytes;
+  }
+}
+
 kernels::KvLayerView KvStorage::layer(int64_t i) const {
   kernels::KvLayerView v;
   v.n_kv_heads = n_kv_heads_;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstddef>
 #include <cstdint>
 
 #include "backend/backend.h"
@@ -26,6 +27,10 @@ class KvStorage {
   size_t bytes() const { return bytes_; }
   const void* data() const { return base_; }
   static int64_t bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim);
+  // One block's K and V of every layer, to or from `bytes_per_block` bytes
+  // laid out layer by layer, K then V (the prefix cache's disk tier).
+  void read_block(int64_t block, std::byte* out) const;
+  void write_block(int64_t block, const std::byte* in);
 
  private:
   int64_t n_layers_, n_kv_heads_, head_dim_, n_blocks_;

@@ -22,6 +22,7 @@
 #include "core/mmap_file.h"
 #include "core/log.h"
 #include "engine/engine.h"
+#include "engine/kv_disk_store.h"
 #include "format/hf_config.h"
 #include "hub/hub.h"
 #include "hub/progress_printer.h"
@@ -44,6 +45,7 @@ struct Opts {
   std::string config;
   std::string model, model_id, aliases, host = "127.0.0.1", api_key;
   std::string default_model, haiku_model, sonnet_model, opus_model, models_memory;
+  std::string prefix_cache_dir, prefix_cache_disk = "8G";
   int port = 8080, threads = 0, parallel = 4, http_threads = 64, max_queue = 16, max_per_client = 0;
   int64_t ctx_size = 0, batch_tokens = 0, max_output_tokens = -1, sliding_window = -1;
   std::string kv_memory;  // parse_memory_size; empty: automatic
@@ -259,11 +261,33 @@ class ServeLoader : public server::ModelLoader {
       eo.memory_name = "GPU memory";
     }
     eo.prefix_cache = !o_.no_prefix_cache;
+    eo.disk = disk_tier(dir, c, on_gpu);
     eo.fit_ctx_size = sp.ctx_size == 0;  // the model's default shrinks to fit; the user's does not
     out->engine = std::make_unique<Engine>(*out->model, eo);
     out->served = std::make_unique<server::EngineBackend>(entry.id, *out->engine, *out->tokenizer,
                                                           std::move(chat), std::move(stop_ids));
     return out;
+  }
+
+  // The prefix cache's disk tier for a model, or null (off, the GPU, or a
+  // folder it cannot use: then it warns and the server runs without).
+  std::shared_ptr<KvDiskStore> disk_tier(const std::string& dir, const ModelConfig& c, bool on_gpu) {
+    if (o_.no_prefix_cache || o_.prefix_cache_disk == "0" || on_gpu) return nullptr;
+    std::string root = o_.prefix_cache_dir;
+    if (root.empty()) {
+      const char* xdg = std::getenv("XDG_CACHE_HOME");
+      const char* home = std::getenv("HOME");
+      if (xdg != nullptr && xdg[0] == '/') root = fs::path(xdg) / "pensieve" / "prefix-cache";
+      else if (home != nullptr && home[0] != '\0') root = fs::path(home) / ".cache" / "pensieve" / "prefix-cache";
+      else return nullptr;
+    }
+    try {
+      return std::make_shared<KvDiskStore>(root, kv_fingerprint(dir, c.architecture, c.sliding_window, "cpu"),
+                                           parse_memory_size(o_.prefix_cache_disk));
+    } catch (const Error& e) {
+      spdlog::warn("no prefix cache on disk: {}", e.what());
+      return nullptr;
+    }
   }
 
   // The folder a spec's model is in, downloading a Hub model the first time.
@@ -433,6 +457,26 @@ RegisterCommand reg("serve", [](CLI::App& app) {
                "drop) instead of read into memory (faster decoding; the default)");
   app.add_flag("--no-prefix-cache", o->no_prefix_cache,
                "recompute every prompt instead of reusing earlier requests' KV blocks");
+  app.add_option("--prefix-cache-dir", o->prefix_cache_dir,
+                 "folder of the prefix cache's disk tier: prompts' KV blocks kept across restarts "
+                 "(default: $XDG_CACHE_HOME/pensieve/prefix-cache, ~/.cache when unset)")
+      ->envname("PENSIEVE_PREFIX_CACHE_DIR");
+  app.add_option("--prefix-cache-disk", o->prefix_cache_disk,
+                 "disk each model's KV blocks may take there, as --kv-memory takes it; the least "
+                 "recently used go past it (0: no disk tier) (CPU only for now)")
+      ->capture_default_str()
+      ->envname("PENSIEVE_PREFIX_CACHE_DISK")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            if (v == "0") return "";
+            try {
+              parse_memory_size(v);
+              return "";
+            } catch (const Error& e) {
+              return e.what();
+            }
+          },
+          "SIZE"));
   app.add_option("--api-key", o->api_key,
                  "the keys clients must send (x-api-key or Authorization: Bearer), "
                  "comma-separated; $PENSIEVE_API_KEY when not given (default: none, and then "

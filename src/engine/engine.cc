@@ -140,6 +140,18 @@ Engine::Engine(Model& model, const EngineOptions& options)
   if (!context_note_.empty()) spdlog::warn("{}", context_note_);
   model_.allocate_kv(pool_.n_total());
   n_free_blocks_ = pool_.n_free();
+  if (options_.disk && options_.prefix_cache) {
+    // A backend that cannot copy blocks out (the GPU's, for now) has no disk tier.
+    disk_staging_.resize(static_cast<size_t>(model_.kv_bytes_per_block()));
+    if (pool_.n_total() > 0 && model_.read_kv_block(0, disk_staging_.data())) {
+      disk_writer_ = std::make_unique<KvDiskWriter>(*options_.disk, options_.disk_queue_bytes);
+      spdlog::info("engine: prefix cache on disk in {}", options_.disk->folder());
+    } else {
+      spdlog::info("engine: no prefix cache on disk: the {} backend cannot copy KV blocks out",
+                   model_.backend().device());
+      disk_staging_.clear();
+    }
+  }
   spdlog::info("engine: KV cache {} blocks of {} tokens ({:.1f} MiB reserved), context {}, batch {} "
                "tokens, prefix cache {}",
                pool_.n_total(), kKvBlockTokens,
@@ -197,7 +209,37 @@ EngineStats Engine::stats() const {
   s.n_prompt_tokens = n_prompt_tokens_.load();
   s.n_cached_tokens = n_cached_tokens_.load();
   s.n_evictions = n_evictions_.load();
+  s.n_disk_reads = n_disk_reads_.load();
+  if (disk_writer_) {
+    s.n_disk_writes = disk_writer_->n_written();
+    s.n_disk_dropped = disk_writer_->n_dropped() + disk_writer_->n_failed();
+  }
   return s;
+}
+
+// A prompt block the pool does not hold, read from the disk tier into a
+// block of the pool (published, retained once for the sequence). Leaves
+// the running sequences a block each to go on with.
+std::optional<int32_t> Engine::block_from_disk(const BlockKey& key) {
+  if (pool_.n_available() <= static_cast<int64_t>(running_.size()) + 1) return std::nullopt;
+  if (!options_.disk->get(key.hash, key.parent, key.tokens, disk_staging_)) return std::nullopt;
+  std::optional<int32_t> b = pool_.allocate();
+  if (!b) return std::nullopt;
+  if (!model_.write_kv_block(*b, disk_staging_.data()) || !pool_.publish(*b, key)) {
+    pool_.release(*b);
+    return std::nullopt;
+  }
+  ++n_disk_reads_;
+  return b;
+}
+
+// A block just published, copied out for the disk tier's writer (unless a
+// file holds it already).
+void Engine::block_to_disk(int32_t block, const BlockKey& key) {
+  std::vector<std::byte> bytes(disk_staging_.size());
+  if (!model_.read_kv_block(block, bytes.data())) return;
+  disk_writer_->enqueue(key.hash, key.parent, std::vector<int32_t>(key.tokens.begin(), key.tokens.end()),
+                        std::move(bytes));
 }
 
 void Engine::publish_stats() {
@@ -228,7 +270,9 @@ void Engine::start_sequence(Sequence& s) {
   s.kv_variant = model_.kv_variant(static_cast<int64_t>(s.tokens.size()));
   s.publishing = options_.prefix_cache;
   if (options_.prefix_cache) {
-    s.n_computed = match_prefix(pool_, s.tokens, s.kv_variant, s.chain, s.kv);
+    MissedBlock from_disk;
+    if (disk_writer_) from_disk = [this](const BlockKey& key) { return block_from_disk(key); };
+    s.n_computed = match_prefix(pool_, s.tokens, s.kv_variant, s.chain, s.kv, from_disk);
   } else {
     s.chain = PrefixChain{};
     s.n_computed = 0;
@@ -456,7 +500,9 @@ void Engine::step(std::vector<std::unique_ptr<Sequence>>& running) {
     Sequence& s = *plan[i].seq;
     s.n_computed += plan[i].n;
     s.kv.n_tokens = s.n_computed;
-    publish_prefix(pool_, s.tokens, s.n_computed, s.kv, s.chain, s.publishing, s.n_prompt);
+    std::function<void(int32_t, const BlockKey&)> to_disk;
+    if (disk_writer_) to_disk = [this](int32_t block, const BlockKey& key) { block_to_disk(block, key); };
+    publish_prefix(pool_, s.tokens, s.n_computed, s.kv, s.chain, s.publishing, s.n_prompt, to_disk);
     const bool reading_prompt = s.n_generated == 0;
     if (reading_prompt) {
       EngineEvent e;

@@ -40,6 +40,7 @@
 #include "core/memory_info.h"
 #include "engine/constraint.h"
 #include "engine/kv_block_pool.h"
+#include "engine/kv_disk_store.h"
 #include "engine/sampler.h"
 #include "models/model.h"
 
@@ -55,6 +56,12 @@ struct EngineOptions {
   int64_t max_running = 8;          // sequences decoded together
   int64_t max_queue = 64;           // waiting requests before submit() refuses
   bool prefix_cache = true;         // reuse K/V of earlier requests' full blocks
+  // The prefix cache's disk tier (null: none): published blocks are
+  // written to it behind the engine's back, and a prompt's blocks that are
+  // not in memory are read from it instead of computed. Only where the
+  // model's backend can copy KV blocks (the CPU's).
+  std::shared_ptr<KvDiskStore> disk;
+  int64_t disk_queue_bytes = int64_t{256} << 20;  // blocks waiting to be written, at most
   // ctx_size is a default (the model's), not the user's: when one full
   // context does not fit the KV memory, serve the context that fits instead
   // of failing (plan_kv_pool).
@@ -99,6 +106,9 @@ struct EngineStats {
   int64_t n_steps = 0, n_preemptions = 0;
   int64_t n_prompt_tokens = 0, n_cached_tokens = 0;  // over all requests started so far
   int64_t n_evictions = 0;
+  // The disk tier: blocks read instead of computed, written, and not
+  // written (the queue was full, or the disk failed).
+  int64_t n_disk_reads = 0, n_disk_writes = 0, n_disk_dropped = 0;
 };
 
 // The share of available memory an automatic KV pool may take.
@@ -180,7 +190,12 @@ class Engine {
   bool stop_ = false;
   bool held_ = false;  // guarded by mutex_
   std::atomic<int64_t> n_running_{0}, n_free_blocks_{0}, n_cached_blocks_{0}, n_steps_{0},
-      n_preemptions_{0}, n_prompt_tokens_{0}, n_cached_tokens_{0}, n_evictions_{0};
+      n_preemptions_{0}, n_prompt_tokens_{0}, n_cached_tokens_{0}, n_evictions_{0}, n_disk_reads_{0};
+  // The disk tier (null without one); declared before thread_, which uses them.
+  std::unique_ptr<KvDiskWriter> disk_writer_;
+  std::vector<std::byte> disk_staging_;  // engine thread: one block on its way in or out
+  std::optional<int32_t> block_from_disk(const BlockKey& key);
+  void block_to_disk(int32_t block, const BlockKey& key);
   std::thread thread_;
 };
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/kv_geometry.h"
 #include "core/log.h"
 
 namespace pensieve {
@@ -90,6 +91,55 @@ uint64_t fingerprint_id(const std::string& text) {
     h *= 1099511628211ull;
   }
   return h;
+}
+
+namespace {
+
+// crc32 of a file's bytes [at, at + n) (fewer where it ends), into crc.
+uint32_t crc_of_file_range(std::ifstream& in, uint64_t at, uint64_t n, uint32_t crc) {
+  std::vector<char> buf(static_cast<size_t>(std::min<uint64_t>(n, 1 << 20)));
+  in.clear();
+  in.seekg(static_cast<std::streamoff>(at));
+  while (n > 0 && in) {
+    in.read(buf.data(), static_cast<std::streamsize>(std::min<uint64_t>(n, buf.size())));
+    const auto got = static_cast<uint64_t>(in.gcount());
+    if (got == 0) break;
+    crc = crc_of(buf.data(), got, crc);
+    n -= got;
+  }
+  return crc;
+}
+
+}  // namespace
+
+std::string kv_fingerprint(const std::string& model_dir, const std::string& architecture,
+                           int64_t sliding_window, const std::string& device) {
+  std::string text = fmt::format("pensieve-kv layout 1; f16; block {}; {}; {}; window {}", kKvBlockTokens,
+                                 device, architecture, sliding_window);
+  std::vector<fs::path> files;
+  std::error_code ec;
+  for (const auto& f : fs::directory_iterator(model_dir, ec)) {
+    const std::string name = f.path().filename().string();
+    if (name == "config.json" || f.path().extension() == ".safetensors") files.push_back(f.path());
+  }
+  std::sort(files.begin(), files.end());
+  for (const fs::path& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    const uint64_t size = fs::file_size(f, ec);
+    uint32_t crc = 0;
+    if (f.extension() != ".safetensors") {
+      crc = crc_of_file_range(in, 0, size, 0);
+    } else {
+      uint64_t header = 0;  // safetensors: an 8-byte length, then the JSON header
+      in.read(reinterpret_cast<char*>(&header), 8);
+      crc = crc_of_file_range(in, 0, std::min<uint64_t>(8 + header, size), 0);
+      constexpr uint64_t kSample = 64 << 10, kStride = 64 << 20;
+      for (uint64_t at = 0; at < size; at += kStride) crc = crc_of_file_range(in, at, kSample, crc);
+      if (size > kSample) crc = crc_of_file_range(in, size - kSample, kSample, crc);
+    }
+    text += fmt::format("; {} {} {:08x}", f.filename().string(), size, crc);
+  }
+  return text;
 }
 
 KvDiskStore::KvDiskStore(std::string dir, std::string fingerprint, int64_t max_bytes)
@@ -250,6 +300,70 @@ void KvDiskStore::trim() {
   std::lock_guard<std::mutex> lock(mutex_);
   counted_ = total;
   written_since_trim_ = 0;
+}
+
+KvDiskWriter::KvDiskWriter(KvDiskStore& store, int64_t max_queued_bytes)
+    : store_(store), max_queued_bytes_(max_queued_bytes), thread_([this] { run(); }) {}
+
+KvDiskWriter::~KvDiskWriter() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+bool KvDiskWriter::enqueue(uint64_t hash, uint64_t parent, std::vector<int32_t> tokens,
+                           std::vector<std::byte> payload) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const int64_t bytes = static_cast<int64_t>(payload.size());
+    if (queued_bytes_ + bytes > max_queued_bytes_) {
+      ++n_dropped_;
+      return false;
+    }
+    queued_bytes_ += bytes;
+    jobs_.push_back({hash, parent, std::move(tokens), std::move(payload)});
+  }
+  cv_.notify_all();
+  return true;
+}
+
+void KvDiskWriter::flush() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait(lock, [&] { return jobs_.empty() && !busy_; });
+}
+
+int64_t KvDiskWriter::n_written() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return n_written_;
+}
+int64_t KvDiskWriter::n_dropped() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return n_dropped_;
+}
+int64_t KvDiskWriter::n_failed() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return n_failed_;
+}
+
+void KvDiskWriter::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+    if (jobs_.empty()) return;  // stopping, and everything is written
+    Job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    busy_ = true;
+    lock.unlock();
+    const bool ok = store_.put(job.hash, job.parent, job.tokens, job.payload);
+    lock.lock();
+    busy_ = false;
+    queued_bytes_ -= static_cast<int64_t>(job.payload.size());
+    ++(ok ? n_written_ : n_failed_);
+    cv_.notify_all();
+  }
 }
 
 }  // namespace pensieve

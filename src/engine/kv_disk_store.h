@@ -20,11 +20,15 @@
 // recently used files (by modification time, which get() refreshes) go.
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <span>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace pensieve {
 
@@ -63,7 +67,53 @@ class KvDiskStore {
   uint64_t n_tmp_ = 0;
 };
 
+// Writes blocks to a store on its own thread, so that the engine only pays
+// for copying them out of the KV pool. At most max_queued_bytes wait at
+// once; a block that finds the queue full is not written (counted). The
+// destructor writes what is queued, then joins.
+class KvDiskWriter {
+ public:
+  KvDiskWriter(KvDiskStore& store, int64_t max_queued_bytes);
+  ~KvDiskWriter();
+  KvDiskWriter(const KvDiskWriter&) = delete;
+  KvDiskWriter& operator=(const KvDiskWriter&) = delete;
+
+  // False when the queue is full (the block is dropped).
+  bool enqueue(uint64_t hash, uint64_t parent, std::vector<int32_t> tokens, std::vector<std::byte> payload);
+  void flush();  // returns once everything queued so far is written (or failed)
+  int64_t n_written() const;
+  int64_t n_dropped() const;
+  int64_t n_failed() const;
+
+ private:
+  struct Job {
+    uint64_t hash, parent;
+    std::vector<int32_t> tokens;
+    std::vector<std::byte> payload;
+  };
+  void run();
+
+  KvDiskStore& store_;
+  const int64_t max_queued_bytes_;
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  int64_t queued_bytes_ = 0;
+  bool busy_ = false;  // a job is being written
+  bool stop_ = false;
+  int64_t n_written_ = 0, n_dropped_ = 0, n_failed_ = 0;
+  std::thread thread_;
+};
+
 // FNV-1a 64 of text: the fingerprint's id (stable across runs and machines).
 uint64_t fingerprint_id(const std::string& text);
+
+// What makes KV blocks of one model comparable, as one line: the KV layout
+// version, element type and block size, the device, the attention window,
+// and checksums of config.json and of each weight file (its size, its
+// safetensors header, and samples of its bytes: a changed or re-quantized
+// checkpoint gets another fingerprint without reading gigabytes).
+std::string kv_fingerprint(const std::string& model_dir, const std::string& architecture,
+                           int64_t sliding_window, const std::string& device);
 
 }  // namespace pensieve

@@ -34,7 +34,7 @@ uint64_t chain_block_hash(uint64_t parent, std::span<const int32_t> tokens) {
 }
 
 int64_t match_prefix(KvBlockPool& pool, std::span<const int32_t> tokens, int64_t kv_variant,
-                     PrefixChain& chain, KvSequence& seq) {
+                     PrefixChain& chain, KvSequence& seq, const MissedBlock& on_miss) {
   if (!seq.blocks.empty()) fail(ErrorKind::internal, "prefix lookup for a sequence that has blocks");
   chain.root = prefix_root(kv_variant);
   chain.hashes.clear();
@@ -46,6 +46,7 @@ int64_t match_prefix(KvBlockPool& pool, std::span<const int32_t> tokens, int64_t
     key.tokens = tokens.subspan(i * kBlock, kBlock);
     key.hash = chain_block_hash(key.parent, key.tokens);
     auto b = pool.acquire(key);
+    if (!b && on_miss) b = on_miss(key);
     if (!b) break;
     seq.blocks.push_back(*b);
     chain.hashes.push_back(key.hash);
@@ -56,7 +57,8 @@ int64_t match_prefix(KvBlockPool& pool, std::span<const int32_t> tokens, int64_t
 
 int64_t publish_prefix(KvBlockPool& pool, std::span<const int32_t> tokens, int64_t n_computed,
                        const KvSequence& seq, PrefixChain& chain, bool publish,
-                       int64_t count_below) {
+                       int64_t count_below,
+                       const std::function<void(int32_t, const BlockKey&)>& on_published) {
   const int64_t full = std::min<int64_t>(n_computed / kBlock, static_cast<int64_t>(seq.blocks.size()));
   int64_t created = 0;
   for (int64_t i = static_cast<int64_t>(chain.hashes.size()); i < full; ++i) {
@@ -67,6 +69,7 @@ int64_t publish_prefix(KvBlockPool& pool, std::span<const int32_t> tokens, int64
     chain.hashes.push_back(key.hash);
     if (publish && pool.publish(seq.blocks[i], key)) {
       created += std::clamp<int64_t>(count_below - i * kBlock, 0, kBlock);
+      if (on_published) on_published(seq.blocks[i], key);
     }
   }
   return created;

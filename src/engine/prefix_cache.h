@@ -16,6 +16,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -37,15 +39,21 @@ struct PrefixChain {
 // blocks that starts `tokens`, but never the block holding the last token,
 // which the caller must compute to get logits. Appends them to seq.blocks,
 // records their hashes in chain (root set from kv_variant) and returns how
-// many tokens they cover (a multiple of kKvBlockTokens).
+// many tokens they cover (a multiple of kKvBlockTokens). A block not in the
+// pool is asked of `on_miss` (the disk tier), which returns a block it
+// filled and published under the key (retained once), or nothing: the walk
+// stops there.
+using MissedBlock = std::function<std::optional<int32_t>(const BlockKey&)>;
 int64_t match_prefix(KvBlockPool& pool, std::span<const int32_t> tokens, int64_t kv_variant,
-                     PrefixChain& chain, KvSequence& seq);
+                     PrefixChain& chain, KvSequence& seq, const MissedBlock& on_miss = {});
 
 // Hashes every full block of tokens[0, n_computed) that chain has not seen
-// and publishes it (when `publish` is true). Returns how many tokens below
-// `count_below` went into blocks this call published (cache creation).
+// and publishes it (when `publish` is true), telling `on_published` of each
+// block it published. Returns how many tokens below `count_below` went into
+// blocks this call published (cache creation).
 int64_t publish_prefix(KvBlockPool& pool, std::span<const int32_t> tokens, int64_t n_computed,
                        const KvSequence& seq, PrefixChain& chain, bool publish,
-                       int64_t count_below);
+                       int64_t count_below,
+                       const std::function<void(int32_t, const BlockKey&)>& on_published = {});
 
 }  // namespace pensieve

@@ -48,6 +48,10 @@ class Model {
   virtual int64_t kv_blocks() const = 0;
   // Commits the KV storage's memory now (see Backend::commit_kv).
   virtual void commit_kv() = 0;
+  // One KV block to or from kv_bytes_per_block() bytes of host memory (the
+  // prefix cache's disk tier); false where the model's backend cannot.
+  virtual bool read_kv_block(int32_t block, std::byte* out) { return backend_->read_kv_block(block, out); }
+  virtual bool write_kv_block(int32_t block, const std::byte* in) { return backend_->write_kv_block(block, in); }
   // Memory the KV pool may take (the host's, or the GPU's).
   virtual MemoryInfo memory() const = 0;
 

@@ -125,6 +125,10 @@ nlohmann::ordered_json EngineBackend::stats() const {
           {"prefix_cache", engine_.options().prefix_cache},
           {"n_prompt_tokens", s.n_prompt_tokens},
           {"n_cached_tokens", s.n_cached_tokens},
+          {"prefix_cache_disk", engine_.options().disk ? engine_.options().disk->folder() : std::string()},
+          {"n_disk_blocks_read", s.n_disk_reads},
+          {"n_disk_blocks_written", s.n_disk_writes},
+          {"n_disk_blocks_dropped", s.n_disk_dropped},
           {"device", engine_.model().backend().device()},
           {"backend", engine_.model().backend().description()}};
 }

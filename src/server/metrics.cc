@@ -152,6 +152,10 @@ std::string Metrics::render(const std::vector<std::pair<std::string, nlohmann::o
   engine_family("pensieve_preemptions_total", "counter", "Sequences preempted for KV memory.", "n_preemptions");
   engine_family("pensieve_prefix_cache_evictions_total", "counter", "Cached KV blocks evicted for new ones.",
                 "n_evictions");
+  engine_family("pensieve_prefix_cache_disk_reads_total", "counter",
+                "KV blocks read from the prefix cache's disk tier instead of computed.", "n_disk_blocks_read");
+  engine_family("pensieve_prefix_cache_disk_writes_total", "counter",
+                "KV blocks written to the prefix cache's disk tier.", "n_disk_blocks_written");
   return out;
 }
 

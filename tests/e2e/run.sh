@@ -12,4 +12,7 @@ if [ ! -d node_modules/@anthropic-ai/sdk ] || [ ! -d node_modules/@anthropic-ai/
   echo "e2e: tests/e2e/node_modules is missing: skipping (run: cd tests/e2e && npm ci --no-audit --no-fund --ignore-scripts)"
   exit 77
 fi
+# The servers these tests start keep no prefix cache on disk: what another
+# test or an earlier run left in ~/.cache would show up as cached tokens.
+export PENSIEVE_PREFIX_CACHE_DISK="${PENSIEVE_PREFIX_CACHE_DISK:-0}"
 exec node --test "$@"

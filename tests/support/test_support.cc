@@ -160,4 +160,11 @@ std::string error_of(const std::function<void()>& fn) {
   return "(no error)";
 }
 
+namespace {
+// Servers the tests start keep no prefix cache on disk unless a test asks
+// for one (--prefix-cache-disk wins over the variable): blocks another test,
+// or an earlier run, left in ~/.cache would change what a test sees cached.
+const bool kNoDiskTier = [] { return setenv("PENSIEVE_PREFIX_CACHE_DISK", "0", 0) == 0; }();
+}  // namespace
+
 }  // namespace pensieve::test

@@ -203,3 +203,32 @@ TEST(KvDiskStore, TwoStoresShareAFolder) {
 
 }  // namespace
 }  // namespace pensieve
+
+namespace pensieve {
+namespace {
+
+TEST(KvDiskWriter, WritesBehindDropsPastItsQueueAndDrainsWhenDestroyed) {
+  test::TempDir dir;
+  KvDiskStore store(dir.path(), "fp", 64 << 20);
+  {
+    KvDiskWriter w(store, 3 * kPayload);  // three blocks may wait
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(w.enqueue(i, 0, tokens_of(i), random_bytes(kPayload, i)));
+    w.flush();
+    EXPECT_EQ(w.n_written(), 3);
+    // With the queue full, a fourth waits for nothing: dropped.
+    int64_t accepted = 0;
+    for (int i = 3; i < 40; ++i) accepted += w.enqueue(i, 0, tokens_of(i), random_bytes(kPayload, i));
+    EXPECT_EQ(accepted + w.n_dropped(), 37);
+  }  // the destructor writes what is queued
+  std::vector<std::byte> out(kPayload);
+  int found = 0;
+  for (int i = 0; i < 40; ++i) {
+    if (!store.get(i, 0, tokens_of(i), out)) continue;
+    EXPECT_EQ(out, random_bytes(kPayload, i));
+    ++found;
+  }
+  EXPECT_GE(found, 6);  // the first three, and at least the three the queue held
+}
+
+}  // namespace
+}  // namespace pensieve
