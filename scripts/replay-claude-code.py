@@ -4,6 +4,11 @@ running `pensieve serve` and prints each one's time to first token, cold
 (first time) and warm (again, its prefix cached), as JSON lines.
 
     python3 scripts/replay-claude-code.py [--port 8080] [--max-tokens 16]
+        [--only print-mode-hello] [--runs cold,warm]
+
+--runs names the passes over each request (labels only: each is the same
+request again); after a restart on the same --prefix-cache-dir, "--runs
+disk,warm" measures the prompt read back from disk, then from memory.
 
 A benchmark helper for machines with Python (the GPU machine); Pensieve
 itself needs none. Bodies are sent as recorded, but with stream on and
@@ -19,6 +24,8 @@ import time
 ap = argparse.ArgumentParser()
 ap.add_argument("--port", type=int, default=8080)
 ap.add_argument("--max-tokens", type=int, default=16)
+ap.add_argument("--only", default="", help="replay only the requests whose file name contains this")
+ap.add_argument("--runs", default="cold,warm", help="labels of the passes over each request")
 ap.add_argument("--dir", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "claude-code"))
 args = ap.parse_args()
 
@@ -52,13 +59,15 @@ def replay(body):
 
 
 for path in sorted(glob.glob(os.path.join(args.dir, "*.request.json"))):
+    if args.only not in os.path.basename(path):
+        continue
     rec = json.load(open(path))
     body = rec["body"] if "body" in rec else rec
     if isinstance(body, str):
         body = json.loads(body)
     body["stream"] = True
     body["max_tokens"] = min(int(body.get("max_tokens", args.max_tokens)), args.max_tokens)
-    for run in ("cold", "warm"):
+    for run in args.runs.split(","):
         out = {"request": os.path.basename(path), "run": run}
         out.update(replay(body))
         print(json.dumps(out), flush=True)
