@@ -9,7 +9,7 @@ packages=(
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libspdlog-dev libfmt-dev
   libpcre2-dev libtomlplusplus-dev libcurl4-openssl-dev libssl-dev libsystemd-dev
   libgtest-dev libgmock-dev
-  libicu-dev zlib1g-dev
+  libicu-dev zlib1g-dev libxxhash-dev
   curl dpkg-dev  # the install test: cpack's .deb (dpkg-shlibdeps), serving from it
 )
 missing=()

@@ -271,7 +271,25 @@ void Engine::start_sequence(Sequence& s) {
   s.publishing = options_.prefix_cache;
   if (options_.prefix_cache) {
     MissedBlock from_disk;
-    if (disk_writer_) from_disk = [this](const BlockKey& key) { return block_from_disk(key); };
+    if (disk_writer_) {
+      from_disk = [this](const BlockKey& key) { return block_from_disk(key); };
+      // The blocks memory lacks are read ahead from disk while the first are applied.
+      uint64_t parent = prefix_root(s.kv_variant);
+      const int64_t n_blocks = (static_cast<int64_t>(s.tokens.size()) - 1) / kKvBlockTokens;
+      bool on_disk = false;
+      for (int64_t i = 0; i < n_blocks; ++i) {
+        parent = chain_block_hash(parent, std::span<const int32_t>(s.tokens).subspan(i * kKvBlockTokens, kKvBlockTokens));
+        if (!pool_.indexed(parent)) on_disk = options_.disk->prefetch(parent) || on_disk;
+      }
+      // Reading them takes a while (seconds for a long prompt): the client
+      // hears that the lookup goes on, so that its usage waits for the count.
+      if (on_disk && !s.started) {
+        EngineEvent e;
+        e.kind = EngineEvent::Kind::progress;
+        e.lookup_pending = true;
+        emit(s, e);
+      }
+    }
     s.n_computed = match_prefix(pool_, s.tokens, s.kv_variant, s.chain, s.kv, from_disk);
   } else {
     s.chain = PrefixChain{};

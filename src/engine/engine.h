@@ -76,6 +76,9 @@ struct EngineEvent {
   int64_t n_cache_created = 0;   // prompt tokens this request writes into the cache (full blocks
                                  // past the cached prefix; known from the first event on)
   int32_t token = -1;
+  // progress: the prefix lookup is still reading blocks from disk (the
+  // event that ends it carries n_cached); a client's usage waits for it.
+  bool lookup_pending = false;
   FinishReason finish = FinishReason::eos;  // done: why
   std::string error;
 };

@@ -58,6 +58,8 @@ class KvBlockPool {
   // again); nullopt when there is none.
   std::optional<int32_t> acquire(const BlockKey& key);
   bool published(int32_t block) const;
+  // Whether some block is published under this hash (no retain, no LRU touch).
+  bool indexed(uint64_t hash) const { return index_.count(hash) > 0; }
   // Forgets every key: cached blocks become free, used ones stay used.
   void clear_cache();
 

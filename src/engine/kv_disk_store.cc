@@ -3,7 +3,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <vector>
 
 #include "core/error.h"
@@ -23,7 +24,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr char kMagic[8] = {'P', 'S', 'V', 'K', 'V', 'B', '1', '\0'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: XXH3-64 checksums (1: crc32)
 constexpr const char* kSuffix = ".kvb";
 constexpr const char* kTmpPrefix = ".tmp-";
 constexpr auto kStaleTmp = std::chrono::minutes(10);
@@ -36,24 +37,15 @@ struct Header {
   uint64_t hash;
   uint64_t parent;
   uint64_t payload_bytes;
-  uint32_t payload_crc;
-  uint32_t header_crc;  // of everything above and the tokens
+  uint64_t payload_hash;  // XXH3-64 of the payload
+  uint64_t header_hash;   // of everything above, then (as the seed) of the tokens
 };
-static_assert(sizeof(Header) == 56);
+static_assert(sizeof(Header) == 64);
 
-uint32_t crc_of(const void* data, size_t n, uint32_t crc = 0) {
-  const auto* p = static_cast<const Bytef*>(data);
-  while (n > 0) {  // zlib takes uInt lengths
-    const uInt chunk = static_cast<uInt>(std::min<size_t>(n, 1u << 30));
-    crc = static_cast<uint32_t>(crc32(crc, p, chunk));
-    p += chunk;
-    n -= chunk;
-  }
-  return crc;
-}
-
-uint32_t header_crc(const Header& h, std::span<const int32_t> tokens) {
-  return crc_of(tokens.data(), tokens.size_bytes(), crc_of(&h, offsetof(Header, header_crc)));
+// XXH3 (libxxhash): tens of GB/s, so checking a block costs little next to
+// reading it (zlib's crc32 was most of a read-back's time).
+uint64_t header_hash(const Header& h, std::span<const int32_t> tokens) {
+  return XXH3_64bits_withSeed(tokens.data(), tokens.size_bytes(), XXH3_64bits(&h, offsetof(Header, header_hash)));
 }
 
 bool write_all(int fd, const void* data, size_t n) {
@@ -95,8 +87,8 @@ uint64_t fingerprint_id(const std::string& text) {
 
 namespace {
 
-// crc32 of a file's bytes [at, at + n) (fewer where it ends), into crc.
-uint32_t crc_of_file_range(std::ifstream& in, uint64_t at, uint64_t n, uint32_t crc) {
+// A file's bytes [at, at + n) (fewer where it ends) into the hash state.
+void hash_file_range(std::ifstream& in, uint64_t at, uint64_t n, XXH3_state_t* state) {
   std::vector<char> buf(static_cast<size_t>(std::min<uint64_t>(n, 1 << 20)));
   in.clear();
   in.seekg(static_cast<std::streamoff>(at));
@@ -104,10 +96,9 @@ uint32_t crc_of_file_range(std::ifstream& in, uint64_t at, uint64_t n, uint32_t 
     in.read(buf.data(), static_cast<std::streamsize>(std::min<uint64_t>(n, buf.size())));
     const auto got = static_cast<uint64_t>(in.gcount());
     if (got == 0) break;
-    crc = crc_of(buf.data(), got, crc);
+    XXH3_64bits_update(state, buf.data(), got);
     n -= got;
   }
-  return crc;
 }
 
 }  // namespace
@@ -126,18 +117,19 @@ std::string kv_fingerprint(const std::string& model_dir, const std::string& arch
   for (const fs::path& f : files) {
     std::ifstream in(f, std::ios::binary);
     const uint64_t size = fs::file_size(f, ec);
-    uint32_t crc = 0;
+    std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(), &XXH3_freeState);
+    XXH3_64bits_reset(state.get());
     if (f.extension() != ".safetensors") {
-      crc = crc_of_file_range(in, 0, size, 0);
+      hash_file_range(in, 0, size, state.get());
     } else {
       uint64_t header = 0;  // safetensors: an 8-byte length, then the JSON header
       in.read(reinterpret_cast<char*>(&header), 8);
-      crc = crc_of_file_range(in, 0, std::min<uint64_t>(8 + header, size), 0);
+      hash_file_range(in, 0, std::min<uint64_t>(8 + header, size), state.get());
       constexpr uint64_t kSample = 64 << 10, kStride = 64 << 20;
-      for (uint64_t at = 0; at < size; at += kStride) crc = crc_of_file_range(in, at, kSample, crc);
-      if (size > kSample) crc = crc_of_file_range(in, size - kSample, kSample, crc);
+      for (uint64_t at = 0; at < size; at += kStride) hash_file_range(in, at, kSample, state.get());
+      if (size > kSample) hash_file_range(in, size - kSample, kSample, state.get());
     }
-    text += fmt::format("; {} {} {:08x}", f.filename().string(), size, crc);
+    text += fmt::format("; {} {} {:016x}", f.filename().string(), size, XXH3_64bits_digest(state.get()));
   }
   return text;
 }
@@ -198,8 +190,8 @@ bool KvDiskStore::put(uint64_t hash, uint64_t parent, std::span<const int32_t> t
   h.hash = hash;
   h.parent = parent;
   h.payload_bytes = payload.size();
-  h.payload_crc = crc_of(payload.data(), payload.size());
-  h.header_crc = header_crc(h, tokens);
+  h.payload_hash = XXH3_64bits(payload.data(), payload.size());
+  h.header_hash = header_hash(h, tokens);
   uint64_t n = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -248,7 +240,7 @@ bool KvDiskStore::get(uint64_t hash, uint64_t parent, std::span<const int32_t> t
   } else {
     stored.resize(h.n_tokens);
     if (!read_all(fd, stored.data(), stored.size() * sizeof(int32_t))) damage = "truncated in its tokens";
-    else if (header_crc(h, stored) != h.header_crc) damage = "a header checksum mismatch";
+    else if (header_hash(h, stored) != h.header_hash) damage = "a header checksum mismatch";
   }
   if (damage.empty()) {
     // An intact file for another block (a hash collision) is not this one.
@@ -256,7 +248,7 @@ bool KvDiskStore::get(uint64_t hash, uint64_t parent, std::span<const int32_t> t
             h.payload_bytes == out.size() && std::equal(stored.begin(), stored.end(), tokens.begin(), tokens.end());
     if (match) {
       if (!read_all(fd, out.data(), out.size())) damage = "truncated in its payload";
-      else if (crc_of(out.data(), out.size()) != h.payload_crc) damage = "a payload checksum mismatch";
+      else if (XXH3_64bits(out.data(), out.size()) != h.payload_hash) damage = "a payload checksum mismatch";
       else {
         char extra = 0;
         if (::read(fd, &extra, 1) != 0) damage = "longer than its header says";
@@ -273,6 +265,14 @@ bool KvDiskStore::get(uint64_t hash, uint64_t parent, std::span<const int32_t> t
   }
   if (match) ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // most recently used now
   return match;
+}
+
+bool KvDiskStore::prefetch(uint64_t hash) const {
+  const int fd = ::open(path_of(hash).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);  // the kernel reads it ahead, asynchronously
+  ::close(fd);
+  return true;
 }
 
 void KvDiskStore::trim() {

@@ -8,7 +8,7 @@
 // version and element type, the attention window): blocks of another model,
 // layout or type live in another folder and are never read. Each file has a
 // header (magic, version, fingerprint id, the block's hash, parent hash and
-// tokens, payload size, checksums) and the payload.
+// tokens, payload size, XXH3-64 checksums) and the payload.
 //
 // Safety: a file is written under a temporary name and renamed into place,
 // so a reader never sees half a file; a file that is torn, truncated or has
@@ -47,6 +47,11 @@ class KvDiskStore {
   // when there is none for these hash, parent and tokens, or when its file
   // is damaged (then it is removed).
   bool get(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens, std::span<std::byte> out);
+
+  // Asks the kernel to read the block's file ahead (a prompt's next blocks,
+  // while the engine applies the ones it has): no effect when there is none.
+  // True when the file is there.
+  bool prefetch(uint64_t hash) const;
 
   const std::string& folder() const { return folder_; }
   // Bytes of block files in the folder (all writers'), counted now.

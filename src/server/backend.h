@@ -86,6 +86,9 @@ struct GenerationEvent {
   int64_t n_prompt_done = 0;  // progress: prompt tokens processed so far (cached ones included)
   int64_t n_cached = 0;       // prompt tokens reused from the prefix cache (any event may carry it)
   int64_t n_cache_created = 0;  // prompt tokens this generation writes into the prefix cache
+  // progress: the prefix lookup goes on (reading from disk); its n_cached
+  // comes with a later event, which the answer's usage waits for.
+  bool lookup_pending = false;
   int32_t token = -1;         // token: its id
   std::string text;           // token: newly completed UTF-8 text (may be empty mid-character)
   FinishReason finish = FinishReason::eos;  // done: why

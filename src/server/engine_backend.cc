@@ -69,6 +69,7 @@ std::shared_ptr<Generation> EngineBackend::submit(GenerationRequest request,
     g.n_prompt_done = e.n_prompt_done;
     g.n_cached = e.n_cached;
     g.n_cache_created = e.n_cache_created;
+    g.lookup_pending = e.lookup_pending;
     switch (e.kind) {
       case EngineEvent::Kind::progress:
         g.kind = GenerationEvent::Kind::progress;

@@ -251,6 +251,7 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms, co
   const auto start = Clock::now();
   auto last_write = start;
   bool started = false;
+  bool pending_lookup = false;  // the engine said its prefix lookup reads from disk
   std::deque<GenerationEvent> events;
   std::vector<json> out;
   for (;;) {
@@ -267,7 +268,16 @@ bool stream_answer(Session& s, httplib::DataSink& sink, int ping_interval_ms, co
     }
     auto now = Clock::now();
     if (!started) {
-      if (events.empty() && now - start < first_event_wait) continue;
+      // A lookup still reading blocks from disk holds message_start until
+      // it knows how much of the prompt is cached (a few seconds at most).
+      const bool pending = !events.empty() && std::all_of(events.begin(), events.end(),
+                                                          [](const GenerationEvent& e) { return e.lookup_pending; });
+      if (pending) {
+        pending_lookup = true;
+        events.clear();
+        continue;
+      }
+      if (events.empty() && (pending_lookup || now - start < first_event_wait)) continue;
       for (const auto& e : events) s.note_cache(e);
       s.input_usage_sent = true;
       if (!write(s.builder.message_start(s.usage())) || !w.ping(sink)) {

@@ -91,8 +91,8 @@ TEST(KvDiskStore, DamagedFilesAreRemovedAndNeverReturned) {
       f.write(&c, 1);
     };
   };
-  damage(flip(56 + 64 + 500));  // a payload byte
-  damage(flip(60));             // a token
+  damage(flip(64 + 64 + 500));  // a payload byte
+  damage(flip(70));             // a token
   damage(flip(28));             // the header's hash
   damage([](const std::string& path) { fs::resize_file(path, fs::file_size(path) - 1); });  // truncated
   damage([](const std::string& path) { fs::resize_file(path, 30); });                       // torn header
@@ -136,7 +136,7 @@ TEST(KvDiskStore, AWriteThatCannotFinishLeavesNothingAndThrowsNothing) {
 
 TEST(KvDiskStore, TheLeastRecentlyUsedFilesGoPastTheLimit) {
   test::TempDir dir;
-  const int64_t file_bytes = 56 + 64 + kPayload;
+  const int64_t file_bytes = 64 + 64 + kPayload;
   KvDiskStore s(dir.path(), "fp", 3 * file_bytes);
   const auto payload = random_bytes(kPayload, 4);
   const auto now = fs::file_time_type::clock::now();
