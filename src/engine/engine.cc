@@ -44,6 +44,9 @@ int64_t blocks_for(int64_t positions) {
   return (positions + kKvBlockTokens - 1) / kKvBlockTokens;
 }
 
+// Blocks read ahead from disk (32 Phi-3-mini blocks: 192 MiB).
+constexpr size_t kDiskReadAhead = 32;
+
 std::string format_bytes(int64_t bytes) {
   if (bytes >= (int64_t{1} << 30)) return fmt::format("{:.2f} GiB", bytes / 1073741824.0);
   return fmt::format("{:.1f} MiB", bytes / 1048576.0);
@@ -222,6 +225,10 @@ EngineStats Engine::stats() const {
 // the running sequences a block each to go on with.
 std::optional<int32_t> Engine::block_from_disk(const BlockKey& key) {
   if (pool_.n_available() <= static_cast<int64_t>(running_.size()) + 1) return std::nullopt;
+  // The window of read-ahead moves on by one.
+  while (disk_ahead_next_ < disk_ahead_.size() && disk_ahead_[disk_ahead_next_] != key.hash) ++disk_ahead_next_;
+  if (disk_ahead_next_ + kDiskReadAhead < disk_ahead_.size())
+    options_.disk->prefetch(disk_ahead_[disk_ahead_next_ + kDiskReadAhead]);
   if (!options_.disk->get(key.hash, key.parent, key.tokens, disk_staging_)) return std::nullopt;
   std::optional<int32_t> b = pool_.allocate();
   if (!b) return std::nullopt;
@@ -273,16 +280,20 @@ void Engine::start_sequence(Sequence& s) {
     MissedBlock from_disk;
     if (disk_writer_) {
       from_disk = [this](const BlockKey& key) { return block_from_disk(key); };
-      // The blocks memory lacks are read ahead from disk while the first are applied.
+      // The blocks memory lacks, in chain order: read ahead from disk a
+      // window at a time while the engine applies the ones before them (all
+      // at once would flood the page cache and the disk's queue).
+      disk_ahead_.clear();
+      disk_ahead_next_ = 0;
       uint64_t parent = prefix_root(s.kv_variant);
       const int64_t n_blocks = (static_cast<int64_t>(s.tokens.size()) - 1) / kKvBlockTokens;
-      bool on_disk = false;
       for (int64_t i = 0; i < n_blocks; ++i) {
         parent = chain_block_hash(parent, std::span<const int32_t>(s.tokens).subspan(i * kKvBlockTokens, kKvBlockTokens));
-        if (!pool_.indexed(parent)) on_disk = options_.disk->prefetch(parent) || on_disk;
+        if (!pool_.indexed(parent)) disk_ahead_.push_back(parent);
       }
-      // Reading them takes a while (seconds for a long prompt): the client
-      // hears that the lookup goes on, so that its usage waits for the count.
+      bool on_disk = false;
+      for (size_t i = 0; i < std::min(disk_ahead_.size(), kDiskReadAhead); ++i)
+        on_disk = options_.disk->prefetch(disk_ahead_[i]) || on_disk;
       if (on_disk && !s.started) {
         EngineEvent e;
         e.kind = EngineEvent::Kind::progress;

@@ -197,6 +197,8 @@ class Engine {
   // The disk tier (null without one); declared before thread_, which uses them.
   std::unique_ptr<KvDiskWriter> disk_writer_;
   std::vector<std::byte> disk_staging_;  // engine thread: one block on its way in or out
+  std::vector<uint64_t> disk_ahead_;     // engine thread: a lookup's blocks to read from disk, in order
+  size_t disk_ahead_next_ = 0;
   std::optional<int32_t> block_from_disk(const BlockKey& key);
   void block_to_disk(int32_t block, const BlockKey& key);
   std::thread thread_;
