@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <signal.h>
+
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -146,6 +148,27 @@ TEST_F(PrefixDisk, DamagedFilesAreSkippedRemovedAndRecomputed) {
   EXPECT_EQ(t.body["usage"]["cache_read_input_tokens"], 16) << t.body.dump();
   EXPECT_EQ(t.body["content"], cold.body["content"]);
   EXPECT_EQ(third.stop(), 0);
+}
+
+TEST_F(PrefixDisk, AServerKilledWhileWritingLeavesNothingThatIsRead) {
+  Answer cold;
+  {
+    test::ServeProcess serve(args());
+    ASSERT_TRUE(serve.wait_ready()) << serve.err();
+    cold = ask(serve.port());
+    ASSERT_EQ(cold.status, 200);
+    ::kill(serve.pid(), SIGKILL);  // with its writer, most likely, still writing
+  }
+  // Whatever was on disk when it died: whole files read back, temporary
+  // ones never read; the answer is the one computing it gives.
+  test::ServeProcess again(args());
+  ASSERT_TRUE(again.wait_ready()) << again.err();
+  const Answer r = ask(again.port());
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.body["content"], cold.body["content"]);
+  EXPECT_EQ(r.body["usage"]["cache_read_input_tokens"].get<int64_t>() % 16, 0);
+  EXPECT_EQ(again.err().find("is damaged"), std::string::npos) << again.err();
+  EXPECT_EQ(again.stop(), 0);
 }
 
 TEST_F(PrefixDisk, SizeZeroKeepsNothing) {
