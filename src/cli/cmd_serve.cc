@@ -188,12 +188,13 @@ class ServeLoader : public server::ModelLoader {
   }
 
   int64_t estimate_bytes(const server::ModelEntry& entry) override {
-    const std::string dir = local_dir(spec(entry.id));
-    int64_t bytes = 0;
+    const ModelSpec& sp = spec(entry.id);
+    const std::string dir = local_dir(sp);
+    int64_t bytes = sp.kv_memory_bytes;
     std::error_code ec;
     for (const auto& f : fs::directory_iterator(dir, ec))
       if (f.path().extension() == ".safetensors") bytes += static_cast<int64_t>(f.file_size(ec));
-    return bytes + spec(entry.id).kv_memory_bytes;
+    return bytes;
   }
 
   int64_t available_bytes() override {
@@ -358,31 +359,15 @@ std::string model_id_for(const std::string& source, const std::string& given, co
 
 // What the listing shows before a model is loaded: its configured context,
 // else its config.json's (for a folder here), else unknown (0).
-int64_t context_hint(const ModelSpec& sp, const std::string& bundled_dir) {
+int64_t context_hint(const ModelSpec& sp) {
   if (sp.ctx_size > 0) return sp.ctx_size;
   if (sp.source.empty()) return 65536;
-  (void)bundled_dir;
   if (!fs::exists(fs::path(sp.source) / "config.json")) return 0;
   try {
     return load_model_config(sp.source).max_position_embeddings;
   } catch (const Error&) {
     return 0;  // loading it will say what is wrong
   }
-}
-
-std::vector<std::string> split_names(const std::string& text) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t end = text.find(',', start);
-    if (end == std::string::npos) end = text.size();
-    std::string name = text.substr(start, end - start);
-    while (!name.empty() && name.front() == ' ') name.erase(name.begin());
-    while (!name.empty() && name.back() == ' ') name.pop_back();
-    if (!name.empty()) out.push_back(name);
-    start = end + 1;
-  }
-  return out;
 }
 
 RegisterCommand reg("serve", [](CLI::App& app) {
@@ -615,8 +600,8 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       sp.id = model_id_for(sp.source, o->model_id, bundled_dir);
       sp.ctx_size = o->ctx_size;
       sp.sliding_window = o->sliding_window;
-      server::ModelEntry e{.id = sp.id, .aliases = split_names(o->aliases)};
-      e.context_size_hint = context_hint(sp, bundled_dir);
+      server::ModelEntry e{.id = sp.id, .aliases = server::split_api_keys(o->aliases)};
+      e.context_size_hint = context_hint(sp);
       // The bundled model's stories end well before 512 tokens, and past its
       // 512 trained positions it writes noise.
       e.max_output_tokens = o->max_output_tokens >= 0 ? o->max_output_tokens : (bundled ? 512 : 0);
@@ -638,7 +623,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       sp.kv_memory_bytes = t.kv_memory.empty() ? 0 : parse_memory_size(t.kv_memory);
       server::ModelEntry e{.id = t.name, .aliases = t.aliases, .display_name = t.display_name,
                            .load_at_start = t.load_at_start};
-      e.context_size_hint = context_hint(sp, bundled_dir);
+      e.context_size_hint = context_hint(sp);
       e.max_output_tokens = t.max_output_tokens;
       entries.push_back(std::move(e));
       loader.add(std::move(sp));

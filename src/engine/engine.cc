@@ -240,9 +240,10 @@ std::optional<int32_t> Engine::block_from_disk(const BlockKey& key) {
   return b;
 }
 
-// A block just published, copied out for the disk tier's writer (unless a
-// file holds it already).
+// A block just published, copied out for the disk tier's writer (not when
+// its queue is full: the copy would be dropped).
 void Engine::block_to_disk(int32_t block, const BlockKey& key) {
+  if (!disk_writer_->admits(static_cast<int64_t>(disk_staging_.size()))) return;
   std::vector<std::byte> bytes(disk_staging_.size());
   if (!model_.read_kv_block(block, bytes.data())) return;
   disk_writer_->enqueue(key.hash, key.parent, std::vector<int32_t>(key.tokens.begin(), key.tokens.end()),

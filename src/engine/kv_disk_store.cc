@@ -330,6 +330,13 @@ bool KvDiskWriter::enqueue(uint64_t hash, uint64_t parent, std::vector<int32_t> 
   return true;
 }
 
+bool KvDiskWriter::admits(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (queued_bytes_ + bytes <= max_queued_bytes_) return true;
+  ++n_dropped_;
+  return false;
+}
+
 void KvDiskWriter::flush() {
   std::unique_lock<std::mutex> lock(mutex_);
   cv_.wait(lock, [&] { return jobs_.empty() && !busy_; });

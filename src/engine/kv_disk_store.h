@@ -83,6 +83,9 @@ class KvDiskWriter {
   KvDiskWriter(const KvDiskWriter&) = delete;
   KvDiskWriter& operator=(const KvDiskWriter&) = delete;
 
+  // Whether a block of `bytes` would be queued now (the engine asks before
+  // copying one out); false counts it as dropped.
+  bool admits(int64_t bytes);
   // False when the queue is full (the block is dropped).
   bool enqueue(uint64_t hash, uint64_t parent, std::vector<int32_t> tokens, std::vector<std::byte> payload);
   void flush();  // returns once everything queued so far is written (or failed)

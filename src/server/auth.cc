@@ -54,7 +54,8 @@ std::vector<std::string> split_api_keys(const std::string& all) {
     size_t comma = all.find(',', pos);
     if (comma == std::string::npos) comma = all.size();
     std::string key = all.substr(pos, comma - pos);
-    if (!key.empty()) keys.push_back(key);
+    const size_t first = key.find_first_not_of(" \t");
+    if (first != std::string::npos) keys.push_back(key.substr(first, key.find_last_not_of(" \t") - first + 1));
     pos = comma + 1;
   }
   return keys;

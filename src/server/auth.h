@@ -21,8 +21,8 @@ bool key_accepted(const std::string& key, const std::vector<std::string>& keys);
 bool is_loopback_address(const std::string& address);
 
 // The one rule for a list of keys, wherever it comes from (--api-key,
-// $PENSIEVE_API_KEY): comma-separated, empty entries dropped; so a key
-// cannot contain a comma.
+// $PENSIEVE_API_KEY), and of names (--aliases): comma-separated, spaces
+// around an entry and empty entries dropped; so a key cannot contain a comma.
 std::vector<std::string> split_api_keys(const std::string& text);
 
 // split_api_keys($PENSIEVE_API_KEY).

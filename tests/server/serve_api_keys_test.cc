@@ -19,6 +19,7 @@ TEST(ApiKeyList, IsSplitOnCommas) {
   EXPECT_EQ(server::split_api_keys("one"), (V{"one"}));
   EXPECT_EQ(server::split_api_keys(",a,,b,"), (V{"a", "b"}));
   EXPECT_EQ(server::split_api_keys(""), V{});
+  EXPECT_EQ(server::split_api_keys(" a , b c,\t, "), (V{"a", "b c"}));  // spaces around entries go
 }
 
 // The status of POST /v1/messages with `key` as x-api-key.

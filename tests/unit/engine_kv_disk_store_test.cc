@@ -219,6 +219,11 @@ TEST(KvDiskWriter, WritesBehindDropsPastItsQueueAndDrainsWhenDestroyed) {
     int64_t accepted = 0;
     for (int i = 3; i < 40; ++i) accepted += w.enqueue(i, 0, tokens_of(i), random_bytes(kPayload, i));
     EXPECT_EQ(accepted + w.n_dropped(), 37);
+    // A block the queue cannot take is turned away by admits() and counted.
+    const int64_t dropped = w.n_dropped();
+    EXPECT_FALSE(w.admits(100 * kPayload)) << "more than the whole queue never fits";
+    EXPECT_EQ(w.n_dropped(), dropped + 1);
+    EXPECT_TRUE(w.admits(0));
   }  // the destructor writes what is queued
   std::vector<std::byte> out(kPayload);
   int found = 0;
