@@ -3,7 +3,7 @@
 // (query head, KV position) pair.
 //
 //   attention_bench [--ctx N] [--queries Q] [--heads H] [--kv-heads K] [--head-dim D]
-//                   [--threads T] [--iters I]
+//                   [--threads T] [--iters I] [--kv-type f16|q8]
 #include <time.h>
 
 #include <chrono>
@@ -25,11 +25,21 @@ using namespace pensieve;
 int main(int argc, char** argv) {
   int64_t ctx = 4096, queries = 512, heads = 8, kv_heads = 4, head_dim = 8, iters = 3;
   int threads = 1;
+  KvType type = KvType::f16;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (i + 1 >= argc) {
       std::fprintf(stderr, "attention_bench: missing value for %s\n", a.c_str());
       return 2;
+    }
+    if (a == "--kv-type") {
+      const auto t = parse_kv_type(argv[++i]);
+      if (!t) {
+        std::fprintf(stderr, "attention_bench: --kv-type is f16 or q8, not %s\n", argv[i]);
+        return 2;
+      }
+      type = *t;
+      continue;
     }
     const int64_t v = std::strtoll(argv[++i], nullptr, 10);
     if (a == "--ctx") ctx = v;
@@ -45,7 +55,8 @@ int main(int argc, char** argv) {
     }
   }
   if (ctx <= 0 || queries <= 0 || queries > ctx || heads <= 0 || kv_heads <= 0 ||
-      heads % kv_heads != 0 || head_dim <= 0 || head_dim > 256 || iters <= 0) {
+      heads % kv_heads != 0 || head_dim <= 0 || head_dim > 256 || iters <= 0 ||
+      (type == KvType::q8 && kv_q8_group(head_dim) == 0)) {
     std::fprintf(stderr, "attention_bench: bad sizes\n");
     return 2;
   }
@@ -55,11 +66,21 @@ int main(int argc, char** argv) {
   const int64_t n_blocks = (ctx + kernels::kKvBlockTokens - 1) / kernels::kKvBlockTokens;
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<kernels::KvElem> kbuf(n_blocks * kv.block_elems()), vbuf(kbuf.size());
-  for (auto& x : kbuf) x = f32_to_f16(nd(rng));
-  for (auto& x : vbuf) x = f32_to_f16(nd(rng));
+  kv.type = type;
+  // Random N(0, 1) keys and values, written through kv_write as a server does.
+  std::vector<uint8_t> kbuf(static_cast<size_t>(n_blocks * kv.block_bytes())), vbuf(kbuf.size());
   kv.k = kbuf.data();
   kv.v = vbuf.data();
+  {
+    std::vector<int32_t> ids(n_blocks);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::vector<float> k(kv_heads * head_dim), v(k.size());
+    for (int64_t pos = 0; pos < n_blocks * kernels::kKvBlockTokens; ++pos) {
+      for (auto& x : k) x = nd(rng);
+      for (auto& x : v) x = nd(rng);
+      kernels::kv_write(kv, ids.data(), pos, k.data(), v.data());
+    }
+  }
   std::vector<int32_t> table(n_blocks);
   std::iota(table.begin(), table.end(), 0);
   std::vector<float> q(queries * heads * head_dim), out(q.size());
@@ -80,10 +101,10 @@ int main(int argc, char** argv) {
   double pairs = 0;
   for (int64_t i = 0; i < queries; ++i) pairs += static_cast<double>(ctx - queries + i + 1);
   pairs *= heads;
-  std::printf("{\"ctx\": %lld, \"queries\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"head_dim\": %lld, "
+  std::printf("{\"kv_type\": \"%s\", \"ctx\": %lld, \"queries\": %lld, \"heads\": %lld, \"kv_heads\": %lld, \"head_dim\": %lld, "
               "\"threads\": %d, \"s_per_call\": %.6f, \"cpu_s_per_call\": %.6f, \"ns_per_pair_cpu\": %.3f, "
               "\"gflops\": %.2f}\n",
-              static_cast<long long>(ctx), static_cast<long long>(queries), static_cast<long long>(heads),
+              std::string(kv_type_name(type)).c_str(), static_cast<long long>(ctx), static_cast<long long>(queries), static_cast<long long>(heads),
               static_cast<long long>(kv_heads), static_cast<long long>(head_dim), pool.size(), s, cpu,
               cpu * 1e9 / pairs, 4.0 * pairs * head_dim / s / 1e9);
   return 0;

@@ -32,7 +32,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   "$bin/gpu_tests" >"$out/gpu_tests.log" 2>&1; rc=$?
   summary+=("gpu_tests rc=$rc: $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_tests.log" | tr '\n' ' ')")
   PENSIEVE_TEST_DEVICE=cuda "$bin/models_tests" \
-    "--gtest_filter=Fixtures/Golden.*:GoldenLong.*:GoldenStories.GeneratesTheReference200TokensFromBos:GoldenStories.SlidingWindowSeesOnlyTheLastWindowOfTokens:Incremental.*:Batched.*:Models/EngineTest.*:*PrefixCache*" \
+    "--gtest_filter=Fixtures/Golden.*:GoldenLong.*:GoldenStories.GeneratesTheReference200TokensFromBos:GoldenStories.SlidingWindowSeesOnlyTheLastWindowOfTokens:Incremental.*:Batched.*:Models/EngineTest.*:*PrefixCache*:Fixtures/KvQ8.*:KvQ8Stories.*" \
     >"$out/gpu_models.log" 2>&1; rc=$?
   summary+=("gpu.models rc=$rc: $(grep -E '^\[  (PASSED|FAILED) ' "$out/gpu_models.log" | tr '\n' ' ')")
 fi

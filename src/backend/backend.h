@@ -38,13 +38,18 @@ class Buffer {
 };
 
 // The paged KV cache: n_blocks blocks of kKvBlockTokens positions for each
-// layer, K and V as IEEE half floats. Within a block, per KV head, K is
-// stored transposed ([head_dim][kKvBlockTokens]) and V as rows
-// ([kKvBlockTokens][head_dim]); every backend uses this one layout.
+// layer, K and V stored as `type` says (core/kv_geometry.h: f16, or int8
+// with per-group scales). Within a block, per KV head, K is stored
+// transposed ([head_dim][kKvBlockTokens]) and V as rows
+// ([kKvBlockTokens][head_dim]); every backend uses this one layout. Per
+// layer the pool holds every block's K ([block][kv_head]), then every
+// block's V.
 struct KvGeometry {
   int64_t n_layers = 0, n_kv_heads = 0, head_dim = 0;
-  int64_t block_elems() const { return n_kv_heads * head_dim * kKvBlockTokens; }
-  int64_t bytes_per_block() const { return 2 * n_layers * block_elems() * 2; }
+  KvType type = KvType::f16;
+  // Bytes of one block's K (or V) in one layer.
+  int64_t block_bytes() const { return n_kv_heads * kv_head_bytes(type, head_dim); }
+  int64_t bytes_per_block() const { return 2 * n_layers * block_bytes(); }
 };
 
 // One sequence's queries in a step, for attention.

@@ -44,7 +44,7 @@ const float* CpuBackend::upload(const std::vector<float>& v) {
 
 void CpuBackend::allocate_kv(const KvGeometry& g, int64_t n_blocks) {
   kv_.reset();
-  kv_ = std::make_unique<KvStorage>(g.n_layers, g.n_kv_heads, g.head_dim, n_blocks);
+  kv_ = std::make_unique<KvStorage>(g, n_blocks);
 }
 
 kernels::KvLayerView CpuBackend::layer_view(int64_t layer) const {

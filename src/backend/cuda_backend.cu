@@ -164,6 +164,13 @@ class CudaBackend final : public Backend {
   }
   int64_t kv_blocks() const override { return kv_ ? n_kv_blocks_ : 0; }
   void commit_kv() override {}  // cudaMalloc commits
+  // The disk tier's copies: per layer, the block's K then its V.
+  bool read_kv_block(int32_t block, std::byte* host_out) override {
+    return copy_kv_block(block, host_out, cudaMemcpyDeviceToHost);
+  }
+  bool write_kv_block(int32_t block, const std::byte* host_in) override {
+    return copy_kv_block(block, const_cast<std::byte*>(host_in), cudaMemcpyHostToDevice);
+  }
 
   void begin_step(const StepPlan& plan) override;
   void embed(const WeightMatrix& table, float* x) override {
@@ -305,11 +312,37 @@ class CudaBackend final : public Backend {
     cuda::GpuKvLayer l;
     l.n_kv_heads = static_cast<int>(geometry_.n_kv_heads);
     l.head_dim = static_cast<int>(geometry_.head_dim);
-    const int64_t per_layer = geometry_.block_elems() * n_kv_blocks_;
-    __half* base = static_cast<__half*>(kv_->data());
+    l.q8 = geometry_.type == KvType::q8;
+    l.group = static_cast<int>(kv_q8_group(geometry_.head_dim));
+    l.head_bytes = static_cast<int>(kv_head_bytes(geometry_.type, geometry_.head_dim));
+    const int64_t per_layer = geometry_.block_bytes() * n_kv_blocks_;
+    uint8_t* base = static_cast<uint8_t*>(kv_->data());
     l.k = base + 2 * i * per_layer;
     l.v = l.k + per_layer;
     return l;
+  }
+
+  bool copy_kv_block(int32_t block, std::byte* host, cudaMemcpyKind kind) {
+    if (!kv_ || block < 0 || block >= n_kv_blocks_) {
+      throw Error(ErrorKind::internal, "KV block " + std::to_string(block) + " of " + std::to_string(n_kv_blocks_));
+    }
+    const size_t bytes = static_cast<size_t>(geometry_.block_bytes());
+    for (int64_t i = 0; i < geometry_.n_layers; ++i) {
+      const cuda::GpuKvLayer l = layer(i);
+      uint8_t* k = l.k + block * geometry_.block_bytes();
+      uint8_t* v = l.v + block * geometry_.block_bytes();
+      std::byte* hk = host + 2 * i * bytes;
+      std::byte* hv = hk + bytes;
+      if (kind == cudaMemcpyDeviceToHost) {
+        PENSIEVE_CUDA_CHECK(cudaMemcpyAsync(hk, k, bytes, kind, stream_));
+        PENSIEVE_CUDA_CHECK(cudaMemcpyAsync(hv, v, bytes, kind, stream_));
+      } else {
+        PENSIEVE_CUDA_CHECK(cudaMemcpyAsync(k, hk, bytes, kind, stream_));
+        PENSIEVE_CUDA_CHECK(cudaMemcpyAsync(v, hv, bytes, kind, stream_));
+      }
+    }
+    PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return true;
   }
 
   // Replaces a step buffer by a larger one. The old one is freed at the next

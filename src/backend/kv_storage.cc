@@ -8,15 +8,12 @@
 
 namespace pensieve {
 
-int64_t KvStorage::bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim) {
-  static_assert(sizeof(kernels::KvElem) == 2, "KvGeometry counts half floats");
-  return KvGeometry{.n_layers = n_layers, .n_kv_heads = n_kv_heads, .head_dim = head_dim}
-      .bytes_per_block();
-}
-
-KvStorage::KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t n_blocks)
-    : n_layers_(n_layers), n_kv_heads_(n_kv_heads), head_dim_(head_dim), n_blocks_(n_blocks) {
-  bytes_ = static_cast<size_t>(bytes_per_block(n_layers, n_kv_heads, head_dim) * n_blocks);
+KvStorage::KvStorage(const KvGeometry& geometry, int64_t n_blocks) : g_(geometry), n_blocks_(n_blocks) {
+  if (g_.type == KvType::q8 && kv_q8_group(g_.head_dim) == 0) {
+    fail(ErrorKind::unsupported, "--kv-type q8 needs a head dimension that is a multiple of 8 (this model's is {})",
+         g_.head_dim);
+  }
+  bytes_ = static_cast<size_t>(g_.bytes_per_block() * n_blocks);
   if (bytes_ == 0) return;
   // Anonymous memory: pages are committed when first written, so an unused
   // part of the pool costs nothing resident.
@@ -31,7 +28,7 @@ KvStorage::KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int
   // TLB miss, which in a VM costs a two-level page walk (measured: 1-thread
   // decode of the Phi-3-mini shape at 512 positions, docs/benchmarks.md).
   ::madvise(p, bytes_, MADV_HUGEPAGE);  // a hint; fine where THP is off
-  base_ = static_cast<kernels::KvElem*>(p);
+  base_ = static_cast<uint8_t*>(p);
 }
 
 void KvStorage::commit() {
@@ -44,31 +41,32 @@ KvStorage::~KvStorage() {
 
 void KvStorage::read_block(int64_t block, std::byte* out) const {
   if (block < 0 || block >= n_blocks_) fail(ErrorKind::internal, "KV block {} of {}", block, n_blocks_);
-  for (int64_t i = 0; i < n_layers_; ++i) {
+  const size_t bytes = static_cast<size_t>(g_.block_bytes());
+  for (int64_t i = 0; i < g_.n_layers; ++i) {
     const kernels::KvLayerView v = layer(i);
-    const size_t bytes = static_cast<size_t>(v.block_elems()) * sizeof(kernels::KvElem);
-    std::memcpy(out, v.k + block * v.block_elems(), bytes);
-    std::memcpy(out + bytes, v.v + block * v.block_elems(), bytes);
+    std::memcpy(out, v.k + block * g_.block_bytes(), bytes);
+    std::memcpy(out + bytes, v.v + block * g_.block_bytes(), bytes);
     out += 2 * bytes;
   }
 }
 
 void KvStorage::write_block(int64_t block, const std::byte* in) {
   if (block < 0 || block >= n_blocks_) fail(ErrorKind::internal, "KV block {} of {}", block, n_blocks_);
-  for (int64_t i = 0; i < n_layers_; ++i) {
+  const size_t bytes = static_cast<size_t>(g_.block_bytes());
+  for (int64_t i = 0; i < g_.n_layers; ++i) {
     const kernels::KvLayerView v = layer(i);
-    const size_t bytes = static_cast<size_t>(v.block_elems()) * sizeof(kernels::KvElem);
-    std::memcpy(v.k + block * v.block_elems(), in, bytes);
-    std::memcpy(v.v + block * v.block_elems(), in + bytes, bytes);
+    std::memcpy(v.k + block * g_.block_bytes(), in, bytes);
+    std::memcpy(v.v + block * g_.block_bytes(), in + bytes, bytes);
     in += 2 * bytes;
   }
 }
 
 kernels::KvLayerView KvStorage::layer(int64_t i) const {
   kernels::KvLayerView v;
-  v.n_kv_heads = n_kv_heads_;
-  v.head_dim = head_dim_;
-  const int64_t per_layer = v.block_elems() * n_blocks_;
+  v.n_kv_heads = g_.n_kv_heads;
+  v.head_dim = g_.head_dim;
+  v.type = g_.type;
+  const int64_t per_layer = g_.block_bytes() * n_blocks_;
   v.k = base_ + 2 * i * per_layer;
   v.v = v.k + per_layer;
   return v;

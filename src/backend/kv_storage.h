@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstddef>
-#include <cstddef>
 #include <cstdint>
 
 #include "backend/backend.h"
@@ -13,7 +12,7 @@ namespace pensieve {
 
 class KvStorage {
  public:
-  KvStorage(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t n_blocks);
+  KvStorage(const KvGeometry& geometry, int64_t n_blocks);
   ~KvStorage();
   KvStorage(const KvStorage&) = delete;
   KvStorage& operator=(const KvStorage&) = delete;
@@ -26,15 +25,15 @@ class KvStorage {
   void commit();
   size_t bytes() const { return bytes_; }
   const void* data() const { return base_; }
-  static int64_t bytes_per_block(int64_t n_layers, int64_t n_kv_heads, int64_t head_dim);
-  // One block's K and V of every layer, to or from `bytes_per_block` bytes
+  // One block's K and V of every layer, to or from geometry.bytes_per_block()
   // laid out layer by layer, K then V (the prefix cache's disk tier).
   void read_block(int64_t block, std::byte* out) const;
   void write_block(int64_t block, const std::byte* in);
 
  private:
-  int64_t n_layers_, n_kv_heads_, head_dim_, n_blocks_;
-  kernels::KvElem* base_ = nullptr;
+  KvGeometry g_;
+  int64_t n_blocks_;
+  uint8_t* base_ = nullptr;
   size_t bytes_ = 0;
 };
 

@@ -21,6 +21,7 @@ namespace {
 
 struct Opts {
   std::string model, device = "auto";
+  std::string kv_type = "f16";
   int threads = 0;
   int64_t prompt_tokens = 512, gen_tokens = 128;
   bool json = false;
@@ -79,6 +80,7 @@ RegisterCommand reg("bench", [](CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   add_device_option(app, o->device);
+  add_kv_type_option(app, o->kv_type);
   app.add_flag("--json", o->json, "print one JSON object");
   app.add_flag("--mmap", o->mmap,
                "use the weights mapped from the page cache instead of read into memory");
@@ -89,6 +91,7 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     lo.n_threads = o->threads;
     lo.prefault = true;
     lo.device = o->device;
+    lo.kv_type = *parse_kv_type(o->kv_type);
     auto model = load_model(o->model, lo);
     const double load_s = seconds_since(t0);
     const ModelConfig& c = model->config();
@@ -134,7 +137,7 @@ RegisterCommand reg("bench", [](CLI::App& app) {
     }
     const std::string out = fmt::format(
         "{{\"model\": \"{}\", \"device\": \"{}\", \"backend\": \"{}\", \"architecture\": \"{}\", \"weight_format\": \"{}\", "
-        "\"n_params\": {}, \"model_file_bytes\": {}, \"kv_cache_bytes\": {}, "
+        "\"n_params\": {}, \"model_file_bytes\": {}, \"kv_type\": \"{}\", \"kv_cache_bytes\": {}, "
         "\"isa\": \"{}\", \"prefill_kernel\": \"{}\", \"threads\": {}, \"weights\": \"{}\", \"load_s\": {:.3f}, \"prompt_tokens\": {}, "
         "\"prefill_s\": {:.3f}, \"prefill_tok_s\": {:.2f}, \"gen_tokens\": {}, "
         "\"decode_s\": {:.3f}, \"decode_tok_s\": {:.2f}, \"decode_weight_bytes_per_token\": {}, "
@@ -142,7 +145,7 @@ RegisterCommand reg("bench", [](CLI::App& app) {
         "\"warmup\": {}}}",
         o->model, model->backend().device(), model->backend().description(), c.architecture,
         info.weight_format, info.n_params,
-        dir_safetensors_bytes(o->model), kv_bytes, kernels::isa_name(kernels::active_isa()), kernel,
+        dir_safetensors_bytes(o->model), o->kv_type, kv_bytes, kernels::isa_name(kernels::active_isa()), kernel,
         model->backend().n_threads(),
         default_file_residency() == FileResidency::mapped ? "mapped" : "copied", load_s, o->prompt_tokens, prefill_s, o->prompt_tokens / prefill_s,
         o->gen_tokens, decode_s, o->gen_tokens / decode_s, info.decode_bytes_per_token,
@@ -164,9 +167,9 @@ RegisterCommand reg("bench", [](CLI::App& app) {
       std::printf("decode reads %.2f GB/s of weights (%.1f MiB per token; compare membw)\n",
                   info.decode_bytes_per_token * (o->gen_tokens / decode_s) / 1e9,
                   info.decode_bytes_per_token / 1048576.0);
-      std::printf("peak RSS     %.1f MiB (weights file %.1f MiB, KV cache %.1f MiB)\n",
+      std::printf("peak RSS     %.1f MiB (weights file %.1f MiB, KV cache %.1f MiB %s)\n",
                   peak_rss_bytes() / 1048576.0, dir_safetensors_bytes(o->model) / 1048576.0,
-                  kv_bytes / 1048576.0);
+                  kv_bytes / 1048576.0, o->kv_type.c_str());
     }
     return 0;
   });

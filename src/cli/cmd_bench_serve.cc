@@ -28,6 +28,7 @@ struct Opts {
   std::string model;
   int threads = 0;
   std::string device = "auto";
+  std::string kv_type = "f16";
   std::string streams = "1,4,8";
   int64_t prompt_tokens = 64, gen_tokens = 64;
   int64_t prefix_tokens = 16384, tail_tokens = 32;
@@ -107,6 +108,7 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
   app.add_option("--streams", o->streams, "concurrent stream counts to measure, e.g. 1,4,8")
       ->capture_default_str();
   add_device_option(app, o->device);
+  add_kv_type_option(app, o->kv_type);
   app.add_option("--prompt-tokens", o->prompt_tokens, "prompt length of each decode stream")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
@@ -133,6 +135,7 @@ RegisterCommand reg("bench-serve", [](CLI::App& app) {
     LoadOptions lo;
     lo.n_threads = o->threads;
     lo.device = o->device;
+    lo.kv_type = *parse_kv_type(o->kv_type);
     lo.prefault = true;
     auto model = load_model(o->model, lo);
     const ModelConfig& c = model->config();

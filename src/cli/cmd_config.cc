@@ -46,6 +46,7 @@ RegisterCommand reg("config", [](CLI::App& app) {
       if (t.sliding_window >= 0) std::printf("sliding-window = %lld\n", static_cast<long long>(t.sliding_window));
       if (t.max_output_tokens > 0) std::printf("max-output-tokens = %lld\n", static_cast<long long>(t.max_output_tokens));
       if (!t.kv_memory.empty()) std::printf("kv-memory = %s\n", toml_string(t.kv_memory).c_str());
+      if (!t.kv_type.empty()) std::printf("kv-type = %s\n", toml_string(t.kv_type).c_str());
       std::printf("load-at-start = %s\n", t.load_at_start ? "true" : "false");
     }
     return 0;

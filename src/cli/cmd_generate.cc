@@ -32,6 +32,7 @@ struct Opts {
   uint64_t seed = 0;
   int threads = 0;
   std::string device = "auto";
+  std::string kv_type = "f16";
   int64_t ctx_size = 0, sliding_window = -1;
 };
 
@@ -66,6 +67,7 @@ RegisterCommand reg("generate", [](CLI::App& app) {
   app.add_option("--seed", o->seed, "random seed for sampling")->capture_default_str();
   add_threads_option(app, o->threads);
   add_device_option(app, o->device);
+  add_kv_type_option(app, o->kv_type);
   app.add_option("--ctx-size", o->ctx_size, "context length (default: prompt + max tokens)");
   app.add_option("--sliding-window", o->sliding_window,
                  "attend to the last N positions only (0: all; default: config.json's sliding_window)")
@@ -82,7 +84,7 @@ RegisterCommand reg("generate", [](CLI::App& app) {
       ids = parse_int_list(o->tokens, "--tokens");
       if (ids.empty()) fail("--tokens: at least one token id is needed");
     }
-    auto model = load_model(o->model, {.n_threads = o->threads, .sliding_window = o->sliding_window, .device = o->device});
+    auto model = load_model(o->model, {.n_threads = o->threads, .sliding_window = o->sliding_window, .device = o->device, .kv_type = *parse_kv_type(o->kv_type)});
     // The same stop ids as `pensieve serve` wherever the directory has a
     // tokenizer (so Phi-3 stops at <|end|>, Qwen at <|im_end|>); config.json's
     // eos ids alone where it has only weights.

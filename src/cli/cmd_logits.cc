@@ -16,6 +16,7 @@ struct Opts {
   std::string model, tokens, positions = "last";
   int threads = 0;
   std::string device = "auto";
+  std::string kv_type = "f16";
 };
 
 std::vector<int64_t> parse_positions(const std::string& spec, int64_t n) {
@@ -42,10 +43,11 @@ RegisterCommand reg("logits", [](CLI::App& app) {
       ->capture_default_str();
   add_threads_option(app, o->threads);
   add_device_option(app, o->device);
+  add_kv_type_option(app, o->kv_type);
   return std::function<int()>([o] {
     const std::vector<int> ids = parse_int_list(o->tokens, "--tokens");
     if (ids.empty()) fail("--tokens: at least one token id is needed");
-    auto model = load_model(o->model, {.n_threads = o->threads, .device = o->device});
+    auto model = load_model(o->model, {.n_threads = o->threads, .device = o->device, .kv_type = *parse_kv_type(o->kv_type)});
     const auto positions = parse_positions(o->positions, static_cast<int64_t>(ids.size()));
     Session session(*model, static_cast<int64_t>(ids.size()));
     const std::vector<int32_t> toks(ids.begin(), ids.end());

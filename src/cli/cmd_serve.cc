@@ -50,6 +50,7 @@ struct Opts {
   int64_t ctx_size = 0, batch_tokens = 0, max_output_tokens = -1, sliding_window = -1;
   std::string kv_memory;  // parse_memory_size; empty: automatic
   std::string device = "auto", gpu_memory;
+  std::string kv_type = "f16";
   size_t max_body_mb = 32;
   bool no_prefix_cache = false;
   bool mmap = false;
@@ -149,6 +150,7 @@ struct ModelSpec {
   int64_t ctx_size = 0;           // 0: the model's (65536 for the bundled model)
   int64_t sliding_window = -1;
   int64_t kv_memory_bytes = 0;    // 0: automatic
+  KvType kv_type = KvType::f16;
 };
 
 // Everything that serves one loaded model. Members go in reverse: the
@@ -218,7 +220,7 @@ class ServeLoader : public server::ModelLoader {
     if (window < 0 && bundled) window = load_model_config(dir).max_position_embeddings;
     auto out = std::make_unique<ServedModel>();
     out->model = load_model(dir, {.n_threads = o_.threads, .prefault = true, .sliding_window = window,
-                                  .device = o_.device});
+                                  .device = o_.device, .kv_type = sp.kv_type});
     const ModelConfig& c = out->model->config();
     const bool on_gpu = std::string(out->model->backend().device()) == "cuda";
     {
@@ -262,7 +264,7 @@ class ServeLoader : public server::ModelLoader {
       eo.memory_name = "GPU memory";
     }
     eo.prefix_cache = !o_.no_prefix_cache;
-    eo.disk = disk_tier(dir, c, on_gpu);
+    eo.disk = disk_tier(dir, *out->model);
     eo.fit_ctx_size = sp.ctx_size == 0;  // the model's default shrinks to fit; the user's does not
     out->engine = std::make_unique<Engine>(*out->model, eo);
     out->served = std::make_unique<server::EngineBackend>(entry.id, *out->engine, *out->tokenizer,
@@ -270,10 +272,11 @@ class ServeLoader : public server::ModelLoader {
     return out;
   }
 
-  // The prefix cache's disk tier for a model, or null (off, the GPU, or a
-  // folder it cannot use: then it warns and the server runs without).
-  std::shared_ptr<KvDiskStore> disk_tier(const std::string& dir, const ModelConfig& c, bool on_gpu) {
-    if (o_.no_prefix_cache || o_.prefix_cache_disk == "0" || on_gpu) return nullptr;
+  // The prefix cache's disk tier for a model, or null (off, or a folder it
+  // cannot use: then it warns and the server runs without).
+  std::shared_ptr<KvDiskStore> disk_tier(const std::string& dir, const Model& model) {
+    if (o_.no_prefix_cache || o_.prefix_cache_disk == "0") return nullptr;
+    const ModelConfig& c = model.config();
     std::string root = o_.prefix_cache_dir;
     if (root.empty()) {
       const char* xdg = std::getenv("XDG_CACHE_HOME");
@@ -283,7 +286,9 @@ class ServeLoader : public server::ModelLoader {
       else return nullptr;
     }
     try {
-      return std::make_shared<KvDiskStore>(root, kv_fingerprint(dir, c.architecture, c.sliding_window, "cpu"),
+      return std::make_shared<KvDiskStore>(root,
+                                           kv_fingerprint(dir, c.architecture, c.sliding_window,
+                                                          model.backend().device(), model.kv_type()),
                                            parse_memory_size(o_.prefix_cache_disk));
     } catch (const Error& e) {
       spdlog::warn("no prefix cache on disk: {}", e.what());
@@ -423,6 +428,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
   add_device_option(app, o->device);
+  add_kv_type_option(app, o->kv_type);
   app.add_option("--batch-tokens", o->batch_tokens,
                  "tokens per forward step (prompt chunk size) (default: 512 on the CPU, 2048 on a GPU)")
       ->check(CLI::Range(16, 65536));
@@ -600,6 +606,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       sp.id = model_id_for(sp.source, o->model_id, bundled_dir);
       sp.ctx_size = o->ctx_size;
       sp.sliding_window = o->sliding_window;
+      sp.kv_type = *parse_kv_type(o->kv_type);
       server::ModelEntry e{.id = sp.id, .aliases = server::split_api_keys(o->aliases)};
       e.context_size_hint = context_hint(sp);
       // The bundled model's stories end well before 512 tokens, and past its
@@ -621,6 +628,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
       sp.ctx_size = t.ctx_size;
       sp.sliding_window = t.sliding_window;
       sp.kv_memory_bytes = t.kv_memory.empty() ? 0 : parse_memory_size(t.kv_memory);
+      sp.kv_type = *parse_kv_type(t.kv_type.empty() ? o->kv_type : t.kv_type);
       server::ModelEntry e{.id = t.name, .aliases = t.aliases, .display_name = t.display_name,
                            .load_at_start = t.load_at_start};
       e.context_size_hint = context_hint(sp);

@@ -27,6 +27,9 @@ struct RegisterCommand {
 // --device auto|cpu|cuda, for every command that runs a model.
 void add_device_option(CLI::App& app, std::string& device);
 
+// --kv-type f16|q8 (LoadOptions::kv_type), for every command that runs a model.
+void add_kv_type_option(CLI::App& app, std::string& kv_type);
+
 // Parses "5,17,42" into ids; throws Error naming the option on bad input.
 std::vector<int> parse_int_list(const std::string& text, const std::string& option);
 

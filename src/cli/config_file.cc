@@ -174,7 +174,7 @@ ConfigFile::ConfigFile(std::string path) : path_(std::move(path)) {
 const std::vector<std::string>& model_table_keys() {
   static const std::vector<std::string> keys = {
       "model", "aliases", "display-name", "ctx-size", "sliding-window", "max-output-tokens",
-      "kv-memory", "load-at-start"};
+      "kv-memory", "kv-type", "load-at-start"};
   return keys;
 }
 
@@ -243,6 +243,10 @@ std::vector<ModelTable> ConfigFile::models() const {
         } catch (const Error& e) {
           fail("{}:{}: models.{}.kv-memory: {}", path_, at, name, e.what());
         }
+      } else if (key == "kv-type") {
+        m.kv_type = text();
+        if (!parse_kv_type(m.kv_type))
+          fail("{}:{}: models.{}.kv-type must be \"f16\" or \"q8\", not \"{}\"", path_, at, name, m.kv_type);
       } else if (key == "load-at-start") {
         auto b = v.value_exact<bool>();
         if (!b) bad("true or false");

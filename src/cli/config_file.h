@@ -46,6 +46,7 @@ struct ModelTable {
   int64_t sliding_window = -1;       // -1: config.json's
   int64_t max_output_tokens = 0;     // 0: no cap but the context
   std::string kv_memory;             // "" automatic
+  std::string kv_type;               // "" = --kv-type
   bool load_at_start = false;
 };
 

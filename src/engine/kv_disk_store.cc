@@ -104,9 +104,9 @@ void hash_file_range(std::ifstream& in, uint64_t at, uint64_t n, XXH3_state_t* s
 }  // namespace
 
 std::string kv_fingerprint(const std::string& model_dir, const std::string& architecture,
-                           int64_t sliding_window, const std::string& device) {
-  std::string text = fmt::format("pensieve-kv layout 1; f16; block {}; {}; {}; window {}", kKvBlockTokens,
-                                 device, architecture, sliding_window);
+                           int64_t sliding_window, const std::string& device, KvType kv_type) {
+  std::string text = fmt::format("pensieve-kv layout 1; {}; block {}; {}; {}; window {}", kv_type_name(kv_type),
+                                 kKvBlockTokens, device, architecture, sliding_window);
   std::vector<fs::path> files;
   std::error_code ec;
   for (const auto& f : fs::directory_iterator(model_dir, ec)) {

@@ -30,6 +30,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/kv_geometry.h"
+
 namespace pensieve {
 
 class KvDiskStore {
@@ -122,6 +124,6 @@ uint64_t fingerprint_id(const std::string& text);
 // safetensors header, and samples of its bytes: a changed or re-quantized
 // checkpoint gets another fingerprint without reading gigabytes).
 std::string kv_fingerprint(const std::string& model_dir, const std::string& architecture,
-                           int64_t sliding_window, const std::string& device);
+                           int64_t sliding_window, const std::string& device, KvType kv_type);
 
 }  // namespace pensieve

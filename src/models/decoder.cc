@@ -48,8 +48,9 @@ class Scratch {
 class DecoderModel final : public Model {
  public:
   DecoderModel(ModelConfig config, const DecoderLayout& layout, std::shared_ptr<TensorStore> store,
-               std::unique_ptr<Backend> backend)
+               std::unique_ptr<Backend> backend, KvType kv_type)
       : Model(std::move(config), std::move(backend)),
+        kv_type_(kv_type),
         layout_(layout),
         store_(std::move(store)),
         rope_(config_, config_.head_dim) {
@@ -60,6 +61,7 @@ class DecoderModel final : public Model {
 
   void allocate_kv(int64_t n_blocks) override { backend_->allocate_kv(kv_geometry(), n_blocks); }
   int64_t kv_bytes_per_block() const override { return kv_geometry().bytes_per_block(); }
+  KvType kv_type() const override { return kv_type_; }
   int64_t kv_blocks() const override { return backend_->kv_blocks(); }
   void commit_kv() override { backend_->commit_kv(); }
   MemoryInfo memory() const override { return backend_->memory(); }
@@ -71,7 +73,7 @@ class DecoderModel final : public Model {
   void load();
   KvGeometry kv_geometry() const {
     return {.n_layers = config_.n_layers, .n_kv_heads = config_.n_kv_heads,
-            .head_dim = config_.head_dim};
+            .head_dim = config_.head_dim, .type = kv_type_};
   }
   // Copies a host vector to the backend.
   const float* vec(const std::vector<float>& v) { return backend_->upload(v); }
@@ -79,6 +81,7 @@ class DecoderModel final : public Model {
     return backend_->upload(load_linear(*store_, config_, module, rows, cols));
   }
 
+  KvType kv_type_;
   DecoderLayout layout_;
   // The checkpoint's bytes: the CPU backend computes on them in place.
   std::shared_ptr<TensorStore> store_;
@@ -267,11 +270,15 @@ void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>*
 std::unique_ptr<Model> build_decoder(ModelConfig config, const DecoderLayout& layout,
                                      std::shared_ptr<TensorStore> store,
                                      const LoadOptions& options) {
+  if (options.kv_type == KvType::q8 && kv_q8_group(config.head_dim) == 0) {
+    fail(ErrorKind::unsupported, "--kv-type q8 needs a head dimension that is a multiple of 8 (this model's is {}); use f16",
+         config.head_dim);
+  }
   std::unique_ptr<Backend> backend = make_backend(options.device, options.n_threads);
   if (std::string(backend->device()) != "cpu") {
     // Refused before anything is uploaded, in one line naming the sizes.
     const KvGeometry g{.n_layers = config.n_layers, .n_kv_heads = config.n_kv_heads,
-                       .head_dim = config.head_dim};
+                       .head_dim = config.head_dim, .type = options.kv_type};
     const int64_t min_kv = g.bytes_per_block() * kv_blocks_for(kMinFittedContext + 1);
     const std::string problem =
         device_fit_problem(backend->description(), static_cast<int64_t>(store->total_file_bytes()),
@@ -283,7 +290,7 @@ std::unique_ptr<Model> build_decoder(ModelConfig config, const DecoderLayout& la
     }
   }
   return std::make_unique<DecoderModel>(std::move(config), layout, std::move(store),
-                                        std::move(backend));
+                                        std::move(backend), options.kv_type);
 }
 
 }  // namespace pensieve

@@ -45,6 +45,8 @@ class Model {
   // Reserves KV storage for n_blocks blocks (replacing any earlier storage).
   virtual void allocate_kv(int64_t n_blocks) = 0;
   virtual int64_t kv_bytes_per_block() const = 0;
+  // How K and V are stored (LoadOptions::kv_type).
+  virtual KvType kv_type() const { return KvType::f16; }
   virtual int64_t kv_blocks() const = 0;
   // Commits the KV storage's memory now (see Backend::commit_kv).
   virtual void commit_kv() = 0;
@@ -85,6 +87,10 @@ struct LoadOptions {
   // "cpu", "cuda" or "auto" (the GPU when one is usable); see make_backend.
   // The commands pass --device, whose default is auto.
   std::string device = "cpu";
+  // How the KV cache stores K and V (`--kv-type`): f16, or q8 (int8 with a
+  // scale per group of dimensions; about half the memory and the bytes a
+  // long-context step reads).
+  KvType kv_type = KvType::f16;
 };
 
 // Reads config.json, picks the architecture from the registry and maps the weights.

@@ -12,6 +12,7 @@
 #include "backend/backend.h"
 #include "core/half.h"
 #include "engine/session.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "models/model.h"
 #include "quant/weight_matrix.h"
@@ -294,10 +295,12 @@ TEST_F(CudaBackendTest, QkvPostAndAttentionMatchTheCpu) {
       {0, 37}, {50, 21}, {100, 150}, {17, 1}, {3000, 1}, {1234, 2}};
   // Pass 2 decodes one more position of the last three: a step of 3 rows
   // (the decode path: one row per warp, keys split over warps).
+  for (KvType type : {KvType::f16, KvType::q8}) {
   for (const AttnCase& c : cases) {
     const int64_t hd = c.head_dim, qd = c.n_heads * hd, kvd = c.n_kv_heads * hd;
     const int64_t ld = qd + 2 * kvd, rot = hd;  // full rotary
-    KvGeometry g{.n_layers = 2, .n_kv_heads = c.n_kv_heads, .head_dim = hd};
+    if (type == KvType::q8 && kv_q8_group(hd) == 0) continue;
+    KvGeometry g{.n_layers = 2, .n_kv_heads = c.n_kv_heads, .head_dim = hd, .type = type};
     int64_t n_blocks = 0;
     for (auto [past, n] : seq_shapes) n_blocks += kv_blocks_for(past + n + 1);
     cpu_->allocate_kv(g, n_blocks + 3);
@@ -375,13 +378,51 @@ TEST_F(CudaBackendTest, QkvPostAndAttentionMatchTheCpu) {
             got_out = from_gpu(out_p, out_host.size());
             // q after bias, norm and rope.
             EXPECT_LT(relative_error(ref_q, from_gpu(q_p, q_host.size())), 1e-5);
-            EXPECT_LT(relative_error(ref_out, got_out), flash ? 2e-3 : 1e-4)
-                << "pass " << pass << " heads " << c.n_heads << "/" << c.n_kv_heads << " dim "
-                << c.head_dim << " window " << c.window;
+            // q8: both quantize the same K and V, but a value that rounds
+            // the other way on one of them moves by a whole int8 step.
+            const double tol = type == KvType::q8 ? 5e-3 : flash ? 2e-3 : 1e-4;
+            EXPECT_LT(relative_error(ref_out, got_out), tol)
+                << kv_type_name(type) << " pass " << pass << " heads " << c.n_heads << "/" << c.n_kv_heads
+                << " dim " << c.head_dim << " window " << c.window;
           }
         }
       }
     }
+    // The cache itself: every block the steps wrote, copied out of each
+    // backend (the disk tier's path), holds the same values up to an int8
+    // step (q8) or a half-float rounding (f16).
+    std::vector<std::byte> cpu_block(static_cast<size_t>(g.bytes_per_block())), gpu_block(cpu_block.size());
+    std::vector<float> cpu_vals, gpu_vals, widened(static_cast<size_t>(hd * kKvBlockTokens));
+    auto widen_all = [&](std::vector<std::byte>& block, std::vector<float>* out) {
+      for (int64_t i = 0; i < g.n_layers; ++i) {
+        kernels::KvLayerView view;
+        view.n_kv_heads = g.n_kv_heads;
+        view.head_dim = hd;
+        view.type = type;
+        view.k = reinterpret_cast<uint8_t*>(block.data()) + 2 * i * g.block_bytes();
+        view.v = view.k + g.block_bytes();
+        for (int64_t h = 0; h < g.n_kv_heads; ++h) {
+          kernels::widen_k(view, 0, h, widened.data());
+          out->insert(out->end(), widened.begin(), widened.end());
+          kernels::widen_v(view, 0, h, widened.data());
+          out->insert(out->end(), widened.begin(), widened.end());
+        }
+      }
+    };
+    for (int32_t b : ids) {
+      ASSERT_TRUE(cpu_->read_kv_block(b, cpu_block.data()));
+      ASSERT_TRUE(gpu_->read_kv_block(b, gpu_block.data()));
+      widen_all(cpu_block, &cpu_vals);
+      widen_all(gpu_block, &gpu_vals);
+    }
+    EXPECT_LT(relative_error(cpu_vals, gpu_vals), type == KvType::q8 ? 1e-2 : 1e-3)
+        << kv_type_name(type) << " dim " << hd;
+    // Written back into another block of the GPU pool, a block reads out the same.
+    ASSERT_TRUE(gpu_->read_kv_block(ids[0], gpu_block.data()));
+    ASSERT_TRUE(gpu_->write_kv_block(ids[1], gpu_block.data()));
+    ASSERT_TRUE(gpu_->read_kv_block(ids[1], cpu_block.data()));
+    EXPECT_EQ(cpu_block, gpu_block);
+  }
   }
 }
 

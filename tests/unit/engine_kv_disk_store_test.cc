@@ -235,5 +235,18 @@ TEST(KvDiskWriter, WritesBehindDropsPastItsQueueAndDrainsWhenDestroyed) {
   EXPECT_GE(found, 6);  // the first three, and at least the three the queue held
 }
 
+// Blocks of another KV type, device or window are another cache: each of
+// them changes the fingerprint; the same model and settings give the same
+// one every time.
+TEST(KvDiskStore, FingerprintCoversKvTypeDeviceAndWindow) {
+  const std::string dir = test::data_path("models/llama3-tiny");
+  const std::string base = kv_fingerprint(dir, "LlamaForCausalLM", 0, "cpu", KvType::f16);
+  EXPECT_EQ(base, kv_fingerprint(dir, "LlamaForCausalLM", 0, "cpu", KvType::f16));
+  EXPECT_NE(base, kv_fingerprint(dir, "LlamaForCausalLM", 0, "cpu", KvType::q8));
+  EXPECT_NE(base, kv_fingerprint(dir, "LlamaForCausalLM", 0, "cuda", KvType::f16));
+  EXPECT_NE(base, kv_fingerprint(dir, "LlamaForCausalLM", 512, "cpu", KvType::f16));
+  EXPECT_NE(base, kv_fingerprint(test::data_path("models/qwen2-tiny"), "LlamaForCausalLM", 0, "cpu", KvType::f16));
+}
+
 }  // namespace
 }  // namespace pensieve

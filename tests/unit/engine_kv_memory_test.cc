@@ -1,6 +1,7 @@
 // Sizing the KV pool: the automatic size from available (not total)
 // memory, an explicit --kv-memory taken as given or refused with a reason,
 // and parsing of the sizes --kv-memory accepts.
+#include <cstring>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -181,7 +182,7 @@ TEST(KvMemory, ParsesSizesAndRefusesBadOnes) {
 // The pool's pages are committed only when written: none at first, all of
 // them after commit() (what `pensieve bench` does before its clock starts).
 TEST(KvMemory, StorageIsCommittedOnlyWhenWrittenOrAskedTo) {
-  KvStorage kv(3, 2, 64, 40);  // 3 layers x 2 heads x 64 dims x 16 positions x K,V x 2 B x 40 blocks
+  KvStorage kv({.n_layers = 3, .n_kv_heads = 2, .head_dim = 64}, 40);  // 3 layers x 2 heads x 64 dims x 16 positions x K,V x 2 B x 40 blocks
   ASSERT_EQ(kv.bytes(), size_t{3 * 2 * 64 * 16 * 2 * 2 * 40});
   const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   std::vector<unsigned char> resident((kv.bytes() + page - 1) / page);
@@ -195,7 +196,34 @@ TEST(KvMemory, StorageIsCommittedOnlyWhenWrittenOrAskedTo) {
   kv.commit();
   EXPECT_EQ(count(), resident.size());
   const kernels::KvLayerView v = kv.layer(2);
-  EXPECT_EQ(v.v[v.block_elems() * 40 - 1], 0);  // contents stay zero
+  EXPECT_EQ(v.v[v.block_bytes() * 40 - 1], 0);  // contents stay zero
+}
+
+// q8 blocks: int8 values plus an f32 scale per 32 dimensions and token, the
+// size core/kv_geometry.h promises; a block copied out and back in is the
+// same bytes.
+TEST(KvMemory, Q8StorageSizesAndBlockRoundTrip) {
+  const KvGeometry g{.n_layers = 2, .n_kv_heads = 3, .head_dim = 96, .type = KvType::q8};
+  EXPECT_EQ(kv_head_bytes(KvType::q8, 96), 96 * 16 + 3 * 16 * 4);
+  EXPECT_EQ(kv_head_bytes(KvType::q8, 96) * 100 / kv_head_bytes(KvType::f16, 96), 56);
+  EXPECT_EQ(kv_q8_group(96), 32);
+  EXPECT_EQ(kv_q8_group(48), 16);
+  EXPECT_EQ(kv_q8_group(8), 8);
+  EXPECT_EQ(kv_q8_group(6), 0);
+  KvStorage kv(g, 5);
+  ASSERT_EQ(kv.bytes(), static_cast<size_t>(g.bytes_per_block() * 5));
+  std::vector<std::byte> in(static_cast<size_t>(g.bytes_per_block())), out(in.size());
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<std::byte>(i * 7 + 3);
+  kv.write_block(3, in.data());
+  kv.read_block(3, out.data());
+  EXPECT_EQ(in, out);
+  kv.read_block(2, out.data());
+  EXPECT_NE(in, out);
+  const kernels::KvLayerView v = kv.layer(1);
+  EXPECT_EQ(v.type, KvType::q8);
+  // Layer 1's V of block 3 is the last quarter of the block's bytes.
+  EXPECT_EQ(std::memcmp(v.v_head(3, 0), in.data() + 3 * g.block_bytes(), static_cast<size_t>(g.block_bytes())), 0);
+  EXPECT_THROW(KvStorage({.n_layers = 1, .n_kv_heads = 1, .head_dim = 6, .type = KvType::q8}, 1), Error);
 }
 
 }  // namespace

@@ -60,12 +60,26 @@ struct RandomWeight {
   }
 };
 
-// Half floats of N(0, 1) values: K and V as the cache holds them.
-std::vector<KvElem> random_halves(size_t n, std::mt19937& rng) {
+// n_blocks blocks of one layer's K (or V) as the cache holds them: N(0, 1)
+// halves, or for q8 random int8 values with each group's scale in
+// [0.002, 0.02] (values up to about ±2.5).
+std::vector<uint8_t> random_kv(const KvLayerView& kv, int64_t n_blocks, std::mt19937& rng) {
+  std::vector<uint8_t> buf(static_cast<size_t>(n_blocks * kv.block_bytes()));
+  const int64_t hb = kv.head_bytes(), vals = kv.head_dim * kKvBlockTokens;
+  std::uniform_int_distribution<int> q(-127, 127);
+  std::uniform_real_distribution<float> sc(0.002f, 0.02f);
   std::normal_distribution<float> d(0.f, 1.f);
-  std::vector<KvElem> v(n);
-  for (auto& x : v) x = f32_to_f16(d(rng));
-  return v;
+  for (int64_t h = 0; h < n_blocks * kv.n_kv_heads; ++h) {
+    uint8_t* p = buf.data() + h * hb;
+    if (kv.type == KvType::f16) {
+      for (int64_t i = 0; i < vals; ++i) reinterpret_cast<KvElem*>(p)[i] = f32_to_f16(d(rng));
+      continue;
+    }
+    for (int64_t i = 0; i < vals; ++i) p[i] = static_cast<uint8_t>(static_cast<int8_t>(q(rng)));
+    float* scales = reinterpret_cast<float*>(p + vals);
+    for (int64_t i = 0; i < (hb - vals) / 4; ++i) scales[i] = sc(rng);
+  }
+  return buf;
 }
 
 std::vector<float> random_vector(size_t n, std::mt19937& rng) {
@@ -498,15 +512,18 @@ TEST(IntegerKernel, ZeroActivationsGiveZeroNotNan) {
 // tails and dims that are not a multiple of 8.
 TEST(Attention, SimdMatchesReference) {
   std::mt19937 rng(7);
-  for (int64_t head_dim : {8, 20, 40, 64, 96, 128}) {
+  for (KvType type : {KvType::f16, KvType::q8}) {
+   for (int64_t head_dim : {8, 20, 24, 40, 48, 64, 96, 128}) {
+    if (type == KvType::q8 && kv_q8_group(head_dim) == 0) continue;
     for (int64_t window : {0, 13, 100}) {
      for (auto [n_kv, n_heads] : {std::pair<int64_t, int64_t>{2, 6}, {3, 3}}) {
       const int64_t n_blocks = 48;
       KvLayerView kv;
       kv.n_kv_heads = n_kv;
       kv.head_dim = head_dim;
-      std::vector<KvElem> kbuf = random_halves(n_blocks * kv.block_elems(), rng);
-      std::vector<KvElem> vbuf = random_halves(n_blocks * kv.block_elems(), rng);
+      kv.type = type;
+      std::vector<uint8_t> kbuf = random_kv(kv, n_blocks, rng);
+      std::vector<uint8_t> vbuf = random_kv(kv, n_blocks, rng);
       kv.k = kbuf.data();
       kv.v = vbuf.data();
       // Three sequences: (context, new queries), with shuffled block tables.
@@ -532,17 +549,79 @@ TEST(Attention, SimdMatchesReference) {
       attention_ref(q.data(), kv, seqs, n_heads, scale, window, want.data());
       ThreadPool pool(2);
       attention(q.data(), kv, seqs, n_heads, scale, window, got.data(), pool);
-      EXPECT_LT(rel_error(got, want), 1e-5)
-          << "head_dim " << head_dim << " window " << window << " heads " << n_heads << "/" << n_kv;
+      EXPECT_LT(rel_error(got, want), 1e-5) << kv_type_name(type) << " head_dim " << head_dim << " window "
+                                            << window << " heads " << n_heads << "/" << n_kv;
       for (Isa isa : {Isa::avx2, Isa::scalar}) {
         if (set_active_isa(isa) != isa) continue;
         std::fill(got.begin(), got.end(), -1.f);
         attention(q.data(), kv, seqs, n_heads, scale, window, got.data(), pool);
-        EXPECT_LT(rel_error(got, want), 1e-5) << isa_name(isa) << " path, head_dim " << head_dim;
+        EXPECT_LT(rel_error(got, want), 1e-5)
+            << isa_name(isa) << " path, " << kv_type_name(type) << " head_dim " << head_dim;
       }
       set_active_isa(best_isa());
      }
     }
+   }
+  }
+}
+
+// widen_k / widen_v on every ISA against the layout read value by value.
+TEST(Attention, WidenMatchesTheLayout) {
+  std::mt19937 rng(11);
+  for (KvType type : {KvType::f16, KvType::q8}) {
+    for (int64_t hd : {8, 24, 40, 48, 96, 128}) {
+      KvLayerView kv;
+      kv.n_kv_heads = 2;
+      kv.head_dim = hd;
+      kv.type = type;
+      std::vector<uint8_t> kbuf = random_kv(kv, 3, rng), vbuf = random_kv(kv, 3, rng);
+      kv.k = kbuf.data();
+      kv.v = vbuf.data();
+      std::vector<float> want_k(hd * 16), want_v(hd * 16), got(hd * 16);
+      const uint8_t* kp = kv.k_head(2, 1);
+      const uint8_t* vp = kv.v_head(2, 1);
+      for (int64_t d = 0; d < hd; ++d) {
+        for (int64_t t = 0; t < 16; ++t) {
+          if (type == KvType::f16) {
+            want_k[d * 16 + t] = f16_to_f32(reinterpret_cast<const KvElem*>(kp)[d * 16 + t]);
+            want_v[t * hd + d] = f16_to_f32(reinterpret_cast<const KvElem*>(vp)[t * hd + d]);
+          } else {
+            const int64_t g = kv_q8_group(hd);
+            const float* ks = reinterpret_cast<const float*>(kp + hd * 16);
+            const float* vs = reinterpret_cast<const float*>(vp + hd * 16);
+            want_k[d * 16 + t] = static_cast<int8_t>(kp[d * 16 + t]) * ks[(d / g) * 16 + t];
+            want_v[t * hd + d] = static_cast<int8_t>(vp[t * hd + d]) * vs[t * (hd / g) + d / g];
+          }
+        }
+      }
+      for (Isa isa : {Isa::avx512, Isa::avx2, Isa::scalar}) {
+        if (set_active_isa(isa) != isa) continue;
+        widen_k(kv, 2, 1, got.data());
+        EXPECT_EQ(got, want_k) << isa_name(isa) << " " << kv_type_name(type) << " hd " << hd;
+        widen_v(kv, 2, 1, got.data());
+        EXPECT_EQ(got, want_v) << isa_name(isa) << " " << kv_type_name(type) << " hd " << hd;
+      }
+      set_active_isa(best_isa());
+    }
+  }
+}
+
+// The q8 rule: per group, scale = max|x| / 127 and q = round(x / scale); a
+// value comes back within half a step; an all-zero group has scale 0.
+TEST(KvWrite, Q8QuantizesPerGroupWithinHalfAStep) {
+  std::mt19937 rng(5);
+  std::vector<float> x = random_vector(96, rng);
+  for (int i = 32; i < 64; ++i) x[i] = 0.f;
+  x[70] = -9.f;  // the largest of its group: -127 exactly
+  std::vector<int8_t> q(96);
+  std::vector<float> s(3);
+  quantize_q8(x.data(), 96, 32, q.data(), s.data());
+  EXPECT_EQ(s[1], 0.f);
+  EXPECT_FLOAT_EQ(s[2], 9.f / 127.f);
+  EXPECT_EQ(q[70], -127);
+  for (int i = 0; i < 96; ++i) {
+    EXPECT_LE(std::abs(q[i]), 127);
+    EXPECT_LE(std::abs(q[i] * s[i / 32] - x[i]), 0.5001f * s[i / 32]) << i;
   }
 }
 
@@ -574,9 +653,9 @@ TEST(KvWrite, RoundTripsThroughTheLayout) {
     KvLayerView kv;
     kv.n_kv_heads = 3;
     kv.head_dim = 7;
-    std::vector<KvElem> kb(4 * kv.block_elems()), vb(4 * kv.block_elems());
-    kv.k = kb.data();
-    kv.v = vb.data();
+    std::vector<KvElem> kb(4 * kv.block_bytes() / 2), vb(4 * kv.block_bytes() / 2);
+    kv.k = reinterpret_cast<uint8_t*>(kb.data());
+    kv.v = reinterpret_cast<uint8_t*>(vb.data());
     const int32_t table[] = {2, 0, 3};
     std::vector<float> k(21), v(21);
     for (int i = 0; i < 21; ++i) {
@@ -594,6 +673,34 @@ TEST(KvWrite, RoundTripsThroughTheLayout) {
     EXPECT_NEAR(f16_to_f32(kb[(0 * 7 + 1) * kKvBlockTokens + 4]), 4.f / 3.f, 1e-3f);
   }
   set_active_isa(best_isa());
+}
+
+// q8: a position's K and V land as int8 in the same slots, each group's
+// scale beside them, and read back (widen_k/widen_v) within half a step.
+TEST(KvWrite, Q8RoundTripsThroughTheLayout) {
+  KvLayerView kv;
+  kv.n_kv_heads = 2;
+  kv.head_dim = 48;  // groups of 16
+  kv.type = KvType::q8;
+  std::vector<uint8_t> kb(4 * kv.block_bytes()), vb(4 * kv.block_bytes());
+  kv.k = kb.data();
+  kv.v = vb.data();
+  std::mt19937 rng(3);
+  const std::vector<float> k = random_vector(96, rng), v = random_vector(96, rng);
+  const int32_t table[] = {2, 0, 3};
+  kv_write(kv, table, 21, k.data(), v.data());  // block 0, slot 5
+  std::vector<float> wk(48 * 16), wv(48 * 16);
+  for (int h = 0; h < 2; ++h) {
+    widen_k(kv, 0, h, wk.data());
+    widen_v(kv, 0, h, wv.data());
+    const float* ks = reinterpret_cast<const float*>(kv.k_head(0, h) + 48 * 16);
+    const float* vs = reinterpret_cast<const float*>(kv.v_head(0, h) + 48 * 16);
+    for (int d = 0; d < 48; ++d) {
+      EXPECT_LE(std::abs(wk[d * 16 + 5] - k[h * 48 + d]), 0.5001f * ks[(d / 16) * 16 + 5]) << h << " " << d;
+      EXPECT_LE(std::abs(wv[5 * 48 + d] - v[h * 48 + d]), 0.5001f * vs[5 * 3 + d / 16]) << h << " " << d;
+      EXPECT_EQ(wk[d * 16 + 4], 0.f);  // other slots untouched
+    }
+  }
 }
 
 }  // namespace

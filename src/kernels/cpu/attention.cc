@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -12,17 +13,29 @@
 namespace pensieve::kernels {
 namespace {
 
-inline const KvElem* k_at(const KvLayerView& kv, const int32_t* table, int64_t pos, int64_t h,
-                          int64_t* stride) {
-  *stride = kKvBlockTokens;
-  const int64_t block = table[pos / kKvBlockTokens];
-  return kv.k + block * kv.block_elems() + h * kv.head_dim * kKvBlockTokens +
-         pos % kKvBlockTokens;
+// One value of a cached K or V (position t of the block, dimension d).
+inline float k_value(const KvLayerView& kv, int64_t block, int64_t h, int64_t t, int64_t d) {
+  const uint8_t* p = kv.k_head(block, h);
+  if (kv.type == KvType::f16) return f16_to_f32(reinterpret_cast<const KvElem*>(p)[d * kKvBlockTokens + t]);
+  const int64_t g = kv_q8_group(kv.head_dim);
+  const float* sc = reinterpret_cast<const float*>(p + kv.head_dim * kKvBlockTokens);
+  return static_cast<float>(static_cast<int8_t>(p[d * kKvBlockTokens + t])) * sc[(d / g) * kKvBlockTokens + t];
 }
 
-inline const KvElem* v_at(const KvLayerView& kv, const int32_t* table, int64_t pos, int64_t h) {
-  const int64_t block = table[pos / kKvBlockTokens];
-  return kv.v + block * kv.block_elems() + (h * kKvBlockTokens + pos % kKvBlockTokens) * kv.head_dim;
+inline float v_value(const KvLayerView& kv, int64_t block, int64_t h, int64_t t, int64_t d) {
+  const uint8_t* p = kv.v_head(block, h);
+  const int64_t hd = kv.head_dim;
+  if (kv.type == KvType::f16) return f16_to_f32(reinterpret_cast<const KvElem*>(p)[t * hd + d]);
+  const int64_t g = kv_q8_group(hd);
+  const float* sc = reinterpret_cast<const float*>(p + hd * kKvBlockTokens);
+  return static_cast<float>(static_cast<int8_t>(p[t * hd + d])) * sc[t * (hd / g) + d / g];
+}
+
+inline float k_at(const KvLayerView& kv, const int32_t* table, int64_t pos, int64_t h, int64_t d) {
+  return k_value(kv, table[pos / kKvBlockTokens], h, pos % kKvBlockTokens, d);
+}
+inline float v_at(const KvLayerView& kv, const int32_t* table, int64_t pos, int64_t h, int64_t d) {
+  return v_value(kv, table[pos / kKvBlockTokens], h, pos % kKvBlockTokens, d);
 }
 
 // Scalar online-softmax attention for one query head.
@@ -33,17 +46,14 @@ void attention_one_scalar(const float* q, const KvLayerView& kv, const int32_t* 
   float m = -std::numeric_limits<float>::infinity(), l = 0.f;
   std::vector<float> acc(hd, 0.f);
   for (int64_t p = first_pos; p <= pos; ++p) {
-    int64_t stride;
-    const KvElem* k = k_at(kv, table, p, kv_head, &stride);
     float s = 0.f;
-    for (int64_t d = 0; d < hd; ++d) s += q[d] * f16_to_f32(k[d * stride]);
+    for (int64_t d = 0; d < hd; ++d) s += q[d] * k_at(kv, table, p, kv_head, d);
     s *= scale;
     const float m_new = std::max(m, s);
     const float corr = std::exp(m - m_new);
     const float e = std::exp(s - m_new);
     l = l * corr + e;
-    const KvElem* v = v_at(kv, table, p, kv_head);
-    for (int64_t d = 0; d < hd; ++d) acc[d] = acc[d] * corr + e * f16_to_f32(v[d]);
+    for (int64_t d = 0; d < hd; ++d) acc[d] = acc[d] * corr + e * v_at(kv, table, p, kv_head, d);
     m = m_new;
   }
   for (int64_t d = 0; d < hd; ++d) out[d] = acc[d] / l;
@@ -51,13 +61,60 @@ void attention_one_scalar(const float* q, const KvLayerView& kv, const int32_t* 
 
 }  // namespace
 
+void quantize_q8(const float* x, int64_t n, int64_t g, int8_t* q, float* scales) {
+  for (int64_t i0 = 0; i0 < n; i0 += g) {
+    float amax = 0.f;
+    for (int64_t i = i0; i < i0 + g; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float scale = amax / 127.f;
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    for (int64_t i = i0; i < i0 + g; ++i) {
+      const float r = std::nearbyint(x[i] * inv);  // |r| <= 127 up to rounding
+      q[i] = static_cast<int8_t>(std::clamp(r, -127.f, 127.f));
+    }
+    scales[i0 / g] = scale;
+  }
+}
+
+void widen_k(const KvLayerView& kv, int64_t block, int64_t h, float* out) {
+  if (active_isa() != Isa::scalar) return avx2::widen_head(kv, block, h, false, out);
+  for (int64_t d = 0; d < kv.head_dim; ++d)
+    for (int64_t t = 0; t < kKvBlockTokens; ++t) out[d * kKvBlockTokens + t] = k_value(kv, block, h, t, d);
+}
+
+void widen_v(const KvLayerView& kv, int64_t block, int64_t h, float* out) {
+  if (active_isa() != Isa::scalar) return avx2::widen_head(kv, block, h, true, out);
+  for (int64_t t = 0; t < kKvBlockTokens; ++t)
+    for (int64_t d = 0; d < kv.head_dim; ++d) out[t * kv.head_dim + d] = v_value(kv, block, h, t, d);
+}
+
 void kv_write(const KvLayerView& kv, const int32_t* block_table, int64_t pos, const float* k,
               const float* v) {
   const int64_t block = block_table[pos / kKvBlockTokens];
   const int64_t slot = pos % kKvBlockTokens;
-  KvElem* kb = kv.k + block * kv.block_elems();
-  KvElem* vb = kv.v + block * kv.block_elems();
-  const int64_t n = kv.n_kv_heads * kv.head_dim;
+  const int64_t hd = kv.head_dim;
+  const int64_t n = kv.n_kv_heads * hd;
+  if (kv.type == KvType::q8) {
+    const int64_t g = kv_q8_group(hd), ng = hd / g;
+    thread_local std::vector<int8_t> kq, vq;
+    thread_local std::vector<float> ks, vs;
+    kq.resize(static_cast<size_t>(n));
+    vq.resize(static_cast<size_t>(n));
+    ks.resize(static_cast<size_t>(n / g));
+    vs.resize(static_cast<size_t>(n / g));
+    quantize_q8(k, n, g, kq.data(), ks.data());
+    quantize_q8(v, n, g, vq.data(), vs.data());
+    for (int64_t h = 0; h < kv.n_kv_heads; ++h) {
+      uint8_t* kb = kv.k_head(block, h);
+      uint8_t* vb = kv.v_head(block, h);
+      float* ksc = reinterpret_cast<float*>(kb + hd * kKvBlockTokens);
+      float* vsc = reinterpret_cast<float*>(vb + hd * kKvBlockTokens);
+      for (int64_t d = 0; d < hd; ++d) kb[d * kKvBlockTokens + slot] = static_cast<uint8_t>(kq[h * hd + d]);
+      for (int64_t j = 0; j < ng; ++j) ksc[j * kKvBlockTokens + slot] = ks[h * ng + j];
+      std::memcpy(vb + slot * hd, vq.data() + h * hd, static_cast<size_t>(hd));
+      std::memcpy(vsc + slot * ng, vs.data() + h * ng, static_cast<size_t>(ng) * sizeof(float));
+    }
+    return;
+  }
   const bool f16c = active_isa() != Isa::scalar;
   thread_local std::vector<KvElem> kh;
   kh.resize(static_cast<size_t>(n));
@@ -70,10 +127,9 @@ void kv_write(const KvLayerView& kv, const int32_t* block_table, int64_t pos, co
   };
   convert(k, n, kh.data());
   for (int64_t h = 0; h < kv.n_kv_heads; ++h) {
-    for (int64_t d = 0; d < kv.head_dim; ++d) {
-      kb[(h * kv.head_dim + d) * kKvBlockTokens + slot] = kh[h * kv.head_dim + d];
-    }
-    convert(v + h * kv.head_dim, kv.head_dim, vb + (h * kKvBlockTokens + slot) * kv.head_dim);
+    KvElem* kb = kv.k16(block, h);
+    for (int64_t d = 0; d < hd; ++d) kb[d * kKvBlockTokens + slot] = kh[h * hd + d];
+    convert(v + h * hd, hd, kv.v16(block, h) + slot * hd);
   }
 }
 
@@ -91,10 +147,8 @@ void attention_ref(const float* q, const KvLayerView& kv, std::span<const Attent
         scores.assign(pos - first + 1, 0.0);
         double mx = -1e300;
         for (int64_t p = first; p <= pos; ++p) {
-          int64_t stride;
-          const KvElem* k = k_at(kv, s.block_table, p, kvh, &stride);
           double dot = 0;
-          for (int64_t d = 0; d < hd; ++d) dot += static_cast<double>(qh[d]) * f16_to_f32(k[d * stride]);
+          for (int64_t d = 0; d < hd; ++d) dot += static_cast<double>(qh[d]) * k_at(kv, s.block_table, p, kvh, d);
           scores[p - first] = dot * scale;
           mx = std::max(mx, scores[p - first]);
         }
@@ -104,7 +158,7 @@ void attention_ref(const float* q, const KvLayerView& kv, std::span<const Attent
         for (int64_t d = 0; d < hd; ++d) {
           double acc = 0;
           for (int64_t p = first; p <= pos; ++p) {
-            acc += scores[p - first] * f16_to_f32(v_at(kv, s.block_table, p, kvh)[d]);
+            acc += scores[p - first] * v_at(kv, s.block_table, p, kvh, d);
           }
           o[d] = static_cast<float>(acc / sum);
         }

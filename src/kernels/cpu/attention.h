@@ -6,7 +6,8 @@
 // are IEEE half floats: half the memory of f32 (Phi-3-mini, with 32 KV heads,
 // needs 384 KiB per position instead of 768) and half the bytes a decode step
 // reads at long context; kernels widen them to f32 as they load, and all
-// arithmetic stays f32. A sequence reads its blocks through a block table. Softmax is computed online
+// arithmetic stays f32. With --kv-type q8 they are int8 with a scale per
+// small group (core/kv_geometry.h), widened the same way. A sequence reads its blocks through a block table. Softmax is computed online
 // block by block (flash style): no score matrix is ever materialised, so long
 // prompts cost O(n) memory.
 #pragma once
@@ -26,13 +27,33 @@ static_assert(kKvBlockTokens == 16, "the CPU kernels' K tiles are 16 positions w
 
 using KvElem = uint16_t;  // IEEE binary16 bits (see core/half.h)
 
+// One layer of the pool (core/kv_geometry.h has the layouts): every
+// block's K, [n_blocks][n_kv_heads] heads of head_bytes() each, and every
+// block's V likewise.
 struct KvLayerView {
-  KvElem* k = nullptr;  // [n_blocks][n_kv_heads][head_dim][16]
-  KvElem* v = nullptr;  // [n_blocks][n_kv_heads][16][head_dim]
+  uint8_t* k = nullptr;
+  uint8_t* v = nullptr;
   int64_t n_kv_heads = 0;
   int64_t head_dim = 0;
-  int64_t block_elems() const { return n_kv_heads * head_dim * kKvBlockTokens; }
+  KvType type = KvType::f16;
+  int64_t head_bytes() const { return kv_head_bytes(type, head_dim); }
+  int64_t block_bytes() const { return n_kv_heads * head_bytes(); }
+  uint8_t* k_head(int64_t block, int64_t h) const { return k + (block * n_kv_heads + h) * head_bytes(); }
+  uint8_t* v_head(int64_t block, int64_t h) const { return v + (block * n_kv_heads + h) * head_bytes(); }
+  // f16 only: a head's K ([head_dim][16]) and V ([16][head_dim]) as halves.
+  KvElem* k16(int64_t block, int64_t h) const { return reinterpret_cast<KvElem*>(k_head(block, h)); }
+  KvElem* v16(int64_t block, int64_t h) const { return reinterpret_cast<KvElem*>(v_head(block, h)); }
 };
+
+// One KV head of one block widened to f32, whatever the type: K as
+// [head_dim][16], V as [16][head_dim].
+void widen_k(const KvLayerView& kv, int64_t block, int64_t h, float* out);
+void widen_v(const KvLayerView& kv, int64_t block, int64_t h, float* out);
+
+// Symmetric int8 of n values in groups of g (n % g == 0): q[i] in
+// [-127, 127], scales[i / g] = max|x| / 127 of the group (0 for an all-zero
+// group), x ≈ q · scale. The q8 KV cache's rule.
+void quantize_q8(const float* x, int64_t n, int64_t g, int8_t* q, float* scales);
 
 struct AttentionSeq {
   const int32_t* block_table = nullptr;
@@ -66,6 +87,8 @@ void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_t
                    int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out);
 // n floats to half floats (round to nearest even, as f32_to_f16), with F16C.
 void to_half(const float* x, int64_t n, KvElem* out);
+// widen_k / widen_v with AVX2 (q8 and f16).
+void widen_head(const KvLayerView& kv, int64_t block, int64_t h, bool is_v, float* out);
 }
 
 }  // namespace pensieve::kernels

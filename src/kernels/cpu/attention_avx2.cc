@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "core/half.h"
 #include "kernels/cpu/attention.h"
@@ -46,6 +48,16 @@ inline __m256 load8(const KvElem* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline float to_f32(KvElem h) { return f16_to_f32(h); }
+inline float to_f32(float f) { return f; }
+
+// 8 int8 values widened and scaled.
+inline __m256 load8_q8(const uint8_t* p, __m256 scale) {
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), scale);
+}
+
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -54,8 +66,11 @@ inline float hsum(__m256 v) {
 
 }  // namespace
 
-void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
-                   int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out) {
+namespace {
+
+template <typename E>
+void attention_one_impl(const float* q, const KvLayerView& kv, const int32_t* block_table,
+                        int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out) {
   const int64_t hd = kv.head_dim;
   float acc[256] = {};  // head_dim <= 256
   float m = -std::numeric_limits<float>::infinity();
@@ -64,10 +79,25 @@ void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_t
   const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 vscale = _mm256_set1_ps(scale);
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  const int64_t block_elems = kv.block_elems();
+  // q8 blocks are widened to f32 first (E = float); f16 ones are read in place.
+  thread_local std::vector<float> kf, vf;
+  if constexpr (std::is_same_v<E, float>) {
+    kf.resize(static_cast<size_t>(hd * kKvBlockTokens));
+    vf.resize(static_cast<size_t>(hd * kKvBlockTokens));
+  }
   for (int64_t b = first_pos / kKvBlockTokens; b <= pos / kKvBlockTokens; ++b) {
     const int64_t block = block_table[b];
-    const KvElem* kb = kv.k + block * block_elems + kv_head * hd * kKvBlockTokens;
+    const E* kb;
+    const E* vb;
+    if constexpr (std::is_same_v<E, float>) {
+      widen_head(kv, block, kv_head, false, kf.data());
+      widen_head(kv, block, kv_head, true, vf.data());
+      kb = kf.data();
+      vb = vf.data();
+    } else {
+      kb = kv.k16(block, kv_head);
+      vb = kv.v16(block, kv_head);
+    }
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     for (int64_t d = 0; d < hd; ++d) {
       const __m256 qd = _mm256_set1_ps(q[d]);
@@ -93,7 +123,6 @@ void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_t
     _mm256_store_ps(p, e0);
     _mm256_store_ps(p + 8, e1);
     const int mask = _mm256_movemask_ps(v0) | (_mm256_movemask_ps(v1) << 8);
-    const KvElem* vb = kv.v + block * block_elems + kv_head * kKvBlockTokens * hd;
     const __m256 vcorr = _mm256_set1_ps(corr);
     int64_t d = 0;
     for (; d + 8 <= hd; d += 8) {
@@ -106,13 +135,47 @@ void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_t
     for (; d < hd; ++d) {
       float a = acc[d] * corr;
       for (int j = 0; j < kKvBlockTokens; ++j) {
-        if ((mask >> j) & 1) a += p[j] * f16_to_f32(vb[j * hd + d]);
+        if ((mask >> j) & 1) a += p[j] * to_f32(vb[j * hd + d]);
       }
       acc[d] = a;
     }
   }
   const float inv = 1.0f / l;
   for (int64_t d = 0; d < hd; ++d) out[d] = acc[d] * inv;
+}
+
+}  // namespace
+
+void attention_one(const float* q, const KvLayerView& kv, const int32_t* block_table,
+                   int64_t kv_head, int64_t pos, int64_t first_pos, float scale, float* out) {
+  if (kv.type == KvType::q8) return attention_one_impl<float>(q, kv, block_table, kv_head, pos, first_pos, scale, out);
+  attention_one_impl<KvElem>(q, kv, block_table, kv_head, pos, first_pos, scale, out);
+}
+
+void widen_head(const KvLayerView& kv, int64_t block, int64_t h, bool is_v, float* out) {
+  const int64_t hd = kv.head_dim, n = hd * kKvBlockTokens;
+  const uint8_t* p = is_v ? kv.v_head(block, h) : kv.k_head(block, h);
+  if (kv.type == KvType::f16) {
+    const KvElem* e = reinterpret_cast<const KvElem*>(p);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load8(e + i));
+    for (; i < n; ++i) out[i] = f16_to_f32(e[i]);
+    return;
+  }
+  const int64_t g = kv_q8_group(hd);
+  const float* sc = reinterpret_cast<const float*>(p + n);
+  if (!is_v) {  // [hd][16]: row d's 16 tokens take the scales of group d / g
+    for (int64_t d = 0; d < hd; ++d) {
+      const float* s = sc + (d / g) * kKvBlockTokens;
+      _mm256_storeu_ps(out + d * 16, load8_q8(p + d * 16, _mm256_loadu_ps(s)));
+      _mm256_storeu_ps(out + d * 16 + 8, load8_q8(p + d * 16 + 8, _mm256_loadu_ps(s + 8)));
+    }
+    return;
+  }
+  const int64_t ng = hd / g;  // [16][hd]: g (a multiple of 8) values per scale
+  for (int64_t t = 0; t < kKvBlockTokens; ++t)
+    for (int64_t d = 0; d < hd; d += 8)
+      _mm256_storeu_ps(out + t * hd + d, load8_q8(p + t * hd + d, _mm256_set1_ps(sc[t * ng + d / g])));
 }
 
 void to_half(const float* x, int64_t n, KvElem* out) {

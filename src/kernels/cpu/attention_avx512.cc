@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/aligned.h"
@@ -35,9 +36,48 @@ inline __m512 load_tail(const KvElem* p, __mmask16 mask, bool half) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p));
 }
 
-// A block's K or V (n values, n % 16 == 0) widened into f32 scratch.
-inline void widen(const KvElem* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; i += 16) _mm512_store_ps(dst + i, load16(src + i));
+// Already-widened values (q8 blocks are widened to f32 first).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_tail(const float* p, __mmask16 mask, bool) { return _mm512_maskz_loadu_ps(mask, p); }
+
+// 16 int8 values widened and scaled.
+inline __m512 load16_q8(const uint8_t* p, __m512 scale) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), scale);
+}
+
+// One KV head of a block (K: [hd][16], V: [16][hd]) widened into f32 scratch.
+void widen_head(const KvLayerView& kv, int64_t block, int64_t h, bool is_v, float* dst) {
+  const int64_t hd = kv.head_dim, n = hd * kKvBlockTokens;
+  const uint8_t* p = is_v ? kv.v_head(block, h) : kv.k_head(block, h);
+  if (kv.type == KvType::f16) {
+    const KvElem* e = reinterpret_cast<const KvElem*>(p);
+    for (int64_t i = 0; i < n; i += 16) _mm512_storeu_ps(dst + i, load16(e + i));
+    return;
+  }
+  const int64_t g = kv_q8_group(hd);
+  const float* sc = reinterpret_cast<const float*>(p + n);
+  if (!is_v) {  // row d's 16 tokens take the 16 scales of group d / g
+    for (int64_t d = 0; d < hd; ++d)
+      _mm512_storeu_ps(dst + d * 16, load16_q8(p + d * 16, _mm512_loadu_ps(sc + (d / g) * kKvBlockTokens)));
+    return;
+  }
+  const int64_t ng = hd / g;  // a token's row: g (8, 16 or 32) values per scale
+  for (int64_t t = 0; t < kKvBlockTokens; ++t) {
+    const float* st = sc + t * ng;
+    const uint8_t* row = p + t * hd;
+    float* out = dst + t * hd;
+    int64_t d = 0;
+    for (; d + 16 <= hd; d += 16) {
+      const __m512 scale = g >= 16 ? _mm512_set1_ps(st[d / g])
+                                   : _mm512_insertf32x8(_mm512_set1_ps(st[d / g]), _mm256_set1_ps(st[d / g + 1]), 1);
+      _mm512_storeu_ps(out + d, load16_q8(row + d, scale));
+    }
+    for (; d < hd; d += 8) {  // hd % 16 == 8
+      const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + d))));
+      _mm256_storeu_ps(out + d, _mm256_mul_ps(v, _mm256_set1_ps(st[d / g])));
+    }
+  }
 }
 
 // Per query head (a "row"): NC accumulators of P·V and the running sum of
@@ -55,8 +95,8 @@ struct RowState {
 // pf_k / pf_v: a later block's K and V (hd·16 halves each) to prefetch, two
 // lines of each per step, spread over the loop (a burst of 96 prefetches at
 // once stalls on the line-fill buffers); nullptr for none.
-template <int QB>
-inline void block_scores(const float* const* q, const KvElem* kb, int64_t hd, __m512 scale,
+template <int QB, typename E>
+inline void block_scores(const float* const* q, const E* kb, int64_t hd, __m512 scale,
                          __m512* out, const char* pf_k = nullptr, const char* pf_v = nullptr) {
   __m512 s[QB][4];
   for (int k = 0; k < QB; ++k)
@@ -104,9 +144,9 @@ inline __m512 softmax_step(__m512 sc, __mmask16 valid, RowState r) {
 // QB rows whose window covers the whole block: scores, softmax and P·V over
 // all 16 keys, each V row loaded once for the QB rows (QB·NC independent
 // accumulator chains).
-template <int NC, int QB>
-inline void rows_full_block(const float* const* q, const RowState* rows, const KvElem* kb,
-                            const KvElem* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
+template <int NC, int QB, typename E>
+inline void rows_full_block(const float* const* q, const RowState* rows, const E* kb,
+                            const E* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
                             bool half_tail, const char* pf_k, const char* pf_v) {
   __m512 sc[QB], e[QB];
   block_scores<QB>(q, kb, hd, scale, sc, pf_k, pf_v);
@@ -116,7 +156,7 @@ inline void rows_full_block(const float* const* q, const RowState* rows, const K
     for (int c = 0; c < NC; ++c) acc[k][c] = rows[k].st[c];
 #pragma GCC unroll 4
   for (int j = 0; j < kKvBlockTokens; ++j) {
-    const KvElem* vrow = vb + j * hd;
+    const E* vrow = vb + j * hd;
     __m512 v[NC];
     for (int c = 0; c + 1 < NC; ++c) v[c] = load16(vrow + c * 16);
     v[NC - 1] = load_tail(vrow + (NC - 1) * 16, last_mask, half_tail);
@@ -132,9 +172,9 @@ inline void rows_full_block(const float* const* q, const RowState* rows, const K
 
 // One row against a partial block (the diagonal or the window's edge): only
 // the keys in `valid`; slots outside it may hold stale values.
-template <int NC>
-inline void row_partial_block(const float* q, RowState row, __mmask16 valid, const KvElem* kb,
-                              const KvElem* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
+template <int NC, typename E>
+inline void row_partial_block(const float* q, RowState row, __mmask16 valid, const E* kb,
+                              const E* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
                               bool half_tail) {
   __m512 sc;
   block_scores<1>(&q, kb, hd, scale, &sc);
@@ -146,7 +186,7 @@ inline void row_partial_block(const float* q, RowState row, __mmask16 valid, con
   for (int j = 0; j < kKvBlockTokens; ++j) {
     if (!((valid >> j) & 1)) continue;
     const __m512 pj = _mm512_set1_ps(p[j]);
-    const KvElem* vrow = vb + j * hd;
+    const E* vrow = vb + j * hd;
     for (int c = 0; c + 1 < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, load16(vrow + c * 16), acc[c]);
     acc[NC - 1] = _mm512_fmadd_ps(pj, load_tail(vrow + (NC - 1) * 16, last_mask, half_tail), acc[NC - 1]);
   }
@@ -201,7 +241,6 @@ void attention_lanes(const float* q, int64_t ldq, float* out, int64_t ldo, const
     mx[m] = _mm512_set1_ps(-1e30f);  // finite: a lane with no key yet keeps corr = 1
     sum[m] = _mm512_setzero_ps();
   }
-  const int64_t block_elems = kv.block_elems();
   const __m512 none = _mm512_set1_ps(-1e30f);
   // Each block's K and V are widened to f32 once for the 32 rows (the
   // broadcasts below then read plain floats).
@@ -212,14 +251,15 @@ void attention_lanes(const float* q, int64_t ldq, float* out, int64_t ldo, const
   const float* vb = vf_buf.data();
   for (int64_t b = lo / kKvBlockTokens; b <= hi / kKvBlockTokens; ++b) {
     const int64_t block = block_table[b];
-    widen(kv.k + block * block_elems + kv_head * hd * kKvBlockTokens, hd * kKvBlockTokens, kf_buf.data());
-    widen(kv.v + block * block_elems + kv_head * kKvBlockTokens * hd, hd * kKvBlockTokens, vf_buf.data());
+    widen_head(kv, block, kv_head, false, kf_buf.data());
+    widen_head(kv, block, kv_head, true, vf_buf.data());
     const int32_t base = static_cast<int32_t>(b * kKvBlockTokens);
     // The next block's K and V (hd/2 lines each) are fetched while this one
     // is computed: blocks are scattered over the pool, out of the prefetcher's sight.
     const int64_t next = b + 1 <= hi / kKvBlockTokens ? block_table[b + 1] : block;
-    const KvElem* kn = kv.k + next * block_elems + kv_head * hd * kKvBlockTokens;
-    const KvElem* vn = kv.v + next * block_elems + kv_head * kKvBlockTokens * hd;
+    // (d * 32 bytes for d < hd/2 .. hd covers a head of either type.)
+    const uint8_t* kn = kv.k_head(next, kv_head);
+    const uint8_t* vn = kv.v_head(next, kv_head);
     __m512 s[kKvBlockTokens][MT];
     for (int half = 0; half < 2; ++half) {
       __m512 acc[8][MT];
@@ -227,9 +267,9 @@ void attention_lanes(const float* q, int64_t ldq, float* out, int64_t ldo, const
         for (int m = 0; m < MT; ++m) acc[j][m] = _mm512_setzero_ps();
       const float* kh = kb + 8 * half;
       for (int64_t d = 0; d < hd; ++d) {
-        if (half == 0 && d % 2 == 0) {  // 32 halves = one line
-          _mm_prefetch(reinterpret_cast<const char*>(kn + d * 16), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(vn + d * 16), _MM_HINT_T0);
+        if (half == 0 && d % 2 == 0 && d * 32 < kv.head_bytes()) {  // one line of each
+          _mm_prefetch(reinterpret_cast<const char*>(kn + d * 32), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(vn + d * 32), _MM_HINT_T0);
         }
         __m512 qv[MT];
         for (int m = 0; m < MT; ++m) qv[m] = _mm512_load_ps(qt + d * kLaneRows + 16 * m);
@@ -305,7 +345,7 @@ void attention_lanes(const float* q, int64_t ldq, float* out, int64_t ldo, const
 // of a block are read once for the whole tile (flash-style tiling), instead
 // of once per query head; the per-row state lives in a small buffer that
 // stays in L1. Rows that see the whole block go through it QB at a time.
-template <int NC>
+template <int NC, typename E>
 void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
                          const KvLayerView& kv, const int32_t* block_table, int64_t kv_head,
                          int64_t head0, int64_t n_heads, int64_t pos0, int64_t n_queries,
@@ -336,13 +376,27 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
   auto q_of = [&](int64_t x) { return q + (x / n_heads) * ldq + (head0 + x % n_heads) * hd; };
   const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 vscale = _mm512_set1_ps(scale);
-  const int64_t block_elems = kv.block_elems();
   const int64_t pos_last = pos0 + n_queries - 1;
+  // q8 blocks are widened to f32 once per block for all the tile's rows.
+  thread_local AlignedVector<float> kf_buf, vf_buf;
+  if constexpr (std::is_same_v<E, float>) {
+    kf_buf.resize(static_cast<size_t>(hd * kKvBlockTokens));
+    vf_buf.resize(static_cast<size_t>(hd * kKvBlockTokens));
+  }
   const int64_t first0 = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
   for (int64_t b = first0 / kKvBlockTokens; b <= pos_last / kKvBlockTokens; ++b) {
     const int64_t block = block_table[b];
-    const KvElem* kb = kv.k + block * block_elems + kv_head * hd * kKvBlockTokens;
-    const KvElem* vb = kv.v + block * block_elems + kv_head * kKvBlockTokens * hd;
+    const E* kb;
+    const E* vb;
+    if constexpr (std::is_same_v<E, float>) {
+      widen_head(kv, block, kv_head, false, kf_buf.data());
+      widen_head(kv, block, kv_head, true, vf_buf.data());
+      kb = kf_buf.data();
+      vb = vf_buf.data();
+    } else {
+      kb = kv.k16(block, kv_head);
+      vb = kv.v16(block, kv_head);
+    }
     const int64_t base = b * kKvBlockTokens;
     // Two blocks ahead, prefetched by the first full pass over this block: a
     // decode step streams K and V from memory, and a head's blocks lie a
@@ -351,8 +405,8 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
     const char* pf_v = nullptr;
     if (b + 2 <= pos_last / kKvBlockTokens) {
       const int64_t ahead = block_table[b + 2];
-      pf_k = reinterpret_cast<const char*>(kv.k + ahead * block_elems + kv_head * hd * kKvBlockTokens);
-      pf_v = reinterpret_cast<const char*>(kv.v + ahead * block_elems + kv_head * kKvBlockTokens * hd);
+      pf_k = reinterpret_cast<const char*>(kv.k_head(ahead, kv_head));
+      pf_v = reinterpret_cast<const char*>(kv.v_head(ahead, kv_head));
     }
     int64_t pending[QB];  // rows that see the whole block, run QB at a time
     int n_pending = 0;
@@ -409,8 +463,11 @@ void attention_tile(const float* q, int64_t ldq, float* out, int64_t ldo, const 
   switch ((kv.head_dim + 15) / 16) {
 #define PENSIEVE_CASE(N)                                                                        \
   case N:                                                                                       \
-    return attention_tile_impl<N>(q, ldq, out, ldo, kv, block_table, kv_head, head0, n_heads, \
-                                  pos0, n_queries, window, scale);
+    return kv.type == KvType::q8                                                                    \
+               ? attention_tile_impl<N, float>(q, ldq, out, ldo, kv, block_table, kv_head, head0, n_heads, \
+                                               pos0, n_queries, window, scale)                       \
+               : attention_tile_impl<N, KvElem>(q, ldq, out, ldo, kv, block_table, kv_head, head0,   \
+                                                n_heads, pos0, n_queries, window, scale);
     PENSIEVE_CASE(1) PENSIEVE_CASE(2) PENSIEVE_CASE(3) PENSIEVE_CASE(4)
     PENSIEVE_CASE(5) PENSIEVE_CASE(6) PENSIEVE_CASE(7) PENSIEVE_CASE(8)
     PENSIEVE_CASE(9) PENSIEVE_CASE(10) PENSIEVE_CASE(11) PENSIEVE_CASE(12)

@@ -17,6 +17,37 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kMaxHeadDim = 256;
 
+// One cached value (key t of the block, dimension d), f16 or q8.
+__device__ __forceinline__ float k_value(const GpuKvLayer& kv, int64_t phys, int kvh, int d, int t) {
+  const uint8_t* p = kv.k + kv.head_offset(phys, kvh);
+  if (!kv.q8) return __half2float(reinterpret_cast<const __half*>(p)[d * 16 + t]);
+  const float* sc = reinterpret_cast<const float*>(p + kv.head_dim * 16);
+  return static_cast<float>(static_cast<int8_t>(p[d * 16 + t])) * sc[(d / kv.group) * 16 + t];
+}
+__device__ __forceinline__ float v_value(const GpuKvLayer& kv, int64_t phys, int kvh, int t, int d) {
+  const uint8_t* p = kv.v + kv.head_offset(phys, kvh);
+  const int hd = kv.head_dim;
+  if (!kv.q8) return __half2float(reinterpret_cast<const __half*>(p)[t * hd + d]);
+  const float* sc = reinterpret_cast<const float*>(p + hd * 16);
+  return static_cast<float>(static_cast<int8_t>(p[t * hd + d])) * sc[t * (hd / kv.group) + d / kv.group];
+}
+
+// 16 int8 values times their scales, as 16 halves (two 16-byte vectors).
+__device__ __forceinline__ void dequant16(uint4 raw, const float* scales, bool one_scale, uint4* out) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+  uint32_t h[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int e0 = 2 * i, e1 = 2 * i + 1;
+    const float a = static_cast<float>(static_cast<int8_t>(w[e0 / 4] >> (8 * (e0 % 4))));
+    const float b = static_cast<float>(static_cast<int8_t>(w[e1 / 4] >> (8 * (e1 % 4))));
+    const __half2 v = __floats2half2_rn(a * scales[one_scale ? 0 : e0], b * scales[one_scale ? 0 : e1]);
+    h[i] = *reinterpret_cast<const uint32_t*>(&v);
+  }
+  out[0] = make_uint4(h[0], h[1], h[2], h[3]);
+  out[1] = make_uint4(h[4], h[5], h[6], h[7]);
+}
+
 // Splits per (row, head): enough warps to fill the card, each with at
 // least 32 keys (a warp's loads are pipelined one block ahead, so a long
 // share is a long chain of memory latencies; run 4 measured 20 µs a layer
@@ -58,7 +89,6 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a,
   __syncwarp();
 
   const int32_t* table = a.tables + seq.table_offset;
-  const int64_t head_stride = static_cast<int64_t>(hd) * 16;  // one KV head of one block
   float m = -FLT_MAX, l = 0.f;
   bool any = false;
   float acc[DPL];
@@ -74,9 +104,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a,
     if (my_block < b1) {
       phys = table[my_block];
       if (valid) {
-        const __half* kp = a.kv.k + (phys * nkv + kvh) * head_stride + lane % 16;
         float dot = 0.f;
-        for (int d = 0; d < hd; ++d) dot += q_shared[warp][d] * __half2float(kp[d * 16]);
+        for (int d = 0; d < hd; ++d) dot += q_shared[warp][d] * k_value(a.kv, phys, kvh, d, lane % 16);
         s = dot;
       }
     }
@@ -92,11 +121,10 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a,
       const float pj = __shfl_sync(0xffffffffu, p, j);
       const int64_t phys_j = __shfl_sync(0xffffffffu, phys, j);
       if (pj == 0.f) continue;
-      const __half* vp = a.kv.v + (phys_j * nkv + kvh) * head_stride + (j % 16) * hd;
 #pragma unroll
       for (int i = 0; i < DPL; ++i) {
         const int d = lane + 32 * i;
-        if (d < hd) acc[i] += pj * __half2float(vp[d]);
+        if (d < hd) acc[i] += pj * v_value(a.kv, phys_j, kvh, j % 16, d);
       }
     }
     m = m_new;
@@ -134,11 +162,13 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a,
 // key l % 16 over half of the dimensions; P·V: each lane owns dimensions.
 constexpr int kStageMaxDim = 128;
 
-template <int DPL, int R>
+template <int DPL, int R, bool Q8>
 __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(AttentionArgs a, int n_splits) {
   pdl_wait();  // launched as a dependent
   pdl_trigger();
   __shared__ uint4 kv_shared[kWarps][2 * kStageMaxDim * 16 * 2 / 16];
+  // q8: the block's K and V scales (at most 4·hd/16 vectors each).
+  __shared__ uint4 scale_shared[kWarps][Q8 ? 2 * kStageMaxDim / 4 : 1];
   __shared__ float q_shared[kWarps][R][kStageMaxDim];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t item = blockIdx.x * static_cast<int64_t>(kWarps) + warp;
@@ -167,10 +197,10 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
   __syncwarp();
 
   const int32_t* table = a.tables + seq.table_offset;
-  const int64_t head_stride = static_cast<int64_t>(hd) * 16;
-  // K of one block is hd·16 half floats = 2·hd 16-byte vectors: hd/16 per lane.
+  // One head of one block: f16, 2·hd 16-byte vectors (hd/16 a lane); q8,
+  // hd vectors of int8 and 4·hd/group of scales (at most 5 a lane).
   uint4 reg_k[kStageMaxDim / 16], reg_v[kStageMaxDim / 16];
-  const int per_lane = hd / 16;
+  const int units = a.kv.head_bytes / 16;
   // The split's block ids, 32 at a time, one per lane: a block's loads then
   // wait for one memory latency, not for the table's and then their own.
   int table_base = -1;
@@ -182,11 +212,11 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
       lane_phys = base + lane < b1 ? table[base + lane] : 0;
     }
     const int64_t phys = __shfl_sync(0xffffffffu, lane_phys, (b - b0) & 31);
-    const uint4* kp = reinterpret_cast<const uint4*>(a.kv.k + (phys * nkv + kvh) * head_stride);
-    const uint4* vp = reinterpret_cast<const uint4*>(a.kv.v + (phys * nkv + kvh) * head_stride);
+    const uint4* kp = reinterpret_cast<const uint4*>(a.kv.k + a.kv.head_offset(phys, kvh));
+    const uint4* vp = reinterpret_cast<const uint4*>(a.kv.v + a.kv.head_offset(phys, kvh));
 #pragma unroll
     for (int i = 0; i < kStageMaxDim / 16; ++i) {
-      if (i < per_lane) {
+      if (lane + 32 * i < units) {
         reg_k[i] = __ldg(kp + lane + 32 * i);
         reg_v[i] = __ldg(vp + lane + 32 * i);
       }
@@ -211,11 +241,40 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
   const int d_begin = half_lane * (hd / 2), d_end = d_begin + hd / 2;
   if (b0 < b1) fetch(b0);
   for (int b = b0; b < b1; ++b) {
+    if constexpr (!Q8) {
 #pragma unroll
-    for (int i = 0; i < kStageMaxDim / 16; ++i) {
-      if (i < per_lane) {
-        ks[lane + 32 * i] = reg_k[i];
-        vs[lane + 32 * i] = reg_v[i];
+      for (int i = 0; i < kStageMaxDim / 16; ++i) {
+        if (lane + 32 * i < units) {
+          ks[lane + 32 * i] = reg_k[i];
+          vs[lane + 32 * i] = reg_v[i];
+        }
+      }
+    } else {
+      // The scales first (other lanes' rows need them), then each lane's
+      // int8 vectors as halves where the f16 kernel has them: K row d is
+      // vector d; V vector u is 16 dimensions of key 16u / hd.
+      const int G = a.kv.group, scale_units = units - hd;
+      uint4* ksc = scale_shared[warp];
+      uint4* vsc = ksc + scale_units;
+#pragma unroll
+      for (int i = 0; i < kStageMaxDim / 16; ++i) {
+        const int u = lane + 32 * i;
+        if (u >= hd && u < units) {
+          ksc[u - hd] = reg_k[i];
+          vsc[u - hd] = reg_v[i];
+        }
+      }
+      __syncwarp();
+      const float* kscale = reinterpret_cast<const float*>(ksc);
+      const float* vscale = reinterpret_cast<const float*>(vsc);
+#pragma unroll
+      for (int i = 0; i < kStageMaxDim / 16; ++i) {
+        const int u = lane + 32 * i;
+        if (u < hd) {
+          dequant16(reg_k[i], kscale + (u / G) * 16, false, ks + 2 * u);
+          const int t = 16 * u / hd, d0 = 16 * u % hd;
+          dequant16(reg_v[i], vscale + t * (hd / G) + d0 / G, true, vs + (t * hd + d0) / 8);
+        }
       }
     }
     __syncwarp();
@@ -347,9 +406,15 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   const int dpl = (hd + 31) / 32;
   if (staged) {
     const int r = a.group_rows;
-#define PENSIEVE_STAGED(D)                                                                       \
-  if (r == 1) launch_dependent(attention_staged_kernel<D, 1>, grid, kWarps * 32, 0, stream, a, n_splits); \
-  else launch_dependent(attention_staged_kernel<D, 4>, grid, kWarps * 32, 0, stream, a, n_splits);
+#define PENSIEVE_STAGED_Q(D, Q)                                                                          \
+  if (r == 1) launch_dependent(attention_staged_kernel<D, 1, Q>, grid, kWarps * 32, 0, stream, a, n_splits); \
+  else launch_dependent(attention_staged_kernel<D, 4, Q>, grid, kWarps * 32, 0, stream, a, n_splits);
+#define PENSIEVE_STAGED(D) \
+  if (a.kv.q8) {           \
+    PENSIEVE_STAGED_Q(D, true)  \
+  } else {                 \
+    PENSIEVE_STAGED_Q(D, false) \
+  }
     switch (dpl) {
       case 1: PENSIEVE_STAGED(1) break;
       case 2: PENSIEVE_STAGED(2) break;
@@ -357,6 +422,7 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
       default: PENSIEVE_STAGED(4) break;
     }
 #undef PENSIEVE_STAGED
+#undef PENSIEVE_STAGED_Q
   } else {
     switch (dpl) {
       case 1: launch_dependent(attention_kernel<1>, grid, kWarps * 32, 0, stream, a, n_splits); break;

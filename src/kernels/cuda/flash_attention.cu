@@ -74,7 +74,12 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
 // Shared memory, in halves: Q [64][HD + 8], then two stages of K [HD][64 + 8]
 // and V [64][HD + 8]. The padding puts the 8 rows an ldmatrix reads in 8
 // different 16-byte bank groups.
-template <int HD>
+//
+// q8 (Q8): the two stages hold the raw int8 heads and scales of the 4 KV
+// blocks (K then V, cp.async as for f16), and one f16 stage after Q is
+// what the warps read: once a raw stage has landed, every thread converts
+// its share into it.
+template <int HD, bool Q8>
 struct FaLayout {
   static constexpr int kQStride = HD + 8;
   static constexpr int kKStride = kFaKeys + 8;
@@ -83,12 +88,15 @@ struct FaLayout {
   static constexpr int kK = HD * kKStride;
   static constexpr int kV = kFaKeys * kVStride;
   static constexpr int kStage = kK + kV;
-  static constexpr size_t kBytes = static_cast<size_t>(kQ + 2 * kStage) * sizeof(__half);
+  static constexpr int kHeadBytes = HD * 16 + HD / 32 * 16 * 4;  // a q8 head (groups of 32)
+  static constexpr int kRawStage = 8 * kHeadBytes;                 // bytes: 4 blocks' K, then V
+  static constexpr size_t kBytes = static_cast<size_t>(kQ + (Q8 ? 1 : 2) * kStage) * sizeof(__half) +
+                                   (Q8 ? 2 * static_cast<size_t>(kRawStage) : 0);
 };
 
-template <int HD>
+template <int HD, bool Q8>
 __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(AttentionArgs a) {
-  using L = FaLayout<HD>;
+  using L = FaLayout<HD, Q8>;
   constexpr int kChunks = HD / 16;  // 16-wide slices of the head
   extern __shared__ __align__(16) __half fa_smem[];
   __half* qs = fa_smem;
@@ -126,8 +134,61 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(AttentionAr
     dst[1] = __floats2half2_rn(v.z, v.w);
   }
 
+  uint8_t* raw = reinterpret_cast<uint8_t*>(fa_smem + L::kQ + L::kStage);  // Q8: two raw stages
+  auto load_raw = [&](int step, int stage) {
+    uint8_t* dst = raw + stage * L::kRawStage;
+    const int kb = key_begin / 16 + step * (kFaKeys / 16);
+    constexpr int kUnits = L::kHeadBytes / 16;
+    for (int e = tid; e < 8 * kUnits; e += kFaThreads) {
+      const int which = e / kUnits, u = e % kUnits;  // which: K of blocks 0-3, then V
+      const int b = kb + which % 4;
+      const bool ok = b < n_table;
+      const uint8_t* src = which < 4 ? a.kv.k : a.kv.v;
+      if (ok) src += a.kv.head_offset(table[b], kvh) + 16 * u;
+      cp_async16(dst + which * L::kHeadBytes + 16 * u, src, ok);
+    }
+  };
+  // A landed raw stage as halves into the f16 stage (q8 heads: int8 values
+  // times their group's scale; blocks past the table are zeros).
+  auto convert_raw = [&](int stage) {
+    const uint8_t* src = raw + stage * L::kRawStage;
+    __half* ks = fa_smem + L::kQ;
+    __half* vs = ks + L::kK;
+    for (int e = tid; e < 4 * HD * 2; e += kFaThreads) {  // K: (block, dim, 8 keys)
+      const int blk = e / (HD * 2), d = (e % (HD * 2)) / 2, piece = e % 2;
+      const uint8_t* head = src + blk * L::kHeadBytes;
+      const uint2 q = *reinterpret_cast<const uint2*>(head + d * 16 + piece * 8);
+      const float* sc = reinterpret_cast<const float*>(head + HD * 16) + (d / 32) * 16 + piece * 8;
+      uint32_t h[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t w = i < 2 ? q.x : q.y;
+        const int s0 = 2 * (i % 2) * 8;
+        h[i] = pack_half2(static_cast<float>(static_cast<int8_t>(w >> s0)) * sc[2 * i],
+                          static_cast<float>(static_cast<int8_t>(w >> (s0 + 8))) * sc[2 * i + 1]);
+      }
+      *reinterpret_cast<uint4*>(ks + d * L::kKStride + blk * 16 + piece * 8) = make_uint4(h[0], h[1], h[2], h[3]);
+    }
+    for (int e = tid; e < 4 * 16 * (HD / 8); e += kFaThreads) {  // V: (block, key, 8 dims)
+      const int blk = e / (16 * (HD / 8)), rest = e % (16 * (HD / 8));
+      const int key = rest / (HD / 8), piece = rest % (HD / 8);
+      const uint8_t* head = src + (4 + blk) * L::kHeadBytes;
+      const uint2 q = *reinterpret_cast<const uint2*>(head + key * HD + piece * 8);
+      const float sc = reinterpret_cast<const float*>(head + HD * 16)[key * (HD / 32) + piece / 4];
+      uint32_t h[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t w = i < 2 ? q.x : q.y;
+        const int s0 = 2 * (i % 2) * 8;
+        h[i] = pack_half2(static_cast<float>(static_cast<int8_t>(w >> s0)) * sc,
+                          static_cast<float>(static_cast<int8_t>(w >> (s0 + 8))) * sc);
+      }
+      *reinterpret_cast<uint4*>(vs + (blk * 16 + key) * L::kVStride + piece * 8) = make_uint4(h[0], h[1], h[2], h[3]);
+    }
+  };
   const int64_t head_stride = static_cast<int64_t>(HD) * 16;
   auto load_stage = [&](int step, int stage) {
+    if constexpr (Q8) return load_raw(step, stage);
     __half* ks = fa_smem + L::kQ + stage * L::kStage;
     __half* vs = ks + L::kK;
     const int kb = key_begin / 16 + step * (kFaKeys / 16);  // first KV block of the step
@@ -137,7 +198,7 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(AttentionAr
       const int d = rest / 2, piece = rest % 2;
       const int b = kb + blk;
       const bool ok = b < n_table;
-      const __half* src = a.kv.k;
+      const __half* src = reinterpret_cast<const __half*>(a.kv.k);
       if (ok) src += (static_cast<int64_t>(table[b]) * nkv + kvh) * head_stride + d * 16 + piece * 8;
       cp_async16(ks + d * L::kKStride + blk * 16 + piece * 8, src, ok);
     }
@@ -147,7 +208,7 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(AttentionAr
       const int key = rest / (HD / 8), piece = rest % (HD / 8);
       const int b = kb + blk;
       const bool ok = b < n_table;
-      const __half* src = a.kv.v;
+      const __half* src = reinterpret_cast<const __half*>(a.kv.v);
       if (ok) src += (static_cast<int64_t>(table[b]) * nkv + kvh) * head_stride + key * HD + piece * 8;
       cp_async16(vs + (blk * 16 + key) * L::kVStride + piece * 8, src, ok);
     }
@@ -187,11 +248,15 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(AttentionAr
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
+    if constexpr (Q8) {
+      convert_raw(stage);
+      __syncthreads();
+    }
     const int k0 = key_begin + step * kFaKeys;
     // Skip steps wholly outside this warp's rows (past its last position,
     // or before its first row's window).
     if (warp_active && k0 <= warp_last && k0 + kFaKeys > warp_first_key) {
-      const __half* ks = fa_smem + L::kQ + stage * L::kStage;
+      const __half* ks = fa_smem + L::kQ + (Q8 ? 0 : stage) * L::kStage;
       const __half* vs = ks + L::kK;
       float s[8][4];
 #pragma unroll
@@ -299,19 +364,25 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(AttentionAr
   }
 }
 
-template <int HD>
-void launch(const AttentionArgs& a, cudaStream_t stream) {
-  constexpr size_t bytes = FaLayout<HD>::kBytes;
+template <int HD, bool Q8>
+void launch_q(const AttentionArgs& a, cudaStream_t stream) {
+  constexpr size_t bytes = FaLayout<HD, Q8>::kBytes;
   static bool configured = false;  // once per process (the attribute is per function)
   if (!configured) {
-    PENSIEVE_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD>,
+    PENSIEVE_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD, Q8>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(bytes)));
     configured = true;
   }
   const dim3 grid(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.n_heads));
-  flash_attention_kernel<HD><<<grid, kFaThreads, bytes, stream>>>(a);
+  flash_attention_kernel<HD, Q8><<<grid, kFaThreads, bytes, stream>>>(a);
   PENSIEVE_CUDA_LAUNCHED("flash attention");
+}
+
+template <int HD>
+void launch(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.kv.q8) launch_q<HD, true>(a, stream);
+  else launch_q<HD, false>(a, stream);
 }
 
 }  // namespace

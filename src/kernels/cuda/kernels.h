@@ -23,11 +23,18 @@ void add_rms_norm(float* x, const float* delta, const float* bias, const float* 
 // out[r] = silu(gu[r][0..n)) * gu[r][n..2n).
 void silu_mul(const float* gu, int64_t n_rows, int64_t n, float* out, cudaStream_t stream);
 
-// The paged KV pool of one layer (backend/backend.h's layout).
+// The paged KV pool of one layer (backend/backend.h's layout; core/
+// kv_geometry.h's f16 or q8 head).
 struct GpuKvLayer {
-  __half* k = nullptr;  // [n_blocks][n_kv_heads][head_dim][16]
-  __half* v = nullptr;  // [n_blocks][n_kv_heads][16][head_dim]
+  uint8_t* k = nullptr;  // [n_blocks][n_kv_heads] heads: [head_dim][16] (+ q8 scales [groups][16])
+  uint8_t* v = nullptr;  // [n_blocks][n_kv_heads] heads: [16][head_dim] (+ q8 scales [16][groups])
   int n_kv_heads = 0, head_dim = 0;
+  bool q8 = false;
+  int group = 0;       // q8: dimensions per scale
+  int head_bytes = 0;  // one head of one block
+  __host__ __device__ int64_t head_offset(int64_t block, int h) const {
+    return (block * n_kv_heads + h) * static_cast<int64_t>(head_bytes);
+  }
 };
 
 struct QkvPostArgs {

@@ -125,11 +125,37 @@ __global__ void qkv_post_kernel(QkvPostArgs a, float* qkv, const float* cos, con
   const int64_t s = slots[r];
   const int64_t block = s / 16, off = s % 16;
   const int kvh = is_k ? slot - a.n_heads : slot - a.n_heads - a.n_kv_heads;
-  const int64_t base = (block * kv.n_kv_heads + kvh) * static_cast<int64_t>(hd) * 16;
-  if (is_k) {
-    for (int d = lane; d < hd; d += 32) kv.k[base + d * 16 + off] = __float2half_rn(head[d]);
-  } else {
-    for (int d = lane; d < hd; d += 32) kv.v[base + off * hd + d] = __float2half_rn(head[d]);
+  uint8_t* hp = (is_k ? kv.k : kv.v) + kv.head_offset(block, kvh);
+  if (!kv.q8) {
+    __half* h = reinterpret_cast<__half*>(hp);
+    if (is_k) {
+      for (int d = lane; d < hd; d += 32) h[d * 16 + off] = __float2half_rn(head[d]);
+    } else {
+      for (int d = lane; d < hd; d += 32) h[off * hd + d] = __float2half_rn(head[d]);
+    }
+    return;
+  }
+  // q8 (core/kv_geometry.h): per group of kv.group dimensions (8, 16 or 32:
+  // a run of lanes) scale = max|x| / 127 and q = round(x / scale), as the
+  // CPU's quantize_q8 computes it.
+  const int G = kv.group, ng = hd / G;
+  float* scales = reinterpret_cast<float*>(hp + hd * 16);
+  for (int d0 = 0; d0 < hd; d0 += 32) {
+    const int d = d0 + lane;
+    const float x = d < hd ? head[d] : 0.f;
+    float amax = fabsf(x);
+    for (int o = G / 2; o >= 1; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (d >= hd) continue;
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    const int q = max(-127, min(127, __float2int_rn(x * inv)));
+    const uint8_t byte = static_cast<uint8_t>(static_cast<int8_t>(q));
+    if (is_k) hp[d * 16 + off] = byte;
+    else hp[off * hd + d] = byte;
+    if (d % G == 0) {
+      const float sc = amax / 127.f;
+      if (is_k) scales[(d / G) * 16 + off] = sc;
+      else scales[off * ng + d / G] = sc;
+    }
   }
 }
 
