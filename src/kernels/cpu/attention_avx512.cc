@@ -193,6 +193,113 @@ inline void row_partial_block(const float* q, RowState row, __mmask16 valid, con
   for (int c = 0; c < NC; ++c) row.st[c] = acc[c];
 }
 
+// A q8 block's head read in place (decode: the rows of a tile are few, so
+// widening the block first would cost more than the dot products; groups of
+// 16 or 32 dimensions, so a 16-dimension chunk of V has one scale).
+struct Q8Head {
+  const uint8_t* k;   // [hd][16] int8
+  const float* ks;    // [hd / g][16]
+  const uint8_t* v;   // [16][hd] int8
+  const float* vs;    // [16][hd / g]
+  int64_t g;
+};
+
+inline __m512 cvt16(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// block_scores on int8 K: each group's dot products in four chains, then
+// times the group's 16 scales (one per key).
+template <int QB>
+inline void block_scores_q8(const float* const* q, const Q8Head& b, int64_t hd, __m512 scale, __m512* out,
+                            const char* pf_k = nullptr, const char* pf_v = nullptr) {
+  __m512 tot[QB];
+  for (int k = 0; k < QB; ++k) tot[k] = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < hd; g0 += b.g) {
+    __m512 s[QB][4];
+    for (int k = 0; k < QB; ++k)
+      for (int u = 0; u < 4; ++u) s[k][u] = _mm512_setzero_ps();
+    if (pf_k != nullptr) {  // the group's scales
+      _mm_prefetch(pf_k + hd * 16 + g0 * 4, _MM_HINT_T0);
+      _mm_prefetch(pf_v + hd * 16 + g0 * 4, _MM_HINT_T0);
+    }
+    for (int64_t d = g0; d < g0 + b.g; d += 4) {  // g is a multiple of 4
+      if (pf_k != nullptr) {  // 4 rows of 16 int8 = one line of each
+        _mm_prefetch(pf_k + 16 * d, _MM_HINT_T0);
+        _mm_prefetch(pf_v + 16 * d, _MM_HINT_T0);
+      }
+      for (int u = 0; u < 4; ++u) {
+        const __m512 kv = cvt16(b.k + (d + u) * kKvBlockTokens);
+        for (int k = 0; k < QB; ++k) s[k][u] = _mm512_fmadd_ps(_mm512_set1_ps(q[k][d + u]), kv, s[k][u]);
+      }
+    }
+    const __m512 sc = _mm512_loadu_ps(b.ks + (g0 / b.g) * kKvBlockTokens);
+    for (int k = 0; k < QB; ++k) {
+      const __m512 sum = _mm512_add_ps(_mm512_add_ps(s[k][0], s[k][1]), _mm512_add_ps(s[k][2], s[k][3]));
+      tot[k] = _mm512_fmadd_ps(sum, sc, tot[k]);
+    }
+  }
+  for (int k = 0; k < QB; ++k) out[k] = _mm512_mul_ps(tot[k], scale);
+}
+
+// Row j of int8 V as NC chunks of 16, each times its group's scale (a
+// tail of 8 when hd % 16 == 8).
+template <int NC>
+inline void v_row_q8(const Q8Head& b, int64_t hd, int j, __m512* v) {
+  const uint8_t* row = b.v + j * hd;
+  const float* sc = b.vs + j * (hd / b.g);
+  for (int c = 0; c + 1 < NC; ++c) v[c] = _mm512_mul_ps(cvt16(row + c * 16), _mm512_set1_ps(sc[c * 16 / b.g]));
+  const int c = NC - 1;
+  const __m512 last = hd - c * 16 == 8
+                          ? _mm512_zextps256_ps512(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c * 16)))))
+                          : cvt16(row + c * 16);
+  v[c] = _mm512_mul_ps(last, _mm512_set1_ps(sc[c * 16 / b.g]));
+}
+
+template <int NC, int QB>
+inline void rows_full_block_q8(const float* const* q, const RowState* rows, const Q8Head& b, int64_t hd,
+                               __m512 scale, const char* pf_k, const char* pf_v) {
+  __m512 sc[QB], e[QB];
+  block_scores_q8<QB>(q, b, hd, scale, sc, pf_k, pf_v);
+  for (int k = 0; k < QB; ++k) e[k] = softmax_step<NC>(sc[k], 0xffff, rows[k]);
+  __m512 acc[QB][NC];
+  for (int k = 0; k < QB; ++k)
+    for (int c = 0; c < NC; ++c) acc[k][c] = rows[k].st[c];
+#pragma GCC unroll 4
+  for (int j = 0; j < kKvBlockTokens; ++j) {
+    __m512 v[NC];
+    v_row_q8<NC>(b, hd, j, v);
+    const __m512i idx = _mm512_set1_epi32(j);
+    for (int k = 0; k < QB; ++k) {
+      const __m512 pj = _mm512_permutexvar_ps(idx, e[k]);
+      for (int c = 0; c < NC; ++c) acc[k][c] = _mm512_fmadd_ps(pj, v[c], acc[k][c]);
+    }
+  }
+  for (int k = 0; k < QB; ++k)
+    for (int c = 0; c < NC; ++c) rows[k].st[c] = acc[k][c];
+}
+
+template <int NC>
+inline void row_partial_block_q8(const float* q, RowState row, __mmask16 valid, const Q8Head& b, int64_t hd,
+                                 __m512 scale) {
+  __m512 sc;
+  block_scores_q8<1>(&q, b, hd, scale, &sc);
+  const __m512 e = softmax_step<NC>(sc, valid, row);
+  alignas(64) float p[16];
+  _mm512_store_ps(p, e);
+  __m512 acc[NC];
+  for (int c = 0; c < NC; ++c) acc[c] = row.st[c];
+  for (int j = 0; j < kKvBlockTokens; ++j) {
+    if (!((valid >> j) & 1)) continue;
+    __m512 v[NC];
+    v_row_q8<NC>(b, hd, j, v);
+    const __m512 pj = _mm512_set1_ps(p[j]);
+    for (int c = 0; c < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, v[c], acc[c]);
+  }
+  for (int c = 0; c < NC; ++c) row.st[c] = acc[c];
+}
+
 // Prefill: 32 rows (query heads) in the 16 lanes of two vectors, against each
 // KV block in turn; both products are register-tiled like a matmul.
 //   scores  S[j][rows] = Σ_d K[j][d] · Qt[d][rows]   (8 keys x 32 rows per pass)
@@ -386,13 +493,22 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
   const int64_t first0 = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
   for (int64_t b = first0 / kKvBlockTokens; b <= pos_last / kKvBlockTokens; ++b) {
     const int64_t block = block_table[b];
-    const E* kb;
-    const E* vb;
+    // E: KvElem (f16 in place), float (q8 widened) or Q8Head (q8 in place).
+    using Ptr = std::conditional_t<std::is_same_v<E, Q8Head>, const KvElem*, const E*>;
+    Ptr kb = nullptr;
+    Ptr vb = nullptr;
+    Q8Head qb{};
     if constexpr (std::is_same_v<E, float>) {
       widen_head(kv, block, kv_head, false, kf_buf.data());
       widen_head(kv, block, kv_head, true, vf_buf.data());
       kb = kf_buf.data();
       vb = vf_buf.data();
+    } else if constexpr (std::is_same_v<E, Q8Head>) {
+      qb.k = kv.k_head(block, kv_head);
+      qb.v = kv.v_head(block, kv_head);
+      qb.ks = reinterpret_cast<const float*>(qb.k + hd * kKvBlockTokens);
+      qb.vs = reinterpret_cast<const float*>(qb.v + hd * kKvBlockTokens);
+      qb.g = kv_q8_group(hd);
     } else {
       kb = kv.k16(block, kv_head);
       vb = kv.v16(block, kv_head);
@@ -418,7 +534,8 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
         qs[k] = q_of(xs[k]);
         rs[k] = row_of(xs[k]);
       }
-      rows_full_block<NC, N>(qs, rs, kb, vb, hd, vscale, last_mask, half_tail, pf_k, pf_v);
+      if constexpr (std::is_same_v<E, Q8Head>) rows_full_block_q8<NC, N>(qs, rs, qb, hd, vscale, pf_k, pf_v);
+      else rows_full_block<NC, N>(qs, rs, kb, vb, hd, vscale, last_mask, half_tail, pf_k, pf_v);
       pf_k = pf_v = nullptr;  // once per block
     };
     for (int64_t i = 0; i < n_queries; ++i) {
@@ -441,7 +558,8 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
           _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(pos)), _CMP_LE_OQ);
       for (int64_t h = 0; h < n_heads; ++h) {
         const int64_t x = i * n_heads + h;
-        row_partial_block<NC>(q_of(x), row_of(x), valid, kb, vb, hd, vscale, last_mask, half_tail);
+        if constexpr (std::is_same_v<E, Q8Head>) row_partial_block_q8<NC>(q_of(x), row_of(x), valid, qb, hd, vscale);
+        else row_partial_block<NC>(q_of(x), row_of(x), valid, kb, vb, hd, vscale, last_mask, half_tail);
       }
     }
     for (int k = 0; k < n_pending; ++k) run_full(std::integral_constant<int, 1>{}, pending + k);
@@ -463,11 +581,14 @@ void attention_tile(const float* q, int64_t ldq, float* out, int64_t ldo, const 
   switch ((kv.head_dim + 15) / 16) {
 #define PENSIEVE_CASE(N)                                                                        \
   case N:                                                                                       \
-    return kv.type == KvType::q8                                                                    \
-               ? attention_tile_impl<N, float>(q, ldq, out, ldo, kv, block_table, kv_head, head0, n_heads, \
-                                               pos0, n_queries, window, scale)                       \
-               : attention_tile_impl<N, KvElem>(q, ldq, out, ldo, kv, block_table, kv_head, head0,   \
-                                                n_heads, pos0, n_queries, window, scale);
+    if (kv.type == KvType::f16)                                                                      \
+      return attention_tile_impl<N, KvElem>(q, ldq, out, ldo, kv, block_table, kv_head, head0, n_heads, \
+                                            pos0, n_queries, window, scale);                            \
+    if (kv_q8_group(kv.head_dim) >= 16)                                                              \
+      return attention_tile_impl<N, Q8Head>(q, ldq, out, ldo, kv, block_table, kv_head, head0, n_heads, \
+                                            pos0, n_queries, window, scale);                            \
+    return attention_tile_impl<N, float>(q, ldq, out, ldo, kv, block_table, kv_head, head0, n_heads,    \
+                                         pos0, n_queries, window, scale);
     PENSIEVE_CASE(1) PENSIEVE_CASE(2) PENSIEVE_CASE(3) PENSIEVE_CASE(4)
     PENSIEVE_CASE(5) PENSIEVE_CASE(6) PENSIEVE_CASE(7) PENSIEVE_CASE(8)
     PENSIEVE_CASE(9) PENSIEVE_CASE(10) PENSIEVE_CASE(11) PENSIEVE_CASE(12)
