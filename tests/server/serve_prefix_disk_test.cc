@@ -117,6 +117,37 @@ TEST_F(PrefixDisk, AnotherWindowNeverReadsThoseBlocks) {
   EXPECT_EQ(folders.size(), 2u) << "one folder per fingerprint";
 }
 
+// --kv-type q8: its blocks (56 % of f16's size: int8 and scales) come back
+// after a restart for the same greedy answer; an f16 server beside them
+// never reads them.
+TEST_F(PrefixDisk, Q8BlocksComeBackAndAreNeverReadAsF16) {
+  const Answer cold = serve_once(args({"--kv-type", "q8"}));
+  ASSERT_EQ(cold.status, 200);
+  const int64_t n_prompt = cold.body["usage"]["input_tokens"].get<int64_t>();
+  const auto q8_files = block_files(dir.path());
+  ASSERT_GE(q8_files.size(), static_cast<size_t>(n_prompt / 16 - 1));
+  test::ServeProcess again(args({"--kv-type", "q8"}));
+  ASSERT_TRUE(again.wait_ready()) << again.err();
+  const Answer warm = ask(again.port());
+  ASSERT_EQ(warm.status, 200) << warm.body.dump();
+  EXPECT_EQ(warm.body["usage"]["cache_read_input_tokens"], (n_prompt - 1) / 16 * 16) << warm.body.dump();
+  EXPECT_EQ(warm.body["content"], cold.body["content"]);
+  EXPECT_EQ(again.stop(), 0);
+
+  const Answer f16 = serve_once(args());
+  EXPECT_EQ(f16.body["usage"]["cache_read_input_tokens"], 0);
+  const auto all = block_files(dir.path());
+  ASSERT_GT(all.size(), q8_files.size());
+  std::set<std::string> folders;
+  for (const auto& f : all) folders.insert(fs::path(f).parent_path().string());
+  EXPECT_EQ(folders.size(), 2u) << "one folder per KV type";
+  // The q8 files are the smaller ones (header and checksum aside).
+  const std::string q8_folder = fs::path(q8_files[0]).parent_path().string();
+  uintmax_t q8_size = 0, f16_size = 0;
+  for (const auto& f : all) (fs::path(f).parent_path().string() == q8_folder ? q8_size : f16_size) = fs::file_size(f);
+  EXPECT_LT(q8_size * 10, f16_size * 8) << q8_size << " vs " << f16_size;
+}
+
 TEST_F(PrefixDisk, DamagedFilesAreSkippedRemovedAndRecomputed) {
   const Answer cold = serve_once(args());
   const auto files = block_files(dir.path());
