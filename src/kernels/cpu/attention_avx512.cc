@@ -141,57 +141,27 @@ inline __m512 softmax_step(__m512 sc, __mmask16 valid, RowState r) {
   return e;
 }
 
-// QB rows whose window covers the whole block: scores, softmax and P·V over
-// all 16 keys, each V row loaded once for the QB rows (QB·NC independent
-// accumulator chains).
-template <int NC, int QB, typename E>
-inline void rows_full_block(const float* const* q, const RowState* rows, const E* kb,
-                            const E* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
-                            bool half_tail, const char* pf_k, const char* pf_v) {
-  __m512 sc[QB], e[QB];
-  block_scores<QB>(q, kb, hd, scale, sc, pf_k, pf_v);
-  for (int k = 0; k < QB; ++k) e[k] = softmax_step<NC>(sc[k], 0xffff, rows[k]);
-  __m512 acc[QB][NC];
-  for (int k = 0; k < QB; ++k)
-    for (int c = 0; c < NC; ++c) acc[k][c] = rows[k].st[c];
-#pragma GCC unroll 4
-  for (int j = 0; j < kKvBlockTokens; ++j) {
-    const E* vrow = vb + j * hd;
-    __m512 v[NC];
-    for (int c = 0; c + 1 < NC; ++c) v[c] = load16(vrow + c * 16);
-    v[NC - 1] = load_tail(vrow + (NC - 1) * 16, last_mask, half_tail);
-    const __m512i idx = _mm512_set1_epi32(j);
-    for (int k = 0; k < QB; ++k) {
-      const __m512 pj = _mm512_permutexvar_ps(idx, e[k]);
-      for (int c = 0; c < NC; ++c) acc[k][c] = _mm512_fmadd_ps(pj, v[c], acc[k][c]);
-    }
+// A block's KV head as the row kernels below read it: its 16 scores for QB
+// rows, and row j of V as NC 16-value chunks (the last masked to the head).
+// PlainHead: f16 in place (E = KvElem) or widened to f32 (E = float).
+template <typename E>
+struct PlainHead {
+  const E* k;
+  const E* v;
+  __mmask16 last_mask;
+  bool half_tail;
+  template <int QB>
+  void scores(const float* const* q, int64_t hd, __m512 scale, __m512* out, const char* pf_k,
+              const char* pf_v) const {
+    block_scores<QB>(q, k, hd, scale, out, pf_k, pf_v);
   }
-  for (int k = 0; k < QB; ++k)
-    for (int c = 0; c < NC; ++c) rows[k].st[c] = acc[k][c];
-}
-
-// One row against a partial block (the diagonal or the window's edge): only
-// the keys in `valid`; slots outside it may hold stale values.
-template <int NC, typename E>
-inline void row_partial_block(const float* q, RowState row, __mmask16 valid, const E* kb,
-                              const E* vb, int64_t hd, __m512 scale, __mmask16 last_mask,
-                              bool half_tail) {
-  __m512 sc;
-  block_scores<1>(&q, kb, hd, scale, &sc);
-  const __m512 e = softmax_step<NC>(sc, valid, row);
-  alignas(64) float p[16];
-  _mm512_store_ps(p, e);
-  __m512 acc[NC];
-  for (int c = 0; c < NC; ++c) acc[c] = row.st[c];
-  for (int j = 0; j < kKvBlockTokens; ++j) {
-    if (!((valid >> j) & 1)) continue;
-    const __m512 pj = _mm512_set1_ps(p[j]);
-    const E* vrow = vb + j * hd;
-    for (int c = 0; c + 1 < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, load16(vrow + c * 16), acc[c]);
-    acc[NC - 1] = _mm512_fmadd_ps(pj, load_tail(vrow + (NC - 1) * 16, last_mask, half_tail), acc[NC - 1]);
+  template <int NC>
+  void v_row(int64_t hd, int j, __m512* out) const {
+    const E* row = v + j * hd;
+    for (int c = 0; c + 1 < NC; ++c) out[c] = load16(row + c * 16);
+    out[NC - 1] = load_tail(row + (NC - 1) * 16, last_mask, half_tail);
   }
-  for (int c = 0; c < NC; ++c) row.st[c] = acc[c];
-}
+};
 
 // A q8 block's head read in place (decode: the rows of a tile are few, so
 // widening the block first would cost more than the dot products; groups of
@@ -202,6 +172,11 @@ struct Q8Head {
   const uint8_t* v;   // [16][hd] int8
   const float* vs;    // [16][hd / g]
   int64_t g;
+  template <int QB>
+  void scores(const float* const* q, int64_t hd, __m512 scale, __m512* out, const char* pf_k,
+              const char* pf_v) const;
+  template <int NC>
+  void v_row(int64_t hd, int j, __m512* out) const;
 };
 
 inline __m512 cvt16(const uint8_t* p) {
@@ -257,11 +232,24 @@ inline void v_row_q8(const Q8Head& b, int64_t hd, int j, __m512* v) {
   v[c] = _mm512_mul_ps(last, _mm512_set1_ps(sc[c * 16 / b.g]));
 }
 
-template <int NC, int QB>
-inline void rows_full_block_q8(const float* const* q, const RowState* rows, const Q8Head& b, int64_t hd,
-                               __m512 scale, const char* pf_k, const char* pf_v) {
+template <int QB>
+void Q8Head::scores(const float* const* q, int64_t hd, __m512 scale, __m512* out, const char* pf_k,
+                    const char* pf_v) const {
+  block_scores_q8<QB>(q, *this, hd, scale, out, pf_k, pf_v);
+}
+template <int NC>
+void Q8Head::v_row(int64_t hd, int j, __m512* out) const {
+  v_row_q8<NC>(*this, hd, j, out);
+}
+
+// QB rows whose window covers the whole block: scores, softmax and P·V over
+// all 16 keys, each V row loaded once for the QB rows (QB·NC independent
+// accumulator chains).
+template <int NC, int QB, typename H>
+inline void rows_full_block(const float* const* q, const RowState* rows, const H& head, int64_t hd,
+                            __m512 scale, const char* pf_k, const char* pf_v) {
   __m512 sc[QB], e[QB];
-  block_scores_q8<QB>(q, b, hd, scale, sc, pf_k, pf_v);
+  head.template scores<QB>(q, hd, scale, sc, pf_k, pf_v);
   for (int k = 0; k < QB; ++k) e[k] = softmax_step<NC>(sc[k], 0xffff, rows[k]);
   __m512 acc[QB][NC];
   for (int k = 0; k < QB; ++k)
@@ -269,7 +257,7 @@ inline void rows_full_block_q8(const float* const* q, const RowState* rows, cons
 #pragma GCC unroll 4
   for (int j = 0; j < kKvBlockTokens; ++j) {
     __m512 v[NC];
-    v_row_q8<NC>(b, hd, j, v);
+    head.template v_row<NC>(hd, j, v);
     const __m512i idx = _mm512_set1_epi32(j);
     for (int k = 0; k < QB; ++k) {
       const __m512 pj = _mm512_permutexvar_ps(idx, e[k]);
@@ -280,11 +268,13 @@ inline void rows_full_block_q8(const float* const* q, const RowState* rows, cons
     for (int c = 0; c < NC; ++c) rows[k].st[c] = acc[k][c];
 }
 
-template <int NC>
-inline void row_partial_block_q8(const float* q, RowState row, __mmask16 valid, const Q8Head& b, int64_t hd,
-                                 __m512 scale) {
+// One row against a partial block (the diagonal or the window's edge): only
+// the keys in `valid`; slots outside it may hold stale values.
+template <int NC, typename H>
+inline void row_partial_block(const float* q, RowState row, __mmask16 valid, const H& head, int64_t hd,
+                              __m512 scale) {
   __m512 sc;
-  block_scores_q8<1>(&q, b, hd, scale, &sc);
+  head.template scores<1>(&q, hd, scale, &sc, nullptr, nullptr);
   const __m512 e = softmax_step<NC>(sc, valid, row);
   alignas(64) float p[16];
   _mm512_store_ps(p, e);
@@ -293,7 +283,7 @@ inline void row_partial_block_q8(const float* q, RowState row, __mmask16 valid, 
   for (int j = 0; j < kKvBlockTokens; ++j) {
     if (!((valid >> j) & 1)) continue;
     __m512 v[NC];
-    v_row_q8<NC>(b, hd, j, v);
+    head.template v_row<NC>(hd, j, v);
     const __m512 pj = _mm512_set1_ps(p[j]);
     for (int c = 0; c < NC; ++c) acc[c] = _mm512_fmadd_ps(pj, v[c], acc[c]);
   }
@@ -494,24 +484,26 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
   for (int64_t b = first0 / kKvBlockTokens; b <= pos_last / kKvBlockTokens; ++b) {
     const int64_t block = block_table[b];
     // E: KvElem (f16 in place), float (q8 widened) or Q8Head (q8 in place).
-    using Ptr = std::conditional_t<std::is_same_v<E, Q8Head>, const KvElem*, const E*>;
-    Ptr kb = nullptr;
-    Ptr vb = nullptr;
-    Q8Head qb{};
-    if constexpr (std::is_same_v<E, float>) {
-      widen_head(kv, block, kv_head, false, kf_buf.data());
-      widen_head(kv, block, kv_head, true, vf_buf.data());
-      kb = kf_buf.data();
-      vb = vf_buf.data();
-    } else if constexpr (std::is_same_v<E, Q8Head>) {
-      qb.k = kv.k_head(block, kv_head);
-      qb.v = kv.v_head(block, kv_head);
-      qb.ks = reinterpret_cast<const float*>(qb.k + hd * kKvBlockTokens);
-      qb.vs = reinterpret_cast<const float*>(qb.v + hd * kKvBlockTokens);
-      qb.g = kv_q8_group(hd);
+    using Head = std::conditional_t<std::is_same_v<E, Q8Head>, Q8Head, PlainHead<E>>;
+    Head head{};
+    if constexpr (std::is_same_v<E, Q8Head>) {
+      head.k = kv.k_head(block, kv_head);
+      head.v = kv.v_head(block, kv_head);
+      head.ks = reinterpret_cast<const float*>(head.k + hd * kKvBlockTokens);
+      head.vs = reinterpret_cast<const float*>(head.v + hd * kKvBlockTokens);
+      head.g = kv_q8_group(hd);
     } else {
-      kb = kv.k16(block, kv_head);
-      vb = kv.v16(block, kv_head);
+      if constexpr (std::is_same_v<E, float>) {
+        widen_head(kv, block, kv_head, false, kf_buf.data());
+        widen_head(kv, block, kv_head, true, vf_buf.data());
+        head.k = kf_buf.data();
+        head.v = vf_buf.data();
+      } else {
+        head.k = kv.k16(block, kv_head);
+        head.v = kv.v16(block, kv_head);
+      }
+      head.last_mask = last_mask;
+      head.half_tail = half_tail;
     }
     const int64_t base = b * kKvBlockTokens;
     // Two blocks ahead, prefetched by the first full pass over this block: a
@@ -534,8 +526,7 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
         qs[k] = q_of(xs[k]);
         rs[k] = row_of(xs[k]);
       }
-      if constexpr (std::is_same_v<E, Q8Head>) rows_full_block_q8<NC, N>(qs, rs, qb, hd, vscale, pf_k, pf_v);
-      else rows_full_block<NC, N>(qs, rs, kb, vb, hd, vscale, last_mask, half_tail, pf_k, pf_v);
+      rows_full_block<NC, N>(qs, rs, head, hd, vscale, pf_k, pf_v);
       pf_k = pf_v = nullptr;  // once per block
     };
     for (int64_t i = 0; i < n_queries; ++i) {
@@ -558,8 +549,7 @@ void attention_tile_impl(const float* q, int64_t ldq, float* out, int64_t ldo,
           _mm512_cmp_ps_mask(posv, _mm512_set1_ps(static_cast<float>(pos)), _CMP_LE_OQ);
       for (int64_t h = 0; h < n_heads; ++h) {
         const int64_t x = i * n_heads + h;
-        if constexpr (std::is_same_v<E, Q8Head>) row_partial_block_q8<NC>(q_of(x), row_of(x), valid, qb, hd, vscale);
-        else row_partial_block<NC>(q_of(x), row_of(x), valid, kb, vb, hd, vscale, last_mask, half_tail);
+        row_partial_block<NC>(q_of(x), row_of(x), valid, head, hd, vscale);
       }
     }
     for (int k = 0; k < n_pending; ++k) run_full(std::integral_constant<int, 1>{}, pending + k);
