@@ -12,6 +12,7 @@
 #include "engine/session.h"
 #include "kernels/cpu/matmul.h"
 #include "models/model.h"
+#include "support/story_score.h"
 #include "support/test_support.h"
 
 namespace pensieve {
@@ -91,28 +92,13 @@ TEST(KvQ8Stories, LogLikelihoodWithinOnePercentOfF16) {
   const json ref = test::read_json(dir + "/greedy-reference.json");
   std::vector<int32_t> story = ref["prompt_ids"].get<std::vector<int32_t>>();
   for (int32_t id : ref["greedy_ids"]) story.push_back(id);
-  auto score = [&](KvType type, std::vector<int32_t>* greedy) {
-    auto model = load_model(dir, {.n_threads = 2, .device = test::device(), .kv_type = type});
-    const int64_t vocab = model->config().vocab_size;
-    Session s(*model, static_cast<int64_t>(story.size()));
-    const auto logits = s.append(story, true);
-    double ll = 0;
-    for (size_t t = 0; t + 1 < story.size(); ++t) {
-      const float* row = logits.data() + t * vocab;
-      const double top = *std::max_element(row, row + vocab);
-      double z = 0;
-      for (int64_t v = 0; v < vocab; ++v) z += std::exp(row[v] - top);
-      ll += row[story[t + 1]] - top - std::log(z);
-    }
-    Session g(*model, static_cast<int64_t>(story.size()) + 1);
-    SamplingParams greedy_params;
-    greedy_params.temperature = 0;
-    *greedy = generate(g, std::span<const int32_t>(story).first(1), static_cast<int64_t>(story.size()) - 1, {},
-                       greedy_params).tokens;
-    return ll / static_cast<double>(story.size() - 1);
+  auto score = [&](KvType type) {
+    return test::score_story(dir, story, {.n_threads = 2, .device = test::device(), .kv_type = type});
   };
-  std::vector<int32_t> g16, g8;
-  const double f16 = score(KvType::f16, &g16), q8 = score(KvType::q8, &g8);
+  const test::StoryScore s16 = score(KvType::f16), s8 = score(KvType::q8);
+  const double f16 = s16.mean_log_likelihood, q8 = s8.mean_log_likelihood;
+  const std::vector<int32_t>& g16 = s16.greedy;
+  const std::vector<int32_t>& g8 = s8.greedy;
   size_t same = 0;
   while (same < g16.size() && same < g8.size() && g16[same] == g8[same]) ++same;
   const double drift = std::abs(q8 - f16) / std::abs(f16);

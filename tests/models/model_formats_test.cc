@@ -19,6 +19,7 @@
 #include "format/safetensors_writer.h"
 #include "kernels/cpu/matmul.h"
 #include "models/model.h"
+#include "support/story_score.h"
 #include "support/test_support.h"
 
 namespace pensieve {
@@ -327,33 +328,9 @@ INSTANTIATE_TEST_SUITE_P(
 // 200 tokens from BOS) and the greedy story the 4-bit model writes itself.
 // The numbers are in docs/benchmarks.md.
 
-struct StoryScore {
-  double mean_log_likelihood = 0;  // of the reference story's 200 tokens
-  std::vector<int32_t> greedy;     // 200 tokens from BOS
-};
-
+using test::StoryScore;
 StoryScore score_story(const std::string& dir, const std::vector<int32_t>& story) {
-  auto model = load_model(dir, {.n_threads = 2});
-  const int64_t vocab = model->config().vocab_size;
-  StoryScore out;
-  {
-    Session s(*model, static_cast<int64_t>(story.size()));
-    const auto logits = s.append(story, true);
-    for (size_t t = 0; t + 1 < story.size(); ++t) {
-      const float* row = logits.data() + t * vocab;
-      const double top = *std::max_element(row, row + vocab);
-      double z = 0;
-      for (int64_t v = 0; v < vocab; ++v) z += std::exp(row[v] - top);
-      out.mean_log_likelihood += row[story[t + 1]] - top - std::log(z);
-    }
-    out.mean_log_likelihood /= static_cast<double>(story.size() - 1);
-  }
-  Session s(*model, static_cast<int64_t>(story.size()) + 1);
-  SamplingParams greedy;
-  greedy.temperature = 0;
-  out.greedy = generate(s, std::span<const int32_t>(story).first(1), static_cast<int64_t>(story.size()) - 1,
-                        {}, greedy).tokens;
-  return out;
+  return test::score_story(dir, story, {.n_threads = 2});
 }
 
 TEST(Stories260KFourBit, OneInt8LevelDriftsLessThanHalfAPercent) {
