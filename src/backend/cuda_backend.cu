@@ -3,7 +3,8 @@
 // description (token ids, KV slots, rope tables, block tables) goes to the
 // device in one copy at begin_step; the only copy back is the logits.
 //
-// Decode steps (up to kGemvMaxTokens rows) run as CUDA graphs: the first
+// Decode steps (up to kGemvMaxTokens rows, or up to kMmaMaxTokens sequences
+// of one token each) run as CUDA graphs: the first
 // step of a shape is captured while it runs, later ones replay it, so a
 // token costs one graph launch instead of hundreds of kernel launches. A
 // graph is keyed by what its kernels' arguments depend on: the row count,
@@ -78,6 +79,10 @@ class CudaBackend final : public Backend {
     PENSIEVE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     cublas_ = cuda::cublas_open(stream_);
     if (cublas_ == nullptr) cublas_why_ = cuda::cublas_unavailable_reason();
+    // The tensor-core gemm's per-tile counters: zero once, left zero by every launch.
+    // and attention's per (row, head) counters of finished splits.
+    mma_counters_ = alloc((kMmaCounters + cuda::kAttentionCounters) * sizeof(int));
+    PENSIEVE_CUDA_CHECK(cudaMemset(mma_counters_->data(), 0, (kMmaCounters + cuda::kAttentionCounters) * sizeof(int)));
   }
   ~CudaBackend() override {
     if (profiling_) {
@@ -201,7 +206,7 @@ class CudaBackend final : public Backend {
         cuda::matmul_cublas(cublas_, gpu_view(*w), x, ldx, n_rows, y + offset, ldy,
                             static_cast<__half*>(w16_->data()), static_cast<__half*>(x16_->data()),
                             stream_);
-      } else {
+      } else if (!mma(*w, x, ldx, n_rows, y + offset, ldy, /*silu=*/false)) {
         cuda::matmul(gpu_view(*w), x, ldx, n_rows, y + offset, ldy, stream_);
       }
       offset += w->rows;
@@ -248,6 +253,7 @@ class CudaBackend final : public Backend {
       if (!partial_ || partial_->bytes() < static_cast<size_t>(need) * sizeof(float))
         grow(partial_, static_cast<size_t>(need) * sizeof(float));
       a.partial = partial_->f32();
+      a.counters = static_cast<int*>(mma_counters_->data()) + kMmaCounters;
     }
     cuda::attention(a, stream_);
   }
@@ -268,7 +274,9 @@ class CudaBackend final : public Backend {
     {
       Span span(this, profiling_ ? "silu + matmul " + std::to_string(down.rows) + "x" + std::to_string(down.cols)
                                  : std::string());
-      if (fuse_silu_ && cuda::matmul_silu(gpu_view(down), gu, n_rows, y, ldy, stream_)) return;
+      if (fuse_silu_ && (mma(down, gu, 2 * n, n_rows, y, ldy, /*silu=*/true) ||
+                         cuda::matmul_silu(gpu_view(down), gu, n_rows, y, ldy, stream_)))
+        return;
     }
     Backend::silu_mul_matmul(gu, n, act, down, y, ldy, n_rows);
   }
@@ -342,6 +350,24 @@ class CudaBackend final : public Backend {
       }
     }
     PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return true;
+  }
+
+  // Many streams decoding (9-64 rows of a 4-bit weight): the tensor-core
+  // gemm, which reads the weight once. False where it does not apply.
+  static constexpr size_t kMmaCounters = 4096;
+  bool mma(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n_rows, float* y, int64_t ldy,
+           bool silu) {
+    if (n_rows < cuda::kMmaMinTokens || n_rows > cuda::kMmaMaxTokens) return false;
+    const cuda::GpuWeight gw = gpu_view(w);
+    const cuda::MmaPlan p = cuda::gemm_q4_mma_plan(gw, n_rows, x, ldx);
+    if (!p.ok || p.counters > kMmaCounters) return false;
+    if (!x16_ || x16_->bytes() < p.x16_halves * 2) grow(x16_, p.x16_halves * 2);
+    if (p.partial_floats > 0 && (!mma_partial_ || mma_partial_->bytes() < p.partial_floats * sizeof(float)))
+      grow(mma_partial_, p.partial_floats * sizeof(float));
+    cuda::gemm_q4_mma(gw, x, ldx, n_rows, y, ldy, silu, p, static_cast<__half*>(x16_->data()),
+                      p.partial_floats > 0 ? mma_partial_->f32() : nullptr,
+                      static_cast<int*>(mma_counters_->data()), stream_);
     return true;
   }
 
@@ -439,7 +465,7 @@ class CudaBackend final : public Backend {
   cudaGraphExec_t graph_ = nullptr;  // launched by this step's logits()
   int64_t allocated_ = 0;
   std::vector<std::unique_ptr<Buffer>> buffers_;  // weights and vectors
-  std::unique_ptr<Buffer> kv_, partial_, final_, logits_, meta_, w16_, x16_;
+  std::unique_ptr<Buffer> kv_, partial_, final_, logits_, meta_, w16_, x16_, mma_partial_, mma_counters_;
   cuda::CublasContext* cublas_ = nullptr;
   std::string cublas_why_;
   KvGeometry geometry_;
@@ -499,7 +525,11 @@ void CudaBackend::begin_step(const StepPlan& plan) {
     for (int64_t r = s.q_row; r < s.q_row + s.n_q; ++r) row_seq[r] = static_cast<int32_t>(i);
     if (s.n_ctx > max_ctx_) max_ctx_ = static_cast<int>(s.n_ctx);
   }
-  const bool decode = n_rows_ <= cuda::kGemvMaxTokens;
+  // Decode steps: up to 8 rows, or up to 64 streams of one token each (the
+  // tensor-core gemm's rows); these run as graphs.
+  bool one_token_each = true;
+  for (const StepSeq& s : plan.seqs) one_token_each = one_token_each && s.n_q == 1;
+  const bool decode = n_rows_ <= cuda::kGemvMaxTokens || (one_token_each && n_rows_ <= cuda::kMmaMaxTokens);
   const bool graph = graphs_enabled_ && !profiling_ && decode && n_out_ > 0;
   profile_label_ = decode ? "decode  " : n_rows_ <= cuda::kGemvBatchTokens ? "batch   " : "prefill ";
   if (decode) {

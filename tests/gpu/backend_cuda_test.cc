@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -256,6 +257,7 @@ TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
         const WeightMatrix dw = gpu_->upload(hw.w);
         float* y = gpu_zeros(static_cast<size_t>(tokens * c.rows));
         setenv("PENSIEVE_CUDA_GEMV_Q4", q4, 1);
+        setenv("PENSIEVE_CUDA_MMA", "0", 1);  // 13 rows: the gemv in groups of 8 (the mma's test is below)
         if (c.silu) {
           float* act = gpu_zeros(static_cast<size_t>(tokens * c.cols));
           gpu_->silu_mul_matmul(on_gpu(gu), c.cols, act, dw, y, c.rows, tokens);
@@ -264,12 +266,71 @@ TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
           gpu_->matmul(parts, on_gpu(gu), ldx, tokens, y, c.rows);
         }
         unsetenv("PENSIEVE_CUDA_GEMV_Q4");
+        unsetenv("PENSIEVE_CUDA_MMA");
         // The int8 gemv rounds x to two int8 levels: run 9 measured
         // 5.0-6.6e-5 on 96-wide rows; the f32 gemv (0) stays at 5e-5.
         const double tol = c.format == WeightFormat::affine4 && q4[0] != '0' ? 1e-4 : 5e-5;
         EXPECT_LT(relative_error(ref, from_gpu(y, ref.size())), tol)
             << weight_format_name(c.format) << " group " << c.group << " rows " << c.rows << " cols "
             << c.cols << " tokens " << tokens << " silu " << c.silu << " int8 gemv " << q4;
+      }
+    }
+  }
+}
+
+// Many streams decoding (9-64 rows of a 4-bit weight) on tensor cores:
+// every scale type and group size, row counts that are not multiples of a
+// tile, columns split over blocks (few rows, wide rows: the last block adds
+// the splits' sums) and not, token counts on both sides of each m-tile, and
+// the fused silu(gate)·up input. Operands are rounded to f16 as for prompts
+// (2e-3 of ‖y‖); a second run gives the same bits (the split sums are added
+// in a fixed order), and columns past the weight in y stay untouched.
+TEST_F(CudaBackendTest, ManyStreamsGemmOnTensorCoresMatchesTheReference) {
+  struct Case { ScaleType st; int group; int64_t rows, cols; bool silu; };
+  const Case cases[] = {
+      {ScaleType::bf16, 64, 301, 8192, true},  {ScaleType::f16, 32, 1000, 384, false},
+      {ScaleType::f32, 128, 64, 3072, false},  {ScaleType::bf16, 64, 9216, 3072, false},
+      {ScaleType::bf16, 64, 37, 1024, true},
+  };
+  for (const Case& c : cases) {
+    for (const int64_t tokens : {9, 16, 17, 32, 33, 48, 63, 64}) {
+      HostWeight hw = random_weight(rng_, WeightFormat::affine4, c.st, c.group, c.rows, c.cols);
+      const int64_t ldx = c.silu ? 2 * c.cols : c.cols;
+      const std::vector<float> gu = random_floats(rng_, static_cast<size_t>(tokens * ldx));
+      std::vector<float> x(static_cast<size_t>(tokens * c.cols));
+      for (int64_t t = 0; t < tokens; ++t)
+        for (int64_t k = 0; k < c.cols; ++k) {
+          const float g = gu[t * ldx + k];
+          x[t * c.cols + k] = c.silu ? g / (1.0f + std::exp(-g)) * gu[t * ldx + c.cols + k] : g;
+        }
+      std::vector<float> ref(static_cast<size_t>(tokens * c.rows));
+      kernels::matmul_ref(hw.w, x.data(), c.cols, tokens, ref.data(), c.rows);
+      const WeightMatrix dw = gpu_->upload(hw.w);
+      const int64_t ldy = c.rows + 3;
+      const float* xg = on_gpu(gu);
+      std::vector<float> first;
+      for (int run = 0; run < 2; ++run) {
+        float* y = gpu_zeros(static_cast<size_t>(tokens * ldy));
+        if (c.silu) {
+          float* act = gpu_zeros(static_cast<size_t>(tokens * c.cols));
+          gpu_->silu_mul_matmul(xg, c.cols, act, dw, y, ldy, tokens);
+        } else {
+          const WeightMatrix* parts[] = {&dw};
+          gpu_->matmul(parts, xg, ldx, tokens, y, ldy);
+        }
+        const std::vector<float> all = from_gpu(y, static_cast<size_t>(tokens * ldy));
+        std::vector<float> got;
+        for (int64_t t = 0; t < tokens; ++t) {
+          got.insert(got.end(), all.begin() + t * ldy, all.begin() + t * ldy + c.rows);
+          for (int64_t r = c.rows; r < ldy; ++r) ASSERT_TRUE(std::isnan(all[t * ldy + r])) << "token " << t;
+        }
+        const std::string what = std::string("scale ") + std::to_string(static_cast<int>(c.st)) + " group " +
+                                 std::to_string(c.group) + " rows " + std::to_string(c.rows) + " cols " +
+                                 std::to_string(c.cols) + " tokens " + std::to_string(tokens) +
+                                 " silu " + std::to_string(c.silu);
+        EXPECT_LT(relative_error(ref, got), 2e-3) << what;
+        if (run == 0) first = got;
+        else ASSERT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * sizeof(float))) << what;
       }
     }
   }
@@ -376,6 +437,14 @@ TEST_F(CudaBackendTest, QkvPostAndAttentionMatchTheCpu) {
             ref_q = q_host;
           } else {
             got_out = from_gpu(out_p, out_host.size());
+            // Split results combined by their last split (the default)
+            // and by the combine kernel: the same sums in the same order.
+            setenv("PENSIEVE_CUDA_COMBINE", "0", 1);
+            float* out2 = gpu_zeros(out_host.size());
+            be->attention(1, q_p, c.n_heads, scale, c.window, out2);
+            unsetenv("PENSIEVE_CUDA_COMBINE");
+            EXPECT_LT(relative_error(got_out, from_gpu(out2, out_host.size())), 1e-6)
+                << kv_type_name(type) << " pass " << pass << ": the combine kernel";
             // q after bias, norm and rope.
             EXPECT_LT(relative_error(ref_q, from_gpu(q_p, q_host.size())), 1e-5);
             // q8: both quantize the same K and V, but a value that rounds
@@ -448,6 +517,63 @@ TEST_F(CudaBackendTest, DecodeGraphsGiveTheSameLogitsAsPlainLaunches) {
   const std::vector<float> plain = run("0"), graphed = run("1");
   ASSERT_EQ(plain.size(), graphed.size());
   EXPECT_EQ(std::memcmp(plain.data(), graphed.data(), plain.size() * sizeof(float)), 0);
+}
+
+// Twenty sequences decoding together (one token each: the tensor-core gemm,
+// captured as graphs) give the same bits with graphs on and off, and each
+// one's logits match the same sequence decoded alone (one row: the int8
+// gemv) to the GPU's path tolerance.
+TEST_F(CudaBackendTest, ManyStreamsDecodeAsGraphsMatchEachAlone) {
+  const std::string dir = test::data_path("models/llama3-tiny-mlx-4bit");
+  constexpr int kSeqs = 20, kSteps = 24;
+  auto token = [](int s, int i) { return static_cast<int32_t>((s * 131 + i * 17 + 5) % 200); };
+  // Decode logits [step][seq][vocab]; together: all sequences in each step.
+  auto run = [&](const char* graphs, bool together) {
+    setenv("PENSIEVE_CUDA_GRAPHS", graphs, 1);
+    auto model = load_model(dir, {.device = "cuda"});
+    unsetenv("PENSIEVE_CUDA_GRAPHS");
+    const int64_t vocab = model->config().vocab_size;
+    const int64_t blocks_per_seq = (3 + kSeqs + kSteps + kKvBlockTokens - 1) / kKvBlockTokens;
+    model->allocate_kv(kSeqs * blocks_per_seq);
+    std::vector<std::vector<int32_t>> tables(kSeqs), prompts(kSeqs);
+    for (int s = 0; s < kSeqs; ++s) {
+      for (int64_t b = 0; b < blocks_per_seq; ++b) tables[s].push_back(static_cast<int32_t>(s * blocks_per_seq + b));
+      for (int i = 0; i < 3 + s; ++i) prompts[s].push_back(token(s, i));
+      ForwardSeq fs{prompts[s], tables[s].data(), 0, false};
+      std::vector<float> out;
+      model->forward(std::span<const ForwardSeq>(&fs, 1), &out);
+    }
+    std::vector<float> all;
+    for (int step = 0; step < kSteps; ++step) {
+      std::vector<std::vector<int32_t>> tok(kSeqs);
+      std::vector<ForwardSeq> batch;
+      for (int s = 0; s < kSeqs; ++s) {
+        tok[s] = {token(s, 100 + step)};
+        batch.push_back({tok[s], tables[s].data(), static_cast<int64_t>(prompts[s].size()) + step, false});
+      }
+      if (together) {
+        model->forward(batch, &all);
+      } else {
+        for (const ForwardSeq& fs : batch) model->forward(std::span<const ForwardSeq>(&fs, 1), &all);
+      }
+    }
+    EXPECT_EQ(all.size(), static_cast<size_t>(kSteps * kSeqs * vocab));
+    return std::make_pair(all, vocab);
+  };
+  const auto [graphed, vocab] = run("1", true);
+  const auto plain = run("0", true).first;
+  const auto alone = run("1", false).first;
+  ASSERT_EQ(graphed.size(), plain.size());
+  EXPECT_EQ(0, std::memcmp(graphed.data(), plain.data(), graphed.size() * sizeof(float)));
+  ASSERT_EQ(graphed.size(), alone.size());
+  for (size_t row = 0; row < graphed.size() / vocab; ++row) {
+    const float* a = alone.data() + row * vocab;
+    const float* b = graphed.data() + row * vocab;
+    const auto [lo, hi] = std::minmax_element(a, a + vocab);
+    double diff = 0;
+    for (int64_t v = 0; v < vocab; ++v) diff = std::max(diff, std::abs(double(a[v]) - b[v]));
+    ASSERT_LT(diff / (*hi - *lo), 2e-3) << "step " << row / kSeqs << " sequence " << row % kSeqs;
+  }
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 // results (flash-decoding); prefill has rows enough to fill the card.
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 
 #include "kernels/cuda/kernels.h"
 
@@ -60,6 +61,40 @@ int splits_for(int64_t n_rows, int n_heads, int max_ctx) {
   int s = static_cast<int>(by_length < by_occupancy ? by_length : by_occupancy);
   if (s > 64) s = 64;
   return s < 1 ? 1 : s;
+}
+
+// After a warp has written its split's partial result of (row, head) rh:
+// the last of the n_splits warps to finish adds them up (as combine_kernel
+// does) and leaves the counter at zero for the next launch. True where this
+// warp was the last (or where there are no counters: combine_kernel runs).
+__device__ __forceinline__ void finish_split(const AttentionArgs& a, int64_t rh, int n_splits, int lane) {
+  if (a.counters == nullptr) return;
+  __threadfence();
+  __syncwarp();
+  int done = 0;
+  if (lane == 0) done = atomicAdd(&a.counters[rh], 1);
+  done = __shfl_sync(0xffffffffu, done, 0);
+  if (done != n_splits - 1) return;
+  __threadfence();
+  const int hd = a.kv.head_dim;
+  const float* part = a.partial + rh * n_splits * static_cast<int64_t>(hd + 2);
+  float big = -FLT_MAX;
+  for (int s = 0; s < n_splits; ++s) big = fmaxf(big, __ldcg(part + s * (hd + 2) + hd));
+  float total = 0.f;
+  for (int s = 0; s < n_splits; ++s) {
+    const float l = __ldcg(part + s * (hd + 2) + hd + 1);
+    if (l > 0.f) total += l * __expf(__ldcg(part + s * (hd + 2) + hd) - big);
+  }
+  for (int d = lane; d < hd; d += 32) {
+    float v = 0.f;
+    for (int s = 0; s < n_splits; ++s) {
+      const float* p = part + s * (hd + 2);
+      const float l = __ldcg(p + hd + 1);
+      if (l > 0.f) v += __ldcg(p + d) * __expf(__ldcg(p + hd) - big);
+    }
+    a.out[rh * hd + d] = v / total;
+  }
+  if (lane == 0) a.counters[rh] = 0;
 }
 
 template <int DPL>  // head dimensions per lane: ceil(head_dim / 32)
@@ -151,6 +186,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a,
     part[hd] = any ? m : -FLT_MAX;
     part[hd + 1] = l;
   }
+  finish_split(a, row * a.n_heads + head, n_splits, lane);
 }
 
 // The staged kernel (head_dim a multiple of 16, at most 128): one warp per
@@ -347,6 +383,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
         part[hd] = any[i] ? m[i] : -FLT_MAX;
         part[hd + 1] = l[i];
       }
+      finish_split(a, rh, n_splits, lane);
     }
   }
 }
@@ -377,6 +414,12 @@ __global__ void combine_kernel(AttentionArgs a, int n_splits) {
 
 }  // namespace
 
+// PENSIEVE_CUDA_COMBINE=0: split results always combined by a kernel of their own.
+bool combine_in_place() {
+  const char* e = std::getenv("PENSIEVE_CUDA_COMBINE");
+  return e == nullptr || e[0] != '0';
+}
+
 int64_t attention_scratch_floats(int64_t n_rows, int64_t n_groups, int n_heads, int head_dim,
                                  int max_ctx) {
   // Partial results are per (row, head, split); the split count comes from
@@ -402,13 +445,18 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   const bool staged = hd % 16 == 0 && hd <= kStageMaxDim && a.groups != nullptr;
   const int64_t n_items = staged ? a.n_groups : a.n_rows;
   const int n_splits = splits_for(n_items, a.n_heads, a.max_ctx);
+  // The last split of each (row, head) combines them where the counters
+  // reach (decode: rows · heads is small); else the combine kernel.
+  const bool counted = a.counters != nullptr && a.n_rows * a.n_heads <= kAttentionCounters && combine_in_place();
+  AttentionArgs args = a;
+  if (!counted) args.counters = nullptr;
   const unsigned grid = blocks_for(n_items * a.n_heads * n_splits, kWarps);
   const int dpl = (hd + 31) / 32;
   if (staged) {
     const int r = a.group_rows;
 #define PENSIEVE_STAGED_Q(D, Q)                                                                          \
-  if (r == 1) launch_dependent(attention_staged_kernel<D, 1, Q>, grid, kWarps * 32, 0, stream, a, n_splits); \
-  else launch_dependent(attention_staged_kernel<D, 4, Q>, grid, kWarps * 32, 0, stream, a, n_splits);
+  if (r == 1) launch_dependent(attention_staged_kernel<D, 1, Q>, grid, kWarps * 32, 0, stream, args, n_splits); \
+  else launch_dependent(attention_staged_kernel<D, 4, Q>, grid, kWarps * 32, 0, stream, args, n_splits);
 #define PENSIEVE_STAGED(D) \
   if (a.kv.q8) {           \
     PENSIEVE_STAGED_Q(D, true)  \
@@ -425,15 +473,15 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
 #undef PENSIEVE_STAGED_Q
   } else {
     switch (dpl) {
-      case 1: launch_dependent(attention_kernel<1>, grid, kWarps * 32, 0, stream, a, n_splits); break;
-      case 2: launch_dependent(attention_kernel<2>, grid, kWarps * 32, 0, stream, a, n_splits); break;
-      case 3: launch_dependent(attention_kernel<3>, grid, kWarps * 32, 0, stream, a, n_splits); break;
-      case 4: launch_dependent(attention_kernel<4>, grid, kWarps * 32, 0, stream, a, n_splits); break;
-      default: launch_dependent(attention_kernel<8>, grid, kWarps * 32, 0, stream, a, n_splits); break;
+      case 1: launch_dependent(attention_kernel<1>, grid, kWarps * 32, 0, stream, args, n_splits); break;
+      case 2: launch_dependent(attention_kernel<2>, grid, kWarps * 32, 0, stream, args, n_splits); break;
+      case 3: launch_dependent(attention_kernel<3>, grid, kWarps * 32, 0, stream, args, n_splits); break;
+      case 4: launch_dependent(attention_kernel<4>, grid, kWarps * 32, 0, stream, args, n_splits); break;
+      default: launch_dependent(attention_kernel<8>, grid, kWarps * 32, 0, stream, args, n_splits); break;
     }
   }
   PENSIEVE_CUDA_LAUNCHED("attention");
-  if (n_splits > 1) {
+  if (n_splits > 1 && !counted) {
     launch_dependent(combine_kernel, static_cast<unsigned>(a.n_rows * a.n_heads), 128, 0, stream, a, n_splits);
     PENSIEVE_CUDA_LAUNCHED("attention combine");
   }

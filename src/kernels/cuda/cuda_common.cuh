@@ -83,6 +83,19 @@ __device__ __forceinline__ float weight_at(const GpuWeight& w, int64_t r, int64_
   return s * static_cast<float>(q) + b;
 }
 
+// A group's scale or bias, its type fixed at compile time (bf16 is its top
+// 16 bits of an f32).
+template <int ST>
+__device__ __forceinline__ float scale_at(const void* p, int64_t i) {
+  if constexpr (ST == kScaleF32) {
+    return __ldg(static_cast<const float*>(p) + i);
+  } else if constexpr (ST == kScaleF16) {
+    return __half2float(__ldg(static_cast<const __half*>(p) + i));
+  } else {
+    return __uint_as_float(static_cast<uint32_t>(__ldg(static_cast<const unsigned short*>(p) + i)) << 16);
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -96,19 +96,6 @@ __device__ void stage_x(const float* __restrict__ x, int cols, uint4* q, float2*
   }
 }
 
-// A group's scale or bias, its type fixed at compile time (bf16 is its top
-// 16 bits of an f32).
-template <int ST>
-__device__ __forceinline__ float scale_at(const void* p, int64_t i) {
-  if constexpr (ST == kScaleF32) {
-    return __ldg(static_cast<const float*>(p) + i);
-  } else if constexpr (ST == kScaleF16) {
-    return __half2float(__ldg(static_cast<const __half*>(p) + i));
-  } else {
-    return __uint_as_float(static_cast<uint32_t>(__ldg(static_cast<const unsigned short*>(p) + i)) << 16);
-  }
-}
-
 // Two rows at a time: each warp owns a run of consecutive rows and takes
 // them in pairs, both rows' loads in flight together, and every staged x
 // vector read from shared memory serves both rows. The group of a 32-column

@@ -76,11 +76,17 @@ struct AttentionArgs {
   int window = 0;
   int max_ctx = 0;   // the longest n_ctx of the step
   float* partial = nullptr;  // split-K scratch (attention_scratch_floats)
+  // Per (row, head) counters of finished splits (kAttentionCounters, zero
+  // before the first launch, left zero by each): the last split to finish
+  // combines them, where there are counters enough (else a combine kernel).
+  int* counters = nullptr;
 };
 // Floats of split scratch attention() needs for this many rows and heads.
 int64_t attention_scratch_floats(int64_t n_rows, int64_t n_groups, int n_heads, int head_dim,
                                  int max_ctx);
 void attention(const AttentionArgs& a, cudaStream_t stream);
+constexpr int64_t kAttentionCounters = 4096;
+bool combine_in_place();
 
 // --- flash_attention.cu
 // The tensor-core prompt kernel over a.tiles (head dims 32, 64, 96, 128).
@@ -114,6 +120,27 @@ int multiprocessor_count();
 bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
              bool silu, cudaStream_t stream);
 bool gemv_q4_enabled();
+// --- gemm_q4_mma.cu
+// Many streams decoding: kMmaMinTokens to kMmaMaxTokens rows of x times a
+// 4-bit weight on tensor cores (f16 operands, f32 sums), the weight read
+// once. gemm_q4_mma_plan says whether it applies (ok: 4-bit, columns a
+// multiple of 128, power-of-two groups of at least 32, aligned x and
+// weight, PENSIEVE_CUDA_MMA not 0) and the scratch it needs: x16 (x as
+// halves), and where the columns are split over blocks, partial sums and
+// per-tile counters (zero before the first launch; each launch leaves them
+// zero). silu: x is gate|up rows of width 2·w.cols, as matmul_silu.
+constexpr int64_t kMmaMinTokens = kGemvMaxTokens + 1;
+constexpr int64_t kMmaMaxTokens = 64;
+struct MmaPlan {
+  bool ok = false;
+  int n_split = 1;
+  size_t x16_halves = 0, partial_floats = 0, counters = 0;
+};
+MmaPlan gemm_q4_mma_plan(const GpuWeight& w, int64_t n_tokens, const float* x, int64_t ldx);
+void gemm_q4_mma(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
+                 bool silu, const MmaPlan& plan, __half* x16, float* partial, int* counters,
+                 cudaStream_t stream);
+bool gemm_q4_mma_enabled();
 // --- cublas_gemm.cu
 // cuBLAS, loaded at run time: "" when usable, else why not.
 std::string cublas_unavailable_reason();
