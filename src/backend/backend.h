@@ -162,6 +162,31 @@ class Backend {
   }
   // x += delta (+ bias), rows of dim (delta is scratch, as above).
   virtual void add(float* x, float* delta, const float* bias, int64_t dim) = 0;
+
+  // The residual stream fused into the projections, for a backend where a
+  // norm or an add of its own costs a launch (fuses_residual()); the decoder
+  // then calls these three instead of add_rms_norm. h, tmp: scratch rows of
+  // dim the backend may use.
+  virtual bool fuses_residual() const { return false; }
+  // y = (rms_norm(x) * w) · partsᵀ, x rows of dim.
+  virtual void norm_matmul(std::span<const WeightMatrix* const> parts, const float* x, const float* w,
+                           float eps, int64_t n_rows, int64_t dim, float* h, float* y, int64_t ldy) {
+    rms_norm(x, w, n_rows, dim, eps, h);
+    matmul(parts, h, dim, n_rows, y, ldy);
+  }
+  // x += in · wᵀ (+ bias), rows of dim.
+  virtual void matmul_add(const WeightMatrix& w, const float* in, int64_t ld_in, int64_t n_rows,
+                          const float* bias, float* x, int64_t dim, float* tmp) {
+    const WeightMatrix* part = &w;
+    matmul({&part, 1}, in, ld_in, n_rows, tmp, dim);
+    add(x, tmp, bias, dim);
+  }
+  // x += (silu(gu[r][0..n)) * gu[r][n..2n)) · downᵀ, rows of dim.
+  virtual void silu_mul_matmul_add(const float* gu, int64_t n, float* act, const WeightMatrix& down,
+                                   float* x, int64_t dim, int64_t n_rows, float* tmp) {
+    silu_mul_matmul(gu, n, act, down, tmp, dim, n_rows);
+    add(x, tmp, nullptr, dim);
+  }
   // Final norm and lm_head for plan.out_rows; the logits land on the host.
   virtual void logits(const float* x, const float* norm, float eps,
                       std::span<const WeightMatrix* const> lm_head, int64_t dim, int64_t vocab,

@@ -80,9 +80,8 @@ class CudaBackend final : public Backend {
     cublas_ = cuda::cublas_open(stream_);
     if (cublas_ == nullptr) cublas_why_ = cuda::cublas_unavailable_reason();
     // The tensor-core gemm's per-tile counters: zero once, left zero by every launch.
-    // and attention's per (row, head) counters of finished splits.
-    mma_counters_ = alloc((kMmaCounters + cuda::kAttentionCounters) * sizeof(int));
-    PENSIEVE_CUDA_CHECK(cudaMemset(mma_counters_->data(), 0, (kMmaCounters + cuda::kAttentionCounters) * sizeof(int)));
+    mma_counters_ = alloc(kMmaCounters * sizeof(int));
+    PENSIEVE_CUDA_CHECK(cudaMemset(mma_counters_->data(), 0, kMmaCounters * sizeof(int)));
   }
   ~CudaBackend() override {
     if (profiling_) {
@@ -253,7 +252,6 @@ class CudaBackend final : public Backend {
       if (!partial_ || partial_->bytes() < static_cast<size_t>(need) * sizeof(float))
         grow(partial_, static_cast<size_t>(need) * sizeof(float));
       a.partial = partial_->f32();
-      a.counters = static_cast<int*>(mma_counters_->data()) + kMmaCounters;
     }
     cuda::attention(a, stream_);
   }
@@ -280,6 +278,57 @@ class CudaBackend final : public Backend {
     }
     Backend::silu_mul_matmul(gu, n, act, down, y, ldy, n_rows);
   }
+  // The residual fused into the projections (PENSIEVE_CUDA_FUSE_RESIDUAL=0:
+  // add_rms_norm as a kernel of its own): decode rows norm x as the 4-bit
+  // gemv stages it and add into x as it writes; 9-64 rows add into x from
+  // the tensor-core gemm. Elsewhere the backend's defaults (a norm or an
+  // add kernel and the matmul).
+  bool fuses_residual() const override { return fuse_residual_; }
+  void norm_matmul(std::span<const WeightMatrix* const> parts, const float* x, const float* w, float eps,
+                   int64_t n_rows, int64_t dim, float* h, float* y, int64_t ldy) override {
+    if (replaying_) return;
+    if (n_rows > cuda::kGemvMaxTokens) return Backend::norm_matmul(parts, x, w, eps, n_rows, dim, h, y, ldy);
+    Span span(this, profiling_ ? "norm + matmul " + std::to_string(parts[0]->rows) + "x" + std::to_string(parts[0]->cols)
+                               : std::string());
+    bool normed = false;  // h holds rms_norm(x) * w
+    int64_t offset = 0;
+    for (const WeightMatrix* p : parts) {
+      const cuda::GemvIo io{.x = x, .ldx = dim, .y = y + offset, .ldy = ldy, .norm_w = w, .eps = eps};
+      if (!cuda::gemv_q4(gpu_view(*p), io, n_rows, cuda::kGemvNorm, false, stream_)) {
+        if (!normed) cuda::rms_norm(x, nullptr, w, n_rows, dim, eps, h, stream_);
+        normed = true;
+        cuda::matmul(gpu_view(*p), h, dim, n_rows, y + offset, ldy, stream_);
+      }
+      offset += p->rows;
+    }
+  }
+  void matmul_add(const WeightMatrix& w, const float* in, int64_t ld_in, int64_t n_rows, const float* bias,
+                  float* x, int64_t dim, float* tmp) override {
+    if (replaying_) return;
+    {
+      Span span(this, profiling_ ? "matmul + add " + std::to_string(w.rows) + "x" + std::to_string(w.cols)
+                                 : std::string());
+      const cuda::GemvIo io{.x = in, .ldx = ld_in, .y = x, .ldy = dim, .bias = bias};
+      if (n_rows <= cuda::kGemvMaxTokens ? cuda::gemv_q4(gpu_view(w), io, n_rows, cuda::kGemvPlain, true, stream_)
+                                         : mma(w, in, ld_in, n_rows, x, dim, /*silu=*/false, /*acc=*/true, bias))
+        return;
+    }
+    Backend::matmul_add(w, in, ld_in, n_rows, bias, x, dim, tmp);
+  }
+  void silu_mul_matmul_add(const float* gu, int64_t n, float* act, const WeightMatrix& down, float* x,
+                           int64_t dim, int64_t n_rows, float* tmp) override {
+    if (replaying_) return;
+    if (fuse_silu_) {
+      Span span(this, profiling_ ? "silu + matmul + add " + std::to_string(down.rows) + "x" + std::to_string(down.cols)
+                                 : std::string());
+      const cuda::GemvIo io{.x = gu, .ldx = 2 * n, .y = x, .ldy = dim};
+      if (n_rows <= cuda::kGemvMaxTokens ? cuda::gemv_q4(gpu_view(down), io, n_rows, cuda::kGemvSilu, true, stream_)
+                                         : mma(down, gu, 2 * n, n_rows, x, dim, /*silu=*/true, /*acc=*/true))
+        return;
+    }
+    Backend::silu_mul_matmul_add(gu, n, act, down, x, dim, n_rows, tmp);
+  }
+
   void add(float* x, float* delta, const float* bias, int64_t dim) override {
     if (replaying_) return;
     Span span(this, "add");
@@ -357,7 +406,7 @@ class CudaBackend final : public Backend {
   // gemm, which reads the weight once. False where it does not apply.
   static constexpr size_t kMmaCounters = 4096;
   bool mma(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n_rows, float* y, int64_t ldy,
-           bool silu) {
+           bool silu, bool acc = false, const float* bias = nullptr) {
     if (n_rows < cuda::kMmaMinTokens || n_rows > cuda::kMmaMaxTokens) return false;
     const cuda::GpuWeight gw = gpu_view(w);
     const cuda::MmaPlan p = cuda::gemm_q4_mma_plan(gw, n_rows, x, ldx);
@@ -365,7 +414,7 @@ class CudaBackend final : public Backend {
     if (!x16_ || x16_->bytes() < p.x16_halves * 2) grow(x16_, p.x16_halves * 2);
     if (p.partial_floats > 0 && (!mma_partial_ || mma_partial_->bytes() < p.partial_floats * sizeof(float)))
       grow(mma_partial_, p.partial_floats * sizeof(float));
-    cuda::gemm_q4_mma(gw, x, ldx, n_rows, y, ldy, silu, p, static_cast<__half*>(x16_->data()),
+    cuda::gemm_q4_mma(gw, x, ldx, n_rows, y, ldy, silu, acc, bias, p, static_cast<__half*>(x16_->data()),
                       p.partial_floats > 0 ? mma_partial_->f32() : nullptr,
                       static_cast<int*>(mma_counters_->data()), stream_);
     return true;
@@ -483,6 +532,10 @@ class CudaBackend final : public Backend {
   int64_t n_groups_ = 0;
   const int32_t* tiles_ = nullptr;
   int64_t n_tiles_ = 0;
+  bool fuse_residual_ = [] {
+    const char* e = std::getenv("PENSIEVE_CUDA_FUSE_RESIDUAL");
+    return e == nullptr || std::string(e) != "0";
+  }();
   bool fuse_silu_ = [] {
     const char* e = std::getenv("PENSIEVE_CUDA_FUSE");
     return e == nullptr || std::string(e) != "0";

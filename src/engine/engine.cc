@@ -148,6 +148,7 @@ Engine::Engine(Model& model, const EngineOptions& options)
     disk_staging_.resize(static_cast<size_t>(model_.kv_bytes_per_block()));
     if (pool_.n_total() > 0 && model_.read_kv_block(0, disk_staging_.data())) {
       disk_writer_ = std::make_unique<KvDiskWriter>(*options_.disk, options_.disk_queue_bytes);
+      disk_reader_ = std::make_unique<KvDiskReader>(*options_.disk, disk_staging_.size(), 4, kDiskReadAhead);
       spdlog::info("engine: prefix cache on disk in {}", options_.disk->folder());
     } else {
       spdlog::info("engine: no prefix cache on disk: the {} backend cannot copy KV blocks out",
@@ -221,19 +222,18 @@ EngineStats Engine::stats() const {
 }
 
 // A prompt block the pool does not hold, read from the disk tier into a
-// block of the pool (published, retained once for the sequence). Leaves
-// the running sequences a block each to go on with.
+// block of the pool (published, retained once for the sequence). The reader
+// thread has read and checked it (and reads the next ones meanwhile); this
+// copies it in. Leaves the running sequences a block each to go on with.
 std::optional<int32_t> Engine::block_from_disk(const BlockKey& key) {
   if (pool_.n_available() <= static_cast<int64_t>(running_.size()) + 1) return std::nullopt;
-  // The window of read-ahead moves on by one.
-  while (disk_ahead_next_ < disk_ahead_.size() && disk_ahead_[disk_ahead_next_] != key.hash) ++disk_ahead_next_;
-  if (disk_ahead_next_ + kDiskReadAhead < disk_ahead_.size())
-    options_.disk->prefetch(disk_ahead_[disk_ahead_next_ + kDiskReadAhead]);
-  if (!options_.disk->get(key.hash, key.parent, key.tokens, disk_staging_)) return std::nullopt;
+  const std::byte* bytes = disk_reader_->next(key.hash);
+  if (bytes == nullptr) return std::nullopt;
   std::optional<int32_t> b = pool_.allocate();
-  if (!b) return std::nullopt;
-  if (!model_.write_kv_block(*b, disk_staging_.data()) || !pool_.publish(*b, key)) {
-    pool_.release(*b);
+  const bool copied = b && model_.write_kv_block(*b, bytes);
+  disk_reader_->release();
+  if (!copied || !pool_.publish(*b, key)) {
+    if (b) pool_.release(*b);
     return std::nullopt;
   }
   ++n_disk_reads_;
@@ -281,20 +281,19 @@ void Engine::start_sequence(Sequence& s) {
     MissedBlock from_disk;
     if (disk_writer_) {
       from_disk = [this](const BlockKey& key) { return block_from_disk(key); };
-      // The blocks memory lacks, in chain order: read ahead from disk a
-      // window at a time while the engine applies the ones before them (all
-      // at once would flood the page cache and the disk's queue).
-      disk_ahead_.clear();
-      disk_ahead_next_ = 0;
+      // The blocks memory lacks, in chain order, read (and checked) on the
+      // reader's thread ahead of the engine, which copies them in.
+      std::vector<KvDiskReader::Key> missing;
       uint64_t parent = prefix_root(s.kv_variant);
       const int64_t n_blocks = (static_cast<int64_t>(s.tokens.size()) - 1) / kKvBlockTokens;
       for (int64_t i = 0; i < n_blocks; ++i) {
-        parent = chain_block_hash(parent, std::span<const int32_t>(s.tokens).subspan(i * kKvBlockTokens, kKvBlockTokens));
-        if (!pool_.indexed(parent)) disk_ahead_.push_back(parent);
+        const auto tokens = std::span<const int32_t>(s.tokens).subspan(i * kKvBlockTokens, kKvBlockTokens);
+        const uint64_t hash = chain_block_hash(parent, tokens);
+        if (!pool_.indexed(hash)) missing.push_back({hash, parent, std::vector<int32_t>(tokens.begin(), tokens.end())});
+        parent = hash;
       }
-      bool on_disk = false;
-      for (size_t i = 0; i < std::min(disk_ahead_.size(), kDiskReadAhead); ++i)
-        on_disk = options_.disk->prefetch(disk_ahead_[i]) || on_disk;
+      const bool on_disk = !missing.empty() && options_.disk->prefetch(missing.front().hash);
+      disk_reader_->start(on_disk ? std::move(missing) : std::vector<KvDiskReader::Key>{});
       if (on_disk && !s.started) {
         EngineEvent e;
         e.kind = EngineEvent::Kind::progress;
@@ -303,6 +302,7 @@ void Engine::start_sequence(Sequence& s) {
       }
     }
     s.n_computed = match_prefix(pool_, s.tokens, s.kv_variant, s.chain, s.kv, from_disk);
+    if (disk_reader_) disk_reader_->cancel();  // what was read past the chain's end
   } else {
     s.chain = PrefixChain{};
     s.n_computed = 0;

@@ -196,9 +196,8 @@ class Engine {
       n_preemptions_{0}, n_prompt_tokens_{0}, n_cached_tokens_{0}, n_evictions_{0}, n_disk_reads_{0};
   // The disk tier (null without one); declared before thread_, which uses them.
   std::unique_ptr<KvDiskWriter> disk_writer_;
-  std::vector<std::byte> disk_staging_;  // engine thread: one block on its way in or out
-  std::vector<uint64_t> disk_ahead_;     // engine thread: a lookup's blocks to read from disk, in order
-  size_t disk_ahead_next_ = 0;
+  std::unique_ptr<KvDiskReader> disk_reader_;
+  std::vector<std::byte> disk_staging_;  // engine thread: one block on its way out
   std::optional<int32_t> block_from_disk(const BlockKey& key);
   void block_to_disk(int32_t block, const BlockKey& key);
   std::thread thread_;

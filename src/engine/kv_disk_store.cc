@@ -373,4 +373,106 @@ void KvDiskWriter::run() {
   }
 }
 
+KvDiskReader::KvDiskReader(KvDiskStore& store, size_t block_bytes, int n_buffers, size_t read_ahead)
+    : store_(store), block_bytes_(block_bytes), read_ahead_(read_ahead) {
+  buffers_.resize(static_cast<size_t>(std::max(n_buffers, 2)));
+  for (auto& b : buffers_) b.resize(block_bytes);
+  thread_ = std::thread([this] { run(); });
+}
+
+KvDiskReader::~KvDiskReader() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void KvDiskReader::start(std::vector<Key> keys) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (held_) fail(ErrorKind::internal, "KvDiskReader::start with a block not released");
+  ++generation_;
+  cv_.wait(lock, [&] { return !busy_; });  // the thread lets go of the old list
+  keys_ = std::move(keys);
+  n_read_ = n_taken_ = prefetched_ = 0;
+  failed_ = false;
+  lock.unlock();
+  cv_.notify_all();
+}
+
+const std::byte* KvDiskReader::next(uint64_t hash) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (held_) fail(ErrorKind::internal, "KvDiskReader::next with a block not released");
+  if (n_taken_ >= keys_.size() || keys_[n_taken_].hash != hash) {
+    drop_rest();  // off the list: the rest is of no use
+    return nullptr;
+  }
+  cv_.wait(lock, [&] { return n_read_ > n_taken_ || keys_.size() <= n_taken_; });
+  if (n_read_ <= n_taken_ || (failed_ && n_read_ == n_taken_ + 1)) return nullptr;
+  held_ = true;
+  return buffers_[n_taken_ % buffers_.size()].data();
+}
+
+void KvDiskReader::release() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!held_) return;
+    held_ = false;
+    ++n_taken_;
+  }
+  cv_.notify_all();
+}
+
+void KvDiskReader::cancel() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  drop_rest();
+  cv_.wait(lock, [&] { return !busy_; });
+}
+
+// (mutex_ held) Nothing past the block handed out is handed out: the list
+// ends there and a read in flight is discarded.
+void KvDiskReader::drop_rest() {
+  ++generation_;
+  const size_t keep = std::min(keys_.size(), n_taken_ + (held_ ? 1 : 0));
+  keys_.resize(keep);
+  if (n_read_ > keep) {
+    n_read_ = keep;
+    failed_ = false;
+  }
+  prefetched_ = std::min(prefetched_, keep);
+}
+
+void KvDiskReader::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    // A block to read: the list goes on, the last read did not fail, and a
+    // buffer is free (every block read before it but the last N-1 released).
+    cv_.wait(lock, [&] {
+      return stop_ || (!failed_ && n_read_ < keys_.size() && n_read_ - n_taken_ < buffers_.size());
+    });
+    if (stop_) return;
+    const size_t i = n_read_;
+    const uint64_t generation = generation_;
+    const Key key = keys_[i];
+    std::vector<std::byte>& buffer = buffers_[i % buffers_.size()];
+    // The kernel reads the files of the next read_ahead blocks meanwhile.
+    std::vector<uint64_t> ahead;
+    const size_t window_end = std::min(keys_.size(), i + 1 + read_ahead_);
+    for (size_t j = std::max(prefetched_, i + 1); j < window_end; ++j) ahead.push_back(keys_[j].hash);
+    prefetched_ = std::max(prefetched_, window_end);
+    busy_ = true;
+    lock.unlock();
+    for (const uint64_t h : ahead) store_.prefetch(h);
+    const bool ok = store_.get(key.hash, key.parent, key.tokens, buffer);
+    lock.lock();
+    busy_ = false;
+    if (generation == generation_) {
+      n_read_ = i + 1;
+      failed_ = !ok;
+    }
+    cv_.notify_all();
+  }
+}
+
 }  // namespace pensieve

@@ -115,6 +115,56 @@ class KvDiskWriter {
   std::thread thread_;
 };
 
+// Reads a prompt's blocks from a store on its own thread, in chain order
+// and ahead of the engine (a few buffers deep, with the kernel asked to
+// read further files ahead), so that the engine only copies each checked
+// block into the KV pool while the next ones are read and checked. Reading
+// stops at the first block that is missing or damaged: the chain breaks
+// there, so nothing after it could be used.
+class KvDiskReader {
+ public:
+  struct Key {
+    uint64_t hash = 0, parent = 0;
+    std::vector<int32_t> tokens;
+  };
+  KvDiskReader(KvDiskStore& store, size_t block_bytes, int n_buffers = 4, size_t read_ahead = 32);
+  ~KvDiskReader();
+  KvDiskReader(const KvDiskReader&) = delete;
+  KvDiskReader& operator=(const KvDiskReader&) = delete;
+
+  // Starts reading these blocks, in order (a block already handed out by
+  // next() must be released first). Replaces the blocks of an earlier start().
+  void start(std::vector<Key> keys);
+  // The next block of the list, once read and checked: its payload (valid
+  // until release()), or nullptr where the list is done, the block is
+  // missing or damaged, or `hash` is not the next one (then the rest is
+  // dropped).
+  const std::byte* next(uint64_t hash);
+  void release();  // the block next() handed out is done with
+  // Drops the rest of the list; returns once the thread has let go of it.
+  void cancel();
+
+ private:
+  void run();
+  void drop_rest();
+
+  KvDiskStore& store_;
+  const size_t block_bytes_, read_ahead_;
+  std::vector<std::vector<std::byte>> buffers_;
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<Key> keys_;
+  uint64_t generation_ = 0;  // bumped by start() and cancel()
+  size_t n_read_ = 0;        // blocks of keys_ read (or failed) so far
+  size_t n_taken_ = 0;       // blocks next() handed out and released so far
+  size_t prefetched_ = 0;    // blocks of keys_ whose files the kernel was asked to read ahead
+  bool failed_ = false;      // block n_read_ - 1 was missing or damaged
+  bool held_ = false;        // next() handed out a buffer not yet released
+  bool busy_ = false;        // the thread is reading a block
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 // FNV-1a 64 of text: the fingerprint's id (stable across runs and machines).
 uint64_t fingerprint_id(const std::string& text);
 

@@ -239,19 +239,34 @@ void DecoderModel::forward(std::span<const ForwardSeq> seqs, std::vector<float>*
   be.embed(embed_, x);
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // The residual stream: x += attention, x += MLP, each reading a norm of
+  // x. A backend that fuses the adds into the projections (fuses_residual)
+  // gets them as norm_matmul / matmul_add; else each add is fused with the
+  // next norm (add_rms_norm).
+  const bool fused = be.fuses_residual();
   for (int64_t li = 0; li < c.n_layers; ++li) {
     const Layer& L = layers_[li];
-    if (li == 0) be.rms_norm(x, L.attn_norm, T, H, eps, h);
     const auto qkv_parts = pointers(L.qkv);
-    be.matmul(qkv_parts, h, H, T, qkv, qkv_ld);
+    if (fused) {
+      be.norm_matmul(qkv_parts, x, L.attn_norm, eps, T, H, h, qkv, qkv_ld);
+    } else {
+      if (li == 0) be.rms_norm(x, L.attn_norm, T, H, eps, h);
+      be.matmul(qkv_parts, h, H, T, qkv, qkv_ld);
+    }
     be.qkv_post({.layer = li, .n_heads = n_heads, .n_kv_heads = n_kv, .head_dim = hd,
                  .bias = L.qkv_bias, .q_norm = L.q_norm, .k_norm = L.k_norm, .eps = eps},
                 qkv, q);
     be.attention(li, q, n_heads, scale, c.sliding_window, attn);
+    const auto gu_parts = pointers(L.gate_up);
+    if (fused) {
+      be.matmul_add(L.o, attn, qd, T, L.o_bias, x, H, tmp);
+      be.norm_matmul(gu_parts, x, L.ffn_norm, eps, T, H, h, gu, 2 * I);
+      be.silu_mul_matmul_add(gu, I, act, L.down, x, H, T, tmp);
+      continue;
+    }
     const WeightMatrix* o_part = &L.o;
     be.matmul({&o_part, 1}, attn, qd, T, tmp, H);
     be.add_rms_norm(x, tmp, L.o_bias, L.ffn_norm, H, eps, h);
-    const auto gu_parts = pointers(L.gate_up);
     be.matmul(gu_parts, h, H, T, gu, 2 * I);
     be.silu_mul_matmul(gu, I, act, L.down, tmp, H, T);
     // The residual, fused with the next layer's input norm.

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -238,6 +239,79 @@ TEST(KvDiskWriter, WritesBehindDropsPastItsQueueAndDrainsWhenDestroyed) {
 // Blocks of another KV type, device or window are another cache: each of
 // them changes the fingerprint; the same model and settings give the same
 // one every time.
+// The reader hands out a chain's blocks in order, byte for byte, with
+// fewer buffers than blocks (it reads ahead only as the engine releases);
+// it stops at a missing or a damaged block (the damaged file removed); a
+// key out of order ends the list; start() replaces a list half read, and
+// cancel() leaves nothing to hand out.
+TEST(KvDiskReader, HandsOutAChainInOrderAndStopsWhereItBreaks) {
+  test::TempDir dir;
+  KvDiskStore s(dir.path(), "fp", 1 << 24);
+  constexpr int kBlocks = 11;
+  std::vector<KvDiskReader::Key> keys;
+  std::vector<std::vector<std::byte>> payloads;
+  uint64_t parent = 0x99;
+  for (int i = 0; i < kBlocks; ++i) {
+    const uint64_t hash = 0x1000 + static_cast<uint64_t>(i) * 7;
+    keys.push_back({hash, parent, tokens_of(i * 16)});
+    payloads.push_back(random_bytes(kPayload, 100 + i));
+    ASSERT_TRUE(s.put(hash, parent, keys.back().tokens, payloads.back()));
+    parent = hash;
+  }
+  KvDiskReader reader(s, kPayload, /*n_buffers=*/3, /*read_ahead=*/4);
+  // All of them, in order.
+  reader.start(keys);
+  for (int i = 0; i < kBlocks; ++i) {
+    const std::byte* got = reader.next(keys[i].hash);
+    ASSERT_NE(got, nullptr) << "block " << i;
+    EXPECT_EQ(0, std::memcmp(got, payloads[i].data(), kPayload)) << "block " << i;
+    reader.release();
+  }
+  EXPECT_EQ(reader.next(0x5555), nullptr) << "past the end";
+  // A damaged block in the middle: the ones before it, then nothing.
+  {
+    std::fstream f(file_of(s, keys[6].hash), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-3, std::ios::end);
+    f.put('!');
+  }
+  reader.start(keys);
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_NE(reader.next(keys[i].hash), nullptr) << "block " << i;
+    reader.release();
+  }
+  EXPECT_EQ(reader.next(keys[6].hash), nullptr);
+  EXPECT_FALSE(fs::exists(file_of(s, keys[6].hash))) << "the damaged file is removed";
+  EXPECT_EQ(s.n_damaged(), 1);
+  // Now missing: the same.
+  reader.start(keys);
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_NE(reader.next(keys[i].hash), nullptr);
+    reader.release();
+  }
+  EXPECT_EQ(reader.next(keys[6].hash), nullptr);
+  // Asked out of order: nothing, and the list is over.
+  reader.start(keys);
+  ASSERT_NE(reader.next(keys[0].hash), nullptr);
+  reader.release();
+  EXPECT_EQ(reader.next(keys[2].hash), nullptr);
+  EXPECT_EQ(reader.next(keys[1].hash), nullptr);
+  // A list replaced half way, and one cancelled.
+  reader.start(keys);
+  ASSERT_NE(reader.next(keys[0].hash), nullptr);
+  reader.release();
+  const std::vector<KvDiskReader::Key> tail(keys.begin() + 3, keys.begin() + 6);
+  reader.start(tail);
+  for (int i = 3; i < 6; ++i) {
+    const std::byte* got = reader.next(keys[i].hash);
+    ASSERT_NE(got, nullptr) << "block " << i;
+    EXPECT_EQ(0, std::memcmp(got, payloads[i].data(), kPayload));
+    reader.release();
+  }
+  reader.start(keys);
+  reader.cancel();
+  EXPECT_EQ(reader.next(keys[0].hash), nullptr) << "cancelled before anything was taken";
+}
+
 TEST(KvDiskStore, FingerprintCoversKvTypeDeviceAndWindow) {
   const std::string dir = test::data_path("models/llama3-tiny");
   const std::string base = kv_fingerprint(dir, "LlamaForCausalLM", 0, "cpu", KvType::f16);

@@ -8,7 +8,6 @@
 // results (flash-decoding); prefill has rows enough to fill the card.
 #include <algorithm>
 #include <cfloat>
-#include <cstdlib>
 
 #include "kernels/cuda/kernels.h"
 
@@ -33,17 +32,21 @@ __device__ __forceinline__ float v_value(const GpuKvLayer& kv, int64_t phys, int
   return static_cast<float>(static_cast<int8_t>(p[t * hd + d])) * sc[t * (hd / kv.group) + d / kv.group];
 }
 
-// 16 int8 values times their scales, as 16 halves (two 16-byte vectors).
-__device__ __forceinline__ void dequant16(uint4 raw, const float* scales, bool one_scale, uint4* out) {
+// 16 int8 values times their scales (halves: 16 of them, one per value, or
+// one for all), as 16 halves (two 16-byte vectors).
+__device__ __forceinline__ void dequant16(uint4 raw, const __half* scales, bool one_scale, uint4* out) {
   const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+  const __half2* s2 = reinterpret_cast<const __half2*>(scales);
+  const __half2 one = __half2half2(scales[0]);
   uint32_t h[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int e0 = 2 * i, e1 = 2 * i + 1;
-    const float a = static_cast<float>(static_cast<int8_t>(w[e0 / 4] >> (8 * (e0 % 4))));
-    const float b = static_cast<float>(static_cast<int8_t>(w[e1 / 4] >> (8 * (e1 % 4))));
-    const __half2 v = __floats2half2_rn(a * scales[one_scale ? 0 : e0], b * scales[one_scale ? 0 : e1]);
-    h[i] = *reinterpret_cast<const uint32_t*>(&v);
+  for (int i = 0; i < 4; ++i) {
+    __half2 lo, hi;
+    i8x4_to_half2(w[i], lo, hi);
+    lo = __hmul2(lo, one_scale ? one : s2[2 * i]);
+    hi = __hmul2(hi, one_scale ? one : s2[2 * i + 1]);
+    h[2 * i] = *reinterpret_cast<const uint32_t*>(&lo);
+    h[2 * i + 1] = *reinterpret_cast<const uint32_t*>(&hi);
   }
   out[0] = make_uint4(h[0], h[1], h[2], h[3]);
   out[1] = make_uint4(h[4], h[5], h[6], h[7]);
@@ -61,40 +64,6 @@ int splits_for(int64_t n_rows, int n_heads, int max_ctx) {
   int s = static_cast<int>(by_length < by_occupancy ? by_length : by_occupancy);
   if (s > 64) s = 64;
   return s < 1 ? 1 : s;
-}
-
-// After a warp has written its split's partial result of (row, head) rh:
-// the last of the n_splits warps to finish adds them up (as combine_kernel
-// does) and leaves the counter at zero for the next launch. True where this
-// warp was the last (or where there are no counters: combine_kernel runs).
-__device__ __forceinline__ void finish_split(const AttentionArgs& a, int64_t rh, int n_splits, int lane) {
-  if (a.counters == nullptr) return;
-  __threadfence();
-  __syncwarp();
-  int done = 0;
-  if (lane == 0) done = atomicAdd(&a.counters[rh], 1);
-  done = __shfl_sync(0xffffffffu, done, 0);
-  if (done != n_splits - 1) return;
-  __threadfence();
-  const int hd = a.kv.head_dim;
-  const float* part = a.partial + rh * n_splits * static_cast<int64_t>(hd + 2);
-  float big = -FLT_MAX;
-  for (int s = 0; s < n_splits; ++s) big = fmaxf(big, __ldcg(part + s * (hd + 2) + hd));
-  float total = 0.f;
-  for (int s = 0; s < n_splits; ++s) {
-    const float l = __ldcg(part + s * (hd + 2) + hd + 1);
-    if (l > 0.f) total += l * __expf(__ldcg(part + s * (hd + 2) + hd) - big);
-  }
-  for (int d = lane; d < hd; d += 32) {
-    float v = 0.f;
-    for (int s = 0; s < n_splits; ++s) {
-      const float* p = part + s * (hd + 2);
-      const float l = __ldcg(p + hd + 1);
-      if (l > 0.f) v += __ldcg(p + d) * __expf(__ldcg(p + hd) - big);
-    }
-    a.out[rh * hd + d] = v / total;
-  }
-  if (lane == 0) a.counters[rh] = 0;
 }
 
 template <int DPL>  // head dimensions per lane: ceil(head_dim / 32)
@@ -186,7 +155,6 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a,
     part[hd] = any ? m : -FLT_MAX;
     part[hd + 1] = l;
   }
-  finish_split(a, row * a.n_heads + head, n_splits, lane);
 }
 
 // The staged kernel (head_dim a multiple of 16, at most 128): one warp per
@@ -203,8 +171,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
   pdl_wait();  // launched as a dependent
   pdl_trigger();
   __shared__ uint4 kv_shared[kWarps][2 * kStageMaxDim * 16 * 2 / 16];
-  // q8: the block's K and V scales (at most 4·hd/16 vectors each).
-  __shared__ uint4 scale_shared[kWarps][Q8 ? 2 * kStageMaxDim / 4 : 1];
+  // q8: the block's K and V scales as halves (K's, then V's; at most 2·hd).
+  __shared__ __align__(16) __half scale_shared[kWarps][Q8 ? 2 * kStageMaxDim : 1];
   __shared__ float q_shared[kWarps][R][kStageMaxDim];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t item = blockIdx.x * static_cast<int64_t>(kWarps) + warp;
@@ -290,19 +258,23 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
       // int8 vectors as halves where the f16 kernel has them: K row d is
       // vector d; V vector u is 16 dimensions of key 16u / hd.
       const int G = a.kv.group, scale_units = units - hd;
-      uint4* ksc = scale_shared[warp];
-      uint4* vsc = ksc + scale_units;
+      __half* kscale = scale_shared[warp];
+      __half* vscale = kscale + 4 * scale_units;
+      auto to_halves = [](uint4 f, __half* out) {
+        const __half2 a2 = __floats2half2_rn(__uint_as_float(f.x), __uint_as_float(f.y));
+        const __half2 b2 = __floats2half2_rn(__uint_as_float(f.z), __uint_as_float(f.w));
+        reinterpret_cast<__half2*>(out)[0] = a2;
+        reinterpret_cast<__half2*>(out)[1] = b2;
+      };
 #pragma unroll
       for (int i = 0; i < kStageMaxDim / 16; ++i) {
         const int u = lane + 32 * i;
         if (u >= hd && u < units) {
-          ksc[u - hd] = reg_k[i];
-          vsc[u - hd] = reg_v[i];
+          to_halves(reg_k[i], kscale + 4 * (u - hd));
+          to_halves(reg_v[i], vscale + 4 * (u - hd));
         }
       }
       __syncwarp();
-      const float* kscale = reinterpret_cast<const float*>(ksc);
-      const float* vscale = reinterpret_cast<const float*>(vsc);
 #pragma unroll
       for (int i = 0; i < kStageMaxDim / 16; ++i) {
         const int u = lane + 32 * i;
@@ -383,7 +355,6 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
         part[hd] = any[i] ? m[i] : -FLT_MAX;
         part[hd + 1] = l[i];
       }
-      finish_split(a, rh, n_splits, lane);
     }
   }
 }
@@ -414,12 +385,6 @@ __global__ void combine_kernel(AttentionArgs a, int n_splits) {
 
 }  // namespace
 
-// PENSIEVE_CUDA_COMBINE=0: split results always combined by a kernel of their own.
-bool combine_in_place() {
-  const char* e = std::getenv("PENSIEVE_CUDA_COMBINE");
-  return e == nullptr || e[0] != '0';
-}
-
 int64_t attention_scratch_floats(int64_t n_rows, int64_t n_groups, int n_heads, int head_dim,
                                  int max_ctx) {
   // Partial results are per (row, head, split); the split count comes from
@@ -445,18 +410,13 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   const bool staged = hd % 16 == 0 && hd <= kStageMaxDim && a.groups != nullptr;
   const int64_t n_items = staged ? a.n_groups : a.n_rows;
   const int n_splits = splits_for(n_items, a.n_heads, a.max_ctx);
-  // The last split of each (row, head) combines them where the counters
-  // reach (decode: rows · heads is small); else the combine kernel.
-  const bool counted = a.counters != nullptr && a.n_rows * a.n_heads <= kAttentionCounters && combine_in_place();
-  AttentionArgs args = a;
-  if (!counted) args.counters = nullptr;
   const unsigned grid = blocks_for(n_items * a.n_heads * n_splits, kWarps);
   const int dpl = (hd + 31) / 32;
   if (staged) {
     const int r = a.group_rows;
 #define PENSIEVE_STAGED_Q(D, Q)                                                                          \
-  if (r == 1) launch_dependent(attention_staged_kernel<D, 1, Q>, grid, kWarps * 32, 0, stream, args, n_splits); \
-  else launch_dependent(attention_staged_kernel<D, 4, Q>, grid, kWarps * 32, 0, stream, args, n_splits);
+  if (r == 1) launch_dependent(attention_staged_kernel<D, 1, Q>, grid, kWarps * 32, 0, stream, a, n_splits); \
+  else launch_dependent(attention_staged_kernel<D, 4, Q>, grid, kWarps * 32, 0, stream, a, n_splits);
 #define PENSIEVE_STAGED(D) \
   if (a.kv.q8) {           \
     PENSIEVE_STAGED_Q(D, true)  \
@@ -473,15 +433,15 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
 #undef PENSIEVE_STAGED_Q
   } else {
     switch (dpl) {
-      case 1: launch_dependent(attention_kernel<1>, grid, kWarps * 32, 0, stream, args, n_splits); break;
-      case 2: launch_dependent(attention_kernel<2>, grid, kWarps * 32, 0, stream, args, n_splits); break;
-      case 3: launch_dependent(attention_kernel<3>, grid, kWarps * 32, 0, stream, args, n_splits); break;
-      case 4: launch_dependent(attention_kernel<4>, grid, kWarps * 32, 0, stream, args, n_splits); break;
-      default: launch_dependent(attention_kernel<8>, grid, kWarps * 32, 0, stream, args, n_splits); break;
+      case 1: launch_dependent(attention_kernel<1>, grid, kWarps * 32, 0, stream, a, n_splits); break;
+      case 2: launch_dependent(attention_kernel<2>, grid, kWarps * 32, 0, stream, a, n_splits); break;
+      case 3: launch_dependent(attention_kernel<3>, grid, kWarps * 32, 0, stream, a, n_splits); break;
+      case 4: launch_dependent(attention_kernel<4>, grid, kWarps * 32, 0, stream, a, n_splits); break;
+      default: launch_dependent(attention_kernel<8>, grid, kWarps * 32, 0, stream, a, n_splits); break;
     }
   }
   PENSIEVE_CUDA_LAUNCHED("attention");
-  if (n_splits > 1 && !counted) {
+  if (n_splits > 1) {
     launch_dependent(combine_kernel, static_cast<unsigned>(a.n_rows * a.n_heads), 128, 0, stream, a, n_splits);
     PENSIEVE_CUDA_LAUNCHED("attention combine");
   }

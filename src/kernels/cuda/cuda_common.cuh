@@ -96,6 +96,17 @@ __device__ __forceinline__ float scale_at(const void* p, int64_t i) {
   }
 }
 
+// Four int8 values as two pairs of halves, exactly and without the
+// conversion unit: each byte plus 128 under 0x64 is the half 1024 + that,
+// and 1152 less is the value.
+__device__ __forceinline__ void i8x4_to_half2(uint32_t w, __half2& lo, __half2& hi) {
+  const uint32_t u = w ^ 0x80808080u;
+  const uint32_t a = __byte_perm(u, 0x64646464u, 0x5140), b = __byte_perm(u, 0x64646464u, 0x5342);
+  const __half2 bias = __half2half2(__ushort_as_half(0x6480));
+  lo = __hsub2(*reinterpret_cast<const __half2*>(&a), bias);
+  hi = __hsub2(*reinterpret_cast<const __half2*>(&b), bias);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

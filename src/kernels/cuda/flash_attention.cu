@@ -160,12 +160,13 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(AttentionAr
       const uint2 q = *reinterpret_cast<const uint2*>(head + d * 16 + piece * 8);
       const float* sc = reinterpret_cast<const float*>(head + HD * 16) + (d / 32) * 16 + piece * 8;
       uint32_t h[4];
+      __half2 v[4];
+      i8x4_to_half2(q.x, v[0], v[1]);
+      i8x4_to_half2(q.y, v[2], v[3]);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const uint32_t w = i < 2 ? q.x : q.y;
-        const int s0 = 2 * (i % 2) * 8;
-        h[i] = pack_half2(static_cast<float>(static_cast<int8_t>(w >> s0)) * sc[2 * i],
-                          static_cast<float>(static_cast<int8_t>(w >> (s0 + 8))) * sc[2 * i + 1]);
+        const float2 f = __half22float2(v[i]);
+        h[i] = pack_half2(f.x * sc[2 * i], f.y * sc[2 * i + 1]);
       }
       *reinterpret_cast<uint4*>(ks + d * L::kKStride + blk * 16 + piece * 8) = make_uint4(h[0], h[1], h[2], h[3]);
     }
@@ -176,12 +177,13 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(AttentionAr
       const uint2 q = *reinterpret_cast<const uint2*>(head + key * HD + piece * 8);
       const float sc = reinterpret_cast<const float*>(head + HD * 16)[key * (HD / 32) + piece / 4];
       uint32_t h[4];
+      __half2 v[4];
+      i8x4_to_half2(q.x, v[0], v[1]);
+      i8x4_to_half2(q.y, v[2], v[3]);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const uint32_t w = i < 2 ? q.x : q.y;
-        const int s0 = 2 * (i % 2) * 8;
-        h[i] = pack_half2(static_cast<float>(static_cast<int8_t>(w >> s0)) * sc,
-                          static_cast<float>(static_cast<int8_t>(w >> (s0 + 8))) * sc);
+        const float2 f = __half22float2(v[i]);
+        h[i] = pack_half2(f.x * sc, f.y * sc);
       }
       *reinterpret_cast<uint4*>(vs + (blk * 16 + key) * L::kVStride + piece * 8) = make_uint4(h[0], h[1], h[2], h[3]);
     }

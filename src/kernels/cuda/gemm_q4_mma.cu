@@ -79,11 +79,16 @@ __device__ __forceinline__ uint32_t dequant_pair(uint32_t word, int j, __half2 s
 }
 
 // MT m-tiles of 16 tokens, NT n-tiles of 8 weight rows a warp.
-template <int MT, int NT, int ST>
+template <int MT, int NT, int ST, bool ACC>
 __global__ void __launch_bounds__(kMmaWarps * 32, 3)
     gemm_q4_mma_kernel(GpuWeight w, const __half* __restrict__ xp, int n_tokens, float* __restrict__ y,
-                       int64_t ldy, int n_split, float* __restrict__ partial, int* __restrict__ counters,
-                       int group_shift) {
+                       int64_t ldy, const float* __restrict__ bias, int n_split, float* __restrict__ partial,
+                       int* __restrict__ counters, int group_shift) {
+  // y = v, or (acc) the residual y += v + bias as add_rms_norm adds.
+  auto put = [&](int m, int64_t r, float v) {
+    if constexpr (ACC) y[m * ldy + r] += bias != nullptr ? v + bias[r] : v;
+    else y[m * ldy + r] = v;
+  };
   constexpr int kRows = NT * 8;
   __shared__ float red[kMmaWarps][MT * NT * 4][32];
   __shared__ bool last_block;
@@ -178,7 +183,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 3)
     const int m = mt * 16 + g + (q >= 2 ? 8 : 0);
     const int64_t r = row0 + nt * 8 + 2 * t + (q & 1);
     if (m >= n_tokens || r >= rows) continue;
-    if (n_split == 1) y[m * ldy + r] = v;
+    if (n_split == 1) put(m, r, v);
     else partial[(static_cast<int64_t>(split) * n_tokens + m) * rows + r] = v;
   }
   if (n_split == 1) return;
@@ -195,29 +200,37 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 3)
     const int64_t r = row0 + e % tile_rows;
     float v = 0.f;
     for (int s = 0; s < n_split; ++s) v += __ldcg(partial + (static_cast<int64_t>(s) * n_tokens + m) * rows + r);
-    y[m * ldy + r] = v;
+    put(m, r, v);
   }
   if (threadIdx.x == 0) counters[tile] = 0;  // ready for the next launch
 }
 
-template <int MT, int NT>
-void launch_mma(const GpuWeight& w, const __half* xp, int n_tokens, float* y, int64_t ldy, int n_split,
-                float* partial, int* counters, int group_shift, cudaStream_t stream) {
+template <int MT, int NT, bool ACC>
+void launch_mma(const GpuWeight& w, const __half* xp, int n_tokens, float* y, int64_t ldy, const float* bias,
+                int n_split, float* partial, int* counters, int group_shift, cudaStream_t stream) {
   const unsigned grid = static_cast<unsigned>(((w.rows + NT * 8 - 1) / (NT * 8)) * n_split);
   switch (w.scale_type) {
     case kScaleF32:
-      launch_dependent(gemm_q4_mma_kernel<MT, NT, kScaleF32>, grid, kMmaWarps * 32, 0, stream, w, xp, n_tokens, y,
-                       ldy, n_split, partial, counters, group_shift);
+      launch_dependent(gemm_q4_mma_kernel<MT, NT, kScaleF32, ACC>, grid, kMmaWarps * 32, 0, stream, w, xp, n_tokens,
+                       y, ldy, bias, n_split, partial, counters, group_shift);
       break;
     case kScaleF16:
-      launch_dependent(gemm_q4_mma_kernel<MT, NT, kScaleF16>, grid, kMmaWarps * 32, 0, stream, w, xp, n_tokens, y,
-                       ldy, n_split, partial, counters, group_shift);
+      launch_dependent(gemm_q4_mma_kernel<MT, NT, kScaleF16, ACC>, grid, kMmaWarps * 32, 0, stream, w, xp, n_tokens,
+                       y, ldy, bias, n_split, partial, counters, group_shift);
       break;
     default:
-      launch_dependent(gemm_q4_mma_kernel<MT, NT, kScaleBF16>, grid, kMmaWarps * 32, 0, stream, w, xp, n_tokens, y,
-                       ldy, n_split, partial, counters, group_shift);
+      launch_dependent(gemm_q4_mma_kernel<MT, NT, kScaleBF16, ACC>, grid, kMmaWarps * 32, 0, stream, w, xp, n_tokens,
+                       y, ldy, bias, n_split, partial, counters, group_shift);
       break;
   }
+}
+
+template <int MT, int NT>
+void launch_mma_acc(bool acc, const GpuWeight& w, const __half* xp, int n_tokens, float* y, int64_t ldy,
+                    const float* bias, int n_split, float* partial, int* counters, int group_shift,
+                    cudaStream_t stream) {
+  if (acc) launch_mma<MT, NT, true>(w, xp, n_tokens, y, ldy, bias, n_split, partial, counters, group_shift, stream);
+  else launch_mma<MT, NT, false>(w, xp, n_tokens, y, ldy, bias, n_split, partial, counters, group_shift, stream);
 }
 
 // Rows of weight per warp: 32 (4 n-tiles) up to 32 tokens, 16 above (the
@@ -253,7 +266,8 @@ MmaPlan gemm_q4_mma_plan(const GpuWeight& w, int64_t n_tokens, const float* x, i
 }
 
 void gemm_q4_mma(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-                 bool silu, const MmaPlan& p, __half* x16, float* partial, int* counters, cudaStream_t stream) {
+                 bool silu, bool acc, const float* bias, const MmaPlan& p, __half* x16, float* partial,
+                 int* counters, cudaStream_t stream) {
   const int m_pad = static_cast<int>((n_tokens + 15) / 16 * 16);
   const int cols = static_cast<int>(w.cols);
   const int64_t pieces = static_cast<int64_t>(m_pad) * (cols / 8);
@@ -266,10 +280,10 @@ void gemm_q4_mma(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_toke
   while ((32 << group_shift) < w.group_size) ++group_shift;
   const int nt = static_cast<int>(n_tokens);
   switch ((n_tokens + 15) / 16) {
-    case 1: launch_mma<1, 4>(w, x16, nt, y, ldy, p.n_split, partial, counters, group_shift, stream); break;
-    case 2: launch_mma<2, 4>(w, x16, nt, y, ldy, p.n_split, partial, counters, group_shift, stream); break;
-    case 3: launch_mma<3, 2>(w, x16, nt, y, ldy, p.n_split, partial, counters, group_shift, stream); break;
-    default: launch_mma<4, 2>(w, x16, nt, y, ldy, p.n_split, partial, counters, group_shift, stream); break;
+    case 1: launch_mma_acc<1, 4>(acc, w, x16, nt, y, ldy, bias, p.n_split, partial, counters, group_shift, stream); break;
+    case 2: launch_mma_acc<2, 4>(acc, w, x16, nt, y, ldy, bias, p.n_split, partial, counters, group_shift, stream); break;
+    case 3: launch_mma_acc<3, 2>(acc, w, x16, nt, y, ldy, bias, p.n_split, partial, counters, group_shift, stream); break;
+    default: launch_mma_acc<4, 2>(acc, w, x16, nt, y, ldy, bias, p.n_split, partial, counters, group_shift, stream); break;
   }
   PENSIEVE_CUDA_LAUNCHED("gemm_q4_mma");
 }

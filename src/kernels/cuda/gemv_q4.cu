@@ -50,8 +50,9 @@ __device__ __forceinline__ uint32_t pack4(int a, int b, int c, int d) {
 // words 0-1, q2 of words 2-3; each word's bytes even values first) and
 // ds[nblk] = (d, Σx). Four threads per 32-column block, 8 values each; the
 // whole block's threads take part.
-template <bool SILU>
-__device__ void stage_x(const float* __restrict__ x, int cols, uint4* q, float2* ds, int nblk) {
+template <int IN>
+__device__ void stage_x(const float* __restrict__ x, int cols, uint4* q, float2* ds, int nblk,
+                        const float* __restrict__ norm_w, float inv_rms) {
   const int n8 = cols / 8;
   for (int e0 = 0; e0 < n8; e0 += blockDim.x) {
     const int e = e0 + static_cast<int>(threadIdx.x);
@@ -61,9 +62,15 @@ __device__ void stage_x(const float* __restrict__ x, int cols, uint4* q, float2*
     if (ok) {
       a = __ldg(reinterpret_cast<const float4*>(x) + 2 * e);
       b = __ldg(reinterpret_cast<const float4*>(x) + 2 * e + 1);
-      if constexpr (SILU) {
+      if constexpr (IN == kGemvSilu) {
         a = silu_mul4(a, __ldg(reinterpret_cast<const float4*>(x + cols) + 2 * e));
         b = silu_mul4(b, __ldg(reinterpret_cast<const float4*>(x + cols) + 2 * e + 1));
+      } else if constexpr (IN == kGemvNorm) {
+        // As rms_norm computes it: w · (x · inv).
+        const float4 wa = __ldg(reinterpret_cast<const float4*>(norm_w) + 2 * e);
+        const float4 wb = __ldg(reinterpret_cast<const float4*>(norm_w) + 2 * e + 1);
+        a = make_float4(wa.x * (a.x * inv_rms), wa.y * (a.y * inv_rms), wa.z * (a.z * inv_rms), wa.w * (a.w * inv_rms));
+        b = make_float4(wb.x * (b.x * inv_rms), wb.y * (b.y * inv_rms), wb.z * (b.z * inv_rms), wb.w * (b.w * inv_rms));
       }
     }
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
@@ -101,10 +108,13 @@ __device__ void stage_x(const float* __restrict__ x, int cols, uint4* q, float2*
 // vector read from shared memory serves both rows. The group of a 32-column
 // block is its index shifted (group sizes are powers of two), in 32-bit
 // arithmetic from the row's first group.
-template <int T, bool SILU, int ST>
+template <int T, int IN, bool ACC, int ST>
 __global__ void __launch_bounds__(kQ4Warps * 32, T == 1 ? 4 : T == 2 ? 3 : 2)
-    gemv_q4_pair_kernel(GpuWeight w, const float* __restrict__ x, int64_t ldx, float* __restrict__ y,
-                        int64_t ldy, int rows_per_warp, int group_shift) {
+    gemv_q4_pair_kernel(GpuWeight w, GemvIo io, int rows_per_warp, int group_shift) {
+  const float* __restrict__ x = io.x;
+  const int64_t ldx = io.ldx;
+  float* __restrict__ y = io.y;
+  const int64_t ldy = io.ldy;
   extern __shared__ __align__(16) unsigned char smem[];
   const int cols = static_cast<int>(w.cols);
   const int nblk = cols / 32;
@@ -148,8 +158,35 @@ __global__ void __launch_bounds__(kQ4Warps * 32, T == 1 ? 4 : T == 2 ? 3 : 2)
   }
   pdl_wait();
   pdl_trigger();
+  // Norm: each token's 1/rms over its whole row first (every block alike).
+  float inv_rms[T];
 #pragma unroll
-  for (int t = 0; t < T; ++t) stage_x<SILU>(x + t * ldx, cols, xq + t * 4 * nblk, xds + t * nblk, nblk);
+  for (int t = 0; t < T; ++t) inv_rms[t] = 1.f;
+  if constexpr (IN == kGemvNorm) {
+    __shared__ float partial[kQ4Warps][T];
+    float ss[T];
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      ss[t] = 0.f;
+      for (int c = threadIdx.x * 4; c < cols; c += blockDim.x * 4) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(x + t * ldx + c));
+        ss[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+      ss[t] = warp_sum(ss[t]);
+      if (lane == 0) partial[warp][t] = ss[t];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      float total = 0.f;
+#pragma unroll
+      for (int k = 0; k < kQ4Warps; ++k) total += partial[k][t];
+      inv_rms[t] = rsqrtf(total / static_cast<float>(cols) + io.eps);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < T; ++t)
+    stage_x<IN>(x + t * ldx, cols, xq + t * 4 * nblk, xds + t * nblk, nblk, io.norm_w, inv_rms[t]);
   __syncthreads();
 
   for (int64_t r = r_begin; r < r_end; r += 2) {
@@ -208,8 +245,13 @@ __global__ void __launch_bounds__(kQ4Warps * 32, T == 1 ? 4 : T == 2 ? 3 : 2)
       const float v0 = warp_sum(acc0[t]);
       const float v1 = warp_sum(acc1[t]);
       if (lane == 0) {
-        y[t * ldy + r] = v0;
-        if (two) y[t * ldy + r + 1] = v1;
+        if constexpr (ACC) {  // the residual: y += (v + bias), as add_rms_norm adds
+          y[t * ldy + r] += io.bias ? v0 + io.bias[r] : v0;
+          if (two) y[t * ldy + r + 1] += io.bias ? v1 + io.bias[r + 1] : v1;
+        } else {
+          y[t * ldy + r] = v0;
+          if (two) y[t * ldy + r + 1] = v1;
+        }
       }
     }
   }
@@ -241,31 +283,40 @@ int rows_per_warp(int64_t rows, int per_sm) {
   return static_cast<int>((rows + resident_warps - 1) / resident_warps);
 }
 
-template <int T, bool SILU, int ST>
-void launch_pairs(const GpuWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, size_t smem,
-                  int group_shift, cudaStream_t stream) {
-  constexpr auto kernel = gemv_q4_pair_kernel<T, SILU, ST>;
+template <int T, int IN, bool ACC, int ST>
+void launch_pairs(const GpuWeight& w, const GemvIo& io, size_t smem, int group_shift, cudaStream_t stream) {
+  constexpr auto kernel = gemv_q4_pair_kernel<T, IN, ACC, ST>;
   const int rpw = rows_per_warp(w.rows, blocks_per_sm<kernel>(smem));
   launch_dependent(kernel, blocks_for(w.rows, static_cast<int64_t>(kQ4Warps) * rpw), kQ4Warps * 32, smem, stream, w,
-                   x, ldx, y, ldy, rpw, group_shift);
+                   io, rpw, group_shift);
 }
 
-template <int T, bool SILU>
-void launch(const GpuWeight& w, const float* x, int64_t ldx, float* y, int64_t ldy, size_t smem,
-            int group_shift, cudaStream_t stream) {
+template <int T, int IN, bool ACC>
+void launch(const GpuWeight& w, const GemvIo& io, size_t smem, int group_shift, cudaStream_t stream) {
   switch (w.scale_type) {
-    case kScaleF32: return launch_pairs<T, SILU, kScaleF32>(w, x, ldx, y, ldy, smem, group_shift, stream);
-    case kScaleF16: return launch_pairs<T, SILU, kScaleF16>(w, x, ldx, y, ldy, smem, group_shift, stream);
-    default: return launch_pairs<T, SILU, kScaleBF16>(w, x, ldx, y, ldy, smem, group_shift, stream);
+    case kScaleF32: return launch_pairs<T, IN, ACC, kScaleF32>(w, io, smem, group_shift, stream);
+    case kScaleF16: return launch_pairs<T, IN, ACC, kScaleF16>(w, io, smem, group_shift, stream);
+    default: return launch_pairs<T, IN, ACC, kScaleBF16>(w, io, smem, group_shift, stream);
   }
 }
 
-template <bool SILU>
-void launch_t(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-              size_t smem, int group_shift, cudaStream_t stream) {
+// The input modes and epilogues the decoder uses: plain x (any output), silu
+// (the MLP's down: plain or into the residual), norm (q/k/v, gate/up).
+template <int T>
+void launch_mode(const GpuWeight& w, const GemvIo& io, int in, bool acc, size_t smem, int group_shift,
+                 cudaStream_t stream) {
+  if (in == kGemvPlain && !acc) launch<T, kGemvPlain, false>(w, io, smem, group_shift, stream);
+  else if (in == kGemvPlain) launch<T, kGemvPlain, true>(w, io, smem, group_shift, stream);
+  else if (in == kGemvSilu && !acc) launch<T, kGemvSilu, false>(w, io, smem, group_shift, stream);
+  else if (in == kGemvSilu) launch<T, kGemvSilu, true>(w, io, smem, group_shift, stream);
+  else launch<T, kGemvNorm, false>(w, io, smem, group_shift, stream);
+}
+
+void launch_t(const GpuWeight& w, const GemvIo& io, int64_t n_tokens, int in, bool acc, size_t smem,
+              int group_shift, cudaStream_t stream) {
   switch (n_tokens) {
 #define PENSIEVE_Q4_CASE(T) \
-  case T: launch<T, SILU>(w, x, ldx, y, ldy, smem, group_shift, stream); break;
+  case T: launch_mode<T>(w, io, in, acc, smem, group_shift, stream); break;
     PENSIEVE_Q4_CASE(1)
     PENSIEVE_Q4_CASE(2)
     PENSIEVE_Q4_CASE(3)
@@ -287,12 +338,11 @@ bool gemv_q4_enabled() {
   return e == nullptr || e[0] != '0';
 }
 
-bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-             bool silu, cudaStream_t stream) {
+bool gemv_q4(const GpuWeight& w, const GemvIo& io, int64_t n_tokens, int in, bool acc, cudaStream_t stream) {
   const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
   if (w.format != kAffine4 || n_tokens < 1 || n_tokens > kGemvMaxTokens || w.group_size % 32 != 0 ||
-      w.cols % w.group_size != 0 || w.cols > (1 << 24) || !aligned16(w.data) || !aligned16(x) ||
-      ldx % 4 != 0 || !gemv_q4_enabled())
+      w.cols % w.group_size != 0 || w.cols > (1 << 24) || !aligned16(w.data) || !aligned16(io.x) ||
+      io.ldx % 4 != 0 || (in == kGemvNorm && (acc || !aligned16(io.norm_w))) || !gemv_q4_enabled())
     return false;
   const size_t smem = static_cast<size_t>(n_tokens) * static_cast<size_t>(w.cols / 32) * (64 + 8);
   if (smem > kQ4MaxSmem) return false;
@@ -301,8 +351,7 @@ bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, 
   for (int k = 0; k < 8; ++k)
     if (w.group_size == (32 << k)) group_shift = k;
   if (group_shift < 0) return false;
-  if (silu) launch_t<true>(w, x, ldx, n_tokens, y, ldy, smem, group_shift, stream);
-  else launch_t<false>(w, x, ldx, n_tokens, y, ldy, smem, group_shift, stream);
+  launch_t(w, io, n_tokens, in, acc, smem, group_shift, stream);
   PENSIEVE_CUDA_LAUNCHED("gemv_q4");
   return true;
 }

@@ -76,17 +76,11 @@ struct AttentionArgs {
   int window = 0;
   int max_ctx = 0;   // the longest n_ctx of the step
   float* partial = nullptr;  // split-K scratch (attention_scratch_floats)
-  // Per (row, head) counters of finished splits (kAttentionCounters, zero
-  // before the first launch, left zero by each): the last split to finish
-  // combines them, where there are counters enough (else a combine kernel).
-  int* counters = nullptr;
 };
 // Floats of split scratch attention() needs for this many rows and heads.
 int64_t attention_scratch_floats(int64_t n_rows, int64_t n_groups, int n_heads, int head_dim,
                                  int max_ctx);
 void attention(const AttentionArgs& a, cudaStream_t stream);
-constexpr int64_t kAttentionCounters = 4096;
-bool combine_in_place();
 
 // --- flash_attention.cu
 // The tensor-core prompt kernel over a.tiles (head dims 32, 64, 96, 128).
@@ -113,12 +107,23 @@ bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y
 int multiprocessor_count();
 // --- gemv_q4.cu
 // Decode rows (1 to kGemvMaxTokens) of a 4-bit weight on int8 dot products,
-// x staged as two int8 levels per 32 columns (silu: x is gate|up rows of
-// width 2·w.cols, as matmul_silu). False (nothing launched) where it does
-// not apply: another format, groups not a multiple of 32, unaligned
-// pointers, x too wide for shared memory, or PENSIEVE_CUDA_GEMV_Q4=0.
-bool gemv_q4(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-             bool silu, cudaStream_t stream);
+// x staged as two int8 levels per 32 columns. False (nothing launched) where
+// it does not apply: another format, groups not a multiple of 32, unaligned
+// pointers, x too wide for shared memory, norm with acc, or
+// PENSIEVE_CUDA_GEMV_Q4=0.
+// Input modes: x as it is, silu(gate)·up of gate|up rows (width 2·cols),
+// or rms_norm(x)·norm_w (eps). acc: y += x·wᵀ (+ bias) instead of y =.
+enum : int { kGemvPlain = 0, kGemvSilu = 1, kGemvNorm = 2 };
+struct GemvIo {
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+  const float* norm_w = nullptr;
+  float eps = 0;
+  const float* bias = nullptr;  // acc only
+};
+bool gemv_q4(const GpuWeight& w, const GemvIo& io, int64_t n_tokens, int in, bool acc, cudaStream_t stream);
 bool gemv_q4_enabled();
 // --- gemm_q4_mma.cu
 // Many streams decoding: kMmaMinTokens to kMmaMaxTokens rows of x times a
@@ -137,9 +142,10 @@ struct MmaPlan {
   size_t x16_halves = 0, partial_floats = 0, counters = 0;
 };
 MmaPlan gemm_q4_mma_plan(const GpuWeight& w, int64_t n_tokens, const float* x, int64_t ldx);
+// acc: y += x·wᵀ (+ bias) instead of y = x·wᵀ.
 void gemm_q4_mma(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
-                 bool silu, const MmaPlan& plan, __half* x16, float* partial, int* counters,
-                 cudaStream_t stream);
+                 bool silu, bool acc, const float* bias, const MmaPlan& plan, __half* x16, float* partial,
+                 int* counters, cudaStream_t stream);
 bool gemm_q4_mma_enabled();
 // --- cublas_gemm.cu
 // cuBLAS, loaded at run time: "" when usable, else why not.

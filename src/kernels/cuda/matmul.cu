@@ -623,7 +623,8 @@ bool matmul_silu(const GpuWeight& w, const float* gu, int64_t n_tokens, float* y
                   y + t0 * ldy, ldy, stream);
     return true;
   }
-  if (gemv_q4(w, gu, 2 * w.cols, n_tokens, y, ldy, /*silu=*/true, stream)) return true;
+  if (gemv_q4(w, GemvIo{.x = gu, .ldx = 2 * w.cols, .y = y, .ldy = ldy}, n_tokens, kGemvSilu, false, stream))
+    return true;
   if (w.format == kAffine4) launch_gemv<kAffine4, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
   else launch_gemv<kAffine8, true>(w, gu, 2 * w.cols, n_tokens, y, ldy, stream);
   PENSIEVE_CUDA_LAUNCHED("gemv silu");
@@ -644,7 +645,7 @@ void matmul(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, f
     return;
   }
   if (n_tokens <= kGemvMaxTokens) {
-    if (gemv_q4(w, x, ldx, n_tokens, y, ldy, /*silu=*/false, stream)) return;
+    if (gemv_q4(w, GemvIo{.x = x, .ldx = ldx, .y = y, .ldy = ldy}, n_tokens, kGemvPlain, false, stream)) return;
     int v = 0;
     switch (w.format) {
       case kAffine4: v = values_per_load<kAffine4>(); break;
