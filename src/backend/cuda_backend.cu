@@ -81,7 +81,8 @@ class CudaBackend final : public Backend {
     if (cublas_ == nullptr) cublas_why_ = cuda::cublas_unavailable_reason();
     // The tensor-core gemm's per-tile counters: zero once, left zero by every launch.
     mma_counters_ = alloc(kMmaCounters * sizeof(int));
-    PENSIEVE_CUDA_CHECK(cudaMemset(mma_counters_->data(), 0, kMmaCounters * sizeof(int)));
+    PENSIEVE_CUDA_CHECK(cudaMemsetAsync(mma_counters_->data(), 0, kMmaCounters * sizeof(int), stream_));
+    PENSIEVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   ~CudaBackend() override {
     if (profiling_) {
@@ -197,7 +198,10 @@ class CudaBackend final : public Backend {
                                         : "matmul (" + std::to_string(parts.size()) + " parts)");
     int64_t offset = 0;
     for (const WeightMatrix* w : parts) {
-      if (cublas_ != nullptr && n_rows >= cuda::kCublasMinTokens) {
+      // 9-64 rows: the tensor-core gemm where it applies (it reads the 4-bit
+      // weight once; cuBLAS would dequantize it first), else cuBLAS from 64.
+      if (mma(*w, x, ldx, n_rows, y + offset, ldy, /*silu=*/false)) {
+      } else if (cublas_ != nullptr && n_rows >= cuda::kCublasMinTokens) {
         const size_t w_bytes = static_cast<size_t>(w->rows * w->cols) * 2;
         const size_t x_bytes = static_cast<size_t>(n_rows * w->cols) * 2;
         if (!w16_ || w16_->bytes() < w_bytes) grow(w16_, w_bytes);
@@ -205,7 +209,7 @@ class CudaBackend final : public Backend {
         cuda::matmul_cublas(cublas_, gpu_view(*w), x, ldx, n_rows, y + offset, ldy,
                             static_cast<__half*>(w16_->data()), static_cast<__half*>(x16_->data()),
                             stream_);
-      } else if (!mma(*w, x, ldx, n_rows, y + offset, ldy, /*silu=*/false)) {
+      } else {
         cuda::matmul(gpu_view(*w), x, ldx, n_rows, y + offset, ldy, stream_);
       }
       offset += w->rows;

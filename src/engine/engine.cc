@@ -227,11 +227,25 @@ EngineStats Engine::stats() const {
 // copies it in. Leaves the running sequences a block each to go on with.
 std::optional<int32_t> Engine::block_from_disk(const BlockKey& key) {
   if (pool_.n_available() <= static_cast<int64_t>(running_.size()) + 1) return std::nullopt;
-  const std::byte* bytes = disk_reader_->next(key.hash);
+  bool off_list = false;
+  const std::byte* bytes = disk_reader_->next(key.hash, &off_list);
+  if (off_list) {
+    // A block that was in memory when the lookup began, evicted since (by
+    // this lookup's own allocations): read here, as the reader would have.
+    if (!options_.disk->get(key.hash, key.parent, key.tokens, disk_staging_)) return std::nullopt;
+    bytes = disk_staging_.data();
+  }
   if (bytes == nullptr) return std::nullopt;
+  // The reader's buffer goes back however this ends (a copy that throws too).
+  struct Release {
+    KvDiskReader* reader;
+    bool held;
+    ~Release() {
+      if (held) reader->release();
+    }
+  } release{disk_reader_.get(), !off_list};
   std::optional<int32_t> b = pool_.allocate();
   const bool copied = b && model_.write_kv_block(*b, bytes);
-  disk_reader_->release();
   if (!copied || !pool_.publish(*b, key)) {
     if (b) pool_.release(*b);
     return std::nullopt;

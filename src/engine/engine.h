@@ -197,7 +197,7 @@ class Engine {
   // The disk tier (null without one); declared before thread_, which uses them.
   std::unique_ptr<KvDiskWriter> disk_writer_;
   std::unique_ptr<KvDiskReader> disk_reader_;
-  std::vector<std::byte> disk_staging_;  // engine thread: one block on its way out
+  std::vector<std::byte> disk_staging_;  // engine thread: one block on its way out (or in, read here)
   std::optional<int32_t> block_from_disk(const BlockKey& key);
   void block_to_disk(int32_t block, const BlockKey& key);
   std::thread thread_;

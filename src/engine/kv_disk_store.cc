@@ -391,9 +391,9 @@ KvDiskReader::~KvDiskReader() {
 
 void KvDiskReader::start(std::vector<Key> keys) {
   std::unique_lock<std::mutex> lock(mutex_);
-  if (held_) fail(ErrorKind::internal, "KvDiskReader::start with a block not released");
-  ++generation_;
-  cv_.wait(lock, [&] { return !busy_; });  // the thread lets go of the old list
+  held_ = false;  // (a caller that threw before release())
+  drop_rest();
+  cv_.wait(lock, [&] { return !busy_; });  // a read in flight may be writing any buffer
   keys_ = std::move(keys);
   n_read_ = n_taken_ = prefetched_ = 0;
   failed_ = false;
@@ -401,10 +401,12 @@ void KvDiskReader::start(std::vector<Key> keys) {
   cv_.notify_all();
 }
 
-const std::byte* KvDiskReader::next(uint64_t hash) {
+const std::byte* KvDiskReader::next(uint64_t hash, bool* off_list) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (held_) fail(ErrorKind::internal, "KvDiskReader::next with a block not released");
+  if (off_list != nullptr) *off_list = false;
   if (n_taken_ >= keys_.size() || keys_[n_taken_].hash != hash) {
+    if (off_list != nullptr) *off_list = true;
     drop_rest();  // off the list: the rest is of no use
     return nullptr;
   }
@@ -425,9 +427,8 @@ void KvDiskReader::release() {
 }
 
 void KvDiskReader::cancel() {
-  std::unique_lock<std::mutex> lock(mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   drop_rest();
-  cv_.wait(lock, [&] { return !busy_; });
 }
 
 // (mutex_ held) Nothing past the block handed out is handed out: the list

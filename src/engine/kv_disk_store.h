@@ -132,16 +132,16 @@ class KvDiskReader {
   KvDiskReader(const KvDiskReader&) = delete;
   KvDiskReader& operator=(const KvDiskReader&) = delete;
 
-  // Starts reading these blocks, in order (a block already handed out by
-  // next() must be released first). Replaces the blocks of an earlier start().
+  // Starts reading these blocks, in order. Replaces the blocks of an
+  // earlier start() (a block next() handed out counts as released).
   void start(std::vector<Key> keys);
   // The next block of the list, once read and checked: its payload (valid
   // until release()), or nullptr where the list is done, the block is
   // missing or damaged, or `hash` is not the next one (then the rest is
-  // dropped).
-  const std::byte* next(uint64_t hash);
+  // dropped, and *off_list says so: the caller may read it itself).
+  const std::byte* next(uint64_t hash, bool* off_list = nullptr);
   void release();  // the block next() handed out is done with
-  // Drops the rest of the list; returns once the thread has let go of it.
+  // Drops the rest of the list (a read in flight is discarded when it ends).
   void cancel();
 
  private:

@@ -236,9 +236,6 @@ TEST(KvDiskWriter, WritesBehindDropsPastItsQueueAndDrainsWhenDestroyed) {
   EXPECT_GE(found, 6);  // the first three, and at least the three the queue held
 }
 
-// Blocks of another KV type, device or window are another cache: each of
-// them changes the fingerprint; the same model and settings give the same
-// one every time.
 // The reader hands out a chain's blocks in order, byte for byte, with
 // fewer buffers than blocks (it reads ahead only as the engine releases);
 // it stops at a missing or a damaged block (the damaged file removed); a
@@ -289,12 +286,32 @@ TEST(KvDiskReader, HandsOutAChainInOrderAndStopsWhereItBreaks) {
     reader.release();
   }
   EXPECT_EQ(reader.next(keys[6].hash), nullptr);
-  // Asked out of order: nothing, and the list is over.
+  // Asked out of order: nothing, said to be off the list, and the list is
+  // over. (A missing block is not "off the list": the chain breaks there.)
+  reader.start(keys);
+  bool off_list = true;
+  ASSERT_NE(reader.next(keys[0].hash, &off_list), nullptr);
+  EXPECT_FALSE(off_list);
+  reader.release();
+  EXPECT_EQ(reader.next(keys[2].hash, &off_list), nullptr);
+  EXPECT_TRUE(off_list);
+  EXPECT_EQ(reader.next(keys[1].hash, &off_list), nullptr);
+  EXPECT_TRUE(off_list);
+  reader.start(keys);
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_NE(reader.next(keys[i].hash), nullptr);
+    reader.release();
+  }
+  EXPECT_EQ(reader.next(keys[6].hash, &off_list), nullptr);
+  EXPECT_FALSE(off_list) << "the missing block";
+  // A block handed out and never released (its caller threw): start() goes on.
   reader.start(keys);
   ASSERT_NE(reader.next(keys[0].hash), nullptr);
+  reader.start(keys);
+  const std::byte* again = reader.next(keys[0].hash);
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(0, std::memcmp(again, payloads[0].data(), kPayload));
   reader.release();
-  EXPECT_EQ(reader.next(keys[2].hash), nullptr);
-  EXPECT_EQ(reader.next(keys[1].hash), nullptr);
   // A list replaced half way, and one cancelled.
   reader.start(keys);
   ASSERT_NE(reader.next(keys[0].hash), nullptr);
@@ -312,6 +329,9 @@ TEST(KvDiskReader, HandsOutAChainInOrderAndStopsWhereItBreaks) {
   EXPECT_EQ(reader.next(keys[0].hash), nullptr) << "cancelled before anything was taken";
 }
 
+// Blocks of another KV type, device or window are another cache: each of
+// them changes the fingerprint; the same model and settings give the same
+// one every time.
 TEST(KvDiskStore, FingerprintCoversKvTypeDeviceAndWindow) {
   const std::string dir = test::data_path("models/llama3-tiny");
   const std::string base = kv_fingerprint(dir, "LlamaForCausalLM", 0, "cpu", KvType::f16);

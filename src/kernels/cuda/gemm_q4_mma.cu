@@ -1,4 +1,4 @@
-// Many streams decoding: 9 to 63 rows of x times a 4-bit MLX weight, on
+// Many streams decoding: 9 to 64 rows of x times a 4-bit MLX weight, on
 // tensor cores (mma.sync m16n8k16, f16 operands, f32 sums).
 //
 // The gemv reads the weight once per 8 rows; here it is read once for all
