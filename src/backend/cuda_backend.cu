@@ -201,7 +201,10 @@ class CudaBackend final : public Backend {
       // 9-64 rows: the tensor-core gemm where it applies (it reads the 4-bit
       // weight once; cuBLAS would dequantize it first), else cuBLAS from 64.
       if (mma(*w, x, ldx, n_rows, y + offset, ldy, /*silu=*/false)) {
-      } else if (cublas_ != nullptr && n_rows >= cuda::kCublasMinTokens) {
+        offset += w->rows;
+        continue;
+      }
+      if (cublas_ != nullptr && n_rows >= cuda::kCublasMinTokens) {
         const size_t w_bytes = static_cast<size_t>(w->rows * w->cols) * 2;
         const size_t x_bytes = static_cast<size_t>(n_rows * w->cols) * 2;
         if (!w16_ || w16_->bytes() < w_bytes) grow(w16_, w_bytes);

@@ -374,7 +374,7 @@ void KvDiskWriter::run() {
 }
 
 KvDiskReader::KvDiskReader(KvDiskStore& store, size_t block_bytes, int n_buffers, size_t read_ahead)
-    : store_(store), block_bytes_(block_bytes), read_ahead_(read_ahead) {
+    : store_(store), read_ahead_(read_ahead) {
   buffers_.resize(static_cast<size_t>(std::max(n_buffers, 2)));
   for (auto& b : buffers_) b.resize(block_bytes);
   thread_ = std::thread([this] { run(); });

@@ -149,7 +149,7 @@ class KvDiskReader {
   void drop_rest();
 
   KvDiskStore& store_;
-  const size_t block_bytes_, read_ahead_;
+  const size_t read_ahead_;
   std::vector<std::vector<std::byte>> buffers_;
   mutable std::mutex mutex_;
   std::condition_variable cv_;

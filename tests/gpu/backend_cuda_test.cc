@@ -128,6 +128,19 @@ HostWeight random_weight(std::mt19937& rng, WeightFormat format, ScaleType st, i
   return h;
 }
 
+// The reference's input of a matmul: x itself (rows of cols), or, for the
+// MLP's down projection, silu(gate) · up of gate|up rows (width 2·cols).
+std::vector<float> reference_input(const std::vector<float>& gu, int64_t tokens, int64_t cols, bool silu) {
+  const int64_t ldx = silu ? 2 * cols : cols;
+  std::vector<float> x(static_cast<size_t>(tokens * cols));
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t k = 0; k < cols; ++k) {
+      const float g = gu[t * ldx + k];
+      x[t * cols + k] = silu ? g / (1.0f + std::exp(-g)) * gu[t * ldx + cols + k] : g;
+    }
+  return x;
+}
+
 struct MatmulCase {
   WeightFormat format;
   ScaleType scale_type;
@@ -245,13 +258,7 @@ TEST_F(CudaBackendTest, DecodeGemvsOnManyRowsAndTheFusedSiluMatchTheReference) {
         HostWeight hw = random_weight(rng_, c.format, c.st, c.group, c.rows, c.cols);
         const int64_t ldx = c.silu ? 2 * c.cols : c.cols;
         const std::vector<float> gu = random_floats(rng_, static_cast<size_t>(tokens * ldx));
-        // The reference's input: x itself, or silu(gate) · up.
-        std::vector<float> x(static_cast<size_t>(tokens * c.cols));
-        for (int64_t t = 0; t < tokens; ++t)
-          for (int64_t k = 0; k < c.cols; ++k) {
-            const float g = gu[t * ldx + k];
-            x[t * c.cols + k] = c.silu ? g / (1.0f + std::exp(-g)) * gu[t * ldx + c.cols + k] : g;
-          }
+        const std::vector<float> x = reference_input(gu, tokens, c.cols, c.silu);
         std::vector<float> ref(static_cast<size_t>(tokens * c.rows));
         kernels::matmul_ref(hw.w, x.data(), c.cols, tokens, ref.data(), c.rows);
         const WeightMatrix dw = gpu_->upload(hw.w);
@@ -297,12 +304,7 @@ TEST_F(CudaBackendTest, ManyStreamsGemmOnTensorCoresMatchesTheReference) {
       HostWeight hw = random_weight(rng_, WeightFormat::affine4, c.st, c.group, c.rows, c.cols);
       const int64_t ldx = c.silu ? 2 * c.cols : c.cols;
       const std::vector<float> gu = random_floats(rng_, static_cast<size_t>(tokens * ldx));
-      std::vector<float> x(static_cast<size_t>(tokens * c.cols));
-      for (int64_t t = 0; t < tokens; ++t)
-        for (int64_t k = 0; k < c.cols; ++k) {
-          const float g = gu[t * ldx + k];
-          x[t * c.cols + k] = c.silu ? g / (1.0f + std::exp(-g)) * gu[t * ldx + c.cols + k] : g;
-        }
+      const std::vector<float> x = reference_input(gu, tokens, c.cols, c.silu);
       std::vector<float> ref(static_cast<size_t>(tokens * c.rows));
       kernels::matmul_ref(hw.w, x.data(), c.cols, tokens, ref.data(), c.rows);
       const WeightMatrix dw = gpu_->upload(hw.w);
@@ -360,16 +362,13 @@ TEST_F(CudaBackendTest, ResidualFusedIntoTheProjectionsMatchesTheReference) {
     const std::vector<float> gu = random_floats(rng_, static_cast<size_t>(tokens * 2 * kI));
     constexpr int64_t ldy = 200 + 64 + 64;
     // The reference: normed rows, then each product by matmul_ref.
-    std::vector<float> normed(x0.size()), act(static_cast<size_t>(tokens * kI));
+    std::vector<float> normed(x0.size());
+    const std::vector<float> act = reference_input(gu, tokens, kI, /*silu=*/true);
     for (int64_t t = 0; t < tokens; ++t) {
       double ss = 0;
       for (int64_t c = 0; c < kDim; ++c) ss += double(x0[t * kDim + c]) * x0[t * kDim + c];
       const double inv = 1.0 / std::sqrt(ss / kDim + kEps);
       for (int64_t c = 0; c < kDim; ++c) normed[t * kDim + c] = static_cast<float>(norm[c] * (x0[t * kDim + c] * inv));
-      for (int64_t c = 0; c < kI; ++c) {
-        const double g = gu[t * 2 * kI + c];
-        act[t * kI + c] = static_cast<float>(g / (1.0 + std::exp(-g)) * gu[t * 2 * kI + kI + c]);
-      }
     }
     std::vector<float> y_ref(static_cast<size_t>(tokens * ldy)), o_ref(x0.size()), d_ref(x0.size());
     kernels::matmul_ref(wq.w, normed.data(), kDim, tokens, y_ref.data(), ldy);

@@ -237,12 +237,12 @@ void launch_mma_acc(bool acc, const GpuWeight& w, const __half* xp, int n_tokens
 // accumulators grow with the tokens).
 int tile_rows(int64_t n_tokens) { return n_tokens <= 32 ? 32 : 16; }
 
-}  // namespace
-
 bool gemm_q4_mma_enabled() {
   const char* e = std::getenv("PENSIEVE_CUDA_MMA");
   return e == nullptr || e[0] != '0';
 }
+
+}  // namespace
 
 MmaPlan gemm_q4_mma_plan(const GpuWeight& w, int64_t n_tokens, const float* x, int64_t ldx) {
   MmaPlan p;

@@ -146,7 +146,6 @@ MmaPlan gemm_q4_mma_plan(const GpuWeight& w, int64_t n_tokens, const float* x, i
 void gemm_q4_mma(const GpuWeight& w, const float* x, int64_t ldx, int64_t n_tokens, float* y, int64_t ldy,
                  bool silu, bool acc, const float* bias, const MmaPlan& plan, __half* x16, float* partial,
                  int* counters, cudaStream_t stream);
-bool gemm_q4_mma_enabled();
 // --- cublas_gemm.cu
 // cuBLAS, loaded at run time: "" when usable, else why not.
 std::string cublas_unavailable_reason();
