@@ -44,9 +44,6 @@ int64_t blocks_for(int64_t positions) {
   return (positions + kKvBlockTokens - 1) / kKvBlockTokens;
 }
 
-// Blocks read ahead from disk (32 Phi-3-mini blocks: 192 MiB).
-constexpr size_t kDiskReadAhead = 32;
-
 std::string format_bytes(int64_t bytes) {
   if (bytes >= (int64_t{1} << 30)) return fmt::format("{:.2f} GiB", bytes / 1073741824.0);
   return fmt::format("{:.1f} MiB", bytes / 1048576.0);
@@ -148,7 +145,7 @@ Engine::Engine(Model& model, const EngineOptions& options)
     disk_staging_.resize(static_cast<size_t>(model_.kv_bytes_per_block()));
     if (pool_.n_total() > 0 && model_.read_kv_block(0, disk_staging_.data())) {
       disk_writer_ = std::make_unique<KvDiskWriter>(*options_.disk, options_.disk_queue_bytes);
-      disk_reader_ = std::make_unique<KvDiskReader>(*options_.disk, disk_staging_.size(), 4, kDiskReadAhead);
+      disk_reader_ = std::make_unique<KvDiskReader>(*options_.disk, disk_staging_.size(), kKvBlockTokens);
       spdlog::info("engine: prefix cache on disk in {}", options_.disk->folder());
     } else {
       spdlog::info("engine: no prefix cache on disk: the {} backend cannot copy KV blocks out",
@@ -306,7 +303,7 @@ void Engine::start_sequence(Sequence& s) {
         if (!pool_.indexed(hash)) missing.push_back({hash, parent, std::vector<int32_t>(tokens.begin(), tokens.end())});
         parent = hash;
       }
-      const bool on_disk = !missing.empty() && options_.disk->prefetch(missing.front().hash);
+      const bool on_disk = !missing.empty() && options_.disk->has(missing.front().hash);
       disk_reader_->start(on_disk ? std::move(missing) : std::vector<KvDiskReader::Key>{});
       if (on_disk && !s.started) {
         EngineEvent e;

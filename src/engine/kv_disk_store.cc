@@ -28,6 +28,7 @@ constexpr uint32_t kVersion = 2;  // 2: XXH3-64 checksums (1: crc32)
 constexpr const char* kSuffix = ".kvb";
 constexpr const char* kTmpPrefix = ".tmp-";
 constexpr auto kStaleTmp = std::chrono::minutes(10);
+constexpr size_t kPage = 4096;  // O_DIRECT's alignment of buffers, offsets and sizes
 
 struct Header {
   char magic[8];
@@ -257,15 +258,114 @@ bool KvDiskStore::get(uint64_t hash, uint64_t parent, std::span<const int32_t> t
   }
   ::close(fd);
   if (!damage.empty()) {
-    spdlog::warn("prefix cache: {} is damaged ({}): removed", path, damage);
-    ::unlink(path.c_str());
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++n_damaged_;
+    damaged(path, damage);
     return false;
   }
   if (match) ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // most recently used now
   return match;
 }
+
+void KvDiskStore::damaged(const std::string& path, const std::string& why) {
+  spdlog::warn("prefix cache: {} is damaged ({}): removed", path, why);
+  ::unlink(path.c_str());
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++n_damaged_;
+}
+
+// The file's bytes rounded up to whole pages, and a page more: a read that
+// fills it finds a file longer than its header says.
+size_t KvDiskStore::file_buffer_bytes(size_t n_tokens, size_t payload_bytes) {
+  const size_t file = sizeof(Header) + n_tokens * sizeof(int32_t) + payload_bytes;
+  return (file / kPage + 2) * kPage;
+}
+
+const std::byte* KvDiskStore::read_file(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens,
+                                        size_t payload_bytes, std::span<std::byte> file, bool* direct) {
+  const std::string path = path_of(hash);
+  const size_t want = file_buffer_bytes(tokens.size(), payload_bytes);
+  if (file.size() < want || (reinterpret_cast<uintptr_t>(file.data()) % kPage) != 0)
+    fail(ErrorKind::internal, "KvDiskStore::read_file: a buffer of {} bytes (need {}, page-aligned)", file.size(),
+         want);
+  int fd = -1;
+  bool unbuffered = *direct;
+  if (unbuffered) {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (fd < 0 && errno == EINVAL) unbuffered = false;  // a file system without O_DIRECT
+  }
+  if (!unbuffered) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return nullptr;
+  size_t got = 0;
+  for (;;) {
+    const ssize_t r = ::read(fd, file.data() + got, want - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EINVAL && unbuffered && got == 0) {
+      // Opened unbuffered but cannot read so: read it the usual way.
+      ::close(fd);
+      fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) return nullptr;
+      unbuffered = false;
+      continue;
+    }
+    if (r <= 0) {
+      if (r < 0) {
+        spdlog::warn("prefix cache: reading {}: {}", path, std::strerror(errno));
+        ::close(fd);
+        return nullptr;
+      }
+      break;
+    }
+    got += static_cast<size_t>(r);
+    if (got == want) break;
+    // A short read is the end of the file (the next read says so), or an
+    // interrupted one: unbuffered, the next read's offset is then unaligned,
+    // it fails and the block counts as missing, not damaged.
+  }
+  ::close(fd);
+  if (*direct && !unbuffered) *direct = false;
+
+  Header h{};
+  std::string damage;
+  bool match = false;
+  const std::byte* payload = nullptr;
+  if (got < sizeof h) {
+    damage = "shorter than its header";
+  } else {
+    std::memcpy(&h, file.data(), sizeof h);
+    if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion) {
+      damage = "not a block file of this version";
+    } else if (h.n_tokens > (1u << 20)) {
+      damage = "an impossible token count";
+    } else if (got < sizeof h + h.n_tokens * sizeof(int32_t)) {
+      damage = "truncated in its tokens";
+    } else {
+      std::vector<int32_t> stored(h.n_tokens);
+      std::memcpy(stored.data(), file.data() + sizeof h, stored.size() * sizeof(int32_t));
+      if (header_hash(h, stored) != h.header_hash) {
+        damage = "a header checksum mismatch";
+      } else {
+        match = h.fingerprint_id == fingerprint_id_ && h.hash == hash && h.parent == parent &&
+                h.payload_bytes == payload_bytes &&
+                std::equal(stored.begin(), stored.end(), tokens.begin(), tokens.end());
+        const size_t start = sizeof h + stored.size() * sizeof(int32_t);
+        if (match) {
+          if (got < start + payload_bytes) damage = "truncated in its payload";
+          else if (XXH3_64bits(file.data() + start, payload_bytes) != h.payload_hash)
+            damage = "a payload checksum mismatch";
+          else if (got > start + payload_bytes) damage = "longer than its header says";
+          else payload = file.data() + start;
+        }
+      }
+    }
+  }
+  if (!damage.empty()) {
+    damaged(path, damage);
+    return nullptr;
+  }
+  if (payload != nullptr) ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // most recently used now
+  return payload;
+}
+
+bool KvDiskStore::has(uint64_t hash) const { return ::access(path_of(hash).c_str(), F_OK) == 0; }
 
 bool KvDiskStore::prefetch(uint64_t hash) const {
   const int fd = ::open(path_of(hash).c_str(), O_RDONLY | O_CLOEXEC);
@@ -373,11 +473,18 @@ void KvDiskWriter::run() {
   }
 }
 
-KvDiskReader::KvDiskReader(KvDiskStore& store, size_t block_bytes, int n_buffers, size_t read_ahead)
-    : store_(store), read_ahead_(read_ahead) {
-  buffers_.resize(static_cast<size_t>(std::max(n_buffers, 2)));
-  for (auto& b : buffers_) b.resize(block_bytes);
-  thread_ = std::thread([this] { run(); });
+KvDiskReader::KvDiskReader(KvDiskStore& store, size_t payload_bytes, int block_tokens, int n_threads,
+                           int n_buffers)
+    : store_(store),
+      payload_bytes_(payload_bytes),
+      file_bytes_(KvDiskStore::file_buffer_bytes(static_cast<size_t>(block_tokens), payload_bytes)) {
+  n_threads = std::max(n_threads, 1);
+  buffers_.resize(static_cast<size_t>(std::max(n_buffers, n_threads + 1)));
+  for (Buffer& b : buffers_) {
+    b.file = {static_cast<std::byte*>(std::aligned_alloc(kPage, file_bytes_)), std::free};
+    if (!b.file) throw std::bad_alloc();
+  }
+  for (int i = 0; i < n_threads; ++i) threads_.emplace_back([this] { run(); });
 }
 
 KvDiskReader::~KvDiskReader() {
@@ -386,17 +493,18 @@ KvDiskReader::~KvDiskReader() {
     stop_ = true;
   }
   cv_.notify_all();
-  thread_.join();
+  for (std::thread& t : threads_) t.join();
 }
 
 void KvDiskReader::start(std::vector<Key> keys) {
   std::unique_lock<std::mutex> lock(mutex_);
   held_ = false;  // (a caller that threw before release())
   drop_rest();
-  cv_.wait(lock, [&] { return !busy_; });  // a read in flight may be writing any buffer
+  cv_.wait(lock, [&] { return in_flight_ == 0; });  // a read in flight may be writing any buffer
   keys_ = std::move(keys);
-  n_read_ = n_taken_ = prefetched_ = 0;
-  failed_ = false;
+  state_.assign(keys_.size(), kPending);
+  n_claimed_ = n_taken_ = prefetched_ = 0;
+  first_failed_ = SIZE_MAX;
   lock.unlock();
   cv_.notify_all();
 }
@@ -410,10 +518,11 @@ const std::byte* KvDiskReader::next(uint64_t hash, bool* off_list) {
     drop_rest();  // off the list: the rest is of no use
     return nullptr;
   }
-  cv_.wait(lock, [&] { return n_read_ > n_taken_ || keys_.size() <= n_taken_; });
-  if (n_read_ <= n_taken_ || (failed_ && n_read_ == n_taken_ + 1)) return nullptr;
+  const size_t i = n_taken_;
+  cv_.wait(lock, [&] { return state_[i] != kPending; });
+  if (state_[i] != kOk) return nullptr;
   held_ = true;
-  return buffers_[n_taken_ % buffers_.size()].data();
+  return buffers_[i % buffers_.size()].payload;
 }
 
 void KvDiskReader::release() {
@@ -431,46 +540,58 @@ void KvDiskReader::cancel() {
   drop_rest();
 }
 
+bool KvDiskReader::direct() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return direct_;
+}
+
 // (mutex_ held) Nothing past the block handed out is handed out: the list
-// ends there and a read in flight is discarded.
+// ends there and reads in flight are discarded.
 void KvDiskReader::drop_rest() {
   ++generation_;
   const size_t keep = std::min(keys_.size(), n_taken_ + (held_ ? 1 : 0));
   keys_.resize(keep);
-  if (n_read_ > keep) {
-    n_read_ = keep;
-    failed_ = false;
-  }
+  state_.resize(keep);
+  n_claimed_ = std::min(n_claimed_, keep);
   prefetched_ = std::min(prefetched_, keep);
+  if (first_failed_ >= keep) first_failed_ = SIZE_MAX;
+}
+
+// (mutex_ held) A block to read: the list goes on and has not broken, and
+// its buffer is free (the block N before it was released).
+bool KvDiskReader::can_claim() const {
+  return n_claimed_ < keys_.size() && n_claimed_ < first_failed_ && n_claimed_ < n_taken_ + buffers_.size();
 }
 
 void KvDiskReader::run() {
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    // A block to read: the list goes on, the last read did not fail, and a
-    // buffer is free (every block read before it but the last N-1 released).
-    cv_.wait(lock, [&] {
-      return stop_ || (!failed_ && n_read_ < keys_.size() && n_read_ - n_taken_ < buffers_.size());
-    });
+    cv_.wait(lock, [&] { return stop_ || can_claim(); });
     if (stop_) return;
-    const size_t i = n_read_;
+    const size_t i = n_claimed_++;
     const uint64_t generation = generation_;
     const Key key = keys_[i];
-    std::vector<std::byte>& buffer = buffers_[i % buffers_.size()];
-    // The kernel reads the files of the next read_ahead blocks meanwhile.
+    Buffer& buffer = buffers_[i % buffers_.size()];
+    bool direct = direct_;
+    // Buffered reads: the kernel reads the next files ahead meanwhile.
     std::vector<uint64_t> ahead;
-    const size_t window_end = std::min(keys_.size(), i + 1 + read_ahead_);
-    for (size_t j = std::max(prefetched_, i + 1); j < window_end; ++j) ahead.push_back(keys_[j].hash);
-    prefetched_ = std::max(prefetched_, window_end);
-    busy_ = true;
+    if (!direct) {
+      const size_t window_end = std::min(keys_.size(), i + 1 + 4 * buffers_.size());
+      for (size_t j = std::max(prefetched_, i + 1); j < window_end; ++j) ahead.push_back(keys_[j].hash);
+      prefetched_ = std::max(prefetched_, window_end);
+    }
+    ++in_flight_;
     lock.unlock();
     for (const uint64_t h : ahead) store_.prefetch(h);
-    const bool ok = store_.get(key.hash, key.parent, key.tokens, buffer);
+    const std::byte* payload = store_.read_file(key.hash, key.parent, key.tokens, payload_bytes_,
+                                                std::span<std::byte>(buffer.file.get(), file_bytes_), &direct);
     lock.lock();
-    busy_ = false;
+    --in_flight_;
+    if (!direct) direct_ = false;
     if (generation == generation_) {
-      n_read_ = i + 1;
-      failed_ = !ok;
+      buffer.payload = payload;
+      state_[i] = payload != nullptr ? kOk : kFailed;
+      if (payload == nullptr) first_failed_ = std::min(first_failed_, i);
     }
     cv_.notify_all();
   }

@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <string>
@@ -50,10 +51,20 @@ class KvDiskStore {
   // is damaged (then it is removed).
   bool get(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens, std::span<std::byte> out);
 
+  // Reads the block's whole file into `file` with one read (unbuffered,
+  // O_DIRECT, when *direct and the file system allows it; *direct turns
+  // false where it does not) and checks it as get() does: the payload's
+  // place in `file`, or nullptr. `file` must be 4096-aligned and at least
+  // file_buffer_bytes(tokens, payload) long.
+  const std::byte* read_file(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens,
+                             size_t payload_bytes, std::span<std::byte> file, bool* direct);
+  static size_t file_buffer_bytes(size_t n_tokens, size_t payload_bytes);
+
   // Asks the kernel to read the block's file ahead (a prompt's next blocks,
   // while the engine applies the ones it has): no effect when there is none.
   // True when the file is there.
   bool prefetch(uint64_t hash) const;
+  bool has(uint64_t hash) const;  // whether the block's file is there
 
   const std::string& folder() const { return folder_; }
   // Bytes of block files in the folder (all writers'), counted now.
@@ -62,6 +73,7 @@ class KvDiskStore {
 
  private:
   std::string path_of(uint64_t hash) const;
+  void damaged(const std::string& path, const std::string& why);  // warns, removes, counts
   void trim();  // removes the least recently used files until within max_bytes_
 
   std::string folder_;
@@ -115,19 +127,24 @@ class KvDiskWriter {
   std::thread thread_;
 };
 
-// Reads a prompt's blocks from a store on its own thread, in chain order
-// and ahead of the engine (a few buffers deep, with the kernel asked to
-// read further files ahead), so that the engine only copies each checked
-// block into the KV pool while the next ones are read and checked. Reading
-// stops at the first block that is missing or damaged: the chain breaks
-// there, so nothing after it could be used.
+// Reads a prompt's blocks from a store ahead of the engine, in chain
+// order: several threads read whole files at once (unbuffered where the
+// file system allows it, so that the disk has several requests to work on
+// and no page-cache copy is made), check them and hand them out in order,
+// a few buffers deep, so that the engine only copies each checked block
+// into the KV pool while the next ones are read. Reading stops at the first
+// block that is missing or damaged: the chain breaks there, so nothing
+// after it could be used.
 class KvDiskReader {
  public:
   struct Key {
     uint64_t hash = 0, parent = 0;
     std::vector<int32_t> tokens;
   };
-  KvDiskReader(KvDiskStore& store, size_t block_bytes, int n_buffers = 4, size_t read_ahead = 32);
+  // Blocks of payload_bytes (and of block_tokens tokens), n_threads reads
+  // at once into n_buffers buffers (at least n_threads + 1).
+  KvDiskReader(KvDiskStore& store, size_t payload_bytes, int block_tokens, int n_threads = 4,
+               int n_buffers = 8);
   ~KvDiskReader();
   KvDiskReader(const KvDiskReader&) = delete;
   KvDiskReader& operator=(const KvDiskReader&) = delete;
@@ -141,28 +158,37 @@ class KvDiskReader {
   // dropped, and *off_list says so: the caller may read it itself).
   const std::byte* next(uint64_t hash, bool* off_list = nullptr);
   void release();  // the block next() handed out is done with
-  // Drops the rest of the list (a read in flight is discarded when it ends).
+  // Drops the rest of the list (reads in flight are discarded when they end).
   void cancel();
+  bool direct() const;  // whether reads bypass the page cache
 
  private:
+  enum : uint8_t { kPending, kOk, kFailed };
+  struct Buffer {
+    std::unique_ptr<std::byte, void (*)(void*)> file{nullptr, nullptr};
+    const std::byte* payload = nullptr;
+  };
   void run();
   void drop_rest();
+  bool can_claim() const;
 
   KvDiskStore& store_;
-  const size_t read_ahead_;
-  std::vector<std::vector<std::byte>> buffers_;
+  const size_t payload_bytes_, file_bytes_;
+  std::vector<Buffer> buffers_;  // block i of the list goes to buffers_[i % size]
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   std::vector<Key> keys_;
-  uint64_t generation_ = 0;  // bumped by start() and cancel()
-  size_t n_read_ = 0;        // blocks of keys_ read (or failed) so far
-  size_t n_taken_ = 0;       // blocks next() handed out and released so far
-  size_t prefetched_ = 0;    // blocks of keys_ whose files the kernel was asked to read ahead
-  bool failed_ = false;      // block n_read_ - 1 was missing or damaged
-  bool held_ = false;        // next() handed out a buffer not yet released
-  bool busy_ = false;        // the thread is reading a block
+  std::vector<uint8_t> state_;   // per block of keys_
+  uint64_t generation_ = 0;      // bumped by start() and cancel()
+  size_t n_claimed_ = 0;         // blocks of keys_ a thread took (read, failed or in flight)
+  size_t n_taken_ = 0;           // blocks next() handed out and released so far
+  size_t first_failed_ = SIZE_MAX;  // no block past a missing or damaged one is read
+  size_t prefetched_ = 0;        // (buffered reads) files the kernel was asked to read ahead
+  int in_flight_ = 0;            // reads under way (of any generation)
+  bool held_ = false;            // next() handed out a buffer not yet released
+  bool direct_ = true;
   bool stop_ = false;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
 };
 
 // FNV-1a 64 of text: the fingerprint's id (stable across runs and machines).
