@@ -257,6 +257,285 @@ __global__ void __launch_bounds__(kQ4Warps * 32, T == 1 ? 4 : T == 2 ? 3 : 2)
   }
 }
 
+// --- The streamed gemv (1 to kStreamMaxTokens tokens).
+//
+// The pair kernel keeps a warp's next loads in registers, so the bytes in
+// flight are bounded by registers and occupancy (run 17's ncu: 0.6-1.4
+// TB/s, warps waiting on global loads). Here the weight streams through
+// shared memory instead: each block owns a contiguous run of 8-row tiles
+// (8 rows of packed nibbles, then their scales and biases, each contiguous
+// in memory) and one thread keeps a ring of S tiles in flight with bulk
+// asynchronous copies (cp.async.bulk, completion counted in bytes on an
+// mbarrier per slot), so tens of kilobytes per multiprocessor are always on
+// their way whatever the warps do. Each warp takes one row of a tile; x is
+// staged once per block as in the pair kernel. The first S tiles are asked
+// for before pdl_wait(): the weights do not depend on the kernel before.
+constexpr int kStreamRows = 8;  // rows per tile: one per warp
+constexpr int kStreamMaxTokens = 4;
+constexpr size_t kStreamSmemBudget = 110 * 1024;  // two blocks per multiprocessor
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// bytes (a multiple of 16, both addresses 16-byte aligned) from global to
+// shared memory, counted on bar.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+          smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar))
+      : "memory");
+}
+
+struct StreamLayout {
+  int stages = 0;
+  uint32_t w_bytes = 0, s_bytes = 0;  // one tile's packed rows; its scales (the biases as many)
+  size_t x_bytes = 0, slot_bytes = 0, total = 0;
+};
+
+__host__ __device__ inline StreamLayout stream_layout(int64_t rows, int64_t cols, int group_size, int scale_bytes,
+                                                      int64_t n_tokens) {
+  StreamLayout l;
+  l.w_bytes = static_cast<uint32_t>(kStreamRows * (cols / 2));
+  l.s_bytes = static_cast<uint32_t>(kStreamRows * (cols / group_size) * scale_bytes);
+  l.x_bytes = (static_cast<size_t>(n_tokens) * static_cast<size_t>(cols / 32) * (64 + 8) + 127) / 128 * 128;
+  l.slot_bytes = (l.w_bytes + 2 * static_cast<size_t>(l.s_bytes) + 127) / 128 * 128;
+  const int64_t n_tiles = rows / kStreamRows;
+  const size_t room = kStreamSmemBudget > l.x_bytes + 64 ? kStreamSmemBudget - l.x_bytes - 64 : 0;
+  int s = static_cast<int>(room / l.slot_bytes);
+  if (s > 8) s = 8;
+  if (s > n_tiles) s = static_cast<int>(n_tiles);
+  l.stages = s;
+  l.total = l.x_bytes + static_cast<size_t>(s) * l.slot_bytes + 8 * 8;
+  return l;
+}
+
+template <int T, int IN, bool ACC, int ST>
+__global__ void __launch_bounds__(kStreamRows * 32, 2)
+    gemv_q4_stream_kernel(GpuWeight w, GemvIo io, StreamLayout lay, int group_shift) {
+  const float* __restrict__ x = io.x;
+  const int64_t ldx = io.ldx;
+  float* __restrict__ y = io.y;
+  const int64_t ldy = io.ldy;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int cols = static_cast<int>(w.cols);
+  const int nblk = cols / 32;
+  uint4* xq = reinterpret_cast<uint4*>(smem);                  // [T][4][nblk]
+  float2* xds = reinterpret_cast<float2*>(xq + T * 4 * nblk);  // [T][nblk]
+  unsigned char* slots = smem + lay.x_bytes;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(slots + static_cast<size_t>(lay.stages) * lay.slot_bytes);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  constexpr int kScaleSize = ST == kScaleF32 ? 4 : 2;
+
+  // This block's tiles: a contiguous, balanced share.
+  const int64_t n_tiles = w.rows / kStreamRows;
+  const int64_t t_begin = n_tiles * blockIdx.x / gridDim.x, t_end = n_tiles * (blockIdx.x + 1) / gridDim.x;
+  const int64_t my_tiles = t_end - t_begin;
+  const int64_t row_bytes = cols / 2;
+  const int n_groups = nblk >> group_shift;
+  auto issue = [&](int64_t i) {  // tile t_begin + i into slot i % stages (one thread)
+    unsigned char* slot = slots + static_cast<size_t>(i % lay.stages) * lay.slot_bytes;
+    uint64_t* bar = bars + i % lay.stages;
+    const int64_t r0 = (t_begin + i) * kStreamRows;
+    mbar_expect_tx(bar, lay.w_bytes + 2 * lay.s_bytes);
+    bulk_copy(slot, w.data + r0 * row_bytes, lay.w_bytes, bar);
+    bulk_copy(slot + lay.w_bytes, static_cast<const unsigned char*>(w.scales) + r0 * n_groups * kScaleSize,
+              lay.s_bytes, bar);
+    bulk_copy(slot + lay.w_bytes + lay.s_bytes,
+              static_cast<const unsigned char*>(w.biases) + r0 * n_groups * kScaleSize, lay.s_bytes, bar);
+  };
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < lay.stages; ++s) mbar_init(bars + s, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    for (int64_t i = 0; i < lay.stages && i < my_tiles; ++i) issue(i);
+  }
+  pdl_wait();
+  pdl_trigger();
+  float inv_rms[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) inv_rms[t] = 1.f;
+  if constexpr (IN == kGemvNorm) {
+    __shared__ float partial[kStreamRows][T];
+    float ss[T];
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      ss[t] = 0.f;
+      for (int c = threadIdx.x * 4; c < cols; c += blockDim.x * 4) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(x + t * ldx + c));
+        ss[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+      ss[t] = warp_sum(ss[t]);
+      if (lane == 0) partial[warp][t] = ss[t];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      float total = 0.f;
+#pragma unroll
+      for (int k = 0; k < kStreamRows; ++k) total += partial[k][t];
+      inv_rms[t] = rsqrtf(total / static_cast<float>(cols) + io.eps);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < T; ++t)
+    stage_x<IN>(x + t * ldx, cols, xq + t * 4 * nblk, xds + t * nblk, nblk, io.norm_w, inv_rms[t]);
+  __syncthreads();  // (the barriers' initialization is seen too)
+
+  for (int64_t i = 0; i < my_tiles; ++i) {
+    const int slot_i = static_cast<int>(i % lay.stages);
+    mbar_wait(bars + slot_i, static_cast<uint32_t>((i / lay.stages) & 1));
+    const unsigned char* slot = slots + static_cast<size_t>(slot_i) * lay.slot_bytes;
+    const uint4* wrow = reinterpret_cast<const uint4*>(slot) + warp * nblk;
+    const auto* sc = reinterpret_cast<const unsigned char*>(slot + lay.w_bytes) + warp * n_groups * kScaleSize;
+    const auto* bi = sc + lay.s_bytes;
+    auto scale_of = [&](const unsigned char* p, int g) {
+      if constexpr (ST == kScaleF32) return reinterpret_cast<const float*>(p)[g];
+      else if constexpr (ST == kScaleF16) return __half2float(reinterpret_cast<const __half*>(p)[g]);
+      else return __uint_as_float(static_cast<uint32_t>(reinterpret_cast<const unsigned short*>(p)[g]) << 16);
+    };
+    float acc[T];
+#pragma unroll
+    for (int t = 0; t < T; ++t) acc[t] = 0.f;
+    for (int b = lane; b < nblk; b += 32) {
+      const uint4 raw = wrow[b];
+      const float s = scale_of(sc, b >> group_shift), bias = scale_of(bi, b >> group_shift);
+      const uint32_t wv[4] = {raw.x, raw.y, raw.z, raw.w};
+      int lo[4], hi[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        lo[k] = static_cast<int>(wv[k] & 0x0F0F0F0Fu);
+        hi[k] = static_cast<int>((wv[k] >> 4) & 0x0F0F0F0Fu);
+      }
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        const uint4* xt = xq + t * 4 * nblk + b;
+        const uint4 a0 = xt[0], a1 = xt[nblk], c0 = xt[2 * nblk], c1 = xt[3 * nblk];
+        const int xa[8] = {static_cast<int>(a0.x), static_cast<int>(a0.y), static_cast<int>(a0.z),
+                           static_cast<int>(a0.w), static_cast<int>(a1.x), static_cast<int>(a1.y),
+                           static_cast<int>(a1.z), static_cast<int>(a1.w)};
+        const int xc[8] = {static_cast<int>(c0.x), static_cast<int>(c0.y), static_cast<int>(c0.z),
+                           static_cast<int>(c0.w), static_cast<int>(c1.x), static_cast<int>(c1.y),
+                           static_cast<int>(c1.z), static_cast<int>(c1.w)};
+        const float2 ds = xds[t * nblk + b];
+        int p1 = 0, p2 = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          p1 = __dp4a(hi[k], xa[2 * k + 1], __dp4a(lo[k], xa[2 * k], p1));
+          p2 = __dp4a(hi[k], xc[2 * k + 1], __dp4a(lo[k], xc[2 * k], p2));
+        }
+        acc[t] = fmaf(s * ds.x, static_cast<float>(254 * p1 + p2), fmaf(bias, ds.y, acc[t]));
+      }
+    }
+    const int64_t r = (t_begin + i) * kStreamRows + warp;
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      const float v = warp_sum(acc[t]);
+      if (lane == 0) {
+        if constexpr (ACC) y[t * ldy + r] += io.bias ? v + io.bias[r] : v;
+        else y[t * ldy + r] = v;
+      }
+    }
+    __syncthreads();  // every warp is done with the slot
+    if (threadIdx.x == 0 && i + lay.stages < my_tiles) {
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      issue(i + lay.stages);
+    }
+  }
+}
+
+// PENSIEVE_CUDA_GEMV_STREAM=0: the pair kernel for every token count;
+// PENSIEVE_CUDA_GEMV_BPS=N: N blocks of the streamed gemv per multiprocessor (default 2).
+bool gemv_stream_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("PENSIEVE_CUDA_GEMV_STREAM");
+    return e == nullptr || e[0] != '0';
+  }();
+  return on;
+}
+int gemv_stream_blocks_per_sm() {
+  static const int n = [] {
+    const char* e = std::getenv("PENSIEVE_CUDA_GEMV_BPS");
+    const int v = e != nullptr ? std::atoi(e) : 2;
+    return v >= 1 && v <= 2 ? v : 2;
+  }();
+  return n;
+}
+
+template <int T, int IN, bool ACC, int ST>
+void launch_stream(const GpuWeight& w, const GemvIo& io, const StreamLayout& lay, int group_shift,
+                   cudaStream_t stream) {
+  constexpr auto kernel = gemv_q4_stream_kernel<T, IN, ACC, ST>;
+  static bool configured = false;
+  if (!configured) {
+    PENSIEVE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kStreamSmemBudget + 1024)));
+    configured = true;
+  }
+  const int64_t n_tiles = w.rows / kStreamRows;
+  const int64_t blocks = std::min<int64_t>(n_tiles, static_cast<int64_t>(multiprocessor_count()) * gemv_stream_blocks_per_sm());
+  launch_dependent(kernel, static_cast<unsigned>(blocks), kStreamRows * 32, lay.total, stream, w, io, lay,
+                   group_shift);
+}
+
+template <int T, int IN, bool ACC>
+void launch_stream_st(const GpuWeight& w, const GemvIo& io, const StreamLayout& lay, int group_shift,
+                      cudaStream_t stream) {
+  switch (w.scale_type) {
+    case kScaleF32: return launch_stream<T, IN, ACC, kScaleF32>(w, io, lay, group_shift, stream);
+    case kScaleF16: return launch_stream<T, IN, ACC, kScaleF16>(w, io, lay, group_shift, stream);
+    default: return launch_stream<T, IN, ACC, kScaleBF16>(w, io, lay, group_shift, stream);
+  }
+}
+
+template <int T>
+void launch_stream_mode(const GpuWeight& w, const GemvIo& io, int in, bool acc, const StreamLayout& lay,
+                        int group_shift, cudaStream_t stream) {
+  if (in == kGemvPlain && !acc) launch_stream_st<T, kGemvPlain, false>(w, io, lay, group_shift, stream);
+  else if (in == kGemvPlain) launch_stream_st<T, kGemvPlain, true>(w, io, lay, group_shift, stream);
+  else if (in == kGemvSilu && !acc) launch_stream_st<T, kGemvSilu, false>(w, io, lay, group_shift, stream);
+  else if (in == kGemvSilu) launch_stream_st<T, kGemvSilu, true>(w, io, lay, group_shift, stream);
+  else launch_stream_st<T, kGemvNorm, false>(w, io, lay, group_shift, stream);
+}
+
+// The streamed gemv where it applies: 1 to kStreamMaxTokens tokens, rows
+// in whole tiles, every tile's bytes 16-byte aligned (the bulk copies'),
+// at least two slots in the shared-memory budget.
+bool gemv_stream(const GpuWeight& w, const GemvIo& io, int64_t n_tokens, int in, bool acc, int group_shift,
+                 cudaStream_t stream) {
+  if (!gemv_stream_enabled() || n_tokens > kStreamMaxTokens || w.rows % kStreamRows != 0) return false;
+  const int scale_bytes = w.scale_type == kScaleF32 ? 4 : 2;
+  const StreamLayout lay = stream_layout(w.rows, w.cols, w.group_size, scale_bytes, n_tokens);
+  const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  if (lay.stages < 2 || lay.w_bytes % 16 != 0 || lay.s_bytes % 16 != 0 || !aligned16(w.scales) ||
+      !aligned16(w.biases))
+    return false;
+  switch (n_tokens) {
+    case 1: launch_stream_mode<1>(w, io, in, acc, lay, group_shift, stream); break;
+    case 2: launch_stream_mode<2>(w, io, in, acc, lay, group_shift, stream); break;
+    case 3: launch_stream_mode<3>(w, io, in, acc, lay, group_shift, stream); break;
+    default: launch_stream_mode<4>(w, io, in, acc, lay, group_shift, stream); break;
+  }
+  return true;
+}
+
 // Blocks of Kernel the card holds at once per multiprocessor with this much
 // shared memory (the attribute set once, the occupancy asked once per size).
 template <auto Kernel>
@@ -351,7 +630,7 @@ bool gemv_q4(const GpuWeight& w, const GemvIo& io, int64_t n_tokens, int in, boo
   for (int k = 0; k < 8; ++k)
     if (w.group_size == (32 << k)) group_shift = k;
   if (group_shift < 0) return false;
-  launch_t(w, io, n_tokens, in, acc, smem, group_shift, stream);
+  if (!gemv_stream(w, io, n_tokens, in, acc, group_shift, stream)) launch_t(w, io, n_tokens, in, acc, smem, group_shift, stream);
   PENSIEVE_CUDA_LAUNCHED("gemv_q4");
   return true;
 }
