@@ -51,7 +51,10 @@ RegisterCommand reg("synth-model", [](CLI::App& app) {
   // No defaults for what the model is: a 2 GB Phi-3 written because both
   // were left out helps nobody.
   app.add_option("--like", o->like, "model to imitate: " + known)->required();
-  app.add_option("--format", o->format, "bf16, f16, f32, mlx-4bit or mlx-8bit")->required();
+  app.add_option("--format", o->format,
+                 "bf16, f16, f32, mlx-4bit or mlx-8bit (safetensors); gguf-q4_0, gguf-q8_0 or gguf-f16 "
+                 "(OUT/model-TYPE.gguf with a filler vocabulary, for llama.cpp's tools)")
+      ->required();
   app.add_option("--group-size", o->group_size, "MLX quantization group size (32, 64, 128)")
       ->capture_default_str();
   app.add_option("--seed", o->seed, "random seed")->capture_default_str();
@@ -71,7 +74,9 @@ RegisterCommand reg("synth-model", [](CLI::App& app) {
   app.add_option("out", *out, "output directory")->required();
   return std::function<int()>([o, out, tokenizer] {
     const size_t bytes = write_synthetic_model(*out, *o);
-    if (!tokenizer->empty()) {
+    if (o->format.rfind("gguf-", 0) == 0) {
+      if (!tokenizer->empty()) std::fprintf(stderr, "note: --tokenizer is ignored for GGUF: the file has its own vocabulary\n");
+    } else if (!tokenizer->empty()) {
       copy_tokenizer(*tokenizer, *out, load_model_config(*out).vocab_size);
     } else {
       std::fprintf(stderr,

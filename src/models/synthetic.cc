@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "format/gguf_writer.h"
 #include "format/safetensors_writer.h"
 
 namespace pensieve {
@@ -107,6 +108,174 @@ size_t write_tensors(const std::string& dir, const std::vector<Tensor>& tensors,
   return file_bytes;
 }
 
+
+// The same shapes as a GGUF file in llama.cpp's names and block types, for
+// side-by-side runs with llama.cpp: every matrix in one block type (Q4_0,
+// Q8_0 or F16), norms and rope factors in F32, and a SentencePiece-style
+// vocabulary (<unk>, <s>, </s>, the 256 byte tokens, then filler pieces) so
+// that llama.cpp's tools load it.
+size_t write_synthetic_gguf(const std::string& dir, const Shape& s, const SynthOptions& o) {
+  GgmlType type = GgmlType::Q4_0;
+  uint32_t file_type = 2;  // llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_0
+  if (o.format == "gguf-q4_0") type = GgmlType::Q4_0, file_type = 2;
+  else if (o.format == "gguf-q8_0") type = GgmlType::Q8_0, file_type = 7;
+  else if (o.format == "gguf-f16") type = GgmlType::F16, file_type = 1;
+  else fail("--format: unknown format '{}' (gguf-q4_0, gguf-q8_0, gguf-f16)", o.format);
+  if (s.rope == "llama3") fail("synth-model: --format {} does not write Llama 3's rope_freqs yet", o.format);
+  if (o.shards != 1) fail("synth-model: --shards applies to safetensors formats only");
+  const std::string arch = s.model_type;  // phi3, llama, qwen2, qwen3: llama.cpp's names too
+  const int64_t H = s.hidden, I = s.intermediate, hd = s.head_dim;
+  const int64_t qd = s.heads * hd, kvd = s.kv_heads * hd;
+  for (const int64_t width : {H, I, qd})
+    if (width % ggml_block_elements(type) != 0)
+      fail("synth-model: a row of {} is not whole {} blocks", width, o.format);
+
+  GgufWriter w;
+  w.set("general.architecture", arch);
+  w.set("general.name", "pensieve synthetic " + o.like);
+  w.set("general.file_type", file_type);
+  w.set("general.quantization_version", uint32_t{2});
+  const auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
+  w.set(arch + ".context_length", u32(s.max_pos));
+  w.set(arch + ".embedding_length", u32(H));
+  w.set(arch + ".feed_forward_length", u32(I));
+  w.set(arch + ".block_count", u32(s.layers));
+  w.set(arch + ".attention.head_count", u32(s.heads));
+  w.set(arch + ".attention.head_count_kv", u32(s.kv_heads));
+  w.set(arch + ".attention.layer_norm_rms_epsilon", static_cast<float>(s.eps));
+  w.set(arch + ".rope.dimension_count", u32(hd));
+  w.set(arch + ".rope.freq_base", static_cast<float>(s.theta));
+  if (hd * s.heads != H) {
+    w.set(arch + ".attention.key_length", u32(hd));
+    w.set(arch + ".attention.value_length", u32(hd));
+  }
+  if (s.rope == "longrope") {
+    constexpr int64_t kOriginal = 4096;
+    w.set(arch + ".rope.scaling.original_context_length", u32(kOriginal));
+    const double scale = static_cast<double>(s.max_pos) / kOriginal;
+    w.set(arch + ".rope.scaling.attn_factor",
+          static_cast<float>(std::sqrt(1.0 + std::log(scale) / std::log(static_cast<double>(kOriginal)))));
+    w.set(arch + ".attention.sliding_window", uint32_t{262144});
+  }
+  // Vocabulary.
+  std::vector<std::string> tokens;
+  std::vector<float> scores;
+  std::vector<int32_t> types;  // 1 normal, 2 unknown, 3 control, 6 byte
+  auto push = [&](std::string t, float score, int32_t type_id) {
+    tokens.push_back(std::move(t));
+    scores.push_back(score);
+    types.push_back(type_id);
+  };
+  push("<unk>", 0.f, 2);
+  push("<s>", 0.f, 3);
+  push("</s>", 0.f, 3);
+  for (int b = 0; b < 256; ++b) push(fmt::format("<0x{:02X}>", b), 0.f, 6);
+  while (static_cast<int64_t>(tokens.size()) < s.vocab) {
+    const int64_t i = static_cast<int64_t>(tokens.size());
+    if (i == s.eos) push("<|endoftext|>", 0.f, 3);  // (llama.cpp looks it up by name for Phi-3)
+    else if (i == s.bos) push(fmt::format("<|special_{}|>", i), 0.f, 3);
+    else push(fmt::format("\xE2\x96\x81" "w{}", i), -static_cast<float>(i), 1);  // "▁w<i>"
+  }
+  tokens.resize(static_cast<size_t>(s.vocab));
+  scores.resize(tokens.size());
+  types.resize(tokens.size());
+  w.set("tokenizer.ggml.model", std::string("llama"));
+  w.set("tokenizer.ggml.tokens", std::move(tokens));
+  w.set("tokenizer.ggml.scores", std::move(scores));
+  w.set("tokenizer.ggml.token_type", std::move(types));
+  w.set("tokenizer.ggml.bos_token_id", u32(s.bos < s.vocab ? s.bos : 1));
+  w.set("tokenizer.ggml.eos_token_id", u32(s.eos < s.vocab ? s.eos : 2));
+
+  uint64_t key = splitmix(o.seed ^ 0x6767756600000000ull);
+  const auto range_for = [](int64_t cols) { return 0.04f * std::sqrt(3072.0f / static_cast<float>(cols)); };
+  // A matrix of rows x cols: random blocks whose values span [-range, range].
+  auto add_matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
+    const uint64_t k = (key = splitmix(key));
+    const float range = range_for(cols);
+    w.add(name, type, {cols, rows}, [=](uint8_t* buf, size_t n, size_t off) {
+      if (type == GgmlType::F16) {
+        random_bytes(k, buf, n, off);
+        for (size_t i = 0; i < n; i += 2) {
+          uint16_t r;
+          std::memcpy(&r, buf + i, 2);
+          const uint16_t h = f32_to_f16(range * unit(r));
+          std::memcpy(buf + i, &h, 2);
+        }
+        return;
+      }
+      // Q4_0: f16 d, then 16 bytes of nibbles q (value (q - 8)·d, so d = range / 8);
+      // Q8_0: f16 d, then 32 int8 (value q·d, d = range / 127).
+      const size_t block = type == GgmlType::Q4_0 ? 18 : 34;
+      const float levels = type == GgmlType::Q4_0 ? 8.f : 127.f;
+      uint8_t tmp[34];
+      for (size_t done = 0; done < n;) {
+        const size_t b = (off + done) / block, in_block = (off + done) % block;
+        random_bytes(k, tmp, block, b * block);
+        uint16_t r;
+        std::memcpy(&r, tmp, 2);
+        const uint16_t d = f32_to_f16(range / levels * (1.0f + 0.25f * unit(r)));
+        std::memcpy(tmp, &d, 2);
+        if (type == GgmlType::Q8_0)
+          for (size_t j = 2; j < block; ++j)
+            if (tmp[j] == 0x80) tmp[j] = 0x81;  // int8 in [-127, 127]
+        const size_t take = std::min(block - in_block, n - done);
+        std::memcpy(buf + done, tmp + in_block, take);
+        done += take;
+      }
+    });
+  };
+  auto add_f32 = [&](const std::string& name, std::vector<int64_t> ne, float center, float range) {
+    const uint64_t k = (key = splitmix(key));
+    w.add(name, GgmlType::F32, std::move(ne), [=](uint8_t* buf, size_t n, size_t off) {
+      random_bytes(k, buf, n, off);
+      for (size_t i = 0; i < n; i += 4) {
+        uint16_t r;
+        std::memcpy(&r, buf + i, 2);
+        const float v = center + range * unit(r);
+        std::memcpy(buf + i, &v, 4);
+      }
+    });
+  };
+  add_matrix("token_embd.weight", s.vocab, H);
+  if (s.rope == "longrope") {
+    add_f32("rope_factors_long.weight", {hd / 2}, 4.0f, 3.0f);
+    add_f32("rope_factors_short.weight", {hd / 2}, 1.25f, 0.25f);
+  }
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    add_f32(p + "attn_norm.weight", {H}, 1.0f, 0.05f);
+    if (s.fused) {
+      add_matrix(p + "attn_qkv.weight", qd + 2 * kvd, H);
+    } else {
+      add_matrix(p + "attn_q.weight", qd, H);
+      add_matrix(p + "attn_k.weight", kvd, H);
+      add_matrix(p + "attn_v.weight", kvd, H);
+      if (s.qkv_bias) {
+        add_f32(p + "attn_q.bias", {qd}, 0.0f, 0.1f);
+        add_f32(p + "attn_k.bias", {kvd}, 0.0f, 0.1f);
+        add_f32(p + "attn_v.bias", {kvd}, 0.0f, 0.1f);
+      }
+    }
+    if (s.qk_norm) {
+      add_f32(p + "attn_q_norm.weight", {hd}, 1.0f, 0.05f);
+      add_f32(p + "attn_k_norm.weight", {hd}, 1.0f, 0.05f);
+    }
+    add_matrix(p + "attn_output.weight", H, qd);
+    add_f32(p + "ffn_norm.weight", {H}, 1.0f, 0.05f);
+    if (s.fused) {
+      add_matrix(p + "ffn_up.weight", 2 * I, H);
+    } else {
+      add_matrix(p + "ffn_gate.weight", I, H);
+      add_matrix(p + "ffn_up.weight", I, H);
+    }
+    add_matrix(p + "ffn_down.weight", H, I);
+  }
+  add_f32("output_norm.weight", {H}, 1.0f, 0.05f);
+  if (!s.tied) add_matrix("output.weight", s.vocab, H);
+  std::filesystem::create_directories(dir);
+  const std::string suffix = o.format.substr(5);
+  return w.write(dir + "/model-" + suffix + ".gguf");
+}
 }  // namespace
 
 std::vector<std::string> synthetic_shapes() {
@@ -137,6 +306,7 @@ size_t write_synthetic_model(const std::string& dir, const SynthOptions& o) {
   // Longrope interpolates its factors over head_dim/2 entries, so it needs at least two.
   if (s.head_dim % 2 != 0 || s.head_dim < 4) fail("--head-dim ({}) must be even and at least 4", s.head_dim);
   if (o.shards < 1) fail("--shards must be at least 1");
+  if (o.format.rfind("gguf-", 0) == 0) return write_synthetic_gguf(dir, s, o);
   int bits = 0;
   DType float_dtype = DType::BF16;
   if (o.format == "mlx-4bit") bits = 4;
@@ -144,7 +314,7 @@ size_t write_synthetic_model(const std::string& dir, const SynthOptions& o) {
   else if (o.format == "bf16") float_dtype = DType::BF16;
   else if (o.format == "f16") float_dtype = DType::F16;
   else if (o.format == "f32") float_dtype = DType::F32;
-  else fail("--format: unknown format '{}' (bf16, f16, f32, mlx-4bit, mlx-8bit)", o.format);
+  else fail("--format: unknown format '{}' (bf16, f16, f32, mlx-4bit, mlx-8bit, gguf-q4_0, gguf-q8_0, gguf-f16)", o.format);
   const int group = o.group_size;
   if (bits != 0 && group != 32 && group != 64 && group != 128) {
     fail("--group-size must be 32, 64 or 128");

@@ -8,6 +8,7 @@
 // results (flash-decoding); prefill has rows enough to fill the card.
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 
 #include "kernels/cuda/kernels.h"
 
@@ -56,10 +57,20 @@ __device__ __forceinline__ void dequant16(uint4 raw, const __half* scales, bool 
 // least 32 keys (a warp's loads are pipelined one block ahead, so a long
 // share is a long chain of memory latencies; run 4 measured 20 µs a layer
 // at 512 context with 64-key shares).
+// PENSIEVE_CUDA_SPLIT_KEYS=N: at least N keys a split (default 32).
+int split_min_keys() {
+  static const int n = [] {
+    const char* e = std::getenv("PENSIEVE_CUDA_SPLIT_KEYS");
+    const int v = e != nullptr ? std::atoi(e) : 32;
+    return v >= 16 && v <= 4096 ? v : 32;
+  }();
+  return n;
+}
+
 int splits_for(int64_t n_rows, int n_heads, int max_ctx) {
   const int64_t items = n_rows * n_heads;
   if (items >= 4096) return 1;
-  const int by_length = (max_ctx + 31) / 32;
+  const int by_length = (max_ctx + split_min_keys() - 1) / split_min_keys();
   const int64_t by_occupancy = (4096 + items - 1) / items;
   int s = static_cast<int>(by_length < by_occupancy ? by_length : by_occupancy);
   if (s > 64) s = 64;
@@ -364,20 +375,22 @@ __global__ void __launch_bounds__(kWarps * 32) attention_staged_kernel(Attention
   }
 }
 
-// out[row][head] = Σ_s acc_s e^(m_s - M) / Σ_s l_s e^(m_s - M), one warp
-// per (row, head): lane s reads split s's (m, l) (and s + 32's), so every
-// split's numbers are asked for at once, then each lane sums its
-// dimensions over the splits with the loads of several splits in flight
-// together. (The kernel before, a block per (row, head) walking the splits
-// three times in turn, took 16.6 µs for 32 heads of 16 splits in run 17's
-// ncu, more than the attention kernel it follows.)
-constexpr int kCombineWarps = 4;
+// out[row][head] = Σ_s acc_s e^(m_s - M) / Σ_s l_s e^(m_s - M), a block per
+// (row, head). Every warp reads all the splits' (m, l), lane s split s's
+// (and s + 32's), so each has the weights at once; warp g then sums the
+// splits g, g + 8, ... for its lanes' dimensions, all of their loads in
+// flight together, and the eight partial sums meet in shared memory.
+// (Run 17's ncu: the kernel before, a block per (row, head) walking the
+// splits three times in turn, 16.6 µs for 32 heads of 16 splits; run 18's,
+// one warp per head, still 13.7 µs, and 29.6 µs for 64 splits at 16k.)
+constexpr int kCombineWarps = 8;
+template <int DPL>
 __global__ void __launch_bounds__(kCombineWarps * 32) combine_kernel(AttentionArgs a, int n_splits) {
   pdl_wait();  // launched as a dependent
   pdl_trigger();
-  const int lane = threadIdx.x % 32;
-  const int64_t rh = blockIdx.x * static_cast<int64_t>(kCombineWarps) + threadIdx.x / 32;  // row * n_heads + head
-  if (rh >= a.n_rows * a.n_heads) return;
+  __shared__ float sums[kCombineWarps][kMaxHeadDim];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t rh = blockIdx.x;  // row * n_heads + head
   const int hd = a.kv.head_dim, stride = hd + 2;
   const float* part = a.partial + rh * n_splits * static_cast<int64_t>(stride);
   float m0 = -FLT_MAX, l0 = 0.f, m1 = -FLT_MAX, l1 = 0.f;
@@ -392,16 +405,32 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_kernel(AttentionAr
   const float big = warp_max(fmaxf(l0 > 0.f ? m0 : -FLT_MAX, l1 > 0.f ? m1 : -FLT_MAX));
   const float w0 = l0 > 0.f ? __expf(m0 - big) : 0.f, w1 = l1 > 0.f ? __expf(m1 - big) : 0.f;
   const float total = warp_sum(l0 * w0 + l1 * w1);
-  const float inv = total > 0.f ? 1.f / total : 0.f;
-  for (int d0 = 0; d0 < hd; d0 += 32) {
-    const int d = d0 + lane;
-    float v = 0.f;
-#pragma unroll 8
-    for (int sp = 0; sp < n_splits; ++sp) {
-      const float ws = __shfl_sync(0xffffffffu, sp < 32 ? w0 : w1, sp & 31);
-      if (d < hd && ws != 0.f) v += part[sp * stride + d] * ws;
+  float v[DPL];
+#pragma unroll
+  for (int i = 0; i < DPL; ++i) v[i] = 0.f;
+#pragma unroll
+  for (int k = 0; k < 64 / kCombineWarps; ++k) {
+    const int sp = warp + kCombineWarps * k;  // < 64
+    const float ws = __shfl_sync(0xffffffffu, sp < 32 ? w0 : w1, sp & 31);
+    if (sp >= n_splits || ws == 0.f) continue;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {
+      const int d = lane + 32 * i;
+      if (d < hd) v[i] += part[sp * stride + d] * ws;
     }
-    if (d < hd) a.out[rh * hd + d] = v * inv;
+  }
+#pragma unroll
+  for (int i = 0; i < DPL; ++i) {
+    const int d = lane + 32 * i;
+    if (d < hd) sums[warp][d] = v[i];
+  }
+  __syncthreads();
+  const float inv = total > 0.f ? 1.f / total : 0.f;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < kCombineWarps; ++w) v += sums[w][d];
+    a.out[rh * hd + d] = v * inv;
   }
 }
 
@@ -464,8 +493,14 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   }
   PENSIEVE_CUDA_LAUNCHED("attention");
   if (n_splits > 1) {
-    launch_dependent(combine_kernel, blocks_for(a.n_rows * a.n_heads, kCombineWarps), kCombineWarps * 32, 0, stream, a,
-                     n_splits);
+    const unsigned cgrid = static_cast<unsigned>(a.n_rows * a.n_heads);
+    switch (dpl) {
+      case 1: launch_dependent(combine_kernel<1>, cgrid, kCombineWarps * 32, 0, stream, a, n_splits); break;
+      case 2: launch_dependent(combine_kernel<2>, cgrid, kCombineWarps * 32, 0, stream, a, n_splits); break;
+      case 3: launch_dependent(combine_kernel<3>, cgrid, kCombineWarps * 32, 0, stream, a, n_splits); break;
+      case 4: launch_dependent(combine_kernel<4>, cgrid, kCombineWarps * 32, 0, stream, a, n_splits); break;
+      default: launch_dependent(combine_kernel<8>, cgrid, kCombineWarps * 32, 0, stream, a, n_splits); break;
+    }
     PENSIEVE_CUDA_LAUNCHED("attention combine");
   }
 }
