@@ -316,9 +316,10 @@ const std::byte* KvDiskStore::read_file(uint64_t hash, uint64_t parent, std::spa
     }
     got += static_cast<size_t>(r);
     if (got == want) break;
-    // A short read is the end of the file (the next read says so), or an
-    // interrupted one: unbuffered, the next read's offset is then unaligned,
-    // it fails and the block counts as missing, not damaged.
+    // Unbuffered, a read that ends off a page boundary ended at the end of
+    // the file (another read there would be unaligned, which some file
+    // systems refuse); buffered, the next read says 0 there.
+    if (unbuffered && got % kPage != 0) break;
   }
   ::close(fd);
   if (*direct && !unbuffered) *direct = false;
