@@ -61,18 +61,6 @@ bool write_all(int fd, const void* data, size_t n) {
   return true;
 }
 
-bool read_all(int fd, void* data, size_t n) {
-  auto* p = static_cast<char*>(data);
-  while (n > 0) {
-    const ssize_t r = ::read(fd, p, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    p += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
-
 bool is_kv_block_file(const fs::path& p) { return p.extension() == kSuffix; }
 
 }  // namespace
@@ -223,46 +211,19 @@ bool KvDiskStore::put(uint64_t hash, uint64_t parent, std::span<const int32_t> t
   return true;
 }
 
+// read_file()'s checks, through a page-aligned scratch buffer (the
+// engine's rare synchronous read; the reader threads keep their own).
 bool KvDiskStore::get(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens,
                       std::span<std::byte> out) {
-  const std::string path = path_of(hash);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  Header h{};
-  std::vector<int32_t> stored;
-  std::string damage;
-  bool match = false;
-  if (!read_all(fd, &h, sizeof h)) {
-    damage = "shorter than its header";
-  } else if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.version != kVersion) {
-    damage = "not a block file of this version";
-  } else if (h.n_tokens > (1u << 20)) {
-    damage = "an impossible token count";
-  } else {
-    stored.resize(h.n_tokens);
-    if (!read_all(fd, stored.data(), stored.size() * sizeof(int32_t))) damage = "truncated in its tokens";
-    else if (header_hash(h, stored) != h.header_hash) damage = "a header checksum mismatch";
-  }
-  if (damage.empty()) {
-    // An intact file for another block (a hash collision) is not this one.
-    match = h.fingerprint_id == fingerprint_id_ && h.hash == hash && h.parent == parent &&
-            h.payload_bytes == out.size() && std::equal(stored.begin(), stored.end(), tokens.begin(), tokens.end());
-    if (match) {
-      if (!read_all(fd, out.data(), out.size())) damage = "truncated in its payload";
-      else if (XXH3_64bits(out.data(), out.size()) != h.payload_hash) damage = "a payload checksum mismatch";
-      else {
-        char extra = 0;
-        if (::read(fd, &extra, 1) != 0) damage = "longer than its header says";
-      }
-    }
-  }
-  ::close(fd);
-  if (!damage.empty()) {
-    damaged(path, damage);
-    return false;
-  }
-  if (match) ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // most recently used now
-  return match;
+  const size_t n = file_buffer_bytes(tokens.size(), out.size());
+  const std::unique_ptr<std::byte, void (*)(void*)> file{static_cast<std::byte*>(std::aligned_alloc(kPage, n)),
+                                                         std::free};
+  if (!file) throw std::bad_alloc();
+  bool direct = false;
+  const std::byte* payload = read_file(hash, parent, tokens, out.size(), {file.get(), n}, &direct);
+  if (payload == nullptr) return false;
+  std::memcpy(out.data(), payload, out.size());
+  return true;
 }
 
 void KvDiskStore::damaged(const std::string& path, const std::string& why) {

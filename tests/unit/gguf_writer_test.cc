@@ -7,7 +7,9 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <algorithm>
 #include <map>
+#include <tuple>
 #include <variant>
 
 #include "core/error.h"
@@ -181,6 +183,30 @@ TEST(GgufWriter, SynthModelWritesAPhi3InLlamaCppsLayout) {
     const float d = f16_to_f32(h);
     EXPECT_GE(d, range / 8 * 0.74f) << b;
     EXPECT_LE(d, range / 8 * 1.26f) << b;
+  }
+  // Q8_0 (34 bytes a block of 32, int8 in [-127, 127]) and F16 (2 bytes a
+  // value): the same tensors, each the size its type gives.
+  for (const auto& [format, type, file_type, block_bytes] :
+       {std::tuple<std::string, uint32_t, uint64_t, uint64_t>{"gguf-q8_0", 8, 7, 34}, {"gguf-f16", 1, 1, 64}}) {
+    o.format = format;
+    write_synthetic_model(dir.path(), o);
+    const ReadFile f = read_gguf(dir.file("model-" + format.substr(5) + ".gguf"));
+    EXPECT_EQ(f.numbers.at("general.file_type"), file_type) << format;
+    std::map<std::string, ReadTensor> tensors(f.tensors.begin(), f.tensors.end());
+    const ReadTensor& down = tensors.at("blk.0.ffn_down.weight");
+    EXPECT_EQ(down.type, type) << format;
+    // ffn_down is 64 rows x 4 blocks of 32 values; the next tensor
+    // (blk.1.attn_norm.weight) starts at the first 32-byte boundary after it.
+    const uint64_t bytes = 64 * 4 * block_bytes;
+    const auto next = std::find_if(f.tensors.begin(), f.tensors.end(),
+                                   [](const auto& t) { return t.first == "blk.1.attn_norm.weight"; });
+    ASSERT_NE(next, f.tensors.end());
+    EXPECT_EQ(next->second.offset, down.offset + (bytes + 31) / 32 * 32) << format;
+    if (type == 8) {
+      const uint64_t base = f.data_start + down.offset;
+      for (uint64_t b = 0; b < 64 * 4; ++b)
+        for (int j = 0; j < 32; ++j) EXPECT_NE(static_cast<uint8_t>(f.bytes[base + 34 * b + 2 + j]), 0x80u);
+    }
   }
   // Another format name is refused with the list.
   o.format = "gguf-q5_k";
