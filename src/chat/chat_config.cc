@@ -1,5 +1,8 @@
 #include "chat/chat_config.h"
 
+#include "format/gguf.h"
+#include "tokenizer/gguf_tokenizer.h"
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -95,6 +98,19 @@ void ChatConfig::prepare() {
 }
 
 ChatConfig load_chat_config(const std::string& model_dir) {
+  if (const std::string gguf = find_gguf(model_dir); !gguf.empty()) {
+    // A GGUF file: tokenizer.chat_template and the special tokens' texts.
+    const GgufFile file(gguf);
+    const nlohmann::json c = gguf_tokenizer_config(file);
+    ChatConfig config;
+    if (c.contains("chat_template")) config.template_source = c["chat_template"].get<std::string>();
+    config.source_file = gguf + " (tokenizer.chat_template)";
+    for (auto [key, slot] : {std::pair{"bos_token", &config.bos_token}, {"eos_token", &config.eos_token},
+                             {"pad_token", &config.pad_token}, {"unk_token", &config.unk_token}})
+      if (c.contains(key)) *slot = c[key].get<std::string>();
+    config.prepare();
+    return config;
+  }
   const fs::path dir(model_dir);
   if (!fs::is_directory(dir)) fail(ErrorKind::not_found, "{}: not a directory", model_dir);
   ChatConfig config;

@@ -69,43 +69,6 @@ void put_value(Out& out, const GgufWriter::Value& v) {
 
 }  // namespace
 
-int64_t ggml_block_elements(GgmlType type) {
-  switch (type) {
-    case GgmlType::F32:
-    case GgmlType::F16:
-    case GgmlType::BF16: return 1;
-    case GgmlType::Q4_0:
-    case GgmlType::Q4_1:
-    case GgmlType::Q5_0:
-    case GgmlType::Q5_1:
-    case GgmlType::Q8_0: return 32;
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K:
-    case GgmlType::Q6_K: return 256;
-  }
-  fail(ErrorKind::internal, "ggml type {}", static_cast<uint32_t>(type));
-}
-
-size_t ggml_row_bytes(GgmlType type, int64_t n) {
-  size_t block_bytes = 0;
-  switch (type) {
-    case GgmlType::F32: block_bytes = 4; break;
-    case GgmlType::F16:
-    case GgmlType::BF16: block_bytes = 2; break;
-    case GgmlType::Q4_0: block_bytes = 18; break;   // f16 d, 16 bytes of nibbles
-    case GgmlType::Q4_1: block_bytes = 20; break;   // f16 d, f16 m, 16 bytes
-    case GgmlType::Q5_0: block_bytes = 22; break;   // f16 d, 4 bytes of high bits, 16 bytes
-    case GgmlType::Q5_1: block_bytes = 24; break;
-    case GgmlType::Q8_0: block_bytes = 34; break;   // f16 d, 32 int8
-    case GgmlType::Q4_K: block_bytes = 144; break;  // f16 d, f16 dmin, 12 bytes of scales, 128 bytes
-    case GgmlType::Q5_K: block_bytes = 176; break;
-    case GgmlType::Q6_K: block_bytes = 210; break;
-  }
-  const int64_t block = ggml_block_elements(type);
-  if (n % block != 0) fail("GGUF: a row of {} elements is not whole blocks of {}", n, block);
-  return static_cast<size_t>(n / block) * block_bytes;
-}
-
 void GgufWriter::set(std::string key, Value value) { kv_.emplace_back(std::move(key), std::move(value)); }
 
 void GgufWriter::add(std::string name, GgmlType type, std::vector<int64_t> ne, Fill fill) {

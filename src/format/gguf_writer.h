@@ -10,16 +10,9 @@
 #include <variant>
 #include <vector>
 
-namespace pensieve {
+#include "format/ggml_types.h"
 
-// ggml's type numbers (the ones GGUF files store).
-enum class GgmlType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
-  Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30,
-};
-// Bytes of one row of n elements (n a multiple of the type's block).
-size_t ggml_row_bytes(GgmlType type, int64_t n);
-int64_t ggml_block_elements(GgmlType type);
+namespace pensieve {
 
 class GgufWriter {
  public:

@@ -11,7 +11,9 @@
 
 namespace pensieve {
 
-enum class RopeScaling { none, linear, llama3, longrope, dynamic, yarn };
+// factors: frequency i divided by short_factor[i] (a GGUF file's rope_freqs
+// tensor, Llama 3's scaling as llama.cpp's converter stores it).
+enum class RopeScaling { none, linear, llama3, longrope, dynamic, yarn, factors };
 
 struct RopeConfig {
   RopeScaling type = RopeScaling::none;

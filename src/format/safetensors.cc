@@ -200,8 +200,27 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
   return store;
 }
 
+TensorStore TensorStore::in_memory(std::string source) {
+  TensorStore store;
+  store.dir_ = source;
+  store.source_ = std::make_shared<const std::string>(std::move(source));
+  return store;
+}
+
+void TensorStore::add(TensorView view, std::shared_ptr<const void> owner) {
+  if (source_ == nullptr) fail(ErrorKind::internal, "TensorStore::add on a store of files");
+  owned_.push_back(std::make_unique<TensorView>(std::move(view)));
+  TensorView* v = owned_.back().get();
+  v->file = source_.get();
+  owned_bytes_ += v->n_bytes;
+  if (owner) owners_.push_back(std::move(owner));
+  if (!index_.emplace(v->name, v).second) fail(ErrorKind::internal, "{}: tensor '{}' added twice", *source_, v->name);
+}
+
 const TensorView& TensorStore::get(const std::string& name) const {
   auto it = index_.find(name);
+  if (it == index_.end() && source_ != nullptr)
+    fail(ErrorKind::not_found, "{}: missing tensor '{}'", *source_, name);
   if (it == index_.end())
     fail(ErrorKind::not_found,
          "{}: missing tensor '{}' (the weights lack a tensor that config.json's model has)", dir_,
@@ -225,7 +244,7 @@ void TensorStore::prefault() const {
 }
 
 size_t TensorStore::total_file_bytes() const {
-  size_t n = 0;
+  size_t n = owned_bytes_;
   for (const auto& f : files_) n += f->file_size();
   return n;
 }

@@ -48,6 +48,10 @@ class SafetensorsFile {
 class TensorStore {
  public:
   static TensorStore open_dir(const std::string& dir);
+  // A store of tensors held in memory (a GGUF file's, converted at load):
+  // `source` names them in errors (the file), `owner` keeps their bytes.
+  static TensorStore in_memory(std::string source);
+  void add(TensorView view, std::shared_ptr<const void> owner);
 
   bool has(const std::string& name) const { return index_.count(name) != 0; }
   const TensorView& get(const std::string& name) const;  // throws not_found naming the tensor
@@ -63,6 +67,10 @@ class TensorStore {
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorView*> index_;
+  std::vector<std::unique_ptr<TensorView>> owned_;
+  std::vector<std::shared_ptr<const void>> owners_;
+  std::shared_ptr<const std::string> source_;  // in-memory stores: what the tensors came from (stable address)
+  size_t owned_bytes_ = 0;
 };
 
 }  // namespace pensieve

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "models/gguf_model.h"
 
 namespace pensieve {
 namespace {
@@ -30,6 +31,13 @@ std::vector<std::string> architecture_names() {
 }
 
 std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& options) {
+  if (const std::string gguf = find_gguf(dir); !gguf.empty()) {
+    GgufCheckpoint ck = load_gguf_checkpoint(gguf);
+    if (options.sliding_window >= 0) ck.config.sliding_window = options.sliding_window;
+    ArchitectureLoader loader = find_architecture(ck.config.architecture);
+    if (loader == nullptr) fail(ErrorKind::internal, "{}: no loader for {}", gguf, ck.config.architecture);
+    return loader(std::move(ck.config), std::move(ck.store), options);
+  }
   ModelConfig config = load_model_config(dir);
   if (options.sliding_window >= 0) config.sliding_window = options.sliding_window;
   ArchitectureLoader loader = find_architecture(config.architecture);

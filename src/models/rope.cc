@@ -23,7 +23,7 @@ std::vector<float> base_inv_freq(double theta, int64_t dim) {
 
 RopeTable::RopeTable(const ModelConfig& c, int64_t head_dim) {
   const RopeConfig& r = c.rope;
-  rot_dim_ = static_cast<int64_t>(static_cast<double>(head_dim) * r.partial_rotary_factor);
+  rot_dim_ = static_cast<int64_t>(static_cast<double>(head_dim) * r.partial_rotary_factor + 1e-9);
   rot_dim_ -= rot_dim_ % 2;
   if (rot_dim_ <= 0) fail("{}/config.json: partial_rotary_factor leaves no rotary dims", c.dir);
   inv_freq_ = base_inv_freq(r.theta, rot_dim_);
@@ -79,6 +79,16 @@ RopeTable::RopeTable(const ModelConfig& c, int64_t head_dim) {
       } else if (scale > 1.0) {
         attention_factor_ = static_cast<float>(
             std::sqrt(1 + std::log(scale) / std::log(static_cast<double>(original_max_))));
+      }
+      break;
+    }
+    case RopeScaling::factors: {
+      const int64_t n = rot_dim_ / 2;
+      if (static_cast<int64_t>(r.short_factor.size()) != n)
+        fail("{}: {} rope frequency factors for {} frequencies", c.dir, r.short_factor.size(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const float exponent = static_cast<float>(2 * i) / static_cast<float>(rot_dim_);
+        inv_freq_[i] = 1.0f / (static_cast<float>(r.short_factor[i]) * std::pow(static_cast<float>(r.theta), exponent));
       }
       break;
     }

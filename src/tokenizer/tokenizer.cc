@@ -3,6 +3,8 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "format/gguf.h"
+#include "tokenizer/gguf_tokenizer.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/decoder.h"
 #include "tokenizer/json_path.h"
@@ -92,6 +94,7 @@ Tokenizer::~Tokenizer() = default;
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
+  if (const std::string gguf = find_gguf(path); !gguf.empty()) return tokenizer_from_gguf(GgufFile(gguf));
   std::string file = path;
   fs::path dir = fs::path(path).parent_path();
   if (fs::is_directory(path, ec)) {
@@ -119,8 +122,12 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
 
 std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
                                                 const std::string& label, const json& config) {
+  return from_parsed(tok::parse_tokenizer_json(tokenizer_json, label), label, config);
+}
+
+std::unique_ptr<Tokenizer> Tokenizer::from_parsed(tok::TokenizerFile file, const std::string& label,
+                                                  const json& config) {
   std::unique_ptr<Tokenizer> t(new Tokenizer());
-  tok::TokenizerFile file = tok::parse_tokenizer_json(tokenizer_json, label);
   const JsonPath root{label, ""};
   const json& doc = file.rest;
   t->model_ = make_model(file, root);

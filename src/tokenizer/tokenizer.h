@@ -18,6 +18,8 @@
 
 #include "tokenizer/added_tokens.h"
 
+#include "tokenizer/tokenizer_file.h"
+
 namespace pensieve {
 
 namespace tok {
@@ -38,6 +40,10 @@ class Tokenizer {
   static std::unique_ptr<Tokenizer> from_json(std::string_view tokenizer_json,
                                               const std::string& label,
                                               const nlohmann::json& config = nullptr);
+  // From tokenizer.json already parsed (or built: a GGUF file's vocabulary,
+  // tokenizer/gguf_tokenizer.h).
+  static std::unique_ptr<Tokenizer> from_parsed(tok::TokenizerFile file, const std::string& label,
+                                                const nlohmann::json& config = nullptr);
   ~Tokenizer();
 
   // Token ids of `text` (UTF-8; invalid UTF-8 throws Error naming the byte

@@ -164,3 +164,49 @@ w('http/chunked', 'POST /v1/messages/count_tokens HTTP/1.1\r\nHost: x\r\nTransfe
 w('http/get-keepalive', 'GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nConnection: close\r\n\r\n')
 w('http/huge-length', H + 'Content-Length: 2147483648\r\n\r\n{')
 w('http/auth', 'GET /v1/models/x HTTP/1.1\r\nx-api-key: wrong\r\nAuthorization: Bearer k\r\n\r\n')
+
+# gguf: small GGUF files (llama metadata, one Q8_0 and one F32 tensor), and damaged ones.
+def gguf(kvs, tensors, version=3, alignment=32):
+    def s(x):
+        b = x.encode('utf-8')
+        return struct.pack('<Q', len(b)) + b
+    out = b'GGUF' + struct.pack('<IQQ', version, len(tensors), len(kvs))
+    for key, typ, val in kvs:
+        out += s(key) + struct.pack('<I', typ)
+        if typ == 8:
+            out += s(val)
+        elif typ == 9:
+            et, items = val
+            out += struct.pack('<IQ', et, len(items))
+            for it in items:
+                out += s(it) if et == 8 else struct.pack({4: '<I', 5: '<i', 6: '<f'}[et], it)
+        else:
+            out += struct.pack({4: '<I', 5: '<i', 6: '<f', 7: '<?'}[typ], val)
+    offset = 0
+    data = b''
+    for name, typ, ne, nbytes in tensors:
+        out += s(name) + struct.pack('<I', len(ne)) + b''.join(struct.pack('<Q', n) for n in ne)
+        out += struct.pack('<IQ', typ, offset)
+        data += bytes(range(256)) * (nbytes // 256) + bytes(nbytes % 256)
+        pad = (-len(data)) % alignment
+        data += bytes(pad)
+        offset = len(data)
+    out += bytes((-len(out)) % alignment)
+    return out + data
+
+llama_kv = [('general.architecture', 8, 'llama'), ('llama.block_count', 4, 1), ('llama.embedding_length', 4, 64),
+            ('llama.feed_forward_length', 4, 128), ('llama.attention.head_count', 4, 2),
+            ('llama.attention.head_count_kv', 4, 1), ('llama.rope.freq_base', 6, 10000.0),
+            ('tokenizer.ggml.model', 8, 'llama'), ('tokenizer.ggml.tokens', 9, (8, ['<unk>', '<s>', '</s>', 'a'])),
+            ('tokenizer.ggml.scores', 9, (6, [0.0, 0.0, 0.0, -1.0])), ('tokenizer.ggml.bos_token_id', 4, 1)]
+tens = [('token_embd.weight', 8, [64, 4], 4 * 2 * 34), ('output_norm.weight', 0, [64], 256)]
+good = gguf(llama_kv, tens)
+w('gguf/llama-q8', good)
+w('gguf/version2', gguf(llama_kv, tens, version=2))
+w('gguf/truncated', good[:len(good) - 100])
+w('gguf/phi3-keys', gguf([('general.architecture', 8, 'phi3'), ('phi3.block_count', 4, 2),
+                          ('phi3.embedding_length', 4, 96), ('phi3.feed_forward_length', 4, 256),
+                          ('phi3.attention.head_count', 4, 3), ('phi3.rope.dimension_count', 4, 32),
+                          ('phi3.rope.scaling.original_context_length', 4, 4096),
+                          ('general.alignment', 4, 64)], tens, alignment=64))
+w('gguf/qk-types', gguf(llama_kv, [('a', 12, [256, 2], 2 * 144), ('b', 14, [256, 1], 210), ('c', 30, [8], 16)]))

@@ -25,9 +25,12 @@ namespace {
 struct RandomWeight {
   std::vector<uint8_t> data;
   std::vector<uint16_t> scales, biases;
+  std::vector<float> scales32, biases32;
   WeightMatrix w;
 
-  RandomWeight(WeightFormat format, int64_t rows, int64_t cols, int group, std::mt19937& rng) {
+  // f32_scales: scales and biases stored as f32 (a GGUF K-quant's), else bf16.
+  RandomWeight(WeightFormat format, int64_t rows, int64_t cols, int group, std::mt19937& rng,
+               bool f32_scales = false) {
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     std::uniform_int_distribution<int> byte(0, 255);
     w.format = format;
@@ -55,6 +58,15 @@ struct RandomWeight {
       w.scales = scales.data();
       w.biases = biases.data();
       w.scale_type = ScaleType::bf16;
+      if (f32_scales) {
+        for (int64_t i = 0; i < n; ++i) {
+          scales32.push_back(bf16_to_f32(scales[i]) * (1.f + 1.f / 1024));  // not a bf16 value
+          biases32.push_back(bf16_to_f32(biases[i]));
+        }
+        w.scales = scales32.data();
+        w.biases = biases32.data();
+        w.scale_type = ScaleType::f32;
+      }
     }
     w.data = data.data();
   }
@@ -137,6 +149,7 @@ std::vector<double> one_level_bound(const WeightMatrix& w, const float* x, int64
 struct MatmulCase {
   WeightFormat format;
   int group;
+  bool f32_scales = false;
 };
 
 class MatmulVsReference : public ::testing::TestWithParam<MatmulCase> {
@@ -151,7 +164,7 @@ class MatmulVsReference : public ::testing::TestWithParam<MatmulCase> {
 };
 
 TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
-  const auto [format, group] = GetParam();
+  const auto [format, group, f32_scales] = GetParam();
   const bool quant = format == WeightFormat::affine4 || format == WeightFormat::affine8;
   std::mt19937 rng(1234 + static_cast<int>(format) * 7 + group);
   ThreadPool pool(2);
@@ -160,7 +173,7 @@ TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
   for (int64_t rows : {1, 7, 25, 50}) {
     for (int ci = 0; ci < 3; ++ci) {
       const int64_t cols = quant ? col_options_q[ci] : col_options_f[ci];
-      RandomWeight rw(format, rows, cols, group, rng);
+      RandomWeight rw(format, rows, cols, group, rng, f32_scales);
       for (int64_t n_tokens : {1, 3, 5, 8, 9, 17, 38}) {
         const int64_t ldx = cols + 3, ldy = rows + 2;
         const auto x = random_vector(static_cast<size_t>(n_tokens * ldx), rng);
@@ -237,7 +250,10 @@ INSTANTIATE_TEST_SUITE_P(
                       MatmulCase{WeightFormat::bf16, 0}, MatmulCase{WeightFormat::affine4, 32},
                       MatmulCase{WeightFormat::affine4, 64}, MatmulCase{WeightFormat::affine4, 128},
                       MatmulCase{WeightFormat::affine8, 32}, MatmulCase{WeightFormat::affine8, 64},
-                      MatmulCase{WeightFormat::affine8, 128}));
+                      MatmulCase{WeightFormat::affine8, 128},
+                      // GGUF's forms: K-quants with f32 scales, Q6_K's 8-bit groups of 16.
+                      MatmulCase{WeightFormat::affine4, 32, true}, MatmulCase{WeightFormat::affine8, 32, true},
+                      MatmulCase{WeightFormat::affine8, 16, true}));
 
 // Several weights behind one input (the fused q|k|v and gate|up calls) with
 // different formats and group sizes: each part lands at its offset in y, and

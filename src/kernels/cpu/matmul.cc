@@ -187,7 +187,9 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   const bool integer = integer_kernels_enabled();
   const int levels = int8_activation_levels();
   auto integer_ok = [&](const WeightMatrix& w) {
-    return integer && w.quantized() && (!use_gemv || w.cols % 64 == 0);
+    // Groups of 32, 64 and 128 (a GGUF Q6_K's groups of 16 take the f32 kernels).
+    const bool group_ok = w.group_size == 32 || w.group_size == 64 || w.group_size == 128;
+    return integer && w.quantized() && group_ok && (!use_gemv || w.cols % 64 == 0);
   };
 
   // Prepare each input form the parts need, once for all rows.

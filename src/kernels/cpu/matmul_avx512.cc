@@ -153,7 +153,15 @@ void gemv_q8(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int6
     __m512 acc[T][2];
     for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     int64_t c = 0;
-    for (int64_t g = 0; g < n_groups; ++g) {
+    if (group == 16) {  // a GGUF Q6_K's sub-blocks: one vector a group
+      for (int64_t g = 0; g < n_groups; ++g, c += 16) {
+        const __m512 q = _mm512_cvtepi32_ps(
+            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c))));
+        const __m512 wv = _mm512_fmadd_ps(q, _mm512_set1_ps(sc[g]), _mm512_set1_ps(bi[g]));
+        for (int t = 0; t < T; ++t) acc[t][g & 1] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * ldx + c), acc[t][g & 1]);
+      }
+    }
+    for (int64_t g = 0; group != 16 && g < n_groups; ++g) {
       const __m512 s = _mm512_set1_ps(sc[g]);
       const __m512 b = _mm512_set1_ps(bi[g]);
       for (int64_t end = c + group; c < end; c += 32) {

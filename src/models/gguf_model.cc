@@ -1,0 +1,498 @@
+#include "models/gguf_model.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/half.h"
+
+namespace pensieve {
+namespace fs = std::filesystem;
+namespace {
+
+// Anonymous memory for converted tensors, advised for transparent huge pages
+// as the copied safetensors files are (core/mmap_file.h: decode streams such
+// memory several times faster than page-cache pages).
+class OwnedBytes {
+ public:
+  explicit OwnedBytes(size_t n) : size_(std::max<size_t>(n, 1)) {
+    void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) fail(ErrorKind::resource, "out of memory converting a GGUF tensor ({} bytes)", n);
+    if (size_ >= (2u << 20)) ::madvise(p, size_, MADV_HUGEPAGE);  // a hint; fine where THP is off
+    data_ = static_cast<uint8_t*>(p);
+  }
+  ~OwnedBytes() { ::munmap(data_, size_); }
+  OwnedBytes(const OwnedBytes&) = delete;
+  OwnedBytes& operator=(const OwnedBytes&) = delete;
+  uint8_t* data() { return data_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+struct ArchInfo {
+  const char* hf_architecture;
+  bool permuted_qk;  // the converter interleaved q/k rows for ggml's NORM rope
+};
+
+const ArchInfo* arch_info(const std::string& arch) {
+  static const std::pair<const char*, ArchInfo> table[] = {
+      {"llama", {"LlamaForCausalLM", true}},
+      {"phi3", {"Phi3ForCausalLM", false}},
+      {"qwen2", {"Qwen2ForCausalLM", false}},
+      {"qwen3", {"Qwen3ForCausalLM", false}},
+  };
+  for (const auto& [name, info] : table)
+    if (arch == name) return &info;
+  return nullptr;
+}
+
+// How one ggml block type maps onto MLX affine groups (weights.h): w = s·q + b.
+struct AffineForm {
+  int bits = 0;   // 4 or 8
+  int group = 0;  // 32, or 16 (Q6_K's sub-blocks)
+};
+
+AffineForm affine_form(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q4_K: return {4, 32};
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::Q8_0:
+    case GgmlType::Q5_K: return {8, 32};
+    case GgmlType::Q6_K: return {8, 16};
+    default: return {};
+  }
+}
+
+float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+
+}  // namespace
+
+void gguf_block_to_affine(GgmlType t, const uint8_t* p, uint8_t* q, float* s, float* b) {
+  switch (t) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1: {
+      const bool one = t == GgmlType::Q4_1;
+      const float d = f16_at(p);
+      s[0] = d;
+      b[0] = one ? f16_at(p + 2) : -8.f * d;
+      const uint8_t* qs = p + (one ? 4 : 2);
+      for (int j = 0; j < 16; ++j) {
+        q[j] = qs[j] & 0xF;
+        q[j + 16] = qs[j] >> 4;
+      }
+      return;
+    }
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1: {
+      const bool one = t == GgmlType::Q5_1;
+      const float d = f16_at(p);
+      s[0] = d;
+      b[0] = one ? f16_at(p + 2) : -16.f * d;
+      uint32_t qh;
+      std::memcpy(&qh, p + (one ? 4 : 2), 4);
+      const uint8_t* qs = p + (one ? 8 : 6);
+      for (int j = 0; j < 16; ++j) {
+        q[j] = static_cast<uint8_t>((qs[j] & 0xF) | (((qh >> j) & 1u) << 4));
+        q[j + 16] = static_cast<uint8_t>((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
+      }
+      return;
+    }
+    case GgmlType::Q8_0: {
+      const float d = f16_at(p);
+      s[0] = d;
+      b[0] = -128.f * d;
+      for (int j = 0; j < 32; ++j) q[j] = static_cast<uint8_t>(static_cast<int8_t>(p[2 + j]) + 128);
+      return;
+    }
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: {
+      const bool five = t == GgmlType::Q5_K;
+      const float d = f16_at(p), dmin = f16_at(p + 2);
+      const uint8_t* scales = p + 4;
+      const uint8_t* qh = p + 16;
+      const uint8_t* qs = p + (five ? 48 : 16);
+      for (int sb = 0; sb < 8; ++sb) {
+        int sc, mn;
+        ggml_k_scale_min(scales, sb, &sc, &mn);
+        s[sb] = d * static_cast<float>(sc);      // f16 times 6 bits: exact in f32
+        b[sb] = -(dmin * static_cast<float>(mn));
+      }
+      for (int c = 0; c < 4; ++c) {
+        for (int l = 0; l < 32; ++l) {
+          const int h1 = five && (qh[l] >> (2 * c)) & 1 ? 16 : 0;
+          const int h2 = five && (qh[l] >> (2 * c + 1)) & 1 ? 16 : 0;
+          q[64 * c + l] = static_cast<uint8_t>((qs[32 * c + l] & 0xF) + h1);
+          q[64 * c + 32 + l] = static_cast<uint8_t>((qs[32 * c + l] >> 4) + h2);
+        }
+      }
+      return;
+    }
+    case GgmlType::Q6_K: {
+      const uint8_t* ql = p;
+      const uint8_t* qh = p + 128;
+      const int8_t* sc = reinterpret_cast<const int8_t*>(p + 192);
+      const float d = f16_at(p + 208);
+      for (int g = 0; g < 16; ++g) {
+        s[g] = d * static_cast<float>(sc[g]);  // f16 times 8 bits: exact in f32
+        b[g] = -32.f * s[g];
+      }
+      for (int half = 0; half < 2; ++half) {
+        const uint8_t* l0 = ql + 64 * half;
+        const uint8_t* h0 = qh + 32 * half;
+        uint8_t* o = q + 128 * half;
+        for (int l = 0; l < 32; ++l) {
+          o[l] = static_cast<uint8_t>((l0[l] & 0xF) | (((h0[l] >> 0) & 3) << 4));
+          o[l + 32] = static_cast<uint8_t>((l0[l + 32] & 0xF) | (((h0[l] >> 2) & 3) << 4));
+          o[l + 64] = static_cast<uint8_t>((l0[l] >> 4) | (((h0[l] >> 4) & 3) << 4));
+          o[l + 96] = static_cast<uint8_t>((l0[l + 32] >> 4) | (((h0[l] >> 6) & 3) << 4));
+        }
+      }
+      return;
+    }
+    default: fail(ErrorKind::internal, "{} is not a block type", ggml_type_name(t));
+  }
+}
+
+namespace {
+
+// f16 holds the scale and bias exactly: the legacy types' d and m are f16,
+// and -8d, -16d, -128d only shift the exponent (unless they overflow).
+bool fits_f16(float v) { return f16_to_f32(f32_to_f16(v)) == v; }
+
+class Converter {
+ public:
+  Converter(std::vector<std::unique_ptr<GgufFile>> files, std::string source)
+      : files_(std::move(files)), store_(std::make_shared<TensorStore>(TensorStore::in_memory(source))),
+        source_(std::move(source)) {
+    for (const auto& f : files_)
+      for (const GgufTensor& t : f->tensors()) {
+        if (!index_.emplace(t.name, &t).second)
+          fail("{}: tensor '{}' is in two of the split files", f->path(), t.name);
+      }
+  }
+
+  const GgufTensor* find(const std::string& name) const {
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : it->second;
+  }
+  const GgufTensor& need(const std::string& name) const {
+    const GgufTensor* t = find(name);
+    if (t == nullptr) fail(ErrorKind::not_found, "{}: missing tensor '{}'", source_, name);
+    return *t;
+  }
+  void check_shape(const GgufTensor& t, std::vector<int64_t> ne) const {
+    if (t.ne != ne) {
+      auto str = [](const std::vector<int64_t>& v) {
+        std::string s = "[";
+        for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+        return s + "]";
+      };
+      fail("{}: tensor '{}' has shape {} (ggml order), but the metadata makes it {}", source_, t.name, str(t.ne),
+           str(ne));
+    }
+  }
+
+  // A 1-D tensor (norm weight, bias, rope factors) as f32 values.
+  std::vector<float> vector(const GgufTensor& t, int64_t n) const {
+    check_shape(t, {n});
+    std::vector<float> out(static_cast<size_t>(n));
+    ggml_dequantize_row(t.type, t.data, n, out.data());
+    return out;
+  }
+
+  void add_vector(const std::string& hf_name, const GgufTensor& t, int64_t n) {
+    std::vector<float> v = vector(t, n);
+    auto own = std::make_shared<std::vector<float>>(std::move(v));
+    TensorView view;
+    view.name = hf_name;
+    view.dtype = DType::F32;
+    view.shape = {n};
+    view.data = reinterpret_cast<const uint8_t*>(own->data());
+    view.n_bytes = static_cast<size_t>(n) * 4;
+    store_->add(std::move(view), own);
+  }
+
+  // A [rows][cols] matrix under the HF module name; row r of the result is
+  // row src_row(r) of the file's. Quantized types become MLX affine groups
+  // (the quantization recorded in `quant`).
+  template <class RowMap>
+  void add_matrix(const std::string& module, const GgufTensor& t, int64_t rows, int64_t cols, RowMap src_row,
+                  QuantConfig* quant) {
+    check_shape(t, {cols, rows});
+    const size_t in_row = ggml_row_bytes(t.type, cols);
+    if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) {
+      auto buf = std::make_shared<OwnedBytes>(in_row * static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(buf->data() + r * in_row, t.data + src_row(r) * in_row, in_row);
+      TensorView v;
+      v.name = module + ".weight";
+      v.dtype = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
+      v.shape = {rows, cols};
+      v.data = buf->data();
+      v.n_bytes = in_row * static_cast<size_t>(rows);
+      store_->add(std::move(v), buf);
+      return;
+    }
+    const AffineForm form = affine_form(t.type);
+    const int64_t block = ggml_block_elements(t.type), n_blocks = cols / block;
+    const int64_t groups = cols / form.group, groups_per_block = block / form.group;
+    // Scales and biases of every group first (f32), to pick f16 where exact.
+    std::vector<float> sc(static_cast<size_t>(rows * groups)), bi(sc.size());
+    const size_t out_row = static_cast<size_t>(cols * form.bits / 8);
+    auto data = std::make_shared<OwnedBytes>(out_row * static_cast<size_t>(rows));
+    std::vector<uint8_t> q(static_cast<size_t>(block));
+    bool f16_ok = true;
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* src = t.data + src_row(r) * in_row;
+      uint8_t* dst = data->data() + r * out_row;
+      for (int64_t k = 0; k < n_blocks; ++k) {
+        float* s = &sc[static_cast<size_t>(r * groups + k * groups_per_block)];
+        float* b = &bi[static_cast<size_t>(r * groups + k * groups_per_block)];
+        gguf_block_to_affine(t.type, src + k * ggml_block_bytes(t.type), q.data(), s, b);
+        for (int64_t g = 0; g < groups_per_block; ++g) f16_ok = f16_ok && fits_f16(s[g]) && fits_f16(b[g]);
+        if (form.bits == 4) {
+          for (int64_t j = 0; j < block; j += 2)
+            dst[(k * block + j) / 2] = static_cast<uint8_t>(q[j] | (q[j + 1] << 4));
+        } else {
+          std::memcpy(dst + k * block, q.data(), static_cast<size_t>(block));
+        }
+      }
+    }
+    TensorView w;
+    w.name = module + ".weight";
+    w.dtype = DType::U32;
+    w.shape = {rows, cols * form.bits / 32};
+    w.data = data->data();
+    w.n_bytes = out_row * static_cast<size_t>(rows);
+    store_->add(std::move(w), data);
+    const size_t n = sc.size();
+    const size_t es = f16_ok ? 2 : 4;
+    for (int which = 0; which < 2; ++which) {
+      const std::vector<float>& src = which == 0 ? sc : bi;
+      auto buf = std::make_shared<OwnedBytes>(n * es);
+      for (size_t i = 0; i < n; ++i) {
+        if (f16_ok) {
+          const uint16_t h = f32_to_f16(src[i]);
+          std::memcpy(buf->data() + 2 * i, &h, 2);
+        } else {
+          std::memcpy(buf->data() + 4 * i, &src[i], 4);
+        }
+      }
+      TensorView v;
+      v.name = module + (which == 0 ? ".scales" : ".biases");
+      v.dtype = f16_ok ? DType::F16 : DType::F32;
+      v.shape = {rows, groups};
+      v.data = buf->data();
+      v.n_bytes = n * es;
+      store_->add(std::move(v), buf);
+    }
+    if (quant->bits == 0) {
+      quant->bits = form.bits;
+      quant->group_size = form.group;
+    }
+    quant->overrides.push_back({module, {form.bits, form.group}});
+  }
+  void add_matrix(const std::string& module, const GgufTensor& t, int64_t rows, int64_t cols, QuantConfig* quant) {
+    add_matrix(module, t, rows, cols, [](int64_t r) { return r; }, quant);
+  }
+
+  std::shared_ptr<TensorStore> store() const { return store_; }
+
+ private:
+  std::vector<std::unique_ptr<GgufFile>> files_;
+  std::map<std::string, const GgufTensor*> index_;
+  std::shared_ptr<TensorStore> store_;
+  std::string source_;
+};
+
+std::string meta_key(const std::string& arch, const char* key) { return arch + "." + key; }
+
+}  // namespace
+
+ModelConfig gguf_model_config(const GgufFile& f) {
+  ModelConfig c;
+  c.dir = f.path();
+  const std::string arch = f.need_string("general.architecture");
+  const ArchInfo* info = arch_info(arch);
+  if (info == nullptr)
+    fail(ErrorKind::unsupported, "{}: GGUF architecture '{}' is not supported (llama, phi3, qwen2 and qwen3 are)",
+         f.path(), arch);
+  c.architecture = info->hf_architecture;
+  c.model_type = arch;
+  auto key = [&](const char* k) { return meta_key(arch, k); };
+  c.n_layers = f.need_int(key("block_count"));
+  c.hidden_size = f.need_int(key("embedding_length"));
+  c.intermediate_size = f.need_int(key("feed_forward_length"));
+  c.n_heads = f.need_int(key("attention.head_count"));
+  c.n_kv_heads = f.get_int(key("attention.head_count_kv")).value_or(c.n_heads);
+  if (c.n_layers <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 ||
+      c.n_heads % c.n_kv_heads != 0 || c.n_layers > 4096 || c.hidden_size > (1 << 20) || c.n_heads > 4096)
+    fail("{}: impossible shape in the metadata ({} layers, width {}, {} heads over {} KV heads)", f.path(),
+         c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads);
+  c.head_dim = f.get_int(key("attention.key_length")).value_or(c.hidden_size / c.n_heads);
+  if (c.head_dim <= 0 || c.head_dim > 1024 || c.head_dim % 2 != 0)
+    fail("{}: head dim {} is not supported", f.path(), c.head_dim);
+  if (auto v = f.get_int(key("attention.value_length")); v && *v != c.head_dim)
+    fail(ErrorKind::unsupported, "{}: value head dim {} differs from key head dim {}", f.path(), *v, c.head_dim);
+  c.rms_norm_eps = f.get_double(key("attention.layer_norm_rms_epsilon")).value_or(1e-5);
+  c.max_position_embeddings = f.get_int(key("context_length")).value_or(4096);
+  c.rope.theta = f.get_double(key("rope.freq_base")).value_or(10000.0);
+  const int64_t rot = f.get_int(key("rope.dimension_count")).value_or(c.head_dim);
+  if (rot <= 0 || rot > c.head_dim || rot % 2 != 0)
+    fail("{}: rope dimension count {} does not fit head dim {}", f.path(), rot, c.head_dim);
+  c.rope.partial_rotary_factor = static_cast<double>(rot) / static_cast<double>(c.head_dim);
+  if (auto type = f.get_string(key("rope.scaling.type")); type && *type != "none") {
+    const double factor = f.get_double(key("rope.scaling.factor")).value_or(1.0);
+    c.rope.factor = factor;
+    c.rope.original_max_position = f.get_int(key("rope.scaling.original_context_length")).value_or(0);
+    if (*type == "linear") {
+      c.rope.type = RopeScaling::linear;
+    } else if (*type == "yarn") {
+      c.rope.type = RopeScaling::yarn;
+      c.rope.attention_factor = f.get_double(key("rope.scaling.attn_factor")).value_or(0.0);
+    } else {
+      fail(ErrorKind::unsupported, "{}: rope scaling '{}' is not supported (linear, yarn)", f.path(), *type);
+    }
+  }
+  if (auto w = f.get_int(key("attention.sliding_window")); w && *w > 0 && *w < c.max_position_embeddings)
+    c.sliding_window = *w;
+  c.hidden_act = "silu";
+  if (auto bos = f.get_int("tokenizer.ggml.bos_token_id")) c.bos_token_id = *bos;
+  for (const char* k : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"}) {
+    if (auto e = f.get_int(k); e && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), *e) == c.eos_token_ids.end())
+      c.eos_token_ids.push_back(*e);
+  }
+  if (const GgufTensor* emb = f.tensor("token_embd.weight"); emb != nullptr && emb->ne.size() == 2)
+    c.vocab_size = emb->ne[1];
+  else if (auto v = f.get_int(key("vocab_size")))
+    c.vocab_size = *v;
+  else if (const GgufValue* toks = f.get_array("tokenizer.ggml.tokens", true))
+    c.vocab_size = static_cast<int64_t>(toks->count);
+  c.tie_word_embeddings = f.tensor("output.weight") == nullptr;
+  c.attention_bias = f.tensor("blk.0.attn_q.bias") != nullptr;
+  c.torch_dtype = "gguf";
+  return c;
+}
+
+GgufCheckpoint load_gguf_checkpoint(const std::string& path) {
+  std::vector<std::unique_ptr<GgufFile>> files;
+  for (const std::string& p : gguf_split_files(path)) files.push_back(std::make_unique<GgufFile>(p));
+  if (files.size() > 1) {
+    for (size_t i = 0; i < files.size(); ++i) {
+      const auto count = files[i]->get_int("split.count");
+      if (count && *count != static_cast<int64_t>(files.size()))
+        fail("{}: says split.count {}, but the file name says {} parts", files[i]->path(), *count, files.size());
+    }
+  }
+  const GgufFile& f = *files[0];
+  ModelConfig c = gguf_model_config(f);
+  const std::string arch = c.model_type;
+  const int64_t H = c.hidden_size, I = c.intermediate_size, hd = c.head_dim;
+  const int64_t qd = c.n_heads * hd, kvd = c.n_kv_heads * hd;
+  if (c.vocab_size <= 0) fail("{}: the vocabulary size is unknown (no token_embd.weight)", f.path());
+  if (const GgufValue* toks = f.get_array("tokenizer.ggml.tokens", true);
+      toks != nullptr && static_cast<int64_t>(toks->count) > c.vocab_size)
+    fail("{}: tokenizer.ggml.tokens has {} entries, more than the embedding's {} rows", f.path(), toks->count,
+         c.vocab_size);
+
+  // Rope factors stored as tensors.
+  Converter conv(std::move(files), path);
+  const int64_t half_rot = static_cast<int64_t>(std::lround(static_cast<double>(hd) * c.rope.partial_rotary_factor)) / 2;
+  auto to_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  const GgufTensor* freqs = conv.find("rope_freqs.weight");
+  const GgufTensor* fshort = conv.find("rope_factors_short.weight");
+  const GgufTensor* flong = conv.find("rope_factors_long.weight");
+  if (fshort != nullptr || flong != nullptr) {
+    if (fshort == nullptr || flong == nullptr)
+      fail("{}: has one of rope_factors_short/long.weight but not the other", path);
+    const GgufFile& meta = f;
+    c.rope.type = RopeScaling::longrope;
+    c.rope.short_factor = to_double(conv.vector(*fshort, half_rot));
+    c.rope.long_factor = to_double(conv.vector(*flong, half_rot));
+    c.rope.original_max_position = meta.need_int(meta_key(arch, "rope.scaling.original_context_length"));
+    c.rope.attention_factor = meta.get_double(meta_key(arch, "rope.scaling.attn_factor")).value_or(0.0);
+  } else if (freqs != nullptr) {
+    // Llama 3's scaling, as the converter computed it: frequency i divided by factor i.
+    c.rope.type = RopeScaling::factors;
+    c.rope.short_factor = to_double(conv.vector(*freqs, half_rot));
+  }
+
+  QuantConfig& quant = c.quant;
+  conv.add_matrix("model.embed_tokens", conv.need("token_embd.weight"), c.vocab_size, H, &quant);
+  if (const GgufTensor* out = conv.find("output.weight")) conv.add_matrix("lm_head", *out, c.vocab_size, H, &quant);
+  conv.add_vector("model.norm.weight", conv.need("output_norm.weight"), H);
+  const bool permuted = arch_info(arch)->permuted_qk;
+  // The converter's permutation: HF row (t·half + i) of a head went to row 2i + t.
+  auto unpermute = [hd](int64_t r) {
+    const int64_t head = r / hd, in = r % hd, half = hd / 2;
+    const int64_t t = in / half, i = in % half;
+    return head * hd + 2 * i + t;
+  };
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string g = "blk." + std::to_string(l) + ".";
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    conv.add_vector(p + "input_layernorm.weight", conv.need(g + "attn_norm.weight"), H);
+    conv.add_vector(p + "post_attention_layernorm.weight", conv.need(g + "ffn_norm.weight"), H);
+    if (const GgufTensor* qkv = conv.find(g + "attn_qkv.weight")) {
+      conv.add_matrix(p + "self_attn.qkv_proj", *qkv, qd + 2 * kvd, H, &quant);
+      if (const GgufTensor* b = conv.find(g + "attn_qkv.bias")) conv.add_vector(p + "self_attn.qkv_proj.bias", *b, qd + 2 * kvd);
+    } else {
+      const char* names[3] = {"attn_q", "attn_k", "attn_v"};
+      const char* hf[3] = {"q_proj", "k_proj", "v_proj"};
+      const int64_t rows[3] = {qd, kvd, kvd};
+      for (int k = 0; k < 3; ++k) {
+        const GgufTensor& w = conv.need(g + names[k] + ".weight");
+        const std::string module = p + "self_attn." + hf[k];
+        const bool perm = permuted && k < 2;
+        if (perm) conv.add_matrix(module, w, rows[k], H, unpermute, &quant);
+        else conv.add_matrix(module, w, rows[k], H, &quant);
+        if (const GgufTensor* b = conv.find(g + names[k] + ".bias")) {
+          std::vector<float> v = conv.vector(*b, rows[k]);
+          if (perm) {
+            std::vector<float> u(v.size());
+            for (int64_t r = 0; r < rows[k]; ++r) u[static_cast<size_t>(r)] = v[static_cast<size_t>(unpermute(r))];
+            v = std::move(u);
+          }
+          auto own = std::make_shared<std::vector<float>>(std::move(v));
+          TensorView view;
+          view.name = module + ".bias";
+          view.dtype = DType::F32;
+          view.shape = {rows[k]};
+          view.data = reinterpret_cast<const uint8_t*>(own->data());
+          view.n_bytes = static_cast<size_t>(rows[k]) * 4;
+          conv.store()->add(std::move(view), own);
+        }
+      }
+    }
+    if (const GgufTensor* qn = conv.find(g + "attn_q_norm.weight")) {
+      conv.add_vector(p + "self_attn.q_norm.weight", *qn, hd);
+      conv.add_vector(p + "self_attn.k_norm.weight", conv.need(g + "attn_k_norm.weight"), hd);
+    } else if (arch == "qwen3") {
+      conv.need(g + "attn_q_norm.weight");
+    }
+    conv.add_matrix(p + "self_attn.o_proj", conv.need(g + "attn_output.weight"), H, qd, &quant);
+    if (arch == "phi3") {
+      conv.add_matrix(p + "mlp.gate_up_proj", conv.need(g + "ffn_up.weight"), 2 * I, H, &quant);
+    } else {
+      conv.add_matrix(p + "mlp.gate_proj", conv.need(g + "ffn_gate.weight"), I, H, &quant);
+      conv.add_matrix(p + "mlp.up_proj", conv.need(g + "ffn_up.weight"), I, H, &quant);
+    }
+    conv.add_matrix(p + "mlp.down_proj", conv.need(g + "ffn_down.weight"), H, I, &quant);
+  }
+  return {std::move(c), conv.store()};
+}
+
+}  // namespace pensieve

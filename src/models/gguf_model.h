@@ -1,0 +1,45 @@
+// GGUF models (llama.cpp's files, as Ollama and LM Studio keep them): the
+// file's metadata becomes a ModelConfig and its tensors a TensorStore under
+// the Hugging Face names the decoder reads, so one decoder serves both.
+//
+// Tensors are converted once at load into owned memory, exactly:
+//  - F32/F16/BF16 are copied;
+//  - Q4_0, Q4_1, Q4_K become 4-bit affine groups of 32 (MLX's layout),
+//    Q8_0, Q5_0, Q5_1, Q5_K 8-bit groups of 32 and Q6_K 8-bit groups of 16:
+//    every block's value is scale·q + bias with the block's own numbers
+//    (f16 where they fit exactly, f32 for the K-quants' products of a
+//    super-block scale and a 6- or 8-bit sub-block scale), never rounded
+//    again;
+//  - llama's q/k rows, which the converter interleaves for ggml's rope, are
+//    put back in Hugging Face's order.
+// The file itself is mapped only while loading.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "format/gguf.h"
+#include "format/hf_config.h"
+#include "format/safetensors.h"
+
+namespace pensieve {
+
+struct GgufCheckpoint {
+  ModelConfig config;
+  std::shared_ptr<TensorStore> store;
+};
+
+// Reads the model's metadata and converts its tensors. Errors name the file
+// and the problem (unknown architecture, missing tensor, wrong shape).
+GgufCheckpoint load_gguf_checkpoint(const std::string& path);
+
+// One block of a quantized type (ggml_block_elements values) as unsigned
+// codes q[] and the scale s[g] and bias b[g] of each group of 32 (16 for
+// Q6_K), with value = s·q + b exactly (the loader's repacking).
+void gguf_block_to_affine(GgmlType type, const uint8_t* block, uint8_t* q, float* s, float* b);
+
+// Only the metadata, as a ModelConfig (for `list`, `show`, the hub).
+ModelConfig gguf_model_config(const GgufFile& file);
+
+}  // namespace pensieve
