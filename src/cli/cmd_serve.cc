@@ -11,6 +11,7 @@
 #include <memory>
 #include <map>
 #include <mutex>
+#include <regex>
 #include <thread>
 
 #include "chat/chat_config.h"
@@ -23,6 +24,7 @@
 #include "core/log.h"
 #include "engine/engine.h"
 #include "engine/kv_disk_store.h"
+#include "format/gguf.h"
 #include "format/hf_config.h"
 #include "hub/hub.h"
 #include "hub/progress_printer.h"
@@ -355,10 +357,17 @@ std::string model_id_for(const std::string& source, const std::string& given, co
   if (!given.empty()) return given;
   const std::string dir = source.empty() ? bundled_dir : source;
   std::string id;
+  if (source.rfind("ollama:", 0) == 0) return source.substr(7);  // Ollama's own name, NAME:TAG
   if (!source.empty() && !fs::exists(source)) id = hub::parse_repo_ref(source).repo;
   if (id.empty()) id = hub::repo_of_snapshot_dir(dir);
   if (id.empty()) id = fs::path(dir).lexically_normal().filename().string();
   if (id.empty()) id = fs::path(dir).lexically_normal().parent_path().filename().string();
+  // A GGUF file: its name without ".gguf" (and without "-00001-of-0000N" for split files).
+  if (id.size() > 5 && id.ends_with(".gguf")) {
+    id.resize(id.size() - 5);
+    static const std::regex split(R"(-\d{5}-of-\d{5}$)");
+    id = std::regex_replace(id, split, "");
+  }
   return id;
 }
 
@@ -367,8 +376,8 @@ std::string model_id_for(const std::string& source, const std::string& given, co
 int64_t context_hint(const ModelSpec& sp) {
   if (sp.ctx_size > 0) return sp.ctx_size;
   if (sp.source.empty()) return 65536;
-  if (!fs::exists(fs::path(sp.source) / "config.json")) return 0;
   try {
+    if (!fs::exists(fs::path(sp.source) / "config.json") && find_gguf(sp.source).empty()) return 0;
     return load_model_config(sp.source).max_position_embeddings;
   } catch (const Error&) {
     return 0;  // loading it will say what is wrong

@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <regex>
 #include <set>
 #include <limits>
 
 #include "core/error.h"
+#include "format/local_models.h"
 
 namespace pensieve {
 namespace {
@@ -341,7 +343,14 @@ std::vector<std::string> gguf_split_files(const std::string& first) {
 
 std::string find_gguf(const std::string& path) {
   std::error_code ec;
-  if (fs::is_regular_file(path, ec)) return fs::path(path).extension() == ".gguf" ? path : std::string();
+  if (path.rfind("ollama:", 0) == 0) return resolve_ollama_ref(path);
+  if (fs::is_regular_file(path, ec)) {
+    if (fs::path(path).extension() == ".gguf") return path;
+    // Named otherwise (an Ollama blob): a GGUF file by its magic.
+    char magic[4] = {};
+    std::ifstream in(path, std::ios::binary);
+    return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0 ? path : std::string();
+  }
   if (!fs::is_directory(path, ec)) return {};
   if (fs::exists(fs::path(path) / "config.json")) return {};  // a Hugging Face directory
   std::set<std::string> models;

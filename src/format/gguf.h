@@ -103,7 +103,8 @@ class GgufFile {
   std::map<std::string, size_t, std::less<>> tensor_index_;
 };
 
-// The GGUF file `path` names: the file itself, the one model in a directory
+// The GGUF file `path` names: the file itself (any name, by its magic), an
+// Ollama model ("ollama:NAME[:TAG]", format/local_models.h), the one model in a directory
 // (or the first of its split files), or "" when `path` holds no GGUF (a
 // Hugging Face directory, for one). Throws when a directory holds several different GGUF models.
 std::string find_gguf(const std::string& path);

@@ -5,6 +5,8 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "format/gguf.h"
+#include "format/gguf_config.h"
 
 namespace pensieve {
 namespace fs = std::filesystem;
@@ -183,6 +185,7 @@ double config_double_or(const json& j, const std::string& key, double fallback,
 }
 
 ModelConfig load_model_config(const std::string& dir) {
+  if (const std::string gguf = find_gguf(dir); !gguf.empty()) return gguf_model_config(GgufFile(gguf));
   const fs::path cfg_path = fs::path(dir) / "config.json";
   if (!fs::exists(cfg_path)) fail(ErrorKind::not_found, "{}: no such file", cfg_path.string());
   const std::string file = cfg_path.string();

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "format/gguf.h"
 #include "hub/cache.h"
 #include "hub/hub_client.h"
 #include "hub/progress_printer.h"
@@ -332,6 +333,11 @@ std::string ensure_model(const std::string& repo_or_dir, const HubOptions& optio
                          const ProgressCallback& progress) {
   std::error_code ec;
   if (fs::is_directory(repo_or_dir, ec)) return repo_or_dir;
+  // A GGUF file, or an Ollama model: loaded in place.
+  if (repo_or_dir.rfind("ollama:", 0) == 0 || fs::is_regular_file(repo_or_dir, ec)) {
+    if (find_gguf(repo_or_dir).empty()) fail("{}: not a model folder or a GGUF file", repo_or_dir);
+    return repo_or_dir;
+  }
   if (looks_like_path(repo_or_dir)) {
     fail(ErrorKind::not_found, "model folder {} does not exist", repo_or_dir);
   }
@@ -360,7 +366,8 @@ std::string ensure_model(const std::string& repo_or_dir, const HubOptions& optio
 
 std::string ensure_model(const std::string& repo_or_dir, const ProgressCallback& progress) {
   std::error_code ec;
-  if (fs::is_directory(repo_or_dir, ec)) return repo_or_dir;
+  if (fs::is_directory(repo_or_dir, ec) || fs::is_regular_file(repo_or_dir, ec) || repo_or_dir.rfind("ollama:", 0) == 0)
+    return ensure_model(repo_or_dir, HubOptions{}, progress);
   return ensure_model(repo_or_dir, HubOptions::from_env(), progress);
 }
 

@@ -39,7 +39,4 @@ GgufCheckpoint load_gguf_checkpoint(const std::string& path);
 // Q6_K), with value = s·q + b exactly (the loader's repacking).
 void gguf_block_to_affine(GgmlType type, const uint8_t* block, uint8_t* q, float* s, float* b);
 
-// Only the metadata, as a ModelConfig (for `list`, `show`, the hub).
-ModelConfig gguf_model_config(const GgufFile& file);
-
 }  // namespace pensieve

@@ -6,7 +6,7 @@
 #include "core/error.h"
 #include "format/gguf.h"
 #include "fuzz_support.h"
-#include "models/gguf_model.h"
+#include "format/gguf_config.h"
 
 using namespace pensieve;
 
