@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "cli/command.h"
+#include "format/gguf.h"
 #include "core/error.h"
 #include "core/mmap_file.h"
 #include "engine/session.h"
@@ -38,13 +39,7 @@ int64_t peak_rss_bytes() {
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
 
-int64_t dir_safetensors_bytes(const std::string& dir) {
-  int64_t n = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir)) {
-    if (e.path().extension() == ".safetensors") n += static_cast<int64_t>(e.file_size());
-  }
-  return n;
-}
+int64_t dir_safetensors_bytes(const std::string& dir) { return model_weight_file_bytes(dir); }
 
 // "260.2K", "12.5M", "3.82B": a parameter count at any scale.
 std::string format_count(int64_t n) {

@@ -194,11 +194,7 @@ class ServeLoader : public server::ModelLoader {
   int64_t estimate_bytes(const server::ModelEntry& entry) override {
     const ModelSpec& sp = spec(entry.id);
     const std::string dir = local_dir(sp);
-    int64_t bytes = sp.kv_memory_bytes;
-    std::error_code ec;
-    for (const auto& f : fs::directory_iterator(dir, ec))
-      if (f.path().extension() == ".safetensors") bytes += static_cast<int64_t>(f.file_size(ec));
-    return bytes;
+    return sp.kv_memory_bytes + model_weight_file_bytes(dir);
   }
 
   int64_t available_bytes() override {

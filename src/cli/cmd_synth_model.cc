@@ -52,7 +52,7 @@ RegisterCommand reg("synth-model", [](CLI::App& app) {
   // were left out helps nobody.
   app.add_option("--like", o->like, "model to imitate: " + known)->required();
   app.add_option("--format", o->format,
-                 "bf16, f16, f32, mlx-4bit or mlx-8bit (safetensors); gguf-q4_0, gguf-q8_0 or gguf-f16 "
+                 "bf16, f16, f32, mlx-4bit or mlx-8bit (safetensors); gguf-q4_0, gguf-q4_k_m, gguf-q8_0 or gguf-f16 "
                  "(OUT/model-TYPE.gguf with a filler vocabulary, for llama.cpp's tools)")
       ->required();
   app.add_option("--group-size", o->group_size, "MLX quantization group size (32, 64, 128)")

@@ -1,5 +1,7 @@
 #include "format/gguf.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -314,6 +316,14 @@ const GgufTensor* GgufFile::tensor(std::string_view name) const {
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
 }
 
+void GgufFile::release(const uint8_t* p, size_t n) const {
+  if (!map_ || !contains(p, n)) return;
+  const uintptr_t page = 4096;
+  const uintptr_t start = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);
+  if (end > start) ::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
+}
+
 void GgufFile::advise_sequential() const {
   if (map_) map_->advise_willneed(0, size_);
 }
@@ -372,6 +382,22 @@ std::string find_gguf(const std::string& path) {
     fail("{}: holds {} GGUF models ({}); give one file as --model", path, models.size(), list);
   }
   return *models.begin();
+}
+
+int64_t model_weight_file_bytes(const std::string& path) {
+  std::error_code ec;
+  int64_t n = 0;
+  try {
+    if (const std::string gguf = find_gguf(path); !gguf.empty()) {
+      for (const std::string& f : gguf_split_files(gguf)) n += static_cast<int64_t>(fs::file_size(f, ec));
+      return n;
+    }
+  } catch (const Error&) {
+    return 0;
+  }
+  for (const auto& e : fs::directory_iterator(path, ec))
+    if (e.path().extension() == ".safetensors") n += static_cast<int64_t>(e.file_size(ec));
+  return n;
 }
 
 }  // namespace pensieve

@@ -87,6 +87,12 @@ class GgufFile {
 
   // Pages of the tensor data are about to be read in order.
   void advise_sequential() const;
+  // Whether [p, p + n) lies in this file's bytes.
+  bool contains(const uint8_t* p, size_t n) const { return p >= data_ && n <= size_ && p - data_ <= static_cast<ptrdiff_t>(size_ - n); }
+  // Drops the whole pages of [p, p + n) from this process's memory (they stay
+  // in the page cache): the loader calls it once a tensor is converted, so
+  // the file and its converted copy are not resident together.
+  void release(const uint8_t* p, size_t n) const;
 
  private:
   void parse();
@@ -112,5 +118,9 @@ std::string find_gguf(const std::string& path);
 // All files of a model: `first` alone, or NAME-00001-of-0000N.gguf and its
 // siblings (each checked to exist and to say the same split count).
 std::vector<std::string> gguf_split_files(const std::string& first);
+
+// Bytes of a model's weight files: a GGUF model's file(s), or the
+// .safetensors files of a folder (0 for anything else; never throws).
+int64_t model_weight_file_bytes(const std::string& path);
 
 }  // namespace pensieve

@@ -197,6 +197,12 @@ class Converter {
     return out;
   }
 
+  // The file's pages of a converted tensor leave this process's memory.
+  void release(const GgufTensor& t) const {
+    for (const auto& f : files_)
+      if (f->contains(t.data, t.n_bytes)) f->release(t.data, t.n_bytes);
+  }
+
   void add_vector(const std::string& hf_name, const GgufTensor& t, int64_t n) {
     std::vector<float> v = vector(t, n);
     auto own = std::make_shared<std::vector<float>>(std::move(v));
@@ -228,6 +234,7 @@ class Converter {
       v.data = buf->data();
       v.n_bytes = in_row * static_cast<size_t>(rows);
       store_->add(std::move(v), buf);
+      release(t);
       return;
     }
     const AffineForm form = affine_form(t.type);
@@ -264,7 +271,21 @@ class Converter {
     store_->add(std::move(w), data);
     const size_t n = sc.size();
     const size_t es = f16_ok ? 2 : 4;
+    // Q4_0, Q8_0, Q5_0: every bias is -8, -128 or -16 times its scale; only the factor is kept.
+    const float factor = t.type == GgmlType::Q4_0 ? -8.f : t.type == GgmlType::Q8_0 ? -128.f
+                         : t.type == GgmlType::Q5_0 ? -16.f : 0.f;
     for (int which = 0; which < 2; ++which) {
+      if (which == 1 && factor != 0.f) {
+        auto own = std::make_shared<float>(factor);
+        TensorView v;
+        v.name = module + ".bias_factor";
+        v.dtype = DType::F32;
+        v.shape = {1};
+        v.data = reinterpret_cast<const uint8_t*>(own.get());
+        v.n_bytes = 4;
+        store_->add(std::move(v), own);
+        break;
+      }
       const std::vector<float>& src = which == 0 ? sc : bi;
       auto buf = std::make_shared<OwnedBytes>(n * es);
       for (size_t i = 0; i < n; ++i) {
@@ -288,6 +309,7 @@ class Converter {
       quant->group_size = form.group;
     }
     quant->overrides.push_back({module, {form.bits, form.group}});
+    release(t);
   }
   void add_matrix(const std::string& module, const GgufTensor& t, int64_t rows, int64_t cols, QuantConfig* quant) {
     add_matrix(module, t, rows, cols, [](int64_t r) { return r; }, quant);

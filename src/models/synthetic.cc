@@ -117,17 +117,19 @@ size_t write_tensors(const std::string& dir, const std::vector<Tensor>& tensors,
 size_t write_synthetic_gguf(const std::string& dir, const Shape& s, const SynthOptions& o) {
   GgmlType type = GgmlType::Q4_0;
   uint32_t file_type = 2;  // llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_0
+  bool k_mix = false;      // Q4_K_M: llama-quantize's mix of Q4_K, Q5_K and Q6_K
   if (o.format == "gguf-q4_0") type = GgmlType::Q4_0, file_type = 2;
   else if (o.format == "gguf-q8_0") type = GgmlType::Q8_0, file_type = 7;
   else if (o.format == "gguf-f16") type = GgmlType::F16, file_type = 1;
-  else fail("--format: unknown format '{}' (gguf-q4_0, gguf-q8_0, gguf-f16)", o.format);
+  else if (o.format == "gguf-q4_k_m") type = GgmlType::Q4_K, file_type = 15, k_mix = true;
+  else fail("--format: unknown format '{}' (gguf-q4_0, gguf-q4_k_m, gguf-q8_0, gguf-f16)", o.format);
   if (s.rope == "llama3") fail("synth-model: --format {} does not write Llama 3's rope_freqs yet", o.format);
   if (o.shards != 1) fail("synth-model: --shards applies to safetensors formats only");
   const std::string arch = s.model_type;  // phi3, llama, qwen2, qwen3: llama.cpp's names too
   const int64_t H = s.hidden, I = s.intermediate, hd = s.head_dim;
   const int64_t qd = s.heads * hd, kvd = s.kv_heads * hd;
   for (const int64_t width : {H, I, qd})
-    if (width % ggml_block_elements(type) != 0)
+    if (width % ggml_block_elements(k_mix ? GgmlType::Q6_K : type) != 0)
       fail("synth-model: a row of {} is not whole {} blocks", width, o.format);
 
   GgufWriter w;
@@ -189,9 +191,27 @@ size_t write_synthetic_gguf(const std::string& dir, const Shape& s, const SynthO
   uint64_t key = splitmix(o.seed ^ 0x6767756600000000ull);
   const auto range_for = [](int64_t cols) { return 0.04f * std::sqrt(3072.0f / static_cast<float>(cols)); };
   // A matrix of rows x cols: random blocks whose values span [-range, range].
+  // llama-quantize's Q4_K_M: Q6_K for the output and for attn_v / ffn_down of
+  // the first and last eighth of the layers and every third between; Q5_K
+  // for a fused attn_qkv; Q4_K elsewhere.
+  auto more_bits = [&](int64_t l) {
+    const int64_t n = s.layers;
+    return l < n / 8 || l >= 7 * n / 8 || (l - n / 8) % 3 == 2;
+  };
+  auto type_of = [&](const std::string& name) {
+    if (!k_mix) return type;
+    if (name == "output.weight") return GgmlType::Q6_K;
+    if (name.find("attn_qkv") != std::string::npos) return GgmlType::Q5_K;
+    if (name.find("attn_v.") != std::string::npos || name.find("ffn_down") != std::string::npos) {
+      const int64_t l = std::stoll(name.substr(4));
+      return more_bits(l) ? GgmlType::Q6_K : GgmlType::Q4_K;
+    }
+    return GgmlType::Q4_K;
+  };
   auto add_matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
     const uint64_t k = (key = splitmix(key));
     const float range = range_for(cols);
+    const GgmlType type = type_of(name);
     w.add(name, type, {cols, rows}, [=](uint8_t* buf, size_t n, size_t off) {
       if (type == GgmlType::F16) {
         random_bytes(k, buf, n, off);
@@ -204,10 +224,33 @@ size_t write_synthetic_gguf(const std::string& dir, const Shape& s, const SynthO
         return;
       }
       // Q4_0: f16 d, then 16 bytes of nibbles q (value (q - 8)·d, so d = range / 8);
-      // Q8_0: f16 d, then 32 int8 (value q·d, d = range / 127).
-      const size_t block = type == GgmlType::Q4_0 ? 18 : 34;
+      // Q8_0: f16 d, then 32 int8 (value q·d, d = range / 127). K-quants:
+      // random scale bytes and codes, d (and dmin) sized to the range.
+      const size_t block = ggml_block_bytes(type);
+      uint8_t tmp[256];
+      if (type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K) {
+        for (size_t done = 0; done < n;) {
+          const size_t b = (off + done) / block, in_block = (off + done) % block;
+          random_bytes(k, tmp, block, b * block);
+          auto put = [&](size_t at, float v) {
+            const uint16_t h = f32_to_f16(v);
+            std::memcpy(tmp + at, &h, 2);
+          };
+          if (type == GgmlType::Q6_K) {
+            for (int j = 192; j < 208; ++j) tmp[j] &= 0x7F;  // positive int8 scales
+            put(208, range / (127.f * 32.f));
+          } else {
+            const float top = type == GgmlType::Q4_K ? 15.f : 31.f;
+            put(0, 2.f * range / (63.f * top));  // d: d·sc·q spans up to 2·range
+            put(2, range / 63.f);                // dmin: the min up to range
+          }
+          const size_t take = std::min(block - in_block, n - done);
+          std::memcpy(buf + done, tmp + in_block, take);
+          done += take;
+        }
+        return;
+      }
       const float levels = type == GgmlType::Q4_0 ? 8.f : 127.f;
-      uint8_t tmp[34];
       for (size_t done = 0; done < n;) {
         const size_t b = (off + done) / block, in_block = (off + done) % block;
         random_bytes(k, tmp, block, b * block);
@@ -314,7 +357,7 @@ size_t write_synthetic_model(const std::string& dir, const SynthOptions& o) {
   else if (o.format == "bf16") float_dtype = DType::BF16;
   else if (o.format == "f16") float_dtype = DType::F16;
   else if (o.format == "f32") float_dtype = DType::F32;
-  else fail("--format: unknown format '{}' (bf16, f16, f32, mlx-4bit, mlx-8bit, gguf-q4_0, gguf-q8_0, gguf-f16)", o.format);
+  else fail("--format: unknown format '{}' (bf16, f16, f32, mlx-4bit, mlx-8bit, gguf-q4_0, gguf-q4_k_m, gguf-q8_0, gguf-f16)", o.format);
   const int group = o.group_size;
   if (bits != 0 && group != 32 && group != 64 && group != 128) {
     fail("--group-size must be 32, 64 or 128");

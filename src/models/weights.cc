@@ -77,14 +77,23 @@ WeightMatrix load_linear(const TensorStore& store, const ModelConfig& config,
   w.format = bits == 4 ? WeightFormat::affine4 : WeightFormat::affine8;
   w.group_size = group;
   expect_shape(store, t, {rows, cols * bits / 32});
-  const TensorView& b = store.get(module + ".biases");
   expect_shape(store, *scales, {rows, cols / group});
-  expect_shape(store, b, {rows, cols / group});
   w.scale_type = scale_type_of(*scales);
+  w.scales = scales->data;
+  // A GGUF block type whose bias is a fixed multiple of its scale stores
+  // only the multiple (models/gguf_model.cc).
+  if (const TensorView* factor = store.find(module + ".bias_factor"); factor != nullptr && !store.has(module + ".biases")) {
+    if (factor->dtype != DType::F32 || factor->n_bytes != 4)
+      fail("{}: tensor '{}' must be one F32", *factor->file, factor->name);
+    std::memcpy(&w.bias_factor, factor->data, 4);
+    w.biases = nullptr;
+    return w;
+  }
+  const TensorView& b = store.get(module + ".biases");
+  expect_shape(store, b, {rows, cols / group});
   if (scale_type_of(b) != w.scale_type) {
     fail("{}: tensors '{}' and '{}' differ in dtype", *b.file, scales->name, b.name);
   }
-  w.scales = scales->data;
   w.biases = b.data;
   return w;
 }

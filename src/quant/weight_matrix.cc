@@ -30,7 +30,7 @@ int64_t WeightMatrix::row_bytes() const {
 
 int64_t WeightMatrix::total_bytes() const {
   int64_t n = row_bytes() * rows;
-  if (quantized()) n += 2 * rows * n_groups() * (scale_type == ScaleType::f32 ? 4 : 2);
+  if (quantized()) n += (biases != nullptr ? 2 : 1) * rows * n_groups() * (scale_type == ScaleType::f32 ? 4 : 2);
   return n;
 }
 
@@ -61,6 +61,7 @@ float WeightMatrix::scale(int64_t r, int64_t g) const {
   return load_scale(scales, scale_type, r * n_groups() + g);
 }
 float WeightMatrix::bias(int64_t r, int64_t g) const {
+  if (biases == nullptr) return bias_factor * scale(r, g);
   return load_scale(biases, scale_type, r * n_groups() + g);
 }
 

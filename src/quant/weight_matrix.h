@@ -22,6 +22,9 @@ struct WeightMatrix {
   const void* scales = nullptr;
   const void* biases = nullptr;
   ScaleType scale_type = ScaleType::bf16;
+  // biases == nullptr: every group's bias is bias_factor · its scale (a GGUF
+  // Q4_0's -8·d, Q8_0's -128·d, Q5_0's -16·d), so none is stored.
+  float bias_factor = 0.f;
   int group_size = 0;
   std::string name;  // for error messages
 

@@ -29,8 +29,9 @@ struct RandomWeight {
   WeightMatrix w;
 
   // f32_scales: scales and biases stored as f32 (a GGUF K-quant's), else bf16.
+  // implied_bias: no biases stored, each is -8 times its scale (a GGUF Q4_0's).
   RandomWeight(WeightFormat format, int64_t rows, int64_t cols, int group, std::mt19937& rng,
-               bool f32_scales = false) {
+               bool f32_scales = false, bool implied_bias = false) {
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     std::uniform_int_distribution<int> byte(0, 255);
     w.format = format;
@@ -66,6 +67,10 @@ struct RandomWeight {
         w.scales = scales32.data();
         w.biases = biases32.data();
         w.scale_type = ScaleType::f32;
+      }
+      if (implied_bias) {
+        w.biases = nullptr;
+        w.bias_factor = -8.f;
       }
     }
     w.data = data.data();
@@ -150,6 +155,7 @@ struct MatmulCase {
   WeightFormat format;
   int group;
   bool f32_scales = false;
+  bool implied_bias = false;
 };
 
 class MatmulVsReference : public ::testing::TestWithParam<MatmulCase> {
@@ -164,7 +170,7 @@ class MatmulVsReference : public ::testing::TestWithParam<MatmulCase> {
 };
 
 TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
-  const auto [format, group, f32_scales] = GetParam();
+  const auto [format, group, f32_scales, implied_bias] = GetParam();
   const bool quant = format == WeightFormat::affine4 || format == WeightFormat::affine8;
   std::mt19937 rng(1234 + static_cast<int>(format) * 7 + group);
   ThreadPool pool(2);
@@ -173,7 +179,7 @@ TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
   for (int64_t rows : {1, 7, 25, 50}) {
     for (int ci = 0; ci < 3; ++ci) {
       const int64_t cols = quant ? col_options_q[ci] : col_options_f[ci];
-      RandomWeight rw(format, rows, cols, group, rng, f32_scales);
+      RandomWeight rw(format, rows, cols, group, rng, f32_scales, implied_bias);
       for (int64_t n_tokens : {1, 3, 5, 8, 9, 17, 38}) {
         const int64_t ldx = cols + 3, ldy = rows + 2;
         const auto x = random_vector(static_cast<size_t>(n_tokens * ldx), rng);
@@ -253,7 +259,9 @@ INSTANTIATE_TEST_SUITE_P(
                       MatmulCase{WeightFormat::affine8, 128},
                       // GGUF's forms: K-quants with f32 scales, Q6_K's 8-bit groups of 16.
                       MatmulCase{WeightFormat::affine4, 32, true}, MatmulCase{WeightFormat::affine8, 32, true},
-                      MatmulCase{WeightFormat::affine8, 16, true}));
+                      MatmulCase{WeightFormat::affine8, 16, true},
+                      // GGUF Q4_0 / Q8_0: biases implied by the scales (bias_factor).
+                      MatmulCase{WeightFormat::affine4, 32, false, true}, MatmulCase{WeightFormat::affine8, 32, true, true}));
 
 // Several weights behind one input (the fused q|k|v and gate|up calls) with
 // different formats and group sizes: each part lands at its offset in y, and

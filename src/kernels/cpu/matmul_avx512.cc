@@ -19,6 +19,10 @@ inline void row_scales(const WeightMatrix& w, int64_t r, float* scales, float* b
   for (int which = 0; which < 2; ++which) {
     const uint8_t* src = static_cast<const uint8_t*>(which == 0 ? w.scales : w.biases);
     float* dst = which == 0 ? scales : biases;
+    if (src == nullptr) {  // biases implied by the scales
+      for (int64_t g = 0; g < n; ++g) dst[g] = w.bias_factor * scales[g];
+      continue;
+    }
     switch (w.scale_type) {
       case ScaleType::f32:
         std::memcpy(dst, src + 4 * base, 4 * n);

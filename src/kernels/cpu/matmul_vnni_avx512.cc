@@ -58,6 +58,10 @@ inline void row_scales_f32(const WeightMatrix& w, int64_t r, float* sc, float* b
   for (int which = 0; which < 2; ++which) {
     const uint8_t* src = static_cast<const uint8_t*>(which == 0 ? w.scales : w.biases);
     float* dst = which == 0 ? sc : bi;
+    if (src == nullptr) {  // biases implied by the scales
+      for (int64_t g = 0; g < n; ++g) dst[g] = w.bias_factor * sc[g];
+      continue;
+    }
     for (int64_t g = 0; g < n; g += 16) {
       const __mmask16 m = n - g >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - g)) - 1);
       __m512 v;
@@ -208,10 +212,10 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
   {
     const int64_t sb = w.scale_type == ScaleType::f32 ? 4 : 2;
     const char* s0 = static_cast<const char*>(w.scales) + (r + R) * n_groups * sb;
-    const char* b0 = static_cast<const char*>(w.biases) + (r + R) * n_groups * sb;
+    const char* b0 = w.biases != nullptr ? static_cast<const char*>(w.biases) + (r + R) * n_groups * sb : nullptr;
     for (int64_t off = 0; off < R * n_groups * sb; off += 64) {
       _mm_prefetch(s0 + off, _MM_HINT_T0);
-      _mm_prefetch(b0 + off, _MM_HINT_T0);
+      if (b0 != nullptr) _mm_prefetch(b0 + off, _MM_HINT_T0);
     }
   }
   const float* xscale = a.scale.data() + t0 * n_groups;
