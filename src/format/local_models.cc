@@ -80,7 +80,7 @@ std::vector<LocalGguf> list_lmstudio_models() {
   std::vector<LocalGguf> out;
   if (home().empty()) return out;
   std::error_code ec;
-  for (const std::string dir : {home() + "/.lmstudio/models", home() + "/.cache/lm-studio/models"}) {
+  for (const std::string& dir : {home() + "/.lmstudio/models", home() + "/.cache/lm-studio/models"}) {
     if (!fs::is_directory(dir, ec)) continue;
     for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
          !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
