@@ -26,7 +26,6 @@
 #include <vector>
 
 #include "core/error_type.h"
-#include "core/half.h"
 #include "kernels/cuda/kernels.h"
 
 namespace pensieve {
@@ -148,26 +147,7 @@ class CudaBackend final : public Backend {
     if (w.quantized()) {
       const size_t n = static_cast<size_t>(w.rows * w.n_groups()) * scale_bytes(w.scale_type);
       d.scales = copy_up(w.scales, n);
-      if (w.biases != nullptr) {
-        d.biases = copy_up(w.biases, n);
-      } else {
-        // Biases implied by the scales (GGUF Q4_0/Q8_0/Q5_0): the kernels
-        // read stored ones, so they are made here, exactly (the factor is a
-        // power of two and the loader checked the products fit).
-        std::vector<uint8_t> b(n);
-        const int64_t count = w.rows * w.n_groups();
-        for (int64_t i = 0; i < count; ++i) {
-          const float v = w.bias_factor * w.scale(i / w.n_groups(), i % w.n_groups());
-          if (w.scale_type == ScaleType::f32) {
-            std::memcpy(b.data() + 4 * i, &v, 4);
-          } else {
-            const uint16_t h = w.scale_type == ScaleType::f16 ? f32_to_f16(v) : f32_to_bf16(v);
-            std::memcpy(b.data() + 2 * i, &h, 2);
-          }
-        }
-        d.biases = copy_up(b.data(), n);
-        d.bias_factor = 0.f;
-      }
+      d.biases = copy_up(w.biases, n);
     }
     return d;
   }

@@ -12,7 +12,8 @@
 //    again;
 //  - llama's q/k rows, which the converter interleaves for ggml's rope, are
 //    put back in Hugging Face's order.
-// The file itself is mapped only while loading.
+// The file itself is mapped only while loading. GGUF models run on the CPU
+// for now (load_model refuses --device cuda for them: not validated yet).
 #pragma once
 
 #include <memory>

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "models/gguf_model.h"
 
 namespace pensieve {
@@ -32,11 +33,20 @@ std::vector<std::string> architecture_names() {
 
 std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& options) {
   if (const std::string gguf = find_gguf(dir); !gguf.empty()) {
+    // GGUF's block forms (f32 scales, groups of 16, implied biases) have not
+    // run on the GPU yet: the CPU serves them until they have.
+    LoadOptions o = options;
+    if (o.device == "cuda")
+      fail(ErrorKind::unsupported, "{}: GGUF models do not run on the GPU yet; use --device cpu", gguf);
+    if (o.device == "auto") {
+      o.device = "cpu";
+      spdlog::info("{}: a GGUF model: on the CPU (GGUF on the GPU is not validated yet)", gguf);
+    }
     GgufCheckpoint ck = load_gguf_checkpoint(gguf);
-    if (options.sliding_window >= 0) ck.config.sliding_window = options.sliding_window;
+    if (o.sliding_window >= 0) ck.config.sliding_window = o.sliding_window;
     ArchitectureLoader loader = find_architecture(ck.config.architecture);
     if (loader == nullptr) fail(ErrorKind::internal, "{}: no loader for {}", gguf, ck.config.architecture);
-    return loader(std::move(ck.config), std::move(ck.store), options);
+    return loader(std::move(ck.config), std::move(ck.store), o);
   }
   ModelConfig config = load_model_config(dir);
   if (options.sliding_window >= 0) config.sliding_window = options.sliding_window;
