@@ -145,6 +145,8 @@ class CudaBackend final : public Backend {
     WeightMatrix d = w;
     d.data = static_cast<const uint8_t*>(copy_up(w.data, static_cast<size_t>(w.rows * w.row_bytes())));
     if (w.quantized()) {
+      if (is_k_record(w.scale_type) || w.biases == nullptr)  // GGUF forms (models/gguf_model.h)
+        throw Error(ErrorKind::unsupported, w.name + ": this weight form has no CUDA kernels yet");
       const size_t n = static_cast<size_t>(w.rows * w.n_groups()) * scale_bytes(w.scale_type);
       d.scales = copy_up(w.scales, n);
       d.biases = copy_up(w.biases, n);

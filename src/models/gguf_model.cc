@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "format/gguf_config.h"
+#include "quant/weight_matrix.h"
 
 namespace pensieve {
 namespace fs = std::filesystem;
@@ -150,6 +151,21 @@ void gguf_block_to_affine(GgmlType t, const uint8_t* p, uint8_t* q, float* s, fl
   }
 }
 
+void gguf_k_record(GgmlType type, const uint8_t* b, uint8_t* o) {
+  if (type == GgmlType::Q6_K) {
+    std::memcpy(o, b + 208, 2);       // d
+    std::memcpy(o + 2, b + 192, 16);  // int8 scales
+    return;
+  }
+  std::memcpy(o, b, 4);  // d, dmin
+  for (int j = 0; j < 8; ++j) {
+    int s6, m6;
+    ggml_k_scale_min(b + 4, j, &s6, &m6);
+    o[4 + j] = static_cast<uint8_t>(s6);
+    o[12 + j] = static_cast<uint8_t>(m6);
+  }
+}
+
 namespace {
 
 // f16 holds the scale and bias exactly: the legacy types' d and m are f16,
@@ -269,6 +285,35 @@ class Converter {
     w.data = data->data();
     w.n_bytes = out_row * static_cast<size_t>(rows);
     store_->add(std::move(w), data);
+    if (t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K || t.type == GgmlType::Q6_K) {
+      // The blocks' own scales, as they are (the kernels decode them per group).
+      const bool k4 = t.type != GgmlType::Q6_K;
+      const size_t rec = k4 ? kK4RecordBytes : kK6RecordBytes;
+      const size_t per_row = static_cast<size_t>(n_blocks) * rec;
+      auto recs = std::make_shared<OwnedBytes>(per_row * static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* src = t.data + src_row(r) * in_row;
+        for (int64_t k = 0; k < n_blocks; ++k) {
+          const uint8_t* b = src + k * ggml_block_bytes(t.type);
+          uint8_t* o = recs->data() + static_cast<size_t>(r) * per_row + static_cast<size_t>(k) * rec;
+          gguf_k_record(t.type, b, o);
+        }
+      }
+      TensorView v;
+      v.name = module + (k4 ? ".k4_scales" : ".k6_scales");
+      v.dtype = DType::U8;
+      v.shape = {rows, static_cast<int64_t>(per_row)};
+      v.data = recs->data();
+      v.n_bytes = per_row * static_cast<size_t>(rows);
+      store_->add(std::move(v), recs);
+      if (quant->bits == 0) {
+        quant->bits = form.bits;
+        quant->group_size = form.group;
+      }
+      quant->overrides.push_back({module, {form.bits, form.group}});
+      release(t);
+      return;
+    }
     const size_t n = sc.size();
     const size_t es = f16_ok ? 2 : 4;
     // Q4_0, Q8_0, Q5_0: every bias is -8, -128 or -16 times its scale; only the factor is kept.

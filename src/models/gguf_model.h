@@ -6,10 +6,11 @@
 //  - F32/F16/BF16 are copied;
 //  - Q4_0, Q4_1, Q4_K become 4-bit affine groups of 32 (MLX's layout),
 //    Q8_0, Q5_0, Q5_1, Q5_K 8-bit groups of 32 and Q6_K 8-bit groups of 16:
-//    every block's value is scale·q + bias with the block's own numbers
-//    (f16 where they fit exactly, f32 for the K-quants' products of a
-//    super-block scale and a 6- or 8-bit sub-block scale), never rounded
-//    again;
+//    every block's value is scale·q + bias with the block's own numbers,
+//    never rounded again: f16 scales for the legacy types (Q4_0, Q8_0 and
+//    Q5_0 without biases, each being -8, -128 or -16 times its scale), and
+//    for the K-quants their super-block scales as they are (k4/k6 records,
+//    quant/weight_matrix.h), decoded per group by the kernels;
 //  - llama's q/k rows, which the converter interleaves for ggml's rope, are
 //    put back in Hugging Face's order.
 // The file itself is mapped only while loading. GGUF models run on the CPU
@@ -39,5 +40,9 @@ GgufCheckpoint load_gguf_checkpoint(const std::string& path);
 // codes q[] and the scale s[g] and bias b[g] of each group of 32 (16 for
 // Q6_K), with value = s·q + b exactly (the loader's repacking).
 void gguf_block_to_affine(GgmlType type, const uint8_t* block, uint8_t* q, float* s, float* b);
+
+// A Q4_K/Q5_K (k4, 20 bytes) or Q6_K (k6, 18 bytes) block's scales as the
+// record quant/weight_matrix.h describes: what the loader keeps of them.
+void gguf_k_record(GgmlType type, const uint8_t* block, uint8_t* record);
 
 }  // namespace pensieve

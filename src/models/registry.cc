@@ -38,11 +38,11 @@ std::unique_ptr<Model> load_model(const std::string& dir, const LoadOptions& opt
     LoadOptions o = options;
     if (o.device == "cuda")
       fail(ErrorKind::unsupported, "{}: GGUF models do not run on the GPU yet; use --device cpu", gguf);
+    GgufCheckpoint ck = load_gguf_checkpoint(gguf);
     if (o.device == "auto") {
       o.device = "cpu";
       spdlog::info("{}: a GGUF model: on the CPU (GGUF on the GPU is not validated yet)", gguf);
     }
-    GgufCheckpoint ck = load_gguf_checkpoint(gguf);
     if (o.sliding_window >= 0) ck.config.sliding_window = o.sliding_window;
     ArchitectureLoader loader = find_architecture(ck.config.architecture);
     if (loader == nullptr) fail(ErrorKind::internal, "{}: no loader for {}", gguf, ck.config.architecture);

@@ -44,7 +44,10 @@ WeightMatrix load_linear(const TensorStore& store, const ModelConfig& config,
   w.cols = cols;
   w.data = t.data;
   const TensorView* scales = store.find(module + ".scales");
-  if (scales == nullptr) {
+  // A GGUF K-quant's own super-block scales (quant/weight_matrix.h).
+  const TensorView* k4 = store.find(module + ".k4_scales");
+  const TensorView* k6 = store.find(module + ".k6_scales");
+  if (scales == nullptr && k4 == nullptr && k6 == nullptr) {
     switch (t.dtype) {
       case DType::F32: w.format = WeightFormat::f32; break;
       case DType::F16: w.format = WeightFormat::f16; break;
@@ -77,6 +80,17 @@ WeightMatrix load_linear(const TensorStore& store, const ModelConfig& config,
   w.format = bits == 4 ? WeightFormat::affine4 : WeightFormat::affine8;
   w.group_size = group;
   expect_shape(store, t, {rows, cols * bits / 32});
+  if (k4 != nullptr || k6 != nullptr) {
+    const TensorView& k = k4 != nullptr ? *k4 : *k6;
+    w.scale_type = k4 != nullptr ? ScaleType::k4 : ScaleType::k6;
+    const int per = k4 != nullptr ? kK4GroupsPerRecord : kK6GroupsPerRecord;
+    if (k.dtype != DType::U8 || (cols / group) % per != 0)
+      fail("{}: tensor '{}' must be U8 records of {} groups", *k.file, k.name, per);
+    w.scales = k.data;
+    w.biases = nullptr;
+    expect_shape(store, k, {rows, w.scale_row_bytes()});
+    return w;
+  }
   expect_shape(store, *scales, {rows, cols / group});
   w.scale_type = scale_type_of(*scales);
   w.scales = scales->data;

@@ -15,6 +15,7 @@
 #include "format/gguf_writer.h"
 #include "models/gguf_model.h"
 #include "models/model.h"
+#include "quant/weight_matrix.h"
 #include "support/test_support.h"
 
 namespace pensieve {
@@ -143,6 +144,43 @@ TEST(GgmlTypes, RepackingIntoAffineGroupsIsExact) {
         const double repacked = static_cast<double>(s[i / group]) * q[i] + static_cast<double>(b[i / group]);
         ASSERT_EQ(repacked, exact) << ggml_type_name(t) << " element " << i;
         ASSERT_LT(q[i], t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q4_K ? 16 : 256);
+      }
+    }
+  }
+}
+
+// What the loader keeps of a K-quant block's scales (k4/k6 records) decodes
+// to the same scale and bias, bit for bit, as the exact repacking.
+TEST(GgmlTypes, KScaleRecordsDecodeToTheExactScales) {
+  std::mt19937 rng(13);
+  for (GgmlType t : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+    const bool k6 = t == GgmlType::Q6_K;
+    const int group = k6 ? 16 : 32, n_groups = 256 / group;
+    const auto blocks = random_blocks(t, 3, rng);
+    std::vector<uint8_t> records;
+    for (int k = 0; k < 3; ++k) {
+      std::vector<uint8_t> rec(k6 ? kK6RecordBytes : kK4RecordBytes);
+      gguf_k_record(t, blocks.data() + k * ggml_block_bytes(t), rec.data());
+      records.insert(records.end(), rec.begin(), rec.end());
+    }
+    WeightMatrix w;
+    w.format = k6 || t == GgmlType::Q5_K ? WeightFormat::affine8 : WeightFormat::affine4;
+    w.rows = 1;
+    w.cols = 3 * 256;
+    w.group_size = group;
+    w.scale_type = k6 ? ScaleType::k6 : ScaleType::k4;
+    w.scales = records.data();
+    std::vector<float> sc(3 * n_groups), bi(3 * n_groups);
+    decode_k_scales(w, 0, sc.data(), bi.data());
+    for (int k = 0; k < 3; ++k) {
+      std::vector<uint8_t> q(256);
+      std::vector<float> s(n_groups), b(n_groups);
+      gguf_block_to_affine(t, blocks.data() + k * ggml_block_bytes(t), q.data(), s.data(), b.data());
+      for (int g = 0; g < n_groups; ++g) {
+        ASSERT_EQ(sc[k * n_groups + g], s[g]) << ggml_type_name(t) << " block " << k << " group " << g;
+        ASSERT_EQ(bi[k * n_groups + g], b[g]) << ggml_type_name(t) << " block " << k << " group " << g;
+        ASSERT_EQ(w.scale(0, k * n_groups + g), s[g]);
+        ASSERT_EQ(w.bias(0, k * n_groups + g), b[g]);
       }
     }
   }

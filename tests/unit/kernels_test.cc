@@ -26,12 +26,13 @@ struct RandomWeight {
   std::vector<uint8_t> data;
   std::vector<uint16_t> scales, biases;
   std::vector<float> scales32, biases32;
+  std::vector<uint8_t> records;  // k4/k6
   WeightMatrix w;
 
   // f32_scales: scales and biases stored as f32 (a GGUF K-quant's), else bf16.
   // implied_bias: no biases stored, each is -8 times its scale (a GGUF Q4_0's).
   RandomWeight(WeightFormat format, int64_t rows, int64_t cols, int group, std::mt19937& rng,
-               bool f32_scales = false, bool implied_bias = false) {
+               bool f32_scales = false, bool implied_bias = false, int k_record = 0) {
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     std::uniform_int_distribution<int> byte(0, 255);
     w.format = format;
@@ -71,6 +72,23 @@ struct RandomWeight {
       if (implied_bias) {
         w.biases = nullptr;
         w.bias_factor = -8.f;
+      }
+      if (k_record != 0) {  // a GGUF K-quant's super-block scales (k4: Q4_K/Q5_K, k6: Q6_K)
+        w.scale_type = k_record == 4 ? ScaleType::k4 : ScaleType::k6;
+        w.biases = nullptr;
+        records.resize(static_cast<size_t>(rows * w.scale_row_bytes()));
+        std::uniform_real_distribution<float> d(0.0005f, 0.004f);
+        for (size_t i = 0; i < records.size(); ++i) records[i] = static_cast<uint8_t>(byte(rng));
+        const size_t rec = k_record == 4 ? kK4RecordBytes : kK6RecordBytes;
+        for (size_t at = 0; at < records.size(); at += rec) {
+          const uint16_t dh = f32_to_f16(d(rng)), mh = f32_to_f16(d(rng));
+          std::memcpy(&records[at], &dh, 2);
+          if (k_record == 4) {
+            std::memcpy(&records[at + 2], &mh, 2);
+            for (size_t j = 4; j < 20; ++j) records[at + j] &= 63;  // 6-bit scales and mins
+          }
+        }
+        w.scales = records.data();
       }
     }
     w.data = data.data();
@@ -156,6 +174,7 @@ struct MatmulCase {
   int group;
   bool f32_scales = false;
   bool implied_bias = false;
+  int k_record = 0;  // 4 or 6: the k4 / k6 scale records
 };
 
 class MatmulVsReference : public ::testing::TestWithParam<MatmulCase> {
@@ -170,16 +189,17 @@ class MatmulVsReference : public ::testing::TestWithParam<MatmulCase> {
 };
 
 TEST_P(MatmulVsReference, AllPathsAgreeOnAwkwardSizes) {
-  const auto [format, group, f32_scales, implied_bias] = GetParam();
+  const auto [format, group, f32_scales, implied_bias, k_record] = GetParam();
   const bool quant = format == WeightFormat::affine4 || format == WeightFormat::affine8;
   std::mt19937 rng(1234 + static_cast<int>(format) * 7 + group);
   ThreadPool pool(2);
-  const int64_t col_options_q[] = {static_cast<int64_t>(group), 4L * group, 5L * group};
+  const int64_t unit = k_record != 0 ? 256 : group;  // K records cover 256 columns
+  const int64_t col_options_q[] = {unit, 4L * unit, 5L * unit};
   const int64_t col_options_f[] = {17, 64, 173};
   for (int64_t rows : {1, 7, 25, 50}) {
     for (int ci = 0; ci < 3; ++ci) {
       const int64_t cols = quant ? col_options_q[ci] : col_options_f[ci];
-      RandomWeight rw(format, rows, cols, group, rng, f32_scales, implied_bias);
+      RandomWeight rw(format, rows, cols, group, rng, f32_scales, implied_bias, k_record);
       for (int64_t n_tokens : {1, 3, 5, 8, 9, 17, 38}) {
         const int64_t ldx = cols + 3, ldy = rows + 2;
         const auto x = random_vector(static_cast<size_t>(n_tokens * ldx), rng);
@@ -261,12 +281,37 @@ INSTANTIATE_TEST_SUITE_P(
                       MatmulCase{WeightFormat::affine4, 32, true}, MatmulCase{WeightFormat::affine8, 32, true},
                       MatmulCase{WeightFormat::affine8, 16, true},
                       // GGUF Q4_0 / Q8_0: biases implied by the scales (bias_factor).
-                      MatmulCase{WeightFormat::affine4, 32, false, true}, MatmulCase{WeightFormat::affine8, 32, true, true}));
+                      MatmulCase{WeightFormat::affine4, 32, false, true}, MatmulCase{WeightFormat::affine8, 32, true, true},
+                      // GGUF K-quants' own scales: k4 (Q4_K 4-bit, Q5_K 8-bit), k6 (Q6_K).
+                      MatmulCase{WeightFormat::affine4, 32, false, false, 4},
+                      MatmulCase{WeightFormat::affine8, 32, false, false, 4},
+                      MatmulCase{WeightFormat::affine8, 16, false, false, 6}));
 
 // Several weights behind one input (the fused q|k|v and gate|up calls) with
 // different formats and group sizes: each part lands at its offset in y, and
 // the activation buffers that matmul keeps from call to call never leak one
 // call's numbers into the next (sizes go down as well as up).
+// The kernels' vector decoding of K-quant scale records gives the scalar
+// decoding's floats, bit for bit.
+TEST(KScales, VectorDecodingEqualsScalar) {
+  if (!cpu_features().avx512f) GTEST_SKIP() << "no AVX-512";
+  std::mt19937 rng(21);
+  for (int k : {4, 6}) {
+    RandomWeight rw(k == 4 ? WeightFormat::affine4 : WeightFormat::affine8, 3, 5 * 256, k == 4 ? 32 : 16, rng,
+                    false, false, k);
+    const int64_t n = rw.w.n_groups();
+    for (int64_t r = 0; r < 3; ++r) {
+      std::vector<float> a(n), b(n), va(n), vb(n);
+      decode_k_scales(rw.w, r, a.data(), b.data());
+      avx512::decode_k_scales(rw.w, r, va.data(), vb.data());
+      for (int64_t g = 0; g < n; ++g) {
+        ASSERT_EQ(std::memcmp(&a[g], &va[g], 4), 0) << "k" << k << " row " << r << " group " << g;
+        ASSERT_EQ(std::memcmp(&b[g], &vb[g], 4), 0) << "k" << k << " row " << r << " group " << g;
+      }
+    }
+  }
+}
+
 TEST(MatmulParts, MixedFormatsLandAtTheirOffsets) {
   std::mt19937 rng(4242);
   ThreadPool pool(2);

@@ -69,10 +69,12 @@ void dequant_rows(const WeightMatrix& w, int64_t r0, int64_t n, float* out) {
     }
     const int64_t n_groups = w.n_groups(), group = w.group_size;
     for (int64_t g = 0; g < n_groups; ++g) {
-      const float sf = to_f32(w.scale_type, w.scales, r * n_groups + g);
+      const bool k = is_k_record(w.scale_type);
+      const float sf = k ? w.scale(r, g) : to_f32(w.scale_type, w.scales, r * n_groups + g);
       const __m256 s = _mm256_set1_ps(sf);
-      const __m256 b = _mm256_set1_ps(w.biases != nullptr ? to_f32(w.scale_type, w.biases, r * n_groups + g)
-                                                          : w.bias_factor * sf);
+      const __m256 b = _mm256_set1_ps(k ? w.bias(r, g)
+                                        : w.biases != nullptr ? to_f32(w.scale_type, w.biases, r * n_groups + g)
+                                                              : w.bias_factor * sf);
       for (int64_t c = g * group; c < (g + 1) * group; c += 16) {
         __m256i q0, q1;
         if (w.format == WeightFormat::affine4) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/half.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/matmul_impl.h"
 
@@ -14,6 +15,7 @@ namespace {
 // Converts row r's group scales and biases to f32 (one pass per row keeps the
 // dtype switch and the index arithmetic out of the inner loops).
 inline void row_scales(const WeightMatrix& w, int64_t r, float* scales, float* biases) {
+  if (is_k_record(w.scale_type)) return avx512::decode_k_scales(w, r, scales, biases);
   const int64_t n = w.n_groups();
   const int64_t base = r * n;
   for (int which = 0; which < 2; ++which) {
@@ -24,6 +26,8 @@ inline void row_scales(const WeightMatrix& w, int64_t r, float* scales, float* b
       continue;
     }
     switch (w.scale_type) {
+      case ScaleType::k4:
+      case ScaleType::k6: break;  // decoded above
       case ScaleType::f32:
         std::memcpy(dst, src + 4 * base, 4 * n);
         break;
@@ -260,6 +264,30 @@ void gemv_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, in
     case 2: return gemv_dispatch<2>(w, r0, r1, x, ldx, y, ldy);
     case 3: return gemv_dispatch<3>(w, r0, r1, x, ldx, y, ldy);
     default: return gemv_dispatch<4>(w, r0, r1, x, ldx, y, ldy);
+  }
+}
+
+void decode_k_scales(const WeightMatrix& w, int64_t r, float* sc, float* bi) {
+  const int64_t n = w.n_groups();
+  const uint8_t* rec = static_cast<const uint8_t*>(w.scales) + r * w.scale_row_bytes();
+  uint16_t h[2];
+  if (w.scale_type == ScaleType::k4) {  // per 8 groups: f16 d, f16 dmin, 8 scales, 8 mins
+    for (int64_t g = 0; g < n; g += kK4GroupsPerRecord, rec += kK4RecordBytes) {
+      std::memcpy(h, rec, 4);
+      const __m256 d = _mm256_set1_ps(f16_to_f32(h[0])), dmin = _mm256_set1_ps(f16_to_f32(h[1]));
+      const __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rec + 4))));
+      const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rec + 12))));
+      _mm256_storeu_ps(sc + g, _mm256_mul_ps(d, s));
+      _mm256_storeu_ps(bi + g, _mm256_xor_ps(_mm256_mul_ps(dmin, m), _mm256_set1_ps(-0.f)));  // -(dmin·m)
+    }
+  } else {  // per 16 groups: f16 d, 16 int8 scales
+    for (int64_t g = 0; g < n; g += kK6GroupsPerRecord, rec += kK6RecordBytes) {
+      std::memcpy(h, rec, 2);
+      const __m512 s = _mm512_mul_ps(_mm512_set1_ps(f16_to_f32(h[0])),
+                                     _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 2)))));
+      _mm512_storeu_ps(sc + g, s);
+      _mm512_storeu_ps(bi + g, _mm512_mul_ps(s, _mm512_set1_ps(-32.f)));
+    }
   }
 }
 

@@ -103,6 +103,8 @@ void gemv_rows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, in
                int64_t n_tokens, float* y, int64_t ldy);
 // Dequantizes rows [r0, r0+n) into out[n][cols] (permuted order for 4-bit).
 void dequant_rows(const WeightMatrix& w, int64_t r0, int64_t n, float* out);
+// decode_k_scales (quant/weight_matrix.h) in vectors: the same floats.
+void decode_k_scales(const WeightMatrix& w, int64_t r, float* sc, float* bi);
 // y[t][r] = Σ_c wbuf[r][c] x[t][c] for r < n_rows, t < n_tokens, with x
 // given transposed in tiles of 16 tokens: xt[t/16][c][t%16] (see transpose_tokens).
 void gemm_f32(const float* wbuf, int64_t n_rows, int64_t cols, const float* xt,

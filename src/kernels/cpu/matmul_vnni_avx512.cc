@@ -54,6 +54,7 @@ inline float bias_dot(const float* b, const float* xs, int64_t n_groups) {
 }
 
 inline void row_scales_f32(const WeightMatrix& w, int64_t r, float* sc, float* bi) {
+  if (is_k_record(w.scale_type)) return avx512::decode_k_scales(w, r, sc, bi);
   const int64_t n = w.n_groups(), base = r * n;
   for (int which = 0; which < 2; ++which) {
     const uint8_t* src = static_cast<const uint8_t*>(which == 0 ? w.scales : w.biases);
@@ -210,10 +211,10 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
   // rows, and waiting for them at the start of every block was a fifth of
   // a decode step. (Past the last row this only names addresses.)
   {
-    const int64_t sb = w.scale_type == ScaleType::f32 ? 4 : 2;
-    const char* s0 = static_cast<const char*>(w.scales) + (r + R) * n_groups * sb;
-    const char* b0 = w.biases != nullptr ? static_cast<const char*>(w.biases) + (r + R) * n_groups * sb : nullptr;
-    for (int64_t off = 0; off < R * n_groups * sb; off += 64) {
+    const int64_t sb = w.scale_row_bytes();  // one row's scales (biases alike)
+    const char* s0 = static_cast<const char*>(w.scales) + (r + R) * sb;
+    const char* b0 = w.biases != nullptr ? static_cast<const char*>(w.biases) + (r + R) * sb : nullptr;
+    for (int64_t off = 0; off < R * sb; off += 64) {
       _mm_prefetch(s0 + off, _MM_HINT_T0);
       if (b0 != nullptr) _mm_prefetch(b0 + off, _MM_HINT_T0);
     }
