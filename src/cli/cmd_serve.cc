@@ -600,7 +600,7 @@ RegisterCommand reg("serve", [](CLI::App& app) {
     const std::string bundled_dir = bundled ? bundled_model_dir() : std::string();
     // A path is a path: a missing one is not looked for on the Hub.
     auto check_source = [&](const std::string& source, const std::string& where, const std::string& origin) {
-      if (!source.empty() && !fs::exists(source) && hub::looks_like_path(source))
+      if (!source.empty() && !fs::exists(source) && source.rfind("ollama:", 0) != 0 && hub::looks_like_path(source))
         fail(ErrorKind::not_found, "{} {}: no such folder{}", where, source, origin);
     };
     if (top_level) {
