@@ -35,6 +35,11 @@ using namespace pensieve;
 
 namespace {
 
+// Eight independent vpdpbusd, accumulators %0-%7, operands %8 and %9.
+#define EIGHT_VPDPBUSD                                                                         \
+  "vpdpbusd %9, %8, %0\n\tvpdpbusd %9, %8, %1\n\tvpdpbusd %9, %8, %2\n\tvpdpbusd %9, %8, %3\n\t" \
+  "vpdpbusd %9, %8, %4\n\tvpdpbusd %9, %8, %5\n\tvpdpbusd %9, %8, %6\n\tvpdpbusd %9, %8, %7"
+
 // Sixteen independent accumulators (more than vpdpbusd's latency times its
 // throughput), kept in registers by two asm statements a round (named
 // variables: an array's elements go through memory around each statement,
@@ -45,26 +50,10 @@ __attribute__((target("avx512f,avx512vnni"))) int64_t vnni_loop(int64_t n) {
   __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0, b6 = a0, b7 = a0;
   const __m512i w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(-2);
   for (int64_t i = 0; i < n; ++i) {
-    __asm__ volatile(
-        "vpdpbusd %9, %8, %0\n\t"
-        "vpdpbusd %9, %8, %1\n\t"
-        "vpdpbusd %9, %8, %2\n\t"
-        "vpdpbusd %9, %8, %3\n\t"
-        "vpdpbusd %9, %8, %4\n\t"
-        "vpdpbusd %9, %8, %5\n\t"
-        "vpdpbusd %9, %8, %6\n\t"
-        "vpdpbusd %9, %8, %7"
+    __asm__ volatile(EIGHT_VPDPBUSD
         : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6), "+v"(a7)
         : "v"(w), "v"(x));
-    __asm__ volatile(
-        "vpdpbusd %9, %8, %0\n\t"
-        "vpdpbusd %9, %8, %1\n\t"
-        "vpdpbusd %9, %8, %2\n\t"
-        "vpdpbusd %9, %8, %3\n\t"
-        "vpdpbusd %9, %8, %4\n\t"
-        "vpdpbusd %9, %8, %5\n\t"
-        "vpdpbusd %9, %8, %6\n\t"
-        "vpdpbusd %9, %8, %7"
+    __asm__ volatile(EIGHT_VPDPBUSD
         : "+v"(b0), "+v"(b1), "+v"(b2), "+v"(b3), "+v"(b4), "+v"(b5), "+v"(b6), "+v"(b7)
         : "v"(w), "v"(x));
   }

@@ -103,105 +103,106 @@ void ggml_dequantize_row(GgmlType type, const uint8_t* p, int64_t n, float* y) {
       return;
     default: break;
   }
-  for (int64_t b = 0; b < nb; ++b, p += bb) {
-    switch (type) {
-      case GgmlType::Q4_0: {
-        const float d = f16_at(p);
-        const uint8_t* qs = p + 2;
-        for (int j = 0; j < 16; ++j) {
-          y[j] = static_cast<float>((qs[j] & 0xF) - 8) * d;
-          y[j + 16] = static_cast<float>((qs[j] >> 4) - 8) * d;
-        }
-        y += 32;
-        break;
-      }
-      case GgmlType::Q4_1: {
-        const float d = f16_at(p), m = f16_at(p + 2);
-        const uint8_t* qs = p + 4;
-        for (int j = 0; j < 16; ++j) {
-          y[j] = static_cast<float>(qs[j] & 0xF) * d + m;
-          y[j + 16] = static_cast<float>(qs[j] >> 4) * d + m;
-        }
-        y += 32;
-        break;
-      }
-      case GgmlType::Q5_0:
-      case GgmlType::Q5_1: {
-        const bool one = type == GgmlType::Q5_1;
-        const float d = f16_at(p), m = one ? f16_at(p + 2) : 0.f;
-        uint32_t qh;
-        std::memcpy(&qh, p + (one ? 4 : 2), 4);
-        const uint8_t* qs = p + (one ? 8 : 6);
-        for (int j = 0; j < 16; ++j) {
-          const int lo = (qs[j] & 0xF) | static_cast<int>(((qh >> j) & 1u) << 4);
-          const int hi = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1u) << 4);
-          if (one) {
-            y[j] = static_cast<float>(lo) * d + m;
-            y[j + 16] = static_cast<float>(hi) * d + m;
-          } else {
-            y[j] = static_cast<float>(lo - 16) * d;
-            y[j + 16] = static_cast<float>(hi - 16) * d;
-          }
-        }
-        y += 32;
-        break;
-      }
-      case GgmlType::Q8_0: {
-        const float d = f16_at(p);
-        for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(static_cast<int8_t>(p[2 + j])) * d;
-        y += 32;
-        break;
-      }
-      case GgmlType::Q4_K:
-      case GgmlType::Q5_K: {
-        const bool five = type == GgmlType::Q5_K;
-        const float d = f16_at(p), dmin = f16_at(p + 2);
-        const uint8_t* scales = p + 4;
-        const uint8_t* qh = p + 16;            // Q5_K: 32 bytes, bit 2c/2c+1 for chunk c
-        const uint8_t* qs = p + (five ? 48 : 16);
-        for (int c = 0; c < 4; ++c) {          // 64 values: two sub-blocks of 32
-          int sc, mn;
-          ggml_k_scale_min(scales, 2 * c, &sc, &mn);
-          const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(mn);
-          ggml_k_scale_min(scales, 2 * c + 1, &sc, &mn);
-          const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(mn);
-          for (int l = 0; l < 32; ++l) {
-            const int h1 = five && (qh[l] >> (2 * c)) & 1 ? 16 : 0;
-            const int h2 = five && (qh[l] >> (2 * c + 1)) & 1 ? 16 : 0;
-            y[l] = d1 * static_cast<float>((qs[l] & 0xF) + h1) - m1;
-            y[l + 32] = d2 * static_cast<float>((qs[l] >> 4) + h2) - m2;
-          }
-          qs += 32;
-          y += 64;
-        }
-        break;
-      }
-      case GgmlType::Q6_K: {
-        const uint8_t* ql = p;
-        const uint8_t* qh = p + 128;
-        const int8_t* sc = reinterpret_cast<const int8_t*>(p + 192);
-        const float d = f16_at(p + 208);
-        for (int half = 0; half < 2; ++half) {  // 128 values each
-          for (int l = 0; l < 32; ++l) {
-            const int is = l / 16;
-            const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-            const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-            const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-            const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            y[l] = d * static_cast<float>(sc[is]) * static_cast<float>(q1);
-            y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
-            y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
-            y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
-          }
-          y += 128;
-          ql += 64;
-          qh += 32;
-          sc += 8;
-        }
-        break;
-      }
-      default: fail(ErrorKind::internal, "ggml type {}", static_cast<uint32_t>(type));
+  const int64_t per = ggml_block_elements(type);
+  const int group = type == GgmlType::Q6_K ? 16 : 32;
+  // Codes with an offset (value = d·(q - offset)): ggml computes them so.
+  const int offset = type == GgmlType::Q4_0 ? 8 : type == GgmlType::Q5_0 ? 16 : type == GgmlType::Q8_0 ? 128
+                     : type == GgmlType::Q6_K ? 32 : 0;
+  uint8_t q[256];
+  float s[16], bi[16];
+  for (int64_t b = 0; b < nb; ++b, p += bb, y += per) {
+    ggml_block_codes(type, p, q, s, bi);
+    for (int64_t j = 0; j < per; ++j) {
+      const float sc = s[j / group];
+      y[j] = offset != 0 ? sc * static_cast<float>(static_cast<int>(q[j]) - offset)
+                         : sc * static_cast<float>(q[j]) + bi[j / group];
     }
+  }
+}
+
+void ggml_block_codes(GgmlType t, const uint8_t* p, uint8_t* q, float* s, float* b) {
+  switch (t) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1: {
+      const bool one = t == GgmlType::Q4_1;
+      const float d = f16_at(p);
+      s[0] = d;
+      b[0] = one ? f16_at(p + 2) : -8.f * d;
+      const uint8_t* qs = p + (one ? 4 : 2);
+      for (int j = 0; j < 16; ++j) {
+        q[j] = qs[j] & 0xF;
+        q[j + 16] = qs[j] >> 4;
+      }
+      return;
+    }
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1: {
+      const bool one = t == GgmlType::Q5_1;
+      const float d = f16_at(p);
+      s[0] = d;
+      b[0] = one ? f16_at(p + 2) : -16.f * d;
+      uint32_t qh;
+      std::memcpy(&qh, p + (one ? 4 : 2), 4);
+      const uint8_t* qs = p + (one ? 8 : 6);
+      for (int j = 0; j < 16; ++j) {
+        q[j] = static_cast<uint8_t>((qs[j] & 0xF) | (((qh >> j) & 1u) << 4));
+        q[j + 16] = static_cast<uint8_t>((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
+      }
+      return;
+    }
+    case GgmlType::Q8_0: {
+      const float d = f16_at(p);
+      s[0] = d;
+      b[0] = -128.f * d;
+      for (int j = 0; j < 32; ++j) q[j] = static_cast<uint8_t>(static_cast<int8_t>(p[2 + j]) + 128);
+      return;
+    }
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: {
+      const bool five = t == GgmlType::Q5_K;
+      const float d = f16_at(p), dmin = f16_at(p + 2);
+      const uint8_t* scales = p + 4;
+      const uint8_t* qh = p + 16;
+      const uint8_t* qs = p + (five ? 48 : 16);
+      for (int sb = 0; sb < 8; ++sb) {
+        int sc, mn;
+        ggml_k_scale_min(scales, sb, &sc, &mn);
+        s[sb] = d * static_cast<float>(sc);      // f16 times 6 bits: exact in f32
+        b[sb] = -(dmin * static_cast<float>(mn));
+      }
+      for (int c = 0; c < 4; ++c) {
+        for (int l = 0; l < 32; ++l) {
+          const int h1 = five && (qh[l] >> (2 * c)) & 1 ? 16 : 0;
+          const int h2 = five && (qh[l] >> (2 * c + 1)) & 1 ? 16 : 0;
+          q[64 * c + l] = static_cast<uint8_t>((qs[32 * c + l] & 0xF) + h1);
+          q[64 * c + 32 + l] = static_cast<uint8_t>((qs[32 * c + l] >> 4) + h2);
+        }
+      }
+      return;
+    }
+    case GgmlType::Q6_K: {
+      const uint8_t* ql = p;
+      const uint8_t* qh = p + 128;
+      const int8_t* sc = reinterpret_cast<const int8_t*>(p + 192);
+      const float d = f16_at(p + 208);
+      for (int g = 0; g < 16; ++g) {
+        s[g] = d * static_cast<float>(sc[g]);  // f16 times 8 bits: exact in f32
+        b[g] = -32.f * s[g];
+      }
+      for (int half = 0; half < 2; ++half) {
+        const uint8_t* l0 = ql + 64 * half;
+        const uint8_t* h0 = qh + 32 * half;
+        uint8_t* o = q + 128 * half;
+        for (int l = 0; l < 32; ++l) {
+          o[l] = static_cast<uint8_t>((l0[l] & 0xF) | (((h0[l] >> 0) & 3) << 4));
+          o[l + 32] = static_cast<uint8_t>((l0[l + 32] & 0xF) | (((h0[l] >> 2) & 3) << 4));
+          o[l + 64] = static_cast<uint8_t>((l0[l] >> 4) | (((h0[l] >> 4) & 3) << 4));
+          o[l + 96] = static_cast<uint8_t>((l0[l + 32] >> 4) | (((h0[l] >> 6) & 3) << 4));
+        }
+      }
+      return;
+    }
+    default: fail(ErrorKind::internal, "{} is not a block type", ggml_type_name(t));
   }
 }
 

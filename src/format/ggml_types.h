@@ -33,6 +33,12 @@ size_t ggml_row_bytes(GgmlType type, int64_t n);
 // each value: f16 scales widened to f32, then the block's formula in f32.
 void ggml_dequantize_row(GgmlType type, const uint8_t* data, int64_t n, float* out);
 
+// One block of a quantized type (ggml_block_elements values) as unsigned
+// codes q[] and the scale s[g] and bias b[g] of each group of 32 (16 for
+// Q6_K), value = s·q + b exactly (K-quant scales are f16 times 6- or 8-bit
+// integers, exact in f32): what the GGUF loader repacks.
+void ggml_block_codes(GgmlType type, const uint8_t* block, uint8_t* q, float* s, float* b);
+
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block's
 // 12 packed scale bytes.
 void ggml_k_scale_min(const uint8_t* scales12, int j, int* scale, int* min);

@@ -57,99 +57,7 @@ AffineForm affine_form(GgmlType t) {
   }
 }
 
-float f16_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
-
 }  // namespace
-
-void gguf_block_to_affine(GgmlType t, const uint8_t* p, uint8_t* q, float* s, float* b) {
-  switch (t) {
-    case GgmlType::Q4_0:
-    case GgmlType::Q4_1: {
-      const bool one = t == GgmlType::Q4_1;
-      const float d = f16_at(p);
-      s[0] = d;
-      b[0] = one ? f16_at(p + 2) : -8.f * d;
-      const uint8_t* qs = p + (one ? 4 : 2);
-      for (int j = 0; j < 16; ++j) {
-        q[j] = qs[j] & 0xF;
-        q[j + 16] = qs[j] >> 4;
-      }
-      return;
-    }
-    case GgmlType::Q5_0:
-    case GgmlType::Q5_1: {
-      const bool one = t == GgmlType::Q5_1;
-      const float d = f16_at(p);
-      s[0] = d;
-      b[0] = one ? f16_at(p + 2) : -16.f * d;
-      uint32_t qh;
-      std::memcpy(&qh, p + (one ? 4 : 2), 4);
-      const uint8_t* qs = p + (one ? 8 : 6);
-      for (int j = 0; j < 16; ++j) {
-        q[j] = static_cast<uint8_t>((qs[j] & 0xF) | (((qh >> j) & 1u) << 4));
-        q[j + 16] = static_cast<uint8_t>((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
-      }
-      return;
-    }
-    case GgmlType::Q8_0: {
-      const float d = f16_at(p);
-      s[0] = d;
-      b[0] = -128.f * d;
-      for (int j = 0; j < 32; ++j) q[j] = static_cast<uint8_t>(static_cast<int8_t>(p[2 + j]) + 128);
-      return;
-    }
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K: {
-      const bool five = t == GgmlType::Q5_K;
-      const float d = f16_at(p), dmin = f16_at(p + 2);
-      const uint8_t* scales = p + 4;
-      const uint8_t* qh = p + 16;
-      const uint8_t* qs = p + (five ? 48 : 16);
-      for (int sb = 0; sb < 8; ++sb) {
-        int sc, mn;
-        ggml_k_scale_min(scales, sb, &sc, &mn);
-        s[sb] = d * static_cast<float>(sc);      // f16 times 6 bits: exact in f32
-        b[sb] = -(dmin * static_cast<float>(mn));
-      }
-      for (int c = 0; c < 4; ++c) {
-        for (int l = 0; l < 32; ++l) {
-          const int h1 = five && (qh[l] >> (2 * c)) & 1 ? 16 : 0;
-          const int h2 = five && (qh[l] >> (2 * c + 1)) & 1 ? 16 : 0;
-          q[64 * c + l] = static_cast<uint8_t>((qs[32 * c + l] & 0xF) + h1);
-          q[64 * c + 32 + l] = static_cast<uint8_t>((qs[32 * c + l] >> 4) + h2);
-        }
-      }
-      return;
-    }
-    case GgmlType::Q6_K: {
-      const uint8_t* ql = p;
-      const uint8_t* qh = p + 128;
-      const int8_t* sc = reinterpret_cast<const int8_t*>(p + 192);
-      const float d = f16_at(p + 208);
-      for (int g = 0; g < 16; ++g) {
-        s[g] = d * static_cast<float>(sc[g]);  // f16 times 8 bits: exact in f32
-        b[g] = -32.f * s[g];
-      }
-      for (int half = 0; half < 2; ++half) {
-        const uint8_t* l0 = ql + 64 * half;
-        const uint8_t* h0 = qh + 32 * half;
-        uint8_t* o = q + 128 * half;
-        for (int l = 0; l < 32; ++l) {
-          o[l] = static_cast<uint8_t>((l0[l] & 0xF) | (((h0[l] >> 0) & 3) << 4));
-          o[l + 32] = static_cast<uint8_t>((l0[l + 32] & 0xF) | (((h0[l] >> 2) & 3) << 4));
-          o[l + 64] = static_cast<uint8_t>((l0[l] >> 4) | (((h0[l] >> 4) & 3) << 4));
-          o[l + 96] = static_cast<uint8_t>((l0[l + 32] >> 4) | (((h0[l] >> 6) & 3) << 4));
-        }
-      }
-      return;
-    }
-    default: fail(ErrorKind::internal, "{} is not a block type", ggml_type_name(t));
-  }
-}
 
 void gguf_k_record(GgmlType type, const uint8_t* b, uint8_t* o) {
   if (type == GgmlType::Q6_K) {
@@ -219,57 +127,70 @@ class Converter {
       if (f->contains(t.data, t.n_bytes)) f->release(t.data, t.n_bytes);
   }
 
-  void add_vector(const std::string& hf_name, const GgufTensor& t, int64_t n) {
-    std::vector<float> v = vector(t, n);
-    auto own = std::make_shared<std::vector<float>>(std::move(v));
-    TensorView view;
-    view.name = hf_name;
-    view.dtype = DType::F32;
-    view.shape = {n};
-    view.data = reinterpret_cast<const uint8_t*>(own->data());
-    view.n_bytes = static_cast<size_t>(n) * 4;
-    store_->add(std::move(view), own);
+  // A tensor of the store, its bytes kept alive by `owner`.
+  void add_view(std::string name, DType dtype, std::vector<int64_t> shape, const void* data, size_t n_bytes,
+                std::shared_ptr<const void> owner) {
+    TensorView v;
+    v.name = std::move(name);
+    v.dtype = dtype;
+    v.shape = std::move(shape);
+    v.data = static_cast<const uint8_t*>(data);
+    v.n_bytes = n_bytes;
+    store_->add(std::move(v), std::move(owner));
   }
+  void add_f32(std::string name, std::vector<float> values) {
+    auto own = std::make_shared<std::vector<float>>(std::move(values));
+    add_view(std::move(name), DType::F32, {static_cast<int64_t>(own->size())}, own->data(), own->size() * 4, own);
+  }
+  void add_vector(const std::string& hf_name, const GgufTensor& t, int64_t n) { add_f32(hf_name, vector(t, n)); }
 
   // A [rows][cols] matrix under the HF module name; row r of the result is
   // row src_row(r) of the file's. Quantized types become MLX affine groups
-  // (the quantization recorded in `quant`).
+  // (the quantization recorded in `quant`); K-quants keep their scale
+  // records, Q4_0/Q8_0/Q5_0 only their scales (bias_factor).
   template <class RowMap>
   void add_matrix(const std::string& module, const GgufTensor& t, int64_t rows, int64_t cols, RowMap src_row,
                   QuantConfig* quant) {
     check_shape(t, {cols, rows});
-    const size_t in_row = ggml_row_bytes(t.type, cols);
+    const size_t in_row = ggml_row_bytes(t.type, cols), n_rows = static_cast<size_t>(rows);
     if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) {
-      auto buf = std::make_shared<OwnedBytes>(in_row * static_cast<size_t>(rows));
+      auto buf = std::make_shared<OwnedBytes>(in_row * n_rows);
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(buf->data() + r * in_row, t.data + src_row(r) * in_row, in_row);
-      TensorView v;
-      v.name = module + ".weight";
-      v.dtype = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
-      v.shape = {rows, cols};
-      v.data = buf->data();
-      v.n_bytes = in_row * static_cast<size_t>(rows);
-      store_->add(std::move(v), buf);
+      add_view(module + ".weight",
+               t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16,
+               {rows, cols}, buf->data(), in_row * n_rows, buf);
       release(t);
       return;
     }
     const AffineForm form = affine_form(t.type);
     const int64_t block = ggml_block_elements(t.type), n_blocks = cols / block;
     const int64_t groups = cols / form.group, groups_per_block = block / form.group;
-    // Scales and biases of every group first (f32), to pick f16 where exact.
-    std::vector<float> sc(static_cast<size_t>(rows * groups)), bi(sc.size());
-    const size_t out_row = static_cast<size_t>(cols * form.bits / 8);
-    auto data = std::make_shared<OwnedBytes>(out_row * static_cast<size_t>(rows));
+    const bool k_quant = t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K || t.type == GgmlType::Q6_K;
+    const size_t rec = t.type == GgmlType::Q6_K ? kK6RecordBytes : kK4RecordBytes;
+    const size_t out_row = static_cast<size_t>(cols * form.bits / 8), rec_row = static_cast<size_t>(n_blocks) * rec;
+    auto data = std::make_shared<OwnedBytes>(out_row * n_rows);
+    auto recs = k_quant ? std::make_shared<OwnedBytes>(rec_row * n_rows) : nullptr;
+    // Other types: every group's scale and bias (f32) first, to pick f16 where exact.
+    std::vector<float> sc(k_quant ? 0 : static_cast<size_t>(rows * groups)), bi(sc.size());
+    std::vector<float> s(static_cast<size_t>(groups_per_block)), b(s.size());
     std::vector<uint8_t> q(static_cast<size_t>(block));
     bool f16_ok = true;
     for (int64_t r = 0; r < rows; ++r) {
       const uint8_t* src = t.data + src_row(r) * in_row;
       uint8_t* dst = data->data() + r * out_row;
       for (int64_t k = 0; k < n_blocks; ++k) {
-        float* s = &sc[static_cast<size_t>(r * groups + k * groups_per_block)];
-        float* b = &bi[static_cast<size_t>(r * groups + k * groups_per_block)];
-        gguf_block_to_affine(t.type, src + k * ggml_block_bytes(t.type), q.data(), s, b);
-        for (int64_t g = 0; g < groups_per_block; ++g) f16_ok = f16_ok && fits_f16(s[g]) && fits_f16(b[g]);
+        const uint8_t* blk = src + k * ggml_block_bytes(t.type);
+        ggml_block_codes(t.type, blk, q.data(), s.data(), b.data());
+        if (k_quant) {
+          gguf_k_record(t.type, blk, recs->data() + r * rec_row + static_cast<size_t>(k) * rec);
+        } else {
+          for (int64_t g = 0; g < groups_per_block; ++g) {
+            sc[static_cast<size_t>(r * groups + k * groups_per_block + g)] = s[g];
+            bi[static_cast<size_t>(r * groups + k * groups_per_block + g)] = b[g];
+            f16_ok = f16_ok && fits_f16(s[g]) && fits_f16(b[g]);
+          }
+        }
         if (form.bits == 4) {
           for (int64_t j = 0; j < block; j += 2)
             dst[(k * block + j) / 2] = static_cast<uint8_t>(q[j] | (q[j + 1] << 4));
@@ -278,76 +199,34 @@ class Converter {
         }
       }
     }
-    TensorView w;
-    w.name = module + ".weight";
-    w.dtype = DType::U32;
-    w.shape = {rows, cols * form.bits / 32};
-    w.data = data->data();
-    w.n_bytes = out_row * static_cast<size_t>(rows);
-    store_->add(std::move(w), data);
-    if (t.type == GgmlType::Q4_K || t.type == GgmlType::Q5_K || t.type == GgmlType::Q6_K) {
+    add_view(module + ".weight", DType::U32, {rows, cols * form.bits / 32}, data->data(), out_row * n_rows, data);
+    if (k_quant) {
       // The blocks' own scales, as they are (the kernels decode them per group).
-      const bool k4 = t.type != GgmlType::Q6_K;
-      const size_t rec = k4 ? kK4RecordBytes : kK6RecordBytes;
-      const size_t per_row = static_cast<size_t>(n_blocks) * rec;
-      auto recs = std::make_shared<OwnedBytes>(per_row * static_cast<size_t>(rows));
-      for (int64_t r = 0; r < rows; ++r) {
-        const uint8_t* src = t.data + src_row(r) * in_row;
-        for (int64_t k = 0; k < n_blocks; ++k) {
-          const uint8_t* b = src + k * ggml_block_bytes(t.type);
-          uint8_t* o = recs->data() + static_cast<size_t>(r) * per_row + static_cast<size_t>(k) * rec;
-          gguf_k_record(t.type, b, o);
+      add_view(module + (t.type == GgmlType::Q6_K ? ".k6_scales" : ".k4_scales"), DType::U8,
+               {rows, static_cast<int64_t>(rec_row)}, recs->data(), rec_row * n_rows, recs);
+    } else {
+      // Q4_0, Q8_0, Q5_0: every bias is -8, -128 or -16 times its scale; only the factor is kept.
+      const float factor = t.type == GgmlType::Q4_0 ? -8.f : t.type == GgmlType::Q8_0 ? -128.f
+                           : t.type == GgmlType::Q5_0 ? -16.f : 0.f;
+      const size_t es = f16_ok ? 2 : 4;
+      for (const std::vector<float>* values : {&sc, &bi}) {
+        const bool biases = values == &bi;
+        if (biases && factor != 0.f) {
+          add_f32(module + ".bias_factor", {factor});
+          break;
         }
-      }
-      TensorView v;
-      v.name = module + (k4 ? ".k4_scales" : ".k6_scales");
-      v.dtype = DType::U8;
-      v.shape = {rows, static_cast<int64_t>(per_row)};
-      v.data = recs->data();
-      v.n_bytes = per_row * static_cast<size_t>(rows);
-      store_->add(std::move(v), recs);
-      if (quant->bits == 0) {
-        quant->bits = form.bits;
-        quant->group_size = form.group;
-      }
-      quant->overrides.push_back({module, {form.bits, form.group}});
-      release(t);
-      return;
-    }
-    const size_t n = sc.size();
-    const size_t es = f16_ok ? 2 : 4;
-    // Q4_0, Q8_0, Q5_0: every bias is -8, -128 or -16 times its scale; only the factor is kept.
-    const float factor = t.type == GgmlType::Q4_0 ? -8.f : t.type == GgmlType::Q8_0 ? -128.f
-                         : t.type == GgmlType::Q5_0 ? -16.f : 0.f;
-    for (int which = 0; which < 2; ++which) {
-      if (which == 1 && factor != 0.f) {
-        auto own = std::make_shared<float>(factor);
-        TensorView v;
-        v.name = module + ".bias_factor";
-        v.dtype = DType::F32;
-        v.shape = {1};
-        v.data = reinterpret_cast<const uint8_t*>(own.get());
-        v.n_bytes = 4;
-        store_->add(std::move(v), own);
-        break;
-      }
-      const std::vector<float>& src = which == 0 ? sc : bi;
-      auto buf = std::make_shared<OwnedBytes>(n * es);
-      for (size_t i = 0; i < n; ++i) {
-        if (f16_ok) {
-          const uint16_t h = f32_to_f16(src[i]);
-          std::memcpy(buf->data() + 2 * i, &h, 2);
-        } else {
-          std::memcpy(buf->data() + 4 * i, &src[i], 4);
+        auto buf = std::make_shared<OwnedBytes>(values->size() * es);
+        for (size_t i = 0; i < values->size(); ++i) {
+          if (f16_ok) {
+            const uint16_t h = f32_to_f16((*values)[i]);
+            std::memcpy(buf->data() + 2 * i, &h, 2);
+          } else {
+            std::memcpy(buf->data() + 4 * i, &(*values)[i], 4);
+          }
         }
+        add_view(module + (biases ? ".biases" : ".scales"), f16_ok ? DType::F16 : DType::F32, {rows, groups},
+                 buf->data(), values->size() * es, buf);
       }
-      TensorView v;
-      v.name = module + (which == 0 ? ".scales" : ".biases");
-      v.dtype = f16_ok ? DType::F16 : DType::F32;
-      v.shape = {rows, groups};
-      v.data = buf->data();
-      v.n_bytes = n * es;
-      store_->add(std::move(v), buf);
     }
     if (quant->bits == 0) {
       quant->bits = form.bits;
@@ -450,14 +329,7 @@ GgufCheckpoint load_gguf_checkpoint(const std::string& path) {
             for (int64_t r = 0; r < rows[k]; ++r) u[static_cast<size_t>(r)] = v[static_cast<size_t>(unpermute(r))];
             v = std::move(u);
           }
-          auto own = std::make_shared<std::vector<float>>(std::move(v));
-          TensorView view;
-          view.name = module + ".bias";
-          view.dtype = DType::F32;
-          view.shape = {rows[k]};
-          view.data = reinterpret_cast<const uint8_t*>(own->data());
-          view.n_bytes = static_cast<size_t>(rows[k]) * 4;
-          conv.store()->add(std::move(view), own);
+          conv.add_f32(module + ".bias", std::move(v));
         }
       }
     }

@@ -36,11 +36,6 @@ struct GgufCheckpoint {
 // and the problem (unknown architecture, missing tensor, wrong shape).
 GgufCheckpoint load_gguf_checkpoint(const std::string& path);
 
-// One block of a quantized type (ggml_block_elements values) as unsigned
-// codes q[] and the scale s[g] and bias b[g] of each group of 32 (16 for
-// Q6_K), with value = s·q + b exactly (the loader's repacking).
-void gguf_block_to_affine(GgmlType type, const uint8_t* block, uint8_t* q, float* s, float* b);
-
 // A Q4_K/Q5_K (k4, 20 bytes) or Q6_K (k6, 18 bytes) block's scales as the
 // record quant/weight_matrix.h describes: what the loader keeps of them.
 void gguf_k_record(GgmlType type, const uint8_t* block, uint8_t* record);

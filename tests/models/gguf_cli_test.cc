@@ -80,7 +80,7 @@ TEST(GgufCli, GeneratesFromAFileAFolderAndAnOllamaModel) {
   HomeDir env(home.path());
   test::TempDir folder;
   fs::copy_file(test::data_path("gguf/stories260K-F16.gguf"), folder.file("model.gguf"));
-  for (const std::string model : {test::data_path("gguf/stories260K-F16.gguf"), folder.path(),
+  for (const std::string& model : {test::data_path("gguf/stories260K-F16.gguf"), folder.path(),
                                   std::string("ollama:stories:8b")}) {
     const auto r = test::run_pensieve("generate --model " + model + " --prompt 'Once upon a time' --max-tokens 12");
     ASSERT_EQ(r.exit_code, 0) << model << ": " << r.err;

@@ -22,13 +22,6 @@ using nlohmann::json;
 const char* kFiles[] = {"llama3-tiny-F16",  "llama3-tiny-Q4_0", "qwen2-tiny-Q8_0",   "qwen3-tiny-Q6_K",
                         "phi3-tiny-Q4_K_M", "stories260K-F16",  "stories260K-Q8_0"};
 
-double relative_max_diff(const std::vector<double>& ref, const float* got) {
-  const auto [lo, hi] = std::minmax_element(ref.begin(), ref.end());
-  double d = 0;
-  for (size_t i = 0; i < ref.size(); ++i) d = std::max(d, std::abs(ref[i] - got[i]));
-  return d / (*hi - *lo);
-}
-
 bool quantized_file(const std::string& name) { return name.find("-F16") == std::string::npos; }
 // The bounds: 1e-3 of the logit range for F16/BF16/F32 files, 2 %
 // for quantized ones (llama.cpp's own logits are up to 0.9 % from exact
@@ -65,7 +58,7 @@ TEST_P(GgufGolden, LogitsAndGreedyTokensMatchLlamaCpp) {
   for (const auto& [pos, row] : ref["logits"].items()) {
     const auto expected = row.get<std::vector<double>>();
     ASSERT_EQ(static_cast<int64_t>(expected.size()), vocab);
-    const double d = relative_max_diff(expected, logits.data() + std::stoi(pos) * vocab);
+    const double d = test::relative_max_diff(expected, logits.data() + std::stoi(pos) * vocab);
     const auto [lo, hi] = std::minmax_element(expected.begin(), expected.end());
     range = std::max(range, *hi - *lo);
     EXPECT_LT(d, tol) << name << " position " << pos;
@@ -129,7 +122,7 @@ TEST(Gguf, SameLogitsAsTheSafetensorsOriginal) {
     const int64_t vocab = a->config().vocab_size;
     for (size_t pos = 0; pos < input.size(); ++pos) {
       std::vector<double> row(lb.begin() + pos * vocab, lb.begin() + (pos + 1) * vocab);
-      EXPECT_LT(relative_max_diff(row, la.data() + pos * vocab), 1e-4) << name << " position " << pos;
+      EXPECT_LT(test::relative_max_diff(row, la.data() + pos * vocab), 1e-4) << name << " position " << pos;
     }
   }
 }
@@ -158,7 +151,7 @@ TEST(Gguf, Phi3LongContextUsesTheLongFactors) {
   Session s(*model, static_cast<int64_t>(input.size()));
   const auto logits = s.append(input, false);
   const auto expected = ref["long"]["last_logits"].get<std::vector<double>>();
-  const double d = relative_max_diff(expected, logits.data());
+  const double d = test::relative_max_diff(expected, logits.data());
   EXPECT_LT(d, 2e-2);
   std::printf("[ fidelity ] phi3-tiny-Q4_K_M long: %.2e of the logit range\n", d);
 }

@@ -23,14 +23,6 @@ const char* kModels[] = {"phi3-tiny",           "phi3-tiny-mlx-4bit",  "phi3-ful
                          "llama3-tiny",         "llama3-tiny-mlx-4bit", "qwen2-tiny",
                          "qwen2-tiny-mlx-4bit", "qwen3-tiny",           "qwen3-tiny-mlx-4bit"};
 
-// max |a - b| relative to the range of the reference row.
-double relative_max_diff(const std::vector<double>& ref, const float* got) {
-  const auto [lo, hi] = std::minmax_element(ref.begin(), ref.end());
-  double d = 0;
-  for (size_t i = 0; i < ref.size(); ++i) d = std::max(d, std::abs(ref[i] - got[i]));
-  return d / (*hi - *lo);
-}
-
 std::vector<int32_t> ids_of(const json& j) { return j.get<std::vector<int32_t>>(); }
 
 // How close to transformers a model's logits must be, as a fraction of the
@@ -95,7 +87,7 @@ TEST_P(Golden, LogitsAndGreedyTokensMatchTransformers) {
   for (const auto& [pos, row] : ref["last_logits"].items()) {
     const auto expected = row.get<std::vector<double>>();
     ASSERT_EQ(static_cast<int64_t>(expected.size()), vocab);
-    const double d = relative_max_diff(expected, logits.data() + std::stoi(pos) * vocab);
+    const double d = test::relative_max_diff(expected, logits.data() + std::stoi(pos) * vocab);
     EXPECT_LT(d, tolerance) << name << " position " << pos;
     std::printf("[ fidelity ] %s %s int8 levels %d position %s: %.2e of the logit range\n", name.c_str(),
                 kernels::isa_name(GetParam().isa), GetParam().int8_levels, pos.c_str(), d);
@@ -149,7 +141,7 @@ TEST(GoldenLong, Phi3LongContextUsesLongFactors) {
       Session session(*model, static_cast<int64_t>(input.size()));
       const auto logits = session.append(input, false);
       const auto expected = ref["long"]["last_logits"].get<std::vector<double>>();
-      const double d = relative_max_diff(expected, logits.data());
+      const double d = test::relative_max_diff(expected, logits.data());
       EXPECT_LT(d, logit_tolerance(*model)) << name << " int8 levels " << levels;
       std::printf("[ fidelity ] %s long, int8 levels %d: %.2e of the logit range\n", name, levels, d);
     }
@@ -201,18 +193,18 @@ TEST(GoldenStories, SlidingWindowSeesOnlyTheLastWindowOfTokens) {
   // half-float rounding in the cache differs (3e-4 measured); the controls
   // below sit at 2e-2 and 3e-1.
   Session chunk(*windowed, 400);
-  EXPECT_LT(relative_max_diff(ref, chunk.append(all, false).data()), 1e-3);
+  EXPECT_LT(test::relative_max_diff(ref, chunk.append(all, false).data()), 1e-3);
   Session inc(*windowed, 400);
   inc.append(all.first(250), false);
   std::vector<float> got_inc;
   for (size_t i = 250; i < tokens.size(); ++i) got_inc = inc.append(all.subspan(i, 1), false);
-  EXPECT_LT(relative_max_diff(ref, got_inc.data()), 1e-3);
+  EXPECT_LT(test::relative_max_diff(ref, got_inc.data()), 1e-3);
 
   // What the comparison can tell apart: only one window of inputs, or no window.
   Session shorter(*windowed, reach);
-  EXPECT_GT(relative_max_diff(ref, shorter.append(all.last(kWindow), false).data()), 5e-3);
+  EXPECT_GT(test::relative_max_diff(ref, shorter.append(all.last(kWindow), false).data()), 5e-3);
   Session unwindowed(*full, 400);
-  EXPECT_GT(relative_max_diff(ref, unwindowed.append(all, false).data()), 5e-3);
+  EXPECT_GT(test::relative_max_diff(ref, unwindowed.append(all, false).data()), 5e-3);
 }
 
 // `generate --sliding-window N` overrides config.json (stories260K has no
@@ -301,7 +293,7 @@ TEST(Incremental, DecodeMatchesFullForward) {
       // activation to the neighbouring int8 step (1/127 of its group's
       // max), so the two paths sit about as far apart as each sits from
       // the exact result (up to 3.8e-3 measured): the 1 % of the fixtures.
-      EXPECT_LT(relative_max_diff(ref, got.data() + t * vocab),
+      EXPECT_LT(test::relative_max_diff(ref, got.data() + t * vocab),
                 one_int8_level(*model) ? 1e-2 : path_tolerance(2e-4))
           << name << " token " << t << " int8 levels " << levels;
     }
@@ -347,7 +339,7 @@ TEST(Batched, BatchEqualsOneByOne) {
   ASSERT_EQ(together.size(), prompts.size() * vocab);
   for (size_t s = 0; s < prompts.size(); ++s) {
     std::vector<double> ref(alone[s].begin(), alone[s].end());
-    EXPECT_LT(relative_max_diff(ref, together.data() + s * vocab), path_tolerance(1e-4)) << "sequence " << s;
+    EXPECT_LT(test::relative_max_diff(ref, together.data() + s * vocab), path_tolerance(1e-4)) << "sequence " << s;
   }
 }
 

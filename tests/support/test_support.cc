@@ -9,7 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <regex>
 #include <thread>
 
@@ -66,6 +68,27 @@ std::string read_file(const std::string& path) {
 void write_file(const std::string& path, const std::string& contents) {
   std::ofstream out(path, std::ios::binary);
   out << contents;
+}
+
+double relative_max_diff(const std::vector<double>& ref, const float* got) {
+  const auto [lo, hi] = std::minmax_element(ref.begin(), ref.end());
+  double d = 0;
+  for (size_t i = 0; i < ref.size(); ++i) d = std::max(d, std::abs(ref[i] - got[i]));
+  return d / (*hi - *lo);
+}
+
+std::vector<std::string> split_on(const std::string& text, const std::string& sep) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (true) {
+    const size_t next = text.find(sep, pos);
+    if (next == std::string::npos) {
+      out.push_back(text.substr(pos));
+      return out;
+    }
+    out.push_back(text.substr(pos, next - pos));
+    pos = next + sep.size();
+  }
 }
 
 RunResult run_pensieve(const std::string& args) {

@@ -65,6 +65,13 @@ class ServeProcess {
   int exit_code_ = -1;
 };
 
+// max |ref - got| over the range of ref (its largest minus its smallest
+// value): how far a logit row is from its reference.
+double relative_max_diff(const std::vector<double>& ref, const float* got);
+
+// text cut at every occurrence of sep (an empty piece where two meet).
+std::vector<std::string> split_on(const std::string& text, const std::string& sep);
+
 // The message of the pensieve::Error that fn throws, or "(no error)".
 std::string error_of(const std::function<void()>& fn);
 std::string read_file(const std::string& path);

@@ -6,11 +6,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "core/error.h"
 #include "core/half.h"
+#include "engine/session.h"
 #include "format/gguf.h"
 #include "format/gguf_writer.h"
 #include "models/gguf_model.h"
@@ -138,7 +140,7 @@ TEST(GgmlTypes, RepackingIntoAffineGroupsIsExact) {
       const auto block = random_blocks(t, 1, rng);
       std::vector<uint8_t> q(per);
       std::vector<float> s(per / group), b(per / group);
-      gguf_block_to_affine(t, block.data(), q.data(), s.data(), b.data());
+      ggml_block_codes(t, block.data(), q.data(), s.data(), b.data());
       for (int i = 0; i < per; ++i) {
         const double exact = element(t, block.data(), i, true);
         const double repacked = static_cast<double>(s[i / group]) * q[i] + static_cast<double>(b[i / group]);
@@ -175,7 +177,7 @@ TEST(GgmlTypes, KScaleRecordsDecodeToTheExactScales) {
     for (int k = 0; k < 3; ++k) {
       std::vector<uint8_t> q(256);
       std::vector<float> s(n_groups), b(n_groups);
-      gguf_block_to_affine(t, blocks.data() + k * ggml_block_bytes(t), q.data(), s.data(), b.data());
+      ggml_block_codes(t, blocks.data() + k * ggml_block_bytes(t), q.data(), s.data(), b.data());
       for (int g = 0; g < n_groups; ++g) {
         ASSERT_EQ(sc[k * n_groups + g], s[g]) << ggml_type_name(t) << " block " << k << " group " << g;
         ASSERT_EQ(bi[k * n_groups + g], b[g]) << ggml_type_name(t) << " block " << k << " group " << g;
@@ -332,6 +334,77 @@ TEST(GgufModel, MissingTensorsAndWrongVocabularyAreNamed) {
   EXPECT_NE(message(missing).find(missing), std::string::npos);
   const std::string vocab = write(false, 41);
   EXPECT_NE(message(vocab).find("tokenizer.ggml.tokens has 41 entries"), std::string::npos) << message(vocab);
+}
+
+}  // namespace
+}  // namespace pensieve
+
+namespace pensieve {
+namespace {
+
+// stories260K's file re-written as NAME-0000K-of-00002.gguf (the metadata in
+// the first part, the tensors shared out): it loads from its first part, or
+// its folder, with the same logits; a later part, a missing part, and a
+// folder of two models are refused by name.
+TEST(GgufModel, SplitFilesLoadFromTheFirstPart) {
+  const std::string original = test::data_path("gguf/stories260K-F16.gguf");
+  const GgufFile src(original);
+  test::TempDir dir;
+  GgufWriter parts[2];
+  for (const auto& [key, v] : src.metadata()) {
+    GgufWriter::Value value;
+    switch (v.type) {
+      case GgufValueType::string: value = std::string(v.str); break;
+      case GgufValueType::f32: value = static_cast<float>(v.as_double()); break;
+      case GgufValueType::boolean: value = v.as_int() != 0; break;
+      case GgufValueType::i8: case GgufValueType::i16: case GgufValueType::i32: value = static_cast<int32_t>(v.as_int()); break;
+      case GgufValueType::array:
+        if (v.elem == GgufValueType::string) {
+          value = std::vector<std::string>(v.strs.begin(), v.strs.end());
+        } else if (v.elem == GgufValueType::f32) {
+          std::vector<float> f;
+          for (uint64_t i = 0; i < v.count; ++i) f.push_back(static_cast<float>(v.number_at(i)));
+          value = f;
+        } else {
+          std::vector<int32_t> n;
+          for (uint64_t i = 0; i < v.count; ++i) n.push_back(static_cast<int32_t>(v.number_at(i)));
+          value = n;
+        }
+        break;
+      default: value = static_cast<uint32_t>(v.as_int()); break;
+    }
+    parts[0].set(key, value);
+  }
+  for (GgufWriter& p : parts) p.set("split.count", uint32_t{2});
+  const auto& tensors = src.tensors();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const GgufTensor* t = &tensors[i];
+    parts[i < tensors.size() / 2 ? 0 : 1].add(t->name, t->type, t->ne, [t](uint8_t* buf, size_t n, size_t off) {
+      std::memcpy(buf, t->data + off, n);
+    });
+  }
+  parts[0].write(dir.file("story-00001-of-00002.gguf"));
+  parts[1].write(dir.file("story-00002-of-00002.gguf"));
+
+  EXPECT_EQ(find_gguf(dir.path()), dir.file("story-00001-of-00002.gguf"));
+  EXPECT_EQ(gguf_split_files(dir.file("story-00001-of-00002.gguf")).size(), 2u);
+  const std::vector<int32_t> tokens = {1, 403, 407, 261, 378};
+  auto logits = [&](const std::string& path) {
+    auto model = load_model(path, {.n_threads = 1});
+    Session s(*model, 16);
+    return s.append(tokens, true);
+  };
+  EXPECT_EQ(logits(dir.path()), logits(original));
+  EXPECT_NE(test::error_of([&] { find_gguf(dir.file("story-00002-of-00002.gguf")); (void)gguf_split_files(dir.file("story-00002-of-00002.gguf")); })
+                .find("part 2 of 2"),
+            std::string::npos);
+  std::filesystem::rename(dir.file("story-00002-of-00002.gguf"), dir.file("elsewhere.bin"));
+  EXPECT_NE(test::error_of([&] { load_model(dir.path(), {.n_threads = 1}); }).find("part 2 of this split GGUF model"),
+            std::string::npos);
+  std::filesystem::copy_file(original, dir.file("other.gguf"));
+  const std::string two = test::error_of([&] { find_gguf(dir.path()); });
+  EXPECT_NE(two.find("holds 2 GGUF models"), std::string::npos) << two;
+  EXPECT_NE(two.find("other.gguf"), std::string::npos) << two;
 }
 
 }  // namespace

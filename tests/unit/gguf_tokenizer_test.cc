@@ -21,20 +21,6 @@ namespace {
 using nlohmann::json;
 using test::data_path;
 
-std::vector<std::string> split_on(const std::string& text, const std::string& sep) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (true) {
-    const size_t next = text.find(sep, pos);
-    if (next == std::string::npos) {
-      out.push_back(text.substr(pos));
-      return out;
-    }
-    out.push_back(text.substr(pos, next - pos));
-    pos = next + sep.size();
-  }
-}
-
 TEST(GgufTokenizer, Stories260KMatchesLlamaCpp) {
   const std::string file = data_path("gguf/stories260K-F16.gguf");
   auto tok = Tokenizer::load(file);
@@ -140,8 +126,8 @@ TEST_P(GgufVocab, MatchesHuggingFaceAndLlamaCppVectors) {
   }
   for (const std::string& v : c.vectors) {
     const std::string base = data_path("tokenizers/llama-cpp-vectors/" + v);
-    const auto inputs = split_on(test::read_file(base + ".inp"), "\n__ggml_vocab_test__\n");
-    const auto outputs = split_on(test::read_file(base + ".out"), "\n");
+    const auto inputs = test::split_on(test::read_file(base + ".inp"), "\n__ggml_vocab_test__\n");
+    const auto outputs = test::split_on(test::read_file(base + ".out"), "\n");
     ASSERT_EQ(outputs.size(), inputs.size());
     for (size_t i = 0; i < inputs.size(); ++i) {
       SCOPED_TRACE(testing::Message() << v << " vector " << i << ": " << inputs[i].substr(0, 60));

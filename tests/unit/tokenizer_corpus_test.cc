@@ -36,20 +36,6 @@ const Tokenizer& fixture_tokenizer(const std::string& name) {
 
 std::vector<int32_t> ids_of(const json& j) { return j.get<std::vector<int32_t>>(); }
 
-std::vector<std::string> split_on(const std::string& text, const std::string& sep) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (true) {
-    const size_t next = text.find(sep, pos);
-    if (next == std::string::npos) {
-      out.push_back(text.substr(pos));
-      return out;
-    }
-    out.push_back(text.substr(pos, next - pos));
-    pos = next + sep.size();
-  }
-}
-
 class ExpectedCorpus : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ExpectedCorpus, MatchesHuggingFace) {
@@ -80,8 +66,8 @@ class LlamaCppVectors : public ::testing::TestWithParam<VectorCase> {};
 TEST_P(LlamaCppVectors, AllMatch) {
   const Tokenizer& tok = fixture_tokenizer(GetParam().tokenizer);
   const std::string base = data_path("tokenizers/llama-cpp-vectors/" + GetParam().vocab_file);
-  const auto inputs = split_on(test::read_file(base + ".inp"), "\n__ggml_vocab_test__\n");
-  const auto outputs = split_on(test::read_file(base + ".out"), "\n");
+  const auto inputs = test::split_on(test::read_file(base + ".inp"), "\n__ggml_vocab_test__\n");
+  const auto outputs = test::split_on(test::read_file(base + ".out"), "\n");
   ASSERT_EQ(inputs.size(), 47u);
   ASSERT_EQ(outputs.size(), inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
