@@ -242,9 +242,14 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
   }
   const uint8_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = w.data + (r + i) * row_bytes;
-  __m512 facc[R][T];
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) facc[i][t] = _mm512_setzero_ps();
+  // Independent f32 accumulator sets, taken in turn by consecutive steps:
+  // with one row and one token a single set is one chain of dependent
+  // multiply-adds, which bound the kernel at half its load rate.
+  constexpr int P = R * T >= 4 ? 1 : 4 / (R * T);
+  __m512 facc[P][R][T];
+  for (int p = 0; p < P; ++p)
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) facc[p][i][t] = _mm512_setzero_ps();
   // 4-bit: the 32 packed bytes go to both halves of a register; the lower
   // half keeps the low nibbles (even columns), the upper half the high
   // nibbles in place, i.e. 16x the value (odd columns). One AND, no shift:
@@ -256,7 +261,8 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
   constexpr bool g32 = G == 32;
   constexpr int chunks = g32 ? 1 : G / 64;
   const __mmask16 second = Q4 ? 0xf0f0 : 0xff00;
-  for (int64_t c = 0, g = 0; c < cols; g += g32 ? 2 : 1) {
+  // One step: a group (two for groups of 32) of every row and token.
+  auto step = [&](int64_t& c, int64_t& g, __m512 (&acc)[R][T]) __attribute__((always_inline)) {
     __m512i i1[R][T], i2[R][T];
     for (int i = 0; i < R; ++i)
       for (int t = 0; t < T; ++t) i1[i][t] = i2[i][t] = _mm512_setzero_si512();
@@ -295,16 +301,25 @@ void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a,
         const __m512 v = combine<L>(i1[i][t], i2[i][t]);
         const __m512 scale = g32 ? _mm512_mask_blend_ps(second, _mm512_set1_ps(cb[0]), _mm512_set1_ps(cb[1]))
                                  : _mm512_set1_ps(cb[0]);
-        facc[i][t] = _mm512_fmadd_ps(v, scale, facc[i][t]);
+        acc[i][t] = _mm512_fmadd_ps(v, scale, acc[i][t]);
       }
     }
-  }
+    g += g32 ? 2 : 1;
+  };
+  constexpr int64_t kStepCols = g32 ? 64 : G;
+  int64_t c = 0, g = 0;
+  for (; c + P * kStepCols <= cols;)
+    for (int p = 0; p < P; ++p) step(c, g, facc[p]);
+  while (c < cols) step(c, g, facc[0]);
+  for (int p = 1; p < P; ++p)
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) facc[0][i][t] = _mm512_add_ps(facc[0][i][t], facc[p][i][t]);
   const __m512 unscale = Q4 ? _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(1.f), _mm512_set1_ps(1.f / 16))
                             : _mm512_set1_ps(1.f);
   for (int i = 0; i < R; ++i) {
     for (int t = 0; t < T; ++t) {
       const float b = bias_dot(bi + i * n_groups, xsum + t * n_groups, n_groups);
-      y[t * ldy + r + i] = _mm512_reduce_add_ps(_mm512_mul_ps(facc[i][t], unscale)) + b;
+      y[t * ldy + r + i] = _mm512_reduce_add_ps(_mm512_mul_ps(facc[0][i][t], unscale)) + b;
     }
   }
 }
