@@ -187,8 +187,10 @@ void matmul(std::span<const WeightMatrix* const> parts, const float* x, int64_t 
   const bool integer = integer_kernels_enabled();
   const int levels = int8_activation_levels();
   auto integer_ok = [&](const WeightMatrix& w) {
-    // Groups of 32, 64 and 128 (a GGUF Q6_K's groups of 16 take the f32 kernels).
-    const bool group_ok = w.group_size == 32 || w.group_size == 64 || w.group_size == 128;
+    // Groups of 32, 64 and 128; a GGUF Q6_K's groups of 16 in prompts too (the
+    // tile kernels take any group of whole quads), in decode the f32 gemv.
+    const bool group_ok = w.group_size == 32 || w.group_size == 64 || w.group_size == 128 ||
+                          (w.group_size == 16 && !use_gemv);
     return integer && w.quantized() && group_ok && (!use_gemv || w.cols % 64 == 0);
   };
 
