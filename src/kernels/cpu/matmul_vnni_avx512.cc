@@ -190,6 +190,10 @@ void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc,
   }
 }
 
+// Decode reads each weight row once, kPrefetchRows rows behind its
+// software prefetches (the hardware prefetchers alone gave half the speed).
+constexpr int64_t kPrefetchRows = 4;
+
 // Decode: R rows at once against T (<= 4) tokens, straight from the packed
 // bytes, so each weight byte is read once and the activations of a 64-column
 // chunk are loaded once for all R rows. Activations are in gemv order: per
@@ -202,10 +206,6 @@ void vnni_rows(const uint8_t* wq, int64_t n_rows, int64_t cols, const float* sc,
 // Lanes of a 64-column chunk for group 32: 4-bit, lanes 0-3 and 8-11 hold the
 // first group (even and odd columns), 4-7 and 12-15 the second; 8-bit, lanes
 // 0-7 the first and 8-15 the second.
-// Decode reads each weight row once, kPrefetchRows rows behind its
-// software prefetches (the hardware prefetchers alone gave half the speed).
-constexpr int64_t kPrefetchRows = 4;
-
 template <int R, int T, bool Q4, int G, int L>
 void gemv_block(const WeightMatrix& w, int64_t r, const QuantizedActivations& a, int64_t t0,
                 float* comb, float* bi, float* y, int64_t ldy) {
